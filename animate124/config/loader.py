@@ -1,0 +1,242 @@
+"""Building, validating, overriding, hashing and saving the configuration.
+
+Precedence (lowest to highest): schema defaults (the paper settings) < preset < YAML file
+(``--config``) < the command's dedicated options (``--prompt``, ``--device``...) < ``--set a.b=c``.
+Everything is validated before any model loads; an unknown key or a bad value raises
+:class:`~animate124.errors.ConfigError` naming the field (for example ``static.iters``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from animate124.config.schema import SCHEMA_VERSION, STAGE_SECTIONS, Config
+from animate124.errors import ConfigError
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples become lists so it round-trips through YAML/JSON)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the normalised value."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}",
+                hint=f"set {path} to one of the listed values",
+            )
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None and type(None) in get_args(tp):
+            return None
+        return _coerce(path, args[0], value, meta)
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        out = tuple(_coerce(f"{path}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        if len(out) == 2 and all(isinstance(x, (int, float)) for x in out) and out[0] > out[1]:
+            raise ConfigError(f"{path}: range {list(out)} has low > high")
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{path}: {value!r} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{path}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}",
+            hint=f"valid keys{' in ' + path if path else ''}: {', '.join(fields)}",
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name, {}), sub)
+        elif name in data:
+            kwargs[name] = _coerce(sub, tp, data[name], f.metadata)
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a (partial) nested dict and return the frozen :class:`Config`."""
+    data = dict(data)
+    version = data.pop("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"config schema_version {version} is not supported (this version reads {SCHEMA_VERSION})")
+    return _build(Config, data, "")
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of ``over`` win; nested mappings merge."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--set a.b=c`` items into a nested dict; values are YAML scalars (``1e-3``, ``true``, ``[0.2, 0.6]``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value", hint="for example --set static.iters=2000")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot parse the value ({exc})") from exc
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" as a string
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is a value, not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (a nested mapping of overrides)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must contain a mapping at the top level")
+    return data
+
+
+def resolve_config(
+    preset: str = "paper",
+    config_file: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> Config:
+    """Defaults < preset < YAML file < dedicated command options < ``--set``; validated and frozen."""
+    from animate124.config.presets import preset_overrides
+
+    data: dict[str, Any] = preset_overrides(preset)
+    if config_file:
+        data = deep_merge(data, load_yaml(config_file))
+    if options:
+        data = deep_merge(data, options)
+    data = deep_merge(data, parse_set(sets))
+    return from_dict(data)
+
+
+def replace(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A new validated config with nested ``overrides`` applied."""
+    return from_dict(deep_merge(to_dict(cfg), overrides))
+
+
+def _hashable_section(section: Any) -> dict[str, Any]:
+    return {
+        f.name: to_dict(getattr(section, f.name))
+        for f in dataclasses.fields(section)
+        if not f.metadata.get("nohash")
+    }
+
+
+def config_hash(cfg: Config, stage: str) -> str:
+    """sha256 (16 hex chars) of the sections that decide ``stage``'s result (paths and devices excluded)."""
+    sections = STAGE_SECTIONS[stage]
+    payload = {s: _hashable_section(getattr(cfg, s)) for s in sections}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, with the schema version."""
+    return yaml.safe_dump({"schema_version": SCHEMA_VERSION, **to_dict(cfg)}, sort_keys=False)
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """(path, type, default, help) for every field: the source of the config docs."""
+    rows: list[tuple[str, str, Any, str]] = []
+    cfg = Config()
+    for sec in dataclasses.fields(Config):
+        section = getattr(cfg, sec.name)
+        hints = _hints(type(section))
+        for f in dataclasses.fields(section):
+            rows.append(
+                (f"{sec.name}.{f.name}", _type_name(hints[f.name]), to_dict(getattr(section, f.name)), f.metadata["help"])
+            )
+    return rows

@@ -1,0 +1,260 @@
+"""The configuration schema: the only place a default lives.
+
+Every section is a frozen dataclass; every field carries a one-line ``help`` (used by
+``animate124 config show`` and the docs). The defaults are the *paper* settings: SPEC.md section 12
+(the effective values the upstream scripts run), with the upstream bugs of SPEC section 11 fixed.
+Each fix has a switch so that the paper's exact behaviour can be reproduced; the switch names start
+with ``upstream_`` or ``legacy_``.
+
+Presets (``presets.py``) are override dictionaries on top of these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SCHEMA_VERSION = 1
+
+
+def opt(default, help: str, **kw):  # noqa: A002 - "help" reads best here
+    """A dataclass field with its one-line help text."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed; use tuples")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run-wide settings."""
+
+    seed: int = opt(3407, "Random seed (upstream uses 3407).")
+    device: str = opt("auto", "Device: auto, cpu, cuda or cuda:N.", nohash=True)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = opt(
+        "auto", "Mixed precision for the NeRF and priors: auto = fp16 on CUDA, fp32 on CPU."
+    )
+    checkpoint_every: int = opt(500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True)
+    log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Which pretrained models to use and where they live."""
+
+    tiny: bool = opt(False, "Use tiny random models (tests and smoke runs; built offline on first use).")
+    cache_dir: str = opt("", "Model cache directory (default: ANIMATE124_CACHE or the user cache dir).", nohash=True)
+    offline: bool = opt(True, "Never touch the network when loading (downloads only via `animate124 models download`).", nohash=True)
+    video_model: Literal["modelscope", "zeroscope"] = opt(
+        "modelscope", "Text-to-video prior: ModelScope 1.7B (paper) or Zeroscope v2 576w."
+    )
+    sd: str = opt("", "Override for the Stable Diffusion 1.5 role: a local directory or repo id[@revision].")
+    zero123: str = opt("", "Override for the Zero123-XL role (any of the four published layouts).")
+    video: str = opt("", "Override for the text-to-video role.")
+    controlnet: str = opt("", "Override for the ControlNet v1.1 tile role.")
+    depth: str = opt("", "Override for the depth role (DPT-BEiT-L-512 by default).")
+    matting: str = opt("", "Override for the matting role (VitMatte).")
+    segment: str = opt("", "Override for the segmentation role (CLIPSeg) used before matting.")
+    clip: str = opt("", "Override for the CLIP role (metrics).")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """SPEC section 1: background removal, square framing, depth."""
+
+    framing: Literal["pad", "recenter"] = opt(
+        "pad", "pad = upstream (pad to a square, no recentring); recenter = centre the object with a margin."
+    )
+    size: int = opt(0, "Output side in pixels (0 = keep the input's long side, as upstream).")
+    border_ratio: float = opt(0.2, "Margin around the object when framing = recenter.", min=0.0, max=0.9)
+    segment_query: str = opt("the main object", "Text query for the coarse foreground segmenter (images without alpha).")
+    min_foreground_fraction: float = opt(
+        0.001, "Fail when less than this fraction of pixels is foreground.", min=0.0, max=1.0
+    )
+    min_side: int = opt(64, "Reject images whose short side is below this many pixels.", min=1)
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """SPEC section 2: textual inversion of one SD 1.5 token on the original photo."""
+
+    placeholder: str = opt("<a124>", "The new token's string.")
+    initializer: str = opt("object", "A word that is a single token; its embedding initialises the new token.")
+    steps: int = opt(3000, "Training steps (upstream 3000).", min=1)
+    lr: float = opt(1e-4, "AdamW learning rate, constant (upstream 1e-4).", min=0.0)
+    batch_size: int = opt(16, "Images per step (upstream 16).", min=1)
+    resolution: int = opt(512, "Training resolution (SD 1.5: 512).", min=8)
+    augment: bool = opt(True, "Upstream's augmentation chain (rotation, crops, jitter, grayscale, blur, flip).")
+    upstream_aug_range_bug: bool = opt(
+        False, "Reproduce the upstream bug: augmented pixels stay in [0,1] instead of [-1,1] (SPEC 11.5)."
+    )
+    checkpoint_every: int = opt(500, "Checkpoint every N steps (resumable).", min=1)
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """SPEC 3.1: the grid encoding and MLP shared by the static and 4D fields."""
+
+    grid_type: Literal["tiled", "hash"] = opt("tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash.")
+    num_levels: int = opt(16, "Grid levels.", min=1)
+    level_dim: int = opt(2, "Features per level.", min=1)
+    base_resolution: int = opt(16, "Coarsest grid resolution.", min=2)
+    desired_resolution: int = opt(2048, "Finest grid resolution.", min=2)
+    log2_table_size: int = opt(16, "log2 of the per-level table size (upstream tiled: 16).", min=8, max=24)
+    hidden_dim: int = opt(64, "MLP hidden width.", min=1)
+    num_layers: int = opt(2, "MLP layers.", min=1)
+    blob_density: float = opt(10.0, "Gaussian density blob amplitude added to the density logit.")
+    blob_radius: float = opt(0.2, "Gaussian density blob radius.", min=1e-6)
+    time_grid_size: int = opt(64, "Number of time grids in the 4D field.", min=1)
+    backend: Literal["auto", "torch", "triton", "tcnn"] = opt(
+        "auto", "Grid encoder implementation: auto = Triton on CUDA, torch otherwise."
+    )
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """SPEC 3.2: occupancy-grid ray marching and compositing."""
+
+    max_steps: int = opt(1024, "Samples per ray at most (dt = 2*sqrt(3)/max_steps).", min=8)
+    occupancy_resolution: int = opt(128, "Occupancy grid resolution per axis.", min=8)
+    time_slots: int = opt(16, "Occupancy time slots in the 4D stages.", min=1)
+    density_thresh: float = opt(10.0, "Occupancy density threshold (capped by the grid mean).", min=0.0)
+    update_interval: int = opt(16, "Refresh the occupancy grid every N steps.", min=1)
+    metric_step: bool = opt(
+        True, "Integrate alpha with the metric step dt*|d| (False = upstream's dt in ray-parameter units)."
+    )
+    upstream_times_bug: bool = opt(
+        False, "Reproduce SPEC 11.2: every 4D occupancy slot refreshed at t=0.5 after loading the static model."
+    )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """SPEC 3.5-3.6: reconstruction losses and regularisers."""
+
+    rgb: float = opt(5.0, "Masked RGB MSE weight on reference steps.")
+    mask: float = opt(0.5, "Opacity MSE weight on reference steps.")
+    depth: float = opt(0.01, "Pearson depth loss weight on reference steps.")
+    entropy: float = opt(1e-3, "Entropy of rendering weights (ramped by min(1, 2*step/iters)).")
+    orientation: float = opt(1e-2, "Orientation loss weight.")
+    normal_tv: float = opt(0.5, "TV of the composited normal image.")
+    normal_blur: float = opt(0.5, "MSE between the normal image and its 9x9 Gaussian blur.")
+    time_tv: float = opt(0.1, "Time TV between neighbouring time grids (4D stages).")
+    time_tv_points: int = opt(100_000, "Random points per step for the time TV.", min=1)
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    """SPEC section 4: the static stage."""
+
+    prompt: str = opt("", "Image description for SD guidance (', 8k, good quality' is appended).")
+    prompt_suffix: str = opt(", 8k, good quality", "Appended to the static prompt (upstream script).")
+    iters: int = opt(5000, "Training steps.", min=1)
+    render_size: int = opt(128, "SDS render resolution.", min=8)
+    ref_size: int = opt(192, "Reference-view render resolution.", min=8)
+    known_iters: int = opt(100, "Every step before this is a reference step.", min=0)
+    ref_interval: int = opt(4, "Afterwards every N-th step is a reference step.", min=1)
+    sd_weight: float = opt(1.0, "SD SDS weight.")
+    sd_guidance_scale: float = opt(100.0, "SD CFG scale.")
+    sd_t_range: tuple[float, float] = opt((0.2, 0.6), "SD timestep range (fractions of 1000).")
+    zero123_weight: float = opt(40.0, "Zero123 SDS weight at 180 degrees from the reference (angle-scaled).")
+    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
+    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    cfg_mode: Literal["upstream", "standard"] = opt(
+        "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
+    )
+    legacy_sds_scaling: bool = opt(
+        False, "Emulate upstream's static-stage SDS that bypasses AMP loss scaling (SPEC 11.1)."
+    )
+    normal_warmup_iters: int = opt(1000, "SDS steps before this use normal-map shading.", min=0)
+    grid_mask_iters: int = opt(3000, "Mask the finest grid levels until this step.", min=0)
+    grid_mask_levels: int = opt(8, "How many of the finest levels are masked.", min=0)
+    textureless_rate: float = opt(0.2, "Probability of textureless shading on SDS steps.", min=0.0, max=1.0)
+    lr: float = opt(1e-3, "Base learning rate (grids use lr * 10).", min=0.0)
+    grad_clip: float = opt(0.0, "Element-wise gradient clip (0 = none, as upstream static).", min=0.0)
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """SPEC section 5: the dynamic (coarse) stage."""
+
+    prompt: str = opt("", "Motion prompt for the video prior.")
+    prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the motion prompt.")
+    iters: int = opt(10000, "Training steps.", min=1)
+    frames: int = opt(16, "Frames per training clip.", min=1)
+    render_size: int = opt(128, "Render resolution per frame.", min=8)
+    time_precision: int = opt(256, "Time quantisation of the frame sampler (SPEC 5.1).", min=1)
+    zero_rate: float = opt(0.2, "Probability a clip starts at t=0.", min=0.0, max=1.0)
+    dynamic_cam_rate: float = opt(0.9, "Probability of a moving camera over the clip.", min=0.0, max=1.0)
+    video_weight: float = opt(1.0, "Video SDS weight.")
+    video_guidance_scale: float = opt(100.0, "Video CFG scale.")
+    video_t_range: tuple[float, float] = opt((0.02, 0.98), "Video timestep range.")
+    vae_grad_frames: int = opt(0, "Back-propagate the VAE encoder through only k frames (0 = all).", min=0)
+    zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.")
+    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    upstream_view_text: bool = opt(
+        False, "Reproduce SPEC 11.6: view-dependent prompts for static-camera clips."
+    )
+    textureless_rate: float = opt(0.2, "Probability of textureless shading.", min=0.0, max=1.0)
+    lr: float = opt(1e-3, "Base learning rate (grids use lr * 10).", min=0.0)
+    grad_clip: float = opt(1.0, "Element-wise gradient clip value (0 = none).", min=0.0)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """SPEC section 6: ControlNet-tile semantic refinement with the textual-inversion token."""
+
+    prompt: str = opt("", "Refinement prompt; '<token>' stands for the learned token.")
+    prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the refinement prompt.")
+    iters: int = opt(5000, "Training steps.", min=1)
+    image_size: int = opt(1024, "ControlNet input resolution (upstream 1024).", min=64)
+    frames: int = opt(2, "Frames per step given to ControlNet (chosen evenly).", min=1)
+    guidance_scale: float = opt(7.5, "ControlNet CFG scale.")
+    t_range: tuple[float, float] = opt((0.2, 0.8), "ControlNet timestep range.")
+    target: Literal["x0", "sds"] = opt("x0", "x0 = upstream one-step x0 target (--grad_dyn); sds = standard SDS.")
+    weight: float = opt(1.0, "ControlNet SDS weight (ignored by the x0 target, as upstream).")
+    controlnet_prompt: str = opt("best quality, high resolution", "Text given to ControlNet itself.")
+    textureless_rate: float = opt(0.0, "Probability of textureless shading.", min=0.0, max=1.0)
+    lr: float = opt(1e-3, "Base learning rate.", min=0.0)
+    grad_clip: float = opt(1.0, "Element-wise gradient clip value.", min=0.0)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """SPEC section 7: output videos and frames."""
+
+    size: int = opt(400, "Output resolution.", min=8)
+    views: int = opt(10, "Fixed views around the object.", min=1)
+    frames: int = opt(64, "Time steps per view (t = k/frames).", min=1)
+    orbit_frames: int = opt(120, "Frames of the orbit video (camera and time move together).", min=2)
+    fps: int = opt(25, "Video frame rate.", min=1)
+    polar: float = opt(90.0, "Camera polar angle in degrees.")
+    radius: float = opt(1.8, "Camera distance.", min=0.1)
+    fovy: float = opt(40.0, "Vertical field of view in degrees.", min=1.0, max=170.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration tree."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    scene: FieldConfig = field(default_factory=FieldConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    static: StaticConfig = field(default_factory=StaticConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
+# Which sections decide each stage's result (their hash decides whether a rerun is a no-op).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("preprocess", "models"),
+    "invert": ("invert", "models", "run"),
+    "static": ("static", "scene", "renderer", "loss", "models", "run"),
+    "dynamic": ("dynamic", "scene", "renderer", "loss", "models", "run"),
+    "refine": ("refine", "scene", "renderer", "loss", "models", "run"),
+    "render": ("render", "renderer"),
+}

@@ -1,0 +1,95 @@
+"""Stage lifecycle: lock, requirements, up-to-date check, manifest status, saved config, timings.
+
+A stage run twice with the same config is a no-op unless ``force``; an interrupted or failed run
+with the same config resumes from its checkpoints (the stage's own code finds them); a run with a
+different config starts the stage over (its old checkpoints are removed, since they belong to
+other settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from animate124.config.loader import config_hash, dump_yaml
+from animate124.config.schema import Config
+from animate124.engine.runtime import versions
+from animate124.project import REQUIRES, Project, atomic_write_text, now_iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    skipped: bool
+    artifacts: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed: bool = False
+
+
+@dataclass
+class StageContext:
+    """What a stage body receives."""
+
+    project: Project
+    cfg: Config
+    resume: bool
+
+
+def run_stage(
+    project: Project,
+    stage: str,
+    cfg: Config,
+    body: Callable[[StageContext], dict[str, Any]],
+    *,
+    force: bool = False,
+    check_requirements: bool = True,
+    extra_hash: str = "",
+) -> StageResult:
+    """Run ``body`` as stage ``stage`` of ``project``; ``body`` returns {"artifacts": ..., "metrics": ...}.
+
+    The stage's hash covers its config sections, ``extra_hash`` (e.g. the input image's sha256) and
+    the hashes of the stages it requires, so redoing an earlier stage makes the later ones stale.
+    """
+    with project.lock():
+        if check_requirements:
+            project.check_requirements(stage)
+        upstream = [project.stage_record(s).get("config_hash", "") for s in REQUIRES[stage]]
+        h = hashlib.sha256("|".join([config_hash(cfg, stage), extra_hash, *upstream]).encode()).hexdigest()[:16]
+        rec = project.stage_record(stage)
+        if not force and rec.get("status") == "done" and rec.get("config_hash") == h:
+            return StageResult(stage, skipped=True, artifacts=rec.get("artifacts", {}), metrics=rec.get("metrics", {}))
+        resume = rec.get("config_hash") == h and rec.get("status") in ("running", "interrupted", "failed") and not force
+        if not resume:
+            ckpt = project.stage(stage).checkpoints
+            if ckpt.exists():
+                shutil.rmtree(ckpt)
+        atomic_write_text(project.config_path(stage), dump_yaml(cfg))
+        project.update_stage(
+            stage, status="running", config_hash=h, started=now_iso(), versions=versions(), error=None
+        )
+        t0 = time.perf_counter()
+        try:
+            out = body(StageContext(project=project, cfg=cfg, resume=resume)) or {}
+        except KeyboardInterrupt:
+            project.update_stage(stage, status="interrupted", seconds=round(time.perf_counter() - t0, 3))
+            raise
+        except BaseException as exc:
+            project.update_stage(
+                stage, status="failed", error=f"{type(exc).__name__}: {exc}", seconds=round(time.perf_counter() - t0, 3)
+            )
+            raise
+        seconds = round(time.perf_counter() - t0, 3)
+        artifacts = {k: str(v) for k, v in out.get("artifacts", {}).items()}
+        metrics = dict(out.get("metrics", {}))
+        project.update_stage(
+            stage, status="done", finished=now_iso(), seconds=seconds, artifacts=artifacts, metrics=metrics
+        )
+        return StageResult(stage, skipped=False, artifacts=artifacts, metrics=metrics, seconds=seconds, resumed=resume)

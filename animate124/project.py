@@ -1,0 +1,344 @@
+"""The project directory: every artifact path in one place, the manifest, atomic writes, the lock.
+
+Layout (all stages share it; stages find their inputs here, never through user-typed paths)::
+
+    <project>/
+      manifest.json              stage status, config hash, artifacts, metrics, timings, versions
+      .lock                      {"pid", "host", "started"} while a stage runs
+      input/<source image>       a copy of the image the project was made from
+      preprocess/                rgba.png, depth.png, depth.npy, preview.png
+      invert/                    learned_embeds.safetensors, checkpoints/
+      static/ dynamic/ refine/   model.safetensors (final), checkpoints/ (resumable)
+      render/                    videos and frames
+      config/<stage>.yaml        the resolved config of the stage's last run (schema version inside)
+      logs/<stage>.jsonl         scalars, one JSON object per line
+
+Every write of a file that another process may read (manifest, configs, final artifacts) goes
+through :func:`atomic_write_bytes`: a temporary file in the same directory, fsync, then
+``os.replace``, so a crash or SIGKILL leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from animate124.errors import ProjectError, ProjectLockedError
+
+MANIFEST_VERSION = 1
+STAGES = ("preprocess", "invert", "static", "dynamic", "refine", "render")
+# What each stage needs done before it can run.
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "preprocess": (),
+    "invert": ("preprocess",),
+    "static": ("preprocess",),
+    "dynamic": ("static",),
+    "refine": ("dynamic", "invert"),
+    "render": (),
+}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    For writers that need a filename (imageio, safetensors): write to the yielded path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Paths of one stage's directory."""
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+
+class Project:
+    """A project directory. Cheap to construct; nothing is created until :meth:`create`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    # --- paths -------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def preprocess_dir(self) -> Path:
+        return self.root / "preprocess"
+
+    @property
+    def rgba(self) -> Path:
+        return self.preprocess_dir / "rgba.png"
+
+    @property
+    def depth(self) -> Path:
+        return self.preprocess_dir / "depth.png"
+
+    @property
+    def depth_npy(self) -> Path:
+        return self.preprocess_dir / "depth.npy"
+
+    @property
+    def preview(self) -> Path:
+        return self.preprocess_dir / "preview.png"
+
+    @property
+    def invert_dir(self) -> Path:
+        return self.root / "invert"
+
+    @property
+    def learned_embeds(self) -> Path:
+        return self.invert_dir / "learned_embeds.safetensors"
+
+    def stage(self, name: str) -> StagePaths:
+        if name not in STAGES:
+            raise ProjectError(f"unknown stage {name!r}")
+        return StagePaths(self.root / name)
+
+    @property
+    def render_dir(self) -> Path:
+        return self.root / "render"
+
+    def config_path(self, stage: str) -> Path:
+        return self.root / "config" / f"{stage}.yaml"
+
+    def log_path(self, stage: str) -> Path:
+        return self.root / "logs" / f"{stage}.jsonl"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def create(self, source_image: Path | None = None) -> None:
+        """Create the directory and an empty manifest (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.exists():
+            atomic_write_json(
+                self.manifest_path,
+                {
+                    "manifest_version": MANIFEST_VERSION,
+                    "created": now_iso(),
+                    "source_image": str(source_image) if source_image else None,
+                    "stages": {},
+                },
+            )
+        elif source_image is not None:
+            m = self.read_manifest()
+            if m.get("source_image") is None:
+                m["source_image"] = str(source_image)
+                self.write_manifest(m)
+
+    def require(self) -> None:
+        if not self.exists():
+            raise ProjectError(
+                f"{self.root} is not an animate124 project (no manifest.json)",
+                hint="create one with `animate124 preprocess IMAGE -p DIR` or `animate124 run-all IMAGE PROMPT`",
+            )
+
+    # --- manifest ----------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        self.require()
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProjectError(
+                f"cannot read {self.manifest_path}: {exc}",
+                hint="the file is corrupt; restore it or start a new project",
+            ) from exc
+        if data.get("manifest_version") != MANIFEST_VERSION:
+            raise ProjectError(f"{self.manifest_path}: unsupported manifest_version {data.get('manifest_version')}")
+        return data
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        atomic_write_json(self.manifest_path, data)
+
+    def stage_record(self, stage: str) -> dict[str, Any]:
+        return dict(self.read_manifest()["stages"].get(stage, {}))
+
+    def update_stage(self, stage: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the stage's manifest record (read-modify-write under the project lock)."""
+        m = self.read_manifest()
+        rec = dict(m["stages"].get(stage, {}))
+        rec.update(fields)
+        m["stages"][stage] = rec
+        self.write_manifest(m)
+        return rec
+
+    def is_done(self, stage: str, config_hash: str | None = None) -> bool:
+        rec = self.stage_record(stage) if self.exists() else {}
+        if rec.get("status") != "done":
+            return False
+        return config_hash is None or rec.get("config_hash") == config_hash
+
+    def check_requirements(self, stage: str) -> None:
+        """Raise a ProjectError naming the earlier stage that has not finished."""
+        self.require()
+        for need in REQUIRES[stage]:
+            if not self.is_done(need):
+                raise ProjectError(
+                    f"stage '{stage}' needs stage '{need}', which has not finished in {self.root}",
+                    hint=f"run `animate124 {need} -p {self.root}` first",
+                )
+
+    # --- lock ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the project lock; a second live process gets ProjectLockedError, a dead owner's lock is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._read_lock()
+                same_host = owner.get("host") == me["host"]
+                if owner and same_host and not _pid_alive(int(owner.get("pid", -1))):
+                    # Stale lock from a dead process on this host: take it over.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.lock_path)
+                    continue
+                if not owner:  # unreadable / half-written lock: treat as stale after re-check
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.lock_path)
+                    continue
+                raise ProjectLockedError(
+                    f"project {self.root} is in use by process {owner.get('pid')} on {owner.get('host')} "
+                    f"(since {owner.get('started')})",
+                    hint="wait for it to finish, or delete the .lock file if that process is gone",
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            break
+        else:  # pragma: no cover - only on pathological races
+            raise ProjectLockedError(f"could not acquire the lock on {self.root}")
+        try:
+            yield
+        finally:
+            owner = self._read_lock()
+            if owner.get("pid") == me["pid"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lock_path)
+
+    def _read_lock(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.lock_path.read_text())
+        except (OSError, json.JSONDecodeError, ValueError):
+            return {}
+
+
+# --- finding a project -------------------------------------------------------------------------
+def _state_file() -> Path:
+    import platformdirs
+
+    base = os.environ.get("ANIMATE124_STATE_DIR") or platformdirs.user_state_dir("animate124")
+    return Path(base) / "last_project"
+
+
+def remember_project(project: Project) -> None:
+    """Record ``project`` as the most recent one (for commands run without ``-p``)."""
+    with contextlib.suppress(OSError):
+        atomic_write_text(_state_file(), str(project.root) + "\n")
+
+
+def default_project_for_image(image: Path) -> Path:
+    """``./runs/<image stem>`` in the working directory."""
+    return Path.cwd() / "runs" / Path(image).stem
+
+
+def find_project(explicit: str | Path | None) -> Project:
+    """The project to work on: ``-p`` if given; else the working directory if it is a project;
+    else the most recent project recorded by an earlier command."""
+    if explicit:
+        return Project(explicit)
+    cwd = Project(Path.cwd())
+    if cwd.exists():
+        return cwd
+    with contextlib.suppress(OSError):
+        last = _state_file().read_text().strip()
+        if last and Project(last).exists():
+            return Project(last)
+    raise ProjectError(
+        "no project given and none found",
+        hint="pass -p DIR, run the command inside a project directory, or start one with "
+        "`animate124 run-all IMAGE PROMPT`",
+    )

@@ -1,0 +1,95 @@
+"""The invert stage (SPEC section 2): textual inversion of one SD 1.5 token on the original photo."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace as dc_replace
+
+from animate124.config.loader import replace as cfg_replace
+from animate124.config.schema import Config
+from animate124.engine.interrupt import graceful_interrupt
+from animate124.engine.progress import rich_progress
+from animate124.engine.runner import StageContext, StageResult, run_stage
+from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
+from animate124.errors import InputError
+from animate124.project import Project, atomic_path
+from animate124.stages.preprocess import file_sha256, source_image
+
+log = logging.getLogger(__name__)
+
+
+def load_photo(path) -> "torch.Tensor":  # noqa: F821
+    """The original photo as [3, H, W] in [0, 1]; an alpha channel is composited on white."""
+    import numpy as np
+    import torch
+
+    from animate124.preprocess.image_io import load_image
+
+    img = load_image(path)
+    arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb, a = arr[..., :3], arr[..., 3:]
+    rgb = rgb * a + (1.0 - a)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def run_invert(
+    project: Project, cfg: Config, *, force: bool = False, show_progress: bool = True, auto_initializer: bool = False
+) -> StageResult:
+    """Train (or resume) the token and write ``<project>/invert/learned_embeds.safetensors``.
+
+    ``auto_initializer``: the initializer word was guessed from the prompt; if it is not a single
+    token, fall back to "object" instead of failing.
+    """
+    project.require()
+    src = source_image(project)
+
+    def body(ctx: StageContext) -> dict:
+        from animate124.guidance.textual_inversion import TIConfig, save_learned_embeds, train_textual_inversion
+        from animate124.models.loaders import load_sd
+
+        device = resolve_device(cfg.run.device)
+        dtype = resolve_dtype(cfg.run.precision, device)
+        comps = load_sd(model_store(cfg), device=device, dtype=dtype)
+        c = cfg.invert
+        ti = TIConfig(
+            placeholder=c.placeholder,
+            initializer=c.initializer,
+            steps=c.steps,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            resolution=c.resolution,
+            augment=c.augment,
+            upstream_aug_range_bug=c.upstream_aug_range_bug,
+            seed=cfg.run.seed,
+            checkpoint_every=c.checkpoint_every,
+            mixed_precision=device.type == "cuda",
+        )
+        photo = load_photo(src)
+        ckpt = project.stage("invert").checkpoints
+        ckpt.mkdir(parents=True, exist_ok=True)
+        with rich_progress("invert", enabled=show_progress) as prog, graceful_interrupt() as stop:
+            try:
+                vec = train_textual_inversion(
+                    comps, photo, ti, checkpoint_dir=ckpt, device=device, progress=prog, should_stop=stop
+                )
+            except InputError:
+                if not (auto_initializer and c.initializer != "object"):
+                    raise
+                log.warning("initializer %r is not one token; using 'object'", c.initializer)
+                ti = dc_replace(ti, initializer="object")
+                vec = train_textual_inversion(
+                    comps, photo, ti, checkpoint_dir=ckpt, device=device, progress=prog, should_stop=stop
+                )
+        if stop.requested:
+            return {}  # graceful_interrupt raises KeyboardInterrupt on exit; the runner marks it interrupted
+        with atomic_path(project.learned_embeds) as tmp:
+            save_learned_embeds(tmp, {c.placeholder: vec.detach().float().cpu()})
+        return {
+            "artifacts": {"learned_embeds": project.learned_embeds},
+            "metrics": {"placeholder": c.placeholder, "initializer": ti.initializer, "norm": float(vec.float().norm())},
+        }
+
+    return run_stage(project, "invert", cfg, body, force=force, extra_hash=file_sha256(src))
+
+
+__all__ = ["run_invert", "load_photo", "cfg_replace"]
