@@ -1,0 +1,166 @@
+"""Every command through Typer's CliRunner: exit codes and messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from animate124.cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "examples" / "toy.png"
+runner = CliRunner()
+
+COMMANDS = [
+    ["preprocess"],
+    ["invert"],
+    ["static"],
+    ["dynamic"],
+    ["refine"],
+    ["render"],
+    ["run-all"],
+    ["doctor"],
+    ["models", "list"],
+    ["models", "download"],
+    ["models", "path"],
+    ["models", "verify"],
+    ["config", "show"],
+    ["config", "fields"],
+    ["config", "presets"],
+]
+
+
+def invoke(*args: str, cwd: Path | None = None):
+    if cwd is not None:
+        old = os.getcwd()
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, list(args))
+    finally:
+        if cwd is not None:
+            os.chdir(old)
+
+
+def test_top_help_is_fast():
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "animate124.cli.app", "--help"], capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    assert out.returncode == 0 and "run-all" in out.stdout
+    assert dt < 1.5, f"--help took {dt:.2f} s"
+    # and it imported none of the heavy libraries
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from animate124.cli import app; print('torch' in sys.modules, 'diffusers' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_examples(cmd):
+    r = invoke(*cmd, "--help")
+    assert r.exit_code == 0, r.output
+    assert "Examples" in r.output
+
+
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and "animate124" in r.output
+
+
+def test_config_show_and_bad_set():
+    r = invoke("config", "show", "--preset", "tiny", "--set", "static.iters=3")
+    assert r.exit_code == 0 and "iters: 3" in r.output
+    r = invoke("config", "show", "--set", "static.itrs=3")
+    assert r.exit_code == 2 and "static.itrs" in r.output
+    r = invoke("config", "show", "--preset", "nope")
+    assert r.exit_code == 2 and "unknown preset" in r.output
+    r = invoke("config", "presets")
+    assert r.exit_code == 0 and "low-vram" in r.output
+
+
+def test_preprocess_bad_inputs(tmp_path):
+    r = invoke("preprocess", str(tmp_path / "missing.png"), "-p", str(tmp_path / "p"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+    assert not (tmp_path / "p").exists()  # nothing created for a bad input
+    txt = tmp_path / "notes.png"
+    txt.write_text("not an image")
+    r = invoke("preprocess", str(txt), "-p", str(tmp_path / "p"))
+    assert r.exit_code == 2 and "error" in r.output.lower()
+
+
+def test_stage_without_project(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "empty-state"))
+    for cmd in ("static", "dynamic", "refine", "invert", "render"):
+        r = invoke(cmd, cwd=tmp_path)
+        assert r.exit_code == 1, (cmd, r.output)
+        assert "no project given and none found" in r.output
+
+
+def test_empty_prompt_is_usage_error(tmp_path):
+    r = invoke("run-all", str(TOY), "   ", "-p", str(tmp_path / "p"), "--preset", "tiny")
+    assert r.exit_code == 2 and "prompt is empty" in r.output
+    r = invoke("run-all", str(TOY), "a toy", "-p", str(tmp_path / "p"), "--until", "nowhere")
+    assert r.exit_code == 2 and "not a stage" in r.output
+
+
+def test_models_list_shows_every_role(tmp_path):
+    r = invoke("models", "list", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 0, r.output
+    for role in ("sd", "zero123", "video", "controlnet", "depth", "matting", "segment", "clip"):
+        assert role in r.output
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in r.output
+    assert "CC-BY-NC" in r.output
+
+
+def test_models_path_missing_is_clear(tmp_path):
+    r = invoke("models", "path", "sd", "--cache-dir", str(tmp_path / "c"))
+    assert r.exit_code == 1
+    assert "animate124 models download sd" in r.output
+
+
+def test_models_download_without_hub_fails_fast(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "ANIMATE124_OFFLINE": "0"}
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "animate124.cli.app", "models", "download", "sd", "--cache-dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    dt = time.perf_counter() - t0
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert dt < 10, f"took {dt:.1f} s"
+    assert "sd" in (out.stdout + out.stderr)
+
+
+def test_doctor():
+    r = invoke("doctor")
+    assert r.exit_code == 0, r.output
+    assert "torch" in r.output and "model sd" in r.output
+
+
+def test_run_all_tiny_then_render_and_static(tmp_path, monkeypatch):
+    """The README's smoke run: run-all on the tiny preset up to invert, offline; then the later commands."""
+    monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
+    r = invoke("run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    proj = tmp_path / "runs" / "toy"
+    for f in ("manifest.json", "preprocess/rgba.png", "preprocess/depth.png", "invert/learned_embeds.safetensors"):
+        assert (proj / f).is_file(), f
+    # a second run is a no-op for the finished stages
+    r = invoke("run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path)
+    assert r.exit_code == 0 and "up to date" in r.output
+    # render finds the most recent project and says there is nothing trained yet
+    r = invoke("render", "--orbit", cwd=tmp_path)
+    assert r.exit_code == 1 and "no training stage has finished" in r.output
+    # the static stage states the missing capability in one line, no traceback
+    r = invoke("static", "--preset", "tiny", cwd=tmp_path)
+    assert r.exit_code == 1 and "not built" in r.output and "Traceback" not in r.output
