@@ -45,16 +45,11 @@ config_app = typer.Typer(help="Show configuration fields and presets.", no_args_
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
-_console = None
-
-
 def console():
-    global _console
-    if _console is None:
-        from rich.console import Console
+    """A rich console on stdout (made per call so it sees the current terminal)."""
+    from rich.console import Console
 
-        _console = Console(stderr=False, highlight=False)
-    return _console
+    return Console(stderr=False, highlight=False)
 
 
 def _err_console():
@@ -455,6 +450,10 @@ def run_all(
 
 # --- models --------------------------------------------------------------------------------------
 RoleArg = Annotated[str, typer.Argument(help="Role: sd, zero123, video, controlnet, depth, matting, segment, clip.")]
+AltOpt = Annotated[
+    Optional[str],
+    typer.Option("--alternative", help="An alternative model of the role, e.g. zeroscope for video.", show_default=False),
+]
 
 
 def _store(cache_dir: Optional[Path], offline: bool = True, tiny: bool = False):
@@ -484,7 +483,7 @@ def models_list(cache_dir: CacheOpt = None, tiny: Annotated[bool, typer.Option(h
             table.add_row(
                 row["role"],
                 str(row["repo"]),
-                str(row.get("revision") or ""),
+                str(row.get("revision") or "")[:12],
                 str(row.get("licence") or ""),
                 "[green]yes[/green]" if row.get("cached") else "[red]no[/red]",
                 f"{size / 1e9:.2f} GB" if size else "-",
@@ -495,9 +494,17 @@ def models_list(cache_dir: CacheOpt = None, tiny: Annotated[bool, typer.Option(h
     _guard(debug, go)
 
 
-@models_app.command("download", epilog=_examples("animate124 models download sd", "animate124 models download all"))
+@models_app.command(
+    "download",
+    epilog=_examples(
+        "animate124 models download sd",
+        "animate124 models download all",
+        "animate124 models download video --alternative zeroscope",
+    ),
+)
 def models_download(
     role: RoleArg,
+    alternative: AltOpt = None,
     cache_dir: CacheOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Fail at once instead of using the network.")] = False,
     debug: DebugOpt = False,
@@ -512,8 +519,8 @@ def models_download(
         for r in roles:
             if r not in ROLES:
                 raise ConfigError(f"unknown model role {r!r}", hint=f"choose one of: {', '.join(ROLES)}, all")
-            path = store.download(r, progress=True)
-            problems = store.verify(r)
+            path = store.download(r, progress=True, alternative=alternative)
+            problems = store.verify(r, alternative=alternative)
             if problems:
                 raise Animate124Error(f"{r}: downloaded files did not verify: {'; '.join(problems)}")
             console().print(f"[green]✓[/green] {r}: {path}")
@@ -522,11 +529,11 @@ def models_download(
 
 
 @models_app.command("path", epilog=_examples("animate124 models path sd"))
-def models_path(role: RoleArg, cache_dir: CacheOpt = None, debug: DebugOpt = False) -> None:
+def models_path(role: RoleArg, alternative: AltOpt = None, cache_dir: CacheOpt = None, debug: DebugOpt = False) -> None:
     """Print the local directory of a cached role (error if it is not cached)."""
 
     def go():
-        console().print(str(_store(cache_dir).resolve(role)))
+        console().print(str(_store(cache_dir).resolve(role, alternative=alternative)), soft_wrap=True)
 
     _guard(debug, go)
 
@@ -534,6 +541,7 @@ def models_path(role: RoleArg, cache_dir: CacheOpt = None, debug: DebugOpt = Fal
 @models_app.command("verify", epilog=_examples("animate124 models verify", "animate124 models verify zero123"))
 def models_verify(
     role: Annotated[Optional[str], typer.Argument(help="Role to check (default: every cached role).")] = None,
+    alternative: AltOpt = None,
     cache_dir: CacheOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -546,7 +554,7 @@ def models_verify(
         roles = [role] if role else [r for r in ROLES if store.is_cached(r)]
         bad = 0
         for r in roles:
-            problems = store.verify(r)
+            problems = store.verify(r, alternative=alternative)
             if problems:
                 bad += 1
                 console().print(f"[red]✗[/red] {r}: " + "; ".join(problems))

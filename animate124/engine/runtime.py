@@ -13,8 +13,6 @@ from animate124.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TINY_MARKER = ".animate124-tiny-complete"
-
 
 def resolve_device(name: str):
     """``auto`` -> cuda if available else cpu; validates explicit names."""
@@ -60,12 +58,12 @@ def model_store(cfg: Config):
     from animate124.models.store import ModelStore
 
     cache = model_cache_dir(cfg)
-    if cfg.models.tiny and not (cache / TINY_MARKER).exists():
-        from animate124.models.tiny import build_tiny_cache
+    if cfg.models.tiny:
+        from animate124.models.tiny import build_tiny_cache, is_tiny_cache
 
-        log.info("building tiny random models in %s", cache)
-        build_tiny_cache(cache)
-        (cache / TINY_MARKER).write_text("tiny random models for tests and smoke runs; not pretrained\n")
+        if not is_tiny_cache(cache):
+            log.info("building tiny random models in %s", cache)
+            build_tiny_cache(cache)
     overrides = {
         role: getattr(cfg.models, role)
         for role in ("sd", "zero123", "video", "controlnet", "depth", "matting", "segment", "clip")

@@ -1,0 +1,450 @@
+"""Download/cache manager for the pretrained roles of :mod:`animate124.models.registry`.
+
+Rules (DESIGN.md "Models and downloads"; ecosystem.md section 3.3):
+- The cache is a Hugging Face hub cache under ``<cache_dir>/hub``; ``cache_dir`` is the explicit
+  argument, else ``$ANIMATE124_CACHE``, else ``platformdirs.user_cache_dir("animate124")``. Every
+  huggingface_hub call gets ``cache_dir=`` explicitly, because the ``HF_*`` variables are read once
+  at import time.
+- Loading never touches the network: :meth:`ModelStore.resolve` finds the snapshot with
+  ``snapshot_download(local_files_only=True)`` and the loaders read components from that folder.
+- Only :meth:`ModelStore.download` goes online. It fails fast with :class:`DownloadError` when the
+  store is offline or the Hub is unreachable, instead of the libraries' minutes of retries.
+- Per-role source: explicit ``overrides`` > ``$ANIMATE124_MODEL_<ROLE>`` > registry default. A source
+  is a local folder (used as is) or a repo id, optionally ``repo@revision``. Alternatives (e.g. the
+  video role's ``zeroscope``) use the key ``"<role>:<alternative>"`` /
+  ``$ANIMATE124_MODEL_<ROLE>_<ALTERNATIVE>``.
+
+This module imports only huggingface_hub (lazily) and the standard library, so the CLI can use it for
+``animate124 models list`` without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from animate124.errors import DownloadError, ModelNotFoundError
+from animate124.models.registry import (
+    WEIGHT_FILE_NAMES,
+    RoleSpec,
+    alternative_spec,
+    download_command,
+    get_role,
+    pick_weight_files,
+    spec_for,
+)
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+CONNECT_TIMEOUT_S = 3.0  # pre-flight TCP connect to the endpoint
+ETAG_TIMEOUT_S = 5.0  # metadata requests inside snapshot_download
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a role comes from: a local folder, or a Hub repo (with the spec that describes it)."""
+
+    role: str
+    alternative: str | None
+    spec: RoleSpec
+    local_dir: Path | None = None
+    origin: str = "default"  # "override" | "env" | "default"
+
+    @property
+    def label(self) -> str:
+        return str(self.local_dir) if self.local_dir else f"{self.spec.repo_id}@{self.spec.revision}"
+
+
+def default_cache_dir() -> Path:
+    """``$ANIMATE124_CACHE`` or the platform user cache (``~/.cache/animate124`` on Linux)."""
+    env = os.environ.get("ANIMATE124_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("animate124"))
+
+
+def _env_offline() -> bool:
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "ANIMATE124_OFFLINE")
+    )
+
+
+def _env_key(role: str, alternative: str | None) -> str:
+    key = f"ANIMATE124_MODEL_{role}" + (f"_{alternative}" if alternative else "")
+    return re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
+
+
+def _looks_like_path(value: str) -> bool:
+    """A local folder: explicit path syntax, an existing directory, or not shaped like ``org/name``."""
+    if value.startswith(("/", "./", "../", "~", ".\\")) or "\\" in value or re.match(r"^[A-Za-z]:", value):
+        return True
+    return Path(value).is_dir() or value.count("/") >= 2
+
+
+def _repo_folder(repo_id: str) -> str:
+    return "models--" + repo_id.replace("/", "--")
+
+
+class ModelStore:
+    """Resolves, downloads, verifies and describes the pretrained models of every role."""
+
+    def __init__(
+        self,
+        cache_dir: Path | str | None = None,
+        offline: bool | None = None,
+        overrides: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.hub_dir = self.cache_dir / "hub"
+        self.offline = bool(offline) or _env_offline()
+        self.overrides = dict(overrides or {})
+        self.token = token if token is not None else os.environ.get("HF_TOKEN") or None
+
+    # ------------------------------------------------------------------ sources
+
+    def source(self, role: str, alternative: str | None = None) -> Source:
+        """Pick the role's source: explicit override > environment variable > registry default."""
+        spec = alternative_spec(role, alternative) if alternative else get_role(role)
+        key = f"{role}:{alternative}" if alternative else role
+        value, origin = self.overrides.get(key), "override"
+        if not value:
+            value, origin = os.environ.get(_env_key(role, alternative)), "env"
+        if not value:
+            return Source(role, alternative, spec)
+        value = value.strip()
+        if _looks_like_path(value):
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise ModelNotFoundError(
+                    f"model folder for role {role!r} does not exist: {path} (from {origin})",
+                    hint=f"fix the path, or remove the override to use {spec.repo_id}",
+                )
+            return Source(role, alternative, spec, local_dir=path.resolve(), origin=origin)
+        repo_id, _, revision = value.partition("@")
+        return Source(role, alternative, spec_for(role, repo_id, revision or None), origin=origin)
+
+    def _missing_error(self, src: Source, detail: str = "") -> ModelNotFoundError:
+        cmd = download_command(src.role, src.alternative)
+        what = f"model for role {src.role!r} ({src.spec.repo_id}@{src.spec.revision})"
+        msg = f"{what} is not in the cache {self.hub_dir}" + (f": {detail}" if detail else "")
+        return ModelNotFoundError(msg, hint=f"run `{cmd}` (needs network; licence: {src.spec.licence})")
+
+    def _snapshot(self, spec: RoleSpec) -> Path | None:
+        """The cached snapshot folder of ``spec`` (its id or an alias), without any network access."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        for repo_id in spec.repo_ids:
+            revision = spec.revision if repo_id == spec.repo_id else "main"
+            if not (self.hub_dir / _repo_folder(repo_id)).is_dir():
+                continue
+            try:
+                path = snapshot_download(
+                    repo_id, revision=revision, cache_dir=self.hub_dir, local_files_only=True,
+                    allow_patterns=list(spec.allow_patterns) or None, ignore_patterns=list(spec.ignore_patterns) or None,
+                )  # fmt: skip
+            except (LocalEntryNotFoundError, OSError, ValueError):
+                continue
+            return Path(path)
+        return None
+
+    # ------------------------------------------------------------------ queries
+
+    def resolve(self, role: str, alternative: str | None = None) -> Path:
+        """The local folder holding ``role``'s files; raises :class:`ModelNotFoundError` when absent
+        or incomplete (the message names the role, the repo and the download command)."""
+        src = self.source(role, alternative)
+        if src.local_dir is not None:
+            missing = missing_components(src.local_dir, src.spec)
+            if missing:
+                raise ModelNotFoundError(
+                    f"local model folder for role {role!r} ({src.local_dir}) lacks: {', '.join(missing)}",
+                    hint="point the override at a diffusers/transformers folder with the layout of "
+                    f"{src.spec.repo_id}",
+                )
+            return src.local_dir
+        path = self._snapshot(src.spec)
+        if path is None:
+            raise self._missing_error(src)
+        missing = missing_components(path, src.spec)
+        if missing:
+            raise self._missing_error(src, "incomplete download, missing " + ", ".join(missing))
+        return path
+
+    def is_cached(self, role: str, alternative: str | None = None) -> bool:
+        """True when :meth:`resolve` would succeed (no network)."""
+        try:
+            self.resolve(role, alternative)
+        except ModelNotFoundError:
+            return False
+        return True
+
+    def cached_size(self, role: str, alternative: str | None = None) -> int | None:
+        """Bytes on disk of the resolved snapshot (symlinks followed), or None when not cached."""
+        try:
+            path = self.resolve(role, alternative)
+        except ModelNotFoundError:
+            return None
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    def describe(self) -> list[dict]:
+        """Rows for ``animate124 models list``: role, repo, revision, licence, cached, size, source."""
+        from animate124.models.registry import ROLES
+
+        rows = []
+        for role in ROLES:
+            try:
+                src = self.source(role)
+                repo, revision = (
+                    (str(src.local_dir), "local") if src.local_dir else (src.spec.repo_id, src.spec.revision)
+                )
+                origin = src.origin
+            except ModelNotFoundError as err:  # broken local override: still list the role
+                spec, repo, revision, origin = get_role(role), f"<invalid: {err.message}>", "", "override"
+                src = Source(role, None, spec)
+            size = self.cached_size(role) if not repo.startswith("<invalid") else None
+            rows.append(
+                {
+                    "role": role, "repo": repo, "revision": revision, "licence": src.spec.licence,
+                    "licence_note": src.spec.licence_note, "cached": size is not None, "size": size,
+                    "approx_download_bytes": src.spec.approx_size_bytes, "source": origin,
+                    "description": src.spec.description,
+                }
+            )  # fmt: skip
+        return rows
+
+    # ------------------------------------------------------------------ download
+
+    def _endpoint(self) -> str:
+        from huggingface_hub import constants
+
+        return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+    def _preflight(self, endpoint: str) -> None:
+        """Fail in seconds when the Hub host does not accept TCP connections.
+
+        Skipped behind a proxy (the direct connection may be blocked while the proxy works)."""
+        if any(
+            os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+        ):
+            return
+        url = urlparse(endpoint)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError as err:
+            raise DownloadError(
+                f"cannot reach the model hub at {endpoint} ({err.__class__.__name__}: {err})",
+                hint="check the network / proxy settings (HTTPS_PROXY), or HF_ENDPOINT for a mirror",
+            ) from err
+
+    def download(self, role: str, progress: bool = True, alternative: str | None = None) -> Path:
+        """Fetch ``role``'s files into the cache (resumable) and return the snapshot folder.
+
+        Already complete -> returns at once without network. Offline or Hub unreachable -> raises
+        :class:`DownloadError` within a few seconds."""
+        src = self.source(role, alternative)
+        if src.local_dir is not None:
+            return self.resolve(role, alternative)
+        if self.is_cached(role, alternative):
+            return self.resolve(role, alternative)
+        spec = src.spec
+        if self.offline:
+            raise DownloadError(
+                f"cannot download {spec.repo_id} for role {role!r}: offline mode is on",
+                hint="unset HF_HUB_OFFLINE / ANIMATE124_OFFLINE (or --offline) and retry",
+            )
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        endpoint = self._endpoint()
+        try:
+            self._preflight(endpoint)
+        except DownloadError as err:
+            raise DownloadError(f"cannot download {spec.repo_id} for role {role!r}: {err.message}", err.hint) from err
+        kw = dict(
+            repo_id=spec.repo_id, revision=spec.revision, cache_dir=self.hub_dir, token=self.token,
+            etag_timeout=ETAG_TIMEOUT_S, endpoint=endpoint, ignore_patterns=list(spec.ignore_patterns) or None,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        try:
+            patterns = list(spec.allow_patterns)
+            if spec.auto_weights:
+                listing = snapshot_download(**kw, dry_run=True)
+                files = [info.filename for info in listing]
+                patterns += [f for f in pick_weight_files(files, spec.ignore_patterns) if f not in patterns]
+            if not progress:
+                disable_progress_bars()
+            try:
+                path = Path(snapshot_download(**kw, allow_patterns=patterns))
+            finally:
+                if not progress:
+                    enable_progress_bars()
+        except Exception as err:  # network, auth (gated repo), missing revision: one clear error
+            raise _download_error(spec, err) from err
+        missing = missing_components(path, spec)
+        if missing:
+            raise DownloadError(
+                f"download of {spec.repo_id}@{spec.revision} finished but lacks {', '.join(missing)}",
+                hint="the repo layout changed or the Hub could not be reached; override the role with a local folder",
+            )
+        log.info("downloaded %s (%s) in %.1f s", spec.repo_id, role, time.monotonic() - t0)
+        return path
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, role: str, alternative: str | None = None, hashes: bool = True) -> list[str]:
+        """Problems with the cached files of ``role`` (empty list = ok).
+
+        Checks: required components present for the detected layout; safetensors headers agree with
+        the file size (truncation); ``.bin`` files are complete zip archives; and, for files stored as
+        ``blobs/<sha256>`` (LFS files in a real HF cache), the sha256 of the content (``hashes``)."""
+        src = self.source(role, alternative)
+        folder = src.local_dir or self._snapshot(src.spec)
+        if folder is None:
+            return [f"{role}: not cached ({src.spec.repo_id}); run `{download_command(role, alternative)}`"]
+        problems = [f"{role}: missing {m}" for m in missing_components(folder, src.spec)]
+        for f in sorted(folder.rglob("*")):
+            if not f.is_file():
+                if f.is_symlink():
+                    problems.append(f"{role}: broken link {f.relative_to(folder)}")
+                continue
+            rel = f.relative_to(folder).as_posix()
+            if f.name.endswith(".safetensors"):
+                problem = _check_safetensors(f)
+                if problem:
+                    problems.append(f"{role}: {rel}: {problem}")
+            elif f.name.endswith(".bin") and f.name in WEIGHT_FILE_NAMES:
+                problem = _check_torch_zip(f)
+                if problem:
+                    problems.append(f"{role}: {rel}: {problem}")
+            if hashes and f.is_symlink():
+                blob = Path(os.path.realpath(f)).name
+                if _HEX64.fullmatch(blob) and _sha256(f) != blob:
+                    problems.append(f"{role}: {rel}: sha256 mismatch (blob {blob[:12]}…)")
+        return problems
+
+
+# ---------------------------------------------------------------------- helpers (no torch)
+
+
+def _download_error(spec: RoleSpec, err: Exception) -> DownloadError:
+    name = err.__class__.__name__
+    text = str(err).splitlines()[0] if str(err) else name
+    low = (name + " " + str(err)).lower()
+    if "401" in low or "403" in low or "gated" in low or "unauthorized" in low:
+        hint = f"accept the licence on https://huggingface.co/{spec.repo_id} and set HF_TOKEN"
+    elif "connect" in low or "timeout" in low or "network" in low or "resolve" in low:
+        hint = "check the network / proxy settings, or HF_ENDPOINT for a mirror"
+    elif "revision" in low or "404" in low or "not found" in low:
+        hint = f"check the repo id / revision ({spec.repo_id}@{spec.revision}) or override the role"
+    else:
+        hint = "retry (downloads resume), or override the role with a local folder"
+    return DownloadError(f"download of {spec.repo_id}@{spec.revision} failed: {name}: {text}", hint=hint)
+
+
+def _has_weights(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / n).is_file() for n in WEIGHT_FILE_NAMES)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+
+
+def projection_folder(root: Path) -> Path | None:
+    """Zero123 camera-projection folder: ``clip_camera_projection/`` (bennyguo, ashawkey) or
+    ``cc_projection/`` (kxic, Yuyang-z), whichever holds a config and weights."""
+    for name in ("clip_camera_projection", "cc_projection"):
+        if (root / name / "config.json").is_file() and _has_weights(root / name):
+            return root / name
+    return None
+
+
+def missing_components(root: Path, spec: RoleSpec) -> list[str]:
+    """Required files of ``spec.components`` absent from ``root`` (names like ``unet/config.json``)."""
+    missing: list[str] = []
+    for sub, kind in spec.components:
+        folder = root / sub if sub else root
+        prefix = f"{sub}/" if sub else ""
+        if kind == "model":
+            if not (folder / "config.json").is_file():
+                missing.append(prefix + "config.json")
+            if not _has_weights(folder):
+                missing.append(prefix + "<weights>")
+        elif kind == "tokenizer":
+            if not _has_tokenizer(folder):
+                missing.append(prefix + "vocab.json+merges.txt")
+        elif kind == "scheduler":
+            if not (folder / "scheduler_config.json").is_file():
+                missing.append(prefix + "scheduler_config.json")
+        elif kind == "projection":
+            if projection_folder(folder) is None:
+                missing.append(prefix + "clip_camera_projection/ or cc_projection/")
+        elif kind.startswith("file:") and not (folder / kind[5:]).is_file():
+            missing.append(prefix + kind[5:])
+    return missing
+
+
+def _check_safetensors(path: Path) -> str | None:
+    """Header parse + size check: 8-byte little-endian header length, JSON header, data offsets."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return "truncated (no header)"
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8:
+                return f"truncated header ({size} bytes)"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as err:
+        return f"unreadable safetensors ({err})"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    expected = 8 + n + end
+    if expected != size:
+        return f"size {size} != {expected} declared by its header"
+    return None
+
+
+def _check_torch_zip(path: Path) -> str | None:
+    """torch >= 1.6 pickles are zip archives; a truncated download loses the central directory.
+    Legacy (pre-zip) pickles, which start with a pickle protocol byte, cannot be checked cheaply."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"not a complete torch archive ({err})"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
