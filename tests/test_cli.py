@@ -164,3 +164,30 @@ def test_run_all_tiny_then_render_and_static(tmp_path, monkeypatch):
     # the static stage states the missing capability in one line, no traceback
     r = invoke("static", "--preset", "tiny", cwd=tmp_path)
     assert r.exit_code == 1 and "not built" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "image.jpg"])
+def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
+    """`animate124 preprocess` on the upstream panda example, with and without alpha (tiny models)."""
+    import numpy as np
+    from PIL import Image
+
+    src = shared_data / "animate124" / "panda-dance" / name
+    proj = tmp_path / "p"
+    r = invoke("preprocess", str(src), "-p", str(proj), "--preset", "tiny")
+    assert r.exit_code == 0, r.output
+    side = max(Image.open(src).size)
+    rgba = np.asarray(Image.open(proj / "preprocess" / "rgba.png"))
+    depth = np.asarray(Image.open(proj / "preprocess" / "depth.png"))
+    depth_f = np.load(proj / "preprocess" / "depth.npy")
+    assert rgba.shape == (side, side, 4) and rgba.dtype == np.uint8
+    assert depth.shape == (side, side) and depth.dtype == np.uint8
+    assert depth_f.shape == (side, side) and depth_f.dtype == np.float32
+    assert 0.0 <= depth_f.min() and depth_f.max() <= 1.0
+    fg = rgba[..., 3] > 0
+    assert (depth[~fg] == 0).all() and (depth_f[~fg] == 0).all()
+    if fg.any():
+        assert depth_f[fg].max() == pytest.approx(1.0)
+    assert (proj / "preprocess" / "preview.png").is_file()
+    manifest = (proj / "manifest.json").read_text()
+    assert '"matting_ran": ' + ("false" if name == "rgba.png" else "true") in manifest

@@ -45,7 +45,6 @@ def tiny() -> dict[str, Any]:
     return {
         "run": {"device": "cpu", "precision": "fp32", "checkpoint_every": 5, "log_every": 1},
         "models": {"tiny": True},
-        "preprocess": {"size": 128},
         "invert": {"steps": 10, "batch_size": 2, "resolution": 64, "checkpoint_every": 5},
         "scene": {
             "num_levels": 4,

@@ -54,13 +54,29 @@ def run_preprocess(project: Project, cfg: Config, image: Path, *, force: bool = 
             project.preprocess_dir,
             store=model_store(cfg),
             device=device,
-            dtype=resolve_dtype(cfg.run.precision, device) if device.type == "cuda" else None,
+            dtype=resolve_dtype(cfg.run.precision, device),
             framing=cfg.preprocess.framing,
             size=cfg.preprocess.size or None,
             border_ratio=cfg.preprocess.border_ratio,
             segment_query=cfg.preprocess.segment_query,
             min_foreground_fraction=cfg.preprocess.min_foreground_fraction,
+            min_side=cfg.preprocess.min_side,
         )
-        return {"artifacts": res.artifacts(), "metrics": res.metrics()}
+        return {
+            "artifacts": {
+                "rgba": res.rgba_path,
+                "depth": res.depth_path,
+                "depth_npy": res.depth_npy_path,
+                "preview": res.preview_path,
+            },
+            "metrics": {
+                "input_size": list(res.input_size),
+                "output_size": res.output_size,
+                "framing": res.framing,
+                "foreground_fraction": round(res.foreground_fraction, 5),
+                "matting_ran": res.matting_ran,
+                "timings": res.timings,
+            },
+        }
 
     return run_stage(project, "preprocess", cfg, body, force=force, extra_hash=sha)
