@@ -226,7 +226,9 @@ class Project:
                 hint="the file is corrupt; restore it or start a new project",
             ) from exc
         if data.get("manifest_version") != MANIFEST_VERSION:
-            raise ProjectError(f"{self.manifest_path}: unsupported manifest_version {data.get('manifest_version')}")
+            raise ProjectError(
+                f"{self.manifest_path}: unsupported manifest_version {data.get('manifest_version')}"
+            )
         return data
 
     def write_manifest(self, data: dict[str, Any]) -> None:

@@ -49,13 +49,19 @@ def invoke(*args: str, cwd: Path | None = None):
 
 def test_top_help_is_fast():
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "animate124.cli.app", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "animate124.cli.app", "--help"], capture_output=True, text=True
+    )
     dt = time.perf_counter() - t0
     assert out.returncode == 0 and "run-all" in out.stdout
     assert dt < 1.5, f"--help took {dt:.2f} s"
     # and it imported none of the heavy libraries
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys; from animate124.cli import app; print('torch' in sys.modules, 'diffusers' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from animate124.cli import app; print('torch' in sys.modules, 'diffusers' in sys.modules)",
+        ],
         capture_output=True,
         text=True,
     )
@@ -126,10 +132,24 @@ def test_models_path_missing_is_clear(tmp_path):
 
 
 def test_models_download_without_hub_fails_fast(tmp_path):
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "ANIMATE124_OFFLINE": "0"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "0",
+        "ANIMATE124_OFFLINE": "0",
+    }
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "animate124.cli.app", "models", "download", "sd", "--cache-dir", str(tmp_path / "c")],
+        [
+            sys.executable,
+            "-m",
+            "animate124.cli.app",
+            "models",
+            "download",
+            "sd",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -150,13 +170,22 @@ def test_doctor():
 def test_run_all_tiny_then_render_and_static(tmp_path, monkeypatch):
     """The README's smoke run: run-all on the tiny preset up to invert, offline; then the later commands."""
     monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
-    r = invoke("run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path)
+    r = invoke(
+        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path
+    )
     assert r.exit_code == 0, r.output
     proj = tmp_path / "runs" / "toy"
-    for f in ("manifest.json", "preprocess/rgba.png", "preprocess/depth.png", "invert/learned_embeds.safetensors"):
+    for f in (
+        "manifest.json",
+        "preprocess/rgba.png",
+        "preprocess/depth.png",
+        "invert/learned_embeds.safetensors",
+    ):
         assert (proj / f).is_file(), f
     # a second run is a no-op for the finished stages
-    r = invoke("run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path)
+    r = invoke(
+        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path
+    )
     assert r.exit_code == 0 and "up to date" in r.output
     # render finds the most recent project and says there is nothing trained yet
     r = invoke("render", "--orbit", cwd=tmp_path)
@@ -183,7 +212,7 @@ def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
     assert rgba.shape == (side, side, 4) and rgba.dtype == np.uint8
     assert depth.shape == (side, side) and depth.dtype == np.uint8
     assert depth_f.shape == (side, side) and depth_f.dtype == np.float32
-    assert 0.0 <= depth_f.min() and depth_f.max() <= 1.0
+    assert depth_f.min() >= 0.0 and depth_f.max() <= 1.0
     fg = rgba[..., 3] > 0
     assert (depth[~fg] == 0).all() and (depth_f[~fg] == 0).all()
     if fg.any():

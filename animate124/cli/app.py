@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,9 +27,9 @@ app = typer.Typer(
     ),
     epilog=(
         "[bold]Examples[/bold]\n\n"
-        "  [cyan]animate124 run-all image.png \"a panda is dancing\"[/cyan]\n\n"
+        '  [cyan]animate124 run-all image.png "a panda is dancing"[/cyan]\n\n'
         "  [cyan]animate124 render --orbit[/cyan]\n\n"
-        "  [cyan]animate124 run-all toy.png \"a toy is spinning\" --preset tiny --until invert[/cyan]   (CPU smoke run)\n\n"
+        '  [cyan]animate124 run-all toy.png "a toy is spinning" --preset tiny --until invert[/cyan]   (CPU smoke run)\n\n'
         "  [cyan]animate124 models list[/cyan]\n\n"
         "  [cyan]animate124 doctor[/cyan]"
     ),
@@ -39,11 +39,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(
-    help="List, download, locate and verify the pretrained models.", no_args_is_help=True, rich_markup_mode="rich"
+    help="List, download, locate and verify the pretrained models.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
-config_app = typer.Typer(help="Show configuration fields and presets.", no_args_is_help=True, rich_markup_mode="rich")
+config_app = typer.Typer(
+    help="Show configuration fields and presets.", no_args_is_help=True, rich_markup_mode="rich"
+)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+
 
 def console():
     """A rich console on stdout (made per call so it sees the current terminal)."""
@@ -60,7 +65,7 @@ def _err_console():
 
 # --- shared options ------------------------------------------------------------------------------
 ProjectOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--project",
         "-p",
@@ -70,18 +75,28 @@ ProjectOpt = Annotated[
 ]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Settings preset: paper, fast, low-vram or tiny.")]
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML file of config overrides.", show_default=False)
+    Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.", show_default=False)
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="Override one field, e.g. --set static.iters=2000 (repeatable).", show_default=False),
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override one field, e.g. --set static.iters=2000 (repeatable).",
+        show_default=False,
+    ),
 ]
 DeviceOpt = Annotated[
-    Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: auto).", show_default=False)
+    str | None,
+    typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: auto).", show_default=False),
 ]
 CacheOpt = Annotated[
-    Optional[Path],
-    typer.Option("--cache-dir", help="Model cache directory (default: $ANIMATE124_CACHE or the user cache).", show_default=False),
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Model cache directory (default: $ANIMATE124_CACHE or the user cache).",
+        show_default=False,
+    ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run the stage again even if it is up to date.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
@@ -94,7 +109,9 @@ def _examples(*lines: str) -> str:
 
 def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` mapping library errors to a red line + hint and an exit code."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return fn()
     except typer.Exit:
@@ -131,11 +148,11 @@ def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
 
 def _build_config(
     preset: str,
-    config_file: Optional[Path],
-    sets: Optional[list[str]],
-    device: Optional[str] = None,
-    cache_dir: Optional[Path] = None,
-    options: Optional[dict[str, Any]] = None,
+    config_file: Path | None,
+    sets: list[str] | None,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    options: dict[str, Any] | None = None,
 ):
     from animate124.config.loader import deep_merge, resolve_config
 
@@ -147,7 +164,7 @@ def _build_config(
     return resolve_config(preset, config_file, opts, sets or [])
 
 
-def _check_prompt(prompt: Optional[str], what: str) -> str:
+def _check_prompt(prompt: str | None, what: str) -> str:
     if prompt is None or not prompt.strip():
         raise ConfigError(f"the {what} prompt is empty", hint="give a short description in quotes")
     return prompt.strip()
@@ -176,8 +193,10 @@ def _report(result, quiet: bool = False) -> None:
 def preprocess(
     image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],
     project: Annotated[
-        Optional[Path],
-        typer.Option("--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False),
+        Path | None,
+        typer.Option(
+            "--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False
+        ),
     ] = None,
     preset: PresetOpt = "paper",
     config: ConfigOpt = None,
@@ -216,10 +235,11 @@ def preprocess(
 def invert(
     project: ProjectOpt = None,
     initializer: Annotated[
-        Optional[str], typer.Option(help="A one-token word describing the object (e.g. panda).", show_default=False)
+        str | None,
+        typer.Option(help="A one-token word describing the object (e.g. panda).", show_default=False),
     ] = None,
-    placeholder: Annotated[Optional[str], typer.Option(help="The new token's text.", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps.", show_default=False)] = None,
+    placeholder: Annotated[str | None, typer.Option(help="The new token's text.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.", show_default=False)] = None,
     preset: PresetOpt = "paper",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -255,7 +275,9 @@ def invert(
     _guard(debug, go)
 
 
-def _training_stage(stage: str, project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug):
+def _training_stage(
+    stage: str, project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug
+):
     def go():
         from animate124.project import find_project, remember_project
         from animate124.stages.training import run_training_stage
@@ -270,7 +292,9 @@ def _training_stage(stage: str, project, prompt, preset, config, set_, device, c
     _guard(debug, go)
 
 
-PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="The stage's text prompt.", show_default=False)]
+PromptOpt = Annotated[
+    str | None, typer.Option("--prompt", help="The stage's text prompt.", show_default=False)
+]
 
 
 @app.command(
@@ -296,7 +320,10 @@ def static(
 
 
 @app.command(
-    epilog=_examples('animate124 dynamic --prompt "a panda is dancing"', "animate124 dynamic -p runs/panda --preset low-vram")
+    epilog=_examples(
+        'animate124 dynamic --prompt "a panda is dancing"',
+        "animate124 dynamic -p runs/panda --preset low-vram",
+    )
 )
 def dynamic(
     project: ProjectOpt = None,
@@ -342,8 +369,12 @@ def refine(
 )
 def render(
     project: ProjectOpt = None,
-    orbit: Annotated[bool, typer.Option("--orbit", help="An orbit video: the camera circles while time runs.")] = False,
-    views: Annotated[Optional[int], typer.Option(help="Fixed views (each a video over time).", show_default=False)] = None,
+    orbit: Annotated[
+        bool, typer.Option("--orbit", help="An orbit video: the camera circles while time runs.")
+    ] = False,
+    views: Annotated[
+        int | None, typer.Option(help="Fixed views (each a video over time).", show_default=False)
+    ] = None,
     preset: PresetOpt = "paper",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -383,22 +414,30 @@ def run_all(
     image: Annotated[Path, typer.Argument(help="Input image.")],
     prompt: Annotated[str, typer.Argument(help='Motion prompt, e.g. "a panda is dancing".')],
     project: Annotated[
-        Optional[Path],
-        typer.Option("--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False),
+        Path | None,
+        typer.Option(
+            "--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False
+        ),
     ] = None,
     subject: Annotated[
-        Optional[str],
-        typer.Option(help="The object word (default: the word after the prompt's article).", show_default=False),
+        str | None,
+        typer.Option(
+            help="The object word (default: the word after the prompt's article).", show_default=False
+        ),
     ] = None,
     static_prompt: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help='Default: "a high-resolution DSLR image of <prompt>".', show_default=False),
     ] = None,
     refine_prompt: Annotated[
-        Optional[str], typer.Option(help="Default: the prompt with the subject replaced by <token>.", show_default=False)
+        str | None,
+        typer.Option(help="Default: the prompt with the subject replaced by <token>.", show_default=False),
     ] = None,
     until: Annotated[
-        Optional[str], typer.Option(help="Stop after this stage (preprocess, invert, static, dynamic, refine).", show_default=False)
+        str | None,
+        typer.Option(
+            help="Stop after this stage (preprocess, invert, static, dynamic, refine).", show_default=False
+        ),
     ] = None,
     preset: PresetOpt = "paper",
     config: ConfigOpt = None,
@@ -420,9 +459,13 @@ def run_all(
         from animate124.stages.pipeline import derive_prompts, run_pipeline
 
         if until is not None and until not in _STAGE_ORDER:
-            raise ConfigError(f"--until {until!r} is not a stage", hint=f"choose one of: {', '.join(_STAGE_ORDER)}")
+            raise ConfigError(
+                f"--until {until!r} is not a stage", hint=f"choose one of: {', '.join(_STAGE_ORDER)}"
+            )
         motion = _check_prompt(prompt, "motion")
-        prompts = derive_prompts(motion, subject=subject, static_prompt=static_prompt, refine_prompt=refine_prompt)
+        prompts = derive_prompts(
+            motion, subject=subject, static_prompt=static_prompt, refine_prompt=refine_prompt
+        )
         options: dict[str, Any] = {
             "static": {"prompt": prompts.static},
             "dynamic": {"prompt": prompts.dynamic},
@@ -449,14 +492,20 @@ def run_all(
 
 
 # --- models --------------------------------------------------------------------------------------
-RoleArg = Annotated[str, typer.Argument(help="Role: sd, zero123, video, controlnet, depth, matting, segment, clip.")]
+RoleArg = Annotated[
+    str, typer.Argument(help="Role: sd, zero123, video, controlnet, depth, matting, segment, clip.")
+]
 AltOpt = Annotated[
-    Optional[str],
-    typer.Option("--alternative", help="An alternative model of the role, e.g. zeroscope for video.", show_default=False),
+    str | None,
+    typer.Option(
+        "--alternative",
+        help="An alternative model of the role, e.g. zeroscope for video.",
+        show_default=False,
+    ),
 ]
 
 
-def _store(cache_dir: Optional[Path], offline: bool = True, tiny: bool = False):
+def _store(cache_dir: Path | None, offline: bool = True, tiny: bool = False):
     from animate124.engine.runtime import model_store
 
     options: dict[str, Any] = {"models": {"offline": offline, "tiny": tiny}}
@@ -466,9 +515,14 @@ def _store(cache_dir: Optional[Path], offline: bool = True, tiny: bool = False):
     return model_store(cfg)
 
 
-@models_app.command("list", epilog=_examples("animate124 models list", "animate124 models list --cache-dir /data/models"))
-def models_list(cache_dir: CacheOpt = None, tiny: Annotated[bool, typer.Option(help="Show the tiny test cache.")] = False,
-                debug: DebugOpt = False) -> None:
+@models_app.command(
+    "list", epilog=_examples("animate124 models list", "animate124 models list --cache-dir /data/models")
+)
+def models_list(
+    cache_dir: CacheOpt = None,
+    tiny: Annotated[bool, typer.Option(help="Show the tiny test cache.")] = False,
+    debug: DebugOpt = False,
+) -> None:
     """Every model role with its repo id, licence, whether it is cached and its size."""
 
     def go():
@@ -489,7 +543,9 @@ def models_list(cache_dir: CacheOpt = None, tiny: Annotated[bool, typer.Option(h
                 f"{size / 1e9:.2f} GB" if size else "-",
             )
         console().print(table)
-        console().print("[yellow]ModelScope and Zeroscope weights are CC-BY-NC-4.0: non-commercial use only.[/yellow]")
+        console().print(
+            "[yellow]ModelScope and Zeroscope weights are CC-BY-NC-4.0: non-commercial use only.[/yellow]"
+        )
 
     _guard(debug, go)
 
@@ -506,7 +562,9 @@ def models_download(
     role: RoleArg,
     alternative: AltOpt = None,
     cache_dir: CacheOpt = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Fail at once instead of using the network.")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Fail at once instead of using the network.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Download a role's files (only the ones used) into the cache; resumable, verified afterwards. `all` for every role."""
@@ -529,7 +587,9 @@ def models_download(
 
 
 @models_app.command("path", epilog=_examples("animate124 models path sd"))
-def models_path(role: RoleArg, alternative: AltOpt = None, cache_dir: CacheOpt = None, debug: DebugOpt = False) -> None:
+def models_path(
+    role: RoleArg, alternative: AltOpt = None, cache_dir: CacheOpt = None, debug: DebugOpt = False
+) -> None:
     """Print the local directory of a cached role (error if it is not cached)."""
 
     def go():
@@ -538,9 +598,11 @@ def models_path(role: RoleArg, alternative: AltOpt = None, cache_dir: CacheOpt =
     _guard(debug, go)
 
 
-@models_app.command("verify", epilog=_examples("animate124 models verify", "animate124 models verify zero123"))
+@models_app.command(
+    "verify", epilog=_examples("animate124 models verify", "animate124 models verify zero123")
+)
 def models_verify(
-    role: Annotated[Optional[str], typer.Argument(help="Role to check (default: every cached role).")] = None,
+    role: Annotated[str | None, typer.Argument(help="Role to check (default: every cached role).")] = None,
     alternative: AltOpt = None,
     cache_dir: CacheOpt = None,
     debug: DebugOpt = False,
@@ -569,7 +631,10 @@ def models_verify(
 
 
 # --- config / doctor -----------------------------------------------------------------------------
-@config_app.command("show", epilog=_examples("animate124 config show --preset fast", "animate124 config show -s static.iters=100"))
+@config_app.command(
+    "show",
+    epilog=_examples("animate124 config show --preset fast", "animate124 config show -s static.iters=100"),
+)
 def config_show(
     preset: PresetOpt = "paper", config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False
 ) -> None:
@@ -619,7 +684,9 @@ def doctor(cache_dir: CacheOpt = None, debug: DebugOpt = False) -> None:
         from animate124.stages.doctor import doctor_report
 
         for key, value, ok in doctor_report(_store(cache_dir)):
-            mark = "[green]✓[/green]" if ok is True else ("[yellow]-[/yellow]" if ok is None else "[red]✗[/red]")
+            mark = (
+                "[green]✓[/green]" if ok is True else ("[yellow]-[/yellow]" if ok is None else "[red]✗[/red]")
+            )
             console().print(f"{mark} {key}: {value}")
 
     _guard(debug, go)
@@ -634,7 +701,10 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Animate one image into a 4D dynamic scene from a text motion prompt."""

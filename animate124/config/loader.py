@@ -69,7 +69,9 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
-        out = tuple(_coerce(f"{path}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        out = tuple(
+            _coerce(f"{path}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
         if len(out) == 2 and all(isinstance(x, (int, float)) for x in out) and out[0] > out[1]:
             raise ConfigError(f"{path}: range {list(out)} has low > high")
         return out
@@ -129,7 +131,9 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     data = dict(data)
     version = data.pop("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise ConfigError(f"config schema_version {version} is not supported (this version reads {SCHEMA_VERSION})")
+        raise ConfigError(
+            f"config schema_version {version} is not supported (this version reads {SCHEMA_VERSION})"
+        )
     return _build(Config, data, "")
 
 
@@ -149,7 +153,9 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value", hint="for example --set static.iters=2000")
+            raise ConfigError(
+                f"--set {item!r}: expected section.key=value", hint="for example --set static.iters=2000"
+            )
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
@@ -237,6 +243,11 @@ def describe_fields() -> list[tuple[str, str, Any, str]]:
         hints = _hints(type(section))
         for f in dataclasses.fields(section):
             rows.append(
-                (f"{sec.name}.{f.name}", _type_name(hints[f.name]), to_dict(getattr(section, f.name)), f.metadata["help"])
+                (
+                    f"{sec.name}.{f.name}",
+                    _type_name(hints[f.name]),
+                    to_dict(getattr(section, f.name)),
+                    f.metadata["help"],
+                )
             )
     return rows

@@ -84,9 +84,7 @@ def preset_overrides(name: str) -> dict[str, Any]:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r}", hint=f"choose one of: {', '.join(PRESETS)}"
-        ) from None
+        raise ConfigError(f"unknown preset {name!r}", hint=f"choose one of: {', '.join(PRESETS)}") from None
 
 
 def preset_descriptions() -> dict[str, str]:

@@ -33,7 +33,9 @@ class RunConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = opt(
         "auto", "Mixed precision for the NeRF and priors: auto = fp16 on CUDA, fp32 on CPU."
     )
-    checkpoint_every: int = opt(500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True)
+    checkpoint_every: int = opt(
+        500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True
+    )
     log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
 
 
@@ -42,8 +44,14 @@ class ModelsConfig:
     """Which pretrained models to use and where they live."""
 
     tiny: bool = opt(False, "Use tiny random models (tests and smoke runs; built offline on first use).")
-    cache_dir: str = opt("", "Model cache directory (default: ANIMATE124_CACHE or the user cache dir).", nohash=True)
-    offline: bool = opt(True, "Never touch the network when loading (downloads only via `animate124 models download`).", nohash=True)
+    cache_dir: str = opt(
+        "", "Model cache directory (default: ANIMATE124_CACHE or the user cache dir).", nohash=True
+    )
+    offline: bool = opt(
+        True,
+        "Never touch the network when loading (downloads only via `animate124 models download`).",
+        nohash=True,
+    )
     video_model: Literal["modelscope", "zeroscope"] = opt(
         "modelscope", "Text-to-video prior: ModelScope 1.7B (paper) or Zeroscope v2 576w."
     )
@@ -66,7 +74,9 @@ class PreprocessConfig:
     )
     size: int = opt(0, "Output side in pixels (0 = keep the input's long side, as upstream).")
     border_ratio: float = opt(0.2, "Margin around the object when framing = recenter.", min=0.0, max=0.9)
-    segment_query: str = opt("the main object", "Text query for the coarse foreground segmenter (images without alpha).")
+    segment_query: str = opt(
+        "the main object", "Text query for the coarse foreground segmenter (images without alpha)."
+    )
     min_foreground_fraction: float = opt(
         0.001, "Fail when less than this fraction of pixels is foreground.", min=0.0, max=1.0
     )
@@ -78,12 +88,16 @@ class InvertConfig:
     """SPEC section 2: textual inversion of one SD 1.5 token on the original photo."""
 
     placeholder: str = opt("<a124>", "The new token's string.")
-    initializer: str = opt("object", "A word that is a single token; its embedding initialises the new token.")
+    initializer: str = opt(
+        "object", "A word that is a single token; its embedding initialises the new token."
+    )
     steps: int = opt(3000, "Training steps (upstream 3000).", min=1)
     lr: float = opt(1e-4, "AdamW learning rate, constant (upstream 1e-4).", min=0.0)
     batch_size: int = opt(16, "Images per step (upstream 16).", min=1)
     resolution: int = opt(512, "Training resolution (SD 1.5: 512).", min=8)
-    augment: bool = opt(True, "Upstream's augmentation chain (rotation, crops, jitter, grayscale, blur, flip).")
+    augment: bool = opt(
+        True, "Upstream's augmentation chain (rotation, crops, jitter, grayscale, blur, flip)."
+    )
     upstream_aug_range_bug: bool = opt(
         False, "Reproduce the upstream bug: augmented pixels stay in [0,1] instead of [-1,1] (SPEC 11.5)."
     )
@@ -94,7 +108,9 @@ class InvertConfig:
 class FieldConfig:
     """SPEC 3.1: the grid encoding and MLP shared by the static and 4D fields."""
 
-    grid_type: Literal["tiled", "hash"] = opt("tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash.")
+    grid_type: Literal["tiled", "hash"] = opt(
+        "tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash."
+    )
     num_levels: int = opt(16, "Grid levels.", min=1)
     level_dim: int = opt(2, "Features per level.", min=1)
     base_resolution: int = opt(16, "Coarsest grid resolution.", min=2)
@@ -123,7 +139,8 @@ class RendererConfig:
         True, "Integrate alpha with the metric step dt*|d| (False = upstream's dt in ray-parameter units)."
     )
     upstream_times_bug: bool = opt(
-        False, "Reproduce SPEC 11.2: every 4D occupancy slot refreshed at t=0.5 after loading the static model."
+        False,
+        "Reproduce SPEC 11.2: every 4D occupancy slot refreshed at t=0.5 after loading the static model.",
     )
 
 
@@ -210,7 +227,9 @@ class RefineConfig:
     frames: int = opt(2, "Frames per step given to ControlNet (chosen evenly).", min=1)
     guidance_scale: float = opt(7.5, "ControlNet CFG scale.")
     t_range: tuple[float, float] = opt((0.2, 0.8), "ControlNet timestep range.")
-    target: Literal["x0", "sds"] = opt("x0", "x0 = upstream one-step x0 target (--grad_dyn); sds = standard SDS.")
+    target: Literal["x0", "sds"] = opt(
+        "x0", "x0 = upstream one-step x0 target (--grad_dyn); sds = standard SDS."
+    )
     weight: float = opt(1.0, "ControlNet SDS weight (ignored by the x0 target, as upstream).")
     controlnet_prompt: str = opt("best quality, high resolution", "Text given to ControlNet itself.")
     textureless_rate: float = opt(0.0, "Probability of textureless shading.", min=0.0, max=1.0)

@@ -62,11 +62,19 @@ def run_stage(
         if check_requirements:
             project.check_requirements(stage)
         upstream = [project.stage_record(s).get("config_hash", "") for s in REQUIRES[stage]]
-        h = hashlib.sha256("|".join([config_hash(cfg, stage), extra_hash, *upstream]).encode()).hexdigest()[:16]
+        h = hashlib.sha256("|".join([config_hash(cfg, stage), extra_hash, *upstream]).encode()).hexdigest()[
+            :16
+        ]
         rec = project.stage_record(stage)
         if not force and rec.get("status") == "done" and rec.get("config_hash") == h:
-            return StageResult(stage, skipped=True, artifacts=rec.get("artifacts", {}), metrics=rec.get("metrics", {}))
-        resume = rec.get("config_hash") == h and rec.get("status") in ("running", "interrupted", "failed") and not force
+            return StageResult(
+                stage, skipped=True, artifacts=rec.get("artifacts", {}), metrics=rec.get("metrics", {})
+            )
+        resume = (
+            rec.get("config_hash") == h
+            and rec.get("status") in ("running", "interrupted", "failed")
+            and not force
+        )
         if not resume:
             ckpt = project.stage(stage).checkpoints
             if ckpt.exists():
@@ -83,7 +91,10 @@ def run_stage(
             raise
         except BaseException as exc:
             project.update_stage(
-                stage, status="failed", error=f"{type(exc).__name__}: {exc}", seconds=round(time.perf_counter() - t0, 3)
+                stage,
+                status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                seconds=round(time.perf_counter() - t0, 3),
             )
             raise
         seconds = round(time.perf_counter() - t0, 3)
@@ -92,4 +103,6 @@ def run_stage(
         project.update_stage(
             stage, status="done", finished=now_iso(), seconds=seconds, artifacts=artifacts, metrics=metrics
         )
-        return StageResult(stage, skipped=False, artifacts=artifacts, metrics=metrics, seconds=seconds, resumed=resume)
+        return StageResult(
+            stage, skipped=False, artifacts=artifacts, metrics=metrics, seconds=seconds, resumed=resume
+        )

@@ -23,7 +23,9 @@ def resolve_device(name: str):
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"run.device: {name!r} is not a device name", hint="use auto, cpu, cuda or cuda:N") from exc
+        raise ConfigError(
+            f"run.device: {name!r} is not a device name", hint="use auto, cpu, cuda or cuda:N"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device is cuda but no CUDA GPU is available", hint="use --device cpu or auto")
     return dev

@@ -17,11 +17,19 @@ def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
 
         rows.append(("torch", torch.__version__, True))
         cuda = torch.cuda.is_available()
-        rows.append(("cuda", str(torch.version.cuda) if cuda else "not available (CPU only: use --preset tiny)", cuda or None))
+        rows.append(
+            (
+                "cuda",
+                str(torch.version.cuda) if cuda else "not available (CPU only: use --preset tiny)",
+                cuda or None,
+            )
+        )
         if cuda:
             for i in range(torch.cuda.device_count()):
                 p = torch.cuda.get_device_properties(i)
-                rows.append((f"gpu {i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}", True))
+                rows.append(
+                    (f"gpu {i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}", True)
+                )
     except ImportError:
         rows.append(("torch", "not installed", False))
     for pkg in ("diffusers", "transformers", "huggingface_hub"):
@@ -31,11 +39,26 @@ def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
             rows.append((pkg, md.version(pkg), True))
         except Exception:
             rows.append((pkg, "not installed", False))
-    for opt, what in (("triton", "fast grid encoder"), ("tinycudann", "optional grid encoder"), ("xformers", "optional attention")):
+    for opt, what in (
+        ("triton", "fast grid encoder"),
+        ("tinycudann", "optional grid encoder"),
+        ("xformers", "optional attention"),
+    ):
         found = importlib.util.find_spec(opt) is not None
-        rows.append((opt, f"installed ({what})" if found else f"not installed ({what}; optional)", True if found else None))
+        rows.append(
+            (
+                opt,
+                f"installed ({what})" if found else f"not installed ({what}; optional)",
+                True if found else None,
+            )
+        )
     rows.append(("model cache", str(store.cache_dir), True))
     for row in store.describe():
-        rows.append((f"model {row['role']}", f"{row['repo']} ({'cached' if row.get('cached') else 'not cached'})",
-                     True if row.get("cached") else None))
+        rows.append(
+            (
+                f"model {row['role']}",
+                f"{row['repo']} ({'cached' if row.get('cached') else 'not cached'})",
+                True if row.get("cached") else None,
+            )
+        )
     return rows

@@ -18,7 +18,7 @@ from animate124.stages.preprocess import file_sha256, source_image
 log = logging.getLogger(__name__)
 
 
-def load_photo(path) -> "torch.Tensor":  # noqa: F821
+def load_photo(path) -> torch.Tensor:  # noqa: F821
     """The original photo as [3, H, W] in [0, 1]; an alpha channel is composited on white."""
     import numpy as np
     import torch
@@ -33,7 +33,12 @@ def load_photo(path) -> "torch.Tensor":  # noqa: F821
 
 
 def run_invert(
-    project: Project, cfg: Config, *, force: bool = False, show_progress: bool = True, auto_initializer: bool = False
+    project: Project,
+    cfg: Config,
+    *,
+    force: bool = False,
+    show_progress: bool = True,
+    auto_initializer: bool = False,
 ) -> StageResult:
     """Train (or resume) the token and write ``<project>/invert/learned_embeds.safetensors``.
 
@@ -44,7 +49,11 @@ def run_invert(
     src = source_image(project)
 
     def body(ctx: StageContext) -> dict:
-        from animate124.guidance.textual_inversion import TIConfig, save_learned_embeds, train_textual_inversion
+        from animate124.guidance.textual_inversion import (
+            TIConfig,
+            save_learned_embeds,
+            train_textual_inversion,
+        )
         from animate124.models.loaders import load_sd
 
         device = resolve_device(cfg.run.device)
@@ -86,7 +95,11 @@ def run_invert(
             save_learned_embeds(tmp, {c.placeholder: vec.detach().float().cpu()})
         return {
             "artifacts": {"learned_embeds": project.learned_embeds},
-            "metrics": {"placeholder": c.placeholder, "initializer": ti.initializer, "norm": float(vec.float().norm())},
+            "metrics": {
+                "placeholder": c.placeholder,
+                "initializer": ti.initializer,
+                "norm": float(vec.float().norm()),
+            },
         }
 
     return run_stage(project, "invert", cfg, body, force=force, extra_hash=file_sha256(src))

@@ -33,7 +33,11 @@ def guess_subject(prompt: str) -> str:
 
 
 def derive_prompts(
-    motion: str, *, subject: str | None = None, static_prompt: str | None = None, refine_prompt: str | None = None
+    motion: str,
+    *,
+    subject: str | None = None,
+    static_prompt: str | None = None,
+    refine_prompt: str | None = None,
 ) -> Prompts:
     """Prompts of every stage from the motion prompt, following the upstream examples
     (``shared/data/animate124/prompts.json``): static = "a high-resolution DSLR image of <motion>",

@@ -23,7 +23,11 @@ def file_sha256(path: Path) -> str:
 
 def source_image(project: Project) -> Path:
     """The copy of the input image kept in the project."""
-    files = sorted(p for p in project.input_dir.glob("source.*") if p.is_file()) if project.input_dir.exists() else []
+    files = (
+        sorted(p for p in project.input_dir.glob("source.*") if p.is_file())
+        if project.input_dir.exists()
+        else []
+    )
     if not files:
         raise InputError(
             f"{project.root} has no input image",
