@@ -26,7 +26,9 @@ def test_defaults_are_paper_settings():
 
 def test_frozen():
     c = Config()
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.static.iters = 3  # type: ignore[misc]
 
 

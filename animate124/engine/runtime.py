@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -80,10 +81,8 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     for pkg in ("animate124", "torch", "diffusers", "transformers", "huggingface_hub", "triton"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     try:
         import torch
 
