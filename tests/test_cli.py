@@ -220,3 +220,48 @@ def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
     assert (proj / "preprocess" / "preview.png").is_file()
     manifest = (proj / "manifest.json").read_text()
     assert '"matting_ran": ' + ("false" if name == "rgba.png" else "true") in manifest
+
+
+def test_invert_interrupt_and_resume(tmp_path):
+    """Ctrl-C during `invert` checkpoints and exits 130; the same command then resumes and finishes."""
+    import json
+    import signal
+
+    proj = tmp_path / "p"
+    env = {**os.environ, "COLUMNS": "200"}
+    base = [sys.executable, "-m", "animate124.cli.app"]
+    r = subprocess.run(
+        base + ["preprocess", str(TOY), "-p", str(proj), "--preset", "tiny"], env=env, capture_output=True
+    )
+    assert r.returncode == 0, r.stderr
+    cmd = base + [
+        "invert",
+        "-p",
+        str(proj),
+        "--preset",
+        "tiny",
+        "--steps",
+        "30",
+        "-s",
+        "invert.checkpoint_every=2",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = proj / "invert" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(ckpt.glob("learned_embeds-steps-*.safetensors")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
+    assert rec["status"] == "interrupted"
+    state = json.loads((ckpt / "ti_state.json").read_text())
+    done_before = state["step"]
+    assert 0 < done_before < 30
+    # resume with fewer remaining steps: the total is what the config says
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed" in r.stdout
+    rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
+    assert rec["status"] == "done" and (proj / "invert" / "learned_embeds.safetensors").is_file()

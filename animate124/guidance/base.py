@@ -1,0 +1,189 @@
+"""Shared helpers of the diffusion priors: the output type, freezing, VAE encoding, resizing, noise.
+
+Every guidance follows one interface (DESIGN.md, "Interfaces that keep it simple"):
+
+    guidance(images: Tensor[B, T, 3, H, W] in [0, 1], **conditioning) -> GuidanceOutput
+
+Model weights are frozen; the UNet runs under ``torch.no_grad()``; the VAE *encoder* runs with grad so
+the SDS gradient reaches the rendered images (SPEC 3.7-2). Losses come back in fp32 whatever the model
+dtype is. Tests may inject ``noise`` and ``t`` so that they can recompute the formula independently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from animate124.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: latent scaling of the SD 1.x VAE (SPEC 3.7-2); the VAE config's ``scaling_factor`` wins when present.
+SD_LATENT_SCALE = 0.18215
+
+
+@dataclass
+class GuidanceOutput:
+    """Named scalar loss terms (fp32, differentiable w.r.t. the images) and float diagnostics."""
+
+    losses: dict[str, torch.Tensor]
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+def freeze(*modules: torch.nn.Module | None) -> None:
+    """Put modules in eval mode and switch off ``requires_grad`` for all their parameters."""
+    for m in modules:
+        if m is None:
+            continue
+        m.eval()
+        m.requires_grad_(False)
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the first floating-point parameter (``torch.float32`` for a parameter-less module)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of the first parameter (CPU for a parameter-less module)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def maybe_enable_xformers(modules: Iterable[torch.nn.Module | None], use_xformers: bool) -> bool:
+    """Switch the given diffusers models to xformers attention if asked *and* installed.
+
+    The default (PyTorch SDPA, ``AttnProcessor2_0``) is fast on torch 2; xformers is optional
+    (ecosystem.md section 2). Returns whether xformers is now active.
+    """
+    if not use_xformers:
+        return False
+    try:
+        from diffusers.utils.import_utils import is_xformers_available
+    except ImportError:  # pragma: no cover - very old diffusers
+        return False
+    if not is_xformers_available():
+        log.warning("use_xformers=True but xformers is not installed; using PyTorch SDPA attention")
+        return False
+    for m in modules:
+        if m is not None and hasattr(m, "enable_xformers_memory_efficient_attention"):
+            m.enable_xformers_memory_efficient_attention()
+    return True
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> tuple[int, int]:
+    """Validate a ``[B, T, 3, H, W]`` batch and return ``(B, T)``."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise InputError(
+            f"{name} must be shaped [B, T, 3, H, W], got {tuple(images.shape)}",
+            "pass a still as [B, 1, 3, H, W]",
+        )
+    return int(images.shape[0]), int(images.shape[1])
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[N, C, H, W]`` to ``size`` (no-op when already that size).
+
+    Upstream uses ``F.interpolate(..., mode="bilinear", align_corners=False)`` without antialiasing for
+    both up- (128 -> 512) and down-sampling (SPEC 3.7-1); we do the same.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def vae_scale_factor(vae: torch.nn.Module) -> int:
+    """Spatial down-sampling factor of an AutoencoderKL: ``2 ** (len(block_out_channels) - 1)``."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def latent_scaling(vae: torch.nn.Module) -> float:
+    """``vae.config.scaling_factor`` (0.18215 for SD 1.x), falling back to :data:`SD_LATENT_SCALE`."""
+    return float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE) or SD_LATENT_SCALE)
+
+
+def encode_latents(
+    vae: torch.nn.Module,
+    x01: torch.Tensor,
+    *,
+    sample: bool = True,
+    scale: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """VAE-encode images WITH grad: ``z = s · E(2x − 1)``.
+
+    Args:
+        x01: ``[N, 3, H, W]`` in [0, 1]; cast to the VAE's dtype here.
+        sample: posterior ``sample()`` (upstream SDS, SPEC 3.7-2) or ``mode()`` (mean).
+        scale: multiply by the latent scaling factor ``s`` (0.18215); Zero123's ``c_concat`` is unscaled.
+        generator: draws the posterior sample; the draw is ``mean + std · randn`` with the generator's
+            device, so a CPU generator works for CUDA models and tests can reproduce it.
+
+    Returns:
+        ``[N, 4, H/8, W/8]`` latents in the VAE dtype, differentiable w.r.t. ``x01``.
+    """
+    dtype = module_dtype(vae)
+    dist = vae.encode(x01.to(dtype) * 2.0 - 1.0).latent_dist
+    if sample:
+        eps = torch.randn(dist.mean.shape, generator=generator, device=_gen_device(generator, dist.mean))
+        z = dist.mean + dist.std * eps.to(device=dist.mean.device, dtype=dist.mean.dtype)
+    else:
+        z = dist.mode()
+    return z * latent_scaling(vae) if scale else z
+
+
+def _gen_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    return generator.device if generator is not None else like.device
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator`` (on its own device), in fp32."""
+    n = torch.randn(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
+    return n.to(x.device)
+
+
+def alphas_cumprod_of(scheduler: object) -> torch.Tensor:
+    """The scheduler's ``alphas_cumprod`` [num_train_timesteps] as a CPU fp32 tensor."""
+    ac = scheduler.alphas_cumprod  # type: ignore[attr-defined]
+    return torch.as_tensor(ac).detach().to("cpu", torch.float32)
+
+
+def num_train_timesteps_of(scheduler: object) -> int:
+    """``scheduler.config.num_train_timesteps`` (the attribute form is gone in new diffusers, SPEC 11.17)."""
+    cfg = getattr(scheduler, "config", None)
+    n = getattr(cfg, "num_train_timesteps", None) if cfg is not None else None
+    if n is None:
+        n = len(alphas_cumprod_of(scheduler))
+    return int(n)
+
+
+def as_timesteps(t: torch.Tensor | int | Iterable[int], n: int) -> torch.Tensor:
+    """Turn an injected ``t`` (int, list or tensor) into a CPU LongTensor of length ``n``."""
+    tt = torch.as_tensor(t, dtype=torch.long).flatten().cpu()
+    if tt.numel() == 1 and n != 1:
+        tt = tt.expand(n).clone()
+    if tt.numel() != n:
+        raise InputError(f"expected {n} timesteps, got {tt.numel()}")
+    return tt
+
+
+def per_sample(values: torch.Tensor | float | Iterable[float] | None, n: int, default: float) -> torch.Tensor:
+    """Broadcast a scalar / [n] / [B] (repeated over T) value to a float64 CPU tensor [n]."""
+    if values is None:
+        return torch.full((n,), float(default), dtype=torch.float64)
+    v = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
+    if v.numel() == 1:
+        return v.expand(n).clone()
+    if v.numel() == n:
+        return v
+    if n % v.numel() == 0:
+        return v.repeat_interleave(n // v.numel())
+    raise InputError(f"expected 1 or {n} values, got {v.numel()}")

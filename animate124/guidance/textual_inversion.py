@@ -1,0 +1,543 @@
+"""Textual inversion of the input photo into one SD 1.5 token (SPEC 2, 11.5).
+
+A re-implementation of the diffusers ``textual_inversion.py`` example as upstream runs it: one new
+token initialised from ``initializer``'s embedding; only that token's vector is trained, with
+MSE(ε̂, ε), ``t ~ U{0..N−1}``, the SD noise schedule (``alphas_cumprod``), latents
+``sample()·0.18215``, AdamW at a constant learning rate, prompts from the 27 "imagenet_templates_small".
+
+Differences from upstream, all deliberate:
+
+* We optimise a separate ``[D]`` parameter injected through a forward hook on the token-embedding
+  module instead of putting the whole embedding matrix in AdamW and restoring the other rows after
+  every step (SPEC 2 l.908-912). The result is the same (weight decay is decoupled and applies only to
+  the trained vector in both); every other row of the matrix stays bit-identical, by construction.
+* The augmented pixels are mapped to [−1, 1] (upstream forgot this, SPEC 11.5);
+  ``upstream_aug_range_bug=True`` reproduces the bug.
+* Augmentations are written in torch (no torchvision); sizes scale with ``resolution / 512``.
+* All randomness (augmentations, prompts, posterior samples, t, ε) comes from one CPU
+  ``torch.Generator`` seeded with ``seed``; its state is checkpointed, so a resumed run continues
+  exactly where the interrupted one stopped.
+* No validation images are generated (upstream rendered 4 every 100 steps).
+
+After training the tokenizer contains the placeholder and its embedding row holds the learned vector.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from animate124.errors import ConfigError, InputError
+from animate124.guidance.base import alphas_cumprod_of, freeze, latent_scaling, module_dtype
+from animate124.guidance.prompts import add_learned_token
+
+log = logging.getLogger(__name__)
+
+#: the 27 object templates of the diffusers textual-inversion example (``imagenet_templates_small``)
+IMAGENET_TEMPLATES_SMALL: tuple[str, ...] = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
+
+STATE_FILE = "ti_state.json"
+
+
+@dataclass
+class TIConfig:
+    """Textual-inversion settings; defaults are upstream's effective values (SPEC 2)."""
+
+    placeholder: str = "<a124>"
+    """the new token string (must not exist in the tokenizer)"""
+    initializer: str = "object"
+    """word whose embedding initialises the token; must be exactly one token"""
+    steps: int = 3000
+    lr: float = 1e-4
+    batch_size: int = 16
+    resolution: int = 512
+    augment: bool = True
+    upstream_aug_range_bug: bool = False
+    """reproduce upstream's missing [0,1] -> [-1,1] mapping on the augmented path (SPEC 11.5)"""
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    seed: int = 0
+    checkpoint_every: int = 500
+    mixed_precision: bool = True
+    """fp16 autocast + GradScaler, used only on CUDA"""
+    templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
+
+
+# ---------------------------------------------------------------------------------------------- IO
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def save_learned_embeds(path: Path | str, embeds: dict[str, torch.Tensor]) -> None:
+    """Write ``{placeholder: vector [D]}`` atomically: ``.safetensors``, or a torch pickle otherwise
+    (the ``learned_embeds.bin`` layout of SPEC 2, fp32)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v.detach().float().cpu().flatten().contiguous() for k, v in embeds.items()}
+    if path.suffix == ".safetensors":
+        _atomic_write(path, _tensor_bytes(clean))
+    else:
+        buf = io.BytesIO()
+        torch.save(clean, buf)
+        _atomic_write(path, buf.getvalue())
+
+
+def load_learned_embeds(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read ``{placeholder: FloatTensor[D]}`` from ``.safetensors`` or upstream's ``learned_embeds.bin``
+    (``torch.load(weights_only=True)``; SPEC 2 layout). Vectors are flattened to ``[D]`` fp32."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"learned embeddings file not found: {path}", "run the inversion stage first")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, numpy pickle, ...
+        raise InputError(
+            f"cannot read learned embeddings {path}: {e}", "the file must hold {token: tensor}"
+        ) from e
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items())
+    ):
+        raise InputError(
+            f"{path} does not hold a {{token: tensor}} dict", "expected the learned_embeds layout"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for k, v in raw.items():
+        if v.ndim == 2 and v.shape[0] == 1:
+            v = v[0]
+        if v.ndim != 1:
+            raise InputError(f"{path}: token {k!r} has shape {tuple(v.shape)}, expected one vector [D]")
+        out[k] = v.float()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+
+def prepare_placeholder(
+    tokenizer: object, text_encoder: torch.nn.Module, placeholder: str, initializer: str
+) -> tuple[int, torch.Tensor]:
+    """Add ``placeholder`` to the tokenizer/encoder, initialised from ``initializer``'s embedding.
+
+    Returns ``(token id, initial vector [D] fp32)``. Raises InputError if the placeholder already exists
+    or the initializer is not exactly one token (SPEC 2).
+    """
+    if placeholder in tokenizer.get_vocab():  # type: ignore[attr-defined]
+        raise InputError(
+            f"the placeholder token {placeholder!r} already exists in the tokenizer",
+            "choose another placeholder string",
+        )
+    init_ids = tokenizer.encode(initializer, add_special_tokens=False)  # type: ignore[attr-defined]
+    if len(init_ids) != 1:
+        raise InputError(
+            f"the initializer word {initializer!r} encodes to {len(init_ids)} tokens; it must be exactly one",
+            "pick a simpler single word, e.g. 'object', 'animal', 'toy'",
+        )
+    emb = text_encoder.get_input_embeddings().weight
+    init_vec = emb[init_ids[0]].detach().float().cpu().clone()
+    token_id = add_learned_token(tokenizer, text_encoder, placeholder, init_vec)
+    return token_id, init_vec
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def _u(gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear antialiased resize of ``[C, H, W]`` (torchvision ``Resize`` default)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``[C, H, W]`` so that the short side is ``size`` (aspect kept)."""
+    h, w = x.shape[-2:]
+    if h <= w:
+        return _resize(x, (size, max(1, round(w * size / h))))
+    return _resize(x, (max(1, round(h * size / w)), size))
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop ``[C, H, W]`` to ``size²`` (torchvision rounding)."""
+    h, w = x.shape[-2:]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def rotate(x: torch.Tensor, degrees: float, fill: float = 1.0) -> torch.Tensor:
+    """Rotate ``[C, H, W]`` about the centre (bilinear), filling uncovered pixels with ``fill``."""
+    a = math.radians(degrees)
+    c, s = math.cos(a), math.sin(a)
+    h, w = x.shape[-2:]
+    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta[None], [1, x.shape[0], h, w], align_corners=False)
+    out = F.grid_sample((x - fill)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0] + fill
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    gen: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """torchvision ``RandomResizedCrop`` (10 tries, then a centre crop at the clamped ratio)."""
+    h, w = x.shape[-2:]
+    area = h * w
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _u(gen, *scale)
+        ar = math.exp(_u(gen, *log_r))
+        cw = int(round(math.sqrt(target * ar)))
+        ch = int(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            i = int(torch.randint(0, h - ch + 1, (), generator=gen))
+            j = int(torch.randint(0, w - cw + 1, (), generator=gen))
+            return _resize(x[..., i : i + ch, j : j + cw], (size, size))
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    i, j = (h - ch) // 2, (w - cw) // 2
+    return _resize(x[..., i : i + ch, j : j + cw], (size, size))
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x[0], x[1], x[2]
+    maxc, _ = x.max(0)
+    minc, _ = x.min(0)
+    v = maxc
+    cr = maxc - minc
+    s = cr / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    crd = torch.where(cr == 0, torch.ones_like(cr), cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.remainder((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack([h, s, v])
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x[0], x[1], x[2]
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    r = torch.stack([v, q, p, p, t, v])
+    g = torch.stack([t, v, v, q, p, p])
+    b = torch.stack([p, p, t, v, v, q])
+    idx = i[None]
+    return torch.cat([r.gather(0, idx), g.gather(0, idx), b.gather(0, idx)])
+
+
+def color_jitter(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """torchvision ``ColorJitter(b, c, s, h)`` with all four = ``amount``, in a random order."""
+    order = torch.randperm(4, generator=gen).tolist()
+    for k in order:
+        if k == 0:
+            x = (x * _u(gen, 1 - amount, 1 + amount)).clamp(0, 1)
+        elif k == 1:
+            f = _u(gen, 1 - amount, 1 + amount)
+            x = (f * x + (1 - f) * _gray(x).mean()).clamp(0, 1)
+        elif k == 2:
+            f = _u(gen, 1 - amount, 1 + amount)
+            x = (f * x + (1 - f) * _gray(x)).clamp(0, 1)
+        else:
+            hsv = _rgb_to_hsv(x)
+            hsv = torch.stack([torch.remainder(hsv[0] + _u(gen, -amount, amount), 1.0), hsv[1], hsv[2]])
+            x = _hsv_to_rgb(hsv)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[C, H, W]`` with reflect padding (torchvision ``GaussianBlur``)."""
+    half = (kernel - 1) * 0.5
+    k = torch.linspace(-half, half, kernel, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[0]
+    p = kernel // 2
+    y = F.pad(x[None], (p, p, p, p), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
+    y = F.conv2d(y, k.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+    return y[0]
+
+
+def base_image(image: torch.Tensor, resolution: int, augment: bool) -> torch.Tensor:
+    """Deterministic first step: resize the short side to 640·s and centre-crop 640·s (s = res/512);
+    without augmentation, to ``resolution`` directly."""
+    size = round(640 * resolution / 512) if augment else resolution
+    return center_crop(resize_short_side(image.float(), size), size)
+
+
+def augment_image(base: torch.Tensor, resolution: int, gen: torch.Generator) -> torch.Tensor:
+    """One augmented view ``[3, res, res]`` in [0, 1] of the base image (SPEC 2 augmentation list)."""
+    s = resolution / 512
+    x = base
+    if _u(gen) < 0.75:
+        x = rotate(x, _u(gen, -10.0, 10.0), fill=1.0)
+        x = center_crop(x, round(426 * s))
+        x = _resize(x, (resolution, resolution))
+    x = random_resized_crop(x, resolution, (0.85, 1.15), gen)
+    if _u(gen) < 0.75:
+        x = color_jitter(x, 0.04, gen)
+    if _u(gen) < 0.1:
+        x = _gray(x).expand(3, -1, -1)
+    if _u(gen) < 0.1:
+        x = gaussian_blur(x, 5, _u(gen, 0.1, 2.0))
+    if _u(gen) < 0.5:
+        x = x.flip(-1)
+    return x.clamp(0, 1)
+
+
+def training_pixels(base: torch.Tensor, cfg: TIConfig, gen: torch.Generator) -> torch.Tensor:
+    """One training image ``[3, res, res]`` as the VAE sees it: [−1, 1], or [0, 1] with the upstream bug."""
+    if cfg.augment:
+        x = augment_image(base, cfg.resolution, gen)
+        return x if cfg.upstream_aug_range_bug else x * 2.0 - 1.0
+    x = base.flip(-1) if _u(gen) < 0.5 else base  # diffusers' flip_p = 0.5
+    return x * 2.0 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _gen_state_tensor(gen: torch.Generator) -> torch.Tensor:
+    return gen.get_state().clone()
+
+
+def _save_checkpoint(
+    ckpt_dir: Path, step: int, cfg: TIConfig, vec: torch.Tensor, opt: torch.optim.Optimizer,
+    gen: torch.Generator, scaler_state: dict | None,
+) -> None:  # fmt: skip
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_learned_embeds(ckpt_dir / f"learned_embeds-steps-{step}.safetensors", {cfg.placeholder: vec})
+    st = opt.state.get(vec, {})
+    tensors = {"vector": vec.detach().float(), "rng": _gen_state_tensor(gen)}
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        if k in st:
+            tensors[f"adam.{k}"] = torch.as_tensor(st[k]).float().reshape(-1) if k == "step" else st[k]
+    state_name = f"ti_optimizer-steps-{step}.safetensors"
+    _atomic_write(ckpt_dir / state_name, _tensor_bytes(tensors))
+    meta = {
+        "version": 1,
+        "step": step,
+        "placeholder": cfg.placeholder,
+        "initializer": cfg.initializer,
+        "embeds_file": f"learned_embeds-steps-{step}.safetensors",
+        "state_file": state_name,
+        "grad_scaler": scaler_state,
+    }
+    _atomic_write(ckpt_dir / STATE_FILE, json.dumps(meta, indent=1).encode())
+    for old in ckpt_dir.glob("ti_optimizer-steps-*.safetensors"):
+        if old.name != state_name:
+            old.unlink(missing_ok=True)
+    log.info("textual inversion: checkpoint at step %d in %s", step, ckpt_dir)
+
+
+def _load_checkpoint(ckpt_dir: Path, cfg: TIConfig) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    meta_path = ckpt_dir / STATE_FILE
+    if not meta_path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    meta = json.loads(meta_path.read_text())
+    if meta.get("placeholder") != cfg.placeholder:
+        raise ConfigError(
+            f"{ckpt_dir} holds a textual-inversion run for {meta.get('placeholder')!r}, not {cfg.placeholder!r}",
+            "use a fresh checkpoint directory or the same placeholder",
+        )
+    return meta, load_file(str(ckpt_dir / meta["state_file"]))
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_textual_inversion(
+    components: object,
+    image: torch.Tensor,
+    cfg: TIConfig,
+    *,
+    checkpoint_dir: Path,
+    device: torch.device | str,
+    progress: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Learn one token for ``image`` ``[3, H, W]`` in [0, 1] (the original photo, background included).
+
+    Resumes from ``checkpoint_dir`` if it holds a checkpoint; writes
+    ``learned_embeds-steps-{N}.safetensors`` + ``ti_state.json`` (+ optimizer/RNG tensors) every
+    ``checkpoint_every`` steps, at the end, and when ``should_stop()`` returns True (then returns early).
+    ``progress(step, total, {"loss": float})`` is called after every step.
+
+    Returns the learned vector ``[D]`` (fp32, CPU). Modifies ``components``' tokenizer and text encoder:
+    the placeholder is added and its row holds the returned vector.
+    """
+    device = torch.device(device)
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise InputError(f"the inversion image must be [3, H, W], got {tuple(image.shape)}")
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+        raise ConfigError("textual inversion needs steps >= 0, batch_size >= 1, checkpoint_every >= 1")
+    tok = components.tokenizer  # type: ignore[attr-defined]
+    te = components.text_encoder  # type: ignore[attr-defined]
+    vae = components.vae  # type: ignore[attr-defined]
+    unet = components.unet  # type: ignore[attr-defined]
+    sched = components.scheduler  # type: ignore[attr-defined]
+    freeze(te, vae, unet)
+    checkpoint_dir = Path(checkpoint_dir)
+
+    token_id, init_vec = prepare_placeholder(tok, te, cfg.placeholder, cfg.initializer)
+    vec = torch.nn.Parameter(init_vec.to(device))
+    opt = torch.optim.AdamW([vec], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    use_amp = cfg.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start = 0
+    loaded = _load_checkpoint(checkpoint_dir, cfg)
+    if loaded is not None:
+        meta, tensors = loaded
+        start = int(meta["step"])
+        with torch.no_grad():
+            vec.copy_(tensors["vector"].to(device))
+        gen.set_state(tensors["rng"])
+        if "adam.exp_avg" in tensors:
+            opt.state[vec] = {
+                "step": tensors["adam.step"].reshape(()).clone(),
+                "exp_avg": tensors["adam.exp_avg"].to(device),
+                "exp_avg_sq": tensors["adam.exp_avg_sq"].to(device),
+            }
+        if use_amp and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
+        log.info("textual inversion: resuming at step %d from %s", start, checkpoint_dir)
+
+    emb_module = te.get_input_embeddings()
+
+    def inject(_mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        mask = (args[0] == token_id)[..., None]
+        return torch.where(mask, vec.to(out.dtype), out)
+
+    handle = emb_module.register_forward_hook(inject)
+    alphas = alphas_cumprod_of(sched)
+    n_train = len(alphas)
+    pred_type = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
+    scale = latent_scaling(vae)
+    vdtype, udtype = module_dtype(vae), module_dtype(unet)
+    base = base_image(image.to(device), cfg.resolution, cfg.augment)
+    max_len = int(getattr(tok, "model_max_length", 77))
+    step = start
+
+    def checkpoint() -> None:
+        _save_checkpoint(checkpoint_dir, step, cfg, vec, opt, gen, scaler.state_dict() if use_amp else None)
+
+    try:
+        while step < cfg.steps:
+            if should_stop is not None and should_stop():
+                if step > start:
+                    checkpoint()
+                log.info("textual inversion: stopped at step %d", step)
+                break
+            pix = torch.stack([training_pixels(base, cfg, gen) for _ in range(cfg.batch_size)])
+            idx = torch.randint(0, len(cfg.templates), (cfg.batch_size,), generator=gen).tolist()
+            prompts = [cfg.templates[i].format(cfg.placeholder) for i in idx]
+            ids = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                dist = vae.encode(pix.to(vdtype)).latent_dist
+                e_post = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
+                latents = ((dist.mean + dist.std * e_post) * scale).float()
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
+            a = alphas[t].to(device).view(-1, 1, 1, 1)
+            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            target = noise if pred_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                ehs = te(ids.input_ids.to(device))[0]
+                pred = unet(noisy.to(udtype), t.to(device), encoder_hidden_states=ehs.to(udtype)).sample
+            loss = F.mse_loss(pred.float(), target.float())
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            if progress is not None:
+                progress(step, cfg.steps, {"loss": float(loss.detach())})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        emb_module.weight[token_id] = vec.detach().to(emb_module.weight.dtype)
+    return vec.detach().float().cpu()

@@ -1,0 +1,274 @@
+"""Speed and peak memory of one guidance call per prior at paper settings (SPEC 3.7, 3.8, 5.2, 6).
+
+A guidance call = forward (VAE encode with grad, UNet CFG batch under no_grad) + backward of the loss
+to the rendered images. Models are FULL-SIZE and randomly initialised from the real configs
+(``--configs``, default ``../shared/data/hf-configs``), built directly on the GPU in fp16. Random
+weights give the same cost as real ones.
+
+    python benchmarks/bench_guidance.py --configs .device/hf-configs --out bench_guidance.json
+    python benchmarks/bench_guidance.py --compile --channels-last --out ...
+    python benchmarks/bench_guidance.py --tiny --out /tmp/g.json          # CPU smoke test (tiny models)
+
+Priors: SD 1.5 (render 128² -> 512²), Zero123-XL (-> 256²), ModelScope (16 × 128² -> 16 × 256²),
+ControlNet tile + SD (2 of 16 frames -> 1024²). Prints a table and writes JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRIORS = ("sd", "zero123", "video", "controlnet")
+SD_DIR = "stable-diffusion-v1-5--stable-diffusion-v1-5"
+Z123_DIR = "bennyguo--zero123-xl-diffusers"
+MS_DIR = "ali-vilab--text-to-video-ms-1.7b"
+CN_DIR = "lllyasviel--control_v11f1e_sd15_tile"
+
+
+def _diff(cls, folder: Path, device, dtype):
+    with torch.device(device):
+        m = cls.from_config(cls.load_config(str(folder)))
+    return m.to(dtype).eval().requires_grad_(False)
+
+
+def _clip_text(folder: Path, device, dtype):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device(device):
+        m = CLIPTextModel(CLIPTextConfig.from_pretrained(str(folder)))
+    return m.to(dtype).eval().requires_grad_(False)
+
+
+def _tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def _scheduler(folder: Path):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(DDIMScheduler.load_config(str(folder)))
+
+
+def build_full(prior: str, cfg_dir: Path, device, dtype):
+    """Random-init full-size components for one prior from the real configs."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
+
+    if prior in ("sd", "controlnet"):
+        d = cfg_dir / SD_DIR
+        comp = SimpleNamespace(
+            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
+            text_encoder=_clip_text(d / "text_encoder", device, dtype),
+            tokenizer=_tokenizer(d / "tokenizer"),
+            scheduler=_scheduler(d / "scheduler"),
+        )
+        if prior == "controlnet":
+            return comp, _diff(ControlNetModel, cfg_dir / CN_DIR, device, dtype)
+        return comp, None
+    if prior == "zero123":
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        d = cfg_dir / Z123_DIR
+        with torch.device(device):
+            enc = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(d / "image_encoder")))
+            dim = enc.config.projection_dim
+            proj = torch.nn.Linear(dim + 4, dim)
+        comp = SimpleNamespace(
+            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
+            image_encoder=enc.to(dtype).eval().requires_grad_(False),
+            projection=proj.to(dtype).eval().requires_grad_(False),
+            scheduler=_scheduler(d / "scheduler"),
+            layout="bennyguo",
+        )
+        return comp, None
+    if prior == "video":
+        d = cfg_dir / MS_DIR
+        comp = SimpleNamespace(
+            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            unet=_diff(UNet3DConditionModel, d / "unet", device, dtype),
+            text_encoder=_clip_text(d / "text_encoder", device, dtype),
+            tokenizer=_tokenizer(d / "tokenizer"),
+            scheduler=_scheduler(d / "scheduler"),
+            name="modelscope",
+            native_size=(256, 256),
+        )
+        return comp, None
+    raise ValueError(prior)
+
+
+def build_tiny(prior: str, cache: Path):
+    """Tiny factory models through the real loaders (CPU smoke test)."""
+    from animate124.models.loaders import load_controlnet, load_sd, load_video, load_zero123
+    from animate124.models.testing import tiny_store
+
+    store = tiny_store(cache)
+    if prior == "sd":
+        return load_sd(store), None
+    if prior == "zero123":
+        return load_zero123(store), None
+    if prior == "video":
+        return load_video(store), None
+    return load_sd(store), load_controlnet(store)
+
+
+def make_call(prior: str, comp, cn, tiny: bool, device):
+    """Return (guidance, callable running one forward + backward)."""
+    from animate124.guidance.controlnet import ControlNetGuidance
+    from animate124.guidance.stable_diffusion import StableDiffusionGuidance
+    from animate124.guidance.video import VideoGuidance
+    from animate124.guidance.zero123 import Zero123Guidance
+
+    render = 32 if tiny else 128
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if prior == "sd":
+        guid = StableDiffusionGuidance(comp, image_size=64 if tiny else 512)
+        guid.prepare("a panda, 8k, good quality")
+        shape, kw = (1, 1, 3, render, render), {"prompt": "a panda, 8k, good quality", "azimuth_deg": 30.0}
+    elif prior == "zero123":
+        guid = Zero123Guidance(comp, reference=torch.rand(1, 3, 256, 256, device=device))
+        shape, kw = (1, 1, 3, render, render), {"polar_deg": 80.0, "azimuth_deg": 60.0, "radius": 1.8}
+    elif prior == "video":
+        guid = VideoGuidance(comp, image_size=64 if tiny else None)
+        guid.prepare("a panda is dancing")
+        shape, kw = (1, 16, 3, render, render), {"prompt": "a panda is dancing"}
+    else:
+        guid = ControlNetGuidance(comp, cn, image_size=64 if tiny else 1024, frames="even:2")
+        guid.prepare("a panda is dancing")
+        shape, kw = (1, 16, 3, render, render), {"prompt": "a panda is dancing"}
+    cond = torch.rand(shape, device=device) if prior == "controlnet" else None
+
+    def call() -> float:
+        images = torch.rand(shape, device=device, requires_grad=True)
+        args = (images, cond) if cond is not None else (images,)
+        out = guid(*args, generator=gen, **kw)
+        loss = next(iter(out.losses.values()))
+        loss.backward()
+        return float(images.grad.abs().sum())
+
+    return guid, call
+
+
+def apply_options(guid, compile_: bool, channels_last: bool) -> None:
+    if channels_last:
+        for name in ("unet", "vae", "controlnet"):
+            m = getattr(guid, name, None)
+            if m is not None and not type(m).__name__.startswith("UNet3D"):
+                m.to(memory_format=torch.channels_last)
+    if compile_:
+        for name in ("unet", "controlnet"):
+            m = getattr(guid, name, None)
+            if m is not None:
+                setattr(guid, name, torch.compile(m))
+
+
+def bench_prior(prior: str, args, device) -> dict:
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t_build = time.perf_counter()
+    if args.tiny:
+        comp, cn = build_tiny(prior, Path(args.tiny_cache))
+    else:
+        comp, cn = build_full(prior, Path(args.configs), device, torch.float16)
+    build_s = time.perf_counter() - t_build
+    guid, call = make_call(prior, comp, cn, args.tiny, device)
+    apply_options(guid, args.compile, args.channels_last)
+    weights_mb = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
+    for _ in range(args.warmup):
+        grad_sum = call()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            grad_sum = call()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            grad_sum = call()
+            times.append((time.perf_counter() - t0) * 1000)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+    res = {
+        "prior": prior,
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "iters": len(times),
+        "weights_mb": weights_mb,
+        "peak_mb": peak_mb,
+        "build_s": build_s,
+        "grad_finite": bool(torch.isfinite(torch.tensor(grad_sum))),
+    }
+    del guid, call, comp, cn
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default=str(ROOT / ".." / "shared" / "data" / "hf-configs"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--priors", default=",".join(PRIORS))
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNets / ControlNet")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
+    p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
+    args = p.parse_args(argv)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu" and not args.tiny:
+        p.error("full-size models need CUDA; use --tiny for a CPU smoke test")
+    priors = [x.strip() for x in args.priors.split(",") if x.strip()]
+    results = []
+    for prior in priors:
+        results.append(bench_prior(prior, args, device))
+        r = results[-1]
+        print(f"{r['prior']:<11} {r['median_ms']:>10.1f} ms  peak {r['peak_mb']:>9.0f} MB", flush=True)
+    meta = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "tiny": args.tiny,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "dtype": "float32" if args.tiny else "float16",
+    }
+    print(
+        f"\n{'prior':<11} {'median ms':>10} {'min ms':>9} {'weights MB':>11} {'peak MB':>9}  ({meta['device']})"
+    )
+    for r in results:
+        print(
+            f"{r['prior']:<11} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['weights_mb']:>11.0f} {r['peak_mb']:>9.0f}"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""SD, Zero123, video and ControlNet guidance on the tiny factory models (CPU).
+
+For every prior: noise and t are injected; the expected image gradient is recomputed here from the
+SPEC formula (own encode, scheduler.add_noise, own UNet calls, CFG, weight) and pushed through the VAE
+encoder with autograd; it must equal the gradient the guidance's loss sends to the images.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from animate124.errors import InputError
+from animate124.guidance.controlnet import ControlNetGuidance
+from animate124.guidance.stable_diffusion import StableDiffusionGuidance
+from animate124.guidance.video import VideoGuidance
+from animate124.guidance.zero123 import CLIP_MEAN, CLIP_STD, Zero123Guidance
+
+S = 0.18215
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    from animate124.models.testing import tiny_store
+
+    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="module")
+def sd(store):
+    from animate124.models.loaders import load_sd
+
+    return load_sd(store)
+
+
+@pytest.fixture(scope="module")
+def zero123(store):
+    from animate124.models.loaders import load_zero123
+
+    return load_zero123(store)
+
+
+@pytest.fixture(scope="module")
+def video(store):
+    from animate124.models.loaders import load_video
+
+    return load_video(store)
+
+
+@pytest.fixture(scope="module")
+def controlnet(store):
+    from animate124.models.loaders import load_controlnet
+
+    return load_controlnet(store)
+
+
+def _text(c, prompt: str) -> torch.Tensor:
+    ids = c.tokenizer(
+        prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        return c.text_encoder(ids)[0]
+
+
+def _encode_mode(vae, x01: torch.Tensor, size) -> torch.Tensor:
+    x = F.interpolate(x01, size=size, mode="bilinear", align_corners=False)
+    return vae.encode(x * 2 - 1).latent_dist.mode() * S
+
+
+def _no_prior_grads(*modules) -> None:
+    for m in modules:
+        for p in m.parameters():
+            assert p.grad is None and not p.requires_grad
+
+
+def _ac(c) -> torch.Tensor:
+    return c.scheduler.alphas_cumprod.float().cpu()
+
+
+# ---------------------------------------------------------------------------------------------- SD
+
+
+@pytest.mark.parametrize("cfg_mode", ["upstream", "standard"])
+def test_sd_gradient_matches_formula(sd, cfg_mode: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 3, 32, 32, generator=gen).requires_grad_(True)
+    noise = torch.randn(2, 4, 8, 8, generator=gen)
+    t = torch.tensor([250, 550])
+    scale, lam = 7.0, 0.5
+    guid = StableDiffusionGuidance(
+        sd, image_size=64, guidance_scale=scale, cfg_mode=cfg_mode, weight=lam, latent_mode="mode"
+    )
+    out = guid(images, prompt="a panda", azimuth_deg=[30.0, 135.0], noise=noise, t=t)
+    loss = out.losses["sds"]
+    assert loss.dtype == torch.float32 and loss.ndim == 0
+    loss.backward()
+
+    # independent recomputation (SPEC 3.7)
+    x = images.detach().reshape(2, 3, 32, 32).requires_grad_(True)
+    z = _encode_mode(sd.vae, x, (64, 64))
+    zt = sd.scheduler.add_noise(z.detach(), noise, t)
+    f, s_, b = (_text(sd, f"a panda, {v} view") for v in ("front", "side", "back"))
+    nf, ns, nb = (_text(sd, f", {v} view") for v in ("front", "side", "back"))
+    pos = torch.cat([(2 / 3) * f + (1 / 3) * s_, 0.5 * s_ + 0.5 * b])  # az 30 and 135
+    neg = torch.cat([(2 / 3) * nf + (1 / 3) * ns, 0.5 * ns + 0.5 * nb])
+    with torch.no_grad():
+        e = sd.unet(
+            torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([neg, pos])
+        ).sample
+    eu, ec = e.chunk(2)
+    eh = ec + scale * (ec - eu) if cfg_mode == "upstream" else eu + scale * (ec - eu)
+    g = lam * (1 - _ac(sd)[t]).view(-1, 1, 1, 1) * (eh - noise)
+    (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 2)
+    assert torch.allclose(images.grad.reshape(2, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    assert loss.item() == pytest.approx(0.5 * float((g**2).sum()) / 2, rel=1e-4)
+    assert images.grad.shape == images.shape
+    _no_prior_grads(sd.unet, sd.vae, sd.text_encoder)
+
+
+def test_sd_upstream_cfg_equals_standard_plus_one(sd) -> None:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(1, 1, 3, 32, 32, generator=gen)
+    noise, t = torch.randn(1, 4, 8, 8, generator=gen), 400
+    grads = []
+    for mode, s in (("upstream", 4.0), ("standard", 5.0), ("standard", 4.0)):
+        x = images.clone().requires_grad_(True)
+        g = StableDiffusionGuidance(sd, image_size=64, guidance_scale=s, cfg_mode=mode, latent_mode="mode")
+        g(x, prompt="a cat", noise=noise, t=t).losses["sds"].backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(grads[0], grads[2], rtol=1e-3)
+
+
+def test_sd_posterior_sample_uses_generator_and_t_time_batch(sd) -> None:
+    """T > 1 is treated as B·T images; the posterior sample is mean + std·randn(generator)."""
+    images = torch.rand(1, 3, 3, 32, 32).requires_grad_(True)
+    noise = torch.randn(3, 4, 8, 8)
+    t = torch.tensor([100, 300, 500])
+    guid = StableDiffusionGuidance(sd, image_size=64, guidance_scale=3.0, view_dependent=False)
+    guid(images, prompt="a dog", noise=noise, t=t, generator=torch.Generator().manual_seed(7)).losses[
+        "sds"
+    ].backward()
+
+    x = images.detach().reshape(3, 3, 32, 32).requires_grad_(True)
+    dist = sd.vae.encode(
+        F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False) * 2 - 1
+    ).latent_dist
+    e_post = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(7))
+    z = (dist.mean + dist.std * e_post) * S
+    zt = sd.scheduler.add_noise(z.detach(), noise, t)
+    emb = torch.cat([_text(sd, "")] * 3 + [_text(sd, "a dog")] * 3)
+    with torch.no_grad():
+        eu, ec = sd.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
+    g = (1 - _ac(sd)[t]).view(-1, 1, 1, 1) * (ec + 3.0 * (ec - eu) - noise)
+    (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 3)
+    assert torch.allclose(images.grad.reshape(3, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sd_prompt_checks(store) -> None:
+    from animate124.models.loaders import load_sd
+
+    c = load_sd(store)  # fresh: add_learned_token mutates the tokenizer
+    guid = StableDiffusionGuidance(c, image_size=64)
+    with pytest.raises(InputError):
+        guid.prepare("a " * 80)
+    with pytest.raises(InputError):
+        guid.prepare("a <token> dancing")
+    vec = torch.randn(32)
+    guid.add_learned_token("<a124>", vec)
+    guid.prepare("a <token> dancing")
+    tid = c.tokenizer.convert_tokens_to_ids("<a124>")
+    assert torch.equal(c.text_encoder.get_input_embeddings().weight[tid], vec)
+    ids = c.tokenizer("a <a124> dancing").input_ids
+    assert tid in ids
+    with pytest.raises(InputError):
+        guid(torch.rand(1, 3, 32, 32), prompt="x")
+
+
+# ---------------------------------------------------------------------------------------------- Zero123
+
+
+def test_zero123_gradient_matches_formula(zero123) -> None:
+    gen = torch.Generator().manual_seed(1)
+    ref = torch.rand(1, 3, 64, 64, generator=gen)
+    images = torch.rand(2, 1, 3, 32, 32, generator=gen).requires_grad_(True)
+    noise = torch.randn(2, 4, 8, 8, generator=gen)
+    t = torch.tensor([300, 450])
+    guid = Zero123Guidance(zero123, reference=ref, latent_mode="mode")
+    assert guid.image_size == 64  # tiny: unet sample_size 8 × VAE factor 8
+    polar, azim, radius = [80.0, 100.0], [60.0, -150.0], [1.8, 2.0]
+    out = guid(images, polar_deg=polar, azimuth_deg=azim, radius=radius, noise=noise, t=t)
+    out.losses["zero123"].backward()
+
+    c = zero123
+    # reference conditioning (own torch CLIP preprocessing; c_concat = posterior mode, unscaled)
+    size = c.image_encoder.config.image_size
+    pix = F.interpolate(ref, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(
+        0, 1
+    )
+    pix = (pix - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        clip = c.image_encoder(pixel_values=pix).image_embeds  # [1, D]
+        cc = c.vae.encode(ref * 2 - 1).latent_dist.mode()
+    cams = torch.tensor(
+        [
+            [math.radians(p - 90), math.sin(math.radians(-a)), math.cos(math.radians(a)), r - 1.8]
+            for p, a, r in zip(polar, azim, radius, strict=True)
+        ]
+    )
+    with torch.no_grad():
+        cond = c.projection(torch.cat([clip.expand(2, -1), cams], -1))[:, None]  # [2, 1, D]
+    x = images.detach().reshape(2, 3, 32, 32).requires_grad_(True)
+    z = _encode_mode(c.vae, x, (64, 64))
+    zt = c.scheduler.add_noise(z.detach(), noise, t)
+    cc2 = cc.expand(2, -1, -1, -1)
+    x_in = torch.cat([torch.cat([zt, zt]), torch.cat([torch.zeros_like(cc2), cc2])], 1)
+    with torch.no_grad():
+        eu, ec = c.unet(
+            x_in, torch.cat([t, t]), encoder_hidden_states=torch.cat([torch.zeros_like(cond), cond])
+        ).sample.chunk(2)
+    eh = eu + 5.0 * (ec - eu)
+    # angle between camera positions r(sinθ sinφ, cosθ, sinθ cosφ) and the reference (0, 0, 1)
+    ang = [
+        math.degrees(math.acos(math.sin(math.radians(p)) * math.cos(math.radians(a))))
+        for p, a in zip(polar, azim, strict=True)
+    ]
+    lam = torch.tensor([40.0 * a / 180.0 for a in ang]).view(-1, 1, 1, 1)
+    g = lam * (1 - _ac(c)[t]).view(-1, 1, 1, 1) * (eh - noise)
+    (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 2)
+    assert torch.allclose(images.grad.reshape(2, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    assert out.diagnostics["lambda_eff"] == pytest.approx(float(lam.mean()), rel=1e-5)
+    _no_prior_grads(c.unet, c.vae, c.image_encoder, c.projection)
+
+
+def test_zero123_projection_sign_with_hand_set_weights(zero123) -> None:
+    """c = projection([clip, T]) with a projection that copies T into c[:4]: Δaz=±30° -> sin = ∓0.5."""
+    d = zero123.projection.out_features
+    proj = torch.nn.Linear(d + 4, d)
+    with torch.no_grad():
+        proj.weight.zero_()
+        proj.bias.zero_()
+        for i in range(4):
+            proj.weight[i, d + i] = 1.0
+    comp = SimpleNamespace(**{k: getattr(zero123, k) for k in ("vae", "unet", "image_encoder", "scheduler")})
+    comp.projection = proj
+    guid = Zero123Guidance(comp)
+    guid.clip_embeds = torch.zeros(1, 1, d)
+    from animate124.guidance.zero123 import camera_embedding
+
+    c = guid.conditioning(camera_embedding([0.0, 0.0, 15.0], [30.0, -30.0, 0.0], [0.0, 0.0, -0.3]))
+    assert c.shape == (3, 1, d)
+    expect = torch.tensor(
+        [
+            [0.0, -0.5, math.cos(math.radians(30)), 0.0],
+            [0.0, 0.5, math.cos(math.radians(30)), 0.0],
+            [math.radians(15), 0.0, 1.0, -0.3],
+        ]
+    )
+    assert torch.allclose(c[:, 0, :4], expect, atol=1e-6)
+
+
+def test_zero123_reference_view_has_zero_weight(zero123) -> None:
+    guid = Zero123Guidance(zero123, reference=torch.rand(1, 3, 64, 64))
+    images = torch.rand(1, 1, 3, 32, 32).requires_grad_(True)
+    out = guid(
+        images, polar_deg=90.0, azimuth_deg=0.0, radius=1.8, generator=torch.Generator().manual_seed(0)
+    )
+    out.losses["zero123"].backward()
+    assert out.losses["zero123"].item() == 0.0 and torch.count_nonzero(images.grad) == 0
+
+
+# ---------------------------------------------------------------------------------------------- video
+
+
+def test_video_gradient_matches_formula_16_frames(video) -> None:
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(1, 16, 3, 32, 32, generator=gen).requires_grad_(True)
+    noise = torch.randn(1, 4, 16, 8, 8, generator=gen)
+    t = torch.tensor([700])
+    guid = VideoGuidance(video, image_size=64, guidance_scale=10.0, latent_mode="mode", encode_chunk=5)
+    out = guid(images, prompt="a panda dancing", noise=noise, t=t)
+    out.losses["video_sds"].backward()
+    assert images.grad.shape == images.shape
+
+    c = video
+    x = images.detach().reshape(16, 3, 32, 32).requires_grad_(True)
+    z = _encode_mode(c.vae, x, (64, 64))  # [16, 4, 8, 8]
+    z5 = z.reshape(1, 16, 4, 8, 8).permute(0, 2, 1, 3, 4)
+    zt = c.scheduler.add_noise(z5.detach(), noise, t)
+    emb = torch.cat([_text(c, ""), _text(c, "a panda dancing")])
+    with torch.no_grad():
+        eu, ec = c.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
+    g = (1 - _ac(c)[t]).view(-1, 1, 1, 1, 1) * (ec + 10.0 * (ec - eu) - noise)
+    (expected,) = torch.autograd.grad(z5, x, grad_outputs=g)
+    assert torch.allclose(images.grad.reshape(16, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    _no_prior_grads(c.unet, c.vae, c.text_encoder)
+
+
+def test_video_vae_grad_frames_and_static_camera_text(video) -> None:
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(1, 4, 3, 32, 32, generator=gen)
+    noise = torch.randn(1, 4, 4, 8, 8, generator=gen)
+    full = images.clone().requires_grad_(True)
+    g_all = VideoGuidance(video, image_size=64, latent_mode="mode")
+    g_all(full, prompt="a cat", noise=noise, t=500, generator=torch.Generator().manual_seed(9)).losses[
+        "video_sds"
+    ].backward()
+    part = images.clone().requires_grad_(True)
+    g_two = VideoGuidance(video, image_size=64, vae_grad_frames=2, latent_mode="mode")
+    out = g_two(part, prompt="a cat", noise=noise, t=500, generator=torch.Generator().manual_seed(9))
+    out.losses["video_sds"].backward()
+    has = part.grad.flatten(2).abs().sum(-1)[0] > 0
+    assert int(has.sum()) == 2 and out.diagnostics["grad_frames"] == 2.0
+    # the frames that keep their gradient get exactly the full-gradient value (same z, same draws)
+    assert torch.allclose(part.grad[0, has], full.grad[0, has], rtol=1e-5, atol=1e-7)
+
+    # plain prompt by default; view-interpolated only for static cameras when asked (SPEC 11.6)
+    vd = VideoGuidance(video, image_size=64, view_dependent_static_camera=True)
+    neg, pos = vd.text_embeddings("a cat", 1, 0.0, static_camera=True)
+    assert torch.allclose(pos, _text(video, "a cat, front view"), atol=1e-6)
+    neg, pos = vd.text_embeddings("a cat", 1, 0.0, static_camera=False)
+    assert torch.allclose(pos, _text(video, "a cat"), atol=1e-6)
+    neg, pos = g_all.text_embeddings("a cat", 1, 0.0, static_camera=True)
+    assert torch.allclose(pos, _text(video, "a cat"), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- ControlNet
+
+
+@pytest.mark.parametrize("target", ["x0", "sds"])
+def test_controlnet_gradient_matches_formula(store, controlnet, target: str) -> None:
+    from animate124.models.loaders import load_sd
+
+    c = load_sd(store)  # fresh: the TI token is added below
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(1, 16, 3, 16, 16, generator=gen).requires_grad_(True)
+    cond = torch.rand(1, 16, 3, 16, 16, generator=gen)
+    noise = torch.randn(2, 4, 8, 8, generator=gen)
+    t = 600
+    lam = 3.0
+    guid = ControlNetGuidance(
+        c, controlnet, image_size=64, frames="even:2", target=target, weight=lam, latent_mode="mode"
+    )
+    guid.add_learned_token("<a124>", torch.randn(32, generator=gen))
+    out = guid(images, cond, prompt="a <token> dancing", noise=noise, t=t)
+    out.losses["controlnet"].backward()
+    grad_frames = images.grad.flatten(2).abs().sum(-1)[0] > 0
+    assert grad_frames.nonzero().flatten().tolist() == [0, 8]
+
+    x = images.detach()[0, [0, 8]].requires_grad_(True)
+    z = _encode_mode(c.vae, x, (64, 64))
+    tt = torch.tensor([t, t])
+    zt = c.scheduler.add_noise(z.detach(), noise, tt)
+    ctrl = F.interpolate(
+        cond[0, [0, 8]], size=(64, 64), mode="bilinear", align_corners=False
+    )  # stays in [0, 1]
+    neg, cnp, pos = _text(c, ""), _text(c, "best quality, high resolution"), _text(c, "a <a124> dancing")
+    with torch.no_grad():
+        x2, t2 = torch.cat([zt, zt]), torch.cat([tt, tt])
+        down, mid = controlnet(
+            x2, t2, encoder_hidden_states=torch.cat([neg, neg, cnp, cnp]),
+            controlnet_cond=torch.cat([ctrl, ctrl]), conditioning_scale=1.0, return_dict=False,
+        )  # fmt: skip
+        e = c.unet(
+            x2, t2, encoder_hidden_states=torch.cat([neg, neg, pos, pos]),
+            down_block_additional_residuals=down, mid_block_additional_residual=mid,
+        ).sample  # fmt: skip
+    eu, ec = e.chunk(2)
+    eh = ec + 7.5 * (ec - eu)
+    a = _ac(c)[t]
+    if target == "x0":
+        x0 = (zt - (1 - a).sqrt() * eh) / a.sqrt()
+        lat_grad = (z.detach() - x0) / 2
+    else:
+        lat_grad = lam * (1 - a) * (eh - noise) / 2
+    (expected,) = torch.autograd.grad(z, x, grad_outputs=lat_grad)
+    assert torch.allclose(images.grad[0, [0, 8]], expected, rtol=1e-4, atol=1e-6)
+    _no_prior_grads(c.unet, c.vae, c.text_encoder, controlnet)
