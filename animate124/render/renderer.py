@@ -1,0 +1,333 @@
+"""Volume renderer: cameras (+ times) -> images, through a radiance field (SPEC §3.1 shading/background, §3.2).
+
+``render(field, cameras, times)`` renders ``B·T`` cameras. **Camera order:** ``cameras`` holds B·T
+entries in row-major ``[B, T]`` order (entry ``b·T + k`` is frame k of clip b), i.e. the same order
+as ``times.reshape(-1)``. With ``times=None`` the field is static (t is not passed), B = len(cameras)
+and T = 1. Each frame uses the occupancy slot of its own time, ``⌊t·S⌋``; all frames' samples go
+through one field call (in ``chunk``-sized pieces when given) and are composited per ray.
+
+Outputs (per pixel; ``image = Σ w·c + (1−Σw)·bg``, ``opacity = Σw``, ``depth = Σ w·t``): depth is the
+ray parameter t of upstream's unnormalized camera rays, i.e. planar (camera-z) depth, and it is
+**not** divided by opacity (SPEC §3.2, §11.18). The normal image composites ``(n+1)/2`` with
+**detached** weights and no background (as upstream). Per-sample outputs for the regularizers
+(SPEC §3.6): ``weights`` [M] (entropy loss) and ``orientation`` [M] ``= sg(w)·max(0, n·d̂)²``.
+
+Normals (``field.normals``: 6 extra density evaluations) are computed only when ``compute_normals``
+is set or the shading mode needs them. When shading needs a light and ``light_dir`` is None, each
+frame is lit from its camera position, ``l = normalize(origin)``; the training stages pass upstream's
+random ``normalize(origin + N(0, I))`` themselves (SPEC §3.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from animate124.errors import Animate124Error
+from animate124.render.cameras import Cameras, generate_rays
+from animate124.render.marcher import composite, march_rays, segment_sum
+from animate124.scene.occupancy import OccupancyGrid
+
+__all__ = ["RenderOutput", "RayRenderOutput", "render", "render_rays", "SHADING_MODES", "RenderError"]
+
+SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
+
+
+class RenderError(Animate124Error):
+    """Invalid render arguments."""
+
+
+class FieldLike(Protocol):
+    """What the renderer needs from a field (see animate124.scene.fields.RadianceField)."""
+
+    bound: float
+
+    def __call__(self, x: Tensor, t: Tensor | None = None) -> Any: ...
+
+    def normals(self, x: Tensor, t: Tensor | None = None, eps: float = 0.01) -> Tensor: ...
+
+
+@dataclass
+class RayRenderOutput:
+    """Per-ray results: rgb [R,3], opacity [R], depth [R], normal [R,3] | None; packed per-sample
+    weights [M], orientation [M] | None, ray_indices [M]."""
+
+    rgb: Tensor
+    opacity: Tensor
+    depth: Tensor
+    normal: Tensor | None
+    weights: Tensor
+    orientation: Tensor | None
+    ray_indices: Tensor
+    num_samples: int
+
+
+@dataclass
+class RenderOutput:
+    """Images ``[B, T, C, H, W]``: rgb (C=3), opacity (1), depth (1), normal (3, or None);
+    packed per-sample ``weights`` [M] and ``orientation`` [M] (None without normals)."""
+
+    rgb: Tensor
+    opacity: Tensor
+    depth: Tensor
+    normal: Tensor | None
+    weights: Tensor
+    orientation: Tensor | None
+    num_samples: int
+
+
+def _eval_field(field: FieldLike, x: Tensor, t: Tensor | None, chunk: int | None) -> tuple[Tensor, Tensor]:
+    if chunk is None or x.shape[0] <= chunk:
+        out = field(x, t)
+        return out.sigma.float(), out.albedo.float()
+    sig, alb = [], []
+    for i in range(0, x.shape[0], chunk):
+        out = field(x[i : i + chunk], None if t is None else t[i : i + chunk])
+        sig.append(out.sigma.float())
+        alb.append(out.albedo.float())
+    return torch.cat(sig), torch.cat(alb)
+
+
+def _eval_normals(field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None) -> Tensor:
+    if chunk is None or x.shape[0] <= chunk:
+        return field.normals(x, t, eps=eps).float()
+    return torch.cat(
+        [
+            field.normals(x[i : i + chunk], None if t is None else t[i : i + chunk], eps=eps).float()
+            for i in range(0, x.shape[0], chunk)
+        ]
+    )
+
+
+def render_rays(
+    field: FieldLike,
+    origins: Tensor,
+    dirs: Tensor,
+    *,
+    times: Tensor | None = None,
+    slots: Tensor | None = None,
+    bg_color: Tensor | None = None,
+    occupancy: OccupancyGrid | None = None,
+    shading: str = "albedo",
+    ambient: float = 1.0,
+    light_dir: Tensor | None = None,
+    perturb: bool = False,
+    generator: torch.Generator | None = None,
+    max_steps: int = 1024,
+    min_near: float = 0.2,
+    delta_mode: str = "metric",
+    t_thresh: float = 1e-4,
+    compute_normals: bool = False,
+    normal_eps: float = 0.01,
+    chunk: int | None = None,
+    bound: float | None = None,
+) -> RayRenderOutput:
+    """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
+    occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
+    ``chunk`` bounds the samples per field call (None = one call)."""
+    if shading not in SHADING_MODES:
+        raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
+    dev = origins.device
+    r = origins.shape[0]
+    bnd = float(field.bound if bound is None else bound)
+    need_normals = compute_normals or shading != "albedo"
+    pk = march_rays(
+        origins,
+        dirs,
+        bound=bnd,
+        occupancy=occupancy,
+        slots=slots,
+        max_steps=max_steps,
+        min_near=min_near,
+        perturb=perturb,
+        generator=generator,
+        delta_mode=delta_mode,
+    )
+    m = pk.num_samples
+    idx = pk.ray_indices
+    ts = None if times is None else times.to(dev, torch.float32)[idx].unsqueeze(1)
+    if m > 0:
+        sigma, albedo = _eval_field(field, pk.positions, ts, chunk)
+    else:
+        sigma = origins.new_zeros(0)
+        albedo = origins.new_zeros(0, 3)
+    normals = None
+    if need_normals:
+        normals = (
+            _eval_normals(field, pk.positions, ts, normal_eps, chunk) if m > 0 else origins.new_zeros(0, 3)
+        )
+    dirs_unit = torch.nn.functional.normalize(dirs.float(), dim=-1)
+    if shading == "albedo":
+        color = albedo
+    else:
+        from animate124.scene.shading import shade  # lazy: written in parallel, keep imports light
+
+        if light_dir is None:
+            light = torch.nn.functional.normalize(origins.float(), dim=-1)[idx]
+        else:
+            light = light_dir.to(dev, torch.float32)
+            light = light[idx] if light.ndim == 2 else light
+        color = shade(albedo, normals, light, ambient, shading).float()
+
+    comp = composite(sigma, pk.deltas, idx, r, t_thresh)
+    w = comp.weights
+    rgb = segment_sum(w[:, None] * color, idx, r)
+    depth = segment_sum(w * pk.t, idx, r)
+    opacity = comp.opacity
+    if bg_color is None:
+        bg = torch.ones(3, device=dev)
+    else:
+        bg = bg_color.to(dev, torch.float32)
+    rgb = rgb + (1.0 - opacity)[:, None] * bg
+    normal_img = orientation = None
+    if normals is not None:
+        wd = w.detach()
+        normal_img = segment_sum(wd[:, None] * (normals + 1.0) / 2.0, idx, r)
+        cos = (normals * dirs_unit[idx]).sum(-1)
+        orientation = wd * cos.clamp_min(0.0) ** 2
+    return RayRenderOutput(
+        rgb=rgb,
+        opacity=opacity,
+        depth=depth,
+        normal=normal_img,
+        weights=w,
+        orientation=orientation,
+        ray_indices=idx,
+        num_samples=m,
+    )
+
+
+def _cat_outputs(parts: list[RayRenderOutput]) -> RayRenderOutput:
+    offsets, acc = [], 0
+    for p in parts:
+        offsets.append(acc)
+        acc += p.rgb.shape[0]
+    has_n = parts[0].normal is not None
+    return RayRenderOutput(
+        rgb=torch.cat([p.rgb for p in parts]),
+        opacity=torch.cat([p.opacity for p in parts]),
+        depth=torch.cat([p.depth for p in parts]),
+        normal=torch.cat([p.normal for p in parts]) if has_n else None,  # type: ignore[misc]
+        weights=torch.cat([p.weights for p in parts]),
+        orientation=torch.cat([p.orientation for p in parts]) if has_n else None,  # type: ignore[misc]
+        ray_indices=torch.cat([p.ray_indices + o for p, o in zip(parts, offsets, strict=True)]),
+        num_samples=sum(p.num_samples for p in parts),
+    )
+
+
+def render(
+    field: FieldLike,
+    cameras: Cameras,
+    times: Tensor | None = None,
+    *,
+    shading: str = "albedo",
+    ambient: float = 1.0,
+    light_dir: Tensor | None = None,
+    bg_color: Tensor | None = None,
+    occupancy: OccupancyGrid | None = None,
+    perturb: bool = False,
+    max_steps: int = 1024,
+    compute_normals: bool = False,
+    normal_eps: float = 0.01,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+    ray_noise_scale: float = 0.0,
+    min_near: float = 0.2,
+    delta_mode: str = "metric",
+    t_thresh: float = 1e-4,
+    ray_chunk: int | None = None,
+) -> RenderOutput:
+    """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
+
+    times: [B, T] in [0,1] or None (static). bg_color: [3] or [B, 3] (one colour per clip, shared by
+    its frames; default white). light_dir: [3], [B, 3] (per clip) or None. ``ray_noise_scale`` is the
+    reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
+    ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
+    samples per field call.
+    """
+    n = len(cameras)
+    if times is None:
+        b, tt = n, 1
+    else:
+        if times.ndim != 2 or times.shape[0] * times.shape[1] != n:
+            raise RenderError(
+                f"times must be [B,T] with B*T = {n} cameras, got {tuple(times.shape)}",
+                "pass one camera per (clip, frame) in row-major [B,T] order",
+            )
+        b, tt = times.shape
+    h, w = cameras.height, cameras.width
+    hw = h * w
+    dev = cameras.device
+    origins, dirs = generate_rays(cameras, ray_noise_scale, generator)
+    origins = origins.reshape(-1, 3)
+    dirs = dirs.reshape(-1, 3)
+    cam_of_ray = torch.arange(n, device=dev).repeat_interleave(hw)
+
+    ray_times = slots = None
+    if times is not None:
+        tflat = times.reshape(-1).to(dev, torch.float32)
+        ray_times = tflat[cam_of_ray]
+        if occupancy is not None:
+            slots = occupancy.slot_for_time(tflat)[cam_of_ray]
+
+    def per_clip(v: Tensor | None, what: str) -> Tensor | None:
+        if v is None:
+            return None
+        v = v.to(dev, torch.float32)
+        if v.ndim == 1:
+            return v
+        if v.shape != (b, 3):
+            raise RenderError(f"{what} must be [3] or [B,3]=[{b},3], got {tuple(v.shape)}")
+        return v.repeat_interleave(tt * hw, dim=0)
+
+    bg_r = per_clip(bg_color, "bg_color")
+    light_r = per_clip(light_dir, "light_dir")
+    kwargs: dict[str, Any] = dict(
+        occupancy=occupancy,
+        shading=shading,
+        ambient=ambient,
+        perturb=perturb,
+        generator=generator,
+        max_steps=max_steps,
+        min_near=min_near,
+        delta_mode=delta_mode,
+        t_thresh=t_thresh,
+        compute_normals=compute_normals,
+        normal_eps=normal_eps,
+        chunk=chunk,
+    )
+    r = origins.shape[0]
+    step = r if ray_chunk is None else max(1, int(ray_chunk))
+    parts: list[RayRenderOutput] = []
+    for i in range(0, r, step):
+        sl = slice(i, min(i + step, r))
+
+        parts.append(
+            render_rays(
+                field,
+                origins[sl],
+                dirs[sl],
+                times=None if ray_times is None else ray_times[sl],
+                slots=None if slots is None else slots[sl],
+                bg_color=bg_r if bg_r is None or bg_r.ndim == 1 else bg_r[sl],
+                light_dir=light_r if light_r is None or light_r.ndim == 1 else light_r[sl],
+                **kwargs,
+            )
+        )
+    out = parts[0] if len(parts) == 1 else _cat_outputs(parts)
+
+    def img(x: Tensor, c: int) -> Tensor:
+        return x.reshape(b, tt, h, w, c).permute(0, 1, 4, 2, 3).contiguous()
+
+    return RenderOutput(
+        rgb=img(out.rgb, 3),
+        opacity=img(out.opacity[:, None], 1),
+        depth=img(out.depth[:, None], 1),
+        normal=None if out.normal is None else img(out.normal, 3),
+        weights=out.weights,
+        orientation=out.orientation,
+        num_samples=out.num_samples,
+    )
