@@ -280,7 +280,9 @@ class ModelStore:
         try:
             self._preflight(endpoint)
         except DownloadError as err:
-            raise DownloadError(f"cannot download {spec.repo_id} for role {role!r}: {err.message}", err.hint) from err
+            raise DownloadError(
+                f"cannot download {spec.repo_id} for role {role!r}: {err.message}", err.hint
+            ) from err
         kw = dict(
             repo_id=spec.repo_id, revision=spec.revision, cache_dir=self.hub_dir, token=self.token,
             etag_timeout=ETAG_TIMEOUT_S, endpoint=endpoint, ignore_patterns=list(spec.ignore_patterns) or None,
