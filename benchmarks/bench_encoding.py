@@ -224,6 +224,15 @@ def main() -> None:
         r.time(f"{be} tiled bwd", _bwd_only(enc, (x,), g))
         r.time(f"{be} tiled fwd+bwd max_level=8", _fwd_bwd(enc, (x, 8), g))
         del enc
+    if triton_ok and dev.type == "cuda":
+        enc = _static(cfg, "triton", dev)
+        for mode in ("scalar", "auto"):
+            encoding_triton.ATOMICS = mode
+            r.time(f"triton tiled fwd+bwd atomics={mode}", _fwd_bwd(enc, (x,), g))
+            r.time(f"triton tiled bwd atomics={mode}", _bwd_only(enc, (x,), g))
+        encoding_triton.ATOMICS = "auto"
+        r.record("vec2 atomics", broken=list(encoding_triton._VEC2_BROKEN))
+        del enc
     if ms.get("triton") and ms.get("torch"):
         r.record(
             "tiled summary",

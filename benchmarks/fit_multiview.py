@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
         step += 1
         if step % 100 == 0:
             loss_hist.append(float(loss.detach()))  # one sync per 100 steps
+            if step % 1000 == 0:
+                print(f"step {step} loss {loss_hist[-1]:.5f} {time.perf_counter() - t0:.0f}s", flush=True)
         if args.max_iters and step >= args.max_iters:
             break
         if step >= args.min_iters and time.perf_counter() - t0 >= budget:

@@ -18,7 +18,7 @@ case "$PHASE" in
   tests|all)
     run python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" ;;&
   kernels|all)
-    run python3 benchmarks/bench_encoding.py --out "$OUT/encoding.json" 2>&1 | tee "$OUT/encoding.log" ;;&
+    run python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/encoding.json" 2>&1 | tee "$OUT/encoding.log" ;;&
   guidance|all)
     run python3 benchmarks/bench_guidance.py --configs "$CONFIGS" --out "$OUT/guidance.json" 2>&1 | tee "$OUT/guidance.log" ;;&
   lego|all)

@@ -44,6 +44,25 @@ def _compare(enc_ref, enc_tr, x, t=None, max_level=None) -> dict:
     }
 
 
+def _fwd_error_vs_fp64(enc_ref, enc_tr, *args, max_level=None) -> tuple[float, float]:
+    """Max forward error of the fp32 torch reference and of Triton against a float64 evaluation.
+
+    At the finest level the grid position ``u*scale + 0.5`` (scale ~2047) has an fp32 ulp of 2.4e-4, so
+    every fp32 implementation is off exact maths by up to ~ulp x |feature difference|; the GPU contracts
+    the multiply-add into an FMA and rounds differently from torch, so fp32-vs-fp32 differences of ~2e-4
+    (features in [-1, 1]) are expected. The meaningful check is that Triton is as close to the exact
+    value as the fp32 reference is.
+    """
+    import copy
+
+    enc64 = copy.deepcopy(enc_ref).double()
+    with torch.no_grad():
+        exact = enc64(*[a.double() for a in args], max_level=max_level)
+        e_ref = (enc_ref(*args, max_level=max_level).double() - exact).abs().max().item()
+        e_tr = (enc_tr(*args, max_level=max_level).double() - exact).abs().max().item()
+    return e_ref, e_tr
+
+
 def _pair(cls, cfg, device, **kw):
     torch.manual_seed(0)
     ref = cls(cfg, backend="torch", **kw).to(device)
@@ -188,10 +207,12 @@ def test_triton_gpu_matches_reference_2e18(grid_type):
     ref, tr = _pair(GridEncoding, cfg, "cuda")
     x = torch.rand(2**18, 3, device="cuda") * 2.1 - 1.05
     r = _compare(ref, tr, x)
-    assert r["fwd"] <= 1e-5, r
+    assert r["fwd"] <= 1e-3, r  # fp32 position rounding, see _fwd_error_vs_fp64
     assert r["grad_rel"] <= 1e-5, r
+    e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x)
+    assert e_tr <= 1.5 * e_ref + 1e-6, (e_ref, e_tr)
     r = _compare(ref, tr, x, max_level=8)
-    assert r["fwd"] <= 1e-5 and r["zero_cols_ok"], r
+    assert r["fwd"] <= 1e-3 and r["zero_cols_ok"], r
 
 
 @pytest.mark.gpu
@@ -205,8 +226,10 @@ def test_triton_gpu_time_grid_matches_reference():
     t = torch.rand(2**18, 1, device="cuda")
     t[:1000] = 0
     r = _compare(ref, tr, x, t)
-    assert r["fwd"] <= 1e-5, r
+    assert r["fwd"] <= 1e-3, r  # fp32 position rounding, see _fwd_error_vs_fp64
     assert r["grad_rel"] <= 1e-5, r
+    e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x, t)
+    assert e_tr <= 1.5 * e_ref + 1e-6, (e_ref, e_tr)
 
 
 @pytest.mark.gpu
@@ -222,4 +245,6 @@ def test_triton_gpu_autocast_outputs_float32():
         out.float().sum().backward()
     assert out.dtype == torch.float32
     assert tr.embeddings.grad is not None and tr.embeddings.grad.dtype == torch.float32
-    torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=0)
+    e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x)
+    assert e_tr <= 1.5 * e_ref + 1e-6, (e_ref, e_tr)
+    torch.testing.assert_close(out, ref(x), atol=1e-3, rtol=0)
