@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from animate124.scene.encoding import _LevelBuffers
 
 # defaults; benchmarks/bench_encoding.py sweeps these on the GPU
-FWD_BLOCK = 128
+FWD_BLOCK = 64  # H100 sweep: 0.85 ms vs 1.04 ms at 128 (2^20 points, BENCHMARKS.md)
 FWD_WARPS = 4
 BWD_BLOCK = 128
 BWD_WARPS = 4
@@ -301,7 +301,7 @@ if HAS_TRITON:
                 tl.inline_asm_elementwise(
                     asm=ASM,
                     constraints="=r,l,f,f,r",
-                    args=[gemb_ptr + (base_lo + idx) * 2, w * g_lo0, w * g_lo1, in_lo],
+                    args=[(gemb_ptr + (base_lo + idx) * 2).to(tl.int64), w * g_lo0, w * g_lo1, in_lo],
                     dtype=tl.int32,
                     is_pure=False,
                     pack=1,
@@ -310,7 +310,7 @@ if HAS_TRITON:
                     tl.inline_asm_elementwise(
                         asm=ASM,
                         constraints="=r,l,f,f,r",
-                        args=[gemb_ptr + (base_hi + idx) * 2, w * g_hi0, w * g_hi1, in_hi],
+                        args=[(gemb_ptr + (base_hi + idx) * 2).to(tl.int64), w * g_hi0, w * g_hi1, in_hi],
                         dtype=tl.int32,
                         is_pure=False,
                         pack=1,
