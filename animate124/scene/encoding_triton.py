@@ -48,6 +48,8 @@ FWD_BLOCK = 64  # H100 sweep: 0.85 ms vs 1.04 ms at 128 (2^20 points, BENCHMARKS
 FWD_WARPS = 4
 BWD_BLOCK = 128
 BWD_WARPS = 4
+# Backward program order: level-fastest spreads concurrent atomics over all levels (see the kernel).
+BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
 
 # Backward atomics: "auto" uses one 8-byte vector reduction (PTX ``red.global.add.v2.f32``, sm_90+) per
 # corner when level_dim == 2, else Triton's scalar ``atomic_add``; "scalar" forces the latter.
@@ -255,9 +257,16 @@ if HAS_TRITON:
         SMOOTH: tl.constexpr,
         VEC2: tl.constexpr,
         ASM: tl.constexpr,
+        LEVEL_FAST: tl.constexpr,
     ):  # pragma: no cover - jit
-        pid = tl.program_id(0)
-        lvl = tl.program_id(1)
+        if LEVEL_FAST:
+            # level is the fastest-varying program id: programs in flight spread their atomics over
+            # all levels' tables instead of hammering one small coarse table at a time
+            lvl = tl.program_id(0)
+            pid = tl.program_id(1)
+        else:
+            pid = tl.program_id(0)
+            lvl = tl.program_id(1)
         rows = pid * BLOCK + tl.arange(0, BLOCK)
         rmask = rows < N
         inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
@@ -389,7 +398,8 @@ class _GridEncodeFn(torch.autograd.Function):
         if ctx.needs_input_grad[1] and n > 0:
             grad_out = grad_out.contiguous()
             block, warps = ctx.bwd_launch
-            grid = (triton.cdiv(n, block), n_active)
+            lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
+            grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
             args = (
                 u, t_arg, grad_out, grad_table, *_launch_args(bufs),
                 n, grad_out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
@@ -398,7 +408,7 @@ class _GridEncodeFn(torch.autograd.Function):
             try:
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=VEC2_ASM, num_warps=warps,
+                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
             except Exception as err:  # pragma: no cover - GPU/toolchain specific
                 if not vec2:
@@ -407,7 +417,7 @@ class _GridEncodeFn(torch.autograd.Function):
                 grad_table.zero_()
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=False, ASM=VEC2_ASM, num_warps=warps,
+                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
         return (None, grad_table.to(ctx.table_dtype)) + (None,) * 12
 
