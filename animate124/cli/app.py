@@ -275,90 +275,66 @@ def invert(
     _guard(debug, go)
 
 
-def _training_stage(
-    stage: str, project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug
-):
-    def go():
-        from animate124.project import find_project, remember_project
-        from animate124.stages.training import run_training_stage
-
-        options = {stage: {"prompt": _check_prompt(prompt, stage)}} if prompt is not None else None
-        cfg = _build_config(preset, config, set_, device, cache_dir, options)
-        proj = find_project(project)
-        result = run_training_stage(stage, proj, cfg, force=force, show_progress=not quiet)
-        remember_project(proj)
-        _report(result)
-
-    _guard(debug, go)
-
-
 PromptOpt = Annotated[
     str | None, typer.Option("--prompt", help="The stage's text prompt.", show_default=False)
 ]
 
 
-@app.command(
-    epilog=_examples(
+def _register_training_command(stage: str, doc: str, examples: tuple[str, ...]) -> None:
+    """static, dynamic and refine share their options; one factory registers each."""
+
+    def command(
+        project: ProjectOpt = None,
+        prompt: PromptOpt = None,
+        preset: PresetOpt = "paper",
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        device: DeviceOpt = None,
+        cache_dir: CacheOpt = None,
+        force: ForceOpt = False,
+        quiet: QuietOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        def go():
+            from animate124.project import find_project, remember_project
+            from animate124.stages.training import run_training_stage
+
+            options = {stage: {"prompt": _check_prompt(prompt, stage)}} if prompt is not None else None
+            cfg = _build_config(preset, config, set_, device, cache_dir, options)
+            proj = find_project(project)
+            result = run_training_stage(stage, proj, cfg, force=force, show_progress=not quiet)
+            remember_project(proj)
+            _report(result)
+
+        _guard(debug, go)
+
+    command.__doc__ = doc
+    command.__name__ = stage
+    app.command(stage, epilog=_examples(*examples))(command)
+
+
+_register_training_command(
+    "static",
+    "Optimise the static NeRF with SD 1.5 and Zero123-XL score distillation plus reference losses (SPEC 4).",
+    (
         'animate124 static --prompt "a high-resolution DSLR image of a panda"',
         "animate124 static -p runs/panda --preset fast",
-    )
+    ),
 )
-def static(
-    project: ProjectOpt = None,
-    prompt: PromptOpt = None,
-    preset: PresetOpt = "paper",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    cache_dir: CacheOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Optimise the static NeRF with SD 1.5 and Zero123-XL score distillation plus reference losses (SPEC 4)."""
-    _training_stage("static", project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug)
-
-
-@app.command(
-    epilog=_examples(
+_register_training_command(
+    "dynamic",
+    "Optimise the 4D grid NeRF with text-to-video score distillation (ModelScope, SPEC 5).",
+    (
         'animate124 dynamic --prompt "a panda is dancing"',
         "animate124 dynamic -p runs/panda --preset low-vram",
-    )
+    ),
 )
-def dynamic(
-    project: ProjectOpt = None,
-    prompt: PromptOpt = None,
-    preset: PresetOpt = "paper",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    cache_dir: CacheOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Optimise the 4D grid NeRF with text-to-video score distillation (ModelScope, SPEC 5)."""
-    _training_stage("dynamic", project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug)
-
-
-@app.command(
-    epilog=_examples('animate124 refine --prompt "a <token> is dancing"', "animate124 refine -p runs/panda")
+_register_training_command(
+    "refine",
+    "Semantic refinement with ControlNet-tile and the textual-inversion token (SPEC 6); '<token>' in the "
+    "prompt stands for the learned token.",
+    ('animate124 refine --prompt "a <token> is dancing"', "animate124 refine -p runs/panda"),
 )
-def refine(
-    project: ProjectOpt = None,
-    prompt: PromptOpt = None,
-    preset: PresetOpt = "paper",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    cache_dir: CacheOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Semantic refinement with ControlNet-tile and the textual-inversion token (SPEC 6); '<token>' in the prompt
-    stands for the learned token."""
-    _training_stage("refine", project, prompt, preset, config, set_, device, cache_dir, force, quiet, debug)
 
 
 @app.command(

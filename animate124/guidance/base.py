@@ -187,3 +187,40 @@ def per_sample(values: torch.Tensor | float | Iterable[float] | None, n: int, de
     if n % v.numel() == 0:
         return v.repeat_interleave(n // v.numel())
     raise InputError(f"expected 1 or {n} values, got {v.numel()}")
+
+
+def text_cfg_sds(
+    unet: torch.nn.Module,
+    alphas_cumprod: torch.Tensor,
+    z: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    neg: torch.Tensor,
+    pos: torch.Tensor,
+    guidance_scale: float,
+    cfg_mode: str,
+    weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-conditioned SDS shared by the SD and video priors (SPEC 3.7 steps 3-6).
+
+    ``z_t = add_noise(sg(z), ε, t)``; one UNet call on ``[z_t, z_t]`` with ``[neg, pos]`` context;
+    ``ε̃ = cfg(ε_u, ε_c, s, mode)``; ``g = λ·(1 − ᾱ_t)·(ε̃ − ε)``; returns
+    ``(0.5·‖z − sg(z − g)‖² / B, g, w)`` so that ∂loss/∂z = g / B (the surrogate of SPEC 11.1).
+    Works for image latents ``[B, 4, h, w]`` and video latents ``[B, 4, F, h, w]`` alike.
+    """
+    from animate124.guidance import sds
+
+    udtype = module_dtype(unet)
+    with torch.no_grad():
+        zt = sds.add_noise(alphas_cumprod, z.detach(), noise, t).to(udtype)
+        t_dev = t.to(z.device)
+        eps = unet(
+            torch.cat([zt, zt]),
+            torch.cat([t_dev, t_dev]),
+            encoder_hidden_states=torch.cat([neg, pos]).to(udtype),
+        ).sample
+        eps_u, eps_c = eps.chunk(2)
+        eps_hat = sds.cfg(eps_u.float(), eps_c.float(), guidance_scale, cfg_mode)
+    w = sds.w_one_minus_alpha_bar(alphas_cumprod, t)
+    g = sds.sds_gradient(eps_hat, noise, w, weight)
+    return sds.sds_surrogate_loss(z, g), g, w

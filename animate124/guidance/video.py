@@ -36,6 +36,7 @@ from animate124.guidance.base import (
     num_train_timesteps_of,
     randn_like,
     resize,
+    text_cfg_sds,
     vae_scale_factor,
 )
 from animate124.guidance.prompts import TextEmbeddingCache
@@ -189,20 +190,18 @@ class VideoGuidance:
         noise = noise.to(z.device)
 
         neg, pos = self.text_embeddings(prompt, b, azimuth_deg, static_camera)
-        udtype = module_dtype(self.unet)
-        with torch.no_grad():
-            zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
-            t_dev = t.to(z.device)
-            eps = self.unet(
-                torch.cat([zt, zt]),
-                torch.cat([t_dev, t_dev]),
-                encoder_hidden_states=torch.cat([neg, pos]).to(udtype),
-            ).sample
-            eps_u, eps_c = eps.chunk(2)
-            eps_hat = sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
-        w = sds.w_one_minus_alpha_bar(self.alphas_cumprod, t)
-        g = sds.sds_gradient(eps_hat, noise, w, self.weight)
-        loss = sds.sds_surrogate_loss(z, g)
+        loss, g, w = text_cfg_sds(
+            self.unet,
+            self.alphas_cumprod,
+            z,
+            noise,
+            t,
+            neg,
+            pos,
+            self.guidance_scale,
+            self.cfg_mode,
+            self.weight,
+        )
         return GuidanceOutput(
             losses={"video_sds": loss},
             diagnostics={
