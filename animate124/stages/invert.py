@@ -59,6 +59,7 @@ def run_invert(
         device = resolve_device(cfg.run.device)
         dtype = resolve_dtype(cfg.run.precision, device)
         comps = load_sd(model_store(cfg), device=device, dtype=dtype)
+        comps.text_encoder.float()  # the token is trained through an fp32 text encoder, as upstream (SPEC 2)
         c = cfg.invert
         ti = TIConfig(
             placeholder=c.placeholder,

@@ -1,0 +1,76 @@
+"""Textual inversion speed and memory at the paper's settings (SPEC 2): batch 16 at 512², fp16 autocast
+with GradScaler, SD 1.5 UNet/VAE in fp16 weights... as the `invert` stage loads them (UNet fp16, VAE and
+text encoder fp32). Full-size SD 1.5 built from the real configs with random weights.
+
+    python benchmarks/bench_invert.py --configs .device/hf-configs --steps 12 --out invert.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> None:
+    from bench_guidance import build_full
+
+    from animate124.guidance.textual_inversion import TIConfig, train_textual_inversion
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=Path, default=ROOT / ".." / "shared" / "data" / "hf-configs")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--out", type=Path, default=Path("bench_invert.json"))
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    comp, _ = build_full("sd", args.configs, dev, torch.float16)
+    comp.vae.float()  # the stage's loaders keep the VAE in fp32
+    comp.text_encoder.float()  # and the invert stage trains through an fp32 text encoder (as upstream)
+    photo = torch.rand(3, 600, 800)
+    cfg = TIConfig(
+        placeholder="<bench>", initializer="cat", steps=args.steps, batch_size=args.batch_size,
+        resolution=args.resolution, checkpoint_every=10**9, mixed_precision=True,
+    )  # fmt: skip
+    stamps: list[float] = []
+
+    def progress(step: int, total: int, metrics: dict) -> None:
+        torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        vec = train_textual_inversion(
+            comp, photo, cfg, checkpoint_dir=Path(tmp), device=dev, progress=progress
+        )
+    steady = stamps[args.warmup :]
+    s_per_step = (steady[-1] - steady[0]) / max(len(steady) - 1, 1)
+    res = {
+        "device": torch.cuda.get_device_name(dev),
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "resolution": args.resolution,
+        "steps_timed": len(steady) - 1,
+        "s_per_step": s_per_step,
+        "paper_3000_steps_min": s_per_step * 3000 / 60,
+        "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30,
+        "vec_finite": bool(torch.isfinite(vec).all()),
+        "vec_norm": float(vec.norm()),
+    }
+    print(json.dumps(res, indent=1))
+    args.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
