@@ -37,41 +37,32 @@ def main() -> None:
     (ref(x) * g).sum().backward()
     g_ref = ref.embeddings.grad.clone()
     rows = []
-    variants = [  # (program order, atomics, gradient precision, private copies)
-        ("block", "scalar", "fp32", 1), ("level", "auto", "fp32", 1), ("level", "auto", "fp16", 1),
-        ("level", "auto", "fp32", 4), ("level", "auto", "fp32", 8), ("level", "auto", "fp32", 16),
-        ("block", "auto", "fp32", 8), ("level", "auto", "fp16", 8),
-    ]  # fmt: skip
-    for order, atomics, gp, repl in variants:
-        et.BWD_LEVEL_FAST = order == "level"
-        et.ATOMICS = atomics
-        et.GRAD_REPLICAS = repl
-        enc.cfg = dataclasses.replace(cfg, grad_precision=gp)
-        enc.embeddings.grad = None
-        (enc(x) * g).sum().backward()
-        err = ((enc.embeddings.grad - g_ref).norm() / g_ref.norm()).item()
-        out = enc(x)
-
-        def bwd(out=out):
-            enc.embeddings.grad = None
-            out.backward(g, retain_graph=True)
-
-        def fwd_bwd():
+    variants = [("block", "scalar", "fp32"), ("level", "scalar", "fp32"), ("level", "auto", "fp32"),
+                ("level", "auto", "fp16")]  # fmt: skip
+    for order, atomics, gp in variants:
+        if True:
+            et.BWD_LEVEL_FAST = order == "level"
+            et.ATOMICS = atomics
+            enc.cfg = dataclasses.replace(cfg, grad_precision=gp)
             enc.embeddings.grad = None
             (enc(x) * g).sum().backward()
+            err = ((enc.embeddings.grad - g_ref).norm() / g_ref.norm()).item()
+            out = enc(x)
 
-        f = triton.testing.do_bench(lambda: enc(x), warmup=50, rep=300, return_mode="median")
-        b = triton.testing.do_bench(bwd, warmup=50, rep=300, return_mode="median")
-        fb = triton.testing.do_bench(fwd_bwd, warmup=50, rep=300, return_mode="median")
-        rows.append(
-            {"order": order, "atomics": atomics, "grad_precision": gp, "replicas": repl, "fwd_ms": f, "bwd_ms": b,
-             "fwd_bwd_ms": fb, "grad_rel": err}
-        )  # fmt: skip
-        print(
-            f"order={order:5s} atomics={atomics:6s} grad={gp} copies={repl:2d}  fwd {f:6.3f} ms  bwd {b:6.3f} ms  "
-            f"fwd+bwd {fb:6.3f} ms  grad_rel {err:.1e}",
-            flush=True,
-        )
+            def bwd(out=out):
+                enc.embeddings.grad = None
+                out.backward(g, retain_graph=True)
+
+            def fwd_bwd():
+                enc.embeddings.grad = None
+                (enc(x) * g).sum().backward()
+
+            b = triton.testing.do_bench(bwd, warmup=50, rep=300, return_mode="median")
+            fb = triton.testing.do_bench(fwd_bwd, warmup=50, rep=300, return_mode="median")
+            rows.append({"order": order, "atomics": atomics, "bwd_ms": b, "fwd_bwd_ms": fb, "grad_rel": err})
+            print(
+                f"order={order:5s} atomics={atomics:6s} bwd {b:7.3f} ms  fwd+bwd {fb:7.3f} ms  grad_rel {err:.2e}"
+            )
     meta = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "n": args.n,
             "vec2_broken": et._VEC2_BROKEN}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))

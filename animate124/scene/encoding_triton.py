@@ -50,10 +50,6 @@ BWD_BLOCK = 128
 BWD_WARPS = 4
 # Backward program order: level-fastest spreads concurrent atomics over all levels (see the kernel).
 BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
-# Private gradient copies per program (pid % copies), summed after the kernel; only while the copies of
-# the table stay under GRAD_REPLICA_BYTES (static tables: 7 MB each).
-GRAD_REPLICAS = int(os.environ.get("ANIMATE124_GRID_REPLICAS", "1"))
-GRAD_REPLICA_BYTES = 128 * 2**20
 
 # Backward atomics: "auto" uses one 8-byte vector reduction (PTX ``red.global.add.v2.f32``, sm_90+) per
 # corner when level_dim == 2, else Triton's scalar ``atomic_add``; "scalar" forces the latter.
@@ -260,7 +256,6 @@ if HAS_TRITON:
         gout_stride,
         time_max,
         grid_entries,
-        rep_stride,
         C: tl.constexpr,
         BLOCK: tl.constexpr,
         HAS_TIME: tl.constexpr,
@@ -268,7 +263,6 @@ if HAS_TRITON:
         VEC2: tl.constexpr,
         ASM: tl.constexpr,
         LEVEL_FAST: tl.constexpr,
-        REPL: tl.constexpr,
     ):  # pragma: no cover - jit
         if LEVEL_FAST:
             # level is the fastest-varying program id: programs in flight spread their atomics over
@@ -278,10 +272,6 @@ if HAS_TRITON:
         else:
             pid = tl.program_id(0)
             lvl = tl.program_id(1)
-        if REPL > 1:
-            # privatised gradient copies: spreads the atomics of the small coarse tables over REPL x more
-            # L2 lines; the copies are summed afterwards
-            gemb_ptr = gemb_ptr + (pid % REPL).to(tl.int64) * rep_stride
         rows = pid * BLOCK + tl.arange(0, BLOCK)
         rmask = rows < N
         inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
@@ -414,38 +404,31 @@ class _GridEncodeFn(torch.autograd.Function):
         vec2 = ctx.meta[2] == 2 and _vec2_atomics_enabled(u.device)
         half = vec2 and ctx.grad_precision == "fp16"
         gdtype = torch.float16 if half else torch.float32
-        numel = int(torch.Size(ctx.table_shape).numel())
-        repl = GRAD_REPLICAS if (u.device.type == "cuda" or interpreter_enabled()) else 1
-        if repl > 1 and numel * 4 * repl > GRAD_REPLICA_BYTES:
-            repl = 1  # large (time-stacked) tables: no private copies
-        grad_buf = torch.zeros((repl, *ctx.table_shape), device=u.device, dtype=gdtype)
-        grad_table = grad_buf
+        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=gdtype)
         if ctx.needs_input_grad[1] and n > 0:
             grad_out = grad_out.contiguous()
             block, warps = ctx.bwd_launch
             lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
             grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
             args = (
-                u, t_arg, grad_out, grad_buf, *_launch_args(bufs),
-                n, grad_out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid, numel,
+                u, t_arg, grad_out, grad_table, *_launch_args(bufs),
+                n, grad_out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
             )  # fmt: skip
             try:
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=F16X2_ASM if half else VEC2_ASM, LEVEL_FAST=lf, REPL=repl,
-                    num_warps=warps,
+                    VEC2=vec2, ASM=F16X2_ASM if half else VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
             except Exception as err:  # pragma: no cover - GPU/toolchain specific
                 if not vec2:
                     raise
                 _disable_vec2(err)
-                grad_buf = torch.zeros((repl, *ctx.table_shape), device=u.device, dtype=torch.float32)
-                args = (args[0], args[1], args[2], grad_buf, *args[4:])
+                grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
+                args = (args[0], args[1], args[2], grad_table, *args[4:])
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, REPL=repl, num_warps=warps,
+                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
-        grad_table = grad_buf.sum(0, dtype=torch.float32) if grad_buf.shape[0] > 1 else grad_buf[0]
         return (None, grad_table.to(ctx.table_dtype)) + (None,) * 13
 
 
