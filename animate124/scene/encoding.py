@@ -62,9 +62,6 @@ class GridEncodingConfig:
     interpolation: Interpolation = "linear"
     init_range: float = 1e-4  # U(-r, r)
     stride_guard: bool = True  # upstream index quirk, see module docstring
-    # Triton backward: accumulate the table gradient in fp32 (default) or with packed fp16x2 atomics
-    # ("fp16": half the bytes per atomic, torch-ngp's precision under autocast; needs sm_90 and loss scaling)
-    grad_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.input_dim != 3:
@@ -75,8 +72,6 @@ class GridEncodingConfig:
             raise ConfigError(f"level_dim must be a power of two, got {self.level_dim}")
         if self.grid_type not in ("tiled", "hash"):
             raise ConfigError(f"unknown grid_type {self.grid_type!r}", "use 'tiled' or 'hash'")
-        if self.grad_precision not in ("fp32", "fp16"):
-            raise ConfigError(f"unknown grad_precision {self.grad_precision!r}", "use 'fp32' or 'fp16'")
         if self.interpolation not in ("linear", "smoothstep"):
             raise ConfigError(f"unknown interpolation {self.interpolation!r}", "use 'linear' or 'smoothstep'")
         if not 4 <= self.log2_table_size <= 24:
@@ -323,9 +318,7 @@ def encode_points(
         from animate124.scene import encoding_triton
 
         if time is None:
-            return encoding_triton.grid_encode(
-                u, table, bufs, n_active, num_levels, c, cfg.interpolation, grad_precision=cfg.grad_precision
-            )
+            return encoding_triton.grid_encode(u, table, bufs, n_active, num_levels, c, cfg.interpolation)
         t, t_size, e = time
         return encoding_triton.grid_encode(
             u,
@@ -338,7 +331,6 @@ def encode_points(
             t=t,
             time_grid_size=t_size,
             entries_per_grid=e,
-            grad_precision=cfg.grad_precision,
         )
     rows = None
     if time is not None:

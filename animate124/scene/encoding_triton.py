@@ -56,11 +56,6 @@ BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
 # Override with ANIMATE124_GRID_ATOMICS=scalar|vec2|auto.
 ATOMICS = os.environ.get("ANIMATE124_GRID_ATOMICS", "auto")
 VEC2_ASM = "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p red.global.add.v2.f32 [$1], {$2, $3}; mov.u32 $0, 0; }"
-# fp16 gradient table: both features packed into one 4-byte f16x2 reduction (feature 0 in the low half)
-F16X2_ASM = (
-    "{ .reg .pred p; .reg .b32 h; setp.ne.b32 p, $4, 0; cvt.rn.f16x2.f32 h, $3, $2; "
-    "@p red.global.add.noftz.f16x2 [$1], h; mov.u32 $0, 0; }"
-)
 _VEC2_BROKEN: list[str] = []
 
 
@@ -372,7 +367,6 @@ class _GridEncodeFn(torch.autograd.Function):
         warps: int,
         bwd_block: int,
         bwd_warps: int,
-        grad_precision: str,
     ) -> Tensor:
         n = u.shape[0]
         u = u.contiguous()
@@ -392,7 +386,6 @@ class _GridEncodeFn(torch.autograd.Function):
         ctx.bwd_launch = (bwd_block, bwd_warps)
         ctx.table_shape = table.shape
         ctx.table_dtype = table.dtype
-        ctx.grad_precision = grad_precision
         return out
 
     @staticmethod
@@ -401,10 +394,7 @@ class _GridEncodeFn(torch.autograd.Function):
         u, t_arg = ctx.saved_tensors
         bufs, n_active, level_dim, smooth, time_grid_size, entries_per_grid, has_time = ctx.meta
         n = u.shape[0]
-        vec2 = ctx.meta[2] == 2 and _vec2_atomics_enabled(u.device)
-        half = vec2 and ctx.grad_precision == "fp16"
-        gdtype = torch.float16 if half else torch.float32
-        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=gdtype)
+        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
         if ctx.needs_input_grad[1] and n > 0:
             grad_out = grad_out.contiguous()
             block, warps = ctx.bwd_launch
@@ -414,22 +404,22 @@ class _GridEncodeFn(torch.autograd.Function):
                 u, t_arg, grad_out, grad_table, *_launch_args(bufs),
                 n, grad_out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
             )  # fmt: skip
+            vec2 = level_dim == 2 and _vec2_atomics_enabled(u.device)
             try:
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=F16X2_ASM if half else VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
+                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
             except Exception as err:  # pragma: no cover - GPU/toolchain specific
                 if not vec2:
                     raise
                 _disable_vec2(err)
-                grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
-                args = (args[0], args[1], args[2], grad_table, *args[4:])
+                grad_table.zero_()
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
                     VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
-        return (None, grad_table.to(ctx.table_dtype)) + (None,) * 13
+        return (None, grad_table.to(ctx.table_dtype)) + (None,) * 12
 
 
 def grid_encode(
@@ -447,7 +437,6 @@ def grid_encode(
     warps: int | None = None,
     bwd_block: int | None = None,
     bwd_warps: int | None = None,
-    grad_precision: str = "fp32",
 ) -> Tensor:
     """Encode unit-cube points ``u [N,3]`` with ``table [E,C]`` (or stacked ``[T·E, C]`` with ``t [N]``).
 
@@ -465,6 +454,6 @@ def grid_encode(
     out = _GridEncodeFn.apply(
         u, table, tt, bufs, n_active, num_levels, level_dim, interpolation == "smoothstep",
         time_grid_size, entries_per_grid, block or FWD_BLOCK, warps or FWD_WARPS,
-        bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS, grad_precision,
+        bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS,
     )  # fmt: skip
     return out
