@@ -380,3 +380,40 @@ def test_controlnet_gradient_matches_formula(store, controlnet, target: str) -> 
     (expected,) = torch.autograd.grad(z, x, grad_outputs=lat_grad)
     assert torch.allclose(images.grad[0, [0, 8]], expected, rtol=1e-4, atol=1e-6)
     _no_prior_grads(c.unet, c.vae, c.text_encoder, controlnet)
+
+
+# ------------------------------------------------------------------------------------ shapes T=1/16
+
+
+@pytest.mark.parametrize("frames", [1, 16])
+def test_every_prior_keeps_image_shapes(sd, zero123, video, controlnet, frames: int) -> None:
+    """[B, T, 3, H, W] inputs with T = 1 and T = 16: the image gradient has the input's shape, the loss is
+    a finite fp32 scalar, and no prior weight receives a gradient."""
+    gen = torch.Generator().manual_seed(5)
+
+    def check(images: torch.Tensor, loss: torch.Tensor) -> None:
+        assert loss.ndim == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+        assert images.grad is not None and images.grad.shape == images.shape
+        assert torch.isfinite(images.grad).all()
+
+    imgs = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
+    check(imgs, StableDiffusionGuidance(sd)(imgs, prompt="a cat", generator=gen).losses["sds"])
+    _no_prior_grads(sd.unet, sd.vae, sd.text_encoder)
+
+    imgs = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
+    z = Zero123Guidance(zero123, reference=torch.rand(1, 3, 32, 32, generator=gen))
+    n = frames
+    out = z(imgs, polar_deg=[80.0] * n, azimuth_deg=[30.0] * n, radius=[1.8] * n, generator=gen)
+    check(imgs, out.losses["zero123"])
+    _no_prior_grads(zero123.unet, zero123.vae, zero123.image_encoder, zero123.projection)
+
+    imgs = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
+    check(imgs, VideoGuidance(video)(imgs, prompt="a cat is dancing", generator=gen).losses["video_sds"])
+    _no_prior_grads(video.unet, video.vae, video.text_encoder)
+
+    imgs = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    cn = ControlNetGuidance(sd, controlnet, image_size=64, frames="even:2" if frames > 1 else (0,))
+    check(imgs, cn(imgs, cond, prompt="a cat dancing", generator=gen).losses["controlnet"])
+    _no_prior_grads(controlnet, sd.unet, sd.vae)
