@@ -56,18 +56,6 @@ BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
 # Override with ANIMATE124_GRID_ATOMICS=scalar|vec2|auto.
 ATOMICS = os.environ.get("ANIMATE124_GRID_ATOMICS", "auto")
 VEC2_ASM = "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p red.global.add.v2.f32 [$1], {$2, $3}; mov.u32 $0, 0; }"
-# x-neighbour corner pairs (static tables, sm_90): one 16-byte op for an even first row, else two 8-byte ops
-PAIR_ASM = (
-    "{ .reg .pred p4, p2; setp.ne.b32 p4, $7, 0; setp.ne.b32 p2, $8, 0; "
-    "@p4 red.global.add.v4.f32 [$1], {$3, $4, $5, $6}; "
-    "@p2 red.global.add.v2.f32 [$1], {$3, $4}; @p2 red.global.add.v2.f32 [$2], {$5, $6}; mov.u32 $0, 0; }"
-)
-LD4_ASM = (
-    "{ .reg .pred p; setp.ne.b32 p, $5, 0; mov.f32 $0, 0f00000000; mov.f32 $1, 0f00000000; "
-    "mov.f32 $2, 0f00000000; mov.f32 $3, 0f00000000; @p ld.global.v4.f32 {$0, $1, $2, $3}, [$4]; }"
-)
-# Use the corner-pair kernels (static tables, level_dim 2, sm_90); ANIMATE124_GRID_PAIRS=0 turns them off.
-PAIRS = os.environ.get("ANIMATE124_GRID_PAIRS", "1") == "1"
 _VEC2_BROKEN: list[str] = []
 
 
@@ -77,20 +65,6 @@ def _vec2_atomics_enabled(device: torch.device) -> bool:
     if ATOMICS == "vec2":
         return True
     return torch.cuda.get_device_capability(device)[0] >= 9
-
-
-_PAIRS_BROKEN: list[str] = []
-
-
-def _pairs_enabled(has_time: bool) -> bool:
-    return PAIRS and not has_time and not _PAIRS_BROKEN
-
-
-def _disable_pairs(err: Exception) -> None:
-    import logging
-
-    logging.getLogger(__name__).warning("corner-pair kernels unavailable (%s); using the plain ones", err)
-    _PAIRS_BROKEN.append(str(err))
 
 
 def _disable_vec2(err: Exception) -> None:
@@ -263,59 +237,6 @@ if HAS_TRITON:
         tl.store(out_ptrs, acc, mask=rmask[:, None] & (ch[None, :] < C))
 
     @triton.jit
-    def _grid_fwd_pair_kernel(
-        u_ptr,
-        emb_ptr,
-        out_ptr,
-        scale_ptr,
-        stride_ptr,
-        wmask_ptr,
-        start_ptr,
-        hashed_ptr,
-        N,
-        out_stride,
-        BLOCK: tl.constexpr,
-        SMOOTH: tl.constexpr,
-        LD4: tl.constexpr,
-    ):  # pragma: no cover - jit
-        """Static table, 2 features: the x-neighbour corners of a tiled level are adjacent rows, so when
-        the first row is even (16-byte aligned) both come in one 16-byte load instead of two 8-byte ones."""
-        pid = tl.program_id(0)
-        lvl = tl.program_id(1)
-        rows = pid * BLOCK + tl.arange(0, BLOCK)
-        rmask = rows < N
-        inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
-            u_ptr, u_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
-            0.0, 0, False, SMOOTH,
-        )  # fmt: skip
-        acc0 = tl.zeros([BLOCK], dtype=tl.float32)
-        acc1 = tl.zeros([BLOCK], dtype=tl.float32)
-        for k in tl.static_range(0, 8, 2):
-            ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
-            ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
-            ra = base_lo + ia
-            rb = base_lo + ib
-            pair = inside & (rb == ra + 1) & ((ra & 1) == 0)
-            single = inside & (pair == 0)
-            a0, a1, b0, b1 = tl.inline_asm_elementwise(
-                asm=LD4,
-                constraints="=f,=f,=f,=f,l,r",
-                args=[(emb_ptr + ra * 2).to(tl.int64), pair.to(tl.int32)],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
-                is_pure=True,
-                pack=1,
-            )
-            a0 = tl.where(pair, a0, tl.load(emb_ptr + ra * 2, mask=single, other=0.0))
-            a1 = tl.where(pair, a1, tl.load(emb_ptr + ra * 2 + 1, mask=single, other=0.0))
-            b0 = tl.where(pair, b0, tl.load(emb_ptr + rb * 2, mask=single, other=0.0))
-            b1 = tl.where(pair, b1, tl.load(emb_ptr + rb * 2 + 1, mask=single, other=0.0))
-            acc0 += wa * a0 + wb * b0
-            acc1 += wa * a1 + wb * b1
-        out_ptrs = out_ptr + rows * out_stride + lvl * 2
-        tl.store(out_ptrs, acc0, mask=rmask)
-        tl.store(out_ptrs + 1, acc1, mask=rmask)
-
-    @triton.jit
     def _grid_bwd_kernel(
         u_ptr,
         t_ptr,
@@ -337,8 +258,6 @@ if HAS_TRITON:
         VEC2: tl.constexpr,
         ASM: tl.constexpr,
         LEVEL_FAST: tl.constexpr,
-        PAIR: tl.constexpr,
-        ASM4: tl.constexpr,
     ):  # pragma: no cover - jit
         if LEVEL_FAST:
             # level is the fastest-varying program id: programs in flight spread their atomics over
@@ -386,48 +305,25 @@ if HAS_TRITON:
             g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
             in_lo = inside.to(tl.int32)
             in_hi = has_hi.to(tl.int32)
-            if PAIR:
-                # static table: x-neighbour corners are adjacent rows; an even first row takes one 16-byte
-                # reduction for both, otherwise two 8-byte ones
-                for k in tl.static_range(0, 8, 2):
-                    ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
-                    ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
-                    ra = base_lo + ia
-                    rb = base_lo + ib
-                    pair = inside & (rb == ra + 1) & ((ra & 1) == 0)
-                    single = inside & (pair == 0)
-                    tl.inline_asm_elementwise(
-                        asm=ASM4,
-                        constraints="=r,l,l,f,f,f,f,r,r",
-                        args=[
-                            (gemb_ptr + ra * 2).to(tl.int64), (gemb_ptr + rb * 2).to(tl.int64),
-                            wa * g_lo0, wa * g_lo1, wb * g_lo0, wb * g_lo1,
-                            pair.to(tl.int32), single.to(tl.int32),
-                        ],
-                        dtype=tl.int32,
-                        is_pure=False,
-                        pack=1,
-                    )  # fmt: skip
-            else:
-                for k in tl.static_range(8):
-                    idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
+            for k in tl.static_range(8):
+                idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
+                tl.inline_asm_elementwise(
+                    asm=ASM,
+                    constraints="=r,l,f,f,r",
+                    args=[(gemb_ptr + (base_lo + idx) * 2).to(tl.int64), w * g_lo0, w * g_lo1, in_lo],
+                    dtype=tl.int32,
+                    is_pure=False,
+                    pack=1,
+                )
+                if HAS_TIME:
                     tl.inline_asm_elementwise(
                         asm=ASM,
                         constraints="=r,l,f,f,r",
-                        args=[(gemb_ptr + (base_lo + idx) * 2).to(tl.int64), w * g_lo0, w * g_lo1, in_lo],
+                        args=[(gemb_ptr + (base_hi + idx) * 2).to(tl.int64), w * g_hi0, w * g_hi1, in_hi],
                         dtype=tl.int32,
                         is_pure=False,
                         pack=1,
                     )
-                    if HAS_TIME:
-                        tl.inline_asm_elementwise(
-                            asm=ASM,
-                            constraints="=r,l,f,f,r",
-                            args=[(gemb_ptr + (base_hi + idx) * 2).to(tl.int64), w * g_hi0, w * g_hi1, in_hi],
-                            dtype=tl.int32,
-                            is_pure=False,
-                            pack=1,
-                        )
         else:
             for k in tl.static_range(8):
                 idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
@@ -480,27 +376,11 @@ class _GridEncodeFn(torch.autograd.Function):
         alloc = torch.empty if n_active == num_levels else torch.zeros
         out = alloc(n, num_levels * level_dim, device=u.device, dtype=torch.float32)
         grid = (triton.cdiv(n, block), n_active)
-        done = False
-        if (
-            level_dim == 2
-            and table.dtype == torch.float32
-            and _vec2_atomics_enabled(u.device)
-            and _pairs_enabled(has_time)
-        ):
-            try:
-                _grid_fwd_pair_kernel[grid](
-                    u, table, out, *_launch_args(bufs), n, out.stride(0),
-                    BLOCK=block, SMOOTH=smooth, LD4=LD4_ASM, num_warps=warps,
-                )  # fmt: skip
-                done = True
-            except Exception as err:  # pragma: no cover - GPU/toolchain specific
-                _disable_pairs(err)
-        if not done:
-            _grid_fwd_kernel[grid](
-                u, t_arg, table, out, *_launch_args(bufs),
-                n, out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
-                C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, num_warps=warps,
-            )  # fmt: skip
+        _grid_fwd_kernel[grid](
+            u, t_arg, table, out, *_launch_args(bufs),
+            n, out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
+            C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, num_warps=warps,
+        )  # fmt: skip
         ctx.save_for_backward(u, t_arg)
         ctx.meta = (bufs, n_active, level_dim, smooth, time_grid_size, entries_per_grid, has_time)
         ctx.bwd_launch = (bwd_block, bwd_warps)
@@ -528,8 +408,7 @@ class _GridEncodeFn(torch.autograd.Function):
             try:
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, PAIR=vec2 and _pairs_enabled(has_time),
-                    ASM4=PAIR_ASM, num_warps=warps,
+                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
             except Exception as err:  # pragma: no cover - GPU/toolchain specific
                 if not vec2:
@@ -538,7 +417,7 @@ class _GridEncodeFn(torch.autograd.Function):
                 grad_table.zero_()
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, PAIR=False, ASM4=PAIR_ASM, num_warps=warps,
+                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
                 )  # fmt: skip
         return (None, grad_table.to(ctx.table_dtype)) + (None,) * 12
 
