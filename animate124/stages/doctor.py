@@ -48,7 +48,7 @@ def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
         rows.append(
             (
                 opt,
-                f"installed ({what})" if found else f"not installed ({what}; optional)",
+                f"installed ({what})" if found else f"not installed ({what})",
                 True if found else None,
             )
         )
