@@ -73,6 +73,12 @@ ProjectOpt = Annotated[
         show_default=False,
     ),
 ]
+ImageProjectOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False
+    ),
+]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Settings preset: paper, fast, low-vram or tiny.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.", show_default=False)
@@ -192,12 +198,7 @@ def _report(result, quiet: bool = False) -> None:
 )
 def preprocess(
     image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],
-    project: Annotated[
-        Path | None,
-        typer.Option(
-            "--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False
-        ),
-    ] = None,
+    project: ImageProjectOpt = None,
     preset: PresetOpt = "paper",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -389,12 +390,7 @@ _STAGE_ORDER = ("preprocess", "invert", "static", "dynamic", "refine", "render")
 def run_all(
     image: Annotated[Path, typer.Argument(help="Input image.")],
     prompt: Annotated[str, typer.Argument(help='Motion prompt, e.g. "a panda is dancing".')],
-    project: Annotated[
-        Path | None,
-        typer.Option(
-            "--project", "-p", help="Project directory (default: ./runs/<image name>).", show_default=False
-        ),
-    ] = None,
+    project: ImageProjectOpt = None,
     subject: Annotated[
         str | None,
         typer.Option(
