@@ -224,3 +224,23 @@ def text_cfg_sds(
     w = sds.w_one_minus_alpha_bar(alphas_cumprod, t)
     g = sds.sds_gradient(eps_hat, noise, w, weight)
     return sds.sds_surrogate_loss(z, g), g, w
+
+
+def timesteps_and_noise(
+    z: torch.Tensor,
+    t: torch.Tensor | int | Iterable[int] | None,
+    noise: torch.Tensor | None,
+    n: int,
+    t_range: tuple[float, float],
+    num_train_timesteps: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t [n], ε like z)``: drawn from ``generator`` (t first, then ε) unless injected by the caller."""
+    from animate124.guidance import sds
+
+    if t is None:
+        t = sds.sample_timesteps(n, t_range, num_train_timesteps, generator)
+    t = as_timesteps(t, n)
+    if noise is None:
+        noise = randn_like(z, generator)
+    return t, noise.to(z.device)

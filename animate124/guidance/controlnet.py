@@ -25,15 +25,14 @@ from animate124.guidance import sds
 from animate124.guidance.base import (
     GuidanceOutput,
     alphas_cumprod_of,
-    as_timesteps,
     check_images,
     encode_latents,
     freeze,
     maybe_enable_xformers,
     module_dtype,
     num_train_timesteps_of,
-    randn_like,
     resize,
+    timesteps_and_noise,
 )
 from animate124.guidance.prompts import TextEmbeddingCache
 
@@ -160,12 +159,8 @@ class ControlNetGuidance:
         size = (self.image_size, self.image_size)
         x = resize(images[0, idx].to(module_dtype(self.vae)), size)
         z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
-        if t is None:
-            t = sds.sample_timesteps(1, self.t_range, self.num_train_timesteps, generator)
-        t = as_timesteps(t, 1).expand(n).clone()
-        if noise is None:
-            noise = randn_like(z, generator)
-        noise = noise.to(z.device)
+        t, noise = timesteps_and_noise(z, t, noise, 1, self.t_range, self.num_train_timesteps, generator)
+        t = t.expand(n).clone()  # one t shared by the frames (SPEC 6)
 
         udtype = module_dtype(self.unet)
         cdtype = module_dtype(self.controlnet)

@@ -18,20 +18,18 @@ from collections.abc import Iterable
 
 import torch
 
-from animate124.guidance import sds
 from animate124.guidance.base import (
     GuidanceOutput,
     alphas_cumprod_of,
-    as_timesteps,
     check_images,
     encode_latents,
     freeze,
     maybe_enable_xformers,
     module_dtype,
     num_train_timesteps_of,
-    randn_like,
     resize,
     text_cfg_sds,
+    timesteps_and_noise,
     vae_scale_factor,
 )
 from animate124.guidance.prompts import TextEmbeddingCache
@@ -131,12 +129,7 @@ class StableDiffusionGuidance:
         n = b * tt
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
         z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
-        if t is None:
-            t = sds.sample_timesteps(n, self.t_range, self.num_train_timesteps, generator)
-        t = as_timesteps(t, n)
-        if noise is None:
-            noise = randn_like(z, generator)
-        noise = noise.to(z.device)
+        t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 
         neg, pos = self.text_embeddings(prompt, n, azimuth_deg)
         loss, g, w = text_cfg_sds(

@@ -23,11 +23,9 @@ from collections.abc import Iterable
 import torch
 
 from animate124.errors import InputError
-from animate124.guidance import sds
 from animate124.guidance.base import (
     GuidanceOutput,
     alphas_cumprod_of,
-    as_timesteps,
     check_images,
     freeze,
     latent_scaling,
@@ -37,6 +35,7 @@ from animate124.guidance.base import (
     randn_like,
     resize,
     text_cfg_sds,
+    timesteps_and_noise,
     vae_scale_factor,
 )
 from animate124.guidance.prompts import TextEmbeddingCache
@@ -182,12 +181,7 @@ class VideoGuidance:
         b, f = check_images(images)
         mask = self.grad_frame_mask(f, generator)
         z = self.encode_clip(images, generator, mask)
-        if t is None:
-            t = sds.sample_timesteps(b, self.t_range, self.num_train_timesteps, generator)
-        t = as_timesteps(t, b)
-        if noise is None:
-            noise = randn_like(z, generator)
-        noise = noise.to(z.device)
+        t, noise = timesteps_and_noise(z, t, noise, b, self.t_range, self.num_train_timesteps, generator)
 
         neg, pos = self.text_embeddings(prompt, b, azimuth_deg, static_camera)
         loss, g, w = text_cfg_sds(

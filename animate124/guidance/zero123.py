@@ -37,7 +37,6 @@ from animate124.guidance import sds
 from animate124.guidance.base import (
     GuidanceOutput,
     alphas_cumprod_of,
-    as_timesteps,
     check_images,
     encode_latents,
     freeze,
@@ -45,8 +44,8 @@ from animate124.guidance.base import (
     module_dtype,
     num_train_timesteps_of,
     per_sample,
-    randn_like,
     resize,
+    timesteps_and_noise,
     vae_scale_factor,
 )
 
@@ -240,12 +239,7 @@ class Zero123Guidance:
 
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
         z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
-        if t is None:
-            t = sds.sample_timesteps(n, self.t_range, self.num_train_timesteps, generator)
-        t = as_timesteps(t, n)
-        if noise is None:
-            noise = randn_like(z, generator)
-        noise = noise.to(z.device)
+        t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 
         udtype = module_dtype(self.unet)
         with torch.no_grad():
