@@ -88,10 +88,40 @@ def _interp_checks() -> dict:
     }
     g = torch.Generator().manual_seed(1)
     x = torch.rand(300, 3, generator=g) * 2.2 - 1.1  # some points outside the box
+    from animate124.scene import encoding_triton as et
+
     res = {}
     for name, cfg in cases.items():
         ref, tr = _pair(GridEncoding, cfg, "cpu")
         res[name] = _compare(ref, tr, x)
+        res[name]["pair_builds"] = tr.pair_cache.builds
+    # hashed grids skip the pair layout; forced on, its single-corner fallback must still be exact
+    ref, tr = _pair(GridEncoding, cases["hash"], "cpu")
+    tr.bufs.any_hashed = False
+    res["hash_pairs_forced"] = _compare(ref, tr, x)
+    res["hash_pairs_forced"]["pair_builds"] = tr.pair_cache.builds
+    # the plain kernels (no pair layout)
+    et.PAIRS = False
+    for name in ("tiled", "hash"):
+        ref, tr = _pair(GridEncoding, cases[name], "cpu")
+        res[f"{name}_plain"] = _compare(ref, tr, x)
+        res[f"{name}_plain"]["pair_builds"] = tr.pair_cache.builds
+    tg = torch.rand(300, 1, generator=g)
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=5)
+    res["time_plain"] = _compare(ref, tr, x, tg)
+    et.PAIRS = True
+    res["pair_cache"] = _pair_cache_check(cases["tiled"], x)
+    # a clip's frame-major points: one blended table per time (TimeGridEncoding._encode_slots)
+    import animate124.scene.encoding as encoding_module
+
+    encoding_module.SLOT_MIN_POINTS_PER_TIME = 8
+    t_clip = ((torch.arange(300) * 6 // 300) * 37 + 8).float().div(256).reshape(-1, 1)
+    t_clip[:50] = 0.0
+    for name, cfg in (("time_slots", cases["tiled"]), ("time_slots_smooth", cases["smooth"])):
+        ref, tr = _pair(TimeGridEncoding, cfg, "cpu", time_grid_size=5)
+        res[name] = _compare(ref, tr, x, t_clip)
+        res[name]["pair_builds"] = tr.pair_cache.builds  # 0: the slot path ran
+    encoding_module.SLOT_MIN_POINTS_PER_TIME = 2**14
     ref, tr = _pair(GridEncoding, cases["tiled"], "cpu")
     res["max_level3"] = _compare(ref, tr, x, max_level=3)
     t = torch.rand(300, 1, generator=g)
@@ -110,6 +140,34 @@ def _interp_checks() -> dict:
     res["t0_finite"] = bool(torch.isfinite(out).all())
     res["field"] = _field_check()
     return res
+
+
+def _pair_cache_check(cfg, x) -> dict:
+    """The cached pair table follows optimizer steps and in-place copies; deep copies start empty."""
+    import copy
+
+    from animate124.scene.encoding import GridEncoding
+
+    ref, tr = _pair(GridEncoding, cfg, "cpu")
+    opt = torch.optim.Adam(tr.parameters(), lr=0.1)
+    errs = []
+    for _ in range(3):
+        opt.zero_grad()
+        tr(x).square().sum().backward()
+        opt.step()
+        with torch.no_grad():
+            ref.embeddings.copy_(tr.embeddings)
+        errs.append((tr(x) - ref(x)).abs().max().item())
+    builds_after_steps = tr.pair_cache.builds
+    tr(x)
+    clone = copy.deepcopy(tr)
+    return {
+        "max_err": max(errs),
+        "builds_after_steps": builds_after_steps,
+        "builds_unchanged": tr.pair_cache.builds,
+        "clone_builds": clone.pair_cache.builds,
+        "clone_err": (clone(x) - ref(x)).abs().max().item(),
+    }
 
 
 def _field_check() -> dict:
@@ -169,6 +227,34 @@ def test_triton_interpreter_matches_reference(interp_results, case):
     assert r["grad_norm"] > 0
     assert r["grad_rel"] <= 1e-6 and r["grad_abs"] <= 1e-5, r
     assert r["zero_cols_ok"]
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "case",
+    ["tiled_plain", "hash_plain", "time_plain", "hash_pairs_forced", "time_slots", "time_slots_smooth"],
+)
+def test_triton_interpreter_other_paths_match_reference(interp_results, case):
+    r = interp_results[case]
+    assert r["fwd"] <= 1e-6, r
+    assert r["grad_rel"] <= 1e-6 and r["grad_abs"] <= 1e-5, r
+    assert r.get("pair_builds", 0) == (1 if case == "hash_pairs_forced" else 0), r
+    assert r["grad_norm"] > 0
+
+
+@needs_triton
+def test_triton_interpreter_used_pair_layout(interp_results):
+    assert interp_results["tiled"]["pair_builds"] == 1
+    assert interp_results["hash"]["pair_builds"] == 0  # hashed levels: plain kernels
+
+
+@needs_triton
+def test_triton_interpreter_pair_cache_follows_updates(interp_results):
+    r = interp_results["pair_cache"]
+    assert r["max_err"] <= 1e-6, r
+    # forward + backward + 3 optimizer steps, each followed by a fresh forward: one build per new version
+    assert r["builds_after_steps"] >= 4 and r["builds_unchanged"] == r["builds_after_steps"], r
+    assert r["clone_builds"] == 0 and r["clone_err"] <= 1e-6, r
 
 
 @needs_triton
@@ -248,3 +334,59 @@ def test_triton_gpu_autocast_outputs_float32():
     e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x)
     assert e_tr <= 1.5 * e_ref + 1e-6, (e_ref, e_tr)
     torch.testing.assert_close(out, ref(x), atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("pairs", [True, False])
+@pytest.mark.parametrize("launch", [(64, 4), (64, 8), (128, 8), (512, 8)])
+def test_triton_gpu_backward_any_launch(pairs, launch):
+    """Inline-asm reductions must not double-count when a launch has fewer points than threads."""
+    from animate124.scene import encoding_triton as et
+    from animate124.scene.encoding import GridEncoding, GridEncodingConfig
+
+    ref, tr = _pair(GridEncoding, GridEncodingConfig(), "cuda")
+    x = torch.rand(2**16, 3, device="cuda") * 2 - 1
+    g = torch.randn(2**16, 32, device="cuda")
+    (ref(x) * g).sum().backward()
+    old = et.PAIRS
+    et.PAIRS = pairs
+    try:
+        u = (x + 1) / 2
+        out = et.grid_encode(
+            u,
+            tr.embeddings,
+            tr.bufs,
+            16,
+            16,
+            2,
+            bwd_block=launch[0],
+            bwd_warps=launch[1],
+            pair_cache=tr.pair_cache,
+        )
+        (grad,) = torch.autograd.grad(out, tr.embeddings, g)
+    finally:
+        et.PAIRS = old
+    rel = ((grad - ref.embeddings.grad).norm() / ref.embeddings.grad.norm()).item()
+    assert rel <= 1e-5, rel
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+def test_triton_gpu_clip_times_use_slots_and_match_reference():
+    """Frame-major points of a 16-frame clip take the blended-slot path; values and grads match torch."""
+    from animate124.scene.encoding import GridEncodingConfig, TimeGridEncoding
+
+    ref, tr = _pair(TimeGridEncoding, GridEncodingConfig(), "cuda", time_grid_size=64)
+    n = 2**18
+    x = torch.rand(n, 3, device="cuda") * 2 - 1
+    t = ((torch.arange(n, device="cuda") * 16 // n) * 15 + 8).float().div(256).reshape(-1, 1)
+    t[: n // 16] = 0.0
+    r = _compare(ref, tr, x, t)
+    assert tr.pair_cache.builds == 0  # the slot path does not use the table's pair cache
+    assert r["fwd"] <= 1e-3, r
+    assert r["grad_rel"] <= 1e-5, r
+    e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x, t)
+    assert e_tr <= 1.5 * e_ref + 1e-6, (e_ref, e_tr)

@@ -207,6 +207,8 @@ class _LevelBuffers(nn.Module):
         self.register_buffer("strides32", self.strides.to(torch.int32), persistent=False)
         self.register_buffer("starts32", self.starts.to(torch.int32), persistent=False)
         self.register_buffer("hashed32", self.hashed.to(torch.int32), persistent=False)
+        self.register_buffer("sizes32", self.sizes.to(torch.int32), persistent=False)
+        self.any_hashed = any(x.hashed for x in lv)  # the Triton pair layout is for tiled levels
 
 
 def _corner_index(pg: Tensor, bits: tuple[int, int, int], bufs: _LevelBuffers, n_levels: int) -> Tensor:
@@ -276,6 +278,43 @@ def encode_torch(
     return out * inside[:, None, None].to(out.dtype)
 
 
+class PairCache:
+    """The Triton pair table (``encoding_triton``) of one encoder's parameter, rebuilt only when the
+    parameter changes.
+
+    The key is the table's storage address, shape and autograd version counter: every in-place update
+    (optimizer steps, ``copy_`` under ``no_grad``, ``load_state_dict``) bumps the version. Writes
+    through ``.data`` do not; call :meth:`clear` after such a write. The cache holds a reference to
+    the table so its storage cannot be freed and reused by another tensor at the same address.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._table: Tensor | None = None
+        self._pairs: Tensor | None = None
+        self.builds = 0
+
+    def clear(self) -> None:
+        self._key = self._table = self._pairs = None
+
+    def get(self, table: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
+        key = (table.data_ptr(), table._version, tuple(table.shape), table.dtype, str(table.device))
+        if self._pairs is None or self._key != key:
+            self.clear()
+            from animate124.scene.encoding_triton import build_pair_table
+
+            self._pairs = build_pair_table(table, bufs, time_grid_size, entries_per_grid)
+            self._table, self._key = table, key
+            self.builds += 1
+        return self._pairs
+
+    def __deepcopy__(self, memo: dict) -> PairCache:  # copies of a module start with an empty cache
+        return PairCache()
+
+    def __getstate__(self) -> dict:
+        return {"_key": None, "_table": None, "_pairs": None, "builds": 0}
+
+
 def _triton_usable(device: torch.device) -> bool:
     from animate124.scene import encoding_triton
 
@@ -303,10 +342,12 @@ def encode_points(
     backend: Backend,
     num_levels: int | None = None,
     time: tuple[Tensor, int, int] | None = None,
+    pair_cache: PairCache | None = None,
 ) -> Tensor:
     """Dispatch to the torch or Triton encoder; returns ``[N, L·C]`` with inactive levels zero.
 
     ``time``: optional ``(t [N] in [0,1], T, entries_per_grid)`` for a stacked ``[T·E, C]`` table.
+    ``pair_cache``: the owning module's :class:`PairCache` (Triton pair layout), or None.
     """
     n = u.shape[0]
     num_levels = num_levels or cfg.num_levels
@@ -318,7 +359,9 @@ def encode_points(
         from animate124.scene import encoding_triton
 
         if time is None:
-            return encoding_triton.grid_encode(u, table, bufs, n_active, num_levels, c, cfg.interpolation)
+            return encoding_triton.grid_encode(
+                u, table, bufs, n_active, num_levels, c, cfg.interpolation, pair_cache=pair_cache
+            )
         t, t_size, e = time
         return encoding_triton.grid_encode(
             u,
@@ -331,6 +374,7 @@ def encode_points(
             t=t,
             time_grid_size=t_size,
             entries_per_grid=e,
+            pair_cache=pair_cache,
         )
     rows = None
     if time is not None:
@@ -385,6 +429,7 @@ class GridEncoding(nn.Module):
         self.bufs = _LevelBuffers(self.layout)
         self.register_buffer("offsets", torch.tensor(self.layout.offsets, dtype=torch.int32))
         self.embeddings = nn.Parameter(torch.empty(self.layout.total_entries, self.level_dim))
+        self.pair_cache = PairCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -399,7 +444,12 @@ class GridEncoding(nn.Module):
     def forward(self, x: Tensor, max_level: int | None = None) -> Tensor:
         """``x [N,3]`` world points -> features ``[N, L·C]``; levels ``>= max_level`` are zero."""
         _check_points(x)
-        return self.encode_with_table(_unit_coords(x, self.bound), self.embeddings, max_level)
+        u = _unit_coords(x, self.bound)
+        n_active = self._active_levels(max_level)
+        return encode_points(
+            u, self.embeddings, self.bufs, n_active, self.cfg, self.backend, self.num_levels,
+            pair_cache=self.pair_cache,
+        )  # fmt: skip
 
     def encode_with_table(self, u: Tensor, table: Tensor, max_level: int | None = None) -> Tensor:
         """Encode unit-cube points ``u [N,3]`` with an arbitrary table ``[E, C]`` of this layout."""
@@ -412,6 +462,10 @@ class GridEncoding(nn.Module):
             f"{self.cfg.grid_type}, L={self.num_levels}, C={self.level_dim}, "
             f"entries={self.layout.total_entries}, bound={self.bound}, backend={self.backend}"
         )
+
+
+SLOT_MAX_TIMES = 32
+SLOT_MIN_POINTS_PER_TIME = 2**14
 
 
 class _TableTimeTV(torch.autograd.Function):
@@ -489,6 +543,8 @@ class TimeGridEncoding(nn.Module):
         self.embeddings = nn.Parameter(
             torch.empty(self.time_grid_size, self.entries_per_grid, self.level_dim)
         )
+        self.pair_cache = PairCache()
+        self.slot_blend = True  # see _encode_slots
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -514,8 +570,46 @@ class TimeGridEncoding(nn.Module):
         u = _unit_coords(x, self.bound)
         tt = _broadcast_time(t, n).float().clamp(0.0, 1.0).reshape(-1).contiguous()
         flat = self.embeddings.view(-1, self.level_dim)
+        if self.slot_blend and n_active > 0:
+            out = self._encode_slots(u, tt, n_active)
+            if out is not None:
+                return out
         time = (tt, self.time_grid_size, self.entries_per_grid)
-        return encode_points(u, flat, self.bufs, n_active, self.cfg, self.backend, time=time)
+        return encode_points(
+            u, flat, self.bufs, n_active, self.cfg, self.backend, time=time, pair_cache=self.pair_cache
+        )
+
+    def _encode_slots(self, u: Tensor, tt: Tensor, n_active: int) -> Tensor | None:
+        """Few distinct times (a clip's frames): blend one table per time, then read one grid per point.
+
+        ``f(x, t) = Σ_c w_c·((1−a)·W_lo[c] + a·W_hi[c])``: blending the two time grids per distinct
+        time first (one dense kernel, ``encoding_triton.encode_slots``) gives the same features with
+        half the random reads and reductions per point. Used with the Triton pair layout when the
+        points come in at most ``SLOT_MAX_TIMES`` runs of equal time (the renderer emits frame-major
+        points) and there are at least ``SLOT_MIN_POINTS_PER_TIME`` points per run; otherwise returns
+        None. Finding the runs synchronises with the GPU once per call.
+        """
+        n = u.shape[0]
+        if resolve_backend(self.backend, u.device) != "triton" or self.time_grid_size < 2:
+            return None
+        from animate124.scene import encoding_triton
+
+        if not encoding_triton.pairs_supported(self.embeddings, self.level_dim, self.bufs):
+            return None
+        if n < SLOT_MIN_POINTS_PER_TIME:
+            return None
+        times, slot = torch.unique_consecutive(tt, return_inverse=True)
+        k = int(times.numel())
+        if k > SLOT_MAX_TIMES or n < k * SLOT_MIN_POINTS_PER_TIME:
+            return None
+        g32 = (times * float(self.time_grid_size - 1)).float()  # the kernels' fp32 product
+        lo = torch.floor(g32).long()
+        hi = torch.ceil(g32).long()
+        a = (g32 - torch.floor(g32)).float()
+        return encoding_triton.encode_slots(
+            u, self.embeddings.view(-1, self.level_dim), slot, lo, hi, a, self.bufs, n_active,
+            self.num_levels, self.cfg.interpolation, self.time_grid_size, self.entries_per_grid,
+        )  # fmt: skip
 
     def grid_features(self, x: Tensor, index: int, max_level: int | None = None) -> Tensor:
         """Features ``[N, L·C]`` of time grid ``index`` alone (``f_index(x)``)."""

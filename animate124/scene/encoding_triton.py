@@ -9,6 +9,16 @@ Same maths as :func:`animate124.scene.encoding.encode_torch` (torch-ngp ``griden
 * time-stacked tables (``[T·E, C]``): each corner reads the rows of grid ``⌊t(T−1)⌋`` and, when
   ``t(T−1)`` is not an integer, of grid ``⌈t(T−1)⌉``, so a point costs at most 2× a static one.
 
+Pair layout (the default for the paper's 2-feature fp32 tables). Corners ``k`` and ``k+1`` of a point
+differ only in x, and x has stride 1 in a tiled level, so their rows are ``r`` and ``next(r) = (r+1) &
+wrap_mask``. The forward reads a 16-byte pair table ``P[r] = (T[r], T[next(r)])`` (built by
+:func:`build_pair_table`, cached per module by ``encoding.PairCache`` until the parameter changes), so a
+point costs 4 loads per level instead of 8. The backward accumulates ``(w_k·g, w_{k+1}·g)`` with one
+16-byte reduction into ``G [rows, 4]`` and folds ``dT[r] = G[r, 0:2] + G[prev(r), 2:4]``
+(:func:`fold_pair_grad`): 4 reductions per level instead of 8. Hashed rows are rarely adjacent; those
+corners fall back to separate 8-byte loads and reductions. Both kernels are random-access bound (one L2
+sector per request), so halving the requests is what makes them faster (BENCHMARKS.md).
+
 Atomics use ``sem="relaxed"`` (Triton's default is acq_rel, which adds fences per add); the sum is
 order-independent up to fp32 rounding, so gradients are not bitwise deterministic (nor are upstream's).
 
@@ -41,13 +51,22 @@ except Exception:  # pragma: no cover - depends on the environment
     HAS_TRITON = False
 
 if TYPE_CHECKING:
-    from animate124.scene.encoding import _LevelBuffers
+    from animate124.scene.encoding import PairCache, _LevelBuffers
 
 # defaults; benchmarks/bench_encoding.py sweeps these on the GPU
+# Plain kernels (hashed grids, other feature counts, PAIRS off)
 FWD_BLOCK = 64  # H100 sweep: 0.85 ms vs 1.04 ms at 128 (2^20 points, BENCHMARKS.md)
 FWD_WARPS = 4
 BWD_BLOCK = 128
 BWD_WARPS = 4
+# Pair-layout kernels (benchmarks/bench_grid_sweep.py on an H100: forward 0.64 ms with levels fastest,
+# 256 points x 2 warps, vs 0.83 ms with blocks fastest, 64 x 4; backward flat at 1.14-1.18 ms for
+# BLOCK >= 128 with levels fastest). Order of the pair forward's programs: block | level | all.
+FWD_ORDER = os.environ.get("ANIMATE124_GRID_FWD_ORDER", "level")
+PAIR_FWD_BLOCK = 256
+PAIR_FWD_WARPS = 2
+PAIR_BWD_BLOCK = 256
+PAIR_BWD_WARPS = 4
 # Backward program order: level-fastest spreads concurrent atomics over all levels (see the kernel).
 BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
 
@@ -57,6 +76,19 @@ BWD_LEVEL_FAST = os.environ.get("ANIMATE124_GRID_BWD_ORDER", "level") == "level"
 ATOMICS = os.environ.get("ANIMATE124_GRID_ATOMICS", "auto")
 VEC2_ASM = "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p red.global.add.v2.f32 [$1], {$2, $3}; mov.u32 $0, 0; }"
 _VEC2_BROKEN: list[str] = []
+
+# Pair layout (level_dim 2, fp32 tables), see the module docstring. PAIRS=0 (ANIMATE124_GRID_PAIRS=0)
+# turns it off; the backward accumulates into the pair-layout gradient only for tables of at most
+# BWD_PAIRS_MAX_ROWS rows (the [rows, 4] buffer is zeroed and folded on every backward).
+PAIRS = os.environ.get("ANIMATE124_GRID_PAIRS", "1") == "1"
+BWD_PAIRS_MAX_ROWS = int(os.environ.get("ANIMATE124_GRID_BWD_PAIRS_MAX_ROWS", str(2**26)))
+# one 16-byte reduction for a pair, else two 8-byte ones (sm_90+)
+PAIR_ASM = (
+    "{ .reg .pred p4, p2; setp.ne.b32 p4, $7, 0; setp.ne.b32 p2, $8, 0; "
+    "@p4 red.global.add.v4.f32 [$1], {$3, $4, $5, $6}; "
+    "@p2 red.global.add.v2.f32 [$1], {$3, $4}; @p2 red.global.add.v2.f32 [$2], {$5, $6}; mov.u32 $0, 0; }"
+)
+BUILD_BLOCK = 1024
 
 
 def _vec2_atomics_enabled(device: torch.device) -> bool:
@@ -237,6 +269,236 @@ if HAS_TRITON:
         tl.store(out_ptrs, acc, mask=rmask[:, None] & (ch[None, :] < C))
 
     @triton.jit
+    def _pair_build_kernel(
+        table_ptr, pair_ptr, size_ptr, wmask_ptr, start_ptr, grid_entries, BLOCK: tl.constexpr
+    ):  # pragma: no cover - jit
+        """``P[r] = (T[r], T[next(r)])`` per level (and time grid); ``next(r) = (r+1) & wrap_mask``."""
+        pid = tl.program_id(0)
+        lvl = tl.program_id(1)
+        tg = tl.program_id(2)
+        size = tl.load(size_ptr + lvl)
+        wm = tl.load(wmask_ptr + lvl)
+        base = tg * grid_entries + tl.load(start_ptr + lvl)
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        m = r < size
+        nxt = (r + 1) & wm
+        nxt = tl.where(nxt < size, nxt, r)  # last row of an unwrapped level: never part of a pair
+        c2 = tl.arange(0, 2)
+        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
+        a = tl.load(table_ptr + (base + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        b = tl.load(table_ptr + (base + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        tl.store(pair_ptr + (base + r)[:, None] * 4 + c2[None, :], a, mask=m2)
+        tl.store(pair_ptr + (base + r)[:, None] * 4 + 2 + c2[None, :], b, mask=m2)
+
+    @triton.jit
+    def _blend_pair_build_kernel(
+        table_ptr,
+        pair_ptr,
+        lo_ptr,
+        hi_ptr,
+        a_ptr,
+        size_ptr,
+        wmask_ptr,
+        start_ptr,
+        grid_entries,
+        BLOCK: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """Blended pair table of slot ``k``: ``P_k[r] = B_k[r], B_k[next(r)]`` with
+        ``B_k = a_k·W[hi_k] + (1 − a_k)·W[lo_k]`` (the kernels' time interpolation)."""
+        pid = tl.program_id(0)
+        lvl = tl.program_id(1)
+        k = tl.program_id(2)
+        size = tl.load(size_ptr + lvl)
+        wm = tl.load(wmask_ptr + lvl)
+        start = tl.load(start_ptr + lvl)
+        a = tl.load(a_ptr + k)
+        src_lo = tl.load(lo_ptr + k) * grid_entries + start
+        src_hi = tl.load(hi_ptr + k) * grid_entries + start
+        dst = k * grid_entries + start
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        m = r < size
+        nxt = (r + 1) & wm
+        nxt = tl.where(nxt < size, nxt, r)
+        c2 = tl.arange(0, 2)
+        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
+        a_lo = tl.load(table_ptr + (src_lo + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        a_hi = tl.load(table_ptr + (src_hi + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        b_lo = tl.load(table_ptr + (src_lo + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        b_hi = tl.load(table_ptr + (src_hi + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+        tl.store(pair_ptr + (dst + r)[:, None] * 4 + c2[None, :], a_hi * a + a_lo * (1.0 - a), mask=m2)
+        tl.store(pair_ptr + (dst + r)[:, None] * 4 + 2 + c2[None, :], b_hi * a + b_lo * (1.0 - a), mask=m2)
+
+    @triton.jit
+    def _pair_fold_kernel(
+        g4_ptr, grad_ptr, size_ptr, wmask_ptr, start_ptr, grid_entries, BLOCK: tl.constexpr
+    ):  # pragma: no cover - jit
+        """``dT[r] = G[r, 0:2] + G[prev(r), 2:4]`` (the inverse of the pair gather)."""
+        pid = tl.program_id(0)
+        lvl = tl.program_id(1)
+        tg = tl.program_id(2)
+        size = tl.load(size_ptr + lvl)
+        wm = tl.load(wmask_ptr + lvl)
+        base = tg * grid_entries + tl.load(start_ptr + lvl)
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        m = r < size
+        prev = (r - 1) & wm  # unwrapped level, r = 0: 0x7FFFFFFF >= size, no predecessor
+        pv = m & (prev < size)
+        c2 = tl.arange(0, 2)
+        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
+        own = tl.load(g4_ptr + (base + r)[:, None] * 4 + c2[None, :], mask=m2, other=0.0)
+        car = tl.load(
+            g4_ptr + (base + prev)[:, None] * 4 + 2 + c2[None, :],
+            mask=tl.broadcast_to(pv[:, None], [BLOCK, 2]),
+            other=0.0,
+        )
+        tl.store(grad_ptr + (base + r)[:, None] * 2 + c2[None, :], own + car, mask=m2)
+
+    @triton.jit
+    def _fwd_pair_level(
+        u_ptr,
+        t_ptr,
+        pair_ptr,
+        out_ptr,
+        scale_ptr,
+        stride_ptr,
+        wmask_ptr,
+        start_ptr,
+        hashed_ptr,
+        rows,
+        rmask,
+        lvl,
+        out_stride,
+        time_max,
+        grid_entries,
+        BLOCK: tl.constexpr,
+        HAS_TIME: tl.constexpr,
+        SMOOTH: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """One level of a block of points from the pair table (corners ``k``, ``k+1`` in one load)."""
+        inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
+            u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
+            time_max, grid_entries, HAS_TIME, SMOOTH,
+        )  # fmt: skip
+        c4 = tl.arange(0, 4)
+        c2 = tl.arange(0, 2)
+        first = c4[None, :] < 2
+        m4 = tl.broadcast_to(inside[:, None], [BLOCK, 4])
+        m4h = tl.broadcast_to(has_hi[:, None], [BLOCK, 4])
+        acc4 = tl.zeros([BLOCK, 4], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK, 2], dtype=tl.float32)
+        for k in tl.static_range(0, 8, 2):
+            ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
+            ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
+            pair = ib == ((ia + 1) & wmask)
+            single = inside & (pair == 0)
+            v = tl.load(pair_ptr + (base_lo + ia)[:, None] * 4 + c4[None, :], mask=m4, other=0.0)
+            ms = tl.broadcast_to(single[:, None], [BLOCK, 2])
+            vs = tl.load(pair_ptr + (base_lo + ib)[:, None] * 4 + c2[None, :], mask=ms, other=0.0)
+            if HAS_TIME:
+                vh = tl.load(pair_ptr + (base_hi + ia)[:, None] * 4 + c4[None, :], mask=m4h, other=0.0)
+                v = vh * w_hi[:, None] + v * (1.0 - w_hi)[:, None]
+                msh = tl.broadcast_to((has_hi & (pair == 0))[:, None], [BLOCK, 2])
+                vsh = tl.load(pair_ptr + (base_hi + ib)[:, None] * 4 + c2[None, :], mask=msh, other=0.0)
+                vs = vsh * w_hi[:, None] + vs * (1.0 - w_hi)[:, None]
+            w4 = tl.where(first, wa[:, None], tl.where(pair, wb, 0.0)[:, None])
+            acc4 += w4 * v
+            acc2 += tl.where(pair, 0.0, wb)[:, None] * vs
+        acc = tl.sum(tl.reshape(acc4, [BLOCK, 2, 2]), axis=1) + acc2
+        out_ptrs = out_ptr + rows[:, None] * out_stride + lvl * 2 + c2[None, :]
+        tl.store(out_ptrs, acc, mask=tl.broadcast_to(rmask[:, None], [BLOCK, 2]))
+
+    @triton.jit
+    def _grid_fwd_pair_kernel(
+        u_ptr,
+        t_ptr,
+        pair_ptr,
+        out_ptr,
+        scale_ptr,
+        stride_ptr,
+        wmask_ptr,
+        start_ptr,
+        hashed_ptr,
+        N,
+        out_stride,
+        time_max,
+        grid_entries,
+        n_active,
+        BLOCK: tl.constexpr,
+        HAS_TIME: tl.constexpr,
+        SMOOTH: tl.constexpr,
+        ORDER: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """Forward from the pair table. ``ORDER``: 0 programs (block, level) with blocks fastest,
+        1 levels fastest, 2 one program per block looping over the levels."""
+        if ORDER == 1:
+            lvl = tl.program_id(0)
+            pid = tl.program_id(1)
+        else:
+            pid = tl.program_id(0)
+            lvl = tl.program_id(1)
+        rows = pid * BLOCK + tl.arange(0, BLOCK)
+        rmask = rows < N
+        if ORDER == 2:
+            for level in range(0, n_active):
+                _fwd_pair_level(
+                    u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
+                    rows, rmask, level, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH,
+                )  # fmt: skip
+        else:
+            _fwd_pair_level(
+                u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
+                rows, rmask, lvl, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH,
+            )  # fmt: skip
+
+    @triton.jit
+    def _pair_reduce(
+        g4_ptr,
+        ra,
+        rb,
+        pair,
+        single,
+        wa,
+        wb,
+        g0,
+        g1,
+        BLOCK: tl.constexpr,
+        ASM4: tl.constexpr,
+        USE_ASM: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """Add corner gradients into the pair-layout buffer: ``G[ra] += (wa·g, wb·g)`` for a pair,
+        else ``G[ra, 0:2] += wa·g`` and ``G[rb, 0:2] += wb·g``."""
+        if USE_ASM:
+            tl.inline_asm_elementwise(
+                asm=ASM4,
+                constraints="=r,l,l,f,f,f,f,r,r",
+                args=[
+                    (g4_ptr + ra * 4).to(tl.int64), (g4_ptr + rb * 4).to(tl.int64),
+                    wa * g0, wa * g1, wb * g0, wb * g1, pair.to(tl.int32), single.to(tl.int32),
+                ],
+                dtype=tl.int32,
+                is_pure=False,
+                pack=1,
+            )  # fmt: skip
+        else:
+            c4 = tl.arange(0, 4)
+            c2 = tl.arange(0, 2)
+            g4 = tl.where((c4 % 2)[None, :] == 0, g0[:, None], g1[:, None])
+            w4 = tl.where(c4[None, :] < 2, wa[:, None], tl.where(pair, wb, 0.0)[:, None])
+            tl.atomic_add(
+                g4_ptr + ra[:, None] * 4 + c4[None, :],
+                w4 * g4,
+                mask=tl.broadcast_to((pair | single)[:, None], [BLOCK, 4]),
+                sem="relaxed",
+            )
+            g2 = tl.where(c2[None, :] == 0, g0[:, None], g1[:, None])
+            tl.atomic_add(
+                g4_ptr + rb[:, None] * 4 + c2[None, :],
+                wb[:, None] * g2,
+                mask=tl.broadcast_to(single[:, None], [BLOCK, 2]),
+                sem="relaxed",
+            )
+
+    @triton.jit
     def _grid_bwd_kernel(
         u_ptr,
         t_ptr,
@@ -258,6 +520,8 @@ if HAS_TRITON:
         VEC2: tl.constexpr,
         ASM: tl.constexpr,
         LEVEL_FAST: tl.constexpr,
+        PAIR: tl.constexpr = False,
+        ASM4: tl.constexpr = "",
     ):  # pragma: no cover - jit
         if LEVEL_FAST:
             # level is the fastest-varying program id: programs in flight spread their atomics over
@@ -296,7 +560,26 @@ if HAS_TRITON:
         else:
             go_lo = go
             go_hi = go
-        if VEC2:
+        if PAIR:
+            # gemb_ptr is the pair-layout buffer G [rows, 4]; folded into dT afterwards
+            g_lo0 = tl.sum(tl.where(ch[None, :] == 0, go_lo, 0.0), axis=1)
+            g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
+            g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
+            g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
+            for k in tl.static_range(0, 8, 2):
+                ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
+                ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
+                pair = ib == ((ia + 1) & wmask)
+                _pair_reduce(
+                    gemb_ptr, base_lo + ia, base_lo + ib, inside & pair, inside & (pair == 0),
+                    wa, wb, g_lo0, g_lo1, BLOCK, ASM4, VEC2,
+                )  # fmt: skip
+                if HAS_TIME:
+                    _pair_reduce(
+                        gemb_ptr, base_hi + ia, base_hi + ib, has_hi & pair, has_hi & (pair == 0),
+                        wa, wb, g_hi0, g_hi1, BLOCK, ASM4, VEC2,
+                    )  # fmt: skip
+        elif VEC2:
             # One 8-byte vector reduction per corner instead of two scalar atomics (sm_90+): the
             # backward is bound by the L2 atomic rate, so halving the atomic count nearly halves it.
             g_lo0 = tl.sum(tl.where(ch[None, :] == 0, go_lo, 0.0), axis=1)
@@ -346,8 +629,63 @@ def _launch_args(bufs: _LevelBuffers) -> tuple[Tensor, ...]:
     return (bufs.scales, bufs.strides32, bufs.wrap_masks, bufs.starts32, bufs.hashed32)
 
 
+def _level_args(bufs: _LevelBuffers) -> tuple[Tensor, ...]:
+    return (bufs.sizes32, bufs.wrap_masks, bufs.starts32)
+
+
+def pairs_supported(table: Tensor, level_dim: int, bufs: _LevelBuffers) -> bool:
+    """The pair layout is used for 2-feature fp32 tiled tables (the paper's grid) when ``PAIRS`` is on.
+
+    Not for grids with hashed levels: hashed x-neighbours are rarely adjacent rows, and the measured
+    forward and backward were slower with it (BENCHMARKS.md).
+    """
+    return (
+        PAIRS
+        and level_dim == 2
+        and not bufs.any_hashed
+        and table.dtype == torch.float32
+        and table.numel() * 2 < 2**31
+    )
+
+
+def build_pair_table(
+    table: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int
+) -> Tensor:
+    """``P [rows, 4]`` with ``P[r] = (T[r], T[next(r)])``, ``next(r) = (r+1) & wrap_mask`` within a level."""
+    rows = table.shape[0]
+    pairs = torch.empty(rows, 4, device=table.device, dtype=torch.float32)
+    max_size = int(bufs.sizes.max())
+    grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
+    with torch.no_grad():
+        _pair_build_kernel[grid](
+            table.contiguous(), pairs, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK
+        )
+    return pairs
+
+
+def fold_pair_grad(g4: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
+    """Table gradient ``[rows, 2]`` from a pair-layout gradient ``G [rows, 4]``."""
+    grad = torch.empty(g4.shape[0], 2, device=g4.device, dtype=torch.float32)
+    max_size = int(bufs.sizes.max())
+    grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
+    _pair_fold_kernel[grid](g4, grad, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK)
+    return grad
+
+
+def _bwd_pairs(table_shape: torch.Size, device: torch.device) -> bool:
+    """Accumulate the backward in the pair layout: needs vector reductions (sm_90+) or the interpreter."""
+    if table_shape[0] > BWD_PAIRS_MAX_ROWS or table_shape[0] * 4 >= 2**31:
+        return False
+    return interpreter_enabled() or _vec2_atomics_enabled(device)
+
+
 class _GridEncodeFn(torch.autograd.Function):
-    """Autograd wrapper: ``(u [N,3], table [E,C], t [N] | None) -> [N, L·C]``; grad only for ``table``."""
+    """Autograd wrapper: ``(u [N,3], table [E,C], t [N] | None) -> [N, L·C]``; grad only for ``table``.
+
+    With ``pairs`` (the pair table of ``table``) the forward reads x-neighbour corner pairs with one
+    16-byte load, and the backward (see :func:`_bwd_pairs`) accumulates into a ``[rows, 4]`` buffer that
+    is folded into the ``[rows, 2]`` table gradient.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
@@ -356,17 +694,19 @@ class _GridEncodeFn(torch.autograd.Function):
         u: Tensor,
         table: Tensor,
         t: Tensor | None,
+        pairs: Tensor | None,
         bufs: _LevelBuffers,
         n_active: int,
         num_levels: int,
         level_dim: int,
         smooth: bool,
         time_grid_size: int,
+        time_max: float,
         entries_per_grid: int,
-        block: int,
-        warps: int,
-        bwd_block: int,
-        bwd_warps: int,
+        block: int | None,
+        warps: int | None,
+        bwd_block: int | None,
+        bwd_warps: int | None,
     ) -> Tensor:
         n = u.shape[0]
         u = u.contiguous()
@@ -375,51 +715,169 @@ class _GridEncodeFn(torch.autograd.Function):
         t_arg = t.contiguous() if has_time else u  # dummy pointer when unused
         alloc = torch.empty if n_active == num_levels else torch.zeros
         out = alloc(n, num_levels * level_dim, device=u.device, dtype=torch.float32)
+        if pairs is not None:
+            block, warps = block or PAIR_FWD_BLOCK, warps or PAIR_FWD_WARPS
+            bwd_block, bwd_warps = bwd_block or PAIR_BWD_BLOCK, bwd_warps or PAIR_BWD_WARPS
+        else:
+            block, warps = block or FWD_BLOCK, warps or FWD_WARPS
+            bwd_block, bwd_warps = bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS
         grid = (triton.cdiv(n, block), n_active)
-        _grid_fwd_kernel[grid](
-            u, t_arg, table, out, *_launch_args(bufs),
-            n, out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
-            C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, num_warps=warps,
-        )  # fmt: skip
+        if pairs is not None:
+            order = {"block": 0, "level": 1, "all": 2}[FWD_ORDER]
+            nb = triton.cdiv(n, block)
+            pgrid = {0: (nb, n_active), 1: (n_active, nb), 2: (nb,)}[order]
+            if order == 1 and nb > 65535:  # grid y is capped at 65535
+                order, pgrid = 0, (nb, n_active)
+            _grid_fwd_pair_kernel[pgrid](
+                u, t_arg, pairs, out, *_launch_args(bufs), n, out.stride(0), time_max, entries_per_grid,
+                n_active, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, ORDER=order, num_warps=warps,
+            )  # fmt: skip
+        else:
+            _grid_fwd_kernel[grid](
+                u, t_arg, table, out, *_launch_args(bufs), n, out.stride(0), time_max, entries_per_grid,
+                C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, num_warps=warps,
+            )  # fmt: skip
         ctx.save_for_backward(u, t_arg)
-        ctx.meta = (bufs, n_active, level_dim, smooth, time_grid_size, entries_per_grid, has_time)
+        ctx.meta = (bufs, n_active, level_dim, smooth, time_grid_size, time_max, entries_per_grid, has_time)
         ctx.bwd_launch = (bwd_block, bwd_warps)
         ctx.table_shape = table.shape
         ctx.table_dtype = table.dtype
+        ctx.pair_layout = pairs is not None
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         u, t_arg = ctx.saved_tensors
-        bufs, n_active, level_dim, smooth, time_grid_size, entries_per_grid, has_time = ctx.meta
+        bufs, n_active, level_dim, smooth, time_grid_size, time_max, entries_per_grid, has_time = ctx.meta
         n = u.shape[0]
-        grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
-        if ctx.needs_input_grad[1] and n > 0:
-            grad_out = grad_out.contiguous()
-            block, warps = ctx.bwd_launch
-            lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
-            grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
+        if not ctx.needs_input_grad[1] or n == 0:
+            grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
+            return (None, grad_table.to(ctx.table_dtype)) + (None,) * 14
+        grad_out = grad_out.contiguous()
+        block, warps = ctx.bwd_launch
+        lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
+        grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
+        # Inline-asm reductions run once per thread that holds an element: with fewer points than
+        # threads (BLOCK < 32·warps) Triton replicates elements and each reduction would run twice.
+        asm_ok = block >= 32 * warps
+        use_pairs = ctx.pair_layout and asm_ok and _bwd_pairs(ctx.table_shape, u.device)
+        vec2 = level_dim == 2 and asm_ok and _vec2_atomics_enabled(u.device)
+        for attempt in (0, 1):
+            rows = ctx.table_shape[0]
+            acc = torch.zeros(rows, 4 if use_pairs else level_dim, device=u.device, dtype=torch.float32)
             args = (
-                u, t_arg, grad_out, grad_table, *_launch_args(bufs),
-                n, grad_out.stride(0), float(max(time_grid_size - 1, 0)), entries_per_grid,
+                u, t_arg, grad_out, acc, *_launch_args(bufs),
+                n, grad_out.stride(0), time_max, entries_per_grid,
             )  # fmt: skip
-            vec2 = level_dim == 2 and _vec2_atomics_enabled(u.device)
             try:
                 _grid_bwd_kernel[grid](
                     *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
+                    VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf, PAIR=use_pairs, ASM4=PAIR_ASM, num_warps=warps,
                 )  # fmt: skip
+                break
             except Exception as err:  # pragma: no cover - GPU/toolchain specific
-                if not vec2:
+                if attempt or not vec2:
                     raise
                 _disable_vec2(err)
-                grad_table.zero_()
-                _grid_bwd_kernel[grid](
-                    *args, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=False, ASM=VEC2_ASM, LEVEL_FAST=lf, num_warps=warps,
-                )  # fmt: skip
-        return (None, grad_table.to(ctx.table_dtype)) + (None,) * 12
+                vec2 = False
+                use_pairs = use_pairs and interpreter_enabled()
+        if use_pairs:
+            acc = fold_pair_grad(acc, bufs, max(time_grid_size, 1), entries_per_grid)
+        return (None, acc.view(ctx.table_shape).to(ctx.table_dtype)) + (None,) * 14
+
+
+class _SlotEncodeFn(torch.autograd.Function):
+    """Clip points with few distinct times (``TimeGridEncoding._encode_slots``).
+
+    ``(u [N,3], W [T·E, 2], slot [N], lo/hi/a [K]) -> [N, L·2]``: the forward builds one blended pair
+    table per slot with a single kernel and reads one grid per point; the backward accumulates into the
+    ``[K·E, 4]`` pair-layout buffer, folds it to ``dB [K, E, 2]`` and scatters
+    ``(1 − a_k)·dB_k`` / ``a_k·dB_k`` onto grids ``lo_k`` / ``hi_k``.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(  # type: ignore[override]
+        ctx, u, table, slot, lo, hi, a, bufs, n_active, num_levels, smooth, time_grid_size, entries_per_grid
+    ):
+        n, k = u.shape[0], lo.numel()
+        u = u.contiguous()
+        table = table.contiguous()
+        slot_f = slot.float().contiguous()
+        pairs = torch.empty(k * entries_per_grid, 4, device=u.device, dtype=torch.float32)
+        max_size = int(bufs.sizes.max())
+        bgrid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), k)
+        _blend_pair_build_kernel[bgrid](
+            table, pairs, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous(),
+            *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK,
+        )  # fmt: skip
+        alloc = torch.empty if n_active == num_levels else torch.zeros
+        out = alloc(n, num_levels * 2, device=u.device, dtype=torch.float32)
+        block, warps = PAIR_FWD_BLOCK, PAIR_FWD_WARPS
+        nb = triton.cdiv(n, block)
+        order = {"block": 0, "level": 1, "all": 2}[FWD_ORDER]
+        pgrid = {0: (nb, n_active), 1: (n_active, nb), 2: (nb,)}[order]
+        if order == 1 and nb > 65535:
+            order, pgrid = 0, (nb, n_active)
+        _grid_fwd_pair_kernel[pgrid](
+            u, slot_f, pairs, out, *_launch_args(bufs), n, out.stride(0), 1.0, entries_per_grid,
+            n_active, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, ORDER=order, num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(u, slot_f, lo, hi, a)
+        ctx.meta = (bufs, n_active, smooth, time_grid_size, entries_per_grid)
+        ctx.table_shape = table.shape
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out):  # type: ignore[override]
+        u, slot_f, lo, hi, a = ctx.saved_tensors
+        bufs, n_active, smooth, time_grid_size, entries_per_grid = ctx.meta
+        n, k = u.shape[0], lo.numel()
+        grad_out = grad_out.contiguous()
+        block, warps = PAIR_BWD_BLOCK, PAIR_BWD_WARPS
+        lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535
+        grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
+        rows = k * entries_per_grid
+        use_pairs = _bwd_pairs(torch.Size([rows, 2]), u.device)
+        vec2 = _vec2_atomics_enabled(u.device)
+        acc = torch.zeros(rows, 4 if use_pairs else 2, device=u.device, dtype=torch.float32)
+        _grid_bwd_kernel[grid](
+            u, slot_f, grad_out, acc, *_launch_args(bufs), n, grad_out.stride(0), 1.0, entries_per_grid,
+            C=2, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf,
+            PAIR=use_pairs, ASM4=PAIR_ASM, num_warps=warps,
+        )  # fmt: skip
+        if use_pairs:
+            acc = fold_pair_grad(acc, bufs, k, entries_per_grid)
+        gb = acc.view(k, entries_per_grid, 2)
+        w = a.float()[:, None, None]
+        grad = torch.zeros(time_grid_size, entries_per_grid, 2, device=u.device, dtype=torch.float32)
+        grad.index_add_(0, lo, gb * (1.0 - w))
+        grad.index_add_(0, hi, gb * w)
+        return (None, grad.view(ctx.table_shape)) + (None,) * 10
+
+
+def encode_slots(
+    u: Tensor,
+    table: Tensor,
+    slot: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    a: Tensor,
+    bufs: _LevelBuffers,
+    n_active: int,
+    num_levels: int,
+    interpolation: str,
+    time_grid_size: int,
+    entries_per_grid: int,
+) -> Tensor:
+    """Encode points whose time is one of ``K`` slots: ``slot [N]`` int, slot ``k`` at grid position
+    ``lo_k + a_k`` (``hi_k = ⌈·⌉``). Same values as :func:`grid_encode` with ``t``; see ``_SlotEncodeFn``."""
+    return _SlotEncodeFn.apply(
+        u.float(), table, slot, lo, hi, a, bufs, n_active, num_levels, interpolation == "smoothstep",
+        time_grid_size, entries_per_grid,
+    )  # fmt: skip
 
 
 def grid_encode(
@@ -437,11 +895,16 @@ def grid_encode(
     warps: int | None = None,
     bwd_block: int | None = None,
     bwd_warps: int | None = None,
+    pair_cache: PairCache | None = None,
+    time_scale: float | None = None,
 ) -> Tensor:
     """Encode unit-cube points ``u [N,3]`` with ``table [E,C]`` (or stacked ``[T·E, C]`` with ``t [N]``).
 
     Returns ``[N, num_levels·C]`` float32; levels ``>= n_active`` are zero. ``block``/``warps`` override
-    the launch configuration (benchmarks).
+    the launch configuration (benchmarks). ``pair_cache`` enables the pair layout (module docstring);
+    without one the plain kernels run. ``time_scale`` replaces ``T − 1`` as the factor from ``t`` to the
+    grid coordinate (1.0 with integer ``t`` selects whole grids: the blended-slot path of
+    ``TimeGridEncoding``).
     """
     if not HAS_TRITON:  # pragma: no cover - depends on the environment
         raise RuntimeError("triton is not installed")
@@ -451,9 +914,12 @@ def grid_encode(
         raise ValueError(f"level_dim must be a power of two for the Triton kernels, got {level_dim}")
     u = u.float()
     tt = t.float().reshape(-1) if t is not None else None
+    pairs = None
+    if pair_cache is not None and pairs_supported(table, level_dim, bufs):
+        pairs = pair_cache.get(table, bufs, time_grid_size if t is not None else 1, entries_per_grid)
+    tmax = float(max(time_grid_size - 1, 0)) if time_scale is None else float(time_scale)
     out = _GridEncodeFn.apply(
-        u, table, tt, bufs, n_active, num_levels, level_dim, interpolation == "smoothstep",
-        time_grid_size, entries_per_grid, block or FWD_BLOCK, warps or FWD_WARPS,
-        bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS,
+        u, table, tt, pairs, bufs, n_active, num_levels, level_dim, interpolation == "smoothstep",
+        time_grid_size, tmax, entries_per_grid, block, warps, bwd_block, bwd_warps,
     )  # fmt: skip
     return out
