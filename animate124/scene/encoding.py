@@ -209,6 +209,7 @@ class _LevelBuffers(nn.Module):
         self.register_buffer("hashed32", self.hashed.to(torch.int32), persistent=False)
         self.register_buffer("sizes32", self.sizes.to(torch.int32), persistent=False)
         self.any_hashed = any(x.hashed for x in lv)  # the Triton pair layout is for tiled levels
+        self.max_size = max(x.table_size for x in lv)  # host-side: launch grids need no GPU sync
 
 
 def _corner_index(pg: Tensor, bits: tuple[int, int, int], bufs: _LevelBuffers, n_levels: int) -> Tensor:

@@ -53,7 +53,7 @@ except Exception:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from animate124.scene.encoding import PairCache, _LevelBuffers
 
-# defaults; benchmarks/bench_encoding.py sweeps these on the GPU
+# defaults; benchmarks/bench_encoding.py and bench_grid_sweep.py sweep these on the GPU
 # Plain kernels (hashed grids, other feature counts, PAIRS off)
 FWD_BLOCK = 64  # H100 sweep: 0.85 ms vs 1.04 ms at 128 (2^20 points, BENCHMARKS.md)
 FWD_WARPS = 4
@@ -89,6 +89,12 @@ PAIR_ASM = (
     "@p2 red.global.add.v2.f32 [$1], {$3, $4}; @p2 red.global.add.v2.f32 [$2], {$5, $6}; mov.u32 $0, 0; }"
 )
 BUILD_BLOCK = 1024
+# Static tables: the forward gathers from 32-byte quads (4 corners of a cell face = one L2 sector)
+# instead of 16-byte pairs (H100: 0.57 vs 0.66 ms); ANIMATE124_GRID_QUADS=0 falls back to pairs.
+# Time-stacked tables and blended slots keep pairs: a quad table of 64 grids is 2 GB and building the
+# blended quads cost more than the gather saved (BENCHMARKS.md).
+QUADS = os.environ.get("ANIMATE124_GRID_QUADS", "1") == "1"
+SLOT_QUADS = False  # blended quads for clip slots: measured slower than blended pairs
 
 
 def _vec2_atomics_enabled(device: torch.device) -> bool:
@@ -329,6 +335,116 @@ if HAS_TRITON:
         tl.store(pair_ptr + (dst + r)[:, None] * 4 + 2 + c2[None, :], b_hi * a + b_lo * (1.0 - a), mask=m2)
 
     @triton.jit
+    def _quad_build_kernel(
+        table_ptr,
+        quad_ptr,
+        lo_ptr,
+        hi_ptr,
+        a_ptr,
+        size_ptr,
+        wmask_ptr,
+        start_ptr,
+        stride_ptr,
+        grid_entries,
+        BLEND: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """``Q[r] = (T[r], T[nx(r)], T[ny(r)], T[nx(ny(r))])``, ``nx(r) = (r+1) & m``, ``ny(r) = (r+s1) & m``:
+        the four corners of a cell face in one 32-byte row (one L2 sector). With ``BLEND``, slot ``k`` holds
+        ``a_k·T[hi_k] + (1 − a_k)·T[lo_k]`` (the kernels' time interpolation); else program axis 2 is the
+        time grid."""
+        pid = tl.program_id(0)
+        lvl = tl.program_id(1)
+        k = tl.program_id(2)
+        size = tl.load(size_ptr + lvl)
+        wm = tl.load(wmask_ptr + lvl)
+        start = tl.load(start_ptr + lvl)
+        s1 = tl.load(stride_ptr + lvl * 3 + 1)
+        dst = k * grid_entries + start
+        if BLEND:
+            a = tl.load(a_ptr + k)
+            src_lo = tl.load(lo_ptr + k) * grid_entries + start
+            src_hi = tl.load(hi_ptr + k) * grid_entries + start
+        else:
+            a = 0.0
+            src_lo = dst
+            src_hi = dst
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        m = r < size
+        nx = (r + 1) & wm
+        nx = tl.where(nx < size, nx, r)
+        ny = (r + s1) & wm
+        ny = tl.where(ny < size, ny, r)
+        nxy = (ny + 1) & wm
+        nxy = tl.where(nxy < size, nxy, r)
+        c2 = tl.arange(0, 2)
+        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
+        for j in tl.static_range(4):
+            if j == 0:
+                rr = r
+            elif j == 1:
+                rr = nx
+            elif j == 2:
+                rr = ny
+            else:
+                rr = nxy
+            v = tl.load(table_ptr + (src_lo + rr)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+            if BLEND:
+                vh = tl.load(table_ptr + (src_hi + rr)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+                v = vh * a + v * (1.0 - a)
+            tl.store(quad_ptr + (dst + r)[:, None] * 8 + 2 * j + c2[None, :], v, mask=m2)
+
+    @triton.jit
+    def _fwd_quad_level(
+        u_ptr,
+        t_ptr,
+        quad_ptr,
+        out_ptr,
+        scale_ptr,
+        stride_ptr,
+        wmask_ptr,
+        start_ptr,
+        hashed_ptr,
+        rows,
+        rmask,
+        lvl,
+        out_stride,
+        time_max,
+        grid_entries,
+        BLOCK: tl.constexpr,
+        HAS_TIME: tl.constexpr,
+        SMOOTH: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """One level from the quad table (tiled levels only): two 32-byte rows per point (z and z+1)."""
+        inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
+            u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
+            time_max, grid_entries, HAS_TIME, SMOOTH,
+        )  # fmt: skip
+        c8 = tl.arange(0, 8)
+        c2 = tl.arange(0, 2)
+        m8 = tl.broadcast_to(inside[:, None], [BLOCK, 8])
+        m8h = tl.broadcast_to(has_hi[:, None], [BLOCK, 8])
+        acc8 = tl.zeros([BLOCK, 8], dtype=tl.float32)
+        for z in tl.static_range(2):
+            ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z)
+            ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 1)
+            ic, wc = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 2)
+            idd, wd = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 3)
+            v = tl.load(quad_ptr + (base_lo + ia)[:, None] * 8 + c8[None, :], mask=m8, other=0.0)
+            if HAS_TIME:
+                vh = tl.load(quad_ptr + (base_hi + ia)[:, None] * 8 + c8[None, :], mask=m8h, other=0.0)
+                v = vh * w_hi[:, None] + v * (1.0 - w_hi)[:, None]
+            w8 = tl.where(
+                c8[None, :] < 2,
+                wa[:, None],
+                tl.where(c8[None, :] < 4, wb[:, None], tl.where(c8[None, :] < 6, wc[:, None], wd[:, None])),
+            )
+            acc8 += w8 * v
+        acc = tl.sum(tl.reshape(acc8, [BLOCK, 4, 2]), axis=1)
+        out_ptrs = out_ptr + rows[:, None] * out_stride + lvl * 2 + c2[None, :]
+        tl.store(out_ptrs, acc, mask=tl.broadcast_to(rmask[:, None], [BLOCK, 2]))
+
+    @triton.jit
     def _pair_fold_kernel(
         g4_ptr, grad_ptr, size_ptr, wmask_ptr, start_ptr, grid_entries, BLOCK: tl.constexpr
     ):  # pragma: no cover - jit
@@ -427,9 +543,11 @@ if HAS_TRITON:
         HAS_TIME: tl.constexpr,
         SMOOTH: tl.constexpr,
         ORDER: tl.constexpr,
+        QUAD: tl.constexpr = False,
     ):  # pragma: no cover - jit
-        """Forward from the pair table. ``ORDER``: 0 programs (block, level) with blocks fastest,
-        1 levels fastest, 2 one program per block looping over the levels."""
+        """Forward from the pair table (or, with ``QUAD``, the quad table). ``ORDER``: 0 programs
+        (block, level) with blocks fastest, 1 levels fastest, 2 one program per block looping over the
+        levels."""
         if ORDER == 1:
             lvl = tl.program_id(0)
             pid = tl.program_id(1)
@@ -440,10 +558,23 @@ if HAS_TRITON:
         rmask = rows < N
         if ORDER == 2:
             for level in range(0, n_active):
-                _fwd_pair_level(
-                    u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
-                    rows, rmask, level, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH,
-                )  # fmt: skip
+                if QUAD:
+                    _fwd_quad_level(
+                        u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
+                        hashed_ptr, rows, rmask, level, out_stride, time_max, grid_entries, BLOCK, HAS_TIME,
+                        SMOOTH,
+                    )  # fmt: skip
+                else:
+                    _fwd_pair_level(
+                        u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
+                        hashed_ptr, rows, rmask, level, out_stride, time_max, grid_entries, BLOCK, HAS_TIME,
+                        SMOOTH,
+                    )  # fmt: skip
+        elif QUAD:
+            _fwd_quad_level(
+                u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
+                rows, rmask, lvl, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH,
+            )  # fmt: skip
         else:
             _fwd_pair_level(
                 u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
@@ -651,10 +782,21 @@ def pairs_supported(table: Tensor, level_dim: int, bufs: _LevelBuffers) -> bool:
 def build_pair_table(
     table: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int
 ) -> Tensor:
-    """``P [rows, 4]`` with ``P[r] = (T[r], T[next(r)])``, ``next(r) = (r+1) & wrap_mask`` within a level."""
+    """The forward's gather table: ``[rows, 8]`` quads when ``QUADS`` is on, else ``[rows, 4]`` pairs
+    ``P[r] = (T[r], T[next(r)])``, ``next(r) = (r+1) & wrap_mask`` within a level."""
     rows = table.shape[0]
+    if QUADS and time_grid_size <= 1:
+        quads = torch.empty(rows, 8, device=table.device, dtype=torch.float32)
+        grid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
+        dummy = bufs.sizes32
+        with torch.no_grad():
+            _quad_build_kernel[grid](
+                table.contiguous(), quads, dummy, dummy, table, *_level_args(bufs), bufs.strides32,
+                entries_per_grid, BLEND=False, BLOCK=BUILD_BLOCK,
+            )  # fmt: skip
+        return quads
     pairs = torch.empty(rows, 4, device=table.device, dtype=torch.float32)
-    max_size = int(bufs.sizes.max())
+    max_size = bufs.max_size
     grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
     with torch.no_grad():
         _pair_build_kernel[grid](
@@ -666,7 +808,7 @@ def build_pair_table(
 def fold_pair_grad(g4: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
     """Table gradient ``[rows, 2]`` from a pair-layout gradient ``G [rows, 4]``."""
     grad = torch.empty(g4.shape[0], 2, device=g4.device, dtype=torch.float32)
-    max_size = int(bufs.sizes.max())
+    max_size = bufs.max_size
     grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
     _pair_fold_kernel[grid](g4, grad, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK)
     return grad
@@ -730,7 +872,8 @@ class _GridEncodeFn(torch.autograd.Function):
                 order, pgrid = 0, (nb, n_active)
             _grid_fwd_pair_kernel[pgrid](
                 u, t_arg, pairs, out, *_launch_args(bufs), n, out.stride(0), time_max, entries_per_grid,
-                n_active, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, ORDER=order, num_warps=warps,
+                n_active, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, ORDER=order, QUAD=pairs.shape[1] == 8,
+                num_warps=warps,
             )  # fmt: skip
         else:
             _grid_fwd_kernel[grid](
@@ -805,13 +948,20 @@ class _SlotEncodeFn(torch.autograd.Function):
         u = u.contiguous()
         table = table.contiguous()
         slot_f = slot.float().contiguous()
-        pairs = torch.empty(k * entries_per_grid, 4, device=u.device, dtype=torch.float32)
-        max_size = int(bufs.sizes.max())
+        max_size = bufs.max_size
         bgrid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), k)
-        _blend_pair_build_kernel[bgrid](
-            table, pairs, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous(),
-            *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK,
-        )  # fmt: skip
+        lo32, hi32, af = lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous()
+        if SLOT_QUADS:
+            pairs = torch.empty(k * entries_per_grid, 8, device=u.device, dtype=torch.float32)
+            _quad_build_kernel[bgrid](
+                table, pairs, lo32, hi32, af, *_level_args(bufs), bufs.strides32, entries_per_grid,
+                BLEND=True, BLOCK=BUILD_BLOCK,
+            )  # fmt: skip
+        else:
+            pairs = torch.empty(k * entries_per_grid, 4, device=u.device, dtype=torch.float32)
+            _blend_pair_build_kernel[bgrid](
+                table, pairs, lo32, hi32, af, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK
+            )
         alloc = torch.empty if n_active == num_levels else torch.zeros
         out = alloc(n, num_levels * 2, device=u.device, dtype=torch.float32)
         block, warps = PAIR_FWD_BLOCK, PAIR_FWD_WARPS
@@ -822,7 +972,8 @@ class _SlotEncodeFn(torch.autograd.Function):
             order, pgrid = 0, (nb, n_active)
         _grid_fwd_pair_kernel[pgrid](
             u, slot_f, pairs, out, *_launch_args(bufs), n, out.stride(0), 1.0, entries_per_grid,
-            n_active, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, ORDER=order, num_warps=warps,
+            n_active, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, ORDER=order, QUAD=pairs.shape[1] == 8,
+            num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(u, slot_f, lo, hi, a)
         ctx.meta = (bufs, n_active, smooth, time_grid_size, entries_per_grid)
