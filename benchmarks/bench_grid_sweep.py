@@ -41,7 +41,7 @@ def main() -> None:
     x = torch.rand(args.n, 3, generator=gen, device=dev) * 2 - 1
     u = ((x + 1) / 2).contiguous()
     g = torch.randn(args.n, 32, generator=gen, device=dev)
-    pairs = enc.pair_cache.get(enc.embeddings, enc.bufs, 1, 0)
+    pairs = enc.gather_tables.get(enc.embeddings, enc.bufs, 1, 0)
     out = torch.empty(args.n, 32, device=dev)
     rows = []
     n = args.n
@@ -81,7 +81,7 @@ def main() -> None:
             for warps in (2, 4, 8):
                 et.BWD_LEVEL_FAST = lf
                 o = et.grid_encode(u, enc.embeddings, enc.bufs, 16, 16, 2, bwd_block=block, bwd_warps=warps,
-                                   pair_cache=enc.pair_cache)  # fmt: skip
+                                   gather_tables=enc.gather_tables)  # fmt: skip
 
                 def bwd(o=o):
                     return torch.autograd.grad(o, enc.embeddings, g, retain_graph=True)[0]
@@ -106,7 +106,7 @@ def main() -> None:
         def fb(pts=pts):
             o = et.grid_encode(pts, enc.embeddings, enc.bufs, 16, 16, 2, block=best_f["block"],
                                warps=best_f["warps"], bwd_block=best_b["block"], bwd_warps=best_b["warps"],
-                               pair_cache=enc.pair_cache)  # fmt: skip
+                               gather_tables=enc.gather_tables)  # fmt: skip
             torch.autograd.grad(o, enc.embeddings, g)
 
         ms = bench(fb)

@@ -10,7 +10,8 @@ forward+backward (medians of ``triton.testing.do_bench``) of:
 * ``pairs+slots`` (time-stacked table only, the default): one blended table per distinct time of a
   frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point;
 
-and checks every variant against the torch reference (relative table-gradient error, max forward
+(gather tables are built inside every call, as in training) and checks every variant against the torch
+reference (relative table-gradient error, max forward
 difference). Point sets: ``uniform`` (random in the cube: the worst case) and ``rays`` (2^14 rays x 64
 samples through the cube in ray order, as the marcher emits them). Tables: tiled 2^16 (the paper's
 grid), hashed 2^19, and the 64-grid time-stacked table with a training clip's 16 frame times and with a

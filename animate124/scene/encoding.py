@@ -279,41 +279,24 @@ def encode_torch(
     return out * inside[:, None, None].to(out.dtype)
 
 
-class PairCache:
-    """The Triton pair table (``encoding_triton``) of one encoder's parameter, rebuilt only when the
-    parameter changes.
+class GatherTables:
+    """Builds the Triton gather table (pairs or quads, ``encoding_triton``) of an encoder's parameter,
+    once per call.
 
-    The key is the table's storage address, shape and autograd version counter: every in-place update
-    (optimizer steps, ``copy_`` under ``no_grad``, ``load_state_dict``) bumps the version. Writes
-    through ``.data`` do not; call :meth:`clear` after such a write. The cache holds a reference to
-    the table so its storage cannot be freed and reused by another tensor at the same address.
+    Deliberately not cached across calls: a cache keyed on the parameter's autograd version counter goes
+    stale under ``torch.optim.Adam(fused=True)``, whose step does not bump the counter (a test checks
+    this), and under writes through ``.data``. A build costs about 55 µs for the paper's 8 MB table
+    (BENCHMARKS.md §2). ``builds`` counts the calls that used the pair layout.
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._table: Tensor | None = None
-        self._pairs: Tensor | None = None
         self.builds = 0
 
-    def clear(self) -> None:
-        self._key = self._table = self._pairs = None
-
     def get(self, table: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
-        key = (table.data_ptr(), table._version, tuple(table.shape), table.dtype, str(table.device))
-        if self._pairs is None or self._key != key:
-            self.clear()
-            from animate124.scene.encoding_triton import build_pair_table
+        from animate124.scene.encoding_triton import build_pair_table
 
-            self._pairs = build_pair_table(table, bufs, time_grid_size, entries_per_grid)
-            self._table, self._key = table, key
-            self.builds += 1
-        return self._pairs
-
-    def __deepcopy__(self, memo: dict) -> PairCache:  # copies of a module start with an empty cache
-        return PairCache()
-
-    def __getstate__(self) -> dict:
-        return {"_key": None, "_table": None, "_pairs": None, "builds": 0}
+        self.builds += 1
+        return build_pair_table(table, bufs, time_grid_size, entries_per_grid)
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -343,12 +326,12 @@ def encode_points(
     backend: Backend,
     num_levels: int | None = None,
     time: tuple[Tensor, int, int] | None = None,
-    pair_cache: PairCache | None = None,
+    gather_tables: GatherTables | None = None,
 ) -> Tensor:
     """Dispatch to the torch or Triton encoder; returns ``[N, L·C]`` with inactive levels zero.
 
     ``time``: optional ``(t [N] in [0,1], T, entries_per_grid)`` for a stacked ``[T·E, C]`` table.
-    ``pair_cache``: the owning module's :class:`PairCache` (Triton pair layout), or None.
+    ``gather_tables``: the owning module's :class:`GatherTables` (Triton pair layout), or None.
     """
     n = u.shape[0]
     num_levels = num_levels or cfg.num_levels
@@ -361,7 +344,7 @@ def encode_points(
 
         if time is None:
             return encoding_triton.grid_encode(
-                u, table, bufs, n_active, num_levels, c, cfg.interpolation, pair_cache=pair_cache
+                u, table, bufs, n_active, num_levels, c, cfg.interpolation, gather_tables=gather_tables
             )
         t, t_size, e = time
         return encoding_triton.grid_encode(
@@ -375,7 +358,7 @@ def encode_points(
             t=t,
             time_grid_size=t_size,
             entries_per_grid=e,
-            pair_cache=pair_cache,
+            gather_tables=gather_tables,
         )
     rows = None
     if time is not None:
@@ -430,7 +413,7 @@ class GridEncoding(nn.Module):
         self.bufs = _LevelBuffers(self.layout)
         self.register_buffer("offsets", torch.tensor(self.layout.offsets, dtype=torch.int32))
         self.embeddings = nn.Parameter(torch.empty(self.layout.total_entries, self.level_dim))
-        self.pair_cache = PairCache()
+        self.gather_tables = GatherTables()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -449,7 +432,7 @@ class GridEncoding(nn.Module):
         n_active = self._active_levels(max_level)
         return encode_points(
             u, self.embeddings, self.bufs, n_active, self.cfg, self.backend, self.num_levels,
-            pair_cache=self.pair_cache,
+            gather_tables=self.gather_tables,
         )  # fmt: skip
 
     def encode_with_table(self, u: Tensor, table: Tensor, max_level: int | None = None) -> Tensor:
@@ -544,8 +527,9 @@ class TimeGridEncoding(nn.Module):
         self.embeddings = nn.Parameter(
             torch.empty(self.time_grid_size, self.entries_per_grid, self.level_dim)
         )
-        self.pair_cache = PairCache()
+        self.gather_tables = GatherTables()
         self.slot_blend = True  # see _encode_slots
+        self.slot_builds = 0  # calls that took the slot path
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -577,7 +561,7 @@ class TimeGridEncoding(nn.Module):
                 return out
         time = (tt, self.time_grid_size, self.entries_per_grid)
         return encode_points(
-            u, flat, self.bufs, n_active, self.cfg, self.backend, time=time, pair_cache=self.pair_cache
+            u, flat, self.bufs, n_active, self.cfg, self.backend, time=time, gather_tables=self.gather_tables
         )
 
     def _encode_slots(self, u: Tensor, tt: Tensor, n_active: int) -> Tensor | None:
@@ -588,7 +572,8 @@ class TimeGridEncoding(nn.Module):
         half the random reads and reductions per point. Used with the Triton pair layout when the
         points come in at most ``SLOT_MAX_TIMES`` runs of equal time (the renderer emits frame-major
         points) and there are at least ``SLOT_MIN_POINTS_PER_TIME`` points per run; otherwise returns
-        None. Finding the runs synchronises with the GPU once per call.
+        None. Finding the runs synchronises with the GPU once per call. The blended tables are built
+        on every call (no cache, see :class:`GatherTables`).
         """
         n = u.shape[0]
         if resolve_backend(self.backend, u.device) != "triton" or self.time_grid_size < 2:
@@ -607,9 +592,11 @@ class TimeGridEncoding(nn.Module):
         lo = torch.floor(g32).long()
         hi = torch.ceil(g32).long()
         a = (g32 - torch.floor(g32)).float()
+        pairs = encoding_triton.build_slot_pairs(self.embeddings, lo, hi, a, self.bufs, self.entries_per_grid)
+        self.slot_builds += 1
         return encoding_triton.encode_slots(
-            u, self.embeddings.view(-1, self.level_dim), slot, lo, hi, a, self.bufs, n_active,
-            self.num_levels, self.cfg.interpolation, self.time_grid_size, self.entries_per_grid,
+            u, self.embeddings.view(-1, self.level_dim), pairs, slot, lo, hi, a, self.bufs,
+            n_active, self.num_levels, self.cfg.interpolation, self.time_grid_size, self.entries_per_grid,
         )  # fmt: skip
 
     def grid_features(self, x: Tensor, index: int, max_level: int | None = None) -> Tensor:

@@ -9,15 +9,22 @@ Same maths as :func:`animate124.scene.encoding.encode_torch` (torch-ngp ``griden
 * time-stacked tables (``[T·E, C]``): each corner reads the rows of grid ``⌊t(T−1)⌋`` and, when
   ``t(T−1)`` is not an integer, of grid ``⌈t(T−1)⌉``, so a point costs at most 2× a static one.
 
-Pair layout (the default for the paper's 2-feature fp32 tables). Corners ``k`` and ``k+1`` of a point
-differ only in x, and x has stride 1 in a tiled level, so their rows are ``r`` and ``next(r) = (r+1) &
-wrap_mask``. The forward reads a 16-byte pair table ``P[r] = (T[r], T[next(r)])`` (built by
-:func:`build_pair_table`, cached per module by ``encoding.PairCache`` until the parameter changes), so a
-point costs 4 loads per level instead of 8. The backward accumulates ``(w_k·g, w_{k+1}·g)`` with one
-16-byte reduction into ``G [rows, 4]`` and folds ``dT[r] = G[r, 0:2] + G[prev(r), 2:4]``
-(:func:`fold_pair_grad`): 4 reductions per level instead of 8. Hashed rows are rarely adjacent; those
-corners fall back to separate 8-byte loads and reductions. Both kernels are random-access bound (one L2
-sector per request), so halving the requests is what makes them faster (BENCHMARKS.md).
+Pair layout (the default for the paper's 2-feature fp32 tiled tables). Corners ``k`` and ``k+1`` of a
+point differ only in x, and x has stride 1 in a tiled level, so their rows are ``r`` and ``next(r) =
+(r+1) & wrap_mask``; the y-neighbours are ``(r+s1) & wrap_mask``.
+
+* backward: ``(w_k·g, w_{k+1}·g)`` goes out as one 16-byte reduction into ``G [rows, 4]``, folded
+  afterwards into ``dT[r] = G[r, 0:2] + G[prev(r), 2:4]`` (:func:`fold_pair_grad`): 4 reductions per
+  level instead of 8;
+* forward of a static table: a 32-byte quad table ``Q[r] = (T[r], T[r+1], T[r+s1], T[r+s1+1])`` (one L2
+  sector holds a cell face, 2 sectors per level instead of 8 loads); time-stacked tables use 16-byte
+  pairs ``P[r] = (T[r], T[next(r)])``. The table is built for every call (:func:`build_pair_table`,
+  ``encoding.GatherTables``; about 55 µs for the paper's 8 MB table);
+* a clip's points (few distinct times) blend one pair table per time and read one grid per point
+  (:func:`encode_slots`).
+
+Hashed grids keep the plain kernels. The kernels are bound by random L2 sector traffic, so fewer and
+fuller requests are what made them faster (BENCHMARKS.md §2).
 
 Atomics use ``sem="relaxed"`` (Triton's default is acq_rel, which adds fences per add); the sum is
 order-independent up to fp32 rounding, so gradients are not bitwise deterministic (nor are upstream's).
@@ -51,7 +58,7 @@ except Exception:  # pragma: no cover - depends on the environment
     HAS_TRITON = False
 
 if TYPE_CHECKING:
-    from animate124.scene.encoding import PairCache, _LevelBuffers
+    from animate124.scene.encoding import GatherTables, _LevelBuffers
 
 # defaults; benchmarks/bench_encoding.py and bench_grid_sweep.py sweep these on the GPU
 # Plain kernels (hashed grids, other feature counts, PAIRS off)
@@ -275,69 +282,9 @@ if HAS_TRITON:
         tl.store(out_ptrs, acc, mask=rmask[:, None] & (ch[None, :] < C))
 
     @triton.jit
-    def _pair_build_kernel(
-        table_ptr, pair_ptr, size_ptr, wmask_ptr, start_ptr, grid_entries, BLOCK: tl.constexpr
-    ):  # pragma: no cover - jit
-        """``P[r] = (T[r], T[next(r)])`` per level (and time grid); ``next(r) = (r+1) & wrap_mask``."""
-        pid = tl.program_id(0)
-        lvl = tl.program_id(1)
-        tg = tl.program_id(2)
-        size = tl.load(size_ptr + lvl)
-        wm = tl.load(wmask_ptr + lvl)
-        base = tg * grid_entries + tl.load(start_ptr + lvl)
-        r = pid * BLOCK + tl.arange(0, BLOCK)
-        m = r < size
-        nxt = (r + 1) & wm
-        nxt = tl.where(nxt < size, nxt, r)  # last row of an unwrapped level: never part of a pair
-        c2 = tl.arange(0, 2)
-        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
-        a = tl.load(table_ptr + (base + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        b = tl.load(table_ptr + (base + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        tl.store(pair_ptr + (base + r)[:, None] * 4 + c2[None, :], a, mask=m2)
-        tl.store(pair_ptr + (base + r)[:, None] * 4 + 2 + c2[None, :], b, mask=m2)
-
-    @triton.jit
-    def _blend_pair_build_kernel(
+    def _gather_build_kernel(
         table_ptr,
-        pair_ptr,
-        lo_ptr,
-        hi_ptr,
-        a_ptr,
-        size_ptr,
-        wmask_ptr,
-        start_ptr,
-        grid_entries,
-        BLOCK: tl.constexpr,
-    ):  # pragma: no cover - jit
-        """Blended pair table of slot ``k``: ``P_k[r] = B_k[r], B_k[next(r)]`` with
-        ``B_k = a_k·W[hi_k] + (1 − a_k)·W[lo_k]`` (the kernels' time interpolation)."""
-        pid = tl.program_id(0)
-        lvl = tl.program_id(1)
-        k = tl.program_id(2)
-        size = tl.load(size_ptr + lvl)
-        wm = tl.load(wmask_ptr + lvl)
-        start = tl.load(start_ptr + lvl)
-        a = tl.load(a_ptr + k)
-        src_lo = tl.load(lo_ptr + k) * grid_entries + start
-        src_hi = tl.load(hi_ptr + k) * grid_entries + start
-        dst = k * grid_entries + start
-        r = pid * BLOCK + tl.arange(0, BLOCK)
-        m = r < size
-        nxt = (r + 1) & wm
-        nxt = tl.where(nxt < size, nxt, r)
-        c2 = tl.arange(0, 2)
-        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
-        a_lo = tl.load(table_ptr + (src_lo + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        a_hi = tl.load(table_ptr + (src_hi + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        b_lo = tl.load(table_ptr + (src_lo + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        b_hi = tl.load(table_ptr + (src_hi + nxt)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
-        tl.store(pair_ptr + (dst + r)[:, None] * 4 + c2[None, :], a_hi * a + a_lo * (1.0 - a), mask=m2)
-        tl.store(pair_ptr + (dst + r)[:, None] * 4 + 2 + c2[None, :], b_hi * a + b_lo * (1.0 - a), mask=m2)
-
-    @triton.jit
-    def _quad_build_kernel(
-        table_ptr,
-        quad_ptr,
+        out_ptr,
         lo_ptr,
         hi_ptr,
         a_ptr,
@@ -346,13 +293,17 @@ if HAS_TRITON:
         start_ptr,
         stride_ptr,
         grid_entries,
+        QUAD: tl.constexpr,
         BLEND: tl.constexpr,
         BLOCK: tl.constexpr,
     ):  # pragma: no cover - jit
-        """``Q[r] = (T[r], T[nx(r)], T[ny(r)], T[nx(ny(r))])``, ``nx(r) = (r+1) & m``, ``ny(r) = (r+s1) & m``:
-        the four corners of a cell face in one 32-byte row (one L2 sector). With ``BLEND``, slot ``k`` holds
-        ``a_k·T[hi_k] + (1 − a_k)·T[lo_k]`` (the kernels' time interpolation); else program axis 2 is the
-        time grid."""
+        """The forward's gather tables, per level and grid (program axis 2).
+
+        Pairs ``P[r] = (T[r], T[nx(r)])`` or, with ``QUAD``, ``Q[r] = (T[r], T[nx(r)], T[ny(r)],
+        T[nx(ny(r))])`` (a cell face in one 32-byte L2 sector), ``nx(r) = (r+1) & m``, ``ny(r) = (r+s1) & m``
+        within the level; rows past an unwrapped level's end repeat ``r`` (never read). With ``BLEND``,
+        output grid ``k`` is the blend ``a_k·T[hi_k] + (1 − a_k)·T[lo_k]`` (the kernels' time interpolation).
+        """
         pid = tl.program_id(0)
         lvl = tl.program_id(1)
         k = tl.program_id(2)
@@ -379,7 +330,8 @@ if HAS_TRITON:
         nxy = tl.where(nxy < size, nxy, r)
         c2 = tl.arange(0, 2)
         m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
-        for j in tl.static_range(4):
+        width = 8 if QUAD else 4
+        for j in tl.static_range(4 if QUAD else 2):
             if j == 0:
                 rr = r
             elif j == 1:
@@ -392,7 +344,7 @@ if HAS_TRITON:
             if BLEND:
                 vh = tl.load(table_ptr + (src_hi + rr)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
                 v = vh * a + v * (1.0 - a)
-            tl.store(quad_ptr + (dst + r)[:, None] * 8 + 2 * j + c2[None, :], v, mask=m2)
+            tl.store(out_ptr + (dst + r)[:, None] * width + 2 * j + c2[None, :], v, mask=m2)
 
     @triton.jit
     def _fwd_quad_level(
@@ -443,6 +395,52 @@ if HAS_TRITON:
         acc = tl.sum(tl.reshape(acc8, [BLOCK, 4, 2]), axis=1)
         out_ptrs = out_ptr + rows[:, None] * out_stride + lvl * 2 + c2[None, :]
         tl.store(out_ptrs, acc, mask=tl.broadcast_to(rmask[:, None], [BLOCK, 2]))
+
+    @triton.jit
+    def _slot_scatter_kernel(
+        acc_ptr,
+        grad_ptr,
+        lo_ptr,
+        hi_ptr,
+        a_ptr,
+        K,
+        size_ptr,
+        wmask_ptr,
+        start_ptr,
+        grid_entries,
+        PAIRED: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # pragma: no cover - jit
+        """Table gradient of grid ``g`` from the slot buffer: ``dW_g[r] = Σ_k w_gk·dB_k[r]`` with
+        ``w_gk = (1 − a_k)·[lo_k = g] + a_k·[hi_k = g]`` and ``dB_k[r] = G_k[r, 0:2] + G_k[prev(r), 2:4]``
+        (``PAIRED``; else ``acc`` is ``[K·E, 2]``). Writes every row of every grid, so no memset is needed."""
+        pid = tl.program_id(0)
+        lvl = tl.program_id(1)
+        g = tl.program_id(2)
+        size = tl.load(size_ptr + lvl)
+        wm = tl.load(wmask_ptr + lvl)
+        start = tl.load(start_ptr + lvl)
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        m = r < size
+        prev = (r - 1) & wm
+        pv = m & (prev < size)
+        c2 = tl.arange(0, 2)
+        m2 = tl.broadcast_to(m[:, None], [BLOCK, 2])
+        pv2 = tl.broadcast_to(pv[:, None], [BLOCK, 2])
+        total = tl.zeros([BLOCK, 2], dtype=tl.float32)
+        for k in range(0, K):
+            a = tl.load(a_ptr + k)
+            w = tl.where(tl.load(lo_ptr + k) == g, 1.0 - a, 0.0) + tl.where(tl.load(hi_ptr + k) == g, a, 0.0)
+            if w != 0.0:
+                base = k * grid_entries + start
+                if PAIRED:
+                    own = tl.load(acc_ptr + (base + r)[:, None] * 4 + c2[None, :], mask=m2, other=0.0)
+                    car = tl.load(acc_ptr + (base + prev)[:, None] * 4 + 2 + c2[None, :], mask=pv2, other=0.0)
+                    total += w * (own + car)
+                else:
+                    own = tl.load(acc_ptr + (base + r)[:, None] * 2 + c2[None, :], mask=m2, other=0.0)
+                    total += w * own
+        tl.store(grad_ptr + (g * grid_entries + start + r)[:, None] * 2 + c2[None, :], total, mask=m2)
 
     @triton.jit
     def _pair_fold_kernel(
@@ -779,30 +777,34 @@ def pairs_supported(table: Tensor, level_dim: int, bufs: _LevelBuffers) -> bool:
     )
 
 
+def _build_gather(
+    table: Tensor, bufs: _LevelBuffers, grids: int, entries_per_grid: int, quad: bool,
+    blend: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:  # fmt: skip
+    """Run :func:`_gather_build_kernel` over ``grids`` output grids (``blend``: ``(lo, hi, a)`` per grid)."""
+    out = torch.empty(grids * entries_per_grid if blend is not None else table.shape[0], 8 if quad else 4,
+                      device=table.device, dtype=torch.float32)  # fmt: skip
+    grid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), grids)
+    if blend is None:
+        lo = hi = bufs.sizes32  # unused
+        a = table
+    else:
+        lo, hi, a = blend[0].to(torch.int32), blend[1].to(torch.int32), blend[2].float().contiguous()
+    with torch.no_grad():
+        _gather_build_kernel[grid](
+            table.detach().contiguous(), out, lo, hi, a, *_level_args(bufs), bufs.strides32, entries_per_grid,
+            QUAD=quad, BLEND=blend is not None, BLOCK=BUILD_BLOCK,
+        )  # fmt: skip
+    return out
+
+
 def build_pair_table(
     table: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int
 ) -> Tensor:
-    """The forward's gather table: ``[rows, 8]`` quads when ``QUADS`` is on, else ``[rows, 4]`` pairs
-    ``P[r] = (T[r], T[next(r)])``, ``next(r) = (r+1) & wrap_mask`` within a level."""
-    rows = table.shape[0]
-    if QUADS and time_grid_size <= 1:
-        quads = torch.empty(rows, 8, device=table.device, dtype=torch.float32)
-        grid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
-        dummy = bufs.sizes32
-        with torch.no_grad():
-            _quad_build_kernel[grid](
-                table.contiguous(), quads, dummy, dummy, table, *_level_args(bufs), bufs.strides32,
-                entries_per_grid, BLEND=False, BLOCK=BUILD_BLOCK,
-            )  # fmt: skip
-        return quads
-    pairs = torch.empty(rows, 4, device=table.device, dtype=torch.float32)
-    max_size = bufs.max_size
-    grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
-    with torch.no_grad():
-        _pair_build_kernel[grid](
-            table.contiguous(), pairs, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK
-        )
-    return pairs
+    """The forward's gather table: ``[rows, 8]`` quads for a static table when ``QUADS`` is on, else
+    ``[rows, 4]`` pairs ``P[r] = (T[r], T[next(r)])``, ``next(r) = (r+1) & wrap_mask`` within a level."""
+    quad = QUADS and time_grid_size <= 1
+    return _build_gather(table, bufs, max(time_grid_size, 1), entries_per_grid, quad)
 
 
 def fold_pair_grad(g4: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
@@ -837,6 +839,7 @@ class _GridEncodeFn(torch.autograd.Function):
         table: Tensor,
         t: Tensor | None,
         pairs: Tensor | None,
+        pair_layout: bool,
         bufs: _LevelBuffers,
         n_active: int,
         num_levels: int,
@@ -859,9 +862,11 @@ class _GridEncodeFn(torch.autograd.Function):
         out = alloc(n, num_levels * level_dim, device=u.device, dtype=torch.float32)
         if pairs is not None:
             block, warps = block or PAIR_FWD_BLOCK, warps or PAIR_FWD_WARPS
-            bwd_block, bwd_warps = bwd_block or PAIR_BWD_BLOCK, bwd_warps or PAIR_BWD_WARPS
         else:
             block, warps = block or FWD_BLOCK, warps or FWD_WARPS
+        if pair_layout:
+            bwd_block, bwd_warps = bwd_block or PAIR_BWD_BLOCK, bwd_warps or PAIR_BWD_WARPS
+        else:
             bwd_block, bwd_warps = bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS
         grid = (triton.cdiv(n, block), n_active)
         if pairs is not None:
@@ -885,7 +890,7 @@ class _GridEncodeFn(torch.autograd.Function):
         ctx.bwd_launch = (bwd_block, bwd_warps)
         ctx.table_shape = table.shape
         ctx.table_dtype = table.dtype
-        ctx.pair_layout = pairs is not None
+        ctx.pair_layout = pair_layout
         return out
 
     @staticmethod
@@ -896,7 +901,7 @@ class _GridEncodeFn(torch.autograd.Function):
         n = u.shape[0]
         if not ctx.needs_input_grad[1] or n == 0:
             grad_table = torch.zeros(ctx.table_shape, device=u.device, dtype=torch.float32)
-            return (None, grad_table.to(ctx.table_dtype)) + (None,) * 14
+            return (None, grad_table.to(ctx.table_dtype)) + (None,) * 15
         grad_out = grad_out.contiguous()
         block, warps = ctx.bwd_launch
         lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
@@ -927,41 +932,39 @@ class _GridEncodeFn(torch.autograd.Function):
                 use_pairs = use_pairs and interpreter_enabled()
         if use_pairs:
             acc = fold_pair_grad(acc, bufs, max(time_grid_size, 1), entries_per_grid)
-        return (None, acc.view(ctx.table_shape).to(ctx.table_dtype)) + (None,) * 14
+        return (None, acc.view(ctx.table_shape).to(ctx.table_dtype)) + (None,) * 15
 
 
 class _SlotEncodeFn(torch.autograd.Function):
     """Clip points with few distinct times (``TimeGridEncoding._encode_slots``).
 
-    ``(u [N,3], W [T·E, 2], slot [N], lo/hi/a [K]) -> [N, L·2]``: the forward builds one blended pair
-    table per slot with a single kernel and reads one grid per point; the backward accumulates into the
-    ``[K·E, 4]`` pair-layout buffer, folds it to ``dB [K, E, 2]`` and scatters
-    ``(1 − a_k)·dB_k`` / ``a_k·dB_k`` onto grids ``lo_k`` / ``hi_k``.
+    ``(u [N,3], W [T·E, 2], P, slot [N], lo/hi/a [K]) -> [N, L·2]``: the forward reads one grid per point
+    from the blended pair table ``P`` (one table per slot, :func:`build_slot_pairs`); the backward
+    accumulates into the ``[K·E, 4]`` pair-layout buffer and one kernel folds it and writes
+    ``dW_g = Σ_k ((1 − a_k)·[lo_k = g] + a_k·[hi_k = g])·dB_k`` for every grid (``_slot_scatter_kernel``).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(  # type: ignore[override]
-        ctx, u, table, slot, lo, hi, a, bufs, n_active, num_levels, smooth, time_grid_size, entries_per_grid
+        ctx,
+        u,
+        table,
+        pairs,
+        slot,
+        lo,
+        hi,
+        a,
+        bufs,
+        n_active,
+        num_levels,
+        smooth,
+        time_grid_size,
+        entries_per_grid,
     ):
-        n, k = u.shape[0], lo.numel()
+        n = u.shape[0]
         u = u.contiguous()
-        table = table.contiguous()
         slot_f = slot.float().contiguous()
-        max_size = bufs.max_size
-        bgrid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), k)
-        lo32, hi32, af = lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous()
-        if SLOT_QUADS:
-            pairs = torch.empty(k * entries_per_grid, 8, device=u.device, dtype=torch.float32)
-            _quad_build_kernel[bgrid](
-                table, pairs, lo32, hi32, af, *_level_args(bufs), bufs.strides32, entries_per_grid,
-                BLEND=True, BLOCK=BUILD_BLOCK,
-            )  # fmt: skip
-        else:
-            pairs = torch.empty(k * entries_per_grid, 4, device=u.device, dtype=torch.float32)
-            _blend_pair_build_kernel[bgrid](
-                table, pairs, lo32, hi32, af, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK
-            )
         alloc = torch.empty if n_active == num_levels else torch.zeros
         out = alloc(n, num_levels * 2, device=u.device, dtype=torch.float32)
         block, warps = PAIR_FWD_BLOCK, PAIR_FWD_WARPS
@@ -975,7 +978,7 @@ class _SlotEncodeFn(torch.autograd.Function):
             n_active, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, ORDER=order, QUAD=pairs.shape[1] == 8,
             num_warps=warps,
         )  # fmt: skip
-        ctx.save_for_backward(u, slot_f, lo, hi, a)
+        ctx.save_for_backward(u, slot_f, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous())
         ctx.meta = (bufs, n_active, smooth, time_grid_size, entries_per_grid)
         ctx.table_shape = table.shape
         return out
@@ -999,19 +1002,25 @@ class _SlotEncodeFn(torch.autograd.Function):
             C=2, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, VEC2=vec2, ASM=VEC2_ASM, LEVEL_FAST=lf,
             PAIR=use_pairs, ASM4=PAIR_ASM, num_warps=warps,
         )  # fmt: skip
-        if use_pairs:
-            acc = fold_pair_grad(acc, bufs, k, entries_per_grid)
-        gb = acc.view(k, entries_per_grid, 2)
-        w = a.float()[:, None, None]
-        grad = torch.zeros(time_grid_size, entries_per_grid, 2, device=u.device, dtype=torch.float32)
-        grad.index_add_(0, lo, gb * (1.0 - w))
-        grad.index_add_(0, hi, gb * w)
-        return (None, grad.view(ctx.table_shape)) + (None,) * 10
+        grad = torch.empty(time_grid_size * entries_per_grid, 2, device=u.device, dtype=torch.float32)
+        sgrid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), time_grid_size)
+        _slot_scatter_kernel[sgrid](
+            acc, grad, lo, hi, a, k, *_level_args(bufs), entries_per_grid, PAIRED=use_pairs, BLOCK=BUILD_BLOCK
+        )
+        return (None, grad.view(ctx.table_shape)) + (None,) * 11
+
+
+def build_slot_pairs(
+    table: Tensor, lo: Tensor, hi: Tensor, a: Tensor, bufs: _LevelBuffers, entries_per_grid: int
+) -> Tensor:
+    """Blended gather table of ``K`` slots, ``[K·E, 4]`` pairs (``[K·E, 8]`` quads with ``SLOT_QUADS``)."""
+    return _build_gather(table, bufs, lo.numel(), entries_per_grid, SLOT_QUADS, blend=(lo, hi, a))
 
 
 def encode_slots(
     u: Tensor,
     table: Tensor,
+    pairs: Tensor,
     slot: Tensor,
     lo: Tensor,
     hi: Tensor,
@@ -1024,9 +1033,10 @@ def encode_slots(
     entries_per_grid: int,
 ) -> Tensor:
     """Encode points whose time is one of ``K`` slots: ``slot [N]`` int, slot ``k`` at grid position
-    ``lo_k + a_k`` (``hi_k = ⌈·⌉``). Same values as :func:`grid_encode` with ``t``; see ``_SlotEncodeFn``."""
+    ``lo_k + a_k`` (``hi_k = ⌈·⌉``), ``pairs`` from :func:`build_slot_pairs` of the same ``table``. Same
+    values as :func:`grid_encode` with ``t``; see ``_SlotEncodeFn``."""
     return _SlotEncodeFn.apply(
-        u.float(), table, slot, lo, hi, a, bufs, n_active, num_levels, interpolation == "smoothstep",
+        u.float(), table, pairs, slot, lo, hi, a, bufs, n_active, num_levels, interpolation == "smoothstep",
         time_grid_size, entries_per_grid,
     )  # fmt: skip
 
@@ -1046,13 +1056,13 @@ def grid_encode(
     warps: int | None = None,
     bwd_block: int | None = None,
     bwd_warps: int | None = None,
-    pair_cache: PairCache | None = None,
+    gather_tables: GatherTables | None = None,
     time_scale: float | None = None,
 ) -> Tensor:
     """Encode unit-cube points ``u [N,3]`` with ``table [E,C]`` (or stacked ``[T·E, C]`` with ``t [N]``).
 
     Returns ``[N, num_levels·C]`` float32; levels ``>= n_active`` are zero. ``block``/``warps`` override
-    the launch configuration (benchmarks). ``pair_cache`` enables the pair layout (module docstring);
+    the launch configuration (benchmarks). ``gather_tables`` enables the pair layout (module docstring);
     without one the plain kernels run. ``time_scale`` replaces ``T − 1`` as the factor from ``t`` to the
     grid coordinate (1.0 with integer ``t`` selects whole grids: the blended-slot path of
     ``TimeGridEncoding``).
@@ -1065,12 +1075,14 @@ def grid_encode(
         raise ValueError(f"level_dim must be a power of two for the Triton kernels, got {level_dim}")
     u = u.float()
     tt = t.float().reshape(-1) if t is not None else None
-    pairs = None
-    if pair_cache is not None and pairs_supported(table, level_dim, bufs):
-        pairs = pair_cache.get(table, bufs, time_grid_size if t is not None else 1, entries_per_grid)
+    # Pair-layout backward whenever supported; the gather table only for static tables: a 64-grid
+    # table's would be 1 GB, rebuilt per call (0.7-1.2 ms), slower than the plain forward it replaces
+    # (clips take TimeGridEncoding's slot path instead).
+    pair_layout = gather_tables is not None and pairs_supported(table, level_dim, bufs)
+    pairs = gather_tables.get(table, bufs, 1, entries_per_grid) if pair_layout and t is None else None
     tmax = float(max(time_grid_size - 1, 0)) if time_scale is None else float(time_scale)
     out = _GridEncodeFn.apply(
-        u, table, tt, pairs, bufs, n_active, num_levels, level_dim, interpolation == "smoothstep",
+        u, table, tt, pairs, pair_layout, bufs, n_active, num_levels, level_dim, interpolation == "smoothstep",
         time_grid_size, tmax, entries_per_grid, block, warps, bwd_block, bwd_warps,
     )  # fmt: skip
     return out
