@@ -247,7 +247,17 @@ def test_triton_interpreter_matches_reference(interp_results, case):
 @needs_triton
 @pytest.mark.parametrize(
     "case",
-    ["tiled_plain", "hash_plain", "time_plain", "hash_pairs_forced", "time_slots", "time_slots_smooth"],
+    [
+        "tiled_plain",
+        "hash_plain",
+        "time_plain",
+        "hash_pairs_forced",
+        "time_slots",
+        "time_slots_smooth",
+        "time_slots_quads",
+        "tiled_pairs16",
+        "noguard_pairs16",
+    ],
 )
 def test_triton_interpreter_other_paths_match_reference(interp_results, case):
     r = interp_results[case]
