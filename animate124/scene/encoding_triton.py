@@ -754,6 +754,27 @@ if HAS_TRITON:
                     )
 
 
+def _pair_fwd_launch(n: int, n_active: int, block: int) -> tuple[int, tuple[int, ...]]:
+    """``ORDER`` and launch grid of ``_grid_fwd_pair_kernel`` (``FWD_ORDER``; grid y is capped at 65535)."""
+    order = {"block": 0, "level": 1, "all": 2}[FWD_ORDER]
+    nb = triton.cdiv(n, block)
+    if order == 1 and nb > 65535:
+        order = 0
+    return order, {0: (nb, n_active), 1: (n_active, nb), 2: (nb,)}[order]
+
+
+def _bwd_launch(n: int, n_active: int, block: int) -> tuple[bool, tuple[int, int]]:
+    """``LEVEL_FAST`` and launch grid of ``_grid_bwd_kernel`` (grid y is capped at 65535)."""
+    nb = triton.cdiv(n, block)
+    lf = BWD_LEVEL_FAST and nb <= 65535
+    return lf, ((n_active, nb) if lf else (nb, n_active))
+
+
+def _table_grid(bufs: _LevelBuffers, grids: int) -> tuple[int, int, int]:
+    """Launch grid of the per-row table kernels: (row blocks of the largest level, levels, grids)."""
+    return (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), grids)
+
+
 def _launch_args(bufs: _LevelBuffers) -> tuple[Tensor, ...]:
     return (bufs.scales, bufs.strides32, bufs.wrap_masks, bufs.starts32, bufs.hashed32)
 
@@ -784,7 +805,7 @@ def _build_gather(
     """Run :func:`_gather_build_kernel` over ``grids`` output grids (``blend``: ``(lo, hi, a)`` per grid)."""
     out = torch.empty(grids * entries_per_grid if blend is not None else table.shape[0], 8 if quad else 4,
                       device=table.device, dtype=torch.float32)  # fmt: skip
-    grid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), grids)
+    grid = _table_grid(bufs, grids)
     if blend is None:
         lo = hi = bufs.sizes32  # unused
         a = table
@@ -810,8 +831,7 @@ def build_pair_table(
 def fold_pair_grad(g4: Tensor, bufs: _LevelBuffers, time_grid_size: int, entries_per_grid: int) -> Tensor:
     """Table gradient ``[rows, 2]`` from a pair-layout gradient ``G [rows, 4]``."""
     grad = torch.empty(g4.shape[0], 2, device=g4.device, dtype=torch.float32)
-    max_size = bufs.max_size
-    grid = (triton.cdiv(max_size, BUILD_BLOCK), bufs.sizes.numel(), max(time_grid_size, 1))
+    grid = _table_grid(bufs, max(time_grid_size, 1))
     _pair_fold_kernel[grid](g4, grad, *_level_args(bufs), entries_per_grid, BLOCK=BUILD_BLOCK)
     return grad
 
@@ -870,11 +890,7 @@ class _GridEncodeFn(torch.autograd.Function):
             bwd_block, bwd_warps = bwd_block or BWD_BLOCK, bwd_warps or BWD_WARPS
         grid = (triton.cdiv(n, block), n_active)
         if pairs is not None:
-            order = {"block": 0, "level": 1, "all": 2}[FWD_ORDER]
-            nb = triton.cdiv(n, block)
-            pgrid = {0: (nb, n_active), 1: (n_active, nb), 2: (nb,)}[order]
-            if order == 1 and nb > 65535:  # grid y is capped at 65535
-                order, pgrid = 0, (nb, n_active)
+            order, pgrid = _pair_fwd_launch(n, n_active, block)
             _grid_fwd_pair_kernel[pgrid](
                 u, t_arg, pairs, out, *_launch_args(bufs), n, out.stride(0), time_max, entries_per_grid,
                 n_active, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, ORDER=order, QUAD=pairs.shape[1] == 8,
@@ -904,8 +920,7 @@ class _GridEncodeFn(torch.autograd.Function):
             return (None, grad_table.to(ctx.table_dtype)) + (None,) * 15
         grad_out = grad_out.contiguous()
         block, warps = ctx.bwd_launch
-        lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535  # grid y is capped at 65535
-        grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
+        lf, grid = _bwd_launch(n, n_active, block)
         # Inline-asm reductions run once per thread that holds an element: with fewer points than
         # threads (BLOCK < 32·warps) Triton replicates elements and each reduction would run twice.
         asm_ok = block >= 32 * warps
@@ -968,11 +983,7 @@ class _SlotEncodeFn(torch.autograd.Function):
         alloc = torch.empty if n_active == num_levels else torch.zeros
         out = alloc(n, num_levels * 2, device=u.device, dtype=torch.float32)
         block, warps = PAIR_FWD_BLOCK, PAIR_FWD_WARPS
-        nb = triton.cdiv(n, block)
-        order = {"block": 0, "level": 1, "all": 2}[FWD_ORDER]
-        pgrid = {0: (nb, n_active), 1: (n_active, nb), 2: (nb,)}[order]
-        if order == 1 and nb > 65535:
-            order, pgrid = 0, (nb, n_active)
+        order, pgrid = _pair_fwd_launch(n, n_active, block)
         _grid_fwd_pair_kernel[pgrid](
             u, slot_f, pairs, out, *_launch_args(bufs), n, out.stride(0), 1.0, entries_per_grid,
             n_active, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, ORDER=order, QUAD=pairs.shape[1] == 8,
@@ -991,8 +1002,7 @@ class _SlotEncodeFn(torch.autograd.Function):
         n, k = u.shape[0], lo.numel()
         grad_out = grad_out.contiguous()
         block, warps = PAIR_BWD_BLOCK, PAIR_BWD_WARPS
-        lf = BWD_LEVEL_FAST and triton.cdiv(n, block) <= 65535
-        grid = (n_active, triton.cdiv(n, block)) if lf else (triton.cdiv(n, block), n_active)
+        lf, grid = _bwd_launch(n, n_active, block)
         rows = k * entries_per_grid
         use_pairs = _bwd_pairs(torch.Size([rows, 2]), u.device)
         vec2 = _vec2_atomics_enabled(u.device)
@@ -1003,7 +1013,7 @@ class _SlotEncodeFn(torch.autograd.Function):
             PAIR=use_pairs, ASM4=PAIR_ASM, num_warps=warps,
         )  # fmt: skip
         grad = torch.empty(time_grid_size * entries_per_grid, 2, device=u.device, dtype=torch.float32)
-        sgrid = (triton.cdiv(bufs.max_size, BUILD_BLOCK), bufs.sizes.numel(), time_grid_size)
+        sgrid = _table_grid(bufs, time_grid_size)
         _slot_scatter_kernel[sgrid](
             acc, grad, lo, hi, a, k, *_level_args(bufs), entries_per_grid, PAIRED=use_pairs, BLOCK=BUILD_BLOCK
         )
