@@ -25,71 +25,45 @@ import datetime as _dt
 import json
 import os
 import socket
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from animate124.errors import ProjectError, ProjectLockedError
+from animate124.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "Project",
+    "StagePaths",
+    "ARTIFACTS",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "find_project",
+    "remember_project",
+    "default_project_for_image",
+    "now_iso",
+]
 
 MANIFEST_VERSION = 1
-STAGES = ("preprocess", "invert", "static", "dynamic", "refine", "render")
-# What each stage needs done before it can run.
-REQUIRES: dict[str, tuple[str, ...]] = {
-    "preprocess": (),
-    "invert": ("preprocess",),
-    "static": ("preprocess",),
-    "dynamic": ("static",),
-    "refine": ("dynamic", "invert"),
-    "render": (),
+
+#: Every artifact a stage produces, by key, relative to the project root (the only place names live).
+ARTIFACTS: dict[str, str] = {
+    "rgba": "preprocess/rgba.png",
+    "depth": "preprocess/depth.png",
+    "depth_npy": "preprocess/depth.npy",
+    "preview": "preprocess/preview.png",
+    "learned_embeds": "invert/learned_embeds.safetensors",
+    "static_model": "static/model.safetensors",
+    "dynamic_model": "dynamic/model.safetensors",
+    "refine_model": "refine/model.safetensors",
 }
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
-
-    For writers that need a filename (imageio, safetensors): write to the yielded path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -122,6 +96,10 @@ class StagePaths:
     def state(self) -> Path:
         return self.root / "state.json"
 
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
 
 class Project:
     """A project directory. Cheap to construct; nothing is created until :meth:`create`."""
@@ -146,21 +124,28 @@ class Project:
     def preprocess_dir(self) -> Path:
         return self.root / "preprocess"
 
+    def artifact(self, key: str) -> Path:
+        """The path of artifact ``key`` (see :data:`ARTIFACTS`)."""
+        try:
+            return self.root / ARTIFACTS[key]
+        except KeyError:
+            raise ProjectError(f"unknown artifact {key!r}") from None
+
     @property
     def rgba(self) -> Path:
-        return self.preprocess_dir / "rgba.png"
+        return self.artifact("rgba")
 
     @property
     def depth(self) -> Path:
-        return self.preprocess_dir / "depth.png"
+        return self.artifact("depth")
 
     @property
     def depth_npy(self) -> Path:
-        return self.preprocess_dir / "depth.npy"
+        return self.artifact("depth_npy")
 
     @property
     def preview(self) -> Path:
-        return self.preprocess_dir / "preview.png"
+        return self.artifact("preview")
 
     @property
     def invert_dir(self) -> Path:
@@ -168,11 +153,12 @@ class Project:
 
     @property
     def learned_embeds(self) -> Path:
-        return self.invert_dir / "learned_embeds.safetensors"
+        return self.artifact("learned_embeds")
 
     def stage(self, name: str) -> StagePaths:
-        if name not in STAGES:
-            raise ProjectError(f"unknown stage {name!r}")
+        """Paths of the stage directory ``<project>/<name>``."""
+        if not name.isidentifier():
+            raise ProjectError(f"bad stage name {name!r}")
         return StagePaths(self.root / name)
 
     @property
@@ -252,10 +238,10 @@ class Project:
             return False
         return config_hash is None or rec.get("config_hash") == config_hash
 
-    def check_requirements(self, stage: str) -> None:
-        """Raise a ProjectError naming the earlier stage that has not finished."""
+    def check_requirements(self, stage: str, requires: Iterable[str]) -> None:
+        """Raise a ProjectError naming the earlier stage (of ``requires``) that has not finished."""
         self.require()
-        for need in REQUIRES[stage]:
+        for need in requires:
             if not self.is_done(need):
                 raise ProjectError(
                     f"stage '{stage}' needs stage '{need}', which has not finished in {self.root}",

@@ -9,6 +9,7 @@ from animate124.config import Config, config_hash, dump_yaml, from_dict, resolve
 from animate124.config.loader import describe_fields, parse_set
 from animate124.config.presets import PRESETS, preset_descriptions
 from animate124.errors import ConfigError
+from animate124.stages.spec import get_stage
 
 
 def test_defaults_are_paper_settings():
@@ -17,11 +18,11 @@ def test_defaults_are_paper_settings():
     assert c.static.sd_guidance_scale == 100 and c.static.cfg_mode == "upstream"
     assert c.static.zero123_weight == 40 and c.static.zero123_guidance_scale == 5
     assert c.dynamic.video_t_range == (0.02, 0.98) and c.refine.t_range == (0.2, 0.8)
-    assert c.scene.log2_table_size == 16 and c.scene.desired_resolution == 2048
-    assert c.renderer.max_steps == 1024 and c.renderer.time_slots == 16
+    assert c.field.log2_table_size == 16 and c.field.desired_resolution == 2048
+    assert c.raymarch.max_steps == 1024 and c.raymarch.time_slots == 16
     assert c.run.seed == 3407
     # upstream bugs fixed by default, switch available
-    assert c.static.legacy_sds_scaling is False and c.renderer.upstream_times_bug is False
+    assert c.static.legacy_sds_scaling is False and c.raymarch.upstream_times_bug is False
 
 
 def test_frozen():
@@ -111,9 +112,11 @@ def test_hash_tracks_relevant_sections_only():
     a = resolve_config("paper")
     b = resolve_config("paper", sets=["static.iters=10"])
     c = resolve_config("paper", sets=["run.device=cpu", "models.cache_dir=/x", "dynamic.iters=3"])
-    assert config_hash(a, "static") != config_hash(b, "static")
-    assert config_hash(a, "static") == config_hash(c, "static")  # device/cache/other stage do not matter
-    assert config_hash(a, "dynamic") != config_hash(c, "dynamic")
+    assert config_hash(a, get_stage("static").sections) != config_hash(b, get_stage("static").sections)
+    assert config_hash(a, get_stage("static").sections) == config_hash(
+        c, get_stage("static").sections
+    )  # device/cache/other stage do not matter
+    assert config_hash(a, get_stage("dynamic").sections) != config_hash(c, get_stage("dynamic").sections)
 
 
 def test_every_field_has_help():

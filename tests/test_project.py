@@ -16,6 +16,7 @@ from animate124.config import resolve_config
 from animate124.engine.runner import run_stage
 from animate124.errors import ProjectError, ProjectLockedError
 from animate124.project import Project, atomic_write_json, find_project, remember_project
+from animate124.stages.spec import get_stage
 
 
 def test_create_and_paths(tmp_path):
@@ -26,7 +27,7 @@ def test_create_and_paths(tmp_path):
     assert p.rgba == p.root / "preprocess" / "rgba.png"
     assert p.stage("static").model == p.root / "static" / "model.safetensors"
     with pytest.raises(ProjectError):
-        p.stage("nope")
+        p.stage("../outside")
 
 
 def test_manifest_write_killed_leaves_previous_intact(tmp_path):
@@ -112,19 +113,19 @@ def test_run_stage_bookkeeping(tmp_path):
         calls.append(ctx.resume)
         return {"artifacts": {"x": p.root / "x"}, "metrics": {"m": 1.0}}
 
-    r = run_stage(p, "preprocess", cfg, body)
+    r = run_stage(p, get_stage("preprocess"), cfg, body)
     assert not r.skipped and calls == [False]
     rec = p.stage_record("preprocess")
     assert rec["status"] == "done" and rec["metrics"] == {"m": 1.0} and "torch" in rec["versions"]
     assert p.config_path("preprocess").is_file()
     # same config: no-op
-    assert run_stage(p, "preprocess", cfg, body).skipped and len(calls) == 1
+    assert run_stage(p, get_stage("preprocess"), cfg, body).skipped and len(calls) == 1
     # force: runs again
-    run_stage(p, "preprocess", cfg, body, force=True)
+    run_stage(p, get_stage("preprocess"), cfg, body, force=True)
     assert len(calls) == 2
     # a different config reruns
     cfg2 = resolve_config("tiny", sets=["preprocess.framing=recenter"])
-    run_stage(p, "preprocess", cfg2, body)
+    run_stage(p, get_stage("preprocess"), cfg2, body)
     assert len(calls) == 3
 
 
@@ -137,11 +138,11 @@ def test_run_stage_failure_then_resume(tmp_path):
         raise RuntimeError("kaput")
 
     with pytest.raises(RuntimeError):
-        run_stage(p, "preprocess", cfg, boom)
+        run_stage(p, get_stage("preprocess"), cfg, boom)
     rec = p.stage_record("preprocess")
     assert rec["status"] == "failed" and "kaput" in rec["error"]
     seen = []
-    run_stage(p, "preprocess", cfg, lambda ctx: seen.append(ctx.resume) or {})
+    run_stage(p, get_stage("preprocess"), cfg, lambda ctx: seen.append(ctx.resume) or {})
     assert seen == [True]  # same config after a failure: resume
 
 
@@ -150,12 +151,12 @@ def test_requirements_and_upstream_invalidation(tmp_path):
     p.create()
     cfg = resolve_config("tiny")
     with pytest.raises(ProjectError, match="needs stage 'preprocess'"):
-        run_stage(p, "invert", cfg, lambda ctx: {})
-    run_stage(p, "preprocess", cfg, lambda ctx: {})
-    assert not run_stage(p, "invert", cfg, lambda ctx: {}).skipped
-    assert run_stage(p, "invert", cfg, lambda ctx: {}).skipped
-    run_stage(p, "preprocess", cfg, lambda ctx: {}, extra_hash="new image")
-    assert not run_stage(p, "invert", cfg, lambda ctx: {}).skipped  # upstream changed
+        run_stage(p, get_stage("invert"), cfg, lambda ctx: {})
+    run_stage(p, get_stage("preprocess"), cfg, lambda ctx: {})
+    assert not run_stage(p, get_stage("invert"), cfg, lambda ctx: {}).skipped
+    assert run_stage(p, get_stage("invert"), cfg, lambda ctx: {}).skipped
+    run_stage(p, get_stage("preprocess"), cfg, lambda ctx: {}, extra_hash="new image")
+    assert not run_stage(p, get_stage("invert"), cfg, lambda ctx: {}).skipped  # upstream changed
 
 
 def test_find_project(tmp_path, monkeypatch):

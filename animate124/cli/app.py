@@ -298,12 +298,12 @@ def _register_training_command(stage: str, doc: str, examples: tuple[str, ...]) 
     ) -> None:
         def go():
             from animate124.project import find_project, remember_project
-            from animate124.stages.training import run_training_stage
+            from animate124.stages.spec import get_stage
 
             options = {stage: {"prompt": _check_prompt(prompt, stage)}} if prompt is not None else None
             cfg = _build_config(preset, config, set_, device, cache_dir, options)
             proj = find_project(project)
-            result = run_training_stage(stage, proj, cfg, force=force, show_progress=not quiet)
+            result = get_stage(stage).run_function()(proj, cfg, force=force, show_progress=not quiet)
             remember_project(proj)
             _report(result)
 
@@ -365,13 +365,13 @@ def render(
 
     def go():
         from animate124.project import find_project
-        from animate124.stages.render import run_render
+        from animate124.stages.render import run_render_stage
 
         options = {"render": {"views": views}} if views else None
         cfg = _build_config(preset, config, set_, device, None, options)
         proj = find_project(project)
         proj.require()
-        run_render(proj, cfg, orbit=orbit)
+        run_render_stage(proj, cfg, orbit=orbit)
 
     _guard(debug, go)
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from animate124.config.schema import SCHEMA_VERSION, STAGE_SECTIONS, Config
+from animate124.config.schema import RENAMED_SECTIONS, SCHEMA_VERSION, Config
 from animate124.errors import ConfigError
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
@@ -108,6 +108,13 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    renamed = [k for k in unknown if not path and k in RENAMED_SECTIONS]
+    if renamed:
+        old = renamed[0]
+        raise ConfigError(
+            f"config section {old!r} was renamed to {RENAMED_SECTIONS[old]!r}",
+            hint=f"write {RENAMED_SECTIONS[old]}.<key> instead of {old}.<key>",
+        )
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(
@@ -129,7 +136,7 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a (partial) nested dict and return the frozen :class:`Config`."""
     data = dict(data)
     version = data.pop("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if version not in (1, SCHEMA_VERSION):  # 1 differs only in two section names (RENAMED_SECTIONS)
         raise ConfigError(
             f"config schema_version {version} is not supported (this version reads {SCHEMA_VERSION})"
         )
@@ -220,9 +227,8 @@ def _hashable_section(section: Any) -> dict[str, Any]:
     }
 
 
-def config_hash(cfg: Config, stage: str) -> str:
-    """sha256 (16 hex chars) of the sections that decide ``stage``'s result (paths and devices excluded)."""
-    sections = STAGE_SECTIONS[stage]
+def config_hash(cfg: Config, sections: Iterable[str]) -> str:
+    """sha256 (16 hex chars) of the given sections (a stage's, see ``stages.spec``), paths and devices excluded."""
     payload = {s: _hashable_section(getattr(cfg, s)) for s in sections}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -25,7 +25,7 @@ def fast() -> dict[str, Any]:
         "static": {"iters": 2000, "normal_warmup_iters": 400, "grid_mask_iters": 1200},
         "dynamic": {"iters": 3000},
         "refine": {"iters": 1500},
-        "renderer": {"max_steps": 512},
+        "raymarch": {"max_steps": 512},
         "render": {"frames": 32, "views": 6},
     }
 
@@ -36,7 +36,7 @@ def low_vram() -> dict[str, Any]:
         "dynamic": {"vae_grad_frames": 4},
         "refine": {"image_size": 512},
         "invert": {"batch_size": 4},
-        "renderer": {"max_steps": 512},
+        "raymarch": {"max_steps": 512},
     }
 
 
@@ -46,7 +46,7 @@ def tiny() -> dict[str, Any]:
         "run": {"device": "cpu", "precision": "fp32", "checkpoint_every": 5, "log_every": 1},
         "models": {"tiny": True},
         "invert": {"steps": 10, "batch_size": 2, "resolution": 64, "checkpoint_every": 5},
-        "scene": {
+        "field": {
             "num_levels": 4,
             "base_resolution": 4,
             "desired_resolution": 32,
@@ -54,7 +54,7 @@ def tiny() -> dict[str, Any]:
             "hidden_dim": 16,
             "time_grid_size": 4,
         },
-        "renderer": {"max_steps": 32, "occupancy_resolution": 16, "time_slots": 2},
+        "raymarch": {"max_steps": 32, "occupancy_resolution": 16, "time_slots": 2},
         "loss": {"time_tv_points": 256},
         "static": {
             "iters": 8,

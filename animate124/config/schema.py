@@ -11,17 +11,18 @@ Presets (``presets.py``) are override dictionaries on top of these defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def opt(default, help: str, **kw):  # noqa: A002 - "help" reads best here
     """A dataclass field with its one-line help text."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed; use tuples")
-    return field(default=default, metadata={"help": help, **kw})
+    return dc_field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class RunConfig:
         500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True
     )
     log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
+    preview_every: int = opt(
+        250,
+        "Write a preview (PNG strip; mp4 in the 4D stages) every N steps (0 = only at the end).",
+        min=0,
+        nohash=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,30 +118,36 @@ class FieldConfig:
     grid_type: Literal["tiled", "hash"] = opt(
         "tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash."
     )
-    num_levels: int = opt(16, "Grid levels.", min=1)
-    level_dim: int = opt(2, "Features per level.", min=1)
+    num_levels: int = opt(16, "Grid levels.", min=2)
+    level_dim: int = opt(2, "Features per level (a power of two).", min=1)
     base_resolution: int = opt(16, "Coarsest grid resolution.", min=2)
     desired_resolution: int = opt(2048, "Finest grid resolution.", min=2)
-    log2_table_size: int = opt(16, "log2 of the per-level table size (upstream tiled: 16).", min=8, max=24)
+    log2_table_size: int = opt(16, "log2 of the per-level table size (upstream tiled: 16).", min=4, max=24)
     hidden_dim: int = opt(64, "MLP hidden width.", min=1)
     num_layers: int = opt(2, "MLP layers.", min=1)
     blob_density: float = opt(10.0, "Gaussian density blob amplitude added to the density logit.")
     blob_radius: float = opt(0.2, "Gaussian density blob radius.", min=1e-6)
     time_grid_size: int = opt(64, "Number of time grids in the 4D field.", min=1)
     backend: Literal["auto", "torch", "triton", "tcnn"] = opt(
-        "auto", "Grid encoder implementation: auto = Triton on CUDA, torch otherwise."
+        "auto", "Grid encoder implementation: auto = Triton on CUDA, torch otherwise.", nohash=True
     )
 
 
 @dataclass(frozen=True)
-class RendererConfig:
-    """SPEC 3.2: occupancy-grid ray marching and compositing."""
+class RaymarchConfig:
+    """SPEC 3.2: occupancy-grid ray marching and compositing (training and output renders)."""
 
     max_steps: int = opt(1024, "Samples per ray at most (dt = 2*sqrt(3)/max_steps).", min=8)
+    min_near: float = opt(0.2, "Rays start at least this far from the camera.", min=0.0)
+    transmittance_thresh: float = opt(1e-4, "Stop compositing a ray once its transmittance falls below this.")
     occupancy_resolution: int = opt(128, "Occupancy grid resolution per axis.", min=8)
     time_slots: int = opt(16, "Occupancy time slots in the 4D stages.", min=1)
     density_thresh: float = opt(10.0, "Occupancy density threshold (capped by the grid mean).", min=0.0)
+    occupancy_decay: float = opt(
+        0.95, "Decay of the occupancy grid's running max per update.", min=0.0, max=1.0
+    )
     update_interval: int = opt(16, "Refresh the occupancy grid every N steps.", min=1)
+    normal_eps: float = opt(0.01, "Finite-difference step of the density normals.", min=1e-6)
     metric_step: bool = opt(
         True, "Integrate alpha with the metric step dt*|d| (False = upstream's dt in ray-parameter units)."
     )
@@ -142,6 +155,55 @@ class RendererConfig:
         False,
         "Reproduce SPEC 11.2: every 4D occupancy slot refreshed at t=0.5 after loading the static model.",
     )
+    chunk: int = opt(
+        0, "Samples per field call in training renders (0 = all at once; lower it to save memory).", min=0
+    )
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """SPEC 3.3-3.4: training cameras, the reference view and moving-camera clips."""
+
+    radius: float = opt(1.8, "Camera distance from the origin (training and reference).", min=0.1)
+    fovy: float = opt(40.0, "Vertical field of view in degrees.", min=1.0, max=170.0)
+    uniform_sphere_rate: float = opt(
+        0.5, "Probability of drawing a training camera from the upper hemisphere.", min=0.0, max=1.0
+    )
+    polar_range: tuple[float, float] = opt((45.0, 135.0), "Polar range (degrees) of the other cameras.")
+    azimuth_range: tuple[float, float] = opt((-180.0, 180.0), "Azimuth range (degrees).")
+    upstream_sphere_sampling: bool = opt(
+        False,
+        "Reproduce upstream's corner-biased hemisphere directions (SPEC 11.12); default: area-uniform.",
+    )
+    reference_noise: float = opt(
+        1e-3, "Std of the one random offset added to every reference-view ray origin and direction."
+    )
+    max_dpolar: float = opt(45.0, "Moving-camera clips: largest polar change over the clip (degrees).")
+    max_dazimuth: float = opt(90.0, "Moving-camera clips: largest azimuth change over the clip (degrees).")
+    clamp_polar: bool = opt(
+        True, "Keep moving cameras off the poles (False = upstream, which can cross them; SPEC 11.12)."
+    )
+
+
+@dataclass(frozen=True)
+class ShadingConfig:
+    """SPEC 3.1: shading of guidance renders (reference renders use ambient 1 and a white background)."""
+
+    ambient_range: tuple[float, float] = opt((0.1, 1.0), "Ambient ratio k ~ U[lo, hi] on guidance steps.")
+    light_noise: float = opt(1.0, "Light direction = normalize(camera position + N(0, I) * this).", min=0.0)
+    random_background: bool = opt(
+        True, "One random background colour per guidance step (False: white, as the reference)."
+    )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SPEC 3.9: Adam with two parameter groups, mixed precision."""
+
+    betas: tuple[float, float] = opt((0.9, 0.99), "Adam betas.")
+    eps: float = opt(1e-15, "Adam epsilon.", min=0.0)
+    encoder_lr_scale: float = opt(10.0, "Grid learning rate = stage lr * this.", min=0.0)
+    mlp_lr_scale: float = opt(1.0, "MLP learning rate = stage lr * this.", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -156,15 +218,19 @@ class LossConfig:
     normal_tv: float = opt(0.5, "TV of the composited normal image.")
     normal_blur: float = opt(0.5, "MSE between the normal image and its 9x9 Gaussian blur.")
     time_tv: float = opt(0.1, "Time TV between neighbouring time grids (4D stages).")
-    time_tv_points: int = opt(100_000, "Random points per step for the time TV.", min=1)
+    time_tv_points: int = opt(100_000, "Random points per step for the time TV (points form).", min=1)
+    time_tv_mode: Literal["points", "table"] = opt(
+        "points", "points = upstream's TV on random points (SPEC 3.6); table = TV on the grid tables."
+    )
 
 
 @dataclass(frozen=True)
 class StaticConfig:
     """SPEC section 4: the static stage."""
 
-    prompt: str = opt("", "Image description for SD guidance (', 8k, good quality' is appended).")
+    prompt: str = opt("", "Image description for SD guidance (the suffix below is appended).")
     prompt_suffix: str = opt(", 8k, good quality", "Appended to the static prompt (upstream script).")
+    negative_prompt: str = opt("", "Negative prompt of SD guidance (upstream: empty).")
     iters: int = opt(5000, "Training steps.", min=1)
     render_size: int = opt(128, "SDS render resolution.", min=8)
     ref_size: int = opt(192, "Reference-view render resolution.", min=8)
@@ -173,6 +239,7 @@ class StaticConfig:
     sd_weight: float = opt(1.0, "SD SDS weight.")
     sd_guidance_scale: float = opt(100.0, "SD CFG scale.")
     sd_t_range: tuple[float, float] = opt((0.2, 0.6), "SD timestep range (fractions of 1000).")
+    view_dependent_text: bool = opt(True, "Interpolate front/side/back view prompts by azimuth (SPEC 3.7-7).")
     zero123_weight: float = opt(40.0, "Zero123 SDS weight at 180 degrees from the reference (angle-scaled).")
     zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
     zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
@@ -183,10 +250,10 @@ class StaticConfig:
         False, "Emulate upstream's static-stage SDS that bypasses AMP loss scaling (SPEC 11.1)."
     )
     normal_warmup_iters: int = opt(1000, "SDS steps before this use normal-map shading.", min=0)
-    grid_mask_iters: int = opt(3000, "Mask the finest grid levels until this step.", min=0)
+    grid_mask_iters: int = opt(3000, "Mask the finest grid levels until this step (inclusive).", min=0)
     grid_mask_levels: int = opt(8, "How many of the finest levels are masked.", min=0)
     textureless_rate: float = opt(0.2, "Probability of textureless shading on SDS steps.", min=0.0, max=1.0)
-    lr: float = opt(1e-3, "Base learning rate (grids use lr * 10).", min=0.0)
+    lr: float = opt(1e-3, "Base learning rate (grids use lr * optim.encoder_lr_scale).", min=0.0)
     grad_clip: float = opt(0.0, "Element-wise gradient clip (0 = none, as upstream static).", min=0.0)
 
 
@@ -196,36 +263,52 @@ class DynamicConfig:
 
     prompt: str = opt("", "Motion prompt for the video prior.")
     prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the motion prompt.")
+    negative_prompt: str = opt("", "Negative prompt of the video prior (upstream: empty).")
     iters: int = opt(10000, "Training steps.", min=1)
     frames: int = opt(16, "Frames per training clip.", min=1)
     render_size: int = opt(128, "Render resolution per frame.", min=8)
+    ref_size: int = opt(192, "Reference-view render resolution (t = 0).", min=8)
+    ref_interval: int = opt(4, "Every N-th step is a reference step.", min=1)
     time_precision: int = opt(256, "Time quantisation of the frame sampler (SPEC 5.1).", min=1)
     zero_rate: float = opt(0.2, "Probability a clip starts at t=0.", min=0.0, max=1.0)
     dynamic_cam_rate: float = opt(0.9, "Probability of a moving camera over the clip.", min=0.0, max=1.0)
     video_weight: float = opt(1.0, "Video SDS weight.")
     video_guidance_scale: float = opt(100.0, "Video CFG scale.")
     video_t_range: tuple[float, float] = opt((0.02, 0.98), "Video timestep range.")
+    cfg_mode: Literal["upstream", "standard"] = opt(
+        "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
+    )
     vae_grad_frames: int = opt(0, "Back-propagate the VAE encoder through only k frames (0 = all).", min=0)
     zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.")
+    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
     zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
     upstream_view_text: bool = opt(
         False, "Reproduce SPEC 11.6: view-dependent prompts for static-camera clips."
     )
     textureless_rate: float = opt(0.2, "Probability of textureless shading.", min=0.0, max=1.0)
-    lr: float = opt(1e-3, "Base learning rate (grids use lr * 10).", min=0.0)
+    lr: float = opt(1e-3, "Base learning rate (grids use lr * optim.encoder_lr_scale).", min=0.0)
     grad_clip: float = opt(1.0, "Element-wise gradient clip value (0 = none).", min=0.0)
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """SPEC section 6: ControlNet-tile semantic refinement with the textual-inversion token."""
+    """SPEC section 6: ControlNet-tile semantic refinement with the textual-inversion token.
+
+    Everything the dynamic stage does runs on the same steps, with the ``dynamic`` section's settings.
+    """
 
     prompt: str = opt("", "Refinement prompt; '<token>' stands for the learned token.")
     prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the refinement prompt.")
+    negative_prompt: str = opt("", "Negative prompt of ControlNet guidance (upstream: empty).")
     iters: int = opt(5000, "Training steps.", min=1)
     image_size: int = opt(1024, "ControlNet input resolution (upstream 1024).", min=64)
-    frames: int = opt(2, "Frames per step given to ControlNet (chosen evenly).", min=1)
+    frames: str = opt(
+        "even:2", "Frames per step given to ControlNet: 'even:N' (N evenly spaced), 'all', or '0,8'."
+    )
     guidance_scale: float = opt(7.5, "ControlNet CFG scale.")
+    cfg_mode: Literal["upstream", "standard"] = opt(
+        "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
+    )
     t_range: tuple[float, float] = opt((0.2, 0.8), "ControlNet timestep range.")
     target: Literal["x0", "sds"] = opt(
         "x0", "x0 = upstream one-step x0 target (--grad_dyn); sds = standard SDS."
@@ -239,9 +322,9 @@ class RefineConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """SPEC section 7: output videos and frames."""
+    """SPEC section 7 (fixed): output videos and frames of `animate124 render`."""
 
-    size: int = opt(400, "Output resolution.", min=8)
+    size: int = opt(400, "Output resolution.", min=8, max=4096)
     views: int = opt(10, "Fixed views around the object.", min=1)
     frames: int = opt(64, "Time steps per view (t = k/frames).", min=1)
     orbit_frames: int = opt(120, "Frames of the orbit video (camera and time move together).", min=2)
@@ -255,25 +338,21 @@ class RenderConfig:
 class Config:
     """The whole configuration tree."""
 
-    run: RunConfig = field(default_factory=RunConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    invert: InvertConfig = field(default_factory=InvertConfig)
-    scene: FieldConfig = field(default_factory=FieldConfig)
-    renderer: RendererConfig = field(default_factory=RendererConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    static: StaticConfig = field(default_factory=StaticConfig)
-    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
+    run: RunConfig = dc_field(default_factory=RunConfig)
+    models: ModelsConfig = dc_field(default_factory=ModelsConfig)
+    preprocess: PreprocessConfig = dc_field(default_factory=PreprocessConfig)
+    invert: InvertConfig = dc_field(default_factory=InvertConfig)
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    raymarch: RaymarchConfig = dc_field(default_factory=RaymarchConfig)
+    camera: CameraConfig = dc_field(default_factory=CameraConfig)
+    shading: ShadingConfig = dc_field(default_factory=ShadingConfig)
+    optim: OptimConfig = dc_field(default_factory=OptimConfig)
+    loss: LossConfig = dc_field(default_factory=LossConfig)
+    static: StaticConfig = dc_field(default_factory=StaticConfig)
+    dynamic: DynamicConfig = dc_field(default_factory=DynamicConfig)
+    refine: RefineConfig = dc_field(default_factory=RefineConfig)
+    render: RenderConfig = dc_field(default_factory=RenderConfig)
 
 
-# Which sections decide each stage's result (their hash decides whether a rerun is a no-op).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "preprocess": ("preprocess", "models"),
-    "invert": ("invert", "models", "run"),
-    "static": ("static", "scene", "renderer", "loss", "models", "run"),
-    "dynamic": ("dynamic", "scene", "renderer", "loss", "models", "run"),
-    "refine": ("refine", "scene", "renderer", "loss", "models", "run"),
-    "render": ("render", "renderer"),
-}
+#: Section names of earlier versions -> their new names (reading an old name is an error naming the new).
+RENAMED_SECTIONS: dict[str, str] = {"scene": "field", "renderer": "raymarch"}

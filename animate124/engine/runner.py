@@ -14,12 +14,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from animate124.config.loader import config_hash, dump_yaml
 from animate124.config.schema import Config
 from animate124.engine.runtime import versions
-from animate124.project import REQUIRES, Project, atomic_write_text, now_iso
+from animate124.project import Project, atomic_write_text, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,14 @@ class StageResult:
     resumed: bool = False
 
 
+class StageInfo(Protocol):
+    """What the runner needs of a stage (``animate124.stages.spec.Stage`` provides it)."""
+
+    name: str
+    requires: tuple[str, ...]
+    sections: tuple[str, ...]
+
+
 @dataclass
 class StageContext:
     """What a stage body receives."""
@@ -43,9 +51,16 @@ class StageContext:
     resume: bool
 
 
+def stage_hash(project: Project, spec: StageInfo, cfg: Config, extra_hash: str = "") -> str:
+    """Hash of the stage's config sections, ``extra_hash`` and the hashes of the stages it requires."""
+    upstream = [project.stage_record(s).get("config_hash", "") for s in spec.requires]
+    blob = "|".join([config_hash(cfg, spec.sections), extra_hash, *upstream])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_stage(
     project: Project,
-    stage: str,
+    spec: StageInfo,
     cfg: Config,
     body: Callable[[StageContext], dict[str, Any]],
     *,
@@ -58,13 +73,11 @@ def run_stage(
     The stage's hash covers its config sections, ``extra_hash`` (e.g. the input image's sha256) and
     the hashes of the stages it requires, so redoing an earlier stage makes the later ones stale.
     """
+    stage = spec.name
     with project.lock():
         if check_requirements:
-            project.check_requirements(stage)
-        upstream = [project.stage_record(s).get("config_hash", "") for s in REQUIRES[stage]]
-        h = hashlib.sha256("|".join([config_hash(cfg, stage), extra_hash, *upstream]).encode()).hexdigest()[
-            :16
-        ]
+            project.check_requirements(stage, spec.requires)
+        h = stage_hash(project, spec, cfg, extra_hash)
         rec = project.stage_record(stage)
         if not force and rec.get("status") == "done" and rec.get("config_hash") == h:
             return StageResult(

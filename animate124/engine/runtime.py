@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -41,17 +40,10 @@ def resolve_dtype(precision: str, device) -> Any:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("ANIMATE124_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("animate124"))
-
-
 def model_cache_dir(cfg: Config) -> Path:
     """Where the models of this config live (the tiny preset uses its own sub-cache)."""
+    from animate124.models.store import default_cache_dir
+
     base = Path(cfg.models.cache_dir).expanduser() if cfg.models.cache_dir else default_cache_dir()
     return base / "tiny-models" if cfg.models.tiny else base
 

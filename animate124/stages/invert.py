@@ -12,8 +12,10 @@ from animate124.engine.progress import rich_progress
 from animate124.engine.runner import StageContext, StageResult, run_stage
 from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
 from animate124.errors import InputError
-from animate124.project import Project, atomic_path
-from animate124.stages.preprocess import file_sha256, source_image
+from animate124.fileio import atomic_path, file_sha256
+from animate124.project import Project
+from animate124.stages.preprocess import source_image
+from animate124.stages.spec import get_stage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ def run_invert(
             },
         }
 
-    return run_stage(project, "invert", cfg, body, force=force, extra_hash=file_sha256(src))
+    return run_stage(project, get_stage("invert"), cfg, body, force=force, extra_hash=file_sha256(src))
 
 
 __all__ = ["run_invert", "load_photo", "cfg_replace"]

@@ -68,7 +68,7 @@ def run_pipeline(
     """Run preprocess, invert, static, dynamic, refine (up to ``until``); finished stages are skipped."""
     from animate124.stages.invert import run_invert
     from animate124.stages.preprocess import run_preprocess
-    from animate124.stages.training import run_training_stage
+    from animate124.stages.spec import get_stage
 
     for stage in ORDER:
         if stage == "preprocess":
@@ -78,7 +78,7 @@ def run_pipeline(
                 project, cfg, force=force, show_progress=show_progress, auto_initializer=auto_initializer
             )
         else:
-            result = run_training_stage(stage, project, cfg, force=force, show_progress=show_progress)
+            result = get_stage(stage).run_function()(project, cfg, force=force, show_progress=show_progress)
         if report:
             report(result)
         if stage == until:

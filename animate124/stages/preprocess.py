@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,15 +9,9 @@ from animate124.config.schema import Config
 from animate124.engine.runner import StageContext, StageResult, run_stage
 from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
 from animate124.errors import InputError
-from animate124.project import Project, atomic_path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from animate124.fileio import atomic_path, file_sha256
+from animate124.project import Project
+from animate124.stages.spec import get_stage
 
 
 def source_image(project: Project) -> Path:
@@ -83,4 +76,4 @@ def run_preprocess(project: Project, cfg: Config, image: Path, *, force: bool = 
             },
         }
 
-    return run_stage(project, "preprocess", cfg, body, force=force, extra_hash=sha)
+    return run_stage(project, get_stage("preprocess"), cfg, body, force=force, extra_hash=sha)
