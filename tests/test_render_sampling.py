@@ -10,6 +10,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers_config import camera_kwargs, frame_time_kwargs, trajectory_kwargs
 
 from animate124.render.cameras import camera_from_spherical
 from animate124.render.sampling import (
@@ -26,7 +27,7 @@ N_TIMES = 20_000
 @pytest.fixture(scope="module")
 def time_draws():
     g = torch.Generator().manual_seed(1234)
-    draws = [sample_frame_times(g) for _ in range(N_TIMES)]
+    draws = [sample_frame_times(g, **frame_time_kwargs()) for _ in range(N_TIMES)]
     times = torch.stack([d[0] for d in draws]).double()
     flags = torch.tensor([d[1] for d in draws])
     return times, flags
@@ -102,7 +103,7 @@ def test_start_mean(time_draws):
 
 def test_branch_b_ranges():
     g = torch.Generator().manual_seed(0)
-    s = sample_training_camera(g, n=4000, uniform_sphere_rate=0.0)
+    s = sample_training_camera(g, **camera_kwargs(n=4000, uniform_sphere_rate=0.0))
     assert s.polar.min() >= 45 and s.polar.max() <= 135
     assert s.azimuth.min() >= -180 and s.azimuth.max() < 180
     assert s.polar.mean().item() == pytest.approx(90, abs=2.0)
@@ -112,7 +113,7 @@ def test_branch_b_ranges():
 
 def test_branch_a_fixed_is_area_uniform_upper_hemisphere():
     g = torch.Generator().manual_seed(1)
-    s = sample_training_camera(g, n=20_000, uniform_sphere_rate=1.0, fix_upstream=True)
+    s = sample_training_camera(g, **camera_kwargs(n=20_000, uniform_sphere_rate=1.0, fix_upstream=True))
     cos = torch.cos(torch.deg2rad(s.polar))
     assert s.polar.min() >= 0 and s.polar.max() <= 90
     for q in (0.25, 0.5, 0.75):  # cos(polar) ~ U(0,1)
@@ -123,7 +124,8 @@ def test_branch_a_fixed_is_area_uniform_upper_hemisphere():
 def test_branch_a_upstream_formula_exact():
     seed = 7
     s = sample_training_camera(
-        torch.Generator().manual_seed(seed), n=64, uniform_sphere_rate=1.0, fix_upstream=False
+        torch.Generator().manual_seed(seed),
+        **camera_kwargs(n=64, uniform_sphere_rate=1.0, fix_upstream=False),
     )
     g = torch.Generator().manual_seed(seed)
     torch.rand(1, generator=g)  # branch draw
@@ -143,7 +145,7 @@ def test_branch_mixture_rate():
     below45 = 0
     n = 2000
     for _ in range(n):
-        p = sample_training_camera(g, uniform_sphere_rate=0.5).polar.item()
+        p = sample_training_camera(g, **camera_kwargs(uniform_sphere_rate=0.5)).polar.item()
         below45 += p < 45  # only branch A (fixed) gives polar < 45: P = 0.5·(1 − cos 45°)
     assert below45 / n == pytest.approx(0.5 * (1 - math.cos(math.radians(45))), abs=0.045)
 
@@ -161,7 +163,7 @@ def test_relative_pose_wrap():
 
 def _draw_trajectories(n: int, **kw):
     g = torch.Generator().manual_seed(11)
-    return [sample_trajectory(g, 16, height=8, width=8, **kw) for _ in range(n)]
+    return [sample_trajectory(g, **trajectory_kwargs(height=8, width=8, **kw)) for _ in range(n)]
 
 
 def test_trajectory_structure():

@@ -38,6 +38,11 @@ class RunConfig:
         500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True
     )
     log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
+    profile: bool = opt(
+        False,
+        "Time each part of a training step (render, priors, optimizer) with device syncs; a bit slower.",
+        nohash=True,
+    )
     preview_every: int = opt(
         250,
         "Write a preview (PNG strip; mp4 in the 4D stages) every N steps (0 = only at the end).",

@@ -49,6 +49,7 @@ class StageContext:
     project: Project
     cfg: Config
     resume: bool
+    config_hash: str = ""
 
 
 def stage_hash(project: Project, spec: StageInfo, cfg: Config, extra_hash: str = "") -> str:
@@ -98,7 +99,7 @@ def run_stage(
         )
         t0 = time.perf_counter()
         try:
-            out = body(StageContext(project=project, cfg=cfg, resume=resume)) or {}
+            out = body(StageContext(project=project, cfg=cfg, resume=resume, config_hash=h)) or {}
         except KeyboardInterrupt:
             project.update_stage(stage, status="interrupted", seconds=round(time.perf_counter() - t0, 3))
             raise

@@ -243,7 +243,8 @@ def render(
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
     times: [B, T] in [0,1] or None (static). bg_color: [3] or [B, 3] (one colour per clip, shared by
-    its frames; default white). light_dir: [3], [B, 3] (per clip) or None. ``ray_noise_scale`` is the
+    its frames; default white). light_dir: [3], [B, 3] (per clip), [B, T, 3] or [B·T, 3] (per frame: a
+    moving camera's light follows it, ``l_f = normalize(origin_f + n)``, SPEC 3.1) or None. ``ray_noise_scale`` is the
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
     samples per field call.
@@ -273,18 +274,22 @@ def render(
         if occupancy is not None:
             slots = occupancy.slot_for_time(tflat)[cam_of_ray]
 
-    def per_clip(v: Tensor | None, what: str) -> Tensor | None:
+    def per_ray(v: Tensor | None, what: str, per_frame: bool) -> Tensor | None:
+        """[3] -> as is; [B, 3] -> one value per clip; [B, T, 3] or [B·T, 3] -> one per frame (if allowed)."""
         if v is None:
             return None
         v = v.to(dev, torch.float32)
         if v.ndim == 1:
             return v
+        if per_frame and v.shape in ((b, tt, 3), (n, 3)):
+            return v.reshape(n, 3).repeat_interleave(hw, dim=0)
         if v.shape != (b, 3):
-            raise RenderError(f"{what} must be [3] or [B,3]=[{b},3], got {tuple(v.shape)}")
+            allowed = f"[3], [B,3]=[{b},3]" + (f", [B,T,3]=[{b},{tt},3]" if per_frame else "")
+            raise RenderError(f"{what} must be {allowed}, got {tuple(v.shape)}")
         return v.repeat_interleave(tt * hw, dim=0)
 
-    bg_r = per_clip(bg_color, "bg_color")
-    light_r = per_clip(light_dir, "light_dir")
+    bg_r = per_ray(bg_color, "bg_color", per_frame=False)
+    light_r = per_ray(light_dir, "light_dir", per_frame=True)
     kwargs: dict[str, Any] = dict(
         occupancy=occupancy,
         shading=shading,

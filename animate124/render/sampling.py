@@ -70,12 +70,12 @@ def _uniform(generator: torch.Generator | None, lo: float, hi: float, n: int) ->
 
 def sample_directions(
     generator: torch.Generator | None,
-    n: int = 1,
     *,
-    uniform_sphere_rate: float = 0.5,
-    theta_range: tuple[float, float] = (45.0, 135.0),
-    phi_range: tuple[float, float] = (-180.0, 180.0),
-    fix_upstream: bool = True,
+    n: int,
+    uniform_sphere_rate: float,
+    theta_range: tuple[float, float],
+    phi_range: tuple[float, float],
+    fix_upstream: bool,
 ) -> tuple[Tensor, Tensor]:
     """SPEC §3.3 branches A/B for n cameras sharing one branch draw -> polar [n], azimuth [n] (deg).
 
@@ -102,21 +102,21 @@ def sample_directions(
 def sample_training_camera(
     generator: torch.Generator | None,
     *,
-    n: int = 1,
-    radius: float = 1.8,
-    fovy: float = 40.0,
-    height: int = 128,
-    width: int = 128,
-    uniform_sphere_rate: float = 0.5,
-    theta_range: tuple[float, float] = (45.0, 135.0),
-    phi_range: tuple[float, float] = (-180.0, 180.0),
-    fix_upstream: bool = True,
+    n: int,
+    radius: float,
+    fovy: float,
+    height: int,
+    width: int,
+    uniform_sphere_rate: float,
+    theta_range: tuple[float, float],
+    phi_range: tuple[float, float],
+    fix_upstream: bool,
     device: torch.device | str | None = None,
 ) -> CameraSample:
     """Random SDS training camera(s) (SPEC §3.3): radius 1.8, fovy 40 fixed, no jitter."""
     polar, azimuth = sample_directions(
         generator,
-        n,
+        n=n,
         uniform_sphere_rate=uniform_sphere_rate,
         theta_range=theta_range,
         phi_range=phi_range,
@@ -149,21 +149,21 @@ def relative_pose(
 
 def sample_trajectory(
     generator: torch.Generator | None,
-    frames: int = 16,
-    dynamic_cam_rate: float = 0.9,
     *,
-    max_dpolar: float = 45.0,
-    max_dazimuth: float = 90.0,
-    clamp_polar: bool = True,
+    frames: int,
+    dynamic_cam_rate: float,
+    max_dpolar: float,
+    max_dazimuth: float,
+    clamp_polar: bool,
     polar_limits: tuple[float, float] = (1.0, 179.0),
-    radius: float = 1.8,
-    fovy: float = 40.0,
-    height: int = 128,
-    width: int = 128,
-    uniform_sphere_rate: float = 0.5,
-    theta_range: tuple[float, float] = (45.0, 135.0),
-    phi_range: tuple[float, float] = (-180.0, 180.0),
-    fix_upstream: bool = True,
+    radius: float,
+    fovy: float,
+    height: int,
+    width: int,
+    uniform_sphere_rate: float,
+    theta_range: tuple[float, float],
+    phi_range: tuple[float, float],
+    fix_upstream: bool,
     device: torch.device | str | None = None,
 ) -> Trajectory:
     """Camera trajectory of one video clip (SPEC §3.3 ``rand_poses_trajectory``).
@@ -177,7 +177,7 @@ def sample_trajectory(
     dyn = float(_rand(generator, 1)) < dynamic_cam_rate
     polar0, az0 = sample_directions(
         generator,
-        1,
+        n=1,
         uniform_sphere_rate=uniform_sphere_rate,
         theta_range=theta_range,
         phi_range=phi_range,
@@ -206,9 +206,10 @@ def _randint_inclusive(generator: torch.Generator | None, lo: int, hi: int) -> i
 
 def sample_frame_times(
     generator: torch.Generator | None,
-    frames: int = 16,
-    precision: int = 256,
-    zero_rate: float = 0.2,
+    *,
+    frames: int,
+    precision: int,
+    zero_rate: float,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, bool]:
     """Frame times of one clip, exactly SPEC §5.1 (``dnerf/provider.py:197-231``) -> (t [F], start_from_zero).

@@ -1,17 +1,127 @@
-"""The refine stage (built in the training-stages work; this placeholder keeps the registry importable)."""
+"""``animate124 refine`` (SPEC 6): semantic refinement with ControlNet-tile and the learned token.
+
+The trainable 4D field starts from the dynamic result. A **frozen copy** with its own occupancy grid is
+loaded from the dynamic stage's result file every time the stage starts, also after a resume (fix of
+SPEC 11.10: upstream cloned it after auto-resuming, so a restarted run was conditioned on its own
+partially refined model). On each guidance step the frozen copy renders the same rays, times, shading,
+light and background without gradient; its frames condition ControlNet-tile at 1024². Everything the
+dynamic stage does runs on the same steps (video SDS, Zero123 on frame 0 of clips that start at t = 0,
+reference steps, regularisers, time TV).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import Tensor
+
 from animate124.config.schema import Config
-from animate124.engine.runner import StageResult
-from animate124.errors import NotImplementedStageError
+from animate124.engine.runner import StageContext, StageResult
+from animate124.errors import ProjectError
+from animate124.guidance.interface import Guidance
 from animate124.project import Project
-from animate124.stages.spec import get_stage
+from animate124.stages.artifacts import load_trained, save_trained
+from animate124.stages.build import build_controlnet_guidance, build_optimizer, stage_prompt
+from animate124.stages.dynamic import dynamic_system_kwargs, video_and_zero123
+from animate124.stages.system import DynamicSystem
+from animate124.stages.training import Built, load_reference_data, train_nerf_stage
+
+__all__ = ["run_refine", "RefineSystem", "load_learned_token"]
+
+
+class RefineSystem(DynamicSystem):
+    """Dynamic system + ControlNet-tile guidance conditioned on a frozen copy's render (SPEC 6)."""
+
+    def __init__(self, *, controlnet: Guidance, frozen_field: Any, frozen_occupancy: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.controlnet = controlnet
+        self.frozen_field = frozen_field.eval().requires_grad_(False)
+        self.frozen_occupancy = frozen_occupancy
+
+    def guidance_step(self, gs: int, loss_scale: float) -> tuple[dict[str, Tensor], dict[str, float]]:
+        out, clip, args = self.render_clip(gs)
+        replay = torch.Generator(device="cpu")
+        replay.set_state(args.generator_state)
+        with torch.no_grad(), self.timers("frozen_render"):
+            cond = self.render(
+                self.frozen_field,
+                self.frozen_occupancy,
+                clip.cameras,
+                clip.times,
+                shading=args.shading,
+                ambient=args.ambient,
+                light_dir=args.light_dir,
+                bg_color=args.bg_color,
+                generator=replay,
+            ).rgb
+        views = self.clip_views(out, clip, condition=cond)
+        terms, diag = self.clip_terms(gs, out, clip, views)
+        with self.timers("controlnet"):
+            g = self.controlnet(out.rgb, views, step=gs, generator=self.generator)
+        terms.update(g.losses)
+        diag.update({f"controlnet/{k}": v for k, v in g.diagnostics.items()})
+        return terms, diag
+
+
+def load_learned_token(project: Project) -> tuple[str, Tensor]:
+    """(placeholder, vector [768]) from ``invert``; a clear error when the inversion has not run."""
+    from animate124.guidance.textual_inversion import load_learned_embeds
+
+    path = project.learned_embeds
+    if not path.is_file():
+        raise ProjectError(
+            "the refine prompt uses <token>, but no textual-inversion token exists in this project",
+            hint=f"run `animate124 invert -p {project.root}` first",
+        )
+    embeds = load_learned_embeds(path)
+    if len(embeds) != 1:
+        raise ProjectError(f"{path} holds {len(embeds)} tokens; refine needs exactly one")
+    ((name, vec),) = embeds.items()
+    return name, vec
 
 
 def run_refine(
     project: Project, cfg: Config, *, force: bool = False, show_progress: bool = True
 ) -> StageResult:
-    """Check the project, then report that the training loop is not built yet."""
-    project.check_requirements("refine", get_stage("refine").requires)
-    raise NotImplementedStageError("the refine stage is not built in this version of animate124")
+    """Train (or resume) the refine stage of ``project``."""
+
+    def make(ctx: StageContext, device: torch.device) -> Built:
+        prompt = stage_prompt(cfg, "refine")
+        token = load_learned_token(project)
+        trained = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
+        frozen = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
+        reference = load_reference_data(project, cfg.dynamic.ref_size)
+        video, zero123 = video_and_zero123(project, cfg, device)
+        controlnet = build_controlnet_guidance(cfg, device, prompt, token)
+        system = RefineSystem(
+            controlnet=controlnet,
+            frozen_field=frozen.field,
+            frozen_occupancy=frozen.occupancy,
+            video=video,
+            zero123=zero123,
+            **dynamic_system_kwargs(
+                cfg,
+                device,
+                "refine",
+                field=trained.field,
+                occupancy=trained.occupancy,
+                reference=reference,
+                preview_dir=project.stage("refine").previews,
+            ),
+        )
+        optimizer = build_optimizer(cfg, trained.field, "refine")
+
+        def save() -> dict[str, Any]:
+            path = save_trained(
+                project.artifact("refine_model"),
+                system.field,
+                system.occupancy,
+                kind="dynamic",
+                field_cfg=trained.field_cfg,
+            )
+            return {"refine_model": path}
+
+        return Built(system, optimizer, save)
+
+    return train_nerf_stage(project, cfg, "refine", make, force=force, show_progress=show_progress)

@@ -1,0 +1,289 @@
+"""The shared trainer: it knows only "run one step, get named losses" (DESIGN.md, SPEC 3.9).
+
+Per step: ``system.before_step`` (occupancy refresh, level masks...), the forward under autocast
+(``system.training_step`` returns weighted loss terms), one backward of their sum through the AMP
+GradScaler, unscale, element-wise ``clip_grad_value_`` where the stage asks for it, the optimizer step,
+``system.after_step``. Around it: JSONL scalars, a rich progress bar, previews, atomic checkpoints with
+exact resume, a stop flag (Ctrl-C: checkpoint and return) and a non-finite guard.
+
+Precision (SPEC 3.9): ``"fp16"`` = fp16 autocast + GradScaler as upstream; ``"bf16"`` = bf16 autocast
+without a scaler; ``"fp32"`` = neither (CPU). A NaN or inf in a loss term stops the stage with a message
+naming the step and the term; without a GradScaler a non-finite gradient does too. With a GradScaler an
+inf gradient is normal (the scaler skips the step and lowers its scale), so only a long run of skipped
+steps stops the stage. The last good checkpoint is never overwritten by a diverged state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from animate124.engine.checkpoint import (
+    load_latest_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from animate124.engine.scalars import ScalarLog
+from animate124.engine.timing import Timers
+from animate124.errors import Animate124Error, ProjectError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StepOutput", "TrainingSystem", "TrainerSettings", "TrainResult", "TrainingDiverged", "Trainer"]
+
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+class TrainingDiverged(Animate124Error):
+    """A loss or gradient became NaN/inf; the message names the step and the term."""
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns: weighted loss terms (summed for the backward) and diagnostics."""
+
+    losses: dict[str, torch.Tensor]
+    scalars: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingSystem(Protocol):
+    """A stage's model + losses, as the trainer sees it."""
+
+    timers: Timers
+
+    def before_step(self, step: int) -> None: ...
+
+    def training_step(self, step: int, loss_scale: float) -> StepOutput: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def state_tensors(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+
+    def generators(self) -> dict[str, torch.Generator]: ...
+
+    def preview(self, step: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How to run the loop. ``iters``: steps of this stage; ``grad_clip`` 0 = none."""
+
+    iters: int
+    device: torch.device
+    precision: str
+    grad_clip: float
+    checkpoint_every: int
+    log_every: int
+    preview_every: int
+    config_hash: str = ""
+    label: str = "train"
+    max_skipped_steps: int = 200
+
+
+@dataclass
+class TrainResult:
+    """How the loop ended."""
+
+    steps: int
+    start_step: int
+    interrupted: bool
+    seconds: float
+    it_s: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+class Trainer:
+    """Runs a :class:`TrainingSystem` with an optimizer; see the module docstring."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.s = settings
+        if settings.precision not in ("fp32", "fp16", "bf16"):
+            raise ProjectError(f"unknown precision {settings.precision!r}")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision)
+        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.precision == "fp16")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, directory: Path, step: int, system: TrainingSystem, opt: torch.optim.Optimizer) -> None:
+        tensors = {f"system/{k}": v for k, v in system.state_tensors().items()}
+        opt_t, opt_meta = optimizer_to_flat(opt)
+        rng_t, rng_meta = rng_state(system.generators())
+        tensors.update(opt_t)
+        tensors.update(rng_t)
+        state = {
+            "config_hash": self.s.config_hash,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+        save_checkpoint(directory, step, tensors, state)
+
+    def _restore(self, directory: Path, system: TrainingSystem, opt: torch.optim.Optimizer) -> int:
+        ck = load_latest_checkpoint(directory)
+        if ck is None:
+            return 0
+        if self.s.config_hash and ck.state.get("config_hash") not in ("", None, self.s.config_hash):
+            raise ProjectError(
+                f"the checkpoint in {directory} belongs to another configuration",
+                hint="rerun with --force to start the stage over",
+            )
+        system.load_state_tensors(
+            {k[len("system/") :]: v for k, v in ck.tensors.items() if k.startswith("system/")}
+        )
+        optimizer_from_flat(opt, ck.tensors, ck.state["optimizer"])
+        set_rng_state(system.generators(), ck.tensors, ck.state.get("rng", {}))
+        if self.scaler.is_enabled() and ck.state.get("scaler"):
+            self.scaler.load_state_dict(ck.state["scaler"])
+        log.info("%s: resuming after step %d", self.s.label, ck.step)
+        return ck.step
+
+    # ------------------------------------------------------------------ the loop
+    def _check_losses(self, step: int, losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        names = list(losses)
+        values = torch.stack([losses[n].detach().float().reshape(()) for n in names]).cpu()
+        if not torch.isfinite(values).all():
+            bad = [
+                n for n, v in zip(names, values.tolist(), strict=True) if not torch.isfinite(torch.tensor(v))
+            ]
+            raise TrainingDiverged(
+                f"{self.s.label}: step {step}: the loss term {bad[0]!r} is {values[names.index(bad[0])].item()}",
+                hint="the last good checkpoint is kept; lower the learning rate or the guidance weight, or "
+                "report the run with its config",
+            )
+        return dict(zip(names, values.tolist(), strict=True))
+
+    def _check_grads(self, step: int, opt: torch.optim.Optimizer) -> None:
+        for g in opt.param_groups:
+            grads = [p.grad for p in g["params"] if p.grad is not None]
+            if grads and not torch.stack([torch.isfinite(x).all() for x in grads]).all():
+                raise TrainingDiverged(
+                    f"{self.s.label}: step {step}: the gradient of parameter group "
+                    f"{g.get('name', '?')!r} is not finite",
+                    hint="the last good checkpoint is kept; lower the learning rate or the guidance weight",
+                )
+
+    def run(
+        self,
+        system: TrainingSystem,
+        optimizer: torch.optim.Optimizer,
+        *,
+        checkpoint_dir: Path,
+        log_path: Path | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
+        """Train from the newest checkpoint (or step 0) up to ``iters``; see the module docstring."""
+        s = self.s
+        dev = s.device
+        start = self._restore(Path(checkpoint_dir), system, optimizer)
+        scalar_log = ScalarLog(log_path) if log_path is not None else None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        params = _params(optimizer)
+        skipped = 0
+        step = start
+        t_start = time.perf_counter()
+        t_window, steps_window = t_start, 0
+        it_s = 0.0
+        last: dict[str, float] = {}
+        interrupted = False
+        if progress is not None:
+            progress(start, s.iters, {})
+        try:
+            while step < s.iters:
+                if should_stop is not None and should_stop():
+                    interrupted = True
+                    break
+                step += 1
+                system.before_step(step)
+                with torch.autocast(
+                    dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
+                    out = system.training_step(
+                        step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                    )
+                total = sum(out.losses.values())
+                values = self._check_losses(step, out.losses)
+                with system.timers("backward"):
+                    optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(total).backward()
+                with system.timers("optimizer"):
+                    if self.scaler.is_enabled():
+                        self.scaler.unscale_(optimizer)
+                    else:
+                        self._check_grads(step, optimizer)
+                    if s.grad_clip > 0:
+                        torch.nn.utils.clip_grad_value_(params, s.grad_clip)
+                    if self.scaler.is_enabled():
+                        before = self.scaler.get_scale()
+                        self.scaler.step(optimizer)
+                        self.scaler.update()
+                        skipped = skipped + 1 if self.scaler.get_scale() < before else 0
+                        if skipped >= s.max_skipped_steps:
+                            raise TrainingDiverged(
+                                f"{s.label}: step {step}: {skipped} steps in a row had inf/NaN gradients",
+                                hint="the last good checkpoint is kept; try --set run.precision=bf16 or fp32",
+                            )
+                    else:
+                        optimizer.step()
+                system.after_step(step)
+                steps_window += 1
+                last = {"loss": float(sum(values.values())), **values}
+                now = time.perf_counter()
+                if now - t_window > 2.0 or step == s.iters:
+                    it_s = steps_window / max(now - t_window, 1e-9)
+                    t_window, steps_window = now, 0
+                if scalar_log is not None and (step % s.log_every == 0 or step == s.iters):
+                    rec = {**{f"loss/{k}": v for k, v in values.items()}, "loss": last["loss"]}
+                    rec.update(out.scalars)
+                    rec["it_s"] = round(it_s, 3)
+                    if self.scaler.is_enabled():
+                        rec["loss_scale"] = float(self.scaler.get_scale())
+                    scalar_log.write(step, rec)
+                if progress is not None:
+                    progress(step, s.iters, last)
+                if s.preview_every and step % s.preview_every == 0 and step < s.iters:
+                    with torch.no_grad():
+                        system.preview(step)
+                if step % s.checkpoint_every == 0 or step == s.iters:
+                    self._save(Path(checkpoint_dir), step, system, optimizer)
+            if interrupted and step > start:
+                self._save(Path(checkpoint_dir), step, system, optimizer)
+        finally:
+            if scalar_log is not None:
+                scalar_log.close()
+        seconds = time.perf_counter() - t_start
+        done = step - start
+        metrics: dict[str, Any] = {
+            "steps": step,
+            "it_s": round(done / seconds, 3) if seconds > 0 and done else 0.0,
+            "final_losses": {k: round(v, 6) for k, v in last.items()},
+        }
+        parts = system.timers.summary(done)
+        if parts:
+            metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}
+        if dev.type == "cuda":
+            metrics["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
+            metrics["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(dev) / 2**30, 3)
+        return TrainResult(
+            steps=step,
+            start_step=start,
+            interrupted=interrupted,
+            seconds=seconds,
+            it_s=metrics["it_s"],
+            metrics=metrics,
+        )
