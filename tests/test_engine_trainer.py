@@ -1,0 +1,163 @@
+"""The shared trainer on a toy system: exact resume, the non-finite guard, clipping, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pytest
+import torch
+
+from animate124.engine.checkpoint import load_latest_checkpoint
+from animate124.engine.timing import Timers
+from animate124.engine.trainer import StepOutput, Trainer, TrainerSettings, TrainingDiverged
+
+
+class Toy:
+    """Fit w to noisy targets drawn from the system's own generator (so resume must restore it)."""
+
+    def __init__(self, nan_at: int | None = None, grad_scale: float = 1.0) -> None:
+        self.model = torch.nn.Linear(4, 1)
+        with torch.no_grad():
+            self.model.weight.fill_(0.1)
+            self.model.bias.zero_()
+        self.gen = torch.Generator().manual_seed(7)
+        self.timers = Timers(False)
+        self.nan_at = nan_at
+        self.grad_scale = grad_scale
+        self.seen: list[int] = []
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+        self.seen.append(step)
+        x = torch.randn(8, 4, generator=self.gen)
+        y = x.sum(1, keepdim=True) + 0.1 * torch.randn(8, 1, generator=self.gen)
+        loss = self.grad_scale * ((self.model(x) - y) ** 2).mean()
+        reg = 0.01 * self.model.weight.abs().sum()
+        if self.nan_at == step:
+            reg = reg * float("nan")
+        return StepOutput({"fit": loss, "reg": reg}, {"x0": float(x[0, 0])})
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(dict(tensors))
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"toy": self.gen}
+
+    def preview(self, step: int) -> None:
+        pass
+
+
+def _settings(iters: int, **kw) -> TrainerSettings:
+    base = dict(
+        iters=iters,
+        device=torch.device("cpu"),
+        precision="fp32",
+        grad_clip=0.0,
+        checkpoint_every=5,
+        log_every=1,
+        preview_every=0,
+        config_hash="h",
+        label="toy",
+    )
+    base.update(kw)
+    return TrainerSettings(**base)
+
+
+def _opt(sys: Toy) -> torch.optim.Optimizer:
+    return torch.optim.Adam(sys.model.parameters(), lr=0.05, betas=(0.9, 0.99), eps=1e-15)
+
+
+def _log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_exact_resume_after_stop(tmp_path):
+    full = Toy()
+    Trainer(_settings(23)).run(full, _opt(full), checkpoint_dir=tmp_path / "a", log_path=tmp_path / "a.jsonl")
+
+    part = Toy()
+    calls = {"n": 0}
+
+    def stop() -> bool:  # ask to stop before step 13 (steps 1..12 done)
+        calls["n"] += 1
+        return calls["n"] == 13
+
+    r = Trainer(_settings(23)).run(
+        part, _opt(part), checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b.jsonl", should_stop=stop
+    )
+    assert r.interrupted and r.steps == 12
+    assert load_latest_checkpoint(tmp_path / "b").step == 12  # checkpoint written on stop
+    resumed = Toy()  # a fresh process: new objects, state only from the checkpoint
+    r2 = Trainer(_settings(23)).run(
+        resumed, _opt(resumed), checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b.jsonl"
+    )
+    assert r2.start_step == 12 and r2.steps == 23 and resumed.seen[0] == 13
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    a, b = _log(tmp_path / "a.jsonl"), _log(tmp_path / "b.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 24))
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["loss"] == rb["loss"] and ra["x0"] == rb["x0"]
+
+
+def test_checkpoints_keep_only_the_newest(tmp_path):
+    t = Toy()
+    Trainer(_settings(17)).run(t, _opt(t), checkpoint_dir=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ckpt-0000017.json", "ckpt-0000017.safetensors"]
+    ck = load_latest_checkpoint(tmp_path)
+    assert ck.state["optimizer"]["param_groups"][0]["lr"] == 0.05
+    assert int(ck.tensors["optim/0/step"]) == 17
+
+
+def test_torn_checkpoint_falls_back(tmp_path):
+    t = Toy()
+    Trainer(_settings(10)).run(t, _opt(t), checkpoint_dir=tmp_path)
+    (tmp_path / "ckpt-0000015.safetensors").write_bytes(b"partial")  # killed while writing tensors
+    (tmp_path / "ckpt-0000020.json").write_text("{}")  # a JSON without its tensors
+    assert load_latest_checkpoint(tmp_path).step == 10
+
+
+def test_nan_loss_names_step_and_term_and_keeps_checkpoint(tmp_path):
+    t = Toy(nan_at=8)
+    with pytest.raises(TrainingDiverged) as ei:
+        Trainer(_settings(20)).run(t, _opt(t), checkpoint_dir=tmp_path)
+    assert "step 8" in ei.value.message and "'reg'" in ei.value.message
+    assert load_latest_checkpoint(tmp_path).step == 5
+
+
+def test_nonfinite_gradient_stops_without_scaler(tmp_path):
+    t = Toy()
+    t.model.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingDiverged) as ei:
+        Trainer(_settings(3)).run(t, _opt(t), checkpoint_dir=tmp_path)
+    assert "step 1" in ei.value.message and "gradient" in ei.value.message
+
+
+def test_grad_clip_is_elementwise(tmp_path):
+    t = Toy(grad_scale=1e6)
+    seen = []
+    t.model.weight.register_hook(lambda g: seen.append(g.clone()) or g)
+    opt = torch.optim.SGD(t.model.parameters(), lr=1.0)
+    w0 = t.model.weight.detach().clone()
+    Trainer(_settings(1, grad_clip=1.0)).run(t, opt, checkpoint_dir=tmp_path)
+    step = w0 - t.model.weight.detach()
+    assert seen[0].abs().max() > 1.0  # the raw gradient is large
+    assert torch.allclose(step.abs(), torch.clamp(seen[0].abs(), max=1.0))  # each element clipped to 1
+
+
+def test_other_config_checkpoint_is_refused(tmp_path):
+    t = Toy()
+    Trainer(_settings(5)).run(t, _opt(t), checkpoint_dir=tmp_path)
+    t2 = Toy()
+    with pytest.raises(Exception, match="another configuration"):
+        Trainer(_settings(9, config_hash="other")).run(t2, _opt(t2), checkpoint_dir=tmp_path)
