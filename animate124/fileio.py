@@ -1,9 +1,14 @@
-"""Small file utilities used everywhere: atomic writes and file hashing (one of each).
+"""Small file utilities used everywhere: atomic writes, an inter-process file lock and file hashing
+(one of each).
 
 Every write of a file that another process may read (manifest, configs, checkpoints, final artifacts)
 goes through :func:`atomic_write_bytes` or :func:`atomic_path`: a temporary file in the same directory,
 fsync, then ``os.replace``, so a crash or SIGKILL leaves either the old file or the new one, never a
 torn one. Files get mode ``0644`` minus the umask (``tempfile.mkstemp`` alone would leave ``0600``).
+
+:func:`file_lock` serialises processes that build or download into a shared directory (the model
+cache): ``fcntl.flock`` on a lock file, released by the kernel when its holder dies, so a killed
+process never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_path",
+    "file_lock",
     "file_sha256",
 ]
 
@@ -89,3 +95,26 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` (created if needed) for the block.
+
+    Blocks until the lock is free. ``fcntl.flock`` locks belong to the open file, so the kernel drops
+    the lock when the holder exits or is killed. Not re-entrant: a process must not take the same lock
+    twice. On platforms without ``fcntl`` the block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import socket
@@ -64,6 +65,22 @@ ARTIFACTS: dict[str, str] = {
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def fs_error(exc: OSError, path: Path, doing: str) -> ProjectError:
+    """A ProjectError that says in words why ``doing`` failed on ``path`` (permissions, a file in the way)."""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return ProjectError(
+            f"cannot {doing} {path}: {why}",
+            hint="pass a project directory you can write to with -p DIR, or fix the permissions of this one",
+        )
+    if isinstance(exc, FileExistsError | NotADirectoryError) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return ProjectError(
+            f"cannot {doing} {path}: {exc.filename or path} is a file, not a directory",
+            hint="-p must name a project directory (it is created if missing), not a file",
+        )
+    return ProjectError(f"cannot {doing} {path}: {exc.strerror or exc}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -175,26 +192,62 @@ class Project:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def create(self, source_image: Path | None = None) -> None:
-        """Create the directory and an empty manifest (idempotent)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def check_location(self) -> None:
+        """Raise a ProjectError when the project path (or a parent) is a file, not a directory."""
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ProjectError(
+                        f"{self.root} cannot be a project directory: {path} is a file",
+                        hint="-p must name a project directory (it is created if missing), not a file",
+                    )
+                return
+
+    def create(self, source_image: Path | None = None, source_sha256: str | None = None) -> None:
+        """Create the directory and an empty manifest (idempotent; an existing project is not written)."""
+        self.check_location()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fs_error(exc, self.root, "create the project directory") from exc
         if not self.exists():
-            atomic_write_json(
-                self.manifest_path,
+            self.write_manifest(
                 {
                     "manifest_version": MANIFEST_VERSION,
                     "created": now_iso(),
                     "source_image": str(source_image) if source_image else None,
+                    "source_sha256": source_sha256,
                     "stages": {},
-                },
+                }
             )
-        elif source_image is not None:
-            m = self.read_manifest()
-            if m.get("source_image") is None:
-                m["source_image"] = str(source_image)
-                self.write_manifest(m)
+        elif source_image is not None and self.read_manifest().get("source_image") is None:
+            self.set_source(source_image, source_sha256)
+
+    def source(self) -> tuple[str | None, str | None]:
+        """``(path, sha256)`` of the image the project's outputs were made from (None when unknown)."""
+        m = self.read_manifest()
+        return m.get("source_image"), m.get("source_sha256")
+
+    def set_source(self, path: Path, sha256: str | None) -> None:
+        """Record the image the project's outputs are made from (path and content hash)."""
+        m = self.read_manifest()
+        m["source_image"], m["source_sha256"] = str(path), sha256
+        self.write_manifest(m)
+
+    def record(self, key: str, value: Any) -> None:
+        """Store ``value`` under the manifest's top-level ``key`` (written only when it changes, so an
+        up-to-date run in a read-only project writes nothing)."""
+        m = self.read_manifest()
+        if m.get(key) != value:
+            m[key] = value
+            self.write_manifest(m)
+
+    def recorded(self, key: str, default: Any = None) -> Any:
+        """The manifest's top-level ``key`` (e.g. ``"prompts"``, stored by ``run-all``)."""
+        return self.read_manifest().get(key, default) if self.exists() else default
 
     def require(self) -> None:
+        self.check_location()
         if not self.exists():
             raise ProjectError(
                 f"{self.root} is not an animate124 project (no manifest.json)",
@@ -218,7 +271,10 @@ class Project:
         return data
 
     def write_manifest(self, data: dict[str, Any]) -> None:
-        atomic_write_json(self.manifest_path, data)
+        try:
+            atomic_write_json(self.manifest_path, data)
+        except OSError as exc:
+            raise fs_error(exc, self.manifest_path, "write") from exc
 
     def stage_record(self, stage: str) -> dict[str, Any]:
         return dict(self.read_manifest()["stages"].get(stage, {}))
@@ -245,19 +301,26 @@ class Project:
             if not self.is_done(need):
                 raise ProjectError(
                     f"stage '{stage}' needs stage '{need}', which has not finished in {self.root}",
-                    hint=f"run `animate124 {need} -p {self.root}` first",
+                    hint=f"run `animate124 {need}{' IMAGE' if need == 'preprocess' else ''} -p {self.root}` first",
                 )
 
     # --- lock ----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the project lock; a second live process gets ProjectLockedError, a dead owner's lock is taken over."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold the project lock; a second live process gets ProjectLockedError, a dead owner's lock is
+        taken over. A directory that cannot be written gives a ProjectError that says so."""
+        self.check_location()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fs_error(exc, self.root, "create the project directory") from exc
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
         for _ in range(3):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            except OSError as exc:
+                if not isinstance(exc, FileExistsError):
+                    raise fs_error(exc, self.root, "write in the project directory") from exc
                 owner = self._read_lock()
                 same_host = owner.get("host") == me["host"]
                 if owner and same_host and not _pid_alive(int(owner.get("pid", -1))):

@@ -1,12 +1,14 @@
 """Test configuration shared by every test module.
 
 Environment variables that huggingface_hub reads at import time are set here, before anything
-imports it: tests never touch the network, and model/state directories live in a temporary folder.
+imports it: tests never touch the network, and model/state directories live in a temporary folder
+that is removed when the session ends.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,12 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this session's temporary folder (model cache, state); pytest's tmp_path folders are
+    pruned by pytest itself."""
+    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

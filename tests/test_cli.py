@@ -1,8 +1,10 @@
-"""Every command through Typer's CliRunner: exit codes and messages."""
+"""Every command through Typer's CliRunner: help, options, exit codes and messages."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from animate124.cli.app import app
+from animate124.stages.spec import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "examples" / "toy.png"
@@ -55,17 +58,22 @@ def test_top_help_is_fast():
     dt = time.perf_counter() - t0
     assert out.returncode == 0 and "run-all" in out.stdout
     assert dt < 1.5, f"--help took {dt:.2f} s"
-    # and it imported none of the heavy libraries
+    # and neither the app nor any command's help imports the heavy libraries
     probe = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; from animate124.cli import app; print('torch' in sys.modules, 'diffusers' in sys.modules)",
+            "import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from animate124.cli.app import app\n"
+            "for cmd in (['run-all'], ['invert'], ['models', 'list'], ['config', 'show']):\n"
+            "    assert CliRunner().invoke(app, [*cmd, '--help']).exit_code == 0\n"
+            "print(*(m in sys.modules for m in ('torch', 'diffusers', 'transformers')))",
         ],
         capture_output=True,
         text=True,
     )
-    assert probe.stdout.split() == ["False", "False"]
+    assert probe.stdout.split() == ["False", "False", "False"], probe.stderr
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
@@ -73,6 +81,32 @@ def test_every_command_has_help_with_examples(cmd):
     r = invoke(*cmd, "--help")
     assert r.exit_code == 0, r.output
     assert "Examples" in r.output
+    assert "SPEC" not in r.output  # users do not have the team's SPEC: help describes the behaviour
+
+
+def test_app_help_documents_exit_codes():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    for code in ("0 success", "1 runtime error", "2 usage or config error", "130 interrupted"):
+        assert code in text, code
+
+
+def test_choice_options_show_their_choices():
+    r = invoke("run-all", "--help")
+    assert "<paper|fast|low-vram|tiny>" in r.output
+    assert "[auto|cpu|cuda|cuda:N]" in r.output
+    stages = "<" + "|".join(STAGE_NAMES) + ">"
+    assert r.output.count(stages) == 2  # --from and --until list exactly the registered stages
+
+
+def test_stage_command_help_comes_from_the_registry():
+    from animate124.stages.spec import STAGES
+
+    r = invoke("--help")
+    text = " ".join(r.output.split())
+    for stage in STAGES:
+        assert stage.summary[0].upper() + stage.summary[1:10] in text, stage.name
 
 
 def test_version():
@@ -86,7 +120,9 @@ def test_config_show_and_bad_set():
     r = invoke("config", "show", "--set", "static.itrs=3")
     assert r.exit_code == 2 and "static.itrs" in r.output
     r = invoke("config", "show", "--preset", "nope")
-    assert r.exit_code == 2 and "unknown preset" in r.output
+    assert r.exit_code == 2 and "'nope' is not one of" in r.output and "low-vram" in r.output
+    r = invoke("config", "show", "--set", "scene.num_levels=4")
+    assert r.exit_code == 2 and "field" in r.output  # old section names say the new one
     r = invoke("config", "presets")
     assert r.exit_code == 0 and "low-vram" in r.output
 
@@ -101,6 +137,41 @@ def test_preprocess_bad_inputs(tmp_path):
     assert r.exit_code == 2 and "error" in r.output.lower()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["--device", "banana"], ["--set", "run.device=banana"], ["--device", "cuda:7"]],
+    ids=["option", "set", "missing-gpu"],
+)
+def test_bad_device_is_refused_before_the_project_exists(tmp_path, args):
+    for cmd in (["preprocess", str(TOY)], ["run-all", str(TOY), "a toy is spinning"]):
+        r = invoke(*cmd, "-p", str(tmp_path / "p"), "--preset", "tiny", *args)
+        assert r.exit_code == 2, r.output
+        assert "device" in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "p").exists()
+
+
+def test_cuda_on_a_cpu_machine_is_refused_before_the_project_exists(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = invoke("preprocess", str(TOY), "-p", str(tmp_path / "p"), "--preset", "tiny", "--device", "cuda")
+    assert r.exit_code == 2 and "no usable CUDA GPU" in r.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_project_path_that_is_a_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    for args in (["preprocess", str(TOY)], ["invert"], ["static"], ["render"]):
+        r = invoke(*args, "-p", str(f), "--preset", "tiny")
+        assert r.exit_code == 1, (args, r.output)
+        assert "is a file" in r.output and "internal error" not in r.output, r.output
+    r = invoke("preprocess", str(TOY), "-p", str(f / "sub"), "--preset", "tiny")
+    assert r.exit_code == 1 and "is a file" in r.output
+    assert f.read_text() == "x"
+
+
 def test_stage_without_project(tmp_path, monkeypatch):
     monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "empty-state"))
     for cmd in ("static", "dynamic", "refine", "invert", "render"):
@@ -109,11 +180,24 @@ def test_stage_without_project(tmp_path, monkeypatch):
         assert "no project given and none found" in r.output
 
 
-def test_empty_prompt_is_usage_error(tmp_path):
-    r = invoke("run-all", str(TOY), "   ", "-p", str(tmp_path / "p"), "--preset", "tiny")
-    assert r.exit_code == 2 and "prompt is empty" in r.output
-    r = invoke("run-all", str(TOY), "a toy", "-p", str(tmp_path / "p"), "--until", "nowhere")
-    assert r.exit_code == 2 and "not a stage" in r.output
+def test_prompt_problems_are_usage_errors_before_any_work(tmp_path):
+    proj = tmp_path / "p"
+    cases = {
+        "   ": "prompt is empty",
+        "🐼 is dancing": "--subject",
+        "🐼💃": "--subject",
+        "a <token> is dancing": "<token>",
+        " ".join(["a panda is dancing"] + ["happily"] * 500): "tokens long",
+    }
+    for prompt, message in cases.items():
+        r = invoke("run-all", str(TOY), prompt, "-p", str(proj), "--preset", "tiny")
+        assert r.exit_code == 2 and message in r.output, (prompt[:30], r.output)
+        assert not proj.exists()
+    r = invoke("run-all", str(TOY), "a toy", "-p", str(proj), "--until", "nowhere")
+    assert r.exit_code == 2 and "nowhere" in r.output
+    r = invoke("run-all", str(TOY), "a toy", "-p", str(proj), "--from", "static", "--until", "invert")
+    assert r.exit_code == 2 and "comes after" in r.output
+    assert not proj.exists()
 
 
 def test_models_list_shows_every_role(tmp_path):
@@ -167,14 +251,56 @@ def test_doctor():
     assert "torch" in r.output and "model sd" in r.output
 
 
-def test_run_all_tiny_then_render_and_static(tmp_path, monkeypatch):
-    """The README's smoke run: run-all on the tiny preset up to invert, offline; then the later commands."""
+def test_out_of_memory_is_a_message_with_the_memory_settings(tmp_path, monkeypatch):
+    """A CUDA OOM anywhere in a command becomes OutOfMemoryError's message and hint, exit 1."""
+    import torch
+
+    import animate124.stages.static as static
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(static, "run_static", oom)
+    from animate124.project import Project
+
+    Project(tmp_path / "p").create()
+    r = invoke("static", "-p", str(tmp_path / "p"), "--preset", "tiny")
+    assert r.exit_code == 1, r.output
+    assert "out of GPU memory" in r.output and "--preset low-vram" in r.output
+    assert "internal error" not in r.output
+
+
+def test_no_interactive_prompt_anywhere():
+    """Batch use: nothing in the package asks a question on the terminal."""
+    pattern = re.compile(
+        r"typer\.(prompt|confirm)|click\.(prompt|confirm)|Confirm\.ask|Prompt\.ask|\binput\(|prompt=True"
+    )
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in (REPO / "animate124").rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert hits == []
+
+
+def test_run_all_tiny_then_invert_render_and_static(tmp_path, monkeypatch):
+    """The README's smoke run, split: run-all up to preprocess, a standalone invert, then run-all again
+    finds everything up to date (both derive the initializer from the project's subject)."""
     monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
     r = invoke(
-        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path
+        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "preprocess", cwd=tmp_path
     )
     assert r.exit_code == 0, r.output
+    assert "static prompt: a high-resolution DSLR image of a toy" in r.output
+    assert "refine prompt: a <token> is spinning" in r.output and "subject: toy" in r.output
     proj = tmp_path / "runs" / "toy"
+    r = invoke("invert", "--preset", "tiny", "-q", cwd=tmp_path)  # finds the most recent project
+    assert r.exit_code == 0, r.output
+    assert (
+        json.loads((proj / "manifest.json").read_text())["stages"]["invert"]["metrics"]["initializer"]
+        == "toy"
+    )
     for f in (
         "manifest.json",
         "preprocess/rgba.png",
@@ -182,11 +308,11 @@ def test_run_all_tiny_then_render_and_static(tmp_path, monkeypatch):
         "invert/learned_embeds.safetensors",
     ):
         assert (proj / f).is_file(), f
-    # a second run is a no-op for the finished stages
     r = invoke(
-        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", "-q", cwd=tmp_path
+        "run-all", str(TOY), "a toy is spinning", "--preset", "tiny", "--until", "invert", cwd=tmp_path
     )
-    assert r.exit_code == 0 and "up to date" in r.output
+    assert r.exit_code == 0, r.output
+    assert "preprocess: up to date" in r.output and "invert: up to date" in r.output
     # render finds the most recent project and says there is nothing trained yet
     r = invoke("render", "--orbit", cwd=tmp_path)
     assert r.exit_code == 1 and "no training stage has finished" in r.output
@@ -224,7 +350,6 @@ def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
 
 def test_invert_interrupt_and_resume(tmp_path):
     """Ctrl-C during `invert` checkpoints and exits 130; the same command then resumes and finishes."""
-    import json
     import signal
 
     proj = tmp_path / "p"

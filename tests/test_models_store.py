@@ -177,6 +177,41 @@ def test_download_cached_needs_no_network(small_cache):
     assert store.download("depth") == store.resolve("depth")
 
 
+def test_concurrent_downloads_of_one_role_fetch_once(tmp_path, monkeypatch):
+    """Two downloaders of one role share the per-role lock: one fetches, the other waits and then
+    finds the files cached (no second download, no half-written snapshot seen)."""
+    import threading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ANIMATE124_OFFLINE", raising=False)
+    fetched = []
+
+    def fake_download(self, src, role, progress):
+        fetched.append(role)
+        time.sleep(0.3)  # the other thread reaches the lock meanwhile
+        build_tiny_cache(self.cache_dir, roles=[role], alternatives=False)
+        return self.resolve(role)
+
+    monkeypatch.setattr(ModelStore, "_download", fake_download)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(
+                ModelStore(cache_dir=tmp_path, offline=False).download("controlnet", progress=False)
+            )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 2 and results[0] == results[1]
+    assert fetched == ["controlnet"]
+
+
 _SUBPROC = """
 import sys, time
 from animate124.errors import DownloadError

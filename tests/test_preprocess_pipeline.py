@@ -9,7 +9,14 @@ from PIL import Image
 
 from animate124.errors import ConfigError, InputError
 from animate124.preprocess.framing import foreground_bbox
-from animate124.preprocess.pipeline import load_reference, pil_to_tensor, preprocess_image
+from animate124.preprocess.pipeline import OutputPaths, load_reference, pil_to_tensor, preprocess_image
+
+
+def _outs(d):
+    """The four output paths in ``d`` (the project names them in real runs)."""
+    return OutputPaths(
+        rgba=d / "rgba.png", depth=d / "depth.png", depth_npy=d / "depth.npy", preview=d / "preview.png"
+    )
 
 
 class _Boom:
@@ -77,7 +84,7 @@ def _check_outputs(res, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     assert (npy[a == 0] == 0).all() and (d8[a == 0] == 0).all()  # 0 outside the mask
     prev = Image.open(res.preview_path)
     assert prev.size == (3 * min(side, 512), min(side, 512))
-    leftovers = [p.name for p in res.rgba_path.parent.iterdir() if ".tmp-" in p.name]
+    leftovers = [p.name for p in res.rgba_path.parent.iterdir() if ".tmp" in p.name]
     assert leftovers == []  # atomic writes cleaned up
     return np.asarray(rgba), d8, npy
 
@@ -86,7 +93,11 @@ def test_rgba_input_pad_exact_and_no_matting(tmp_path, depth_model):
     src = _disc_rgba()
     Image.fromarray(src, "RGBA").save(tmp_path / "in.png")
     res = preprocess_image(
-        tmp_path / "in.png", tmp_path / "out", store=None, depth_model=depth_model, matting_models=_Boom()
+        tmp_path / "in.png",
+        _outs(tmp_path / "out"),
+        store=None,
+        depth_model=depth_model,
+        matting_models=_Boom(),
     )
     rgba, _, npy = _check_outputs(res, 96)
     np.testing.assert_array_equal(rgba, _upstream_pad(src))  # exactly upstream's padding, alpha untouched
@@ -106,7 +117,7 @@ def test_rgba_input_loads_only_depth_through_store(tmp_path, store, monkeypatch)
 
     monkeypatch.setattr(loaders, "load_matting", no_matting)
     Image.fromarray(_disc_rgba(), "RGBA").save(tmp_path / "in.png")
-    res = preprocess_image(tmp_path / "in.png", tmp_path / "out", store=store, size=80)
+    res = preprocess_image(tmp_path / "in.png", _outs(tmp_path / "out"), store=store, size=80)
     _check_outputs(res, 80)
 
 
@@ -125,7 +136,7 @@ def test_jpeg_runs_matting_plumbing(tmp_path, store, shared_data, matting_models
     )  # fmt: skip
     thr = float(prob.median())
     res = preprocess_image(
-        tmp_path / "photo.jpg", tmp_path / "out", store=store, segment_query="a panda",
+        tmp_path / "photo.jpg", _outs(tmp_path / "out"), store=store, segment_query="a panda",
         matting_options={"threshold": thr, "erode_fraction": 0.02, "dilate_fraction": 0.04},
     )  # fmt: skip
     rgba, _, _ = _check_outputs(res, 160)
@@ -141,7 +152,7 @@ def test_real_size_rgba_png_roundtrip(tmp_path, shared_data, depth_model):
     src = shared_data / "animate124" / "panda-dance" / "rgba.png"
     if not src.exists():
         pytest.skip("panda-dance example absent")
-    res = preprocess_image(src, tmp_path / "out", depth_model=depth_model, matting_models=_Boom())
+    res = preprocess_image(src, _outs(tmp_path / "out"), depth_model=depth_model, matting_models=_Boom())
     rgba, d8, _ = _check_outputs(res, 1024)
     np.testing.assert_array_equal(rgba, np.asarray(Image.open(src).convert("RGBA")))
     assert ((d8 > 0) <= (rgba[..., 3] > 0)).all()
@@ -153,7 +164,7 @@ def test_fully_transparent_rgba_is_rejected_before_depth(tmp_path):
     Image.fromarray(arr, "RGBA").save(tmp_path / "empty.png")
     with pytest.raises(InputError) as ei:
         preprocess_image(
-            tmp_path / "empty.png", tmp_path / "out", depth_model=_Boom(), matting_models=_Boom()
+            tmp_path / "empty.png", _outs(tmp_path / "out"), depth_model=_Boom(), matting_models=_Boom()
         )
     assert "no foreground" in ei.value.message and "alpha" in ei.value.hint
     assert not (tmp_path / "out").exists()  # a rejected input leaves nothing behind
@@ -163,7 +174,7 @@ def test_matting_that_finds_nothing_is_rejected(tmp_path, matting_models):
     Image.fromarray(_disc_rgba()[..., :3]).save(tmp_path / "photo.png")
     with pytest.raises(InputError) as ei:
         preprocess_image(
-            tmp_path / "photo.png", tmp_path / "out", depth_model=_Boom(), matting_models=matting_models,
+            tmp_path / "photo.png", _outs(tmp_path / "out"), depth_model=_Boom(), matting_models=matting_models,
             segment_query="a unicorn", matting_options={"threshold": 1.0},  # sigmoid never exceeds 1
         )  # fmt: skip
     assert "no foreground" in ei.value.message and "a unicorn" in ei.value.hint
@@ -172,7 +183,7 @@ def test_matting_that_finds_nothing_is_rejected(tmp_path, matting_models):
 def test_recenter_framing_end_to_end(tmp_path, depth_model):
     Image.fromarray(_disc_rgba(h=120, w=80, cy=30, cx=25, r=15, rim=False), "RGBA").save(tmp_path / "in.png")
     res = preprocess_image(
-        tmp_path / "in.png", tmp_path / "out", framing="recenter", size=64, border_ratio=0.2,
+        tmp_path / "in.png", _outs(tmp_path / "out"), framing="recenter", size=64, border_ratio=0.2,
         depth_model=depth_model, matting_models=_Boom(),
     )  # fmt: skip
     rgba, _, _ = _check_outputs(res, 64)
@@ -183,7 +194,7 @@ def test_recenter_framing_end_to_end(tmp_path, depth_model):
 
 def test_bad_framing_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
-        preprocess_image(tmp_path / "x.png", tmp_path / "out", framing="crop")
+        preprocess_image(tmp_path / "x.png", _outs(tmp_path / "out"), framing="crop")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -100,6 +100,12 @@ def test_stale_lock_from_dead_pid_taken_over(tmp_path):
     dead.wait()
     atomic_write_json(p.lock_path, {"pid": dead.pid, "host": socket.gethostname(), "started": "x"})
     with p.lock():
+        owner = json.loads(p.lock_path.read_text())
+        assert owner["pid"] == os.getpid() and owner["pid"] != dead.pid  # taken over, not blocked
+    assert not p.lock_path.exists()  # and released afterwards
+    # a live owner on another host is never taken over
+    atomic_write_json(p.lock_path, {"pid": os.getpid(), "host": "elsewhere", "started": "x"})
+    with pytest.raises(ProjectLockedError, match="elsewhere"), p.lock():
         pass
 
 
@@ -168,3 +174,77 @@ def test_find_project(tmp_path, monkeypatch):
     assert find_project(tmp_path / "b").root == (tmp_path / "b").resolve()
     monkeypatch.chdir(a.root)
     assert find_project(None).root == a.root
+
+
+def test_manifest_and_config_files_are_world_readable(tmp_path):
+    """Everything the project writes gets 0644 (minus the umask), like any other file; mkstemp's
+    0600 must not leak into the manifest or the saved configs."""
+    old = os.umask(0o022)
+    try:
+        p = Project(tmp_path / "proj")
+        p.create()
+        run_stage(p, get_stage("preprocess"), resolve_config("tiny"), lambda ctx: {})
+    finally:
+        os.umask(old)
+    for f in (p.manifest_path, p.config_path("preprocess")):
+        assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_up_to_date_run_writes_nothing_and_takes_no_lock(tmp_path, monkeypatch):
+    p = Project(tmp_path / "proj")
+    p.create()
+    cfg = resolve_config("tiny")
+    run_stage(p, get_stage("preprocess"), cfg, lambda ctx: {})
+    before = {f: f.stat().st_mtime_ns for f in p.root.rglob("*")}
+
+    def no_writes(*a, **k):
+        raise AssertionError("an up-to-date run must not write")
+
+    monkeypatch.setattr(Project, "lock", no_writes)
+    monkeypatch.setattr(Project, "write_manifest", no_writes)
+    assert run_stage(p, get_stage("preprocess"), cfg, lambda ctx: {}).skipped
+    assert {f: f.stat().st_mtime_ns for f in p.root.rglob("*")} == before
+
+
+def test_project_path_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for root in (f, f / "sub"):
+        with pytest.raises(ProjectError, match="is a file"):
+            Project(root).create()
+        with pytest.raises(ProjectError, match="is a file"):
+            Project(root).require()
+        with pytest.raises(ProjectError, match="is a file"), Project(root).lock():
+            pass
+
+
+def test_unwritable_project_directory_is_a_project_error(tmp_path, monkeypatch):
+    p = Project(tmp_path / "proj")
+    p.create()
+    real_open = os.open
+
+    def denied(path, flags, *args):
+        if str(path) == str(p.lock_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(ProjectError, match="permission denied") as ei, p.lock():
+        pass
+    assert "-p" in ei.value.hint
+
+
+def test_source_image_is_recorded(tmp_path):
+    p = Project(tmp_path / "proj")
+    p.create(source_image=tmp_path / "a.png", source_sha256="abc")
+    assert p.source() == (str(tmp_path / "a.png"), "abc")
+    p.create(source_image=tmp_path / "b.png", source_sha256="def")  # create never replaces it
+    assert p.source() == (str(tmp_path / "a.png"), "abc")
+    p.set_source(tmp_path / "b.png", "def")
+    assert p.source() == (str(tmp_path / "b.png"), "def")
+    mtime = p.manifest_path.stat().st_mtime_ns
+    p.record("prompts", {"static": "x"})
+    assert p.recorded("prompts") == {"static": "x"}
+    mtime = p.manifest_path.stat().st_mtime_ns
+    p.record("prompts", {"static": "x"})  # unchanged: not written
+    assert p.manifest_path.stat().st_mtime_ns == mtime

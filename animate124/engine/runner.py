@@ -1,6 +1,8 @@
 """Stage lifecycle: lock, requirements, up-to-date check, manifest status, saved config, timings.
 
-A stage run twice with the same config is a no-op unless ``force``; an interrupted or failed run
+A stage run twice with the same config is a no-op unless ``force``, and a no-op writes nothing (it
+does not even take the lock: the manifest is only ever replaced atomically, so reading it unlocked is
+safe), so an up-to-date project can sit in a read-only directory. An interrupted or failed run
 with the same config resumes from its checkpoints (the stage's own code finds them); a run with a
 different config starts the stage over (its old checkpoints are removed, since they belong to
 other settings).
@@ -75,6 +77,10 @@ def run_stage(
     the hashes of the stages it requires, so redoing an earlier stage makes the later ones stale.
     """
     stage = spec.name
+    if not force:
+        done = _up_to_date(project, spec, cfg, extra_hash, check_requirements)
+        if done is not None:
+            return done
     with project.lock():
         if check_requirements:
             project.check_requirements(stage, spec.requires)
@@ -120,3 +126,19 @@ def run_stage(
         return StageResult(
             stage, skipped=False, artifacts=artifacts, metrics=metrics, seconds=seconds, resumed=resume
         )
+
+
+def _up_to_date(
+    project: Project, spec: StageInfo, cfg: Config, extra_hash: str, check_requirements: bool
+) -> StageResult | None:
+    """The skipped result when the stage is done with this hash (read without the lock), else None."""
+    if not project.exists():
+        return None
+    if check_requirements and not all(project.is_done(s) for s in spec.requires):
+        return None
+    rec = project.stage_record(spec.name)
+    if rec.get("status") != "done" or rec.get("config_hash") != stage_hash(project, spec, cfg, extra_hash):
+        return None
+    return StageResult(
+        spec.name, skipped=True, artifacts=rec.get("artifacts", {}), metrics=rec.get("metrics", {})
+    )

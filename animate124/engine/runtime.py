@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,42 @@ from animate124.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> None:
+    """Raise a ConfigError unless ``name`` is auto, cpu, cuda or cuda:N (a syntax check, no torch)."""
+    if not _DEVICE_RE.fullmatch(name):
+        raise ConfigError(
+            f"run.device: {name!r} is not a device", hint=f"use one of: {', '.join(DEVICE_CHOICES)}"
+        )
+
+
 def resolve_device(name: str):
-    """``auto`` -> cuda if available else cpu; validates explicit names."""
+    """``auto`` -> cuda if available else cpu; an explicit name must exist on this machine.
+
+    Raises ConfigError for a name that is not a device and for a CUDA device that this machine does
+    not have, so a command can check its device before it creates or changes anything.
+    """
+    check_device_name(name)
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"run.device: {name!r} is not a device name", hint="use auto, cpu, cuda or cuda:N"
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device is cuda but no CUDA GPU is available", hint="use --device cpu or auto")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device is {name} but this machine has no usable CUDA GPU",
+                hint="use --device cpu (with --preset tiny for a quick run) or --device auto",
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"run.device is {name} but this machine has {count} CUDA GPU(s)",
+                hint=f"use cuda:0 .. cuda:{count - 1}, or auto",
+            )
     return dev
 
 
@@ -54,11 +77,9 @@ def model_store(cfg: Config):
 
     cache = model_cache_dir(cfg)
     if cfg.models.tiny:
-        from animate124.models.tiny import build_tiny_cache, is_tiny_cache
+        from animate124.models.tiny import ensure_tiny_cache
 
-        if not is_tiny_cache(cache):
-            log.info("building tiny random models in %s", cache)
-            build_tiny_cache(cache)
+        ensure_tiny_cache(cache)  # safe when several processes start on an empty cache
     overrides = {
         role: getattr(cfg.models, role)
         for role in ("sd", "zero123", "video", "controlnet", "depth", "matting", "segment", "clip")

@@ -261,18 +261,29 @@ class ModelStore:
         """Fetch ``role``'s files into the cache (resumable) and return the snapshot folder.
 
         Already complete -> returns at once without network. Offline or Hub unreachable -> raises
-        :class:`DownloadError` within a few seconds."""
+        :class:`DownloadError` within a few seconds. Concurrent downloads of one role (several
+        processes sharing a cache) are serialised by a file lock per role: the second process waits,
+        then finds the files cached."""
         src = self.source(role, alternative)
         if src.local_dir is not None:
             return self.resolve(role, alternative)
         if self.is_cached(role, alternative):
             return self.resolve(role, alternative)
-        spec = src.spec
         if self.offline:
             raise DownloadError(
-                f"cannot download {spec.repo_id} for role {role!r}: offline mode is on",
+                f"cannot download {src.spec.repo_id} for role {role!r}: offline mode is on",
                 hint="unset HF_HUB_OFFLINE / ANIMATE124_OFFLINE (or --offline) and retry",
             )
+        from animate124.fileio import file_lock
+
+        lock = self.cache_dir / ".locks" / f"{role}{'-' + alternative if alternative else ''}.lock"
+        with file_lock(lock):
+            if self.is_cached(role, alternative):  # another process finished it while we waited
+                return self.resolve(role, alternative)
+            return self._download(src, role, progress)
+
+    def _download(self, src: Source, role: str, progress: bool) -> Path:
+        spec = src.spec
         from huggingface_hub import snapshot_download
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from animate124.fileio import atomic_write_text, file_lock
 from animate124.models.registry import KNOWN_REPOS, ROLES, get_role
 
 log = logging.getLogger(__name__)
 
 TINY_MARKER = "animate124-tiny-cache.json"
+BUILD_LOCK = ".animate124-tiny-build.lock"
 TINY_WIDTH = 32
 ZERO123_LAYOUTS = ("ashawkey", "bennyguo", "kxic", "yuyang")
 _ZERO123_REPO = {
@@ -595,17 +598,28 @@ def _fake_commit(repo_id: str, seed: int) -> str:
 
 
 def _install_in_cache(src_build: Any, hub: Path, repo_id: str, revision: str, seed: int) -> Path:
-    """Create ``models--org--name/{refs/main, snapshots/<commit>/}`` and build the repo there."""
+    """Create ``models--org--name/{refs/main, snapshots/<commit>/}`` and build the repo there.
+
+    The snapshot is built in a temporary sibling folder and renamed into place, so no reader ever
+    sees a half-written snapshot under its final name; the refs are written atomically after it.
+    """
     import re
 
     repo_dir = hub / ("models--" + repo_id.replace("/", "--"))
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else _fake_commit(repo_id, seed)
     snap = repo_dir / "snapshots" / commit
-    src_build(snap)
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
+    tmp = snap.with_name(f".{commit}.tmp-{os.getpid()}")
+    try:
+        src_build(tmp)
+        if snap.exists():
+            shutil.rmtree(snap)
+        os.replace(tmp, snap)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(repo_dir / "refs" / "main", commit)
     if revision != "main" and not re.fullmatch(r"[0-9a-f]{40}", revision):
-        (repo_dir / "refs" / revision).write_text(commit)
+        atomic_write_text(repo_dir / "refs" / revision, commit)
     return snap
 
 
@@ -623,9 +637,35 @@ def build_tiny_cache(
     loaders find them exactly as real downloads. The Zero123 role's default repo receives the
     ``zero123_layout`` flavour. With ``alternatives`` the video role's zeroscope and the depth role's
     Depth-Anything alternative are written too. A marker file ``<cache_dir>/animate124-tiny-cache.json``
-    tells callers the cache is tiny (see :func:`is_tiny_cache`). Returns ``cache_dir``.
+    tells callers the cache is tiny (see :func:`is_tiny_cache`); it is written last, so a cache with the
+    marker is complete. The build holds an inter-process lock on the cache (concurrent builders wait
+    for each other). Returns ``cache_dir``.
     """
     cache_dir = Path(cache_dir)
+    with file_lock(cache_dir / BUILD_LOCK):
+        _build_tiny_cache_locked(cache_dir, roles, zero123_layout, seed, alternatives)
+    return cache_dir
+
+
+def ensure_tiny_cache(cache_dir: Path, *, zero123_layout: str = "ashawkey", seed: int = 0) -> Path:
+    """Build the tiny cache of every role in ``cache_dir`` unless it is there already; returns it.
+
+    Safe when several processes start together on an empty cache (three ``run-all`` jobs of a shell
+    loop): the first builds under the lock, the others wait for it and then find the marker.
+    """
+    cache_dir = Path(cache_dir)
+    if is_tiny_cache(cache_dir):
+        return cache_dir
+    with file_lock(cache_dir / BUILD_LOCK):
+        if not is_tiny_cache(cache_dir):
+            log.info("building tiny random models in %s", cache_dir)
+            _build_tiny_cache_locked(cache_dir, None, zero123_layout, seed, True)
+    return cache_dir
+
+
+def _build_tiny_cache_locked(
+    cache_dir: Path, roles: Iterable[str] | None, zero123_layout: str, seed: int, alternatives: bool
+) -> None:
     hub = cache_dir / "hub"
     hub.mkdir(parents=True, exist_ok=True)
     roles = list(ROLES) if roles is None else list(roles)
@@ -646,11 +686,9 @@ def build_tiny_cache(
             written[alt.repo_id] = f"{role}:{name}"
     marker = cache_dir / TINY_MARKER
     old = json.loads(marker.read_text()).get("repos", {}) if marker.exists() else {}
-    _write_json(
-        marker, {"tiny": True, "seed": seed, "zero123_layout": zero123_layout, "repos": {**old, **written}}
-    )
+    info = {"tiny": True, "seed": seed, "zero123_layout": zero123_layout, "repos": {**old, **written}}
+    atomic_write_text(marker, json.dumps(info, indent=2, sort_keys=True) + "\n")
     log.info("tiny model cache written to %s (%d repos)", cache_dir, len(written))
-    return cache_dir
 
 
 def is_tiny_cache(cache_dir: Path) -> bool:

@@ -112,13 +112,15 @@ def load_image(
     *,
     min_side: int = DEFAULT_MIN_SIDE,
     max_side: int | None = DEFAULT_MAX_SIDE,
+    warn: bool = True,
 ) -> Image.Image:
     """Load a user image as an 8-bit PIL image in mode ``RGB`` or ``RGBA``.
 
     EXIF orientation is applied first, then the mode is normalised (see the module docstring),
     then the size policy: ``min(W, H) < min_side`` raises :class:`InputError`; ``max(W, H) >
-    max_side`` downscales with a warning (``max_side=None`` disables it). Raises InputError for a
-    missing path, a directory, an empty, non-image, truncated or unreadable file.
+    max_side`` downscales with a warning (``max_side=None`` disables it; ``warn=False`` logs it at
+    debug level, for callers that load an image the user was already warned about). Raises
+    InputError for a missing path, a directory, an empty, non-image, truncated or unreadable file.
     """
     p = Path(path)
     img = _open_checked(p)
@@ -136,7 +138,10 @@ def load_image(
     if max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        log.warning("image %s is %dx%d px; downscaling to %dx%d (max_side=%d)", p, w, h, nw, nh, max_side)
+        log.log(
+            logging.WARNING if warn else logging.DEBUG,
+            "image %s is %dx%d px; downscaling to %dx%d (max_side=%d)", p, w, h, nw, nh, max_side,
+        )  # fmt: skip
         img = img.resize((nw, nh), Image.Resampling.LANCZOS)  # Pillow premultiplies RGBA itself
     return img
 
@@ -150,3 +155,16 @@ def has_alpha(img: Image.Image) -> bool:
         return False
     lo, _ = img.getchannel("A").getextrema()
     return lo < 255
+
+
+def load_photo(path: str | os.PathLike[str]):  # -> torch.Tensor [3, H, W]
+    """The original photo (background included) as float32 ``[3, H, W]`` in [0, 1], for textual
+    inversion; an alpha channel is composited on white. The ``max_side`` downscale applies silently
+    (the preprocess stage already warned about it)."""
+    import torch
+
+    img = load_image(path, warn=False)
+    arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb, a = arr[..., :3], arr[..., 3:]
+    rgb = rgb * a + (1.0 - a)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()

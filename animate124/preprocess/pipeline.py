@@ -1,13 +1,15 @@
 """Preprocessing entry point and the trainer-side reference loader (SPEC.md section 1).
 
-:func:`preprocess_image` turns a user photo into the files every later stage reads:
+:func:`preprocess_image` turns a user photo into the files every later stage reads, at the paths the
+caller gives in :class:`OutputPaths` (the project decides the names; upstream calls them
+``rgba.png``, ``depth.png``, ...):
 
-* ``rgba.png`` — 8-bit RGBA, square (framing "pad": upstream's zero padding; "recenter":
+* ``rgba`` — 8-bit RGBA PNG, square (framing "pad": upstream's zero padding; "recenter":
   threestudio-style bbox framing);
-* ``depth.png`` — 8-bit grey disparity, min-max normalised inside ``alpha > 0`` and 0 outside,
+* ``depth`` — 8-bit grey PNG of the disparity, min-max normalised inside ``alpha > 0`` and 0 outside,
   quantised by truncation like upstream (``(d * 255).astype(np.uint8)``);
-* ``depth.npy`` — the same normalised depth in float32, before quantisation;
-* ``preview.png`` — RGBA on a checkerboard | depth | alpha, side by side, for a quick look.
+* ``depth_npy`` — the same normalised depth in float32 (``.npy``), before quantisation;
+* ``preview`` — PNG of the RGBA on a checkerboard | depth | alpha, side by side, for a quick look.
 
 Order of operations (as upstream): load -> alpha (the file's own alpha, or CLIPSeg + ViTMatte when
 there is none) -> depth on the ORIGINAL RGB, background included (for RGBA input: the RGBA's RGB)
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ import torch
 from PIL import Image
 
 from animate124.errors import ConfigError, InputError
+from animate124.fileio import atomic_path
 from animate124.preprocess.depth import (
     depth_to_uint8,
     estimate_depth,
@@ -54,11 +57,19 @@ from animate124.preprocess.matting import DEFAULT_QUERY, remove_background
 
 log = logging.getLogger(__name__)
 
-RGBA_NAME = "rgba.png"
-DEPTH_NAME = "depth.png"
-DEPTH_NPY_NAME = "depth.npy"
-PREVIEW_NAME = "preview.png"
+#: Upstream's file names inside a data folder, used only to read such a folder in :func:`load_reference`.
+UPSTREAM_RGBA, UPSTREAM_DEPTH = "rgba.png", "depth.png"
 FRAMINGS = ("pad", "recenter")
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where :func:`preprocess_image` writes its four files (the project names them)."""
+
+    rgba: Path
+    depth: Path
+    depth_npy: Path
+    preview: Path
 
 
 @dataclass
@@ -102,31 +113,14 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` to a temporary name in the same directory, then ``os.replace``.
-
-    A crash never leaves a half-written file under the final name.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_png(path: Path, arr: np.ndarray, mode: str) -> None:
-    atomic_write(path, lambda p: Image.fromarray(arr, mode=mode).save(p, format="PNG"))
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr, mode=mode).save(tmp, format="PNG")
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def _w(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.save(f, arr)
-
-    atomic_write(path, _w)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
 
 
 def checkerboard(h: int, w: int, cell: int = 16) -> torch.Tensor:
@@ -168,7 +162,7 @@ def _load_matting_models(store: Any, device: Any, dtype: torch.dtype) -> Any:
 # --------------------------------------------------------------------------------------------
 def preprocess_image(
     path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    outputs: OutputPaths,
     *,
     store: Any = None,
     device: str | torch.device = "cpu",
@@ -184,7 +178,8 @@ def preprocess_image(
     depth_model: Any = None,
     matting_models: Any = None,
 ) -> PreprocessResult:
-    """Preprocess one image into ``out_dir`` (see the module docstring) and return what was written.
+    """Preprocess one image into the files named by ``outputs`` (see the module docstring) and return
+    what was written. Nothing is written (no folder created) when the input is rejected.
 
     ``framing``: "pad" (upstream) or "recenter" (threestudio, uses ``border_ratio``). ``size``: output
     side; default the input's long side (after the ``max_side`` downscale of :func:`load_image`).
@@ -204,7 +199,6 @@ def preprocess_image(
         )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    out = Path(out_dir)
     img = load_image(path, min_side=min_side, max_side=max_side)
     W, H = img.size
     timings["load"] = time.perf_counter() - t0
@@ -259,9 +253,9 @@ def preprocess_image(
 
     # --- write ---------------------------------------------------------------------------------
     t = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)  # only now: a rejected input leaves no empty folder
-    rgba_path, depth_path = out / RGBA_NAME, out / DEPTH_NAME
-    npy_path, preview_path = out / DEPTH_NPY_NAME, out / PREVIEW_NAME
+    # only now are folders created (atomic_path makes the parent): a rejected input leaves nothing
+    rgba_path, depth_path = Path(outputs.rgba), Path(outputs.depth)
+    npy_path, preview_path = Path(outputs.depth_npy), Path(outputs.preview)
     _save_png(rgba_path, rgba8, "RGBA")
     _save_png(depth_path, depth_to_uint8(depth01).numpy(), "L")
     _save_npy(npy_path, depth01.numpy().astype(np.float32))
@@ -303,7 +297,7 @@ def _resolve_reference_paths(source: Any) -> tuple[Path, Path | None]:
     else:
         d = Path(source)
         if d.is_dir():
-            rgba, depth = d / RGBA_NAME, d / DEPTH_NAME
+            rgba, depth = d / UPSTREAM_RGBA, d / UPSTREAM_DEPTH
         else:
             rgba, depth = d, d.with_name(d.name.replace("rgba", "depth"))
     if not rgba.is_file():

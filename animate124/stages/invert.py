@@ -13,25 +13,12 @@ from animate124.engine.runner import StageContext, StageResult, run_stage
 from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
 from animate124.errors import InputError
 from animate124.fileio import atomic_path, file_sha256
+from animate124.preprocess.image_io import load_photo
 from animate124.project import Project
 from animate124.stages.preprocess import source_image
 from animate124.stages.spec import get_stage
 
 log = logging.getLogger(__name__)
-
-
-def load_photo(path) -> torch.Tensor:  # noqa: F821
-    """The original photo as [3, H, W] in [0, 1]; an alpha channel is composited on white."""
-    import numpy as np
-    import torch
-
-    from animate124.preprocess.image_io import load_image
-
-    img = load_image(path)
-    arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    rgb, a = arr[..., :3], arr[..., 3:]
-    rgb = rgb * a + (1.0 - a)
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def run_invert(

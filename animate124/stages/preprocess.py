@@ -29,26 +29,77 @@ def source_image(project: Project) -> Path:
     return files[0]
 
 
-def run_preprocess(project: Project, cfg: Config, image: Path, *, force: bool = False) -> StageResult:
-    """Validate ``image``, create the project, and write rgba/depth/preview into ``<project>/preprocess``."""
+def _recorded_sha(project: Project) -> str | None:
+    """The content hash of the image the project was made from (older manifests: of its input copy)."""
+    _, sha = project.source()
+    if sha:
+        return sha
+    try:
+        return file_sha256(source_image(project))
+    except InputError:
+        return None
+
+
+def check_same_image(project: Project, image: Path, sha: str, *, force: bool = False) -> None:
+    """Refuse to run a different image into a project made from another one (unless ``force``).
+
+    Without this, the new image's outputs would silently replace the old ones while the manifest
+    still named the old image.
+    """
+    if force or not project.exists():
+        return
+    recorded = _recorded_sha(project)
+    if recorded is None or recorded == sha:
+        return
+    old, _ = project.source()
+    raise InputError(
+        f"{project.root} was made from another image ({old or 'unknown'}), not {image}",
+        hint="use another project (-p DIR, or rename the image: run-all names the project after it), "
+        "or pass --force to replace the project's image and redo every stage",
+    )
+
+
+def run_preprocess(
+    project: Project,
+    cfg: Config,
+    image: Path,
+    *,
+    force: bool = False,
+    show_progress: bool = True,  # noqa: ARG001 - the stages share one calling convention
+) -> StageResult:
+    """Validate ``image`` and the device, create the project, write rgba/depth/preview into it.
+
+    Everything is validated before the project directory is created or changed: the image, the
+    device, the project path, and that an existing project was made from the same image.
+    """
     from animate124.preprocess.image_io import load_image
 
     image = Path(image)
-    load_image(image, min_side=cfg.preprocess.min_side)  # validates before anything is created
-    project.create(source_image=image.resolve())
+    load_image(image, min_side=cfg.preprocess.min_side, max_side=None)  # validates; warns nothing
+    resolve_device(cfg.run.device)
+    project.check_location()
     sha = file_sha256(image)
+    check_same_image(project, image, sha, force=force)
+    project.create(source_image=image.resolve(), source_sha256=sha)
 
     def body(ctx: StageContext) -> dict:
-        from animate124.preprocess.pipeline import preprocess_image
+        from animate124.preprocess.pipeline import OutputPaths, preprocess_image
 
         for old in project.input_dir.glob("source.*") if project.input_dir.exists() else []:
             old.unlink()
         with atomic_path(project.input_dir / f"source{image.suffix.lower()}") as tmp:
             shutil.copyfile(image, tmp)
+        project.set_source(image.resolve(), sha)
         device = resolve_device(cfg.run.device)
+        outputs = OutputPaths(
+            rgba=project.artifact("rgba"),
+            depth=project.artifact("depth"),
+            depth_npy=project.artifact("depth_npy"),
+            preview=project.artifact("preview"),
+        )
         res = preprocess_image(
             image,
-            project.preprocess_dir,
+            outputs,
             store=model_store(cfg),
             device=device,
             dtype=resolve_dtype(cfg.run.precision, device),

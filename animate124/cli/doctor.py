@@ -6,6 +6,8 @@ import importlib.util
 import platform
 from typing import Any
 
+from animate124.cli.common import Session, examples, guarded
+
 
 def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
     """Rows (name, value, ok) where ok is True, False (a problem) or None (optional, absent)."""
@@ -62,3 +64,16 @@ def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
             )
         )
     return rows
+
+
+@guarded("cache_dir")
+def doctor(s: Session) -> None:
+    """Report Python, torch, CUDA, GPU memory, optional accelerators and which models are cached."""
+    from animate124.cli.models import store_for
+
+    for key, value, ok in doctor_report(store_for(s)):
+        mark = "[green]✓[/green]" if ok is True else ("[yellow]-[/yellow]" if ok is None else "[red]✗[/red]")
+        s.show(f"{mark} {key}: {value}")
+
+
+DOCTOR_EPILOG = examples("animate124 doctor", "animate124 doctor --cache-dir /data/models")

@@ -1,0 +1,428 @@
+"""What every command shares: the common options (declared once), the config builder, output and the
+``@guarded`` decorator that maps errors to messages and exit codes.
+
+A command is written as ``@guarded("preset", "device", ...)`` over a function whose first parameter is
+a :class:`Session`; the decorator adds the named common options (and ``--debug``) to the command's
+signature, so Typer shows them, builds the Session from them, runs the body and turns whatever it
+raises into one red line, a hint and an exit code (:data:`EXIT_CODES_HELP`)::
+
+    @guarded("preset", "config_file", "sets", "device", "quiet", "json_output")
+    def invert(s: Session, project: ProjectOpt = None) -> None:
+        cfg = s.config({"invert": {...}})
+        s.stage_done(run_invert(...))
+
+Nothing here imports torch: ``animate124 --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from animate124.config.presets import PRESETS
+from animate124.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    Animate124Error,
+    ConfigError,
+    oom_guard,
+)
+from animate124.stages.spec import STAGE_NAMES
+
+EXIT_CODES_HELP = (
+    "[bold]Exit codes[/bold]: 0 success; 1 runtime error (a stage failed, a model is missing, out of "
+    "memory); 2 usage or config error (bad option, image or prompt; nothing was changed); "
+    "130 interrupted by Ctrl-C (progress is saved: run the same command again to resume)."
+)
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: its examples, one per line."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
+
+
+# --- option types ------------------------------------------------------------------------------
+def parse_device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N (whether the device exists is checked when the command runs)."""
+    from animate124.engine.runtime import check_device_name
+
+    try:
+        check_device_name(value)
+    except ConfigError:
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    return value
+
+
+PresetName = Literal[tuple(PRESETS)]
+StageName = Literal[STAGE_NAMES]
+
+
+# --- the options, declared once ----------------------------------------------------------------
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        help="Project directory. Default: the working directory if it is a project, else the most "
+        "recent project (the last one run-all or preprocess worked on).",
+        show_default=False,
+    ),
+]
+ImageProjectOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        help="Project directory, created if missing (default: ./runs/<image name>).",
+        show_default=False,
+    ),
+]
+
+#: name -> (annotation, default) of every common option; @guarded picks from these.
+COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "preset": (
+        Annotated[
+            PresetName,
+            typer.Option(
+                "--preset",
+                help="Settings preset: paper = the paper's settings; fast = about a third of the steps; "
+                "low-vram = the memory knobs turned down; tiny = tiny random models, runs on a CPU in "
+                "seconds (tests, smoke runs).",
+            ),
+        ],
+        "paper",
+    ),
+    "config_file": (
+        Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="YAML file of config overrides.", show_default=False),
+        ],
+        None,
+    ),
+    "sets": (
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--set",
+                "-s",
+                help="Override one config field, e.g. --set static.iters=2000 (repeatable; "
+                "`animate124 config fields` lists them).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "device": (
+        Annotated[
+            str | None,
+            typer.Option(
+                "--device",
+                metavar="[auto|cpu|cuda|cuda:N]",
+                parser=parse_device,
+                help="Where to run: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or "
+                "cuda:N. Checked before anything is written.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "cache_dir": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--cache-dir",
+                help="Model cache directory (default: $ANIMATE124_CACHE, else the user cache).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "force": (
+        Annotated[bool, typer.Option("--force", help="Run again even when up to date.")],
+        False,
+    ),
+    "quiet": (
+        Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress bars or details: only the final line.")
+        ],
+        False,
+    ),
+    "json_output": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--json",
+                help="Print one JSON summary object on stdout (project, stages with status, skipped, "
+                "seconds and artifacts, exit_code) and nothing else; messages go to stderr.",
+            ),
+        ],
+        False,
+    ),
+    "debug": (Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")], False),
+}
+#: The common options of a command that runs stages.
+STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
+
+
+@dataclass(frozen=True)
+class Common:
+    """The values of the common options a command was given."""
+
+    preset: str = "paper"
+    config_file: Path | None = None
+    sets: tuple[str, ...] = ()
+    device: str | None = None
+    cache_dir: Path | None = None
+    force: bool = False
+    quiet: bool = False
+    json_output: bool = False
+    debug: bool = False
+
+
+def build_config(
+    common: Common, options: dict[str, Any] | None = None, *, check_device: bool = True
+) -> Any:  # -> Config
+    """Resolve the config (schema < preset < --config < the command's ``options`` < --set).
+
+    ``check_device``: also check that the configured device exists on this machine (imports torch),
+    so that a bad ``--device`` is refused before a project is created or changed.
+    """
+    from animate124.config.loader import deep_merge, resolve_config
+
+    opts: dict[str, Any] = dict(options or {})
+    if common.device:
+        opts = deep_merge(opts, {"run": {"device": common.device}})
+    if common.cache_dir:
+        opts = deep_merge(opts, {"models": {"cache_dir": str(common.cache_dir)}})
+    cfg = resolve_config(common.preset, common.config_file, opts, list(common.sets))
+    if check_device:
+        from animate124.engine.runtime import resolve_device
+
+        resolve_device(cfg.run.device)
+    return cfg
+
+
+# --- the session: output and the run summary ---------------------------------------------------
+@dataclass
+class Session:
+    """What a command body receives: the common options, output helpers and the run summary.
+
+    Human output goes to stdout (stderr under ``--json``, whose stdout holds only the summary);
+    ``--quiet`` keeps only the final line. Errors and warnings always go to stderr.
+    """
+
+    command: str
+    opts: Common
+    project: Path | None = None
+    results: list[Any] = field(default_factory=list)
+    running: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # output ---------------------------------------------------------------------------------------
+    def console(self, stderr: bool = False):
+        from rich.console import Console
+
+        return Console(stderr=stderr or self.opts.json_output, highlight=False, soft_wrap=True)
+
+    def say(self, text: str) -> None:
+        """A detail line (hidden by --quiet)."""
+        if not self.opts.quiet:
+            self.console().print(text)
+
+    def show(self, text: str, **kwargs: Any) -> None:
+        """The command's own output (tables, YAML, paths): printed even with --quiet."""
+        self.console().print(text, **kwargs)
+
+    def warn(self, text: str) -> None:
+        from rich.markup import escape
+
+        self.console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(text)}")
+
+    @property
+    def show_progress(self) -> bool:
+        return not self.opts.quiet
+
+    # config ---------------------------------------------------------------------------------------
+    def config(self, options: dict[str, Any] | None = None, *, check_device: bool = True) -> Any:
+        return build_config(self.opts, options, check_device=check_device)
+
+    # stages ---------------------------------------------------------------------------------------
+    def stage_started(self, stage: Any) -> None:
+        self.running = getattr(stage, "name", str(stage))
+
+    def stage_done(self, result: Any) -> None:
+        self.running = None
+        self.results.append(result)
+        if self.opts.quiet:
+            return
+        from rich.markup import escape
+
+        c = self.console()
+        if result.skipped:
+            c.print(f"[green]✓[/green] {result.stage}: up to date, skipped (--force runs it again)")
+            return
+        extra = " (resumed)" if result.resumed else ""
+        c.print(f"[green]✓[/green] {result.stage} done in {result.seconds:.1f} s{extra}")
+        for k, v in result.artifacts.items():
+            c.print(f"    {k}: {escape(str(v))}")
+
+    def summary(self, exit_code: int, error: BaseException | None = None) -> dict[str, Any]:
+        stages = [
+            {
+                "stage": r.stage,
+                "status": "up-to-date" if r.skipped else "done",
+                "skipped": bool(r.skipped),
+                "resumed": bool(getattr(r, "resumed", False)),
+                "seconds": float(r.seconds),
+                "artifacts": {k: str(v) for k, v in r.artifacts.items()},
+            }
+            for r in self.results
+        ]
+        if self.running is not None:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            stages.append(
+                {"stage": self.running, "status": status, "skipped": False, "resumed": False,
+                 "seconds": None, "artifacts": {}}
+            )  # fmt: skip
+        err = None
+        if error is not None:
+            err = {
+                "type": type(error).__name__,
+                "message": getattr(error, "message", None) or str(error) or type(error).__name__,
+                "hint": getattr(error, "hint", None),
+            }
+        return {
+            "command": self.command,
+            "project": str(self.project) if self.project else None,
+            **self.extra,
+            "stages": stages,
+            "exit_code": exit_code,
+            "error": err,
+        }
+
+    def final_line(self) -> None:
+        """One line for the whole command (the only one with --quiet; after several stages otherwise)."""
+        from rich.markup import escape
+
+        if not self.results or (len(self.results) == 1 and not self.opts.quiet):
+            return
+        parts = [f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in self.results]
+        where = f" {escape(str(self.project))}" if self.project else ""
+        if all(r.skipped for r in self.results):
+            self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)})")
+        else:
+            self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)})")
+
+
+# --- @guarded ----------------------------------------------------------------------------------
+def _error_lines(exc: BaseException) -> tuple[str, str | None, int]:
+    """(message, hint, exit code) for anything a command body raised."""
+    if isinstance(exc, Animate124Error):
+        return exc.message, exc.hint, exc.exit_code
+    if isinstance(exc, OSError):  # the file system said no: say where and why, not a traceback
+        what = exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{what}{where}", "check the path, its permissions and the free disk space", EXIT_RUNTIME
+    return (
+        f"internal error: {type(exc).__name__}: {exc}",
+        "rerun with --debug for the traceback and report it",
+        EXIT_RUNTIME,
+    )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
+    """Under --json, everything printed while the command runs goes to stderr; yields the real stdout."""
+    real = sys.stdout
+    if not enabled:
+        yield real
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield real
+
+
+def _run(session: Session, body: Callable[[], Any]) -> Any:
+    from rich.markup import escape
+
+    opts = session.opts
+    logging.basicConfig(
+        level=logging.DEBUG if opts.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    code, error = 0, None
+    with _stdout_to_stderr(opts.json_output) as stdout:
+        try:
+            with oom_guard(f"`animate124 {session.command}`"):
+                out = body()
+        except typer.Exit as exc:
+            code = exc.exit_code
+            raise
+        except (KeyboardInterrupt, Exception) as exc:
+            error = exc
+            err = session.console(stderr=True)
+            if isinstance(exc, KeyboardInterrupt):
+                code = EXIT_INTERRUPTED
+                err.print(
+                    "[yellow]interrupted[/yellow]: progress is saved; run the same command again to resume."
+                )
+            else:
+                message, hint, code = _error_lines(exc)
+                if opts.debug:
+                    raise
+                err.print(f"[bold red]error:[/bold red] {escape(message)}")
+                if hint:
+                    err.print(f"[yellow]hint:[/yellow] {escape(hint)}")
+            raise typer.Exit(code) from None
+        finally:
+            if opts.json_output:
+                stdout.write(json.dumps(session.summary(code, error)) + "\n")
+                stdout.flush()
+    if not opts.json_output:
+        session.final_line()
+    return out
+
+
+def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a command from ``fn(session, ...)``: add the common options ``names`` (and ``--debug``)
+    to its parameters, build the :class:`Session`, and map errors to messages and exit codes:
+    :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
+    CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
+    """
+    chosen = (*names, "debug")
+    unknown = [n for n in chosen if n not in COMMON_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown common options: {unknown}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn, eval_str=True)
+        own = list(sig.parameters.values())[1:]  # the first parameter is the Session
+        clash = [p.name for p in own if p.name in COMMON_OPTIONS]
+        if clash:
+            raise ValueError(f"{fn.__name__}: parameters {clash} shadow common options")
+        common_params = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+            for n in chosen
+            for ann, default in [COMMON_OPTIONS[n]]
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in chosen}
+            values["sets"] = tuple(values.get("sets") or ())
+            session = Session(command=fn.__name__.replace("_", "-"), opts=Common(**values))
+            return _run(session, lambda: fn(session, **kwargs))
+
+        command.__signature__ = sig.replace(parameters=[*own, *common_params])
+        command.__annotations__ = {p.name: p.annotation for p in (*own, *common_params)}
+        return command
+
+    return decorate

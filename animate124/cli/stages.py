@@ -1,0 +1,336 @@
+"""The stage commands (``preprocess`` ... ``render``) and ``run-all``.
+
+Their names, one-line help, order and the choices of ``--from``/``--until`` come from the stage
+registry (:mod:`animate124.stages.spec`); this module adds only what a user types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from animate124.cli.common import (
+    STAGE_OPTIONS,
+    ImageProjectOpt,
+    ProjectOpt,
+    Session,
+    StageName,
+    examples,
+    guarded,
+)
+from animate124.errors import ConfigError
+from animate124.stages.spec import STAGE_NAMES, TRAINING_STAGES, get_stage, stage_range
+
+_ORDER = " -> ".join(STAGE_NAMES)
+
+
+def stage_help(name: str, details: str = "") -> str:
+    """A stage command's help: the registry's summary, then ``details``."""
+    summary = get_stage(name).summary
+    text = summary[0].upper() + summary[1:] + "."
+    return f"{text}\n\n{details}" if details else text
+
+
+def _check_prompts(s: Session, cfg: Any, names: tuple[str, ...]) -> None:
+    """Refuse a prompt past the text encoder's 75 tokens; warn when only its suffix is cut off."""
+    from animate124.stages.pipeline import check_prompt_length, prompt_tokenizer
+
+    texts = {n: getattr(cfg, n) for n in names if getattr(cfg, n).prompt}
+    if not texts:
+        return
+    tok = prompt_tokenizer(cfg)
+    for name, section in texts.items():
+        warning = check_prompt_length(name, section.prompt, section.prompt_suffix, tok)
+        if warning:
+            s.warn(warning)
+
+
+def _found_project(s: Session, explicit: Path | None):
+    from animate124.project import find_project
+
+    proj = find_project(explicit)
+    s.project = proj.root
+    if explicit is None:
+        s.say(f"project: {proj.root}")
+    return proj
+
+
+# --- preprocess ------------------------------------------------------------------------------------
+@guarded(*STAGE_OPTIONS)
+def preprocess(
+    s: Session,
+    image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],
+    project: ImageProjectOpt = None,
+) -> None:
+    from animate124.project import Project, default_project_for_image, remember_project
+    from animate124.stages.preprocess import run_preprocess
+
+    cfg = s.config()
+    proj = Project(project or default_project_for_image(image))
+    s.project = proj.root
+    s.say(f"project: {proj.root}")
+    s.stage_started(get_stage("preprocess"))
+    result = run_preprocess(proj, cfg, image, force=s.opts.force)
+    remember_project(proj)
+    s.stage_done(result)
+
+
+# --- invert ----------------------------------------------------------------------------------------
+@guarded(*STAGE_OPTIONS)
+def invert(
+    s: Session,
+    project: ProjectOpt = None,
+    initializer: Annotated[
+        str | None,
+        typer.Option(
+            help="A word that is one token and describes the object (e.g. panda). Default: the "
+            "subject that run-all derived for this project, else the config's invert.initializer.",
+            show_default=False,
+        ),
+    ] = None,
+    placeholder: Annotated[str | None, typer.Option(help="The new token's text.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.", show_default=False)] = None,
+) -> None:
+    from animate124.project import remember_project
+    from animate124.stages.invert import run_invert
+
+    proj = _found_project(s, project)
+    recorded = proj.recorded("prompts") or {}
+    inv: dict[str, Any] = {}
+    if initializer:
+        inv["initializer"] = initializer
+    elif recorded.get("initializer"):
+        inv["initializer"] = recorded["initializer"]  # the word run-all uses: the stage stays up to date
+    if placeholder:
+        inv["placeholder"] = placeholder
+    if steps is not None:
+        inv["steps"] = steps
+    cfg = s.config({"invert": inv} if inv else None)
+    auto = not initializer and cfg.invert.initializer == recorded.get("initializer")
+    s.stage_started(get_stage("invert"))
+    result = run_invert(proj, cfg, force=s.opts.force, show_progress=s.show_progress, auto_initializer=auto)
+    remember_project(proj)
+    s.stage_done(result)
+
+
+# --- static, dynamic, refine -----------------------------------------------------------------------
+_TRAINING = {
+    "static": (
+        "Trains at the reference view (192 px, the preprocessed image) and from random views; the "
+        "prompt describes the object. Default prompt: the one run-all derived for this project.",
+        ('animate124 static --prompt "a high-resolution DSLR image of a panda"', "animate124 static -p runs/panda --preset fast"),
+    ),
+    "dynamic": (
+        "16-frame clips from moving and fixed cameras, guided by the text-to-video model; the prompt "
+        "describes the motion. Default prompt: the one run-all derived for this project.",
+        ('animate124 dynamic --prompt "a panda is dancing"', "animate124 dynamic -p runs/panda --preset low-vram"),
+    ),
+    "refine": (
+        "'<token>' in the prompt stands for the token learned by `invert`, which must have run. "
+        "Default prompt: the one run-all derived for this project.",
+        ('animate124 refine --prompt "a <token> is dancing"', "animate124 refine -p runs/panda"),
+    ),
+}  # fmt: skip
+
+
+def _training_command(stage: str):
+    def command(
+        s: Session,
+        project: ProjectOpt = None,
+        prompt: Annotated[
+            str | None,
+            typer.Option("--prompt", help="The stage's text prompt.", show_default=False),
+        ] = None,
+    ) -> None:
+        from animate124.project import remember_project
+
+        proj = _found_project(s, project)
+        if prompt is not None and not prompt.strip():
+            raise ConfigError(f"the {stage} prompt is empty", hint="give a short description in quotes")
+        text = prompt.strip() if prompt else (proj.recorded("prompts") or {}).get(stage)
+        cfg = s.config({stage: {"prompt": text}} if text else None)
+        _check_prompts(s, cfg, (stage,))
+        s.stage_started(get_stage(stage))
+        result = get_stage(stage).run_function()(proj, cfg, force=s.opts.force, show_progress=s.show_progress)
+        remember_project(proj)
+        s.stage_done(result)
+
+    command.__name__ = command.__qualname__ = stage
+    return guarded(*STAGE_OPTIONS)(command)
+
+
+# --- render ----------------------------------------------------------------------------------------
+@guarded("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
+def render(
+    s: Session,
+    project: ProjectOpt = None,
+    orbit: Annotated[
+        bool, typer.Option("--orbit", help="An orbit video: the camera circles while time runs.")
+    ] = False,
+    views: Annotated[
+        int | None, typer.Option(help="Fixed views (each a video over time).", show_default=False)
+    ] = None,
+) -> None:
+    from animate124.engine.runner import StageResult
+    from animate124.stages.render import run_render_stage
+
+    proj = _found_project(s, project)
+    proj.require()
+    cfg = s.config({"render": {"views": views}} if views else None)
+    s.stage_started(get_stage("render"))
+    result = run_render_stage(proj, cfg, orbit=orbit, force=s.opts.force, show_progress=s.show_progress)
+    s.stage_done(result if isinstance(result, StageResult) else StageResult("render", skipped=False))
+
+
+# --- run-all ---------------------------------------------------------------------------------------
+@guarded(*STAGE_OPTIONS)
+def run_all(
+    s: Session,
+    image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],
+    prompt: Annotated[str, typer.Argument(help='Motion prompt, e.g. "a panda is dancing".')],
+    project: ImageProjectOpt = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            help="The object, when the prompt does not start with it (default: the words after the "
+            "prompt's article, up to its verb: 'a panda is dancing' -> panda).",
+            show_default=False,
+        ),
+    ] = None,
+    static_prompt: Annotated[
+        str | None,
+        typer.Option(help='Default: "a high-resolution DSLR image of a <subject>".', show_default=False),
+    ] = None,
+    refine_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Default: the motion prompt with the subject replaced by <token>.", show_default=False
+        ),
+    ] = None,
+    from_: Annotated[
+        StageName | None,
+        typer.Option(
+            "--from",
+            help=f"Start at this stage (the order is {_ORDER}); the earlier ones must have run.",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        StageName | None,
+        typer.Option(help="Stop after this stage (default: render, the last).", show_default=False),
+    ] = None,
+) -> None:
+    from animate124.preprocess.image_io import load_image
+    from animate124.project import Project, default_project_for_image, remember_project
+    from animate124.stages.pipeline import derive_prompts, run_pipeline
+    from animate124.stages.preprocess import check_same_image
+
+    prompts = derive_prompts(
+        prompt, subject=subject, static_prompt=static_prompt, refine_prompt=refine_prompt
+    )
+    options: dict[str, Any] = {
+        "static": {"prompt": prompts.static},
+        "dynamic": {"prompt": prompts.dynamic},
+        "refine": {"prompt": prompts.refine},
+        "invert": {"initializer": prompts.initializer},
+    }
+    cfg = s.config(options)
+    _check_prompts(s, cfg, TRAINING_STAGES)
+    stage_range(from_, until)  # --from after --until is a usage error, found before any work
+    proj = Project(project or default_project_for_image(image))
+    s.project = proj.root
+    s.extra = {"image": str(image), "prompts": prompts.as_dict()}
+    load_image(image, min_side=cfg.preprocess.min_side, max_side=None)
+    proj.check_location()
+    if proj.exists():
+        from animate124.fileio import file_sha256
+
+        check_same_image(proj, image, file_sha256(image), force=s.opts.force)
+    s.say(f"project: {proj.root}")
+    s.say(f"subject: {prompts.subject} (textual-inversion initializer: {prompts.initializer})")
+    for name in TRAINING_STAGES:
+        s.say(f"{name} prompt: {getattr(prompts, name)}")
+    try:
+        run_pipeline(
+            proj,
+            cfg,
+            start=from_,
+            stop=until,
+            options={
+                "preprocess": {"image": image},
+                "invert": {"auto_initializer": cfg.invert.initializer == prompts.initializer},
+            },
+            prompts=prompts,
+            force=s.opts.force,
+            show_progress=s.show_progress,
+            on_start=s.stage_started,
+            on_done=s.stage_done,
+        )
+    finally:
+        if proj.exists():
+            remember_project(proj)
+
+
+# --- registration ----------------------------------------------------------------------------------
+def register(app: typer.Typer) -> None:
+    """Add the stage commands and run-all to ``app``, in the registry's order."""
+    app.command(
+        "preprocess",
+        help=stage_help(
+            "preprocess",
+            "Creates the project (default ./runs/<image name>) and writes the cut-out image (rgba.png), "
+            "its depth (depth.png, depth.npy) and a preview.png into <project>/preprocess. Images "
+            "with a transparent background are used as they are; others get their background removed.",
+        ),
+        epilog=examples(
+            "animate124 preprocess image.png",
+            "animate124 preprocess photo.jpg -p runs/panda --set preprocess.framing=recenter",
+            "animate124 preprocess image.png --preset tiny",
+        ),
+    )(preprocess)
+    app.command(
+        "invert",
+        help=stage_help(
+            "invert",
+            "The token stands for the object as <token> in the refine prompt. Trains on the original "
+            "photo (background included), checkpoints as it goes and resumes after an interruption. "
+            "Writes <project>/invert/learned_embeds.safetensors.",
+        ),
+        epilog=examples(
+            "animate124 invert",
+            "animate124 invert -p runs/panda --initializer panda",
+            "animate124 invert --preset tiny",
+        ),
+    )(invert)
+    for stage in TRAINING_STAGES:
+        details, lines = _TRAINING[stage]
+        app.command(stage, help=stage_help(stage, details), epilog=examples(*lines))(_training_command(stage))
+    app.command(
+        "render",
+        help=stage_help(
+            "render",
+            "Renders the newest finished training stage (refine, else dynamic, else static) into "
+            "<project>/render. Without -p the project is the working directory if it is one, else "
+            "the most recent project.",
+        ),
+        epilog=examples("animate124 render --orbit", "animate124 render -p runs/panda --views 4"),
+    )(render)
+    app.command(
+        "run-all",
+        help=(
+            f"Run every stage ({_ORDER}) on IMAGE with the motion PROMPT.\n\n"
+            "The project goes to ./runs/<image name> unless -p is given, and becomes the most recent "
+            "project, which `animate124 render` and the single-stage commands use when run without -p. "
+            "The other stages' prompts are derived from PROMPT and printed first. A stage already done "
+            "with the same config and inputs is skipped and says so; an interrupted stage resumes. "
+            "A different image for an existing project is refused unless --force."
+        ),
+        epilog=examples(
+            'animate124 run-all image.png "a panda is dancing"',
+            'animate124 run-all fox.jpg "a fox maneuvering a game controller" -p runs/fox',
+            'animate124 run-all toy.png "a toy is spinning" --preset tiny --until invert',
+            'animate124 run-all cat.png "a cat is dancing" --quiet --json >> results.jsonl',
+        ),
+    )(run_all)
