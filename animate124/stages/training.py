@@ -9,10 +9,9 @@ out-of-memory as a clear error, the result artifact and a final preview.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,23 +23,14 @@ from animate124.engine.progress import rich_progress
 from animate124.engine.runner import StageContext, StageResult, run_stage
 from animate124.engine.runtime import resolve_device
 from animate124.engine.trainer import Trainer, TrainingSystem
-from animate124.errors import OutOfMemoryError
+from animate124.errors import oom_guard
 from animate124.project import Project
 from animate124.stages.build import trainer_settings
 from animate124.stages.spec import get_stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Built", "train_nerf_stage", "load_reference_data", "release", "oom_hint"]
-
-OOM_HINT = (
-    "lower the memory use: --preset low-vram, or --set dynamic.vae_grad_frames=4, "
-    "--set refine.image_size=512, --set raymarch.max_steps=512, --set raymarch.chunk=262144"
-)
-
-
-def oom_hint() -> str:
-    return OOM_HINT
+__all__ = ["Built", "train_nerf_stage", "load_reference_data", "release"]
 
 
 @dataclass
@@ -59,16 +49,6 @@ def release(*objs: Any) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def _oom_as_error() -> Iterator[None]:
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        raise OutOfMemoryError(
-            f"the GPU ran out of memory ({str(exc).splitlines()[0]})", hint=OOM_HINT
-        ) from exc
 
 
 def load_reference_data(project: Project, size: int) -> Any:
@@ -108,7 +88,7 @@ def train_nerf_stage(
         device = resolve_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)
         paths = project.stage(stage)
-        with _oom_as_error():
+        with oom_guard(f"the {stage} stage"):
             built = make(ctx, device)
             trainer = Trainer(trainer_settings(cfg, stage, ctx.config_hash))
             with rich_progress(stage, enabled=show_progress) as prog, graceful_interrupt() as stop:
