@@ -11,7 +11,10 @@ Measures (CUDA events via ``triton.testing.do_bench`` when available, else a med
   and fully random per-point times), with the ratio (target ≤ 2×);
 * time TV: upstream table mode and the SPEC 3.6 100k-point mode;
 * StaticField forward+backward for 2^18 points, with and without finite-difference normals;
-* a Triton launch-configuration sweep (BLOCK × warps) for forward and backward.
+* a launch-configuration sweep (BLOCK × warps) of the plain Triton kernels, forward and backward.
+
+Kernel variants are chosen by passing ``KernelOptions`` to the encoders (the defaults are the fastest
+measured; ``bench_grid_variants.py`` compares the variants, ``bench_grid_sweep.py`` the pair launches).
 
 Every variant is guarded: a failure is recorded in the JSON and the run continues.
 
@@ -22,6 +25,7 @@ Every variant is guarded: a failure is recorded in the JSON and the run continue
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -32,13 +36,23 @@ from pathlib import Path
 
 import torch
 
-from animate124.scene import encoding_triton
-from animate124.scene.encoding import GridEncoding, GridEncodingConfig, TimeGridEncoding
 from animate124.scene.fields import StaticField
+from animate124.scene.grid import GridEncoding, GridEncodingConfig, KernelOptions, TimeGridEncoding, launch
 
 TARGET_FWD_BWD_MS = 2.0
 TARGET_SPEEDUP = 10.0
 TARGET_TIME_RATIO = 2.0
+# SPEC 3.1: the paper's tiled grid and MLP (the library has no defaults for them)
+PAPER_GRID = dict(
+    grid_type="tiled",
+    num_levels=16,
+    level_dim=2,
+    base_resolution=16,
+    desired_resolution=2048,
+    log2_table_size=16,
+)
+HASH_GRID = {**PAPER_GRID, "grid_type": "hash", "log2_table_size": 19}
+PAPER_MLP = dict(hidden_dim=64, num_layers=2, blob_density=10.0, blob_radius=0.2)
 
 
 def _sync(device: torch.device) -> None:
@@ -101,8 +115,14 @@ class Runner:
         print(f"  {name:<58s} {values}", flush=True)
 
 
-def _static(cfg: GridEncodingConfig, backend: str, device: torch.device, table: torch.Tensor | None = None):
-    enc = GridEncoding(cfg, backend=backend).to(device)  # type: ignore[arg-type]
+def _static(
+    cfg: GridEncodingConfig,
+    backend: str,
+    device: torch.device,
+    table: torch.Tensor | None = None,
+    options: KernelOptions | None = None,
+):
+    enc = GridEncoding(cfg, backend=backend, kernel_options=options).to(device)  # type: ignore[arg-type]
     if table is not None:
         with torch.no_grad():
             enc.embeddings.copy_(table)
@@ -179,13 +199,10 @@ def main() -> None:
     n = 2**10 if small else 2**20
     n_field = 2**8 if small else 2**18
     T = 4 if small else 64
-    cfg = GridEncodingConfig() if not small else GridEncodingConfig(num_levels=8, desired_resolution=256)
-    hcfg = (
-        GridEncodingConfig.hashgrid()
-        if not small
-        else GridEncodingConfig.hashgrid(num_levels=8, desired_resolution=256)
-    )
-    triton_ok = encoding_triton.is_available(dev)
+    shrink = dict(num_levels=8, desired_resolution=256) if small else {}
+    cfg = GridEncodingConfig(**{**PAPER_GRID, **shrink})
+    hcfg = GridEncodingConfig(**{**HASH_GRID, **shrink})
+    triton_ok = launch.is_available(dev)
     r = Runner(dev, args.warmup, args.rep)
     meta = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -196,10 +213,7 @@ def main() -> None:
         "time_grid_size": T,
         "small": small,
         "config": cfg.__dict__,
-        "launch_defaults": {
-            "fwd": (encoding_triton.FWD_BLOCK, encoding_triton.FWD_WARPS),
-            "bwd": (encoding_triton.BWD_BLOCK, encoding_triton.BWD_WARPS),
-        },
+        "kernel_options": dataclasses.asdict(KernelOptions()),
     }
     print(f"device={meta['device']} torch={meta['torch']} triton={triton_ok} N={n}", flush=True)
 
@@ -225,14 +239,14 @@ def main() -> None:
         r.time(f"{be} tiled fwd+bwd max_level=8", _fwd_bwd(enc, (x, 8), g))
         del enc
     if triton_ok and dev.type == "cuda":
-        enc = _static(cfg, "triton", dev)
+        vec2_errors = []
         for mode in ("scalar", "auto"):
-            encoding_triton.ATOMICS = mode
+            enc = _static(cfg, "triton", dev, options=KernelOptions(atomics=mode))
             r.time(f"triton tiled fwd+bwd atomics={mode}", _fwd_bwd(enc, (x,), g))
             r.time(f"triton tiled bwd atomics={mode}", _bwd_only(enc, (x,), g))
-        encoding_triton.ATOMICS = "auto"
-        r.record("vec2 atomics", broken=list(encoding_triton._VEC2_BROKEN))
-        del enc
+            vec2_errors += [enc.launch_state.vec2_error] if enc.launch_state.vec2_error else []
+            del enc
+        r.record("vec2 atomics", broken=vec2_errors)
     if ms.get("triton") and ms.get("torch"):
         r.record(
             "tiled summary",
@@ -275,7 +289,7 @@ def main() -> None:
 
             def tv_table(tenc=tenc):
                 tenc.embeddings.grad = None
-                tenc.time_tv_loss(mode="table").backward()
+                tenc.time_tv_loss("table").backward()
 
             r.time(f"{be} time TV table mode fwd+bwd (T={T})", tv_table)
             gen = torch.Generator(device=dev).manual_seed(0)
@@ -283,7 +297,7 @@ def main() -> None:
 
             def tv_points(tenc=tenc, gen=gen, n_tv=n_tv):
                 tenc.embeddings.grad = None
-                tenc.time_tv_loss(n_points=n_tv, generator=gen, mode="points").backward()
+                tenc.time_tv_loss("points", n_points=n_tv, generator=gen).backward()
 
             r.time(f"{be} time TV points mode fwd+bwd ({n_tv} pts, T={T})", tv_points)
             del stat, tenc
@@ -297,7 +311,7 @@ def main() -> None:
     xf = torch.rand(n_field, 3, device=dev) * 2 - 1
     for be in backends:
         try:
-            field = StaticField(cfg, backend=be).to(dev)  # type: ignore[arg-type]
+            field = StaticField(cfg, backend=be, **PAPER_MLP).to(dev)  # type: ignore[arg-type]
 
             def field_step(field=field):
                 field.zero_grad(set_to_none=True)
@@ -325,27 +339,17 @@ def main() -> None:
             print(f"  {be} StaticField FAILED: {exc}", flush=True)
 
     if triton_ok and not args.no_sweep and not small:
-        print("launch sweep (triton, tiled)", flush=True)
-        enc = _static(cfg, "triton", dev)
-        u = (x + 1) / 2
+        print("launch sweep (triton, tiled, plain kernels)", flush=True)
+        table = _static(cfg, "triton", dev).embeddings.detach()
         for block in (64, 128, 256, 512):
             for warps in (2, 4, 8):
-
-                def fwd(block=block, warps=warps):
-                    with torch.no_grad():
-                        encoding_triton.grid_encode(
-                            u, enc.embeddings, enc.bufs, 16, 16, 2, block=block, warps=warps
-                        )
-
-                r.time(f"sweep fwd BLOCK={block} warps={warps}", fwd)
-                out = encoding_triton.grid_encode(
-                    u, enc.embeddings, enc.bufs, 16, 16, 2, bwd_block=block, bwd_warps=warps
+                opts = KernelOptions(
+                    pair_layout=False, fwd_block=block, fwd_warps=warps, bwd_block=block, bwd_warps=warps
                 )
-
-                def bwd(out=out):
-                    torch.autograd.grad(out, enc.embeddings, g, retain_graph=True)
-
-                r.time(f"sweep bwd BLOCK={block} warps={warps}", bwd)
+                enc = _static(cfg, "triton", dev, table, opts)
+                r.time(f"sweep fwd BLOCK={block} warps={warps}", _fwd(enc, (x,)))
+                r.time(f"sweep bwd BLOCK={block} warps={warps}", _bwd_only(enc, (x,), g))
+                del enc
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": r.results}, indent=2, default=str))

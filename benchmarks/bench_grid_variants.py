@@ -3,19 +3,20 @@
 2^20 points, 16 levels x 2 features. For each point set and table it times forward, backward and
 forward+backward (medians of ``triton.testing.do_bench``) of:
 
-* ``plain``: one load / one 8-byte reduction per corner (``ANIMATE124_GRID_PAIRS=0``);
-* ``pairs-fwd``: the pair table in the forward, plain reductions in the backward;
-* ``pairs``: pair table forward and pair-layout backward (the default for tables up to
-  ``BWD_PAIRS_MAX_ROWS`` rows);
+* ``plain``: one load / one 8-byte reduction per corner (``KernelOptions(pair_layout=False)``);
+* ``pairs-fwd``: the quad gather table in the forward (static tables), plain reductions in the backward
+  (``KernelOptions(bwd_pairs_max_rows=0)``);
+* ``pairs``: quad table forward and pair-layout backward (the default);
 * ``pairs+slots`` (time-stacked table only, the default): one blended table per distinct time of a
-  frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point;
+  frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point (the other
+  variants run with ``slot_blend=False``);
 
 (gather tables are built inside every call, as in training) and checks every variant against the torch
-reference (relative table-gradient error, max forward
-difference). Point sets: ``uniform`` (random in the cube: the worst case) and ``rays`` (2^14 rays x 64
+reference (relative table-gradient error, max forward difference). Point sets: ``uniform`` (random in the cube: the worst case) and ``rays`` (2^14 rays x 64
 samples through the cube in ray order, as the marcher emits them). Tables: tiled 2^16 (the paper's
 grid), hashed 2^19, and the 64-grid time-stacked table with a training clip's 16 frame times and with a
-random time per point. Also: the pair-table build, and the torch reference for the speed-up.
+random time per point. Also: the quad-table build, the blended slot-table build (16 times), and the torch
+reference for the speed-up.
 
 Usage: python benchmarks/bench_grid_variants.py --out grid_variants.json
 """
@@ -23,16 +24,29 @@ Usage: python benchmarks/bench_grid_variants.py --out grid_variants.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 import triton.testing
 
-from animate124.scene import encoding_triton as et
-from animate124.scene.encoding import GridEncoding, GridEncodingConfig, TimeGridEncoding
+from animate124.scene.grid import GridEncoding, GridEncodingConfig, KernelOptions, TimeGridEncoding, launch
 
-VARIANTS = {"plain": (False, 0), "pairs-fwd": (True, 0), "pairs": (True, 2**30)}
+VARIANTS = {
+    "plain": KernelOptions(pair_layout=False),
+    "pairs-fwd": KernelOptions(bwd_pairs_max_rows=0),
+    "pairs": KernelOptions(bwd_pairs_max_rows=2**30),
+}
+# SPEC 3.1: the paper's tiled grid (the library has no defaults for it)
+PAPER_GRID = dict(
+    grid_type="tiled",
+    num_levels=16,
+    level_dim=2,
+    base_resolution=16,
+    desired_resolution=2048,
+    log2_table_size=16,
+)
 
 
 def ray_points(n_rays: int, samples: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
@@ -123,22 +137,28 @@ def main() -> None:
         extra = {k: (f"{v:.1e}" if isinstance(v, float) else v) for k, v in row.items() if k not in keys}
         print(f"{nums}  {extra}", flush=True)
 
-    grids = {"tiled16": GridEncodingConfig(), "hash19": GridEncodingConfig.hashgrid()}
-    if args.small:
-        small = dict(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=8)
-        grids = {
-            "tiled16": GridEncodingConfig(**small),
-            "hash19": GridEncodingConfig(**small, grid_type="hash"),
-        }
+    small = (
+        dict(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=8) if args.small else {}
+    )
+    grids = {
+        "tiled16": GridEncodingConfig(**{**PAPER_GRID, **small}),
+        "hash19": GridEncodingConfig(**{**PAPER_GRID, "grid_type": "hash", "log2_table_size": 19, **small}),
+    }
+    vec2_errors: list[str] = []
+
+    def variant(cls, cfg, table, options, **kw):
+        """A Triton encoder with ``options`` holding a copy of ``table``."""
+        enc = cls(cfg, backend="triton", kernel_options=options, **kw).to(dev)
+        with torch.no_grad():
+            enc.embeddings.copy_(table)
+        return enc
+
     static_best: dict[str, float] = {}
     for gname, cfg in grids.items():
         torch.manual_seed(0)
         ref = GridEncoding(cfg, backend="torch").to(dev)
         with torch.no_grad():
             ref.embeddings.uniform_(-1, 1)
-        enc = GridEncoding(cfg, backend="triton").to(dev)
-        with torch.no_grad():
-            enc.embeddings.copy_(ref.embeddings)
         for pname, x in points.items():
             g = torch.randn(x.shape[0], cfg.output_dim, generator=gen, device=dev)
             ref_grad, ref_out = reference(ref, (x,), g)
@@ -149,16 +169,17 @@ def main() -> None:
                     ref(x).backward(g)
 
                 report(table=gname, points=pname, variant="torch reference", fwd_bwd_ms=bench(torch_fwd_bwd))
-            for vname, (pairs, max_rows) in VARIANTS.items():
-                et.PAIRS, et.BWD_PAIRS_MAX_ROWS = pairs, max_rows
+            for vname, options in VARIANTS.items():
+                enc = variant(GridEncoding, cfg, ref.embeddings.detach(), options)
                 r = measure(enc, (x,), g, ref_grad, ref_out)
+                vec2_errors += [enc.launch_state.vec2_error] if enc.launch_state.vec2_error else []
                 report(table=gname, points=pname, variant=vname, **r)
                 if pname == "uniform":
-                    key = f"{gname}/{vname}"
-                    static_best[key] = r["fwd_bwd_ms"]
-        build = bench(lambda enc=enc: et.build_pair_table(enc.embeddings, enc.bufs, 1, 0))
-        report(table=gname, variant="pair table build", fwd_bwd_ms=build)
-        del ref, enc
+                    static_best[f"{gname}/{vname}"] = r["fwd_bwd_ms"]
+                del enc
+        build = bench(lambda ref=ref: launch.build_quad_table(ref.embeddings.detach(), ref.bufs))
+        report(table=gname, variant="quad table build", fwd_bwd_ms=build)
+        del ref
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -170,24 +191,23 @@ def main() -> None:
     t_clip = ((torch.arange(n, device=dev) * frames // n) * 15 + 8).float().div(256).reshape(-1, 1)
     times = {"16 frame times": t_clip, "random t": torch.rand(n, 1, generator=gen, device=dev)}
     torch.manual_seed(0)
-    ref = TimeGridEncoding(cfg, t_size, backend="torch").to(dev)
+    ref = TimeGridEncoding(cfg, time_grid_size=t_size, backend="torch").to(dev)
     with torch.no_grad():
         ref.embeddings.uniform_(-1, 1)
-    enc = TimeGridEncoding(cfg, t_size, backend="triton").to(dev)
-    with torch.no_grad():
-        enc.embeddings.copy_(ref.embeddings)
-    time_variants = dict(VARIANTS)
-    time_variants["pairs+slots"] = (True, 2**30)
+    time_variants = {k: dataclasses.replace(v, slot_blend=False) for k, v in VARIANTS.items()}
+    time_variants["pairs+slots"] = VARIANTS["pairs"]
     for tname, t in times.items():
         ref_grad, ref_out = reference(ref, (x, t), g)
-        for vname, (pairs, max_rows) in time_variants.items():
-            et.PAIRS, et.BWD_PAIRS_MAX_ROWS = pairs, max_rows
-            enc.slot_blend = vname == "pairs+slots"
+        for vname, options in time_variants.items():
+            enc = variant(TimeGridEncoding, cfg, ref.embeddings.detach(), options, time_grid_size=t_size)
             try:
                 r = measure(enc, (x, t), g, ref_grad, ref_out)
             except torch.OutOfMemoryError as err:
                 report(table="time64", points=tname, variant=vname, error=str(err)[:200])
                 continue
+            finally:
+                vec2_errors += [enc.launch_state.vec2_error] if enc.launch_state.vec2_error else []
+                del enc
             r["ratio_vs_static_same_variant"] = (
                 r["fwd_bwd_ms"] / static_best[f"tiled16/{vname.split('+')[0]}"]
             )
@@ -195,16 +215,17 @@ def main() -> None:
             report(table="time64", points=tname, variant=vname, **r)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    build = bench(
-        lambda: et.build_pair_table(enc.embeddings.view(-1, 2), enc.bufs, t_size, enc.entries_per_grid)
-    )
-    report(table="time64", variant="pair table build", fwd_bwd_ms=build)
+    g32 = (torch.arange(frames, device=dev) * 15 + 8).float().div(256) * float(t_size - 1)
+    lo, hi, a = torch.floor(g32).long(), torch.ceil(g32).long(), g32 - torch.floor(g32)
+    flat = ref.embeddings.detach().view(-1, 2)
+    build = bench(lambda: launch.build_slot_pairs(flat, lo, hi, a, ref.bufs, ref.entries_per_grid))
+    report(table="time64", variant=f"slot table build ({frames} times)", fwd_bwd_ms=build)
     meta = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "n": n,
-        "vec2_broken": et._VEC2_BROKEN,
+        "vec2_broken": vec2_errors,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

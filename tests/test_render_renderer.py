@@ -359,11 +359,11 @@ def test_camera_order_is_row_major_b_t():
 
 def test_real_fields_through_renderer():
     fields = pytest.importorskip("animate124.scene.fields")
-    from animate124.scene.encoding import GridEncodingConfig
+    from helpers_grid import field_kwargs, paper_grid_config
 
-    cfg = GridEncodingConfig(log2_table_size=10, desired_resolution=64.0)
+    cfg = paper_grid_config(log2_table_size=10, desired_resolution=64)
     torch.manual_seed(0)
-    static = fields.StaticField(cfg, backend="torch")
+    static = fields.StaticField(cfg, backend="torch", **field_kwargs())
     occ = OccupancyGrid(resolution=8)
     occ.update(static.density, generator=torch.Generator().manual_seed(0))
     cams = orbit_cameras(2, height=8, width=8)
@@ -372,7 +372,7 @@ def test_real_fields_through_renderer():
     assert out.weights.shape == out.orientation.shape == (out.num_samples,)
     (out.rgb.mean() + out.orientation.mean()).backward()
     assert static.encoder.embeddings.grad is not None and static.encoder.embeddings.grad.abs().sum() > 0
-    dyn = fields.DynamicField(cfg, time_grid_size=4, backend="torch")
+    dyn = fields.DynamicField(cfg, time_grid_size=4, backend="torch", **field_kwargs())
     occ4 = OccupancyGrid(resolution=8, num_slots=4)
     occ4.update(dyn.density, generator=torch.Generator().manual_seed(0))
     clip = render(

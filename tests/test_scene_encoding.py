@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers_grid import PAPER_GRID, hash_grid_config, paper_grid_config
 
 from animate124.errors import ConfigError
-from animate124.scene.encoding import (
+from animate124.scene.grid import (
     GridEncoding,
     GridEncodingConfig,
     TimeGridEncoding,
@@ -76,7 +77,7 @@ def scalar_encode(
 
 # ---------------------------------------------------------------- layout
 def test_paper_layout_matches_spec():
-    lay = grid_layout(GridEncodingConfig())
+    lay = grid_layout(paper_grid_config())
     assert lay.per_level_scale == pytest.approx(1.3819, abs=1e-4)
     assert [lv.resolution for lv in lay.levels] == SPEC_RESOLUTIONS
     sizes = [lv.table_size for lv in lay.levels]
@@ -84,7 +85,7 @@ def test_paper_layout_matches_spec():
     assert sizes[3:] == [65536] * 13
     assert lay.total_entries == 903_480
     assert lay.offsets[:4] == [0, 4920, 4920 + 13824, 4920 + 13824 + 32768]
-    enc = GridEncoding(GridEncodingConfig(), backend="torch")
+    enc = GridEncoding(paper_grid_config(), backend="torch")
     assert tuple(enc.embeddings.shape) == (903_480, 2)
     assert enc.embeddings.numel() == 1_806_960
     assert enc.offsets.tolist() == lay.offsets
@@ -96,7 +97,7 @@ def test_paper_layout_matches_spec():
 
 
 def test_hashgrid_layout():
-    lay = grid_layout(GridEncodingConfig.hashgrid())
+    lay = grid_layout(hash_grid_config())
     assert all(lv.table_size <= 2**19 for lv in lay.levels)
     # hashed exactly where the dense grid exceeds 2^19 entries: (R+1)^3 > 524288 <=> R+1 >= 81
     assert [lv.hashed for lv in lay.levels] == [(lv.resolution + 1) ** 3 > 2**19 for lv in lay.levels]
@@ -104,13 +105,13 @@ def test_hashgrid_layout():
 
 
 def test_bound_scales_desired_resolution():
-    lay = grid_layout(GridEncodingConfig(), bound=2.0)
+    lay = grid_layout(paper_grid_config(), bound=2.0)
     assert lay.levels[-1].resolution == 4096
 
 
 # ---------------------------------------------------------------- index formulas by hand
 def test_tiled_index_by_hand():
-    lay = grid_layout(GridEncodingConfig())
+    lay = grid_layout(paper_grid_config())
     c = lambda *v: torch.tensor(v)  # noqa: E731
     # level 0: strides 1, 17, 289, dense (4,920 rows)
     assert level_index(lay, 0, c(16, 16, 16)).item() == 16 + 16 * 17 + 16 * 289  # 4912
@@ -121,13 +122,13 @@ def test_tiled_index_by_hand():
     assert level_index(lay, 9, c(5, 7, 0)).item() == level_index(lay, 9, c(5, 7, 100)).item()
     # level 15: x + 2049·y wraps: 10 + 2049·40 = 81970 -> 16434
     assert level_index(lay, 15, c(10, 40, 3)).item() == 81970 - 65536
-    full = grid_layout(GridEncodingConfig(stride_guard=False))
+    full = grid_layout(paper_grid_config(stride_guard=False))
     # without the guard: 5 + 296·7 + 296²·100 = 8_763_677 mod 65536
     assert level_index(full, 9, c(5, 7, 100)).item() == (5 + 296 * 7 + 296 * 296 * 100) % 65536
 
 
 def test_hash_index_by_hand():
-    lay = grid_layout(GridEncodingConfig.hashgrid())
+    lay = grid_layout(hash_grid_config())
     # 3 ^ (5·2654435761 mod 2^32 = 387276917) ^ (7·805459861 mod 2^32 = 1343251731) = 1191511397
     assert level_index(lay, 5, torch.tensor([3, 5, 7])).item() == 1191511397 % 2**19 == 329061
     # dense levels of the hash grid still use the tiled index
@@ -144,7 +145,7 @@ def _random_table(enc: GridEncoding, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "cfg",
-    [GridEncodingConfig(), GridEncodingConfig.hashgrid(), GridEncodingConfig(stride_guard=False)],
+    [paper_grid_config(), hash_grid_config(), paper_grid_config(stride_guard=False)],
     ids=["tiled", "hash19", "tiled-noguard"],
 )
 def test_reference_matches_scalar_port(cfg):
@@ -166,7 +167,7 @@ def test_reference_matches_scalar_port(cfg):
 
 
 def test_reference_gradient_is_weight_scatter():
-    cfg = GridEncodingConfig(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=8)
+    cfg = paper_grid_config(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=8)
     enc = GridEncoding(cfg, backend="torch")
     _random_table(enc)
     x = torch.tensor([[0.2, -0.4, 0.6], [-0.3, 0.1, 0.05]])
@@ -187,7 +188,7 @@ def test_reference_gradient_is_weight_scatter():
 
 
 def test_outside_unit_cube_is_zero_and_boundary_is_not():
-    enc = GridEncoding(GridEncodingConfig(), backend="torch")
+    enc = GridEncoding(paper_grid_config(), backend="torch")
     _random_table(enc)
     x = torch.tensor(
         [[1.0001, 0.0, 0.0], [0.0, -1.01, 0.0], [0.2, 0.3, 3.0], [1.0, -1.0, 1.0], [0.5, 0.5, 0.5]]
@@ -198,7 +199,7 @@ def test_outside_unit_cube_is_zero_and_boundary_is_not():
 
 
 def test_level_mask_zeroes_upper_levels():
-    cfg = GridEncodingConfig(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=10)
+    cfg = paper_grid_config(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=10)
     enc = GridEncoding(cfg, backend="torch")
     _random_table(enc)
     x = torch.rand(50, 3) * 2 - 1
@@ -210,24 +211,46 @@ def test_level_mask_zeroes_upper_levels():
     assert torch.equal(enc(x, max_level=99), full)
 
 
+def test_config_has_no_hyperparameter_defaults_and_validates():
+    with pytest.raises(TypeError):
+        GridEncodingConfig()  # type: ignore[call-arg]  # the schema holds the defaults
+    for name in PAPER_GRID:
+        partial = {k: v for k, v in PAPER_GRID.items() if k != name}
+        with pytest.raises(TypeError):
+            GridEncodingConfig(**partial)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="desired_resolution must be an int"):
+        paper_grid_config(desired_resolution=2048.0)
+    with pytest.raises(ConfigError, match="num_levels must be an int"):
+        paper_grid_config(num_levels=True)
+    for log2 in (3, 25):
+        with pytest.raises(ConfigError, match="out of range"):
+            paper_grid_config(log2_table_size=log2)
+    assert paper_grid_config(log2_table_size=4).log2_table_size == 4
+    assert paper_grid_config(log2_table_size=24).log2_table_size == 24
+    with pytest.raises(ConfigError):
+        paper_grid_config(num_levels=1)
+    with pytest.raises(ConfigError):
+        paper_grid_config(level_dim=3)
+    with pytest.raises(TypeError):
+        GridEncoding(paper_grid_config())  # type: ignore[call-arg]  # backend is a config field too
+
+
 def test_config_validation_and_tcnn_error():
     with pytest.raises(ConfigError):
-        GridEncodingConfig(grid_type="dense")  # type: ignore[arg-type]
+        paper_grid_config(grid_type="dense")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        GridEncodingConfig(interpolation="cubic")  # type: ignore[arg-type]
+        paper_grid_config(interpolation="cubic")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        GridEncoding(backend="tcnn")
+        GridEncoding(paper_grid_config(), backend="tcnn")
     try:
         import tinycudann  # noqa: F401
     except Exception:
         with pytest.raises(ConfigError, match="tinycudann"):
-            make_grid_encoding(GridEncodingConfig(), backend="tcnn")
+            make_grid_encoding(paper_grid_config(), backend="tcnn")
 
 
 def test_smoothstep_weights():
-    cfg = GridEncodingConfig(
-        num_levels=2, base_resolution=4, desired_resolution=8, interpolation="smoothstep"
-    )
+    cfg = paper_grid_config(num_levels=2, base_resolution=4, desired_resolution=8, interpolation="smoothstep")
     enc = GridEncoding(cfg, backend="torch")
     with torch.no_grad():
         enc.embeddings.zero_()
@@ -240,7 +263,7 @@ def test_smoothstep_weights():
 
 
 # ---------------------------------------------------------------- time grid
-TINY = GridEncodingConfig(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
+TINY = paper_grid_config(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
 
 
 def _time_enc(T: int = 5, seed: int = 0) -> TimeGridEncoding:
@@ -326,4 +349,31 @@ def test_time_tv_points_mode_equals_naive_formula():
 
 def test_time_tv_zero_for_identical_grids():
     enc = TimeGridEncoding.from_static(GridEncoding(TINY, backend="torch"), time_grid_size=5)
-    assert enc.time_tv_loss().item() == 0.0
+    assert enc.time_tv_loss("table").item() == 0.0
+    assert enc.time_tv_loss("points", n_points=100).item() == 0.0
+
+
+def test_time_tv_mode_is_explicit():
+    """No default form: the config's ``loss.time_tv_mode`` chooses (SPEC 3.6's points form or the table)."""
+    enc = _time_enc(T=4)
+    with pytest.raises(TypeError):
+        enc.time_tv_loss()  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="n_points"):
+        enc.time_tv_loss("points")  # the point count (loss.time_tv_points) has no library default
+    with pytest.raises(ConfigError, match="unknown time TV mode"):
+        enc.time_tv_loss("grid")  # type: ignore[arg-type]
+    table = enc.time_tv_loss("table")
+    points = enc.time_tv_loss("points", n_points=2000, generator=torch.Generator().manual_seed(0))
+    assert table > 0 and points > 0 and not torch.isclose(table, points)
+
+
+def test_time_tv_points_mode_draws_in_the_bound_box():
+    """SPEC 3.6 / upstream: points uniform in ``[-bound, bound]^3``, divided by ``(T-1)·L``."""
+    enc = TimeGridEncoding(TINY, time_grid_size=3, backend="torch", bound=2.0)
+    with torch.no_grad():
+        enc.embeddings.copy_(torch.rand(enc.embeddings.shape, generator=torch.Generator().manual_seed(1)))
+    loss = enc.time_tv_loss("points", n_points=300, generator=torch.Generator().manual_seed(5))
+    x = (torch.rand(300, 3, generator=torch.Generator().manual_seed(5)) * 2 - 1) * 2.0
+    f = [enc.grid_features(x, i) for i in range(3)]
+    naive = sum(((f[i] - f[i + 1]) ** 2).sum(-1).mean() for i in range(2)) / (2 * TINY.num_levels)
+    torch.testing.assert_close(loss, naive, rtol=1e-6, atol=0)

@@ -6,12 +6,20 @@ import math
 
 import pytest
 import torch
+from helpers_grid import field_kwargs, paper_grid_config, small_grid_config
 
 from animate124.scene.activations import trunc_exp
-from animate124.scene.encoding import GridEncodingConfig
 from animate124.scene.fields import DynamicField, FieldOutput, StaticField
 
-SMALL = GridEncodingConfig(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
+SMALL = small_grid_config()
+
+
+def _static(cfg=SMALL, backend="torch", **overrides):
+    return StaticField(cfg, backend=backend, **field_kwargs(**overrides))
+
+
+def _dynamic(cfg=SMALL, time_grid_size=4, backend="torch", **overrides):
+    return DynamicField(cfg, time_grid_size=time_grid_size, backend=backend, **field_kwargs(**overrides))
 
 
 def _randomize(field, seed=0):
@@ -23,7 +31,7 @@ def _randomize(field, seed=0):
 
 
 def test_static_field_output_contract():
-    f = _randomize(StaticField(SMALL, backend="torch"))
+    f = _randomize(_static())
     x = torch.rand(100, 3) * 2 - 1
     out = f(x)
     assert isinstance(out, FieldOutput)
@@ -34,13 +42,13 @@ def test_static_field_output_contract():
     assert torch.equal(f.density(x), out.sigma)
     assert not f.dynamic and f.bound == 1.0
     # the MLP is 32->64->4 for the paper config
-    paper = StaticField(backend="torch")
+    paper = _static(paper_grid_config())
     shapes = [tuple(p.shape) for p in paper.sigma_net.parameters()]
     assert shapes == [(64, 32), (64,), (4, 64), (4,)]
 
 
 def test_density_formula_and_blob():
-    f = _randomize(StaticField(SMALL, backend="torch", blob_density=10, blob_radius=0.2))
+    f = _randomize(_static(blob_density=10, blob_radius=0.2))
     x = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.2, 0.05], [0.7, 0.7, 0.7]])
     h = f.encoder(x)
     w0, b0, w1, b1 = [p.detach() for p in f.sigma_net.parameters()]
@@ -49,9 +57,17 @@ def test_density_formula_and_blob():
     out = f(x)
     torch.testing.assert_close(out.sigma, torch.exp(logits[:, 0] + blob), rtol=1e-5, atol=0)
     torch.testing.assert_close(out.albedo, torch.sigmoid(logits[:, 1:]), rtol=1e-6, atol=1e-7)
-    # the blob carries no gradient: d sigma / d x only through the encoder (zero here: encoder has none)
+    # the blob carries no gradient: d sigma / d x = trunc_exp'(h) · d h0 / d x through the encoder only
+    # (the torch encoder is differentiable in x); a blob gradient would add trunc_exp'(h) · blob · (-x / r^2)
     xg = x.clone().requires_grad_(True)
-    assert not f.density_blob(xg).requires_grad
+    (grad_x,) = torch.autograd.grad(f.density(xg).sum(), xg)
+    xh = x.clone().requires_grad_(True)
+    h0 = (torch.relu(f.encoder(xh) @ w0.T + b0) @ w1.T + b1)[:, 0]
+    dsigma_dh = torch.exp(torch.clamp(h0.detach() + blob, max=15.0))  # trunc_exp's backward
+    (expected,) = torch.autograd.grad(h0, xh, dsigma_dh)
+    torch.testing.assert_close(grad_x, expected, rtol=1e-4, atol=1e-4)
+    blob_grad = (dsigma_dh * blob)[:, None] * (-x / 0.2**2)
+    assert blob_grad[1].abs().min() > 1.0  # large enough for the check above to see it
 
 
 def test_trunc_exp_forward_and_truncated_gradient():
@@ -64,7 +80,7 @@ def test_trunc_exp_forward_and_truncated_gradient():
 
 
 def test_level_mask_zeroes_features_and_param_groups():
-    f = _randomize(StaticField(SMALL, backend="torch"))
+    f = _randomize(_static())
     x = torch.rand(20, 3) * 2 - 1
     f.set_level_mask(2)
     feats = f.features(x, None)
@@ -81,7 +97,7 @@ def test_level_mask_zeroes_features_and_param_groups():
 
 @pytest.mark.parametrize("backend", ["torch"])
 def test_dynamic_from_static_renders_static_at_every_t(backend):
-    s = _randomize(StaticField(SMALL, backend=backend))
+    s = _randomize(_static(backend=backend))
     s.set_level_mask(3)
     d = DynamicField.from_static(s, time_grid_size=8)
     assert d.dynamic and d.max_level == 3
@@ -99,11 +115,12 @@ def test_dynamic_from_static_renders_static_at_every_t(backend):
     torch.testing.assert_close(d.normals(x, torch.rand(200, 1)), s.normals(x), atol=1e-4, rtol=0)
     # independent copies: training the 4D field does not touch the static one
     assert d.encoder.embeddings.data_ptr() != s.encoder.embeddings.data_ptr()
-    assert d.time_tv_loss().item() == 0.0
+    assert d.time_tv_loss("table").item() == 0.0
+    assert d.time_tv_loss("points", n_points=64).item() == 0.0
 
 
 def test_dynamic_t_none_is_t0_and_broadcast():
-    d = _randomize(DynamicField(SMALL, time_grid_size=4, backend="torch"))
+    d = _randomize(_dynamic(time_grid_size=4))
     x = torch.rand(30, 3) * 2 - 1
     a = d(x).sigma
     torch.testing.assert_close(a, d(x, torch.zeros(30, 1)).sigma, rtol=0, atol=0)
@@ -112,7 +129,7 @@ def test_dynamic_t_none_is_t0_and_broadcast():
 
 
 def test_normals_of_analytic_density_point_outward():
-    f = StaticField(SMALL, backend="torch")
+    f = _static()
     calls = []
 
     def density(x, t=None):  # sigma decreasing with radius: -grad points outward
@@ -133,7 +150,7 @@ def test_normals_of_analytic_density_point_outward():
 
 
 def test_normals_zero_gradient_and_nan_give_zero():
-    f = StaticField(SMALL, backend="torch")
+    f = _static()
     f.density = lambda x, t=None: torch.ones(x.shape[0])  # type: ignore[method-assign]
     assert torch.all(f.normals(torch.rand(5, 3)) == 0)
     f.density = lambda x, t=None: torch.full((x.shape[0],), float("nan"))  # type: ignore[method-assign]
@@ -141,7 +158,7 @@ def test_normals_zero_gradient_and_nan_give_zero():
 
 
 def test_normals_are_differentiable_wrt_field_params():
-    f = _randomize(StaticField(SMALL, backend="torch"))
+    f = _randomize(_static())
     n = f.normals(torch.rand(50, 3) * 1.6 - 0.8)
     n.sum().backward()
     assert f.encoder.embeddings.grad is not None and f.encoder.embeddings.grad.abs().sum() > 0

@@ -63,73 +63,76 @@ def _fwd_error_vs_fp64(enc_ref, enc_tr, *args, max_level=None) -> tuple[float, f
     return e_ref, e_tr
 
 
-def _pair(cls, cfg, device, **kw):
+def _pair(cls, cfg, device, options=None, **kw):
+    """A torch encoder and a Triton encoder (with ``options``) sharing a random table."""
     torch.manual_seed(0)
     ref = cls(cfg, backend="torch", **kw).to(device)
     with torch.no_grad():
         ref.embeddings.uniform_(-1, 1)
-    tr = cls(cfg, backend="triton", **kw).to(device)
+    tr = cls(cfg, backend="triton", kernel_options=options, **kw).to(device)
     with torch.no_grad():
         tr.embeddings.copy_(ref.embeddings)
     return ref, tr
 
 
+def _counts(r: dict, tr) -> dict:
+    r["pair_builds"] = tr.launch_state.gather_builds
+    r["slot_builds"] = tr.launch_state.slot_builds
+    return r
+
+
 def _interp_checks() -> dict:
     """Run inside ``TRITON_INTERPRET=1``; returns error statistics per case."""
-    from animate124.scene.encoding import GridEncoding, GridEncodingConfig, TimeGridEncoding
+    from helpers_grid import paper_grid_config
+
+    from animate124.scene.grid import GridEncoding, KernelOptions, TimeGridEncoding
 
     small = dict(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=8)
     cases = {
-        "tiled": GridEncodingConfig(**small),
-        "hash": GridEncodingConfig(**small, grid_type="hash"),
-        "noguard": GridEncodingConfig(**small, stride_guard=False),
-        "smooth": GridEncodingConfig(**small, interpolation="smoothstep"),
-        "paper": GridEncodingConfig(),
+        "tiled": paper_grid_config(**small),
+        "hash": paper_grid_config(**small, grid_type="hash"),
+        "noguard": paper_grid_config(**small, stride_guard=False),
+        "smooth": paper_grid_config(**small, interpolation="smoothstep"),
+        "paper": paper_grid_config(),
     }
     g = torch.Generator().manual_seed(1)
     x = torch.rand(300, 3, generator=g) * 2.2 - 1.1  # some points outside the box
-    from animate124.scene import encoding_triton as et
-
     res = {}
     for name, cfg in cases.items():
         ref, tr = _pair(GridEncoding, cfg, "cpu")
-        res[name] = _compare(ref, tr, x)
-        res[name]["pair_builds"] = tr.gather_tables.builds
-    # hashed grids skip the pair layout; forced on, its single-corner fallback must still be exact
-    # (pairs only: quads assume tiled neighbours and are never used with hashed levels)
-    ref, tr = _pair(GridEncoding, cases["hash"], "cpu")
-    tr.bufs.any_hashed = False
-    et.QUADS = False
-    res["hash_pairs_forced"] = _compare(ref, tr, x)
-    res["hash_pairs_forced"]["pair_builds"] = tr.gather_tables.builds
-    # the 16-byte pair forward (quads off) on tiled grids and a clip
-    for name in ("tiled", "noguard"):
-        ref, tr = _pair(GridEncoding, cases[name], "cpu")
-        res[f"{name}_pairs16"] = _compare(ref, tr, x)
-    et.QUADS = True
-    # the plain kernels (no pair layout)
-    et.PAIRS = False
+        res[name] = _counts(_compare(ref, tr, x), tr)
+    # the plain kernels (no pair layout), chosen by options
+    plain = KernelOptions(pair_layout=False)
     for name in ("tiled", "hash"):
-        ref, tr = _pair(GridEncoding, cases[name], "cpu")
-        res[f"{name}_plain"] = _compare(ref, tr, x)
-        res[f"{name}_plain"]["pair_builds"] = tr.gather_tables.builds
+        ref, tr = _pair(GridEncoding, cases[name], "cpu", plain)
+        res[f"{name}_plain"] = _counts(_compare(ref, tr, x), tr)
     tg = torch.rand(300, 1, generator=g)
-    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=5)
-    res["time_plain"] = _compare(ref, tr, x, tg)
-    et.PAIRS = True
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", plain, time_grid_size=5)
+    res["time_plain"] = _counts(_compare(ref, tr, x, tg), tr)
+    # launches split into chunks of point blocks (CUDA caps grid axis 1 at 65,535 blocks)
+    chunked = KernelOptions(max_launch_blocks=1, pair_fwd_block=64, pair_bwd_block=128, bwd_block=64)
+    ref, tr = _pair(GridEncoding, cases["tiled"], "cpu", chunked)
+    res["tiled_chunked"] = _counts(_compare(ref, tr, x), tr)
     res["gather_tables"] = _gather_tables_check(cases["tiled"], x)
-    # a clip's frame-major points: one blended table per time (TimeGridEncoding._encode_slots)
-    import animate124.scene.encoding as encoding_module
-
-    encoding_module.SLOT_MIN_POINTS_PER_TIME = 8
+    # a clip's frame-major points: one blended pair table per time (TimeGridEncoding._encode_slots)
+    slots = KernelOptions(slot_min_points_per_time=8)
     t_clip = ((torch.arange(300) * 6 // 300) * 37 + 8).float().div(256).reshape(-1, 1)
     t_clip[:50] = 0.0
-    for name, cfg in (("time_slots", cases["tiled"]), ("time_slots_smooth", cases["smooth"])):
-        ref, tr = _pair(TimeGridEncoding, cfg, "cpu", time_grid_size=5)
-        res[name] = _compare(ref, tr, x, t_clip)
-        res[name]["pair_builds"] = tr.gather_tables.builds  # 0: the slot path ran
-    # the blended tables follow optimizer steps and are reused within one parameter version
-    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=5)
+    for name, cfg in (("time_slots", "tiled"), ("time_slots_smooth", "smooth"), ("noguard_slots", "noguard")):
+        ref, tr = _pair(TimeGridEncoding, cases[cfg], "cpu", slots, time_grid_size=5)
+        res[name] = _counts(_compare(ref, tr, x, t_clip), tr)
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", KernelOptions(slot_min_points_per_time=8, max_launch_blocks=1, pair_fwd_block=64, pair_bwd_block=128), time_grid_size=5)  # fmt: skip
+    res["time_slots_chunked"] = _counts(_compare(ref, tr, x, t_clip), tr)
+    # hashed grids never take the pair layout; forced on (slot path: pair forward and pair backward),
+    # its single-corner fallback for x-neighbours that are not adjacent rows must still be exact
+    ref, tr = _pair(TimeGridEncoding, cases["hash"], "cpu", slots, time_grid_size=5)
+    tr.bufs.any_hashed = False
+    res["hash_pairs_forced"] = _counts(_compare(ref, tr, x, t_clip), tr)
+    # the slot path switched off by options: two grids read per point, pair backward
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", KernelOptions(slot_blend=False, slot_min_points_per_time=8), time_grid_size=5)  # fmt: skip
+    res["time_clip_no_slots"] = _counts(_compare(ref, tr, x, t_clip), tr)
+    # the blended tables follow optimizer steps (rebuilt in every call)
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", slots, time_grid_size=5)
     opt = torch.optim.Adam(tr.parameters(), lr=0.1, fused=True)
     errs = []
     for _ in range(3):
@@ -139,12 +142,7 @@ def _interp_checks() -> dict:
         with torch.no_grad():
             ref.embeddings.copy_(tr.embeddings)
         errs.append((tr(x, t_clip) - ref(x, t_clip)).abs().max().item())
-    res["slot_cache"] = {"max_err": max(errs), "builds": tr.slot_builds}
-    et.SLOT_QUADS = True  # the (off by default) blended quad build
-    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=5)
-    res["time_slots_quads"] = _compare(ref, tr, x, t_clip)
-    et.SLOT_QUADS = False
-    encoding_module.SLOT_MIN_POINTS_PER_TIME = 2**14
+    res["slot_cache"] = {"max_err": max(errs), "builds": tr.launch_state.slot_builds}
     ref, tr = _pair(GridEncoding, cases["tiled"], "cpu")
     res["max_level3"] = _compare(ref, tr, x, max_level=3)
     t = torch.rand(300, 1, generator=g)
@@ -161,13 +159,24 @@ def _interp_checks() -> dict:
         tr.embeddings[1:] = float("nan")
     out = tr(x, torch.zeros(300, 1))
     res["t0_finite"] = bool(torch.isfinite(out).all())
+    # the points-form time TV through the Triton encoder
+    ref, tr = _pair(TimeGridEncoding, cases["tiled"], "cpu", time_grid_size=4)
+    losses = [
+        e.time_tv_loss("points", n_points=200, generator=torch.Generator().manual_seed(4)) for e in (ref, tr)
+    ]
+    for loss in losses:
+        loss.backward()
+    res["time_tv_points"] = {
+        "loss_rel": abs(losses[1].item() - losses[0].item()) / losses[0].item(),
+        "grad_rel": ((tr.embeddings.grad - ref.embeddings.grad).norm() / ref.embeddings.grad.norm()).item(),
+    }
     res["field"] = _field_check()
     return res
 
 
 def _gather_tables_check(cfg, x) -> dict:
     """The forward follows optimizer steps, including fused Adam (which does not bump ``_version``)."""
-    from animate124.scene.encoding import GridEncoding
+    from animate124.scene.grid import GridEncoding
 
     out = {}
     for name, kw in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
@@ -181,21 +190,22 @@ def _gather_tables_check(cfg, x) -> dict:
             with torch.no_grad():
                 ref.embeddings.copy_(tr.embeddings)
             errs.append((tr(x) - ref(x)).abs().max().item())
-        out[name] = {"max_err": max(errs), "builds": tr.gather_tables.builds}
+        out[name] = {"max_err": max(errs), "builds": tr.launch_state.gather_builds}
     return out
 
 
 def _field_check() -> dict:
     """StaticField/DynamicField through the Triton encoder vs the torch encoder (sigma, normals, grads)."""
-    from animate124.scene.encoding import GridEncodingConfig
+    from helpers_grid import field_kwargs, paper_grid_config
+
     from animate124.scene.fields import DynamicField, StaticField
 
-    cfg = GridEncodingConfig(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
+    cfg = paper_grid_config(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
     torch.manual_seed(0)
-    ref = StaticField(cfg, backend="torch")
+    ref = StaticField(cfg, backend="torch", **field_kwargs())
     with torch.no_grad():
         ref.encoder.embeddings.uniform_(-1, 1)
-    tr = StaticField(cfg, backend="triton")
+    tr = StaticField(cfg, backend="triton", **field_kwargs())
     tr.load_state_dict(ref.state_dict())
     x = torch.rand(100, 3) * 2 - 1
     errs = {}
@@ -251,27 +261,33 @@ def test_triton_interpreter_matches_reference(interp_results, case):
         "tiled_plain",
         "hash_plain",
         "time_plain",
-        "hash_pairs_forced",
+        "tiled_chunked",
         "time_slots",
         "time_slots_smooth",
-        "time_slots_quads",
-        "tiled_pairs16",
-        "noguard_pairs16",
+        "noguard_slots",
+        "time_slots_chunked",
+        "hash_pairs_forced",
+        "time_clip_no_slots",
     ],
 )
 def test_triton_interpreter_other_paths_match_reference(interp_results, case):
     r = interp_results[case]
     assert r["fwd"] <= 1e-6, r
     assert r["grad_rel"] <= 1e-6 and r["grad_abs"] <= 1e-5, r
-    if "pair_builds" in r:
-        assert r["pair_builds"] == (1 if case == "hash_pairs_forced" else 0), r
     assert r["grad_norm"] > 0
+    # which path ran: the quad gather table (static, pair layout) or the blended slots
+    quads = case == "tiled_chunked"
+    slots = "slots" in case and "no_slots" not in case or case == "hash_pairs_forced"
+    assert r["pair_builds"] == (1 if quads else 0), r
+    assert r["slot_builds"] == (1 if slots else 0), r
 
 
 @needs_triton
 def test_triton_interpreter_used_pair_layout(interp_results):
     assert interp_results["tiled"]["pair_builds"] == 1
+    assert interp_results["paper"]["pair_builds"] == 1
     assert interp_results["hash"]["pair_builds"] == 0  # hashed levels: plain kernels
+    assert interp_results["tiled_plain"]["pair_builds"] == 0  # KernelOptions(pair_layout=False)
 
 
 @needs_triton
@@ -287,6 +303,12 @@ def test_triton_interpreter_t0_reads_grid0_only(interp_results):
 
 
 @needs_triton
+def test_triton_interpreter_time_tv_points(interp_results):
+    r = interp_results["time_tv_points"]
+    assert r["loss_rel"] <= 1e-5 and r["grad_rel"] <= 1e-5, r
+
+
+@needs_triton
 def test_triton_interpreter_fields(interp_results):
     r = interp_results["field"]
     assert r["sigma_rel"] <= 1e-6 and r["normals"] <= 1e-4, r
@@ -296,14 +318,38 @@ def test_triton_interpreter_fields(interp_results):
 
 
 def test_backend_resolution_on_cpu():
+    from helpers_grid import small_grid_config
+
     from animate124.errors import ConfigError
-    from animate124.scene.encoding import GridEncoding, resolve_backend
+    from animate124.scene.grid import GridEncoding, resolve_backend
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert resolve_backend("auto", torch.device("cpu")) == "torch"
-        enc = GridEncoding(backend="triton")
+        enc = GridEncoding(small_grid_config(), backend="triton")
         with pytest.raises(ConfigError):
             enc(torch.zeros(4, 3))
+
+
+def test_kernel_options_are_frozen_validated_and_per_encoder():
+    import dataclasses
+
+    from helpers_grid import small_grid_config
+
+    from animate124.errors import ConfigError
+    from animate124.scene.grid import GridEncoding, KernelOptions, TimeGridEncoding
+
+    opts = KernelOptions(pair_layout=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.pair_layout = True  # type: ignore[misc]
+    for bad in ({"atomics": "fp16"}, {"fwd_block": 48}, {"pair_fwd_warps": 3}, {"max_launch_blocks": 70000}):
+        with pytest.raises(ConfigError):
+            KernelOptions(**bad)  # type: ignore[arg-type]
+    a = GridEncoding(small_grid_config(), backend="torch", kernel_options=opts)
+    b = GridEncoding(small_grid_config(), backend="torch")
+    assert a.kernel_options is opts and b.kernel_options == KernelOptions()
+    assert a.launch_state is not b.launch_state  # the vec2 capability probe is per encoder
+    t = TimeGridEncoding.from_static(a, time_grid_size=3)
+    assert t.kernel_options is opts and t.launch_state is not a.launch_state
 
 
 # ---------------------------------------------------------------- GPU
@@ -312,9 +358,11 @@ def test_backend_resolution_on_cpu():
 @needs_triton
 @pytest.mark.parametrize("grid_type", ["tiled", "hash"])
 def test_triton_gpu_matches_reference_2e18(grid_type):
-    from animate124.scene.encoding import GridEncoding, GridEncodingConfig
+    from helpers_grid import hash_grid_config, paper_grid_config
 
-    cfg = GridEncodingConfig() if grid_type == "tiled" else GridEncodingConfig.hashgrid()
+    from animate124.scene.grid import GridEncoding
+
+    cfg = paper_grid_config() if grid_type == "tiled" else hash_grid_config()
     ref, tr = _pair(GridEncoding, cfg, "cuda")
     x = torch.rand(2**18, 3, device="cuda") * 2.1 - 1.05
     r = _compare(ref, tr, x)
@@ -330,9 +378,11 @@ def test_triton_gpu_matches_reference_2e18(grid_type):
 @needs_cuda
 @needs_triton
 def test_triton_gpu_time_grid_matches_reference():
-    from animate124.scene.encoding import GridEncodingConfig, TimeGridEncoding
+    from helpers_grid import paper_grid_config
 
-    ref, tr = _pair(TimeGridEncoding, GridEncodingConfig(), "cuda", time_grid_size=64)
+    from animate124.scene.grid import TimeGridEncoding
+
+    ref, tr = _pair(TimeGridEncoding, paper_grid_config(), "cuda", time_grid_size=64)
     x = torch.rand(2**18, 3, device="cuda") * 2 - 1
     t = torch.rand(2**18, 1, device="cuda")
     t[:1000] = 0
@@ -347,9 +397,11 @@ def test_triton_gpu_time_grid_matches_reference():
 @needs_cuda
 @needs_triton
 def test_triton_gpu_autocast_outputs_float32():
-    from animate124.scene.encoding import GridEncoding, GridEncodingConfig
+    from helpers_grid import paper_grid_config
 
-    ref, tr = _pair(GridEncoding, GridEncodingConfig(), "cuda")
+    from animate124.scene.grid import GridEncoding
+
+    ref, tr = _pair(GridEncoding, paper_grid_config(), "cuda")
     x = torch.rand(4096, 3, device="cuda") * 2 - 1
     with torch.autocast("cuda", dtype=torch.float16):
         out = tr(x)
@@ -368,31 +420,19 @@ def test_triton_gpu_autocast_outputs_float32():
 @pytest.mark.parametrize("launch", [(64, 4), (64, 8), (128, 8), (512, 8)])
 def test_triton_gpu_backward_any_launch(pairs, launch):
     """Inline-asm reductions must not double-count when a launch has fewer points than threads."""
-    from animate124.scene import encoding_triton as et
-    from animate124.scene.encoding import GridEncoding, GridEncodingConfig
+    from helpers_grid import paper_grid_config
 
-    ref, tr = _pair(GridEncoding, GridEncodingConfig(), "cuda")
+    from animate124.scene.grid import GridEncoding, KernelOptions
+
+    block, warps = launch
+    opts = KernelOptions(
+        pair_layout=pairs, bwd_block=block, bwd_warps=warps, pair_bwd_block=block, pair_bwd_warps=warps
+    )
+    ref, tr = _pair(GridEncoding, paper_grid_config(), "cuda", opts)
     x = torch.rand(2**16, 3, device="cuda") * 2 - 1
     g = torch.randn(2**16, 32, device="cuda")
     (ref(x) * g).sum().backward()
-    old = et.PAIRS
-    et.PAIRS = pairs
-    try:
-        u = (x + 1) / 2
-        out = et.grid_encode(
-            u,
-            tr.embeddings,
-            tr.bufs,
-            16,
-            16,
-            2,
-            bwd_block=launch[0],
-            bwd_warps=launch[1],
-            gather_tables=tr.gather_tables,
-        )
-        (grad,) = torch.autograd.grad(out, tr.embeddings, g)
-    finally:
-        et.PAIRS = old
+    (grad,) = torch.autograd.grad(tr(x), tr.embeddings, g)
     rel = ((grad - ref.embeddings.grad).norm() / ref.embeddings.grad.norm()).item()
     assert rel <= 1e-5, rel
 
@@ -402,15 +442,18 @@ def test_triton_gpu_backward_any_launch(pairs, launch):
 @needs_triton
 def test_triton_gpu_clip_times_use_slots_and_match_reference():
     """Frame-major points of a 16-frame clip take the blended-slot path; values and grads match torch."""
-    from animate124.scene.encoding import GridEncodingConfig, TimeGridEncoding
+    from helpers_grid import paper_grid_config
 
-    ref, tr = _pair(TimeGridEncoding, GridEncodingConfig(), "cuda", time_grid_size=64)
+    from animate124.scene.grid import TimeGridEncoding
+
+    ref, tr = _pair(TimeGridEncoding, paper_grid_config(), "cuda", time_grid_size=64)
     n = 2**18
     x = torch.rand(n, 3, device="cuda") * 2 - 1
     t = ((torch.arange(n, device="cuda") * 16 // n) * 15 + 8).float().div(256).reshape(-1, 1)
     t[: n // 16] = 0.0
     r = _compare(ref, tr, x, t)
-    assert tr.gather_tables.builds == 0  # the slot path does not use the table's pair cache
+    assert tr.launch_state.gather_builds == 0  # the slot path builds blended pairs, not the quad table
+    assert tr.launch_state.slot_builds == 2  # one per forward call of _compare
     assert r["fwd"] <= 1e-3, r
     assert r["grad_rel"] <= 1e-5, r
     e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x, t)
@@ -426,7 +469,7 @@ def test_triton_interpreter_slot_path_follows_updates(interp_results):
 
 @pytest.mark.parametrize("kw", [{"foreach": False}, {"foreach": True}, {"fused": True}])
 def test_optimizer_steps_bump_the_version_counter(kw):
-    """The gather-table caches (GatherTables, blended slots) are keyed on the parameter's version counter."""
+    """Why the gather tables are rebuilt in every call: fused Adam does not bump the version counter."""
     p = torch.nn.Parameter(torch.randn(64))
     try:
         opt = torch.optim.Adam([p], lr=0.1, **kw)

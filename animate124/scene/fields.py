@@ -21,11 +21,14 @@ from torch import Tensor, nn
 
 from animate124.errors import ConfigError
 from animate124.scene.activations import trunc_exp
-from animate124.scene.encoding import (
+from animate124.scene.grid import (
     Backend,
+    GridEncoding,
     GridEncodingConfig,
+    KernelOptions,
     TimeGridEncoding,
-    _broadcast_time,
+    TimeTVMode,
+    broadcast_time,
     make_grid_encoding,
 )
 
@@ -48,7 +51,7 @@ def safe_normalize(v: Tensor, eps: float = 1e-20) -> Tensor:
 class DecoderMLP(nn.Module):
     """Plain MLP ``in → hidden (×(num_layers−1)) → out`` with ReLU between layers and biases."""
 
-    def __init__(self, dim_in: int, dim_out: int = 4, hidden_dim: int = 64, num_layers: int = 2) -> None:
+    def __init__(self, dim_in: int, dim_out: int, *, hidden_dim: int, num_layers: int) -> None:
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
@@ -75,10 +78,11 @@ class RadianceField(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        hidden_dim: int = 64,
-        num_layers: int = 2,
-        blob_density: float = 10.0,
-        blob_radius: float = 0.2,
+        *,
+        hidden_dim: int,
+        num_layers: int,
+        blob_density: float,
+        blob_radius: float,
         bound: float = 1.0,
     ) -> None:
         super().__init__()
@@ -88,7 +92,7 @@ class RadianceField(nn.Module):
         self.num_layers = num_layers
         self.blob_density = float(blob_density)
         self.blob_radius = float(blob_radius)
-        self.sigma_net = DecoderMLP(encoder.output_dim, 4, hidden_dim, num_layers)
+        self.sigma_net = DecoderMLP(encoder.output_dim, 4, hidden_dim=hidden_dim, num_layers=num_layers)
         self.max_level: int | None = None
 
     # -- to be provided by subclasses ------------------------------------------------------------
@@ -130,7 +134,7 @@ class RadianceField(nn.Module):
         xs = (x.unsqueeze(0) + offs[:, None, :]).clamp(-self.bound, self.bound).reshape(6 * n, 3)
         ts = None
         if t is not None and self.dynamic:
-            ts = _broadcast_time(t, n).repeat(6, 1)
+            ts = broadcast_time(t, n).repeat(6, 1)
         s = self.density(xs, ts).reshape(6, n)
         grad = 0.5 * (s[:3] - s[3:]) / eps  # [3, N]
         normal = safe_normalize(-grad.t())
@@ -154,23 +158,37 @@ class RadianceField(nn.Module):
 
 
 class StaticField(RadianceField):
-    """Static NeRF of the static stage: one spatial grid (SPEC 3.1, ``dynamic=False``)."""
+    """Static NeRF of the static stage: one spatial grid (SPEC 3.1, ``dynamic=False``).
+
+    Every hyperparameter with a config field is a required argument (the schema holds the defaults).
+    """
 
     dynamic = False
 
     def __init__(
         self,
-        encoding_cfg: GridEncodingConfig | None = None,
-        hidden_dim: int = 64,
-        num_layers: int = 2,
-        blob_density: float = 10.0,
-        blob_radius: float = 0.2,
+        encoding_cfg: GridEncodingConfig,
+        *,
+        hidden_dim: int,
+        num_layers: int,
+        blob_density: float,
+        blob_radius: float,
+        backend: Backend,
         bound: float = 1.0,
-        backend: Backend = "auto",
+        kernel_options: KernelOptions | None = None,
     ) -> None:
-        self.encoding_cfg = encoding_cfg or GridEncodingConfig()
-        encoder = make_grid_encoding(self.encoding_cfg, bound, backend)
-        super().__init__(encoder, hidden_dim, num_layers, blob_density, blob_radius, bound)
+        encoder = make_grid_encoding(
+            encoding_cfg, backend=backend, bound=bound, kernel_options=kernel_options
+        )
+        super().__init__(
+            encoder,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            blob_density=blob_density,
+            blob_radius=blob_radius,
+            bound=bound,
+        )
+        self.encoding_cfg = encoding_cfg
         self.backend = backend
 
     def features(self, x: Tensor, t: Tensor | None) -> Tensor:
@@ -187,24 +205,50 @@ class DynamicField(RadianceField):
 
     def __init__(
         self,
-        encoding_cfg: GridEncodingConfig | None = None,
-        time_grid_size: int = 64,
-        hidden_dim: int = 64,
-        num_layers: int = 2,
-        blob_density: float = 10.0,
-        blob_radius: float = 0.2,
+        encoding_cfg: GridEncodingConfig,
+        *,
+        time_grid_size: int,
+        hidden_dim: int,
+        num_layers: int,
+        blob_density: float,
+        blob_radius: float,
+        backend: Backend,
         bound: float = 1.0,
-        backend: Backend = "auto",
+        kernel_options: KernelOptions | None = None,
     ) -> None:
-        self.encoding_cfg = encoding_cfg or GridEncodingConfig()
         if backend == "tcnn":
             raise ConfigError(
                 "the time-stacked grid has no tcnn backend", "use backend 'auto', 'triton' or 'torch'"
             )
-        encoder = TimeGridEncoding(self.encoding_cfg, time_grid_size, bound, backend)
-        super().__init__(encoder, hidden_dim, num_layers, blob_density, blob_radius, bound)
-        self.time_grid_size = time_grid_size
-        self.backend = backend
+        encoder = TimeGridEncoding(
+            encoding_cfg,
+            time_grid_size=time_grid_size,
+            backend=backend,
+            bound=bound,
+            kernel_options=kernel_options,
+        )
+        self._init_with_encoder(encoder, hidden_dim, num_layers, blob_density, blob_radius)
+
+    def _init_with_encoder(
+        self,
+        encoder: TimeGridEncoding,
+        hidden_dim: int,
+        num_layers: int,
+        blob_density: float,
+        blob_radius: float,
+    ) -> None:
+        RadianceField.__init__(
+            self,
+            encoder,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            blob_density=blob_density,
+            blob_radius=blob_radius,
+            bound=encoder.bound,
+        )
+        self.encoding_cfg = encoder.cfg
+        self.time_grid_size = encoder.time_grid_size
+        self.backend = encoder.backend
 
     def features(self, x: Tensor, t: Tensor | None) -> Tensor:
         if t is None:
@@ -212,42 +256,40 @@ class DynamicField(RadianceField):
         return self.encoder(x, t, max_level=self.max_level)
 
     def time_tv_loss(
-        self, n_points: int = 100_000, generator: torch.Generator | None = None, mode: str = "table"
+        self,
+        mode: TimeTVMode,
+        *,
+        n_points: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Time TV between neighbouring grids (SPEC 3.6); see :meth:`TimeGridEncoding.time_tv_loss`."""
-        return self.encoder.time_tv_loss(n_points, generator, mode)  # type: ignore[arg-type]
+        """Time TV between neighbouring grids (SPEC 3.6); see :meth:`TimeGridEncoding.time_tv_loss`.
+
+        ``mode`` has no default: the config's ``loss.time_tv_mode`` chooses (``"points"`` is SPEC 3.6);
+        ``n_points`` (``loss.time_tv_points``) is required by the points form.
+        """
+        return self.encoder.time_tv_loss(mode, n_points=n_points, generator=generator)
 
     @classmethod
     def from_static(
-        cls, static: StaticField, time_grid_size: int = 64, backend: Backend | None = None
+        cls, static: StaticField, *, time_grid_size: int, backend: Backend | None = None
     ) -> DynamicField:
         """4D field that renders exactly ``static`` at every t (SPEC 3.1 ``from_pretrained_3d``).
 
-        Every time grid receives a copy of the static table; the MLP is copied verbatim; the level mask
-        is carried over. Exact at grid times; between grids ``f·w + f·(1−w)`` may differ from ``f`` by
-        fp32 rounding only.
+        The time encoder is :meth:`TimeGridEncoding.from_static` of the static encoder (every time grid
+        receives a copy of the static table); the MLP is copied verbatim; the level mask is carried over.
+        Exact at grid times; between grids ``f·w + f·(1−w)`` may differ from ``f`` by fp32 rounding only.
         """
-        if not hasattr(static.encoder, "embeddings") or static.encoder.embeddings.dim() != 2:
+        if not isinstance(static.encoder, GridEncoding):
             raise ConfigError(
                 "from_static needs a static field with the torch-ngp table layout",
                 "tcnn static fields cannot be converted; train the static stage with backend auto/triton/torch",
             )
-        field = cls(
-            static.encoding_cfg,
-            time_grid_size,
-            static.hidden_dim,
-            static.num_layers,
-            static.blob_density,
-            static.blob_radius,
-            static.bound,
-            backend or static.backend,
+        encoder = TimeGridEncoding.from_static(static.encoder, time_grid_size=time_grid_size, backend=backend)
+        field = cls.__new__(cls)
+        field._init_with_encoder(
+            encoder, static.hidden_dim, static.num_layers, static.blob_density, static.blob_radius
         )
-        p = static.encoder.embeddings
-        field.to(device=p.device)
-        with torch.no_grad():
-            field.encoder.embeddings.copy_(
-                p.detach().to(field.encoder.embeddings.dtype).expand_as(field.encoder.embeddings)
-            )
+        field.sigma_net.to(device=static.encoder.embeddings.device)
         field.sigma_net.load_state_dict(static.sigma_net.state_dict())
         field.max_level = static.max_level
         return field

@@ -2,7 +2,7 @@
 
 tinycudann has no wheel (install from source with CUDA). It is never chosen automatically.
 
-What maps onto :class:`~animate124.scene.encoding.GridEncodingConfig`:
+What maps onto :class:`~animate124.scene.grid.layout.GridEncodingConfig`:
 
 * ``num_levels``, ``level_dim`` (``n_features_per_level``), ``log2_table_size``
   (``log2_hashmap_size``), ``base_resolution``, the per-level scale, ``interpolation``
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from animate124.errors import ConfigError
-from animate124.scene.encoding import GridEncodingConfig, grid_layout
+from animate124.scene.grid.layout import GridEncodingConfig, grid_layout
 
 
 def _import_tcnn():  # pragma: no cover - needs tinycudann

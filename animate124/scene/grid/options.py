@@ -1,0 +1,86 @@
+"""Launch options of the Triton grid kernels, as one frozen object (no environment variables).
+
+An encoder module holds a :class:`KernelOptions` and passes it down to every launch; tests and
+benchmarks choose a variant by building the encoder with other options, e.g.
+``GridEncoding(cfg, backend="triton", kernel_options=KernelOptions(pair_layout=False))``.
+
+The defaults are the fastest variants measured on an H100 (BENCHMARKS.md §2): the pair layout (quad
+gather forward for static tiled tables, 16-byte pair backward), blended time slots for clips, the
+forward with levels as the fastest-varying program id at 256 points × 2 warps. None of these fields is a
+model hyperparameter: they change speed, never the values (up to fp32 summation order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from animate124.errors import ConfigError
+
+Atomics = Literal["auto", "scalar", "vec2"]
+
+_WARPS = (1, 2, 4, 8, 16, 32)
+MAX_LAUNCH_BLOCKS = 65535  # CUDA limit of grid axes y and z; the point blocks run on axis 1
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Which Triton kernels run and how they are launched.
+
+    Attributes:
+        pair_layout: for 2-feature fp32 tiled tables, the forward of a static table gathers from a 32-byte
+            quad table (four corners of a cell face per row) and the backward adds two x-neighbour corners
+            with one 16-byte reduction into a ``[rows, 4]`` buffer that is folded afterwards. ``False``
+            runs the plain kernels (one load / one reduction per corner), which hashed grids and other
+            feature counts always use.
+        bwd_pairs_max_rows: the pair-layout backward is used for tables of at most this many rows (its
+            ``[rows, 4]`` buffer is zeroed and folded on every backward); larger tables use the plain one.
+        atomics: plain backward reductions: ``"auto"`` uses one 8-byte vector reduction per corner
+            (``red.global.add.v2.f32``, sm_90+) for 2-feature tables, ``"scalar"`` Triton's
+            ``atomic_add`` per feature, ``"vec2"`` forces the vector form. The pair backward needs the
+            vector reductions (or the interpreter) and falls back to the plain one without them.
+        fwd_block, fwd_warps, bwd_block, bwd_warps: launch of the plain kernels (points per program).
+        pair_fwd_block, pair_fwd_warps, pair_bwd_block, pair_bwd_warps: launch of the pair-layout kernels.
+        slot_blend: a time-stacked encoder whose points come in few runs of equal time (a clip's frames)
+            blends one table per distinct time and reads one grid per point (``TimeGridEncoding``).
+        slot_max_times, slot_min_points_per_time: the slot path runs for at most ``slot_max_times`` runs
+            with at least ``slot_min_points_per_time`` points per run on average.
+        max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
+            put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
+            the chunking.
+    """
+
+    pair_layout: bool = True
+    bwd_pairs_max_rows: int = 2**26
+    atomics: Atomics = "auto"
+    fwd_block: int = 64  # H100: 0.85 ms vs 1.04 ms at 128 (2^20 points)
+    fwd_warps: int = 4
+    bwd_block: int = 128
+    bwd_warps: int = 4
+    pair_fwd_block: int = 256  # H100 sweep: levels fastest, 256 x 2 (grid_sweep_pairs.json)
+    pair_fwd_warps: int = 2
+    pair_bwd_block: int = 256  # flat at 1.14-1.18 ms for BLOCK >= 128
+    pair_bwd_warps: int = 4
+    slot_blend: bool = True
+    slot_max_times: int = 32
+    slot_min_points_per_time: int = 2**14
+    max_launch_blocks: int = MAX_LAUNCH_BLOCKS
+
+    def __post_init__(self) -> None:
+        if self.atomics not in ("auto", "scalar", "vec2"):
+            raise ConfigError(f"unknown atomics mode {self.atomics!r}", "use 'auto', 'scalar' or 'vec2'")
+        for name in ("fwd_block", "bwd_block", "pair_fwd_block", "pair_bwd_block"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ConfigError(f"{name} must be a power of two >= 16, got {v}")
+        for name in ("fwd_warps", "bwd_warps", "pair_fwd_warps", "pair_bwd_warps"):
+            if getattr(self, name) not in _WARPS:
+                raise ConfigError(f"{name} must be one of {_WARPS}, got {getattr(self, name)}")
+        if not 1 <= self.max_launch_blocks <= MAX_LAUNCH_BLOCKS:
+            raise ConfigError(
+                f"max_launch_blocks must be in [1, {MAX_LAUNCH_BLOCKS}], got {self.max_launch_blocks}"
+            )
+        if self.bwd_pairs_max_rows < 0 or self.slot_max_times < 1 or self.slot_min_points_per_time < 1:
+            raise ConfigError(
+                "bwd_pairs_max_rows >= 0, slot_max_times >= 1 and slot_min_points_per_time >= 1"
+            )
