@@ -99,6 +99,8 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{path}: {value!r} is below the minimum {lo}")
         if hi is not None and value > hi:
             raise ConfigError(f"{path}: {value!r} is above the maximum {hi}")
+        if meta.get("power_of_two") and (int(value) <= 0 or int(value) & (int(value) - 1)):
+            raise ConfigError(f"{path}: {value!r} is not a power of two")
     return value
 
 

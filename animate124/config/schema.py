@@ -124,7 +124,7 @@ class FieldConfig:
         "tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash."
     )
     num_levels: int = opt(16, "Grid levels.", min=2)
-    level_dim: int = opt(2, "Features per level (a power of two).", min=1)
+    level_dim: int = opt(2, "Features per level (a power of two).", min=1, power_of_two=True)
     base_resolution: int = opt(16, "Coarsest grid resolution.", min=2)
     desired_resolution: int = opt(2048, "Finest grid resolution.", min=2)
     log2_table_size: int = opt(16, "log2 of the per-level table size (upstream tiled: 16).", min=4, max=24)

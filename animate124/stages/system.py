@@ -490,7 +490,7 @@ class DynamicSystem(NerfSystem):
         if not w.time_tv:
             return {}
         with self.timers("time_tv"):
-            tv = self.field.time_tv_loss(w.time_tv_points, self.generator, w.time_tv_mode)
+            tv = self.field.time_tv_loss(w.time_tv_mode, n_points=w.time_tv_points, generator=self.generator)
         return {"time_tv": w.time_tv * tv}
 
     def random_clip(self, generator: torch.Generator) -> Clip:
