@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_guidance import assert_grad_close, grad_error
 
 from animate124.errors import InputError
 from animate124.guidance.controlnet import ControlNetGuidance
@@ -115,7 +116,7 @@ def test_sd_gradient_matches_formula(sd, cfg_mode: str) -> None:
     eh = ec + scale * (ec - eu) if cfg_mode == "upstream" else eu + scale * (ec - eu)
     g = lam * (1 - _ac(sd)[t]).view(-1, 1, 1, 1) * (eh - noise)
     (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 2)
-    assert torch.allclose(images.grad.reshape(2, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    assert_grad_close(images.grad.reshape(2, 3, 32, 32), expected)
     assert loss.item() == pytest.approx(0.5 * float((g**2).sum()) / 2, rel=1e-4)
     assert images.grad.shape == images.shape
     _no_prior_grads(sd.unet, sd.vae, sd.text_encoder)
@@ -131,8 +132,8 @@ def test_sd_upstream_cfg_equals_standard_plus_one(sd) -> None:
         g = StableDiffusionGuidance(sd, image_size=64, guidance_scale=s, cfg_mode=mode, latent_mode="mode")
         g(x, prompt="a cat", noise=noise, t=t).losses["sds"].backward()
         grads.append(x.grad)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
-    assert not torch.allclose(grads[0], grads[2], rtol=1e-3)
+    assert_grad_close(grads[0], grads[1])
+    assert grad_error(grads[0], grads[2]) > 1e-2  # s = 4 differs from s = 5
 
 
 def test_sd_posterior_sample_uses_generator_and_t_time_batch(sd) -> None:
@@ -157,7 +158,7 @@ def test_sd_posterior_sample_uses_generator_and_t_time_batch(sd) -> None:
         eu, ec = sd.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
     g = (1 - _ac(sd)[t]).view(-1, 1, 1, 1) * (ec + 3.0 * (ec - eu) - noise)
     (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 3)
-    assert torch.allclose(images.grad.reshape(3, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    assert_grad_close(images.grad.reshape(3, 3, 32, 32), expected)
 
 
 def test_sd_prompt_checks(store) -> None:
@@ -231,7 +232,7 @@ def test_zero123_gradient_matches_formula(zero123) -> None:
     lam = torch.tensor([40.0 * a / 180.0 for a in ang]).view(-1, 1, 1, 1)
     g = lam * (1 - _ac(c)[t]).view(-1, 1, 1, 1) * (eh - noise)
     (expected,) = torch.autograd.grad(z, x, grad_outputs=g / 2)
-    assert torch.allclose(images.grad.reshape(2, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    assert_grad_close(images.grad.reshape(2, 3, 32, 32), expected)
     assert out.diagnostics["lambda_eff"] == pytest.approx(float(lam.mean()), rel=1e-5)
     _no_prior_grads(c.unet, c.vae, c.image_encoder, c.projection)
 
@@ -296,7 +297,12 @@ def test_video_gradient_matches_formula_16_frames(video) -> None:
         eu, ec = c.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=emb).sample.chunk(2)
     g = (1 - _ac(c)[t]).view(-1, 1, 1, 1, 1) * (ec + 10.0 * (ec - eu) - noise)
     (expected,) = torch.autograd.grad(z5, x, grad_outputs=g)
-    assert torch.allclose(images.grad.reshape(16, 3, 32, 32), expected, rtol=1e-4, atol=1e-6)
+    actual = images.grad.reshape(16, 3, 32, 32)
+    assert_grad_close(actual, expected)
+    # the scale-relative tolerance still catches real errors: 1 % off, a flipped sign, one frame wrong
+    for wrong in (expected * 1.01, -expected, torch.cat([expected[:15], 0.9 * expected[15:]])):
+        with pytest.raises(AssertionError, match="gradient mismatch"):
+            assert_grad_close(actual, wrong)
     _no_prior_grads(c.unet, c.vae, c.text_encoder)
 
 
@@ -316,7 +322,7 @@ def test_video_vae_grad_frames_and_static_camera_text(video) -> None:
     has = part.grad.flatten(2).abs().sum(-1)[0] > 0
     assert int(has.sum()) == 2 and out.diagnostics["grad_frames"] == 2.0
     # the frames that keep their gradient get exactly the full-gradient value (same z, same draws)
-    assert torch.allclose(part.grad[0, has], full.grad[0, has], rtol=1e-5, atol=1e-7)
+    assert_grad_close(part.grad[0, has], full.grad[0, has])
 
     # plain prompt by default; view-interpolated only for static cameras when asked (SPEC 11.6)
     vd = VideoGuidance(video, image_size=64, view_dependent_static_camera=True)
@@ -378,7 +384,7 @@ def test_controlnet_gradient_matches_formula(store, controlnet, target: str) -> 
     else:
         lat_grad = lam * (1 - a) * (eh - noise) / 2
     (expected,) = torch.autograd.grad(z, x, grad_outputs=lat_grad)
-    assert torch.allclose(images.grad[0, [0, 8]], expected, rtol=1e-4, atol=1e-6)
+    assert_grad_close(images.grad[0, [0, 8]], expected)
     _no_prior_grads(c.unet, c.vae, c.text_encoder, controlnet)
 
 
