@@ -105,9 +105,8 @@ def test_sd_gradient_matches_formula(sd, cfg_mode: str) -> None:
     z = _encode_mode(sd.vae, x, (64, 64))
     zt = sd.scheduler.add_noise(z.detach(), noise, t)
     f, s_, b = (_text(sd, f"a panda, {v} view") for v in ("front", "side", "back"))
-    nf, ns, nb = (_text(sd, f", {v} view") for v in ("front", "side", "back"))
     pos = torch.cat([(2 / 3) * f + (1 / 3) * s_, 0.5 * s_ + 0.5 * b])  # az 30 and 135
-    neg = torch.cat([(2 / 3) * nf + (1 / 3) * ns, 0.5 * ns + 0.5 * nb])
+    neg = torch.cat([_text(sd, "")] * 2)  # the negative is never view-decorated (SPEC 3.7-7)
     with torch.no_grad():
         e = sd.unet(
             torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([neg, pos])
@@ -179,6 +178,42 @@ def test_sd_prompt_checks(store) -> None:
     assert tid in ids
     with pytest.raises(InputError):
         guid(torch.rand(1, 3, 32, 32), prompt="x")
+
+
+class _ContextSpy:
+    """Records the ``encoder_hidden_states`` of every call of a UNet (what the prior conditions on)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.seen: list[torch.Tensor] = []
+        self.handle = unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _mod, args, kwargs):
+        self.seen.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    def __enter__(self) -> _ContextSpy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def test_sd_negative_prompt_has_no_view_words(sd) -> None:
+    """SPEC 3.7-7: the negative is the plain negative for every view; only the positive is interpolated.
+
+    With view words in the negative too, ε_c − ε_u would cancel the view information under CFG 101."""
+    guid = StableDiffusionGuidance(sd, image_size=64, guidance_scale=7.0, latent_mode="mode")
+    images = torch.rand(1, 3, 3, 32, 32)
+    with _ContextSpy(sd.unet) as spy:
+        guid(images, prompt="a panda", azimuth_deg=[0.0, 90.0, 180.0], t=300, noise=torch.randn(3, 4, 8, 8))
+    (ctx,) = spy.seen
+    neg, pos = ctx.chunk(2)
+    plain = _text(sd, "")
+    for i in range(3):
+        assert torch.equal(neg[i], neg[0])
+        assert torch.allclose(neg[i], plain[0], atol=1e-6)
+    for v, i in (("front", 0), ("side", 1), ("back", 2)):
+        assert torch.allclose(pos[i], _text(sd, f"a panda, {v} view")[0], atol=1e-6)
+    assert not torch.allclose(pos[0], pos[1]) and not torch.allclose(pos[1], pos[2])
 
 
 # ---------------------------------------------------------------------------------------------- Zero123
@@ -328,6 +363,11 @@ def test_video_vae_grad_frames_and_static_camera_text(video) -> None:
     vd = VideoGuidance(video, image_size=64, view_dependent_static_camera=True)
     neg, pos = vd.text_embeddings("a cat", 1, 0.0, static_camera=True)
     assert torch.allclose(pos, _text(video, "a cat, front view"), atol=1e-6)
+    # the negative stays plain for every view (SPEC 3.7-7); the positive follows the azimuth
+    for az, view in ((90.0, "side"), (180.0, "back")):
+        neg, pos = vd.text_embeddings("a cat", 1, az, static_camera=True)
+        assert torch.allclose(neg, _text(video, ""), atol=1e-6)
+        assert torch.allclose(pos, _text(video, f"a cat, {view} view"), atol=1e-6)
     neg, pos = vd.text_embeddings("a cat", 1, 0.0, static_camera=False)
     assert torch.allclose(pos, _text(video, "a cat"), atol=1e-6)
     neg, pos = g_all.text_embeddings("a cat", 1, 0.0, static_camera=True)

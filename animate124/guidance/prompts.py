@@ -6,7 +6,11 @@ the embedding is interpolated by the camera azimuth a ∈ [−180, 180):
 * |a| < 90:  r = 1 − |a|/90,        z = r·front + (1−r)·side
 * otherwise: r = 1 − (|a|−90)/90,   z = r·side  + (1−r)·back
 
-The negatives are interpolated the same way. Overhead/bottom prompts are never used upstream.
+Only the positive prompt is decorated and interpolated. The negative is encoded plain and used for
+every view: upstream interpolates three copies of the same plain negative embedding (SPEC 3.7-7,
+"the negatives are interpolated too but are identical"). Decorating the negative with the view words
+would cancel them in ``ε_c − ε_u`` under CFG and switch view-dependent prompting off.
+Overhead/bottom prompts are never used upstream.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ VIEW_SUFFIXES: tuple[str, str, str] = ("front view", "side view", "back view")
 def view_prompts(prompt: str) -> list[str]:
     """``["{prompt}, front view", "{prompt}, side view", "{prompt}, back view"]`` (upstream's format).
 
-    An empty prompt (the usual negative) gives ``", front view"`` etc., as upstream does.
+    For positive prompts only: the negative prompt is never decorated (module docstring).
     """
     return [f"{prompt}, {s}" for s in VIEW_SUFFIXES]
 

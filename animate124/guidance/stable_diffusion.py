@@ -48,7 +48,7 @@ class StableDiffusionGuidance:
         t_range: fraction range of the timestep draw (0.2–0.6 in the static stage).
         weight: λ.
         view_dependent: interpolate front/side/back prompt embeddings by azimuth (SPEC 3.7-7).
-        negative_prompt: the negative text ("" upstream); also view-interpolated.
+        negative_prompt: the negative text ("" upstream); never view-decorated (SPEC 3.7-7).
         latent_mode: ``"sample"`` (upstream) or ``"mode"`` of the VAE posterior.
         use_xformers: xformers attention if installed (default PyTorch SDPA).
     """
@@ -94,17 +94,16 @@ class StableDiffusionGuidance:
         """Encode (and cache) the prompt and negative embeddings now; checks the prompt length."""
         if self.view_dependent:
             self.text.encode_views(prompt)
-            self.text.encode_views(self.negative_prompt)
         else:
             self.text.encode(prompt)
-            self.text.encode(self.negative_prompt)
+        self.text.encode(self.negative_prompt)
 
     def text_embeddings(
         self, prompt: str, n: int, azimuth_deg: torch.Tensor | float | Iterable[float] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(neg, pos)`` embeddings ``[n, 77, D]`` each."""
+        """``(neg, pos)`` embeddings ``[n, 77, D]`` each; the negative is plain for every view (SPEC 3.7-7)."""
         vd = self.view_dependent and azimuth_deg is not None
-        neg = self.text.embeddings(self.negative_prompt, n, azimuth_deg, vd)
+        neg = self.text.embeddings(self.negative_prompt, n)
         pos = self.text.embeddings(prompt, n, azimuth_deg, vd)
         return neg, pos
 

@@ -103,7 +103,6 @@ class VideoGuidance:
         self.text.encode(self.negative_prompt)
         if self.view_dependent_static_camera:
             self.text.encode_views(prompt)
-            self.text.encode_views(self.negative_prompt)
 
     def grad_frame_mask(self, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Bool ``[F]``: which frames are encoded with grad (all, or ``vae_grad_frames`` random ones)."""
@@ -158,7 +157,7 @@ class VideoGuidance:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(neg, pos)`` ``[B, 77, D]``: plain, or view-interpolated for static cameras if enabled."""
         vd = self.view_dependent_static_camera and static_camera and azimuth_deg is not None
-        neg = self.text.embeddings(self.negative_prompt, b, azimuth_deg, vd)
+        neg = self.text.embeddings(self.negative_prompt, b)  # plain for every view (SPEC 3.7-7)
         pos = self.text.embeddings(prompt, b, azimuth_deg, vd)
         return neg, pos
 
