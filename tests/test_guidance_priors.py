@@ -428,6 +428,19 @@ def test_controlnet_gradient_matches_formula(store, controlnet, target: str) -> 
     _no_prior_grads(c.unet, c.vae, c.text_encoder, controlnet)
 
 
+@pytest.mark.parametrize(("frames", "picked"), [(4, [0, 2]), (16, [0, 8]), (1, [0])])
+def test_controlnet_even_selection_any_frame_count(sd, controlnet, frames: int, picked: list[int]) -> None:
+    """The paper's "even:2" works for every clip length: exactly the picked frames get a gradient."""
+    gen = torch.Generator().manual_seed(6)
+    images = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    guid = ControlNetGuidance(sd, controlnet, image_size=64, frames="even:2", target="sds")
+    out = guid(images, cond, prompt="a cat", generator=gen)
+    out.losses["controlnet"].backward()
+    assert out.diagnostics["frames"] == len(picked)
+    assert (images.grad.flatten(2).abs().sum(-1)[0] > 0).nonzero().flatten().tolist() == picked
+
+
 # ------------------------------------------------------------------------------------ shapes T=1/16
 
 
@@ -460,6 +473,6 @@ def test_every_prior_keeps_image_shapes(sd, zero123, video, controlnet, frames: 
 
     imgs = torch.rand(1, frames, 3, 16, 16, generator=gen).requires_grad_(True)
     cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
-    cn = ControlNetGuidance(sd, controlnet, image_size=64, frames="even:2" if frames > 1 else (0,))
+    cn = ControlNetGuidance(sd, controlnet, image_size=64, frames="even:2")  # even:2 -> {0} when T = 1
     check(imgs, cn(imgs, cond, prompt="a cat dancing", generator=gen).losses["controlnet"])
     _no_prior_grads(controlnet, sd.unet, sd.vae)

@@ -40,10 +40,15 @@ log = logging.getLogger(__name__)
 
 
 def select_frames(num_frames: int, frames: tuple[int, ...] | list[int] | str) -> list[int]:
-    """Frame indices for the ControlNet loss.
+    """Frame indices for the ControlNet loss (SPEC 6 step 1).
 
-    ``"even:n"`` = upstream's "even" method: ``[k·(F // n) for k < n]`` ({0, 8} for F=16, n=2);
-    ``"all"`` = every frame; a tuple/list = explicit indices (checked against F).
+    * ``"even:N"`` (the documented form; the paper's ``--cn_frames 2`` is ``"even:2"``): ``n = min(N, F)``
+      frames ``[k·F // n for k < n]``. When n divides F this is upstream's "even" method, stride F/n
+      ({0, 8} for F = 16, N = 2; {0, 2} for F = 4); otherwise (upstream asserted) the frames are spread
+      as evenly as integer division allows ({0, 3, 6} for F = 10, N = 3). A clip shorter than N gives
+      every frame ({0} for F = 1), so one spec serves every clip length.
+    * ``"all"``: every frame.
+    * a tuple/list: explicit indices, each checked against F.
     """
     if isinstance(frames, str):
         if frames == "all":
@@ -53,10 +58,10 @@ def select_frames(num_frames: int, frames: tuple[int, ...] | list[int] | str) ->
                 n = int(frames.split(":", 1)[1])
             except ValueError as e:
                 raise ConfigError(f"bad frame selection {frames!r}", "use 'even:N', 'all' or indices") from e
-            if not 1 <= n <= num_frames:
-                raise ConfigError(f"cannot pick {n} frames out of {num_frames}")
-            step = num_frames // n
-            return [k * step for k in range(n)]
+            if n < 1:
+                raise ConfigError(f"bad frame selection {frames!r}: N must be >= 1")
+            n = min(n, num_frames)
+            return [k * num_frames // n for k in range(n)]
         raise ConfigError(f"bad frame selection {frames!r}", "use 'even:N', 'all' or indices")
     idx = [int(i) for i in frames]
     if not idx or any(i < 0 or i >= num_frames for i in idx):
@@ -92,7 +97,7 @@ class ControlNetGuidance:
         conditioning_scale: float = 1.0,
         target: str = "x0",
         weight: float = 1.0,
-        frames: tuple[int, ...] | list[int] | str = (0, 8),
+        frames: tuple[int, ...] | list[int] | str = "even:2",
         negative_prompt: str = "",
         latent_mode: str = "sample",
         use_xformers: bool = False,
