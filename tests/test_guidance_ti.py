@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_guidance import make_sd, still_views
 
 from animate124.errors import InputError
 from animate124.guidance import textual_inversion as ti
-from animate124.guidance.stable_diffusion import StableDiffusionGuidance
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "animate124"
 UPSTREAM = ["panda-dance", "fox-game", "astronaut-horse", "space-shuttle", "tiger-guitar"]
@@ -163,11 +163,13 @@ def test_save_load_roundtrip_and_sd_guidance_accepts_it(store, tmp_path: Path) -
         loaded = ti.load_learned_embeds(tmp_path / name)
         assert list(loaded) == ["_cat_"] and torch.equal(loaded["_cat_"], vec)
     c = _sd(store)
-    guid = StableDiffusionGuidance(c, image_size=64, view_dependent=False)
+    guid = make_sd(c, prompt="a cat dancing", image_size=64, view_dependent=False)
     ((tok, v),) = ti.load_learned_embeds(tmp_path / "e.safetensors").items()
     guid.add_learned_token(tok, v)
+    guid.set_prompt("a <token> dancing")
     img = torch.rand(1, 1, 3, 32, 32, requires_grad=True)
-    guid(img, prompt="a <token> dancing", generator=torch.Generator().manual_seed(0)).losses["sds"].backward()
+    out = guid(img, still_views(), step=0, generator=torch.Generator().manual_seed(0))
+    out.losses["sds"].backward()
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
     with_tok = guid.text.encode("a <token> dancing")
     assert not torch.allclose(with_tok, guid.text.encode("a cat dancing"))

@@ -32,13 +32,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import ConfigError, InputError
-from animate124.guidance.base import alphas_cumprod_of, freeze, latent_scaling, module_dtype
-from animate124.guidance.prompts import add_learned_token
+from animate124.guidance.common import alphas_cumprod_of, freeze, latent_scaling, module_dtype
+from animate124.guidance.prompts import add_learned_token, input_embedding_matrix
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from animate124.models.loaders import SDComponents
 
 log = logging.getLogger(__name__)
 
@@ -172,26 +178,25 @@ def load_learned_embeds(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def prepare_placeholder(
-    tokenizer: object, text_encoder: torch.nn.Module, placeholder: str, initializer: str
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, placeholder: str, initializer: str
 ) -> tuple[int, torch.Tensor]:
     """Add ``placeholder`` to the tokenizer/encoder, initialised from ``initializer``'s embedding.
 
     Returns ``(token id, initial vector [D] fp32)``. Raises InputError if the placeholder already exists
     or the initializer is not exactly one token (SPEC 2).
     """
-    if placeholder in tokenizer.get_vocab():  # type: ignore[attr-defined]
+    if placeholder in tokenizer.get_vocab():
         raise InputError(
             f"the placeholder token {placeholder!r} already exists in the tokenizer",
             "choose another placeholder string",
         )
-    init_ids = tokenizer.encode(initializer, add_special_tokens=False)  # type: ignore[attr-defined]
+    init_ids = tokenizer.encode(initializer, add_special_tokens=False)
     if len(init_ids) != 1:
         raise InputError(
             f"the initializer word {initializer!r} encodes to {len(init_ids)} tokens; it must be exactly one",
             "pick a simpler single word, e.g. 'object', 'animal', 'toy'",
         )
-    emb = text_encoder.get_input_embeddings().weight
-    init_vec = emb[init_ids[0]].detach().float().cpu().clone()
+    init_vec = input_embedding_matrix(text_encoder)[init_ids[0]].detach().float().cpu().clone()
     token_id = add_learned_token(tokenizer, text_encoder, placeholder, init_vec)
     return token_id, init_vec
 
@@ -427,7 +432,7 @@ def _load_checkpoint(ckpt_dir: Path, cfg: TIConfig) -> tuple[dict, dict[str, tor
 
 
 def train_textual_inversion(
-    components: object,
+    components: SDComponents,
     image: torch.Tensor,
     cfg: TIConfig,
     *,
@@ -451,11 +456,11 @@ def train_textual_inversion(
         raise InputError(f"the inversion image must be [3, H, W], got {tuple(image.shape)}")
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("textual inversion needs steps >= 0, batch_size >= 1, checkpoint_every >= 1")
-    tok = components.tokenizer  # type: ignore[attr-defined]
-    te = components.text_encoder  # type: ignore[attr-defined]
-    vae = components.vae  # type: ignore[attr-defined]
-    unet = components.unet  # type: ignore[attr-defined]
-    sched = components.scheduler  # type: ignore[attr-defined]
+    tok = components.tokenizer
+    te = components.text_encoder
+    vae = components.vae
+    unet = components.unet
+    sched = components.scheduler
     freeze(te, vae, unet)
     checkpoint_dir = Path(checkpoint_dir)
 
@@ -539,5 +544,6 @@ def train_textual_inversion(
     finally:
         handle.remove()
     with torch.no_grad():
-        emb_module.weight[token_id] = vec.detach().to(emb_module.weight.dtype)
+        weight = input_embedding_matrix(te)
+        weight[token_id] = vec.detach().to(weight.dtype)
     return vec.detach().float().cpu()
