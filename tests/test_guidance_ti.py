@@ -29,7 +29,10 @@ def _sd(store):
     return load_sd(store)
 
 
-CFG = ti.TIConfig(steps=6, batch_size=2, resolution=32, checkpoint_every=3, lr=5e-2, seed=3)
+CFG = ti.TIConfig(
+    placeholder="<a124>", initializer="object", steps=6, lr=5e-2, batch_size=2, resolution=32,
+    augment=True, upstream_aug_range_bug=False, seed=3, checkpoint_every=3, mixed_precision=False,
+)  # fmt: skip
 
 
 def _photo() -> torch.Tensor:

@@ -82,28 +82,30 @@ IMAGENET_TEMPLATES_SMALL: tuple[str, ...] = (
 STATE_FILE = "ti_state.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TIConfig:
-    """Textual-inversion settings; defaults are upstream's effective values (SPEC 2)."""
+    """Textual-inversion settings (SPEC 2). The values the config has fields for (``invert.*``,
+    ``run.seed``) have no default here: the schema is the only place those live. The optimizer constants
+    and templates, which have no config field, keep upstream's values as defaults."""
 
-    placeholder: str = "<a124>"
+    placeholder: str
     """the new token string (must not exist in the tokenizer)"""
-    initializer: str = "object"
+    initializer: str
     """word whose embedding initialises the token; must be exactly one token"""
-    steps: int = 3000
-    lr: float = 1e-4
-    batch_size: int = 16
-    resolution: int = 512
-    augment: bool = True
-    upstream_aug_range_bug: bool = False
+    steps: int
+    lr: float
+    batch_size: int
+    resolution: int
+    augment: bool
+    upstream_aug_range_bug: bool
     """reproduce upstream's missing [0,1] -> [-1,1] mapping on the augmented path (SPEC 11.5)"""
+    seed: int
+    checkpoint_every: int
+    mixed_precision: bool
+    """fp16 autocast + GradScaler, used only on CUDA"""
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    seed: int = 0
-    checkpoint_every: int = 500
-    mixed_precision: bool = True
-    """fp16 autocast + GradScaler, used only on CUDA"""
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
