@@ -10,7 +10,9 @@ weights give the same cost as real ones.
     python benchmarks/bench_guidance.py --tiny --out /tmp/g.json          # CPU smoke test (tiny models)
 
 Priors: SD 1.5 (render 128² -> 512²), Zero123-XL (-> 256²), ModelScope (16 × 128² -> 16 × 256²),
-ControlNet tile + SD (2 of 16 frames -> 1024²). Prints a table and writes JSON to ``--out``.
+ControlNet tile + SD (2 of 16 frames -> 1024²), each called through the one guidance interface
+``prior(images, views, step=...)`` with the paper's settings (SPEC 12). Prints a table and writes JSON
+to ``--out``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -67,9 +68,11 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
     """Random-init full-size components for one prior from the real configs."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
 
+    from animate124.models.loaders import SDComponents, VideoComponents, Zero123Components
+
     if prior in ("sd", "controlnet"):
         d = cfg_dir / SD_DIR
-        comp = SimpleNamespace(
+        comp = SDComponents(
             vae=_diff(AutoencoderKL, d / "vae", device, dtype),
             unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
             text_encoder=_clip_text(d / "text_encoder", device, dtype),
@@ -87,7 +90,7 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
             enc = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(d / "image_encoder")))
             dim = enc.config.projection_dim
             proj = torch.nn.Linear(dim + 4, dim)
-        comp = SimpleNamespace(
+        comp = Zero123Components(
             vae=_diff(AutoencoderKL, d / "vae", device, dtype),
             unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
             image_encoder=enc.to(dtype).eval().requires_grad_(False),
@@ -98,7 +101,7 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
         return comp, None
     if prior == "video":
         d = cfg_dir / MS_DIR
-        comp = SimpleNamespace(
+        comp = VideoComponents(
             vae=_diff(AutoencoderKL, d / "vae", device, dtype),
             unet=_diff(UNet3DConditionModel, d / "unet", device, dtype),
             text_encoder=_clip_text(d / "text_encoder", device, dtype),
@@ -127,37 +130,53 @@ def build_tiny(prior: str, cache: Path):
 
 
 def make_call(prior: str, comp, cn, tiny: bool, device):
-    """Return (guidance, callable running one forward + backward)."""
+    """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12)."""
     from animate124.guidance.controlnet import ControlNetGuidance
+    from animate124.guidance.interface import Views
     from animate124.guidance.stable_diffusion import StableDiffusionGuidance
     from animate124.guidance.video import VideoGuidance
     from animate124.guidance.zero123 import Zero123Guidance
 
     render = 32 if tiny else 128
     gen = torch.Generator(device="cpu").manual_seed(0)
+    frames = 1 if prior in ("sd", "zero123") else 16
+    shape = (1, frames, 3, render, render)
+    guid: StableDiffusionGuidance | Zero123Guidance | VideoGuidance | ControlNetGuidance
     if prior == "sd":
-        guid = StableDiffusionGuidance(comp, image_size=64 if tiny else 512)
-        guid.prepare("a panda, 8k, good quality")
-        shape, kw = (1, 1, 3, render, render), {"prompt": "a panda, 8k, good quality", "azimuth_deg": 30.0}
+        guid = StableDiffusionGuidance(
+            comp, prompt="a panda, 8k, good quality", negative_prompt="", guidance_scale=100.0,
+            cfg_mode="upstream", t_range=(0.2, 0.6), weight=1.0, view_dependent=True,
+            image_size=64 if tiny else 512,
+        )  # fmt: skip
+        views = Views.from_relative([[-10.0]], [[30.0]], [[0.0]])
     elif prior == "zero123":
-        guid = Zero123Guidance(comp, reference=torch.rand(1, 3, 256, 256, device=device))
-        shape, kw = (1, 1, 3, render, render), {"polar_deg": 80.0, "azimuth_deg": 60.0, "radius": 1.8}
+        guid = Zero123Guidance(
+            comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
+            reference=torch.rand(1, 3, 256, 256, device=device),
+        )  # fmt: skip
+        views = Views.from_relative([[-10.0]], [[60.0]], [[0.0]])
     elif prior == "video":
-        guid = VideoGuidance(comp, image_size=64 if tiny else None)
-        guid.prepare("a panda is dancing")
-        shape, kw = (1, 16, 3, render, render), {"prompt": "a panda is dancing"}
+        guid = VideoGuidance(
+            comp, prompt="a panda is dancing", negative_prompt="", guidance_scale=100.0,
+            cfg_mode="upstream", t_range=(0.02, 0.98), weight=1.0, vae_grad_frames=0,
+            upstream_view_text=False, image_size=64 if tiny else None,
+        )  # fmt: skip
+        views = Views.from_relative(0.0, torch.linspace(0.0, 45.0, frames)[None], 0.0)
     else:
-        guid = ControlNetGuidance(comp, cn, image_size=64 if tiny else 1024, frames="even:2")
-        guid.prepare("a panda is dancing")
-        shape, kw = (1, 16, 3, render, render), {"prompt": "a panda is dancing"}
-    cond = torch.rand(shape, device=device) if prior == "controlnet" else None
+        guid = ControlNetGuidance(
+            comp, cn, prompt="a panda is dancing", negative_prompt="",
+            controlnet_prompt="best quality, high resolution", image_size=64 if tiny else 1024,
+            guidance_scale=7.5, cfg_mode="upstream", t_range=(0.2, 0.8), target="x0", weight=1.0,
+            frames="even:2", upstream_view_text=False,
+        )  # fmt: skip
+        cond = torch.rand(shape, device=device)
+        views = Views.from_relative(0.0, torch.zeros(1, frames), 0.0, condition=cond)
 
     def call() -> float:
         images = torch.rand(shape, device=device, requires_grad=True)
-        args = (images, cond) if cond is not None else (images,)
-        out = guid(*args, generator=gen, **kw)
-        loss = next(iter(out.losses.values()))
-        loss.backward()
+        out = guid(images, views, step=0, generator=gen)
+        out.losses[guid.loss_key].backward()
+        assert images.grad is not None
         return float(images.grad.abs().sum())
 
     return guid, call

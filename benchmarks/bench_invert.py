@@ -40,8 +40,9 @@ def main() -> None:
     comp.text_encoder.float()  # and the invert stage trains through an fp32 text encoder (as upstream)
     photo = torch.rand(3, 600, 800)
     cfg = TIConfig(
-        placeholder="<bench>", initializer="cat", steps=args.steps, batch_size=args.batch_size,
-        resolution=args.resolution, checkpoint_every=10**9, mixed_precision=True,
+        placeholder="<bench>", initializer="cat", steps=args.steps, lr=1e-4, batch_size=args.batch_size,
+        resolution=args.resolution, augment=True, upstream_aug_range_bug=False, seed=0,
+        checkpoint_every=10**9, mixed_precision=True,
     )  # fmt: skip
     stamps: list[float] = []
 

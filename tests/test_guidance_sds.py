@@ -177,6 +177,16 @@ def test_angle_weight() -> None:
 def test_select_frames() -> None:
     assert select_frames(16, "even:2") == [0, 8]
     assert select_frames(16, "even:4") == [0, 4, 8, 12]
+    # any frame count: N is clamped to F, frame k·F // N (upstream's stride F/N when N divides F)
+    assert select_frames(4, "even:2") == [0, 2]
+    assert select_frames(1, "even:2") == [0]
+    assert select_frames(4, "even:8") == [0, 1, 2, 3]
+    assert select_frames(10, "even:3") == [0, 3, 6]
+    assert select_frames(16, "even:16") == list(range(16))
+    with pytest.raises(ConfigError):
+        select_frames(16, "even:0")
+    with pytest.raises(ConfigError):
+        select_frames(16, "even:x")
     assert select_frames(16, (0, 8)) == [0, 8]
     assert select_frames(3, "all") == [0, 1, 2]
     with pytest.raises(ConfigError):

@@ -1,9 +1,9 @@
 """ControlNet-tile refinement guidance for the fine dynamic stage (SPEC 6, 11.4).
 
 Per call, with the trainable clip ``[1, F, 3, H, W]`` and the frozen stage-3 model's render of the same
-rays/times/shading (``condition``, [0, 1], detached):
+rays/times/shading (``views.condition``, [0, 1], detached):
 
-1. select frames (upstream ``--cn_frames 2`` "even": {0, 8} of 16) from both;
+1. select frames (``frames="even:2"``, upstream ``--cn_frames 2`` "even": {0, 8} of 16) from both;
 2. bilinear upsample to ``image_size`` (1024; smaller allowed);
 3. ``z = 0.18215·E(2x−1).sample()`` WITH grad on the trainable frames ``[n, 4, h, w]``; one t shared;
 4. ControlNet on ``[z_t, z_t]`` with condition ``[cond, cond]`` (in [0, 1], NOT mapped to [−1, 1]) and
@@ -12,18 +12,23 @@ rays/times/shading (``condition``, [0, 1], detached):
    * ``target="x0"`` (upstream ``--grad_dyn``): ``x̂₀ = (z_t − √(1−ᾱ)ε̂)/√ᾱ``, ``L = ½Σ(z − x̂₀)²/n``. This
      is SDS with weight √((1−ᾱ)/ᾱ): λ (``weight``) and the (1−ᾱ) factor are ignored, as upstream does;
    * ``target="sds"``: the standard surrogate with ``g = λ(1−ᾱ)(ε̂ − ε)`` (divided by n).
+
+The UNet's text is the plain TI prompt; ``upstream_view_text=True`` reproduces upstream, which for
+static-camera clips interpolated it by each selected frame's absolute azimuth (SPEC 3.7-7, 11.6). The
+negative and the ControlNet's own prompt are plain in both modes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from animate124.errors import ConfigError, InputError
 from animate124.guidance import sds
-from animate124.guidance.base import (
-    GuidanceOutput,
+from animate124.guidance.common import (
     alphas_cumprod_of,
     check_images,
     encode_latents,
@@ -34,122 +39,184 @@ from animate124.guidance.base import (
     resize,
     timesteps_and_noise,
 )
-from animate124.guidance.prompts import TextEmbeddingCache
+from animate124.guidance.interface import GuidanceOutput, Views
+from animate124.guidance.prompts import PromptSet
+
+if TYPE_CHECKING:
+    from diffusers import ControlNetModel
+
+    from animate124.models.loaders import SDComponents
 
 log = logging.getLogger(__name__)
 
 
-def select_frames(num_frames: int, frames: tuple[int, ...] | list[int] | str) -> list[int]:
-    """Frame indices for the ControlNet loss.
-
-    ``"even:n"`` = upstream's "even" method: ``[k·(F // n) for k < n]`` ({0, 8} for F=16, n=2);
-    ``"all"`` = every frame; a tuple/list = explicit indices (checked against F).
-    """
+def parse_frame_spec(frames: str | Sequence[int]) -> str | tuple[int, ...]:
+    """Check a frame selection (see :func:`select_frames`) without a frame count; returns it normalised."""
+    hint = "use 'even:N', 'all' or a list of frame indices"
     if isinstance(frames, str):
         if frames == "all":
-            return list(range(num_frames))
+            return frames
         if frames.startswith("even:"):
             try:
                 n = int(frames.split(":", 1)[1])
             except ValueError as e:
-                raise ConfigError(f"bad frame selection {frames!r}", "use 'even:N', 'all' or indices") from e
-            if not 1 <= n <= num_frames:
-                raise ConfigError(f"cannot pick {n} frames out of {num_frames}")
-            step = num_frames // n
-            return [k * step for k in range(n)]
-        raise ConfigError(f"bad frame selection {frames!r}", "use 'even:N', 'all' or indices")
-    idx = [int(i) for i in frames]
-    if not idx or any(i < 0 or i >= num_frames for i in idx):
-        raise ConfigError(f"frame indices {idx} out of range for {num_frames} frames")
+                raise ConfigError(f"bad frame selection {frames!r}", hint) from e
+            if n < 1:
+                raise ConfigError(f"bad frame selection {frames!r}: N must be >= 1", hint)
+            return f"even:{n}"
+        raise ConfigError(f"bad frame selection {frames!r}", hint)
+    idx = tuple(int(i) for i in frames)
+    if not idx or any(i < 0 for i in idx):
+        raise ConfigError(f"bad frame indices {list(idx)}", hint)
     return idx
 
 
+def select_frames(num_frames: int, frames: str | Sequence[int]) -> list[int]:
+    """Frame indices for the ControlNet loss (SPEC 6 step 1).
+
+    * ``"even:N"`` (the documented form; the paper's ``--cn_frames 2`` is ``"even:2"``): ``n = min(N, F)``
+      frames ``[k·F // n for k < n]``. When n divides F this is upstream's "even" method, stride F/n
+      ({0, 8} for F = 16, N = 2; {0, 2} for F = 4); otherwise (upstream asserted) the frames are spread
+      as evenly as integer division allows ({0, 3, 6} for F = 10, N = 3). A clip shorter than N gives
+      every frame ({0} for F = 1), so one spec serves every clip length.
+    * ``"all"``: every frame.
+    * a tuple/list: explicit indices, each checked against F.
+    """
+    spec = parse_frame_spec(frames)
+    if spec == "all":
+        return list(range(num_frames))
+    if isinstance(spec, str):
+        n = min(int(spec.split(":", 1)[1]), num_frames)
+        return [k * num_frames // n for k in range(n)]
+    if any(i >= num_frames for i in spec):
+        raise ConfigError(f"frame indices {list(spec)} out of range for {num_frames} frames")
+    return list(spec)
+
+
 class ControlNetGuidance:
-    """ControlNet v1.1 tile + SD 1.5 (+ textual-inversion token) guidance (SPEC 6).
+    """ControlNet v1.1 tile + SD 1.5 (+ textual-inversion token) guidance (SPEC 6); implements
+    ``TextGuidance``.
 
     Args:
-        sd_components: object with ``vae, unet, text_encoder, tokenizer, scheduler`` (SDComponents).
-        controlnet: a ``diffusers.ControlNetModel`` (tile).
-        image_size: 1024 upstream; smaller is allowed (must be a multiple of the VAE factor).
-        guidance_scale / cfg_mode / t_range: 7.5 with "+1" form, t ∈ [0.2, 0.8].
-        controlnet_prompt: the ControlNet's own text ("best quality, high resolution").
+        sd_components: SD 1.5 ``vae, unet, text_encoder, tokenizer, scheduler``.
+        controlnet: the ControlNet v1.1 tile model.
+        prompt: the UNet's text, usually with ``<token>`` (config ``refine.prompt`` + suffix).
+        negative_prompt: "" upstream.
+        controlnet_prompt: the ControlNet's own text (``refine.controlnet_prompt``).
+        image_size: ControlNet input size (``refine.image_size``, 1024; a multiple of the VAE factor).
+        guidance_scale / cfg_mode / t_range: ``refine.guidance_scale`` 7.5 with the "+1" form,
+            ``refine.t_range`` 0.2–0.8.
+        target: ``"x0"`` (upstream ``--grad_dyn``) or ``"sds"`` (``refine.target``).
+        weight: λ, used by ``target="sds"`` only (``refine.weight``).
+        frames: ``"even:N"`` (``refine.frames`` = N), ``"all"`` or indices (see :func:`select_frames`).
+        upstream_view_text: view-interpolated UNet text for static-camera clips, as upstream (SPEC 11.6).
         conditioning_scale: ControlNet residual scale (1.0).
-        target: ``"x0"`` (upstream ``--grad_dyn``) or ``"sds"``.
-        weight: λ (used by ``target="sds"`` only).
-        frames: indices or ``"even:n"`` / ``"all"`` (see :func:`select_frames`).
+        latent_mode / use_xformers: as for the SD prior.
+        learned_token: ``(token, vector [D])`` of the textual inversion, loaded before the prompt is
+            encoded (the prompt's ``<token>`` needs it).
     """
+
+    name = "controlnet"
+    loss_key = "controlnet"
 
     def __init__(
         self,
-        sd_components: object,
-        controlnet: torch.nn.Module,
+        sd_components: SDComponents,
+        controlnet: ControlNetModel,
         *,
-        image_size: int = 1024,
-        guidance_scale: float = 7.5,
-        cfg_mode: str = "upstream",
-        t_range: tuple[float, float] = (0.2, 0.8),
-        controlnet_prompt: str = "best quality, high resolution",
+        prompt: str,
+        negative_prompt: str,
+        controlnet_prompt: str,
+        image_size: int,
+        guidance_scale: float,
+        cfg_mode: str,
+        t_range: tuple[float, float],
+        target: str,
+        weight: float,
+        frames: str | Sequence[int],
+        upstream_view_text: bool,
         conditioning_scale: float = 1.0,
-        target: str = "x0",
-        weight: float = 1.0,
-        frames: tuple[int, ...] | list[int] | str = (0, 8),
-        negative_prompt: str = "",
         latent_mode: str = "sample",
         use_xformers: bool = False,
+        learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         if target not in ("x0", "sds"):
             raise ConfigError(f"unknown ControlNet target {target!r}", "use 'x0' or 'sds'")
-        self.vae = sd_components.vae  # type: ignore[attr-defined]
-        self.unet = sd_components.unet  # type: ignore[attr-defined]
-        self.text_encoder = sd_components.text_encoder  # type: ignore[attr-defined]
-        self.tokenizer = sd_components.tokenizer  # type: ignore[attr-defined]
-        self.scheduler = sd_components.scheduler  # type: ignore[attr-defined]
+        self.vae = sd_components.vae
+        self.unet = sd_components.unet
+        self.scheduler = sd_components.scheduler
         self.controlnet = controlnet
-        freeze(self.vae, self.unet, self.text_encoder, self.controlnet)
+        freeze(self.vae, self.unet, sd_components.text_encoder, self.controlnet)
         maybe_enable_xformers([self.unet, self.vae, self.controlnet], use_xformers)
         self.image_size = int(image_size)
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
-        self.t_range = tuple(t_range)
-        self.controlnet_prompt = controlnet_prompt
+        self.t_range = (float(t_range[0]), float(t_range[1]))
         self.conditioning_scale = float(conditioning_scale)
         self.target = target
         self.weight = float(weight)
-        self.frames = frames
-        self.negative_prompt = negative_prompt
+        self.frames = parse_frame_spec(frames)
+        self.upstream_view_text = bool(upstream_view_text)
         self.latent_sample = latent_mode == "sample"
-        self.text = TextEmbeddingCache(self.tokenizer, self.text_encoder)
+        self.text = PromptSet(
+            sd_components.tokenizer,
+            sd_components.text_encoder,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            view_text=self.upstream_view_text,
+            learned_token=learned_token,
+        )
+        self.controlnet_prompt = controlnet_prompt
+        self._cn_pos = self.text.encode(controlnet_prompt)
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
         self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
+
+    @property
+    def prompt(self) -> str:
+        return self.text.prompt
+
+    def set_prompt(self, prompt: str) -> None:
+        """Encode and cache the UNet prompt; InputError if too long or if ``<token>`` has no learned token."""
+        self.text.set_prompt(prompt)
 
     def add_learned_token(self, token: str, vector: torch.Tensor) -> None:
         """Load the textual-inversion vector; ``<token>`` in the prompt then means ``token``."""
         self.text.add_learned_token(token, vector)
+        self._cn_pos = self.text.encode(self.controlnet_prompt)
 
-    def prepare(self, prompt: str) -> None:
-        """Encode (and cache) all texts now; raises if ``<token>`` has no learned token or is too long."""
-        for p in (prompt, self.controlnet_prompt, self.negative_prompt):
-            self.text.encode(p)
+    def text_embeddings(
+        self, views: Views, idx: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(neg, pos, controlnet_pos)`` ``[n, 77, D]`` for the selected frames ``idx`` of one clip."""
+        n = len(idx)
+        pos = self.text.positive(n)
+        if self.upstream_view_text and bool(views.static_camera[0]):
+            pos = self.text.positive(n, views.azimuth[0, idx])
+        return self.text.negative(n), pos, self._cn_pos.expand(n, -1, -1)
 
     def __call__(
         self,
         images: torch.Tensor,
-        condition: torch.Tensor,
+        views: Views,
         *,
-        prompt: str,
+        step: int,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         t: torch.Tensor | int | None = None,
     ) -> GuidanceOutput:
-        """Refinement loss on ``images [1, F, 3, H, W]`` given the frozen render ``condition`` (same shape).
+        """Refinement loss on ``images [1, F, 3, H, W]`` given the frozen render ``views.condition``
+        (same shape; ``step`` unused).
 
         ``noise`` ``[n, 4, h, w]`` (n selected frames) and ``t`` (one value) may be injected.
         Draw order from ``generator``: posterior sample, t, ε. Returns ``losses["controlnet"]`` (fp32).
         """
         b, f = check_images(images)
-        if condition.shape != images.shape:
+        views.check(images)
+        condition = views.condition
+        if condition is None or condition.shape != images.shape:
             raise InputError(
-                f"condition {tuple(condition.shape)} must match images {tuple(images.shape)}",
+                "ControlNet guidance needs views.condition shaped like the images "
+                f"{tuple(images.shape)}, got {None if condition is None else tuple(condition.shape)}",
                 "render the frozen model with the same cameras and times",
             )
         if b != 1:
@@ -166,9 +233,7 @@ class ControlNetGuidance:
         cdtype = module_dtype(self.controlnet)
         with torch.no_grad():
             cond = resize(condition[0, idx].detach().float(), size).to(device=z.device, dtype=cdtype)
-            neg = self.text.encode(self.negative_prompt).expand(n, -1, -1)
-            pos = self.text.encode(prompt).expand(n, -1, -1)
-            cn_pos = self.text.encode(self.controlnet_prompt).expand(n, -1, -1)
+            neg, pos, cn_pos = self.text_embeddings(views, idx)
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t)
             x2 = torch.cat([zt, zt])
             t2 = torch.cat([t, t]).to(z.device)
@@ -197,6 +262,6 @@ class ControlNetGuidance:
             g = sds.sds_gradient(eps_hat, noise, w, self.weight)
             loss = sds.sds_surrogate_loss(z, g)
         return GuidanceOutput(
-            losses={"controlnet": loss},
+            losses={self.loss_key: loss},
             diagnostics={"t": float(t[0]), "w": float(w[0]), "frames": float(n)},
         )

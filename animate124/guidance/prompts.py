@@ -6,17 +6,25 @@ the embedding is interpolated by the camera azimuth a ∈ [−180, 180):
 * |a| < 90:  r = 1 − |a|/90,        z = r·front + (1−r)·side
 * otherwise: r = 1 − (|a|−90)/90,   z = r·side  + (1−r)·back
 
-The negatives are interpolated the same way. Overhead/bottom prompts are never used upstream.
+Only the positive prompt is decorated and interpolated. The negative is encoded plain and used for
+every view: upstream interpolates three copies of the same plain negative embedding (SPEC 3.7-7,
+"the negatives are interpolated too but are identical"). Decorating the negative with the view words
+would cancel them in ``ε_c − ε_u`` under CFG and switch view-dependent prompting off.
+Overhead/bottom prompts are never used upstream.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from animate124.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,7 @@ VIEW_SUFFIXES: tuple[str, str, str] = ("front view", "side view", "back view")
 def view_prompts(prompt: str) -> list[str]:
     """``["{prompt}, front view", "{prompt}, side view", "{prompt}, back view"]`` (upstream's format).
 
-    An empty prompt (the usual negative) gives ``", front view"`` etc., as upstream does.
+    For positive prompts only: the negative prompt is never decorated (module docstring).
     """
     return [f"{prompt}, {s}" for s in VIEW_SUFFIXES]
 
@@ -74,12 +82,12 @@ def replace_token(prompt: str, placeholder: str | None) -> str:
     return prompt.replace(TOKEN_TAG, placeholder)
 
 
-def token_count(tokenizer: object, prompt: str) -> int:
+def token_count(tokenizer: CLIPTokenizer, prompt: str) -> int:
     """Number of tokens of ``prompt`` including the start/end tokens (no truncation)."""
-    return len(tokenizer(prompt, truncation=False).input_ids)  # type: ignore[operator]
+    return len(tokenizer(prompt, truncation=False).input_ids)
 
 
-def check_prompt_length(tokenizer: object, prompt: str) -> None:
+def check_prompt_length(tokenizer: CLIPTokenizer, prompt: str) -> None:
     """Raise InputError if ``prompt`` does not fit the tokenizer's limit (77 tokens for CLIP)."""
     limit = int(getattr(tokenizer, "model_max_length", 77))
     n = token_count(tokenizer, prompt)
@@ -91,33 +99,42 @@ def check_prompt_length(tokenizer: object, prompt: str) -> None:
 
 
 def add_learned_token(
-    tokenizer: object, text_encoder: torch.nn.Module, token: str, vector: torch.Tensor
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, token: str, vector: torch.Tensor
 ) -> int:
     """Add (or overwrite) a learned textual-inversion token; returns its id.
 
     Same effect as diffusers' ``load_textual_inversion`` for a one-vector token: the tokenizer gets the
     token, the input embedding matrix grows by one row holding ``vector`` ([D], cast to the matrix dtype).
     """
-    emb = text_encoder.get_input_embeddings()
+    weight = input_embedding_matrix(text_encoder)
     vec = torch.as_tensor(vector).detach().flatten()
-    if vec.numel() != emb.weight.shape[1]:
+    if vec.numel() != weight.shape[1]:
         raise InputError(
-            f"learned token {token!r} has dimension {vec.numel()}, the text encoder expects {emb.weight.shape[1]}",
+            f"learned token {token!r} has dimension {vec.numel()}, the text encoder expects {weight.shape[1]}",
             "the token was learned for a different text encoder (SD 1.5 uses 768)",
         )
-    vocab = tokenizer.get_vocab()  # type: ignore[attr-defined]
-    if token not in vocab:
-        tokenizer.add_tokens(token)  # type: ignore[attr-defined]
-    token_id = int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[attr-defined]
-    if token_id >= emb.weight.shape[0]:
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens(token)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise InputError(f"the tokenizer did not map {token!r} to one id")
+    if token_id >= weight.shape[0]:
         try:  # mean_resizing=False: no random init (the row is overwritten below), no log line
-            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # type: ignore[arg-type, operator]
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         except TypeError:  # transformers < 4.46
-            text_encoder.resize_token_embeddings(len(tokenizer))  # type: ignore[arg-type, operator]
-        emb = text_encoder.get_input_embeddings()
+            text_encoder.resize_token_embeddings(len(tokenizer))
+        weight = input_embedding_matrix(text_encoder)
     with torch.no_grad():
-        emb.weight[token_id] = vec.to(device=emb.weight.device, dtype=emb.weight.dtype)
+        weight[token_id] = vec.to(device=weight.device, dtype=weight.dtype)
     return token_id
+
+
+def input_embedding_matrix(text_encoder: CLIPTextModel) -> torch.Tensor:
+    """The token-embedding matrix ``[vocab, D]`` of a CLIP text encoder (the Parameter itself)."""
+    emb = text_encoder.get_input_embeddings()
+    if not isinstance(emb, torch.nn.Embedding):
+        raise TypeError(f"expected an nn.Embedding as the text encoder's input embeddings, got {type(emb)}")
+    return emb.weight
 
 
 class TextEmbeddingCache:
@@ -127,7 +144,7 @@ class TextEmbeddingCache:
     ``get_text_embeds``. Learned tokens added through :meth:`add_learned_token` clear the cache.
     """
 
-    def __init__(self, tokenizer: object, text_encoder: torch.nn.Module) -> None:
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.placeholder: str | None = None
@@ -151,7 +168,7 @@ class TextEmbeddingCache:
         p = self.resolve(prompt)
         if p not in self._cache:
             tok = self.tokenizer
-            ids = tok(  # type: ignore[operator]
+            ids = tok(
                 p,
                 padding="max_length",
                 max_length=int(getattr(tok, "model_max_length", 77)),
@@ -167,23 +184,64 @@ class TextEmbeddingCache:
         p = self.resolve(prompt)
         return torch.cat([self.encode(v) for v in view_prompts(p)], dim=0)
 
-    def embeddings(
+
+class PromptSet:
+    """The text of one prior: a positive prompt (plain and, with ``view_text``, its front/side/back
+    variants) and a plain negative, encoded once by :meth:`set_prompt` (SPEC 3.7-7).
+
+    ``negative(n)`` is the plain negative for every view; ``positive(n, azimuth)`` interpolates the view
+    variants per azimuth (module docstring), or repeats the plain prompt without an azimuth.
+    """
+
+    def __init__(
         self,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        *,
         prompt: str,
-        n: int,
-        azimuth_deg: torch.Tensor | float | Iterable[float] | None = None,
-        view_dependent: bool = False,
-    ) -> torch.Tensor:
-        """``[n, L, D]`` conditioning: plain prompt repeated, or view-interpolated per azimuth."""
-        if view_dependent:
-            if azimuth_deg is None:
-                raise InputError("view-dependent text needs the camera azimuth", "pass azimuth_deg=")
-            az = torch.as_tensor(azimuth_deg, dtype=torch.float64).flatten()
-            if az.numel() == 1:
-                az = az.expand(n)
-            elif az.numel() != n:
-                az = az.repeat_interleave(n // az.numel()) if n % az.numel() == 0 else az
-            if az.numel() != n:
-                raise InputError(f"expected 1 or {n} azimuths, got {az.numel()}")
-            return interpolate_views(self.encode_views(prompt), az)
-        return self.encode(prompt).expand(n, -1, -1)
+        negative_prompt: str,
+        view_text: bool,
+        learned_token: tuple[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.cache = TextEmbeddingCache(tokenizer, text_encoder)
+        self.negative_prompt = negative_prompt
+        self.view_text = bool(view_text)
+        if learned_token is not None:
+            self.cache.add_learned_token(*learned_token)
+        self.prompt = prompt
+        self._pos = self._neg = self._views = torch.empty(0)
+        self.set_prompt(prompt)
+
+    def set_prompt(self, prompt: str) -> None:
+        """Encode ``prompt`` (its view variants too with ``view_text``) and the negative; InputError if
+        a text is longer than the tokenizer takes or holds ``<token>`` without a learned token. Nothing
+        changes when it raises."""
+        pos = self.cache.encode(prompt)
+        views = self.cache.encode_views(prompt) if self.view_text else pos[:0]
+        neg = self.cache.encode(self.negative_prompt)
+        self.prompt, self._pos, self._views, self._neg = prompt, pos, views, neg
+
+    def add_learned_token(self, token: str, vector: torch.Tensor) -> None:
+        """Load a textual-inversion vector (``<token>`` then means ``token``) and re-encode the prompt."""
+        self.cache.add_learned_token(token, vector)
+        self.set_prompt(self.prompt)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """``[1, L, D]`` embedding of another text through the same encoder (e.g. ControlNet's own)."""
+        return self.cache.encode(text)
+
+    def negative(self, n: int) -> torch.Tensor:
+        """``[n, L, D]``: the plain negative, whatever the view (SPEC 3.7-7)."""
+        return self._neg.expand(n, -1, -1)
+
+    def positive(self, n: int, azimuth_deg: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n, L, D]``: the plain prompt, or with ``azimuth_deg [n]`` (absolute, degrees) the
+        front/side/back embeddings interpolated per azimuth."""
+        if azimuth_deg is None:
+            return self._pos.expand(n, -1, -1)
+        if not self.view_text:
+            raise InputError("this prior was built without view-dependent text", "pass view_text=True")
+        az = torch.as_tensor(azimuth_deg, dtype=torch.float64).flatten()
+        if az.numel() != n:
+            raise InputError(f"expected {n} azimuths, got {az.numel()}")
+        return interpolate_views(self._views, az)

@@ -18,7 +18,7 @@ from animate124.errors import ConfigError
 
 def sample_timesteps(
     batch: int,
-    t_range: tuple[float, float] = (0.02, 0.98),
+    t_range: tuple[float, float],
     num_train_timesteps: int = 1000,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:

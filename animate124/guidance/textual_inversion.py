@@ -32,13 +32,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import ConfigError, InputError
-from animate124.guidance.base import alphas_cumprod_of, freeze, latent_scaling, module_dtype
-from animate124.guidance.prompts import add_learned_token
+from animate124.guidance.common import alphas_cumprod_of, freeze, latent_scaling, module_dtype
+from animate124.guidance.prompts import add_learned_token, input_embedding_matrix
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from animate124.models.loaders import SDComponents
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +82,30 @@ IMAGENET_TEMPLATES_SMALL: tuple[str, ...] = (
 STATE_FILE = "ti_state.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TIConfig:
-    """Textual-inversion settings; defaults are upstream's effective values (SPEC 2)."""
+    """Textual-inversion settings (SPEC 2). The values the config has fields for (``invert.*``,
+    ``run.seed``) have no default here: the schema is the only place those live. The optimizer constants
+    and templates, which have no config field, keep upstream's values as defaults."""
 
-    placeholder: str = "<a124>"
+    placeholder: str
     """the new token string (must not exist in the tokenizer)"""
-    initializer: str = "object"
+    initializer: str
     """word whose embedding initialises the token; must be exactly one token"""
-    steps: int = 3000
-    lr: float = 1e-4
-    batch_size: int = 16
-    resolution: int = 512
-    augment: bool = True
-    upstream_aug_range_bug: bool = False
+    steps: int
+    lr: float
+    batch_size: int
+    resolution: int
+    augment: bool
+    upstream_aug_range_bug: bool
     """reproduce upstream's missing [0,1] -> [-1,1] mapping on the augmented path (SPEC 11.5)"""
+    seed: int
+    checkpoint_every: int
+    mixed_precision: bool
+    """fp16 autocast + GradScaler, used only on CUDA"""
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    seed: int = 0
-    checkpoint_every: int = 500
-    mixed_precision: bool = True
-    """fp16 autocast + GradScaler, used only on CUDA"""
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -172,26 +180,25 @@ def load_learned_embeds(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def prepare_placeholder(
-    tokenizer: object, text_encoder: torch.nn.Module, placeholder: str, initializer: str
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, placeholder: str, initializer: str
 ) -> tuple[int, torch.Tensor]:
     """Add ``placeholder`` to the tokenizer/encoder, initialised from ``initializer``'s embedding.
 
     Returns ``(token id, initial vector [D] fp32)``. Raises InputError if the placeholder already exists
     or the initializer is not exactly one token (SPEC 2).
     """
-    if placeholder in tokenizer.get_vocab():  # type: ignore[attr-defined]
+    if placeholder in tokenizer.get_vocab():
         raise InputError(
             f"the placeholder token {placeholder!r} already exists in the tokenizer",
             "choose another placeholder string",
         )
-    init_ids = tokenizer.encode(initializer, add_special_tokens=False)  # type: ignore[attr-defined]
+    init_ids = tokenizer.encode(initializer, add_special_tokens=False)
     if len(init_ids) != 1:
         raise InputError(
             f"the initializer word {initializer!r} encodes to {len(init_ids)} tokens; it must be exactly one",
             "pick a simpler single word, e.g. 'object', 'animal', 'toy'",
         )
-    emb = text_encoder.get_input_embeddings().weight
-    init_vec = emb[init_ids[0]].detach().float().cpu().clone()
+    init_vec = input_embedding_matrix(text_encoder)[init_ids[0]].detach().float().cpu().clone()
     token_id = add_learned_token(tokenizer, text_encoder, placeholder, init_vec)
     return token_id, init_vec
 
@@ -427,7 +434,7 @@ def _load_checkpoint(ckpt_dir: Path, cfg: TIConfig) -> tuple[dict, dict[str, tor
 
 
 def train_textual_inversion(
-    components: object,
+    components: SDComponents,
     image: torch.Tensor,
     cfg: TIConfig,
     *,
@@ -451,11 +458,11 @@ def train_textual_inversion(
         raise InputError(f"the inversion image must be [3, H, W], got {tuple(image.shape)}")
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("textual inversion needs steps >= 0, batch_size >= 1, checkpoint_every >= 1")
-    tok = components.tokenizer  # type: ignore[attr-defined]
-    te = components.text_encoder  # type: ignore[attr-defined]
-    vae = components.vae  # type: ignore[attr-defined]
-    unet = components.unet  # type: ignore[attr-defined]
-    sched = components.scheduler  # type: ignore[attr-defined]
+    tok = components.tokenizer
+    te = components.text_encoder
+    vae = components.vae
+    unet = components.unet
+    sched = components.scheduler
     freeze(te, vae, unet)
     checkpoint_dir = Path(checkpoint_dir)
 
@@ -539,5 +546,6 @@ def train_textual_inversion(
     finally:
         handle.remove()
     with torch.no_grad():
-        emb_module.weight[token_id] = vec.detach().to(emb_module.weight.dtype)
+        weight = input_embedding_matrix(te)
+        weight[token_id] = vec.detach().to(weight.dtype)
     return vec.detach().float().cpu()

@@ -9,22 +9,22 @@ Per call, for a clip ``[B, F, 3, H, W]`` in [0, 1] (upstream: [1, 16, 3, 128, 12
 4. UNet3D on ``[z_t, z_t]`` with ``[neg, pos]`` text, CFG ("upstream" +1 form, s = 100);
 5. ``g = λ (1 − ᾱ_t)(ε̂ − ε)``, surrogate loss ``½‖z − sg(z − g)‖² / B``.
 
-Text is the plain prompt (SPEC 11.6 fix). ``view_dependent_static_camera=True`` reproduces upstream,
-which still sent view-interpolated prompts for static-camera clips (``static_camera=True`` per call).
-``vae_grad_frames=k`` encodes only k random frames with gradient (memory option; the others are
-encoded under no_grad, so their SDS gradient is dropped).
+Text is the plain prompt (SPEC 11.6 fix). ``upstream_view_text=True`` reproduces upstream, which still
+sent view-interpolated prompts for static-camera clips (``views.static_camera``), by the absolute
+azimuth of the clip's middle frame (upstream's choice; all frames agree for a static camera). The
+negative is plain in both modes (SPEC 3.7-7). ``vae_grad_frames=k`` encodes only k random frames with
+gradient (memory option; the others are encoded under no_grad, so their SDS gradient is dropped).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from animate124.errors import InputError
-from animate124.guidance.base import (
-    GuidanceOutput,
+from animate124.guidance.common import (
     alphas_cumprod_of,
     check_images,
     freeze,
@@ -38,77 +38,97 @@ from animate124.guidance.base import (
     timesteps_and_noise,
     vae_scale_factor,
 )
-from animate124.guidance.prompts import TextEmbeddingCache
+from animate124.guidance.interface import GuidanceOutput, Views
+from animate124.guidance.prompts import PromptSet
+
+if TYPE_CHECKING:
+    from animate124.models.loaders import VideoComponents
 
 log = logging.getLogger(__name__)
 
 
 class VideoGuidance:
-    """Video-diffusion SDS on a rendered clip (SPEC 3.7, 5.2).
+    """Video-diffusion SDS on a rendered clip (SPEC 3.7, 5.2); implements ``TextGuidance``.
 
     Args:
-        components: object with ``vae, unet (UNet3DConditionModel), text_encoder, tokenizer, scheduler,
-            native_size`` (VideoComponents).
+        components: ModelScope / Zeroscope ``vae, unet (UNet3DConditionModel), text_encoder, tokenizer,
+            scheduler, native_size``.
+        prompt / negative_prompt: the motion prompt (the stage appends its suffix) and "" upstream.
+        guidance_scale: CFG scale (config ``dynamic.video_guidance_scale``, 100 with the "+1" form).
+        cfg_mode: ``"upstream"`` (ε_c + s(ε_c − ε_u)) or ``"standard"``.
+        t_range: ``dynamic.video_t_range`` (0.02–0.98).
+        weight: λ (``dynamic.video_weight``).
+        vae_grad_frames: encode only this many randomly chosen frames with grad; 0 = all
+            (``dynamic.vae_grad_frames``).
+        upstream_view_text: view-interpolated prompt for static-camera clips, as upstream
+            (``dynamic.upstream_view_text``, SPEC 11.6).
         image_size: per-frame input size ``(H, W)`` or an int; None = ``components.native_size``.
-        guidance_scale / cfg_mode / t_range / weight: s = 100 "+1" form, t ∈ [0.02, 0.98], λ = 1.
-        vae_grad_frames: encode only this many randomly chosen frames with grad (None = all).
         encode_chunk: frames per VAE call (memory/speed trade-off; no effect on the result).
-        view_dependent_static_camera: upstream's view-interpolated prompt for static-camera clips.
-        negative_prompt: "" upstream.
+        latent_mode / use_xformers: as for the SD prior.
     """
+
+    name = "video"
+    loss_key = "video_sds"
 
     def __init__(
         self,
-        components: object,
+        components: VideoComponents,
         *,
+        prompt: str,
+        negative_prompt: str,
+        guidance_scale: float,
+        cfg_mode: str,
+        t_range: tuple[float, float],
+        weight: float,
+        vae_grad_frames: int,
+        upstream_view_text: bool,
         image_size: int | tuple[int, int] | None = None,
-        guidance_scale: float = 100.0,
-        cfg_mode: str = "upstream",
-        t_range: tuple[float, float] = (0.02, 0.98),
-        weight: float = 1.0,
-        vae_grad_frames: int | None = None,
         encode_chunk: int = 8,
-        view_dependent_static_camera: bool = False,
-        negative_prompt: str = "",
         latent_mode: str = "sample",
         use_xformers: bool = False,
     ) -> None:
-        self.vae = components.vae  # type: ignore[attr-defined]
-        self.unet = components.unet  # type: ignore[attr-defined]
-        self.text_encoder = components.text_encoder  # type: ignore[attr-defined]
-        self.tokenizer = components.tokenizer  # type: ignore[attr-defined]
-        self.scheduler = components.scheduler  # type: ignore[attr-defined]
-        freeze(self.vae, self.unet, self.text_encoder)
+        self.vae = components.vae
+        self.unet = components.unet
+        self.scheduler = components.scheduler
+        freeze(self.vae, self.unet, components.text_encoder)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
-        size = image_size if image_size is not None else getattr(components, "native_size", (256, 256))
-        self.image_size: tuple[int, int] = (int(size), int(size)) if isinstance(size, int) else tuple(size)  # type: ignore[assignment]
+        size = components.native_size if image_size is None else image_size
+        self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
-        self.t_range = tuple(t_range)
+        self.t_range = (float(t_range[0]), float(t_range[1]))
         self.weight = float(weight)
-        if vae_grad_frames is not None and vae_grad_frames < 1:
-            raise InputError(f"vae_grad_frames must be >= 1 or None, got {vae_grad_frames}")
-        self.vae_grad_frames = vae_grad_frames
+        if vae_grad_frames < 0:
+            raise InputError(f"vae_grad_frames must be >= 0 (0 = all frames), got {vae_grad_frames}")
+        self.vae_grad_frames = int(vae_grad_frames)
         self.encode_chunk = max(1, int(encode_chunk))
-        self.view_dependent_static_camera = bool(view_dependent_static_camera)
-        self.negative_prompt = negative_prompt
+        self.upstream_view_text = bool(upstream_view_text)
         self.latent_sample = latent_mode == "sample"
-        self.text = TextEmbeddingCache(self.tokenizer, self.text_encoder)
+        self.text = PromptSet(
+            components.tokenizer,
+            components.text_encoder,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            view_text=self.upstream_view_text,
+        )
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
         self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
 
-    def prepare(self, prompt: str) -> None:
-        """Encode (and cache) the prompt and negative now; checks the prompt length."""
-        self.text.encode(prompt)
-        self.text.encode(self.negative_prompt)
-        if self.view_dependent_static_camera:
-            self.text.encode_views(prompt)
-            self.text.encode_views(self.negative_prompt)
+    @property
+    def prompt(self) -> str:
+        return self.text.prompt
+
+    def set_prompt(self, prompt: str) -> None:
+        """Encode and cache the prompt (and its view variants with ``upstream_view_text``); InputError
+        if too long."""
+        self.text.set_prompt(prompt)
 
     def grad_frame_mask(self, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Bool ``[F]``: which frames are encoded with grad (all, or ``vae_grad_frames`` random ones)."""
+        """Bool ``[F]``: which frames are encoded with grad (all, or ``vae_grad_frames`` random ones).
+
+        The same frames for every clip of the batch; the draw (only when it selects) comes first."""
         mask = torch.ones(frames, dtype=torch.bool)
-        if self.vae_grad_frames is not None and self.vae_grad_frames < frames:
+        if 0 < self.vae_grad_frames < frames:
             gen_dev = generator.device if generator is not None else "cpu"
             perm = torch.randperm(frames, generator=generator, device=gen_dev).cpu()
             mask[:] = False
@@ -149,41 +169,41 @@ class VideoGuidance:
         z = torch.stack([parts[j] for j in range(n)])
         return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 
-    def text_embeddings(
-        self,
-        prompt: str,
-        b: int,
-        azimuth_deg: torch.Tensor | float | Iterable[float] | None,
-        static_camera: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(neg, pos)`` ``[B, 77, D]``: plain, or view-interpolated for static cameras if enabled."""
-        vd = self.view_dependent_static_camera and static_camera and azimuth_deg is not None
-        neg = self.text.embeddings(self.negative_prompt, b, azimuth_deg, vd)
-        pos = self.text.embeddings(prompt, b, azimuth_deg, vd)
+    def text_embeddings(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(neg, pos)`` ``[B, 77, D]``: the plain negative; the plain prompt, or with
+        ``upstream_view_text`` the view-interpolated one for static-camera clips (middle frame's azimuth)."""
+        b = views.batch
+        neg, pos = self.text.negative(b), self.text.positive(b)
+        if self.upstream_view_text and bool(views.static_camera.any()):
+            az = views.azimuth[:, views.frames // 2]
+            pos_views = self.text.positive(b, az)
+            static = views.static_camera.to(pos.device)[:, None, None]
+            pos = torch.where(static, pos_views, pos)
         return neg, pos
 
     def __call__(
         self,
         images: torch.Tensor,
+        views: Views,
         *,
-        prompt: str,
-        azimuth_deg: torch.Tensor | float | Iterable[float] | None = None,
-        static_camera: bool = False,
+        step: int,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         t: torch.Tensor | int | None = None,
     ) -> GuidanceOutput:
-        """SDS on clips ``[B, F, 3, H, W]`` in [0, 1]; ``noise [B, 4, F, h, w]`` and ``t [B]`` injectable.
+        """SDS on clips ``[B, F, 3, H, W]`` in [0, 1] (``step`` unused); ``noise [B, 4, F, h, w]`` and
+        ``t [B]`` injectable.
 
-        Draw order from ``generator``: grad-frame choice (if ``vae_grad_frames``), posterior samples,
-        t, ε. Returns ``losses["video_sds"]`` (fp32, ∂/∂z = g/B).
+        Draw order from ``generator``: grad-frame choice (if ``vae_grad_frames`` selects), posterior
+        samples, t, ε. Returns ``losses["video_sds"]`` (fp32, ∂/∂z = g/B).
         """
         b, f = check_images(images)
+        views.check(images)
         mask = self.grad_frame_mask(f, generator)
         z = self.encode_clip(images, generator, mask)
         t, noise = timesteps_and_noise(z, t, noise, b, self.t_range, self.num_train_timesteps, generator)
 
-        neg, pos = self.text_embeddings(prompt, b, azimuth_deg, static_camera)
+        neg, pos = self.text_embeddings(views)
         loss, g, w = text_cfg_sds(
             self.unet,
             self.alphas_cumprod,
@@ -197,7 +217,7 @@ class VideoGuidance:
             self.weight,
         )
         return GuidanceOutput(
-            losses={"video_sds": loss},
+            losses={self.loss_key: loss},
             diagnostics={
                 "t": float(t.float().mean()),
                 "w": float(w.mean()),

@@ -13,7 +13,9 @@ Reference conditioning, computed once from the white-composited reference RGB ``
   (original Zero123 uses the mode; upstream Animate124 sampled: ``c_concat_mode="sample"``).
 
 Per call: the render is resized to 256² (the model's ``unet.sample_size × 8``), encoded to
-``z = 0.18215·E(2x−1)`` with grad, ``t ~ U{200…600}``, and the camera embedding
+``z = 0.18215·E(2x−1)`` with grad, ``t ~ U{200…600}``, and the camera embedding of each frame's pose
+relative to the reference camera (``views.dpolar``, ``views.dazimuth``, ``views.dradius``, computed by
+``Views.from_cameras`` from the camera positions of ``render/cameras.py``)
 
     T = [rad(Δpolar), sin(rad(−Δaz)), cos(rad(Δaz)), Δr]        (upstream sign, see camera_embedding)
 
@@ -28,34 +30,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
 from animate124.guidance import sds
-from animate124.guidance.base import (
-    GuidanceOutput,
+from animate124.guidance.common import (
     alphas_cumprod_of,
     check_images,
     encode_latents,
     freeze,
     maybe_enable_xformers,
+    module_device,
     module_dtype,
     num_train_timesteps_of,
-    per_sample,
     resize,
     timesteps_and_noise,
     vae_scale_factor,
 )
+from animate124.guidance.interface import REFERENCE_CAMERA, GuidanceOutput, Views
+
+if TYPE_CHECKING:
+    from animate124.models.loaders import Zero123Components
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-#: the reference camera of every stage: polar 90°, azimuth 0°, radius 1.8 (SPEC 0, 3.4)
-REFERENCE_CAMERA = (90.0, 0.0, 1.8)
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "REFERENCE_CAMERA",
+    "Zero123Guidance",
+    "angle_weight",
+    "camera_embedding",
+    "camera_position",
+    "clip_preprocess",
+]
 
 
 def camera_embedding(
@@ -75,7 +89,8 @@ def camera_embedding(
     Zero123's right-handed convention; upstream compensates with ``sin(−Δφ)`` and we keep that sign,
     because our cameras use exactly upstream's frame (``render/cameras.py`` follows SPEC 0).
     ``cos`` is even, so only the sine needs the flip. If the camera frame ever changes to a standard
-    look-at, this sign must flip too.
+    look-at, this sign must flip too. ``tests/test_guidance_priors.py`` checks it end to end, from
+    ``camera_from_spherical`` through ``Views.from_cameras`` to the projection input.
     """
     dp = torch.as_tensor(dpolar_deg, dtype=torch.float64).flatten()
     da = torch.as_tensor(dazimuth_deg, dtype=torch.float64).flatten()
@@ -103,7 +118,8 @@ def angle_weight(
     azimuth_deg: torch.Tensor | float,
     ref_polar_deg: float = REFERENCE_CAMERA[0],
     ref_azimuth_deg: float = REFERENCE_CAMERA[1],
-    scale: float = 40.0,
+    *,
+    scale: float,
 ) -> torch.Tensor:
     """``λ_eff = scale · angle(v_cam, v_ref) / 180°`` ``[N]`` float64 (SPEC 3.8, ``zero123_grad_scale angle``).
 
@@ -128,53 +144,57 @@ def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Zero123Guidance:
-    """Zero123-XL novel-view SDS (SPEC 3.8).
+    """Zero123-XL novel-view SDS (SPEC 3.8); implements ``Guidance`` (no prompt: image-conditioned).
 
     Args:
-        components: object with ``vae, unet, image_encoder, projection, scheduler`` (Zero123Components).
+        components: Zero123-XL ``vae, unet, image_encoder, projection, scheduler``.
+        guidance_scale: CFG scale (config ``static.zero123_guidance_scale``, 5).
+        cfg_mode: ``"standard"`` upstream for Zero123 (SPEC 3.8) or ``"upstream"`` (the "+1" form).
+        t_range: fraction range of the timestep draw (``static/dynamic.zero123_t_range``, 0.2–0.6).
+        weight: λ (``static/dynamic.zero123_weight``, 40); with ``angle_weighting`` the effective
+            weight is λ·angle/180°.
         reference: optional white-composited reference ``[1, 3, H, W]`` in [0, 1] (or call
             :meth:`set_reference`).
-        image_size: Zero123 input size; None = ``unet.sample_size × VAE factor`` (256 for Zero123-XL).
-        guidance_scale: standard CFG scale (5).
-        t_range: 0.2–0.6.
-        weight: λ (40 upstream); with ``angle_weighting`` the effective weight is λ·angle/180°.
         angle_weighting: use the angle weight (upstream ``zero123_grad_scale angle``), else λ.
-        reference_camera: (polar°, azimuth°, radius) of the reference view.
+        image_size: Zero123 input size; None = ``unet.sample_size × VAE factor`` (256 for Zero123-XL).
         c_concat_mode: ``"mode"`` (default, original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
         latent_mode: posterior ``"sample"`` (upstream) or ``"mode"`` for the render latents.
+        use_xformers: xformers attention if installed.
+        generator: draws the reference's ``c_concat`` posterior sample (``c_concat_mode="sample"``).
     """
+
+    name = "zero123"
+    loss_key = "zero123"
 
     def __init__(
         self,
-        components: object,
+        components: Zero123Components,
         *,
+        guidance_scale: float,
+        cfg_mode: str,
+        t_range: tuple[float, float],
+        weight: float,
         reference: torch.Tensor | None = None,
-        image_size: int | None = None,
-        guidance_scale: float = 5.0,
-        cfg_mode: str = "standard",
-        t_range: tuple[float, float] = (0.2, 0.6),
-        weight: float = 40.0,
         angle_weighting: bool = True,
-        reference_camera: tuple[float, float, float] = REFERENCE_CAMERA,
+        image_size: int | None = None,
         c_concat_mode: str = "mode",
         latent_mode: str = "sample",
         use_xformers: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.vae = components.vae  # type: ignore[attr-defined]
-        self.unet = components.unet  # type: ignore[attr-defined]
-        self.image_encoder = components.image_encoder  # type: ignore[attr-defined]
-        self.projection = components.projection  # type: ignore[attr-defined]
-        self.scheduler = components.scheduler  # type: ignore[attr-defined]
+        self.vae = components.vae
+        self.unet = components.unet
+        self.image_encoder = components.image_encoder
+        self.projection = components.projection
+        self.scheduler = components.scheduler
         freeze(self.vae, self.unet, self.image_encoder, self.projection)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
-        self.t_range = tuple(t_range)
+        self.t_range = (float(t_range[0]), float(t_range[1]))
         self.weight = float(weight)
         self.angle_weighting = bool(angle_weighting)
-        self.reference_camera = tuple(float(v) for v in reference_camera)
         self.c_concat_mode = c_concat_mode
         self.latent_sample = latent_mode == "sample"
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
@@ -192,50 +212,58 @@ class Zero123Guidance:
         if reference.ndim != 4 or reference.shape[:2] != (1, 3):
             raise InputError(f"the Zero123 reference must be [1, 3, H, W], got {tuple(reference.shape)}")
         enc_dtype = module_dtype(self.image_encoder)
-        dev = next(self.image_encoder.parameters()).device
         size = int(self.image_encoder.config.image_size)
-        pix = clip_preprocess(reference.to(dev), size).to(enc_dtype)
+        pix = clip_preprocess(reference.to(module_device(self.image_encoder)), size).to(enc_dtype)
         self.clip_embeds = self.image_encoder(pixel_values=pix).image_embeds[:, None].detach()
-        ref = resize(reference.to(next(self.vae.parameters()).device).float(), (self.image_size,) * 2)
+        ref = resize(reference.to(module_device(self.vae)).float(), (self.image_size,) * 2)
         self.c_concat = encode_latents(
             self.vae, ref, sample=self.c_concat_mode == "sample", scale=False, generator=generator
         ).detach()
 
-    def conditioning(self, cam: torch.Tensor) -> torch.Tensor:
-        """``c = projection([clip_emb, T])`` -> ``[N, 1, D]`` for camera vectors ``cam [N, 4]``."""
+    @staticmethod
+    def pose_embedding(views: Views) -> torch.Tensor:
+        """``T [B·T, 4]`` of every frame's pose relative to the reference (:func:`camera_embedding`)."""
+        n = views.batch * views.frames
+        return camera_embedding(views.dpolar.reshape(n), views.dazimuth.reshape(n), views.dradius.reshape(n))
+
+    def conditioning(self, views: Views) -> torch.Tensor:
+        """``c = projection([clip_emb, T])`` -> ``[B·T, 1, D]`` for every frame of ``views``."""
         if self.clip_embeds is None:
             raise InputError("Zero123 guidance has no reference image", "call set_reference(image) first")
+        cam = self.pose_embedding(views)
         pdtype = module_dtype(self.projection)
-        n = cam.shape[0]
-        emb = self.clip_embeds.to(pdtype).expand(n, 1, -1)
+        emb = self.clip_embeds.to(pdtype).expand(cam.shape[0], 1, -1)
         x = torch.cat([emb, cam.to(device=emb.device, dtype=pdtype)[:, None, :]], dim=-1)
         return self.projection(x)
+
+    def angle_weights(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(λ_eff [B·T], angle° [B·T])``: λ·angle(v_cam, v_ref)/180° or λ (SPEC 3.8)."""
+        n = views.batch * views.frames
+        rp, ra, _ = views.reference
+        angle = angle_weight(views.polar.reshape(n), views.azimuth.reshape(n), rp, ra, scale=180.0).float()
+        lam = self.weight * angle / 180.0 if self.angle_weighting else torch.full((n,), self.weight)
+        return lam, angle
 
     def __call__(
         self,
         images: torch.Tensor,
+        views: Views,
         *,
-        polar_deg: torch.Tensor | float | Iterable[float],
-        azimuth_deg: torch.Tensor | float | Iterable[float],
-        radius: torch.Tensor | float | Iterable[float],
+        step: int,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         t: torch.Tensor | int | None = None,
     ) -> GuidanceOutput:
-        """SDS on ``images [B, T, 3, H, W]`` seen from absolute cameras (one per B or per B·T).
+        """SDS on ``images [B, T, 3, H, W]`` seen from ``views`` (relative poses; ``step`` unused).
 
-        Δpolar = polar − ref_polar, Δaz = azimuth − ref_azimuth, Δr = radius − ref_radius.
+        ``noise`` ``[B·T, 4, h, w]`` and ``t`` (int or ``[B·T]``) may be injected.
         Returns ``losses["zero123"]`` (fp32, ∂/∂z = g/(B·T)).
         """
         if self.c_concat is None:
             raise InputError("Zero123 guidance has no reference image", "call set_reference(image) first")
         b, tt = check_images(images)
+        views.check(images)
         n = b * tt
-        rp, ra, rr = self.reference_camera
-        pol = per_sample(polar_deg, n, rp)
-        azi = per_sample(azimuth_deg, n, ra)
-        rad = per_sample(radius, n, rr)
-        cam = camera_embedding(pol - rp, azi - ra, rad - rr)
 
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
         z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
@@ -243,7 +271,7 @@ class Zero123Guidance:
 
         udtype = module_dtype(self.unet)
         with torch.no_grad():
-            c = self.conditioning(cam.to(z.device)).to(udtype)
+            c = self.conditioning(views).to(device=z.device, dtype=udtype)
             cc = self.c_concat.to(device=z.device, dtype=udtype).expand(n, -1, -1, -1)
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
             x_in = torch.cat([torch.cat([zt, zt]), torch.cat([torch.zeros_like(cc), cc])], dim=1)
@@ -253,13 +281,12 @@ class Zero123Guidance:
             ).sample
             eps_u, eps_c = eps.chunk(2)
             eps_hat = sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
-        angle = angle_weight(pol, azi, rp, ra, scale=180.0).float()  # degrees
-        lam = self.weight * angle / 180.0 if self.angle_weighting else torch.full((n,), self.weight)
+        lam, angle = self.angle_weights(views)
         w = sds.w_one_minus_alpha_bar(self.alphas_cumprod, t)
         g = sds.sds_gradient(eps_hat, noise, lam * w, 1.0)
         loss = sds.sds_surrogate_loss(z, g)
         return GuidanceOutput(
-            losses={"zero123": loss},
+            losses={self.loss_key: loss},
             diagnostics={
                 "t": float(t.float().mean()),
                 "lambda_eff": float(lam.mean()),

@@ -25,13 +25,23 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from animate124.errors import ModelNotFoundError
 from animate124.models.registry import download_command
 from animate124.models.store import ModelStore, projection_folder
+
+if TYPE_CHECKING:  # the classes only type the bundles; the loaders import them lazily
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDIMScheduler,
+        UNet2DConditionModel,
+        UNet3DConditionModel,
+    )
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,11 @@ VIDEO_NATIVE_SIZE = {"modelscope": (256, 256), "zeroscope": (320, 576)}  # (H, W
 class SDComponents:
     """Stable Diffusion 1.5 parts. ``scheduler`` is a DDIMScheduler built from the repo's config."""
 
-    vae: Any
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
 
 
 @dataclass
@@ -57,11 +67,11 @@ class Zero123Components:
     """Zero123-XL parts. ``projection``: ``Linear(D+4 -> D)`` on ``[CLIP image embedding, camera]``.
     ``layout`` is ``"ashawkey" | "bennyguo" | "kxic" | "yuyang"`` (which Hub conversion the files are)."""
 
-    vae: Any
-    unet: Any
-    image_encoder: Any
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    image_encoder: CLIPVisionModelWithProjection
     projection: torch.nn.Linear
-    scheduler: Any
+    scheduler: DDIMScheduler
     layout: str
 
 
@@ -69,11 +79,11 @@ class Zero123Components:
 class VideoComponents:
     """Text-to-video (ModelScope / zeroscope) parts; ``native_size`` is (H, W) in pixels."""
 
-    vae: Any
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
+    vae: AutoencoderKL
+    unet: UNet3DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
     name: str
     native_size: tuple[int, int]
 
@@ -195,7 +205,7 @@ def _transformers(cls: Any, root: Path, sub: str, dtype: torch.dtype) -> Any:
     return cls.from_pretrained(str(root), **kw)
 
 
-def _tokenizer(root: Path, sub: str) -> Any:
+def _tokenizer(root: Path, sub: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     kw: dict[str, Any] = {"local_files_only": True}
@@ -204,7 +214,7 @@ def _tokenizer(root: Path, sub: str) -> Any:
     return CLIPTokenizer.from_pretrained(str(root), **kw)
 
 
-def _scheduler(root: Path) -> Any:
+def _scheduler(root: Path) -> DDIMScheduler:
     """DDIM from the repo's scheduler config (SD 1.5 stores PNDM settings; DDIM reads them)."""
     from diffusers import DDIMScheduler
 
@@ -358,7 +368,7 @@ def load_video(
 
 def load_controlnet(
     store: ModelStore, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> Any:
+) -> ControlNetModel:
     """ControlNet 1.1 tile (``ControlNetModel``; the Hub repo has only an fp32 ``.bin``)."""
     from diffusers import ControlNetModel
 
@@ -429,7 +439,7 @@ def load_matting(
 
 def load_clip(
     store: ModelStore, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[Any, Any]:
+) -> tuple[CLIPModel, CLIPTokenizer]:
     """CLIP ViT-L/14 for metrics: ``(CLIPModel, CLIPTokenizer)``. Image preprocessing (224 px,
     CLIP mean/std) is left to the caller, in torch."""
     from transformers import CLIPModel

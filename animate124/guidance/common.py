@@ -1,37 +1,29 @@
-"""Shared helpers of the diffusion priors: the output type, freezing, VAE encoding, resizing, noise.
+"""Helpers shared by the diffusion priors: freezing, dtype/device, VAE encoding, resizing, timesteps
+and noise, and the text-CFG SDS step of the SD and video priors.
 
-Every guidance follows one interface (DESIGN.md, "Interfaces that keep it simple"):
-
-    guidance(images: Tensor[B, T, 3, H, W] in [0, 1], **conditioning) -> GuidanceOutput
-
-Model weights are frozen; the UNet runs under ``torch.no_grad()``; the VAE *encoder* runs with grad so
-the SDS gradient reaches the rendered images (SPEC 3.7-2). Losses come back in fp32 whatever the model
-dtype is. Tests may inject ``noise`` and ``t`` so that they can recompute the formula independently.
+Plain functions, no state: the call interface and its types live in ``interface.py``, the formulas in
+``sds.py``. The VAE *encoder* runs with grad so the SDS gradient reaches the rendered images
+(SPEC 3.7-2); the UNet runs under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler
+
 log = logging.getLogger(__name__)
 
 #: latent scaling of the SD 1.x VAE (SPEC 3.7-2); the VAE config's ``scaling_factor`` wins when present.
 SD_LATENT_SCALE = 0.18215
-
-
-@dataclass
-class GuidanceOutput:
-    """Named scalar loss terms (fp32, differentiable w.r.t. the images) and float diagnostics."""
-
-    losses: dict[str, torch.Tensor]
-    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 def freeze(*modules: torch.nn.Module | None) -> None:
@@ -100,18 +92,18 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> to
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
-def vae_scale_factor(vae: torch.nn.Module) -> int:
+def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Spatial down-sampling factor of an AutoencoderKL: ``2 ** (len(block_out_channels) - 1)``."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def latent_scaling(vae: torch.nn.Module) -> float:
+def latent_scaling(vae: AutoencoderKL) -> float:
     """``vae.config.scaling_factor`` (0.18215 for SD 1.x), falling back to :data:`SD_LATENT_SCALE`."""
     return float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE) or SD_LATENT_SCALE)
 
 
 def encode_latents(
-    vae: torch.nn.Module,
+    vae: AutoencoderKL,
     x01: torch.Tensor,
     *,
     sample: bool = True,
@@ -150,13 +142,12 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return n.to(x.device)
 
 
-def alphas_cumprod_of(scheduler: object) -> torch.Tensor:
+def alphas_cumprod_of(scheduler: DDIMScheduler) -> torch.Tensor:
     """The scheduler's ``alphas_cumprod`` [num_train_timesteps] as a CPU fp32 tensor."""
-    ac = scheduler.alphas_cumprod  # type: ignore[attr-defined]
-    return torch.as_tensor(ac).detach().to("cpu", torch.float32)
+    return torch.as_tensor(scheduler.alphas_cumprod).detach().to("cpu", torch.float32)
 
 
-def num_train_timesteps_of(scheduler: object) -> int:
+def num_train_timesteps_of(scheduler: DDIMScheduler) -> int:
     """``scheduler.config.num_train_timesteps`` (the attribute form is gone in new diffusers, SPEC 11.17)."""
     cfg = getattr(scheduler, "config", None)
     n = getattr(cfg, "num_train_timesteps", None) if cfg is not None else None
@@ -173,20 +164,6 @@ def as_timesteps(t: torch.Tensor | int | Iterable[int], n: int) -> torch.Tensor:
     if tt.numel() != n:
         raise InputError(f"expected {n} timesteps, got {tt.numel()}")
     return tt
-
-
-def per_sample(values: torch.Tensor | float | Iterable[float] | None, n: int, default: float) -> torch.Tensor:
-    """Broadcast a scalar / [n] / [B] (repeated over T) value to a float64 CPU tensor [n]."""
-    if values is None:
-        return torch.full((n,), float(default), dtype=torch.float64)
-    v = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
-    if v.numel() == 1:
-        return v.expand(n).clone()
-    if v.numel() == n:
-        return v
-    if n % v.numel() == 0:
-        return v.repeat_interleave(n // v.numel())
-    raise InputError(f"expected 1 or {n} values, got {v.numel()}")
 
 
 def text_cfg_sds(
