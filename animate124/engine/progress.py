@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator, Mapping
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
 
 
-def _fmt(metrics: Mapping[str, float]) -> str:
+def _fmt(metrics: Mapping[str, float], limit: int = 3) -> str:
     parts = []
-    for k, v in list(metrics.items())[:5]:
+    for k, v in list(metrics.items())[:limit]:
         try:
             parts.append(f"{k}={float(v):.4g}")
         except (TypeError, ValueError):
@@ -32,29 +32,28 @@ def rich_progress(description: str, console=None, enabled: bool = True) -> Itera
         BarColumn,
         MofNCompleteColumn,
         Progress,
-        TaskProgressColumn,
+        ProgressColumn,
+        Task,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
 
-    class _Rate(TextColumn):
-        def render(self, task):  # type: ignore[override]
+    class _Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
             speed = task.finished_speed or task.speed
-            from rich.text import Text
-
             return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="progress.data.speed")
 
     columns = (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _Rate(""),
+        _Rate(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[metrics]}", overflow="ellipsis", no_wrap=True),
     )
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=None, metrics="")

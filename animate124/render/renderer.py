@@ -200,19 +200,24 @@ def render_rays(
     )
 
 
+def _cat_optional(xs: list[Tensor | None]) -> Tensor | None:
+    """Concatenate per-chunk tensors that are all present (else None: no chunk computed them)."""
+    present = [x for x in xs if x is not None]
+    return torch.cat(present) if len(present) == len(xs) else None
+
+
 def _cat_outputs(parts: list[RayRenderOutput]) -> RayRenderOutput:
     offsets, acc = [], 0
     for p in parts:
         offsets.append(acc)
         acc += p.rgb.shape[0]
-    has_n = parts[0].normal is not None
     return RayRenderOutput(
         rgb=torch.cat([p.rgb for p in parts]),
         opacity=torch.cat([p.opacity for p in parts]),
         depth=torch.cat([p.depth for p in parts]),
-        normal=torch.cat([p.normal for p in parts]) if has_n else None,  # type: ignore[misc]
+        normal=_cat_optional([p.normal for p in parts]),
         weights=torch.cat([p.weights for p in parts]),
-        orientation=torch.cat([p.orientation for p in parts]) if has_n else None,  # type: ignore[misc]
+        orientation=_cat_optional([p.orientation for p in parts]),
         ray_indices=torch.cat([p.ray_indices + o for p, o in zip(parts, offsets, strict=True)]),
         num_samples=sum(p.num_samples for p in parts),
     )

@@ -301,14 +301,14 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
 
     sec = cfg.static if stage == "static" else cfg.dynamic
     comps = load_zero123(_store(cfg), device=device, dtype=prior_dtype(cfg, device))
-    g = Zero123Guidance(
+    return Zero123Guidance(
         comps,
         guidance_scale=sec.zero123_guidance_scale,
+        cfg_mode="standard",  # Zero123 uses the standard CFG form upstream (SPEC 3.8); not a setting
         t_range=sec.zero123_t_range,
         weight=sec.zero123_weight,
+        reference=reference.to(device),
     )
-    g.set_reference(reference.to(device))
-    return g
 
 
 def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
@@ -328,8 +328,8 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
         cfg_mode=d.cfg_mode,
         t_range=d.video_t_range,
         weight=d.video_weight,
-        vae_grad_frames=d.vae_grad_frames or None,
-        view_dependent_static_camera=d.upstream_view_text,
+        vae_grad_frames=d.vae_grad_frames,
+        upstream_view_text=d.upstream_view_text,
     )
 
 
@@ -345,20 +345,33 @@ def build_controlnet_guidance(
     store = _store(cfg)
     sd = load_sd(store, device=device, dtype=dtype)
     cn = load_controlnet(store, device=device, dtype=dtype)
-    g = ControlNetGuidance(
+    return ControlNetGuidance(
         sd,
         cn,
-        prompt=None,
+        prompt=prompt,
         negative_prompt=r.negative_prompt,
+        controlnet_prompt=r.controlnet_prompt,
         image_size=r.image_size,
         guidance_scale=r.guidance_scale,
         cfg_mode=r.cfg_mode,
         t_range=r.t_range,
-        controlnet_prompt=r.controlnet_prompt,
         target=r.target,
         weight=r.weight,
-        frames=r.frames,
+        frames=frame_selection(r.frames),
+        upstream_view_text=cfg.dynamic.upstream_view_text,
+        learned_token=token,
     )
-    g.add_learned_token(*token)
-    g.set_prompt(prompt)
-    return g
+
+
+def frame_selection(spec: str) -> str | list[int]:
+    """``refine.frames``: "even:N", "all", or comma-separated indices ("0,8")."""
+    spec = spec.strip()
+    if spec == "all" or spec.startswith("even:"):
+        return spec
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"refine.frames: {spec!r} is not 'even:N', 'all' or a list of frame indices",
+            hint="for example --set refine.frames=even:2 or --set refine.frames=0,8",
+        ) from None
