@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from animate124.cli.app import app
+from animate124.engine.checkpoint import load_latest_checkpoint
 from animate124.stages.spec import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -373,7 +374,7 @@ def test_invert_interrupt_and_resume(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt = proj / "invert" / "checkpoints"
     deadline = time.time() + 120
-    while time.time() < deadline and not any(ckpt.glob("learned_embeds-steps-*.safetensors")):
+    while time.time() < deadline and not any(ckpt.glob("ckpt-*.json")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -381,8 +382,7 @@ def test_invert_interrupt_and_resume(tmp_path):
     assert "interrupted" in err
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "interrupted"
-    state = json.loads((ckpt / "ti_state.json").read_text())
-    done_before = state["step"]
+    done_before = load_latest_checkpoint(ckpt).step
     assert 0 < done_before < 30
     # resume with fewer remaining steps: the total is what the config says
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

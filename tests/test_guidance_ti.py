@@ -48,7 +48,7 @@ def test_training_changes_only_the_placeholder_row(store, tmp_path: Path) -> Non
     vec = ti.train_textual_inversion(
         c, _photo(), CFG, checkpoint_dir=tmp_path, device="cpu", progress=lambda s, n, d: seen.append(s)
     )
-    assert seen == list(range(1, 7))
+    assert seen == list(range(0, 7))  # the bar starts at 0, then one call per step
     w = c.text_encoder.get_input_embeddings().weight.detach()
     assert w.shape[0] == before.shape[0] + 1
     assert torch.equal(w[: before.shape[0]], before)  # every other row bit-identical
@@ -57,9 +57,14 @@ def test_training_changes_only_the_placeholder_row(store, tmp_path: Path) -> Non
     init = before[c.tokenizer.encode("object", add_special_tokens=False)[0]]
     assert torch.equal(w[tid], vec) and not torch.allclose(vec, init)
     assert all(torch.equal(v, params_before[k]) for k, v in c.unet.state_dict().items())
-    assert (tmp_path / "learned_embeds-steps-3.safetensors").is_file()
-    assert (tmp_path / "learned_embeds-steps-6.safetensors").is_file()
-    assert ti.load_learned_embeds(tmp_path / "learned_embeds-steps-6.safetensors")["<a124>"].allclose(vec)
+    from animate124.engine.checkpoint import load_latest_checkpoint
+
+    ck = load_latest_checkpoint(tmp_path)  # checkpoints every 3 steps; the newest is kept
+    assert ck.step == 6 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-0000006.json",
+        "ckpt-0000006.safetensors",
+    ]
+    assert torch.equal(ck.tensors["system/vector"], vec)
 
 
 def test_first_step_is_one_adamw_step_down_the_loss_gradient(
@@ -123,15 +128,15 @@ def test_checkpoint_and_resume_continue_exactly(store, tmp_path: Path) -> None:
     ti.train_textual_inversion(
         _sd(store), _photo(), CFG, checkpoint_dir=tmp_path / "b", device="cpu", should_stop=stop_after_four
     )
-    import json
+    from animate124.engine.checkpoint import load_latest_checkpoint
 
-    assert json.loads((tmp_path / "b" / ti.STATE_FILE).read_text())["step"] == 4
+    assert load_latest_checkpoint(tmp_path / "b").step == 4
     seen: list[int] = []
     resumed = ti.train_textual_inversion(
         _sd(store), _photo(), CFG, checkpoint_dir=tmp_path / "b", device="cpu",
         progress=lambda s, n, d: seen.append(s),
     )  # fmt: skip
-    assert seen == [5, 6]
+    assert seen == [4, 5, 6]  # the bar starts at the resume point, then steps 5 and 6 run
     assert torch.allclose(resumed, full, atol=1e-6)
 
 

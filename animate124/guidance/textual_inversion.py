@@ -25,11 +25,9 @@ After training the tokenizer contains the placeholder and its embedding row hold
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +35,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from animate124.engine.trainer import StepOutput
 from animate124.errors import ConfigError, InputError
+from animate124.fileio import atomic_write_bytes
 from animate124.guidance.common import alphas_cumprod_of, freeze, latent_scaling, module_dtype
 from animate124.guidance.prompts import add_learned_token, input_embedding_matrix
 
@@ -79,8 +79,6 @@ IMAGENET_TEMPLATES_SMALL: tuple[str, ...] = (
     "a photo of a small {}",
 )
 
-STATE_FILE = "ti_state.json"
-
 
 @dataclass(kw_only=True)
 class TIConfig:
@@ -112,15 +110,6 @@ class TIConfig:
 # ---------------------------------------------------------------------------------------------- IO
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
@@ -134,11 +123,11 @@ def save_learned_embeds(path: Path | str, embeds: dict[str, torch.Tensor]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().float().cpu().flatten().contiguous() for k, v in embeds.items()}
     if path.suffix == ".safetensors":
-        _atomic_write(path, _tensor_bytes(clean))
+        atomic_write_bytes(path, _tensor_bytes(clean))
     else:
         buf = io.BytesIO()
         torch.save(clean, buf)
-        _atomic_write(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def load_learned_embeds(path: Path | str) -> dict[str, torch.Tensor]:
@@ -379,58 +368,104 @@ def training_pixels(base: torch.Tensor, cfg: TIConfig, gen: torch.Generator) -> 
     return x * 2.0 - 1.0
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-def _gen_state_tensor(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state().clone()
-
-
-def _save_checkpoint(
-    ckpt_dir: Path, step: int, cfg: TIConfig, vec: torch.Tensor, opt: torch.optim.Optimizer,
-    gen: torch.Generator, scaler_state: dict | None,
-) -> None:  # fmt: skip
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_learned_embeds(ckpt_dir / f"learned_embeds-steps-{step}.safetensors", {cfg.placeholder: vec})
-    st = opt.state.get(vec, {})
-    tensors = {"vector": vec.detach().float(), "rng": _gen_state_tensor(gen)}
-    for k in ("exp_avg", "exp_avg_sq", "step"):
-        if k in st:
-            tensors[f"adam.{k}"] = torch.as_tensor(st[k]).float().reshape(-1) if k == "step" else st[k]
-    state_name = f"ti_optimizer-steps-{step}.safetensors"
-    _atomic_write(ckpt_dir / state_name, _tensor_bytes(tensors))
-    meta = {
-        "version": 1,
-        "step": step,
-        "placeholder": cfg.placeholder,
-        "initializer": cfg.initializer,
-        "embeds_file": f"learned_embeds-steps-{step}.safetensors",
-        "state_file": state_name,
-        "grad_scaler": scaler_state,
-    }
-    _atomic_write(ckpt_dir / STATE_FILE, json.dumps(meta, indent=1).encode())
-    for old in ckpt_dir.glob("ti_optimizer-steps-*.safetensors"):
-        if old.name != state_name:
-            old.unlink(missing_ok=True)
-    log.info("textual inversion: checkpoint at step %d in %s", step, ckpt_dir)
-
-
-def _load_checkpoint(ckpt_dir: Path, cfg: TIConfig) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    meta_path = ckpt_dir / STATE_FILE
-    if not meta_path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    meta = json.loads(meta_path.read_text())
-    if meta.get("placeholder") != cfg.placeholder:
-        raise ConfigError(
-            f"{ckpt_dir} holds a textual-inversion run for {meta.get('placeholder')!r}, not {cfg.placeholder!r}",
-            "use a fresh checkpoint directory or the same placeholder",
-        )
-    return meta, load_file(str(ckpt_dir / meta["state_file"]))
-
-
 # ---------------------------------------------------------------------------------------------- training
+
+
+class TextualInversionSystem:
+    """One textual-inversion step for the shared trainer (``engine/trainer.py``), SPEC 2.
+
+    Per step: ``batch_size`` augmented crops of the photo, a random template per crop with the
+    placeholder, ``z = s·E(x).sample()`` (no grad), ``t ~ U{0..999}``, ``ε ~ N(0, I)`` and the MSE between
+    the UNet's prediction and ε (or v for v-prediction schedulers). Only the placeholder's vector is a
+    parameter: a forward hook on the input embeddings puts it into every sequence that contains the
+    token, so no other row of the embedding matrix can change (upstream restores them after every
+    step, l.908-912; here they are never touched). Random draws come from one generator (``"ti"``).
+    """
+
+    def __init__(self, components: SDComponents, image: torch.Tensor, cfg: TIConfig, device: torch.device):
+        from animate124.engine.timing import Timers
+
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"the inversion image must be [3, H, W], got {tuple(image.shape)}")
+        if cfg.steps < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
+            raise ConfigError("textual inversion needs steps >= 0, batch_size >= 1, checkpoint_every >= 1")
+        self.c = components
+        self.cfg = cfg
+        self.device = device
+        self.timers = Timers(False)
+        freeze(components.text_encoder, components.vae, components.unet)
+        self.token_id, init_vec = prepare_placeholder(
+            components.tokenizer, components.text_encoder, cfg.placeholder, cfg.initializer
+        )
+        self.vec = torch.nn.Parameter(init_vec.to(device))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        sched = components.scheduler
+        self.alphas = alphas_cumprod_of(sched)
+        self.pred_type = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
+        self.scale = latent_scaling(components.vae)
+        self.base = base_image(image.to(device), cfg.resolution, cfg.augment)
+        self.max_len = int(getattr(components.tokenizer, "model_max_length", 77))
+        self._handle = components.text_encoder.get_input_embeddings().register_forward_hook(self._inject)
+
+    def _inject(self, _mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        mask = (args[0] == self.token_id)[..., None]
+        return torch.where(mask, self.vec.to(out.dtype), out)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """AdamW β (0.9, 0.999), weight decay 1e-2, eps 1e-8, constant lr (SPEC 2)."""
+        c = self.cfg
+        return torch.optim.AdamW([self.vec], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+
+    # trainer hooks
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def preview(self, step: int) -> None:
+        pass
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"ti": self.gen}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"vector": self.vec.detach()}
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.vec.copy_(tensors["vector"].to(self.vec.device, self.vec.dtype))
+
+    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+        cfg, c, gen, dev = self.cfg, self.c, self.gen, self.device
+        pix = torch.stack([training_pixels(self.base, cfg, gen) for _ in range(cfg.batch_size)])
+        idx = torch.randint(0, len(cfg.templates), (cfg.batch_size,), generator=gen).tolist()
+        prompts = [cfg.templates[i].format(cfg.placeholder) for i in idx]
+        ids = c.tokenizer(
+            prompts, padding="max_length", max_length=self.max_len, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            dist = c.vae.encode(pix.to(module_dtype(c.vae))).latent_dist
+            e_post = torch.randn(dist.mean.shape, generator=gen).to(dev, dist.mean.dtype)
+            latents = ((dist.mean + dist.std * e_post) * self.scale).float()
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        t = torch.randint(0, len(self.alphas), (cfg.batch_size,), generator=gen)
+        a = self.alphas[t].to(dev).view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        target = noise if self.pred_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
+        with torch.autocast(dev.type, enabled=False):  # the text encoder runs in fp32, as upstream
+            ehs = c.text_encoder(ids.input_ids.to(dev))[0]
+        udtype = module_dtype(c.unet)
+        pred = c.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
+        return StepOutput({"mse": F.mse_loss(pred.float(), target.float())})
+
+    def finish(self) -> torch.Tensor:
+        """Remove the hook, write the vector into the embedding matrix and return it ``[D]`` fp32 CPU."""
+        self._handle.remove()
+        with torch.no_grad():
+            weight = input_embedding_matrix(self.c.text_encoder)
+            weight[self.token_id] = self.vec.detach().to(weight.dtype)
+        return self.vec.detach().float().cpu()
 
 
 def train_textual_inversion(
@@ -440,112 +475,45 @@ def train_textual_inversion(
     *,
     checkpoint_dir: Path,
     device: torch.device | str,
-    progress: Callable[[int, int, dict], None] | None = None,
+    progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    log_path: Path | None = None,
 ) -> torch.Tensor:
     """Learn one token for ``image`` ``[3, H, W]`` in [0, 1] (the original photo, background included).
 
-    Resumes from ``checkpoint_dir`` if it holds a checkpoint; writes
-    ``learned_embeds-steps-{N}.safetensors`` + ``ti_state.json`` (+ optimizer/RNG tensors) every
-    ``checkpoint_every`` steps, at the end, and when ``should_stop()`` returns True (then returns early).
-    ``progress(step, total, {"loss": float})`` is called after every step.
+    Runs :class:`TextualInversionSystem` on the shared trainer: resumes from ``checkpoint_dir``
+    (``ckpt-NNNNNNN.{safetensors,json}``: the vector, AdamW moments, generator and GradScaler state),
+    checkpoints every ``checkpoint_every`` steps, at the end, and when ``should_stop()`` returns True
+    (then returns early). fp16 autocast + GradScaler on CUDA when ``mixed_precision`` (the UNet in fp16,
+    the text encoder in fp32, as upstream's accelerate setup).
 
     Returns the learned vector ``[D]`` (fp32, CPU). Modifies ``components``' tokenizer and text encoder:
     the placeholder is added and its row holds the returned vector.
     """
+    from animate124.engine.trainer import Trainer, TrainerSettings
+
     device = torch.device(device)
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise InputError(f"the inversion image must be [3, H, W], got {tuple(image.shape)}")
-    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise ConfigError("textual inversion needs steps >= 0, batch_size >= 1, checkpoint_every >= 1")
-    tok = components.tokenizer
-    te = components.text_encoder
-    vae = components.vae
-    unet = components.unet
-    sched = components.scheduler
-    freeze(te, vae, unet)
-    checkpoint_dir = Path(checkpoint_dir)
-
-    token_id, init_vec = prepare_placeholder(tok, te, cfg.placeholder, cfg.initializer)
-    vec = torch.nn.Parameter(init_vec.to(device))
-    opt = torch.optim.AdamW([vec], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    use_amp = cfg.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    start = 0
-    loaded = _load_checkpoint(checkpoint_dir, cfg)
-    if loaded is not None:
-        meta, tensors = loaded
-        start = int(meta["step"])
-        with torch.no_grad():
-            vec.copy_(tensors["vector"].to(device))
-        gen.set_state(tensors["rng"])
-        if "adam.exp_avg" in tensors:
-            opt.state[vec] = {
-                "step": tensors["adam.step"].reshape(()).clone(),
-                "exp_avg": tensors["adam.exp_avg"].to(device),
-                "exp_avg_sq": tensors["adam.exp_avg_sq"].to(device),
-            }
-        if use_amp and meta.get("grad_scaler"):
-            scaler.load_state_dict(meta["grad_scaler"])
-        log.info("textual inversion: resuming at step %d from %s", start, checkpoint_dir)
-
-    emb_module = te.get_input_embeddings()
-
-    def inject(_mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        mask = (args[0] == token_id)[..., None]
-        return torch.where(mask, vec.to(out.dtype), out)
-
-    handle = emb_module.register_forward_hook(inject)
-    alphas = alphas_cumprod_of(sched)
-    n_train = len(alphas)
-    pred_type = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
-    scale = latent_scaling(vae)
-    vdtype, udtype = module_dtype(vae), module_dtype(unet)
-    base = base_image(image.to(device), cfg.resolution, cfg.augment)
-    max_len = int(getattr(tok, "model_max_length", 77))
-    step = start
-
-    def checkpoint() -> None:
-        _save_checkpoint(checkpoint_dir, step, cfg, vec, opt, gen, scaler.state_dict() if use_amp else None)
-
+    system = TextualInversionSystem(components, image, cfg, device)
+    settings = TrainerSettings(
+        iters=cfg.steps,
+        device=device,
+        precision="fp16" if cfg.mixed_precision and device.type == "cuda" else "fp32",
+        grad_clip=0.0,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=1,
+        preview_every=0,
+        config_hash=f"ti:{cfg.placeholder}",
+        label="invert",
+    )
     try:
-        while step < cfg.steps:
-            if should_stop is not None and should_stop():
-                if step > start:
-                    checkpoint()
-                log.info("textual inversion: stopped at step %d", step)
-                break
-            pix = torch.stack([training_pixels(base, cfg, gen) for _ in range(cfg.batch_size)])
-            idx = torch.randint(0, len(cfg.templates), (cfg.batch_size,), generator=gen).tolist()
-            prompts = [cfg.templates[i].format(cfg.placeholder) for i in idx]
-            ids = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-            with torch.no_grad():
-                dist = vae.encode(pix.to(vdtype)).latent_dist
-                e_post = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
-                latents = ((dist.mean + dist.std * e_post) * scale).float()
-            noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
-            a = alphas[t].to(device).view(-1, 1, 1, 1)
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            target = noise if pred_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                ehs = te(ids.input_ids.to(device))[0]
-                pred = unet(noisy.to(udtype), t.to(device), encoder_hidden_states=ehs.to(udtype)).sample
-            loss = F.mse_loss(pred.float(), target.float())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            if progress is not None:
-                progress(step, cfg.steps, {"loss": float(loss.detach())})
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint()
+        Trainer(settings).run(
+            system,
+            system.optimizer(),
+            checkpoint_dir=Path(checkpoint_dir),
+            log_path=log_path,
+            progress=progress,
+            should_stop=should_stop,
+        )
     finally:
-        handle.remove()
-    with torch.no_grad():
-        weight = input_embedding_matrix(te)
-        weight[token_id] = vec.detach().to(weight.dtype)
-    return vec.detach().float().cpu()
+        vec = system.finish()
+    return vec

@@ -69,7 +69,14 @@ def run_invert(
         with rich_progress("invert", enabled=show_progress) as prog, graceful_interrupt() as stop:
             try:
                 vec = train_textual_inversion(
-                    comps, photo, ti, checkpoint_dir=ckpt, device=device, progress=prog, should_stop=stop
+                    comps,
+                    photo,
+                    ti,
+                    checkpoint_dir=ckpt,
+                    device=device,
+                    progress=prog,
+                    should_stop=stop,
+                    log_path=project.log_path("invert"),
                 )
             except InputError:
                 if not (auto_initializer and c.initializer != "object"):
@@ -77,7 +84,14 @@ def run_invert(
                 log.warning("initializer %r is not one token; using 'object'", c.initializer)
                 ti = dc_replace(ti, initializer="object")
                 vec = train_textual_inversion(
-                    comps, photo, ti, checkpoint_dir=ckpt, device=device, progress=prog, should_stop=stop
+                    comps,
+                    photo,
+                    ti,
+                    checkpoint_dir=ckpt,
+                    device=device,
+                    progress=prog,
+                    should_stop=stop,
+                    log_path=project.log_path("invert"),
                 )
         if stop.requested:
             return {}  # graceful_interrupt raises KeyboardInterrupt on exit; the runner marks it interrupted
