@@ -72,20 +72,44 @@ def build(role: str, configs: Path, out: Path, device: str) -> Path:
         shutil.rmtree(dst)
     _copy_configs(src, dst)
     if role == "sd":
-        _save(_diffusers_model(AutoencoderKL, src / "vae", device), dst / "vae", "diffusion_pytorch_model.fp16.safetensors")
-        _save(_diffusers_model(UNet2DConditionModel, src / "unet", device), dst / "unet", "diffusion_pytorch_model.fp16.safetensors")
+        _save(
+            _diffusers_model(AutoencoderKL, src / "vae", device),
+            dst / "vae",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
+        _save(
+            _diffusers_model(UNet2DConditionModel, src / "unet", device),
+            dst / "unet",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
         _save(_clip_text(src / "text_encoder", device), dst / "text_encoder", "model.fp16.safetensors")
         for extra in ("safety_checker", "feature_extractor"):
             shutil.rmtree(dst / extra, ignore_errors=True)
     elif role == "video":
-        _save(_diffusers_model(AutoencoderKL, src / "vae", device), dst / "vae", "diffusion_pytorch_model.fp16.safetensors")
-        _save(_diffusers_model(UNet3DConditionModel, src / "unet", device), dst / "unet", "diffusion_pytorch_model.fp16.safetensors")
+        _save(
+            _diffusers_model(AutoencoderKL, src / "vae", device),
+            dst / "vae",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
+        _save(
+            _diffusers_model(UNet3DConditionModel, src / "unet", device),
+            dst / "unet",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
         _save(_clip_text(src / "text_encoder", device), dst / "text_encoder", "model.fp16.safetensors")
     elif role == "zero123":
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        _save(_diffusers_model(AutoencoderKL, src / "vae", device), dst / "vae", "diffusion_pytorch_model.fp16.safetensors")
-        _save(_diffusers_model(UNet2DConditionModel, src / "unet", device), dst / "unet", "diffusion_pytorch_model.fp16.safetensors")
+        _save(
+            _diffusers_model(AutoencoderKL, src / "vae", device),
+            dst / "vae",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
+        _save(
+            _diffusers_model(UNet2DConditionModel, src / "unet", device),
+            dst / "unet",
+            "diffusion_pytorch_model.fp16.safetensors",
+        )
         with torch.device(device):
             enc = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(src / "image_encoder")))
         _save(enc, dst / "image_encoder", "model.fp16.safetensors")
