@@ -317,9 +317,12 @@ def test_run_all_tiny_then_invert_render_and_static(tmp_path, monkeypatch):
     # render finds the most recent project and says there is nothing trained yet
     r = invoke("render", "--orbit", cwd=tmp_path)
     assert r.exit_code == 1 and "no training stage has finished" in r.output
-    # the static stage states the missing capability in one line, no traceback
-    r = invoke("static", "--preset", "tiny", cwd=tmp_path)
-    assert r.exit_code == 1 and "not built" in r.output and "Traceback" not in r.output
+    # the static stage runs on the most recent project with the prompt recorded by run-all
+    r = invoke("static", "--preset", "tiny", "-q", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert (proj / "static" / "model.safetensors").is_file()
+    assert (proj / "static" / "previews" / "latest.png").is_file()
+    assert (proj / "logs" / "static.jsonl").is_file()
 
 
 @pytest.mark.parametrize("name", ["rgba.png", "image.jpg"])

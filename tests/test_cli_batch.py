@@ -80,7 +80,7 @@ def test_json_on_failure_names_the_stage_and_the_exit_code(preprocessed, tmp_pat
         "--preset",
         "tiny",
         "--from",
-        "static",
+        "refine",
         "--json",
         "-q",
     )
@@ -89,7 +89,7 @@ def test_json_on_failure_names_the_stage_and_the_exit_code(preprocessed, tmp_pat
     assert out["exit_code"] == 1
     assert out["stages"] == [
         {
-            "stage": "static",
+            "stage": "refine",
             "status": "failed",
             "skipped": False,
             "resumed": False,
@@ -97,7 +97,7 @@ def test_json_on_failure_names_the_stage_and_the_exit_code(preprocessed, tmp_pat
             "artifacts": {},
         }
     ]
-    assert out["error"]["type"] == "NotImplementedStageError" and "not built" in out["error"]["message"]
+    assert out["error"]["type"] == "ProjectError" and "'dynamic'" in out["error"]["message"]
     # usage errors found by the command itself also come back as JSON with exit code 2
     r = invoke("run-all", str(TOY), "🐼", "-p", str(proj), "--json")
     assert r.exit_code == 2 and json.loads(r.stdout)["exit_code"] == 2

@@ -38,6 +38,7 @@ def rich_progress(description: str, console=None, enabled: bool = True) -> Itera
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
     from rich.text import Text
 
     class _Rate(ProgressColumn):
@@ -53,7 +54,7 @@ def rich_progress(description: str, console=None, enabled: bool = True) -> Itera
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[metrics]}", overflow="ellipsis", no_wrap=True),
+        TextColumn("{task.fields[metrics]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
     )
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=None, metrics="")

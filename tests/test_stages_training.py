@@ -1,0 +1,182 @@
+"""The training stages on the tiny preset: prerequisites, SIGKILL + resume, the refine stage's frozen copy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from animate124.config import resolve_config
+from animate124.errors import InputError, ProjectError
+from animate124.project import Project
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "examples" / "toy.png"
+PROMPTS = {"static": {"prompt": "a toy"}, "dynamic": {"prompt": "a toy is spinning"}}
+
+
+def tiny(**sections) -> object:
+    opts = {k: dict(v) for k, v in PROMPTS.items()}
+    opts["refine"] = {"prompt": "a <token> is spinning"}
+    for sec, vals in sections.items():
+        opts.setdefault(sec, {}).update(vals)
+    return resolve_config("tiny", None, opts, [])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny project with preprocess and invert done (copied by each test)."""
+    from animate124.stages.invert import run_invert
+    from animate124.stages.preprocess import run_preprocess
+
+    root = tmp_path_factory.mktemp("stages") / "base"
+    p = Project(root)
+    cfg = tiny()
+    run_preprocess(p, cfg, TOY)
+    run_invert(p, cfg, show_progress=False)
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Project:
+    shutil.copytree(src, dst)
+    return Project(dst)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_stage_without_its_prerequisite_names_the_command(prepared, tmp_path):
+    from animate124.stages.dynamic import run_dynamic
+
+    p = _copy(prepared, tmp_path / "p")
+    with pytest.raises(ProjectError) as ei:
+        run_dynamic(p, tiny(), show_progress=False)
+    assert "static" in ei.value.message and "animate124 static" in (ei.value.hint or "")
+
+
+def test_token_in_a_prompt_without_a_learned_token_is_a_clear_error(prepared, tmp_path):
+    from animate124.stages.static import run_static
+
+    p = _copy(prepared, tmp_path / "p")
+    with pytest.raises(InputError, match="<token>"):
+        run_static(p, tiny(static={"prompt": "a <token> on a table"}), show_progress=False)
+    assert p.stage_record("static")["status"] == "failed"
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from animate124.config import resolve_config
+    from animate124.project import Project
+    from animate124.stages.spec import get_stage
+    stage, root = sys.argv[1], sys.argv[2]
+    opts = {"static": {"prompt": "a toy", "iters": 12}, "dynamic": {"prompt": "a toy is spinning", "iters": 12},
+            "refine": {"prompt": "a <token> is spinning", "iters": 9}, "run": {"checkpoint_every": 3}}
+    cfg = resolve_config("tiny", None, opts, [])
+    get_stage(stage).run_function()(Project(root), cfg, show_progress=False)
+    """
+)
+
+
+def _run_killed(stage: str, project: Project, env: dict[str, str]) -> int:
+    """Start the stage in a subprocess, SIGKILL it once a checkpoint exists, return that checkpoint's step."""
+    from animate124.engine.checkpoint import load_latest_checkpoint
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, stage, str(project.root)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpt = project.stage(stage).checkpoints
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(ckpt.glob("ckpt-*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the stage ended before it could be killed: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    ck = load_latest_checkpoint(ckpt)
+    assert ck is not None
+    return ck.step
+
+
+def _kill_cfg(stage: str) -> object:
+    return tiny(
+        static={"iters": 12},
+        dynamic={"iters": 12},
+        refine={"prompt": "a <token> is spinning", "iters": 9},
+        run={"checkpoint_every": 3},
+    )
+
+
+def test_static_killed_with_sigkill_resumes_to_the_same_weights(prepared, tmp_path):
+    from animate124.stages.static import run_static
+
+    cfg = _kill_cfg("static")
+    ref = _copy(prepared, tmp_path / "ref")
+    run_static(ref, cfg, show_progress=False)
+
+    p = _copy(prepared, tmp_path / "killed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_at = _run_killed("static", p, env)
+    assert 0 < killed_at < 12
+    assert p.stage_record("static")["status"] == "running"  # the manifest still says what happened
+    r = run_static(p, cfg, show_progress=False)
+    assert r.resumed and not r.skipped
+    assert r.metrics["resumed_from_step"] == killed_at and r.metrics["steps"] == 12
+    a, b = _tensors(ref.artifact("static_model")), _tensors(p.artifact("static_model"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the same losses at the same steps as the uninterrupted run
+    import json
+
+    la = [json.loads(x) for x in ref.log_path("static").read_text().splitlines()]
+    lb = [json.loads(x) for x in p.log_path("static").read_text().splitlines()]
+    by_step = {r["step"]: r for r in lb}  # the killed run may have logged a few steps twice
+    for rec in la:
+        assert by_step[rec["step"]]["loss"] == rec["loss"], rec["step"]
+
+
+def test_refine_frozen_copy_is_the_dynamic_result_after_a_resume(prepared, tmp_path, monkeypatch):
+    from animate124.stages import refine as refine_mod
+    from animate124.stages.dynamic import run_dynamic
+    from animate124.stages.static import run_static
+
+    cfg = _kill_cfg("refine")
+    p = _copy(prepared, tmp_path / "p")
+    run_static(p, cfg, show_progress=False)
+    run_dynamic(p, cfg, show_progress=False)
+    killed_at = _run_killed("refine", p, {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert 0 < killed_at < 9
+
+    seen: list[refine_mod.RefineSystem] = []
+    orig = refine_mod.RefineSystem.__init__
+
+    def spy(self, **kw):
+        orig(self, **kw)
+        seen.append(self)
+
+    monkeypatch.setattr(refine_mod.RefineSystem, "__init__", spy)
+    r = refine_mod.run_refine(p, cfg, show_progress=False)
+    assert r.resumed and r.metrics["resumed_from_step"] == killed_at
+    (system,) = seen
+    dyn = _tensors(p.artifact("dynamic_model"))
+    frozen = {f"field/{k}": v for k, v in system.frozen_field.state_dict().items()}
+    assert frozen.keys() <= dyn.keys()
+    for k, v in frozen.items():
+        assert torch.equal(v.cpu(), dyn[k]), k
+    trained = _tensors(p.artifact("refine_model"))
+    assert not torch.equal(trained["field/encoder.embeddings"], dyn["field/encoder.embeddings"])
