@@ -5,7 +5,7 @@ Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) floats in [0, 1].
 * ``PSNR = 10·log10(1 / MSE)``, the MSE over the pixels of ``mask`` (all channels), capped at 100 dB
   (identical images) so that it stays a finite JSON number.
 * ``SSIM`` (Wang et al. 2004) with an 11×11 Gaussian window (σ = 1.5), ``C1 = 0.01²``, ``C2 = 0.03²``,
-  per channel, on the image padded by reflection; the map's mean over ``mask`` (all channels).
+  per channel, on the image padded by reflection, in float64; the map's mean over ``mask`` (all channels).
 * CLIP: images are resized to the model's input size (bicubic, antialiased) and normalised with
   CLIP's mean and std; embeddings are L2-normalised, and a similarity is a cosine.
   - ``clip_i``: mean cosine between each render and the reference image;
@@ -67,9 +67,9 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
 def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """The SSIM map ``[C, H, W]`` of two images ``[C, H, W]`` (module docstring)."""
     c1, c2 = 0.01**2, 0.03**2
-    a, b = a.float()[None], b.float()[None]
+    a, b = a.double()[None], b.double()[None]  # float64: the variances are small differences
     c = a.shape[1]
-    w = _gaussian_window(window, sigma).to(a.device).expand(c, 1, window, window).contiguous()
+    w = _gaussian_window(window, sigma).to(a.device, torch.float64).expand(c, 1, window, window).contiguous()
     pad = window // 2
     mode = "reflect" if min(a.shape[-2:]) > pad else "replicate"
 
@@ -82,7 +82,7 @@ def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tens
     sab = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * sab + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2)
-    return (num / den)[0]
+    return (num / den)[0].float()
 
 
 def ssim(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
