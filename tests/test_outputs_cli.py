@@ -39,6 +39,20 @@ def test_render_orbit_as_typed_from_the_project_directory(app, project, monkeypa
     assert (out["size"], out["frames"]) == (32, 8)
 
 
+def test_render_orbit_as_typed_where_run_all_ran(app, project, tmp_path, monkeypatch):
+    """run-all leaves the project as the most recent one; `render --orbit` from its directory finds it."""
+    from animate124.project import remember_project
+
+    monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
+    remember_project(project)
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = run(app, "render", "--orbit", "-q")
+    assert res.exit_code == 0, res.output
+    assert (project.render_dir / "dynamic" / "orbit.mp4").is_file()
+
+
 def test_render_views_with_depth_and_normal_and_options(app, project):
     res = run(
         app, "render", "-p", str(project.root), "--views", "2", "--depth", "--normal", "--size", "24",
