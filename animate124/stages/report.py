@@ -43,7 +43,7 @@ main { max-width:1180px; margin:0 auto; padding:24px 28px 60px; }
 section { background:var(--card); border:1px solid var(--line); border-radius:14px; padding:18px 22px 20px; margin:0 0 20px; box-shadow:0 1px 2px rgba(16,24,40,.04); }
 h2 { font-size:18px; margin:0 0 14px; font-weight:650; }
 h3 { font-size:15px; margin:16px 0 10px; color:#344054; font-weight:600; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(220px,1fr)); gap:16px; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(220px,1fr)); gap:16px; align-items:start; }
 .grid.wide { grid-template-columns:repeat(auto-fill,minmax(300px,1fr)); }
 figure { margin:0; background:#fafbfc; border:1px solid var(--line); border-radius:10px; padding:10px; }
 figure img, figure video { display:block; width:100%; height:auto; border-radius:6px; background:#fff; }
@@ -432,7 +432,7 @@ def _export_section(project: Project, manifest: dict[str, Any]) -> str:
         )
     return (
         note
-        + "<table><tr><th>file</th><th>kind</th><th>stage</th><th>frames</th><th>size</th></tr>"
+        + '<table><tr><th>file</th><th>kind</th><th>stage</th><th class="num">frames</th><th class="num">size</th></tr>'
         + "".join(rows)
         + "</table>"
     )
@@ -461,7 +461,7 @@ def _metrics_section(project: Project) -> str:
         f'<span class="prompt">{_e(data.get("prompt", ""))}</span> · {_e(data.get("views"))} views × '
         f'{_e(data.get("frames"))} frames · <a href="{_href(project, path)}">metrics.json</a></p>'
     )
-    return f'<div class="metric-big">{big}</div>{meta}<table><tr><th>metric</th><th>value</th><th>meaning</th></tr>{rows}</table>'
+    return f'<div class="metric-big">{big}</div>{meta}<table><tr><th>metric</th><th class="num">value</th><th>meaning</th></tr>{rows}</table>'
 
 
 def _config_section(project: Project) -> str:
