@@ -113,7 +113,7 @@ def test_depth_range_and_colours_are_fixed_by_near_far():
     assert depth_range([empty]) == (0.0, 1.0)
 
 
-def test_ray_chunk_does_not_change_the_image():
+def test_ray_and_sample_chunks_do_not_change_the_image():
     cam = orbit_shot(4, RenderSettings(**SMALL), dynamic=False).camera(1, 0)
     a = render_frame(
         SphereField(center=(0.2, 0.1, 0.0)),
@@ -128,7 +128,7 @@ def test_ray_chunk_does_not_change_the_image():
         None,
         cam,
         None,
-        RenderSettings(**{**SMALL, "ray_chunk": 10**6}),
+        RenderSettings(**{**SMALL, "ray_chunk": 10**6, "sample_chunk": 100}),
         True,
     )
     for x, y in ((a.color, b.color), (a.opacity, b.opacity), (a.depth, b.depth), (a.normal, b.normal)):

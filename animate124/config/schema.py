@@ -349,6 +349,11 @@ class RenderConfig:
     ray_chunk: int = opt(
         32768, "Rays rendered per call: bounds the memory of large renders on a CPU or a small GPU.", min=64
     )
+    sample_chunk: int = opt(
+        131072,
+        "Samples per field call in output renders (bounds memory; 0 = all samples of a ray chunk).",
+        min=0,
+    )
     quality: int = opt(8, "MP4 quality, 0-10 (imageio's scale; 8 as upstream).", min=0, max=10)
 
 

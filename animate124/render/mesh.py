@@ -122,12 +122,14 @@ def silhouette_threshold(
     max_steps: int = 1024,
     min_near: float = 0.2,
     alpha: float = 0.5,
+    chunk: int = 2**17,
 ) -> float:
     """The density level τ whose silhouette matches the rendered one (module docstring).
 
     Renders every camera at every time of ``times`` (None: a static field), marching as the renderer
     does; returns the k-th largest per-ray maximum density where k = the number of pixels with
-    opacity > ``alpha``. A MeshError when no pixel is opaque (nothing to mesh).
+    opacity > ``alpha``. A MeshError when no pixel is opaque (nothing to mesh). ``chunk``: samples per
+    field call.
     """
     from animate124.render.marcher import composite, march_rays
     from animate124.render.rays import generate_rays
@@ -152,7 +154,12 @@ def silhouette_threshold(
         m = torch.zeros(n_rays, device=origins.device)
         op = torch.zeros(n_rays, device=origins.device)
         if pk.num_samples:
-            sigma = field.density(pk.positions, _time_arg(t, pk.num_samples, origins.device)).float()
+            sigma = torch.cat(
+                [
+                    field.density(x, _time_arg(t, x.shape[0], origins.device)).float()
+                    for x in pk.positions.split(chunk)
+                ]
+            )
             m = m.scatter_reduce(0, pk.ray_indices, sigma, reduce="amax", include_self=True)
             op = composite(sigma, pk.deltas, pk.ray_indices, n_rays, 0.0).opacity
         maxes.append(m)

@@ -110,7 +110,7 @@ def run_evaluate_stage(
             delta_mode="metric" if m.metric_step else "upstream",
             t_thresh=m.transmittance_thresh,
             ray_chunk=cfg.render.ray_chunk,
-            sample_chunk=m.chunk or None,
+            sample_chunk=cfg.render.sample_chunk or None,
         )
         white = torch.ones(3)[:, None, None]
 

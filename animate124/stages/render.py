@@ -62,7 +62,7 @@ def render_settings(
         delta_mode="metric" if m.metric_step else "upstream",
         t_thresh=m.transmittance_thresh,
         normal_eps=m.normal_eps,
-        sample_chunk=m.chunk or None,
+        sample_chunk=r.sample_chunk or None,
     )
 
 
