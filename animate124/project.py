@@ -9,7 +9,10 @@ Layout (all stages share it; stages find their inputs here, never through user-t
       preprocess/                rgba.png, depth.png, depth.npy, preview.png
       invert/                    learned_embeds.safetensors, checkpoints/
       static/ dynamic/ refine/   model.safetensors (final), checkpoints/ (resumable)
-      render/                    videos and frames
+      renders/<stage>/           `render` output: videos, grids and PNG frames of a trained stage
+      export/<stage>/            `export` output: mesh.glb (animated), frames/*.ply|obj or mesh.ply
+      metrics.json               `evaluate` output: CLIP and reference-view metrics
+      report.html                `report` output: one self-contained page over the whole project
       config/<stage>.yaml        the resolved config of the stage's last run (schema version inside)
       logs/<stage>.jsonl         scalars, one JSON object per line
 
@@ -60,6 +63,8 @@ ARTIFACTS: dict[str, str] = {
     "static_model": "static/model.safetensors",
     "dynamic_model": "dynamic/model.safetensors",
     "refine_model": "refine/model.safetensors",
+    "metrics": "metrics.json",
+    "report": "report.html",
 }
 
 
@@ -180,7 +185,13 @@ class Project:
 
     @property
     def render_dir(self) -> Path:
-        return self.root / "render"
+        """``renders/``: the output of ``animate124 render`` (one sub-directory per trained stage)."""
+        return self.root / "renders"
+
+    @property
+    def export_dir(self) -> Path:
+        """``export/``: the meshes of ``animate124 export`` (one sub-directory per trained stage)."""
+        return self.root / "export"
 
     def config_path(self, stage: str) -> Path:
         return self.root / "config" / f"{stage}.yaml"

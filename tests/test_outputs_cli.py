@@ -1,0 +1,165 @@
+"""The output commands through Typer's CliRunner on an app built from ``register``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from helpers_outputs import trained_project
+from typer.testing import CliRunner
+
+from animate124.cli.outputs import register
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    a = typer.Typer()
+    register(a)
+    return a
+
+
+@pytest.fixture()
+def project(tmp_path):
+    return trained_project(tmp_path, ("static", "dynamic"))
+
+
+def run(app, *args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_render_orbit_as_typed_from_the_project_directory(app, project, monkeypatch):
+    monkeypatch.chdir(project.root)
+    res = run(app, "render", "--orbit")
+    assert res.exit_code == 0, res.output
+    assert "stage: dynamic" in res.output and "renders/dynamic/orbit.mp4" in res.output
+    assert (project.render_dir / "dynamic" / "orbit.mp4").is_file()
+    # the tiny project's own config: 32 px, 8 orbit frames
+    out = project.stage_record("render")["outputs"]["renders/dynamic/orbit.mp4"]
+    assert (out["size"], out["frames"]) == (32, 8)
+
+
+def test_render_orbit_as_typed_where_run_all_ran(app, project, tmp_path, monkeypatch):
+    """run-all leaves the project as the most recent one; `render --orbit` from its directory finds it."""
+    from animate124.project import remember_project
+
+    monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
+    remember_project(project)
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = run(app, "render", "--orbit", "-q")
+    assert res.exit_code == 0, res.output
+    assert (project.render_dir / "dynamic" / "orbit.mp4").is_file()
+
+
+def test_render_views_with_depth_and_normal_and_options(app, project):
+    res = run(
+        app, "render", "-p", str(project.root), "--views", "2", "--depth", "--normal", "--size", "24",
+        "--frames", "3", "--fps", "5", "--fov", "35", "--elevation", "20", "--background", "black", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = project.stage_record("render")["outputs"]
+    for name in ("views", "views_depth", "views_normal", "view_00", "view_01_normal"):
+        assert f"renders/dynamic/{name}.mp4" in out
+    assert out["renders/dynamic/views.mp4"]["fps"] == 5 and out["renders/dynamic/views.mp4"]["frames"] == 3
+    saved = (project.root / "config" / "render.yaml").read_text()
+    assert "polar: 70.0" in saved and "fovy: 35.0" in saved and "background: black" in saved
+
+
+def test_render_stills_rgba_time_and_gif(app, project):
+    res = run(
+        app,
+        "render",
+        "-p",
+        str(project.root),
+        "--stage",
+        "static",
+        "--time",
+        "0.5",
+        "--views",
+        "2",
+        "--rgba",
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    # a static field has no time: the frozen moment is the plain view
+    assert (project.render_dir / "static" / "views.png").is_file()
+    res = run(app, "render", "-p", str(project.root), "--frames", "3", "--stills", "--gif", "-q")
+    assert res.exit_code == 0, res.output
+    assert (project.render_dir / "dynamic" / "orbit.gif").is_file()
+    assert len(list((project.render_dir / "dynamic" / "orbit_frames").glob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--frames", "0"), 2, "at least 1 frame"),
+        (("--frames", "1", "--orbit"), 2, "at least 2 frames"),
+        (("--size", "100000"), 2, "render.size: 100000 is above the maximum 4096"),
+        (("--size", "2"), 2, "below the minimum"),
+        (("--views", "0"), 2, "at least 1 view"),
+        (("--time", "3"), 2, "outside [0, 1]"),
+        (("--elevation", "95"), 2, "outside [-89, 89]"),
+        (("--background", "mauve"), 2, "not a colour"),
+        (("--stage", "refine"), 1, "'refine' has not finished"),
+        (("--stage", "preprocess"), 2, "not a training stage"),
+        (("--set", "render.nope=1"), 2, "unknown config key render.nope"),
+    ],
+)
+def test_render_bad_requests_are_clear_errors_before_any_work(app, project, args, code, message):
+    res = run(app, "render", "-p", str(project.root), *args)
+    assert res.exit_code == code, res.output
+    assert message in " ".join(res.output.split())
+    assert not project.render_dir.exists()
+
+
+def test_no_project_anywhere(app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANIMATE124_STATE_DIR", str(tmp_path / "state"))
+    for cmd in ("render", "export", "evaluate", "report"):
+        res = run(app, cmd)
+        assert res.exit_code == 1 and "no project given and none found" in res.output, (cmd, res.output)
+
+
+def test_export_evaluate_and_report_commands(app, project):
+    p = str(project.root)
+    res = run(app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5", "-q")
+    assert res.exit_code == 0, res.output
+    assert "density level" in res.output and (project.export_dir / "dynamic" / "mesh.glb").is_file()
+    assert len(list((project.export_dir / "dynamic" / "frames").glob("*.ply"))) == 2
+    res = run(
+        app,
+        "export",
+        "-p",
+        p,
+        "--stage",
+        "static",
+        "--resolution",
+        "24",
+        "--format",
+        "obj",
+        "--threshold",
+        "4",
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    assert (project.export_dir / "static" / "mesh.obj").is_file() and "(given)" in res.output
+    res = run(app, "export", "-p", p, "--format", "stl")
+    assert res.exit_code == 2 and "export.format" in res.output
+    res = run(app, "evaluate", "-p", p, "--size", "32", "--frames", "3", "--views", "2", "-q")
+    assert res.exit_code == 0, res.output
+    for label in ("CLIP-I", "CLIP-T", "temporal", "PSNR (mask)", "SSIM (mask)", "clip-vit-large-patch14"):
+        assert label in res.output
+    assert json.loads(project.artifact("metrics").read_text())["frames"] == 3
+    res = run(app, "report", "-p", p)
+    assert res.exit_code == 0 and "report.html" in res.output
+    assert project.stage_record("report")["status"] == "done"
+
+
+def test_help_has_examples(app):
+    for cmd in ("render", "export", "evaluate", "report"):
+        res = run(app, cmd, "--help")
+        assert res.exit_code == 0 and "Examples" in res.output and f"animate124 {cmd}" in res.output
+    assert "--orbit" in run(app, "render", "--help").output
+    assert "--clip-model" in run(app, "evaluate", "--help").output
