@@ -151,6 +151,20 @@ class Trainer:
         log.info("%s: resuming after step %d", self.s.label, ck.step)
         return ck.step
 
+    def preview(self, system: TrainingSystem, step: int) -> None:
+        """Previews are for watching a run: a failure (no ffmpeg, a full disk) is a warning, never fatal."""
+        try:
+            with torch.no_grad():
+                system.preview(step)
+        except Exception as exc:  # noqa: BLE001 - a preview must not end a training run
+            log.warning(
+                "%s: the preview at step %d failed: %s",
+                self.s.label,
+                step,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+
     # ------------------------------------------------------------------ the loop
     def _check_losses(self, step: int, losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
         names = list(losses)
@@ -257,8 +271,7 @@ class Trainer:
                 if progress is not None:
                     progress(step, s.iters, last)
                 if s.preview_every and step % s.preview_every == 0 and step < s.iters:
-                    with torch.no_grad():
-                        system.preview(step)
+                    self.preview(system, step)
                 if step % s.checkpoint_every == 0 or step == s.iters:
                     self._save(Path(checkpoint_dir), step, system, optimizer)
             if interrupted and step > start:

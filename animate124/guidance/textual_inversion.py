@@ -478,6 +478,7 @@ def train_textual_inversion(
     progress: Callable[[int, int, Mapping[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     log_path: Path | None = None,
+    metrics: dict | None = None,
 ) -> torch.Tensor:
     """Learn one token for ``image`` ``[3, H, W]`` in [0, 1] (the original photo, background included).
 
@@ -488,7 +489,8 @@ def train_textual_inversion(
     the text encoder in fp32, as upstream's accelerate setup).
 
     Returns the learned vector ``[D]`` (fp32, CPU). Modifies ``components``' tokenizer and text encoder:
-    the placeholder is added and its row holds the returned vector.
+    the placeholder is added and its row holds the returned vector. ``metrics``, if given, receives the
+    trainer's numbers (steps, it/s, peak GPU memory).
     """
     from animate124.engine.trainer import Trainer, TrainerSettings
 
@@ -506,7 +508,7 @@ def train_textual_inversion(
         label="invert",
     )
     try:
-        Trainer(settings).run(
+        result = Trainer(settings).run(
             system,
             system.optimizer(),
             checkpoint_dir=Path(checkpoint_dir),
@@ -516,4 +518,6 @@ def train_textual_inversion(
         )
     finally:
         vec = system.finish()
+    if metrics is not None:
+        metrics.update(result.metrics)
     return vec

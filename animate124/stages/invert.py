@@ -64,6 +64,7 @@ def run_invert(
             mixed_precision=device.type == "cuda",
         )
         photo = load_photo(src)
+        train_metrics: dict = {}
         ckpt = project.stage("invert").checkpoints
         ckpt.mkdir(parents=True, exist_ok=True)
         with rich_progress("invert", enabled=show_progress) as prog, graceful_interrupt() as stop:
@@ -77,6 +78,7 @@ def run_invert(
                     progress=prog,
                     should_stop=stop,
                     log_path=project.log_path("invert"),
+                    metrics=train_metrics,
                 )
             except InputError:
                 if not (auto_initializer and c.initializer != "object"):
@@ -92,6 +94,7 @@ def run_invert(
                     progress=prog,
                     should_stop=stop,
                     log_path=project.log_path("invert"),
+                    metrics=train_metrics,
                 )
         if stop.requested:
             return {}  # graceful_interrupt raises KeyboardInterrupt on exit; the runner marks it interrupted
@@ -103,6 +106,7 @@ def run_invert(
                 "placeholder": c.placeholder,
                 "initializer": ti.initializer,
                 "norm": float(vec.float().norm()),
+                **train_metrics,
             },
         }
 

@@ -103,8 +103,7 @@ def train_nerf_stage(
             if result.interrupted:
                 return {}
             artifacts = built.save()
-            with torch.no_grad():
-                built.system.preview(result.steps)
+            trainer.preview(built.system, result.steps)
         metrics = dict(result.metrics)
         metrics["resumed_from_step"] = result.start_step
         release(built)

@@ -284,7 +284,8 @@ class TimeGridEncoding(_GridBase):
         if mode == "table":
             return TableTimeTV.apply(self.embeddings, self.num_levels, chunk)
         dev = self.embeddings.device
-        x = (torch.rand(n_points, 3, generator=generator, device=dev) * 2 - 1) * self.bound
+        gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
+        x = ((torch.rand(n_points, 3, generator=generator, device=gdev).to(dev)) * 2 - 1) * self.bound
         total = self.embeddings.new_zeros((), dtype=torch.float32)
         prev = self.grid_features(x, 0)
         for i in range(1, t_size):

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One GPU call for the training stages (issues 8 and 9): GPU tests, the grid encoder before/after the
+# package split, then every stage through the CLI with FULL-SIZE random-weight priors at paper settings.
+# Usage (repository root, on the CUDA machine): bash benchmarks/gpu_stages.sh OUTDIR [STEPS]
+# Expects .device/wheels (diffusers, platformdirs, importlib_metadata, zipp), .device/hf-configs and, for
+# the before/after grid timing, the old tree in .device/old (git archive fd850a6 animate124 benchmarks ...).
+set -uo pipefail
+OUT="${1:-bench-out}"; STEPS="${2:-100}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
+python3 -m pip install -q --no-deps -e . >/dev/null 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+el "gpu tests"
+python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/gpu_tests.log"
+
+el "grid encoder: old (fd850a6) and new, twice each, alternating"
+for i in 1 2; do
+  (cd .device/old && PYTHONPATH=$PWD python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_old_$i.json" 2>&1 | grep -E "tiled (fwd\+bwd|summary)" | tail -2)
+  python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_new_$i.json" 2>&1 | grep -E "tiled (fwd\+bwd|summary)" | tail -2
+done
+
+el "tiny preset on CUDA (smoke)"
+W=/tmp/a124; mkdir -p $W/smoke $W/run; export ANIMATE124_STATE_DIR=$W/state
+(cd $W/smoke && timeout 240 animate124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
+   --device cuda --set run.precision=fp16 --until refine -q 2>&1 | tail -5) | tee "$OUT/smoke.log"
+
+el "full-size random-weight priors"
+python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -5
+python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
+
+el "stages through the CLI, paper settings, $STEPS steps each"
+SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
+      --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth
+      --set invert.steps=20 --set static.iters=$STEPS --set static.known_iters=0
+      --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0"
+(cd $W/run && timeout 600 animate124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
+   --until refine --json $SETS > "$OUT/run_all.json" 2> "$OUT/run_all.err"); echo "exit $?"
+tail -5 "$OUT/run_all.err"
+P=$W/run/runs/toy
+cp $P/manifest.json "$OUT/manifest.json" 2>/dev/null
+for s in invert static dynamic refine; do cp $P/logs/$s.jsonl "$OUT/log_$s.jsonl" 2>/dev/null; done
+python3 - "$P/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["stages"]
+for name in ("invert", "static", "dynamic", "refine"):
+    r = m.get(name, {}); mt = r.get("metrics", {})
+    print(f"{name:8s} {r.get('status')!s:8s} {r.get('seconds')!s:>8s} s  it/s {mt.get('it_s')}  "
+          f"peak {mt.get('peak_allocated_gib')}/{mt.get('peak_reserved_gib')} GiB  {mt.get('ms_per_step', '')}")
+PY
+el "done"
