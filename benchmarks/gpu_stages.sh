@@ -5,26 +5,31 @@
 # Expects .device/wheels (diffusers, platformdirs, importlib_metadata, zipp), .device/hf-configs and, for
 # the before/after grid timing, the old tree in .device/old (git archive fd850a6 animate124 benchmarks ...).
 set -uo pipefail
-OUT="${1:-bench-out}"; STEPS="${2:-100}"
-mkdir -p "$OUT"
+FINAL="${1:-bench-out}"; STEPS="${2:-100}"
+OUT="$FINAL/r"; mkdir -p "$OUT"
+# the device tool returns at most 8 files: everything goes into $FINAL/results.tgz at the end
+trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+A124="python3 -m animate124.cli.app"
 python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
 python3 -m pip install -q --no-deps -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
 el "gpu tests"
-python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -m gpu tests -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -4 "$OUT/gpu_tests.log"
 
 el "grid encoder: old (fd850a6) and new, twice each, alternating"
 for i in 1 2; do
-  (cd .device/old && PYTHONPATH=$PWD python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_old_$i.json" 2>&1 | grep -E "tiled (fwd\+bwd|summary)" | tail -2)
-  python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_new_$i.json" 2>&1 | grep -E "tiled (fwd\+bwd|summary)" | tail -2
+  (cd .device/old && PYTHONPATH=$PWD python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_old_$i.json" > "$OUT/enc_old_$i.log" 2>&1)
+  grep -E "triton tiled fwd\+bwd" "$OUT/enc_old_$i.log" | head -1 | sed 's/^/old: /'
+  python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_new_$i.json" > "$OUT/enc_new_$i.log" 2>&1
+  grep -E "triton tiled fwd\+bwd" "$OUT/enc_new_$i.log" | head -1 | sed 's/^/new: /'; tail -3 "$OUT/enc_new_$i.log"
 done
 
 el "tiny preset on CUDA (smoke)"
 W=/tmp/a124; mkdir -p $W/smoke $W/run; export ANIMATE124_STATE_DIR=$W/state
-(cd $W/smoke && timeout 240 animate124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
+(cd $W/smoke && timeout 240 $A124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
    --device cuda --set run.precision=fp16 --until refine -q 2>&1 | tail -5) | tee "$OUT/smoke.log"
 
 el "full-size random-weight priors"
@@ -36,7 +41,7 @@ SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set 
       --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth
       --set invert.steps=20 --set static.iters=$STEPS --set static.known_iters=0
       --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0"
-(cd $W/run && timeout 600 animate124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
+(cd $W/run && timeout ${STAGE_TIMEOUT:-400} $A124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
    --until refine --json $SETS > "$OUT/run_all.json" 2> "$OUT/run_all.err"); echo "exit $?"
 tail -5 "$OUT/run_all.err"
 P=$W/run/runs/toy

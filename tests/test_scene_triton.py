@@ -453,7 +453,7 @@ def test_triton_gpu_clip_times_use_slots_and_match_reference():
     t[: n // 16] = 0.0
     r = _compare(ref, tr, x, t)
     assert tr.launch_state.gather_builds == 0  # the slot path builds blended pairs, not the quad table
-    assert tr.launch_state.slot_builds == 2  # one per forward call of _compare
+    assert tr.launch_state.slot_builds == 1  # one forward call of the Triton encoder in _compare
     assert r["fwd"] <= 1e-3, r
     assert r["grad_rel"] <= 1e-5, r
     e_ref, e_tr = _fwd_error_vs_fp64(ref, tr, x, t)
