@@ -11,6 +11,7 @@ OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
 A124="python3 -m animate124.cli.app"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # pip install -e may fail offline (build deps); the tree is importable
 python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
 python3 -m pip install -q --no-deps -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
