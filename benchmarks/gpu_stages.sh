@@ -18,10 +18,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
 el "gpu tests"
-python3 -m pytest -q -m gpu tests -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -4 "$OUT/gpu_tests.log"
+[ "${SKIP_TESTS:-0}" = 1 ] || python3 -m pytest -q -m gpu tests -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -4 "$OUT/gpu_tests.log"
 
 el "grid encoder: old (fd850a6) and new, twice each, alternating"
-for i in 1 2; do
+for i in $(seq 1 "${GRID_REPS:-2}"); do
   (cd .device/old && PYTHONPATH=$PWD python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_old_$i.json" > "$OUT/enc_old_$i.log" 2>&1)
   grep -E "triton tiled fwd\+bwd" "$OUT/enc_old_$i.log" | head -1 | sed 's/^/old: /'
   python3 benchmarks/bench_encoding.py --no-sweep --out "$OUT/enc_new_$i.json" > "$OUT/enc_new_$i.log" 2>&1
