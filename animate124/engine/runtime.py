@@ -7,7 +7,6 @@ import logging
 import platform
 import re
 from pathlib import Path
-from typing import Any
 
 from animate124.config.schema import Config
 from animate124.errors import ConfigError
@@ -52,15 +51,6 @@ def resolve_device(name: str):
                 hint=f"use cuda:0 .. cuda:{count - 1}, or auto",
             )
     return dev
-
-
-def resolve_dtype(precision: str, device) -> Any:
-    """The dtype of the pretrained priors: fp16 on CUDA for ``auto``, fp32 on CPU."""
-    import torch
-
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def model_cache_dir(cfg: Config) -> Path:

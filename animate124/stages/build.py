@@ -55,11 +55,44 @@ def precision_of(cfg: Config, device: torch.device) -> str:
 
 
 def prior_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """dtype of the diffusion priors' weights: fp16 on CUDA (bf16 if asked), fp32 on the CPU."""
+    """dtype of the pretrained models' weights: fp16 on CUDA (bf16 or fp32 if asked), fp32 on the CPU."""
     p = precision_of(cfg, device)
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if p == "bf16" else (torch.float32 if p == "fp32" else torch.float16)
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}.get(p, torch.float16)
+
+
+def preprocess_options(cfg: Config) -> dict[str, Any]:
+    """``preprocess`` section -> keyword arguments of ``preprocess.pipeline.preprocess_image``."""
+    p = cfg.preprocess
+    return dict(
+        framing=p.framing,
+        size=p.size or None,
+        border_ratio=p.border_ratio,
+        segment_query=p.segment_query,
+        min_foreground_fraction=p.min_foreground_fraction,
+        min_side=p.min_side,
+    )
+
+
+def ti_config(cfg: Config, device: torch.device) -> Any:
+    """``invert`` section (+ ``run.seed``, ``run.precision``) -> the textual inversion's settings."""
+    from animate124.guidance.textual_inversion import TIConfig
+
+    c = cfg.invert
+    return TIConfig(
+        placeholder=c.placeholder,
+        initializer=c.initializer,
+        steps=c.steps,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        resolution=c.resolution,
+        augment=c.augment,
+        upstream_aug_range_bug=c.upstream_aug_range_bug,
+        seed=cfg.run.seed,
+        checkpoint_every=c.checkpoint_every,
+        mixed_precision=precision_of(cfg, device) == "fp16",
+    )
 
 
 # ------------------------------------------------------------------------------------ fields

@@ -10,11 +10,12 @@ from animate124.config.schema import Config
 from animate124.engine.interrupt import graceful_interrupt
 from animate124.engine.progress import rich_progress
 from animate124.engine.runner import StageContext, StageResult, run_stage
-from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
+from animate124.engine.runtime import model_store, resolve_device
 from animate124.errors import InputError
 from animate124.fileio import atomic_path, file_sha256
 from animate124.preprocess.image_io import load_photo
 from animate124.project import Project
+from animate124.stages.build import prior_dtype, ti_config
 from animate124.stages.preprocess import source_image
 from animate124.stages.spec import get_stage
 
@@ -39,30 +40,16 @@ def run_invert(
 
     def body(ctx: StageContext) -> dict:
         from animate124.guidance.textual_inversion import (
-            TIConfig,
             save_learned_embeds,
             train_textual_inversion,
         )
         from animate124.models.loaders import load_sd
 
         device = resolve_device(cfg.run.device)
-        dtype = resolve_dtype(cfg.run.precision, device)
-        comps = load_sd(model_store(cfg), device=device, dtype=dtype)
+        comps = load_sd(model_store(cfg), device=device, dtype=prior_dtype(cfg, device))
         comps.text_encoder.float()  # the token is trained through an fp32 text encoder, as upstream (SPEC 2)
         c = cfg.invert
-        ti = TIConfig(
-            placeholder=c.placeholder,
-            initializer=c.initializer,
-            steps=c.steps,
-            lr=c.lr,
-            batch_size=c.batch_size,
-            resolution=c.resolution,
-            augment=c.augment,
-            upstream_aug_range_bug=c.upstream_aug_range_bug,
-            seed=cfg.run.seed,
-            checkpoint_every=c.checkpoint_every,
-            mixed_precision=device.type == "cuda",
-        )
+        ti = ti_config(cfg, device)
         photo = load_photo(src)
         train_metrics: dict = {}
         ckpt = project.stage("invert").checkpoints

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from animate124.config.schema import Config
 from animate124.engine.runner import StageContext, StageResult, run_stage
-from animate124.engine.runtime import model_store, resolve_device, resolve_dtype
+from animate124.engine.runtime import model_store, resolve_device
 from animate124.errors import InputError
 from animate124.fileio import atomic_path, file_sha256
 from animate124.project import Project
+from animate124.stages.build import preprocess_options, prior_dtype
 from animate124.stages.spec import get_stage
 
 
@@ -102,13 +103,8 @@ def run_preprocess(
             outputs,
             store=model_store(cfg),
             device=device,
-            dtype=resolve_dtype(cfg.run.precision, device),
-            framing=cfg.preprocess.framing,
-            size=cfg.preprocess.size or None,
-            border_ratio=cfg.preprocess.border_ratio,
-            segment_query=cfg.preprocess.segment_query,
-            min_foreground_fraction=cfg.preprocess.min_foreground_fraction,
-            min_side=cfg.preprocess.min_side,
+            dtype=prior_dtype(cfg, device),
+            **preprocess_options(cfg),
         )
         return {
             "artifacts": {
