@@ -100,27 +100,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class _Child:
+    """A read-only path attribute: ``<owner>.root / name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, owner: Any, cls: type | None = None) -> Path:
+        return owner.root / self.name
+
+
+class _Artifact:
+    """A read-only path attribute: the project's artifact ``key`` (see :data:`ARTIFACTS`)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, owner: Any, cls: type | None = None) -> Path:
+        return owner.artifact(self.key)
+
+
 @dataclass(frozen=True)
 class StagePaths:
     """Paths of one stage's directory."""
 
     root: Path
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model.safetensors"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def previews(self) -> Path:
-        return self.root / "previews"
+    checkpoints = _Child("checkpoints")
+    model = _Child("model.safetensors")
+    state = _Child("state.json")
+    previews = _Child("previews")
 
 
 class Project:
@@ -130,21 +139,10 @@ class Project:
         self.root = Path(root).expanduser().resolve()
 
     # --- paths -------------------------------------------------------------------------------
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / ".lock"
-
-    @property
-    def input_dir(self) -> Path:
-        return self.root / "input"
-
-    @property
-    def preprocess_dir(self) -> Path:
-        return self.root / "preprocess"
+    manifest_path = _Child("manifest.json")
+    lock_path = _Child(".lock")
+    input_dir = _Child("input")
+    preprocess_dir = _Child("preprocess")
 
     def artifact(self, key: str) -> Path:
         """The path of artifact ``key`` (see :data:`ARTIFACTS`)."""
@@ -153,29 +151,12 @@ class Project:
         except KeyError:
             raise ProjectError(f"unknown artifact {key!r}") from None
 
-    @property
-    def rgba(self) -> Path:
-        return self.artifact("rgba")
-
-    @property
-    def depth(self) -> Path:
-        return self.artifact("depth")
-
-    @property
-    def depth_npy(self) -> Path:
-        return self.artifact("depth_npy")
-
-    @property
-    def preview(self) -> Path:
-        return self.artifact("preview")
-
-    @property
-    def invert_dir(self) -> Path:
-        return self.root / "invert"
-
-    @property
-    def learned_embeds(self) -> Path:
-        return self.artifact("learned_embeds")
+    rgba = _Artifact("rgba")
+    depth = _Artifact("depth")
+    depth_npy = _Artifact("depth_npy")
+    preview = _Artifact("preview")
+    invert_dir = _Child("invert")
+    learned_embeds = _Artifact("learned_embeds")
 
     def stage(self, name: str) -> StagePaths:
         """Paths of the stage directory ``<project>/<name>``."""
@@ -183,15 +164,8 @@ class Project:
             raise ProjectError(f"bad stage name {name!r}")
         return StagePaths(self.root / name)
 
-    @property
-    def render_dir(self) -> Path:
-        """``renders/``: the output of ``animate124 render`` (one sub-directory per trained stage)."""
-        return self.root / "renders"
-
-    @property
-    def export_dir(self) -> Path:
-        """``export/``: the meshes of ``animate124 export`` (one sub-directory per trained stage)."""
-        return self.root / "export"
+    render_dir = _Child("renders")  # `animate124 render` output, one sub-directory per trained stage
+    export_dir = _Child("export")  # `animate124 export` meshes, one sub-directory per trained stage
 
     def config_path(self, stage: str) -> Path:
         return self.root / "config" / f"{stage}.yaml"

@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
+from animate124.guidance.interface import GuidanceOutput, Views
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler
+
+
+class TextSDSPrior(Protocol):
+    """What :func:`text_sds_output` reads of a text-conditioned prior (SD, video)."""
+
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    guidance_scale: float
+    cfg_mode: str
+    weight: float
+    loss_key: str
+
+    def text_embeddings(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +216,29 @@ def text_cfg_sds(
     w = sds.w_one_minus_alpha_bar(alphas_cumprod, t)
     g = sds.sds_gradient(eps_hat, noise, w, weight)
     return sds.sds_surrogate_loss(z, g), g, w
+
+
+def text_sds_output(
+    prior: TextSDSPrior, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, views: Views, **extra: float
+) -> GuidanceOutput:
+    """The text-conditioned SDS of ``prior`` (SD or video) on latents ``z`` as a :class:`GuidanceOutput`:
+    :func:`text_cfg_sds` with the prior's embeddings for ``views``, scale, CFG form and weight; the
+    diagnostics are the mean t, the mean weight w(t), ‖g‖ and ``extra``."""
+    neg, pos = prior.text_embeddings(views)
+    loss, g, w = text_cfg_sds(
+        prior.unet,
+        prior.alphas_cumprod,
+        z,
+        noise,
+        t,
+        neg,
+        pos,
+        prior.guidance_scale,
+        prior.cfg_mode,
+        prior.weight,
+    )
+    diagnostics = {"t": float(t.float().mean()), "w": float(w.mean()), "grad_norm": float(g.norm()), **extra}
+    return GuidanceOutput(losses={prior.loss_key: loss}, diagnostics=diagnostics)
 
 
 def timesteps_and_noise(

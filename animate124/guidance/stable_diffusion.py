@@ -29,7 +29,7 @@ from animate124.guidance.common import (
     module_dtype,
     num_train_timesteps_of,
     resize,
-    text_cfg_sds,
+    text_sds_output,
     timesteps_and_noise,
     vae_scale_factor,
 )
@@ -145,24 +145,4 @@ class StableDiffusionGuidance:
         z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
         t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 
-        neg, pos = self.text_embeddings(views)
-        loss, g, w = text_cfg_sds(
-            self.unet,
-            self.alphas_cumprod,
-            z,
-            noise,
-            t,
-            neg,
-            pos,
-            self.guidance_scale,
-            self.cfg_mode,
-            self.weight,
-        )
-        return GuidanceOutput(
-            losses={self.loss_key: loss},
-            diagnostics={
-                "t": float(t.float().mean()),
-                "w": float(w.mean()),
-                "grad_norm": float(g.norm()),
-            },
-        )
+        return text_sds_output(self, z, noise, t, views)

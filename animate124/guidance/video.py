@@ -34,7 +34,7 @@ from animate124.guidance.common import (
     num_train_timesteps_of,
     randn_like,
     resize,
-    text_cfg_sds,
+    text_sds_output,
     timesteps_and_noise,
     vae_scale_factor,
 )
@@ -203,25 +203,4 @@ class VideoGuidance:
         z = self.encode_clip(images, generator, mask)
         t, noise = timesteps_and_noise(z, t, noise, b, self.t_range, self.num_train_timesteps, generator)
 
-        neg, pos = self.text_embeddings(views)
-        loss, g, w = text_cfg_sds(
-            self.unet,
-            self.alphas_cumprod,
-            z,
-            noise,
-            t,
-            neg,
-            pos,
-            self.guidance_scale,
-            self.cfg_mode,
-            self.weight,
-        )
-        return GuidanceOutput(
-            losses={self.loss_key: loss},
-            diagnostics={
-                "t": float(t.float().mean()),
-                "w": float(w.mean()),
-                "grad_norm": float(g.norm()),
-                "grad_frames": float(mask.sum()),
-            },
-        )
+        return text_sds_output(self, z, noise, t, views, grad_frames=float(mask.sum()))

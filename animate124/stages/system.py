@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,6 +84,19 @@ class CameraSettings:
     ref_size: int
     light_noise: float
     random_background: bool
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the training-camera samplers (``render/sampling.py``) share."""
+        return dict(
+            radius=self.radius,
+            fovy=self.fovy,
+            height=self.render_size,
+            width=self.render_size,
+            uniform_sphere_rate=self.uniform_sphere_rate,
+            theta_range=self.polar_range,
+            phi_range=self.azimuth_range,
+            fix_upstream=not self.upstream_sphere_sampling,
+        )
 
 
 @dataclass(frozen=True)
@@ -415,19 +429,8 @@ class StaticSystem(NerfSystem):
 
     def random_camera(self, generator: torch.Generator) -> Cameras:
         """A random training camera (SPEC 3.3)."""
-        c = self.camera
         return sample_training_camera(
-            generator,
-            n=1,
-            radius=c.radius,
-            fovy=c.fovy,
-            height=c.render_size,
-            width=c.render_size,
-            uniform_sphere_rate=c.uniform_sphere_rate,
-            theta_range=c.polar_range,
-            phi_range=c.azimuth_range,
-            fix_upstream=not c.upstream_sphere_sampling,
-            device=self.device,
+            generator, n=1, device=self.device, **self.camera.sampler_kwargs()
         ).cameras
 
     def guidance_step(self, gs: int, loss_scale: float) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -506,15 +509,8 @@ class DynamicSystem(NerfSystem):
             max_dpolar=k.max_dpolar,
             max_dazimuth=k.max_dazimuth,
             clamp_polar=k.clamp_polar,
-            radius=c.radius,
-            fovy=c.fovy,
-            height=c.render_size,
-            width=c.render_size,
-            uniform_sphere_rate=c.uniform_sphere_rate,
-            theta_range=c.polar_range,
-            phi_range=c.azimuth_range,
-            fix_upstream=not c.upstream_sphere_sampling,
             device=self.device,
+            **c.sampler_kwargs(),
         )
         return Clip(traj.cameras, times.to(self.device)[None], from_zero, not traj.dynamic)
 

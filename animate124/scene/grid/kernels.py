@@ -133,6 +133,12 @@ if HAS_TRITON:
         return inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi
 
     @triton.jit  # pragma: no cover - jit
+    def _channel_masks(inside, has_hi, C: tl.constexpr):
+        """Channel indices ``[C]`` and the load masks of the low and high time grids ``[BLOCK, C]``."""
+        ch = tl.arange(0, C)
+        return ch, inside[:, None] & (ch[None, :] < C), has_hi[:, None] & (ch[None, :] < C)
+
+    @triton.jit  # pragma: no cover - jit
     def _grid_fwd_kernel(
         u_ptr, t_ptr, emb_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, N, out_stride,
         time_max, grid_entries, C: tl.constexpr, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr,
@@ -147,9 +153,7 @@ if HAS_TRITON:
             u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
-        ch = tl.arange(0, C)
-        m_lo = inside[:, None] & (ch[None, :] < C)
-        m_hi = has_hi[:, None] & (ch[None, :] < C)
+        ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
         acc = tl.zeros([BLOCK, C], dtype=tl.float32)
         for k in tl.static_range(8):
             idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
@@ -369,9 +373,7 @@ if HAS_TRITON:
             u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
-        ch = tl.arange(0, C)
-        m_lo = inside[:, None] & (ch[None, :] < C)
-        m_hi = has_hi[:, None] & (ch[None, :] < C)
+        ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
         go = tl.load(gout_ptr + rows[:, None] * gout_stride + lvl * C + ch[None, :], mask=m_lo, other=0.0)
         go = go.to(tl.float32)
         if HAS_TIME:
