@@ -158,7 +158,9 @@ def _fields() -> list[tuple[str, Any, Any, dict[str, Any]]]:
 
 
 BUILT_FIELDS = [
-    (p, tp, f, m) for p, tp, f, m in _fields() if p.split(".")[0] not in OUTPUT_SECTIONS and p not in NOT_VARIED
+    (p, tp, f, m)
+    for p, tp, f, m in _fields()
+    if p.split(".")[0] not in OUTPUT_SECTIONS and p not in NOT_VARIED
 ]
 
 
@@ -218,8 +220,14 @@ def test_library_constructors_have_no_defaults_for_configured_values():
         ControlNetGuidance: ("image_size", "guidance_scale", "t_range", "target", "weight", "frames"),
         StaticField: ("hidden_dim", "num_layers", "blob_density", "blob_radius", "backend"),
         DynamicField: ("time_grid_size", "hidden_dim", "num_layers", "blob_density", "blob_radius"),
-        GridEncodingConfig: ("num_levels", "level_dim", "base_resolution", "desired_resolution",
-                             "log2_table_size", "grid_type"),  # fmt: skip
+        GridEncodingConfig: (
+            "num_levels",
+            "level_dim",
+            "base_resolution",
+            "desired_resolution",
+            "log2_table_size",
+            "grid_type",
+        ),  # fmt: skip
         sample_training_camera: ("radius", "fovy", "uniform_sphere_rate", "theta_range", "fix_upstream"),
         sample_trajectory: ("frames", "dynamic_cam_rate", "max_dpolar", "max_dazimuth", "clamp_polar"),
         sample_frame_times: ("frames", "precision", "zero_rate"),

@@ -15,12 +15,12 @@ from animate124.models.registry import ROLES
 from animate124.models.store import ModelStore
 from animate124.models.testing import tiny_cache
 from animate124.models.tiny import (
-    TINY_WORDS,
     ZERO123_LAYOUTS,
     build_tiny_repo,
     is_tiny_cache,
     tiny_projection_tensors,
 )
+from animate124.models.tiny_tokenizer import TINY_WORDS
 
 
 @pytest.fixture(autouse=True)

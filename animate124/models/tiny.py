@@ -26,6 +26,7 @@ from typing import Any
 
 from animate124.fileio import atomic_write_text, file_lock
 from animate124.models.registry import KNOWN_REPOS, ROLES, get_role
+from animate124.models.tiny_tokenizer import write_json, write_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,6 @@ _ZERO123_REPO = {
     "yuyang": "Yuyang-z/zero123-xl",
 }
 
-# Words that must encode as one token each (tests, textual-inversion initialisers, tiny prompts).
-TINY_WORDS = (
-    "a", "an", "the", "of", "and", "is", "in", "on", "photo", "panda", "cat", "dog", "hat", "view",
-    "front", "side", "back", "dancing", "running", "jumping", "walking", "person", "object", "bird",
-    "horse", "car", "toy", "kangaroo", "unicorn", "astronaut", "with", "at", "to", "playing",
-    "high", "quality", "background", "render", "video", "foreground",
-)  # fmt: skip
 
 _DDIM = {
     "_class_name": "DDIMScheduler",
@@ -81,11 +75,6 @@ _IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # ------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _seeded(seed: int) -> None:
@@ -133,118 +122,8 @@ def _save_transformers(model: Any, folder: Path, weight_name: str, dtype: Any) -
     cfg = json.loads(cfg_path.read_text())
     cfg["torch_dtype"] = "float16" if dtype == torch.float16 else "float32"
     cfg.pop("dtype", None)
-    _write_json(cfg_path, cfg)
+    write_json(cfg_path, cfg)
     _save_tensors(tensors, folder / weight_name)
-
-
-# ------------------------------------------------------------------------------------------------
-# tokenizer (ecosystem.md 3.2: byte-level vocab + merges, legacy file layout)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
-def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """CLIP's BPE on one word (pure Python): repeatedly merge the lowest-ranked adjacent pair."""
-    tokens = list(word[:-1]) + [word[-1] + "</w>"]
-    while len(tokens) > 1:
-        pairs = [
-            (ranks.get((a, b), 1 << 30), i)
-            for i, (a, b) in enumerate(zip(tokens[:-1], tokens[1:], strict=True))
-        ]
-        rank, i = min(pairs)
-        if rank == 1 << 30:
-            break
-        tokens = tokens[:i] + [tokens[i] + tokens[i + 1]] + tokens[i + 2 :]
-    return tokens
-
-
-def tiny_vocab_and_merges(words: Iterable[str] = TINY_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP-style BPE vocabulary: 256 byte chars, their ``</w>`` forms, merges that make each word of
-    ``words`` a single ``word</w>`` token, then ``<|startoftext|>`` and ``<|endoftext|>`` last, as in
-    the real vocab.
-
-    For each word the current BPE segmentation (under the merges so far) is joined left to right, so
-    earlier words' merges cannot split a later word: every word ends as one token."""
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for tok in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(tok, len(vocab))
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-    for w in words:
-        pieces = _bpe(w, ranks)
-        left = pieces[0]
-        for right in pieces[1:]:
-            pair = (left, right)
-            left = left + right
-            if pair not in ranks:
-                ranks[pair] = len(merges)
-                merges.append(pair)
-            vocab.setdefault(left, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return vocab, merges
-
-
-def _added_token(content: str) -> dict[str, Any]:
-    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True,
-            "rstrip": False, "single_word": False}  # fmt: skip
-
-
-def write_tiny_tokenizer(
-    folder: Path, *, pad_token: str = "<|endoftext|>", tokenizer_json: bool = False
-) -> int:
-    """Write the legacy CLIP tokenizer files (vocab.json, merges.txt with ``#version: 0.2``,
-    special_tokens_map.json, tokenizer_config.json with AddedToken dicts). Returns the vocab size.
-
-    ``tokenizer_json`` also writes a fast ``tokenizer.json`` (as openai/clip-vit-large-patch14 has)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tiny_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    plain = {k: v for k, v in _added_token("").items() if k != "__type"}
-    _write_json(
-        folder / "special_tokens_map.json",
-        {
-            "bos_token": {**plain, "content": "<|startoftext|>"},
-            "eos_token": {**plain, "content": "<|endoftext|>"},
-            "pad_token": pad_token,
-            "unk_token": {**plain, "content": "<|endoftext|>"},
-        },
-    )
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "add_prefix_space": False,
-            "bos_token": _added_token("<|startoftext|>"),
-            "do_lower_case": True,
-            "eos_token": _added_token("<|endoftext|>"),
-            "errors": "replace",
-            "model_max_length": 77,
-            "pad_token": pad_token,
-            "special_tokens_map_file": "./special_tokens_map.json",
-            "tokenizer_class": "CLIPTokenizer",
-            "unk_token": _added_token("<|endoftext|>"),
-        },
-    )
-    if tokenizer_json:
-        from transformers import CLIPTokenizer
-
-        tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)
-        tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
-    return len(vocab)
 
 
 def _tiny_text_config(vocab_size: int, hidden_act: str = "quick_gelu") -> Any:
@@ -316,14 +195,14 @@ def _build_sd(dest: Path) -> None:
                        "model.fp16.safetensors", te_dtype)  # fmt: skip
     _save_diffusers(_tiny_unet2d(4), dest / "unet", "diffusion_pytorch_model.fp16.safetensors", te_dtype)
     _save_diffusers(_tiny_vae(), dest / "vae", "diffusion_pytorch_model.fp16.safetensors", te_dtype)
-    _write_json(dest / "scheduler" / "scheduler_config.json", _SD_PNDM)
-    _write_json(
+    write_json(dest / "scheduler" / "scheduler_config.json", _SD_PNDM)
+    write_json(
         dest / "feature_extractor" / "preprocessor_config.json",
         {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
          "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
          "resample": 3, "size": 224},
     )  # fmt: skip
-    _write_json(
+    write_json(
         dest / "model_index.json",
         _model_index(
             "StableDiffusionPipeline",
@@ -353,8 +232,8 @@ def _build_video(dest: Path, which: str = "modelscope") -> None:
     )
     _save_diffusers(_tiny_unet3d(), dest / "unet", names[1], dtype)
     _save_diffusers(_tiny_vae(), dest / "vae", names[1], dtype)
-    _write_json(dest / "scheduler" / "scheduler_config.json", {**_DDIM, "_diffusers_version": "0.15.0.dev0"})
-    _write_json(
+    write_json(dest / "scheduler" / "scheduler_config.json", {**_DDIM, "_diffusers_version": "0.15.0.dev0"})
+    write_json(
         dest / "model_index.json",
         _model_index(
             "TextToVideoSDPipeline",
@@ -416,8 +295,8 @@ def _build_zero123(dest: Path, layout: str, seed: int) -> None:
         CLIPVisionModelWithProjection(_tiny_vision_config()), dest / "image_encoder", tname, dtype
     )
     version = {"ashawkey": "0.22.2", "bennyguo": "0.18.2", "kxic": "0.18.2", "yuyang": "0.18.2"}[layout]
-    _write_json(dest / "scheduler" / "scheduler_config.json", {**_DDIM, "_diffusers_version": version})
-    _write_json(
+    write_json(dest / "scheduler" / "scheduler_config.json", {**_DDIM, "_diffusers_version": version})
+    write_json(
         dest / "feature_extractor" / "preprocessor_config.json",
         {"crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_convert_rgb": True,
          "do_normalize": True, "do_rescale": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor",
@@ -431,25 +310,25 @@ def _build_zero123(dest: Path, layout: str, seed: int) -> None:
               "vae": ["diffusers", "AutoencoderKL"]}  # fmt: skip
     if layout in ("ashawkey", "bennyguo"):
         folder = dest / "clip_camera_projection"
-        _write_json(folder / "config.json", {"_class_name": "CLIPCameraProjection", "_diffusers_version": version,
+        write_json(folder / "config.json", {"_class_name": "CLIPCameraProjection", "_diffusers_version": version,
                                              "additional_embeddings": 4, "embedding_dim": TINY_WIDTH})  # fmt: skip
         _save_tensors(proj, folder / dname)
         index = _model_index("Zero123Pipeline", {**common, "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
                              "safety_checker": [None, None]}, version, requires_safety_checker=False)  # fmt: skip
     elif layout == "kxic":
         folder = dest / "cc_projection"
-        _write_json(folder / "config.json", {"_class_name": "CCProjection", "_diffusers_version": version})
+        write_json(folder / "config.json", {"_class_name": "CCProjection", "_diffusers_version": version})
         _save_tensors(proj, folder / dname)
         index = _model_index("Zero1to3StableDiffusionPipeline", {**common, "cc_projection": ["pipeline_zero1to3",
                              "CCProjection"], "safety_checker": [None, None]}, version, requires_safety_checker=False)  # fmt: skip
     else:
         folder = dest / "cc_projection"
-        _write_json(folder / "config.json", {"_class_name": "ProjectionModel", "_diffusers_version": version,
+        write_json(folder / "config.json", {"_class_name": "ProjectionModel", "_diffusers_version": version,
                                              "in_channels": TINY_WIDTH + 4, "out_channels": TINY_WIDTH})  # fmt: skip
         _save_tensors(proj, folder / dname)
         # Yuyang-z's model_index.json was not seen; hf-layouts.md says it is tagged StableDiffusionPipeline.
         index = _model_index("StableDiffusionPipeline", common, version)
-    _write_json(dest / "model_index.json", index)
+    write_json(dest / "model_index.json", index)
 
 
 def _build_depth(dest: Path, kind: str = "dpt") -> None:
@@ -491,7 +370,7 @@ def _build_depth(dest: Path, kind: str = "dpt") -> None:
                "keep_aspect_ratio": True, "resample": 3, "rescale_factor": 1 / 255,
                "size": {"height": 32, "width": 32}, "size_divisor": None}  # fmt: skip
     _save_transformers(model, dest, "model.safetensors", torch.float32)
-    _write_json(dest / "preprocessor_config.json", pre)
+    write_json(dest / "preprocessor_config.json", pre)
 
 
 def _build_segment(dest: Path) -> None:
@@ -509,7 +388,7 @@ def _build_segment(dest: Path) -> None:
         decoder_intermediate_size=37, use_complex_transposed_convolution=True,
     )  # fmt: skip
     _save_transformers(CLIPSegForImageSegmentation(cfg), dest, "pytorch_model.bin", torch.float32)
-    _write_json(
+    write_json(
         dest / "preprocessor_config.json",
         {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": _IMAGENET_MEAN,
          "image_processor_type": "ViTImageProcessor", "image_std": _IMAGENET_STD, "processor_class": "CLIPSegProcessor",
@@ -531,7 +410,7 @@ def _build_matting(dest: Path) -> None:
     cfg = VitMatteConfig(backbone_config=backbone, hidden_size=TINY_WIDTH, convstream_hidden_sizes=[8, 16, 16],
                          fusion_hidden_sizes=[16, 16, 8, 8])  # fmt: skip
     _save_transformers(VitMatteForImageMatting(cfg), dest, "model.safetensors", torch.float32)
-    _write_json(
+    write_json(
         dest / "preprocessor_config.json",
         {"do_normalize": True, "do_pad": True, "do_rescale": True, "image_mean": [0.5] * 3,
          "image_processor_type": "VitMatteImageProcessor", "image_std": [0.5] * 3, "rescale_factor": 1 / 255,
@@ -547,7 +426,7 @@ def _build_clip(dest: Path) -> None:
     cfg = CLIPConfig(text_config=_tiny_text_config(vocab_size).to_dict(),
                      vision_config=_tiny_vision_config().to_dict(), projection_dim=TINY_WIDTH)  # fmt: skip
     _save_transformers(CLIPModel(cfg), dest, "model.safetensors", torch.float32)
-    _write_json(
+    write_json(
         dest / "preprocessor_config.json",
         {"crop_size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True,
          "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
