@@ -58,6 +58,9 @@ def test_quick_run_end_to_end(tmp_path):
     if not (DATA / "nerf-synthetic-400" / "lego").exists():
         pytest.skip("shared data not present")
     b = _bench()
-    res = b.main(["--device", "cpu", "--quick", "--max-iters", "2", "--out", str(tmp_path / "r.json")])
-    assert res["iterations"] >= 2 and res["test_views"] == 2
-    assert 0 < res["psnr_mean"] < 60 and (tmp_path / "r.json").exists()
+    args = ["--device", "cpu", "--quick", "--minutes", "5"]
+    first = b.main([*args, "--max-iters", "1", "--out", str(tmp_path / "a.json")])
+    res = b.main([*args, "--max-iters", "150", "--out", str(tmp_path / "r.json")])
+    assert res["iterations"] == 150 and res["test_views"] == 2 and (tmp_path / "r.json").exists()
+    # fitting works: 150 steps on real views beat the untrained field on held-out views by a margin
+    assert res["psnr_mean"] > first["psnr_mean"] + 2.0, (first["psnr_mean"], res["psnr_mean"])

@@ -42,10 +42,9 @@ class Built:
     save: Callable[[], dict[str, Any]]
 
 
-def release(*objs: Any) -> None:
-    """Drop references to priors/fields and give their GPU memory back (between stages)."""
-    for o in objs:
-        del o
+def release() -> None:
+    """Give the GPU memory of the stage that just ended back (its priors, field and graphs are
+    unreferenced once the stage returns), so the next stage of ``run-all`` starts from an empty cache."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -106,7 +105,9 @@ def train_nerf_stage(
             trainer.preview(built.system, result.steps)
         metrics = dict(result.metrics)
         metrics["resumed_from_step"] = result.start_step
-        release(built)
         return {"artifacts": artifacts, "metrics": metrics}
 
-    return run_stage(project, spec, cfg, body, force=force)
+    try:
+        return run_stage(project, spec, cfg, body, force=force)
+    finally:
+        release()
