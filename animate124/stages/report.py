@@ -67,6 +67,7 @@ th.num { text-align:right; }
 .err { display:block; color:#b42318; font-size:12px; margin-top:2px; max-width:420px; word-break:break-word; }
 header .kicker { color:#9fb0d9; font-size:12.5px; text-transform:uppercase; letter-spacing:.08em; margin-bottom:2px; }
 figure video { max-height:420px; object-fit:contain; }
+figure.span { grid-column: 1 / -1; } figure.span video { max-height:260px; }
 td.num { font-variant-numeric: tabular-nums; text-align:right; white-space:nowrap; }
 .status { display:inline-block; padding:1px 9px; border-radius:999px; font-size:12.5px; font-weight:600; }
 .status.done { background:#e7f6ec; color:#1e7b3c; } .status.failed { background:#fdecec; color:#b42318; }
@@ -390,7 +391,11 @@ def _renders_section(project: Project, manifest: dict[str, Any]) -> str:
                 cap = f"<b>{_e(what)}</b> · {_e(rel)} · {d.get('frames')} frames at {d.get('fps')} fps"
                 if d.get("channel") == "depth" and "near" in d:
                     cap += f" · depth {float(d['near']):.2f}–{float(d['far']):.2f}"
-                figs.append(_figure(project, project.root / rel, cap, video=True, size=d.get("size")))
+                # a grid of several views is wide: it gets a row of its own
+                span = "span" if d.get("shot") == "views" else ""
+                figs.append(
+                    _figure(project, project.root / rel, cap, video=True, size=d.get("size"), cls=span)
+                )
             elif kind == "image" and d.get("view") is None:
                 figs.append(
                     _figure(
