@@ -79,7 +79,12 @@ def main() -> None:
         (work / "examples").mkdir()
         shutil.copy(REPO / "examples" / "toy.png", work / "examples" / "toy.png")
         animate124(work, "run-all", "examples/toy.png", "a toy is spinning", "--preset", "tiny")
-        for args in (("render", "--views", "4", "--depth", "--normal"), ("export",), ("evaluate",), ("report",)):
+        for args in (
+            ("render", "--views", "4", "--depth", "--normal"),
+            ("export",),
+            ("evaluate",),
+            ("report",),
+        ):
             animate124(work, *args)
         project = work / "runs" / "toy"
         report_picture(project / "report.html", OUT / "report.png")

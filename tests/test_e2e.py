@@ -49,7 +49,14 @@ class Shell:
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
-        self.env = {**os.environ, "ANIMATE124_STATE_DIR": str(cwd / ".state"), "COLUMNS": "200"}
+        # the command imports this checkout, as the tests do (an editable install elsewhere must not win)
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "ANIMATE124_STATE_DIR": str(cwd / ".state"),
+            "COLUMNS": "200",
+        }
 
     def __call__(self, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
         return subprocess.run(
