@@ -27,8 +27,11 @@ COMMANDS = [
     ["static"],
     ["dynamic"],
     ["refine"],
-    ["render"],
     ["run-all"],
+    ["render"],
+    ["export"],
+    ["evaluate"],
+    ["report"],
     ["doctor"],
     ["models", "list"],
     ["models", "download"],
@@ -67,7 +70,8 @@ def test_top_help_is_fast():
             "import sys\n"
             "from typer.testing import CliRunner\n"
             "from animate124.cli.app import app\n"
-            "for cmd in (['run-all'], ['invert'], ['models', 'list'], ['config', 'show']):\n"
+            "for cmd in (['run-all'], ['invert'], ['render'], ['export'], ['evaluate'], ['report'],\n"
+            "            ['models', 'list'], ['config', 'show']):\n"
             "    assert CliRunner().invoke(app, [*cmd, '--help']).exit_code == 0\n"
             "print(*(m in sys.modules for m in ('torch', 'diffusers', 'transformers')))",
         ],
@@ -108,6 +112,28 @@ def test_stage_command_help_comes_from_the_registry():
     text = " ".join(r.output.split())
     for stage in STAGES:
         assert stage.summary[0].upper() + stage.summary[1:10] in text, stage.name
+
+
+def test_help_lists_stages_then_outputs_then_tools():
+    r = invoke("--help")
+    listed = re.findall(r"^│ ([a-z][a-z-]*) ", r.output, flags=re.MULTILINE)
+    assert listed == [
+        *[n for n in STAGE_NAMES if n != "render"],
+        "run-all",
+        "render",
+        "export",
+        "evaluate",
+        "report",
+        "models",
+        "config",
+        "doctor",
+    ]
+
+
+def test_render_help_says_it_works_as_typed_after_run_all():
+    text = " ".join(invoke("render", "--help").output.split())
+    assert "`animate124 render --orbit` works as typed right after `animate124 run-all IMAGE PROMPT`" in text
+    assert "Default: the config the stage was trained with" in text
 
 
 def test_version():

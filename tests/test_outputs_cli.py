@@ -1,4 +1,4 @@
-"""The output commands through Typer's CliRunner on an app built from ``register``."""
+"""The output commands (render, export, evaluate, report) through Typer's CliRunner on the ``animate124`` app."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import typer
 from helpers_outputs import trained_project
 from typer.testing import CliRunner
 
-from animate124.cli.outputs import register
-
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    a = typer.Typer()
-    register(a)
-    return a
+    from animate124.cli.app import app
+
+    return app
 
 
 @pytest.fixture()
@@ -103,7 +101,7 @@ def test_render_stills_rgba_time_and_gif(app, project):
         (("--elevation", "95"), 2, "outside [-89, 89]"),
         (("--background", "mauve"), 2, "not a colour"),
         (("--stage", "refine"), 1, "'refine' has not finished"),
-        (("--stage", "preprocess"), 2, "not a training stage"),
+        (("--stage", "preprocess"), 2, "'static', 'dynamic', 'refine'"),
         (("--set", "render.nope=1"), 2, "unknown config key render.nope"),
     ],
 )
@@ -124,7 +122,7 @@ def test_no_project_anywhere(app, tmp_path, monkeypatch):
 
 def test_export_evaluate_and_report_commands(app, project):
     p = str(project.root)
-    res = run(app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5", "-q")
+    res = run(app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5")
     assert res.exit_code == 0, res.output
     assert "density level" in res.output and (project.export_dir / "dynamic" / "mesh.glb").is_file()
     assert len(list((project.export_dir / "dynamic" / "frames").glob("*.ply"))) == 2
@@ -141,7 +139,6 @@ def test_export_evaluate_and_report_commands(app, project):
         "obj",
         "--threshold",
         "4",
-        "-q",
     )
     assert res.exit_code == 0, res.output
     assert (project.export_dir / "static" / "mesh.obj").is_file() and "(given)" in res.output
@@ -163,3 +160,67 @@ def test_help_has_examples(app):
         assert res.exit_code == 0 and "Examples" in res.output and f"animate124 {cmd}" in res.output
     assert "--orbit" in run(app, "render", "--help").output
     assert "--clip-model" in run(app, "evaluate", "--help").output
+
+
+def test_render_skips_a_request_already_rendered_and_force_renders_again(app, project):
+    p = str(project.root)
+    orbit = project.render_dir / "dynamic" / "orbit.mp4"
+    assert run(app, "render", "-p", p).exit_code == 0
+    first = orbit.stat().st_mtime_ns
+    manifest = project.manifest_path.read_bytes()
+    res = run(app, "render", "-p", p, "--orbit")  # the default shot is the orbit: the same request
+    assert res.exit_code == 0, res.output
+    assert "render: up to date" in res.output and "orbit.mp4" in res.output
+    assert orbit.stat().st_mtime_ns == first and project.manifest_path.read_bytes() == manifest
+    # another request leaves the orbit up to date
+    assert run(app, "render", "-p", p, "--views", "2", "-q").exit_code == 0
+    assert "up to date" in run(app, "render", "-p", p, "--orbit").output
+    # other settings are another request; the orbit video it replaces is then rendered again
+    assert "render done" in run(app, "render", "-p", p, "--size", "24").output
+    assert "render done" in run(app, "render", "-p", p).output
+    res = run(app, "render", "-p", p, "--force")
+    assert res.exit_code == 0 and "render done" in res.output and orbit.stat().st_mtime_ns != first
+
+
+def test_json_summaries_of_the_output_commands(app, project):
+    p = str(project.root)
+    res = run(app, "render", "-p", p, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # the only thing on stdout
+    assert out["command"] == "render" and out["exit_code"] == 0 and out["project"] == str(project.root)
+    (stage,) = out["stages"]
+    assert stage["stage"] == "render" and stage["status"] == "done"
+    assert stage["artifacts"]["orbit.mp4"] == str(project.render_dir / "dynamic" / "orbit.mp4")
+    res = run(app, "evaluate", "-p", p, "--size", "32", "--frames", "3", "--views", "2", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["stages"][0]["stage"] == "evaluate" and -1 <= out["metrics"]["clip_i"] <= 1
+    res = run(app, "report", "-p", p, "--json")
+    out = json.loads(res.stdout)
+    assert out["report"] == str(project.artifact("report")) and out["stages"][0]["status"] == "done"
+    # nothing changed: the report is up to date
+    out = json.loads(run(app, "report", "-p", p, "--json").stdout)
+    assert out["stages"][0]["status"] == "up-to-date"
+    assert "report done" in run(app, "report", "-p", p, "--force").output
+    res = run(app, "render", "-p", p, "--stage", "refine", "--json")
+    out = json.loads(res.stdout)
+    assert res.exit_code == out["exit_code"] == 1 and "'refine' has not finished" in out["error"]["message"]
+
+
+def test_out_of_memory_is_a_message_with_the_command_s_own_settings(app, project, monkeypatch):
+    import torch
+
+    import animate124.stages.export as export
+    import animate124.stages.render as render
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(render, "run_render_stage", oom)
+    monkeypatch.setattr(export, "run_export_stage", oom)
+    res = run(app, "render", "-p", str(project.root))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "out of GPU memory during `animate124 render` of the dynamic stage" in text
+    assert "lower --size" in text and "render.ray_chunk" in text and "internal error" not in text
+    res = run(app, "export", "-p", str(project.root))
+    assert res.exit_code == 1 and "lower --resolution" in " ".join(res.output.split())

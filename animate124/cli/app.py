@@ -5,7 +5,7 @@ codes (see :mod:`animate124.cli.common`). No training logic lives here. torch, d
 transformers are imported lazily inside the commands so that ``animate124 --help`` is fast.
 
 Modules: ``common`` (common options, config builder, ``@guarded``), ``stages`` (the stage commands and
-``run-all``), ``models``, ``config_cmd``, ``doctor``.
+``run-all``), ``outputs`` (render, export, evaluate, report), ``models``, ``config_cmd``, ``doctor``.
 """
 
 from __future__ import annotations
@@ -13,28 +13,46 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from animate124 import __version__
-from animate124.cli import stages
+from animate124.cli import outputs, stages
 from animate124.cli.common import EXIT_CODES_HELP, examples
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
 from animate124.cli.models import models_app
 from animate124.stages.spec import STAGE_NAMES
 
+
+class _Commands(TyperGroup):
+    """Lists the commands in the order a user meets them: the stages and run-all, the output commands
+    (render, export, evaluate, report), then the tools (models, config, doctor)."""
+
+    TOOLS = ("models", "config", "doctor")
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in names if n not in self.TOOLS] + [n for n in self.TOOLS if n in names]
+
+
 app = typer.Typer(
     name="animate124",
+    cls=_Commands,
     help=(
         "Animate one image into a 4D dynamic scene from a text motion prompt (Animate124).\n\n"
         f"Stages share one project directory: {' -> '.join(STAGE_NAMES)}. "
         "`run-all IMAGE PROMPT` runs them all (in ./runs/<image name> by default) and resumes after an "
-        "interruption; `render` then finds that project from -p, else the working directory, else the "
-        "most recent run. Nothing asks questions: every command can run unattended in a shell loop."
+        "interruption, renders the orbit video and writes report.html; `render`, `export`, `evaluate` and "
+        "`report` then find that project from -p, else the working directory, else the most recent run. "
+        "Nothing asks questions: every command can run unattended in a shell loop."
     ),
     epilog=examples(
         'animate124 run-all image.png "a panda is dancing"',
         "animate124 render --orbit",
-        'animate124 run-all toy.png "a toy is spinning" --preset tiny --until invert   (CPU smoke run)',
+        'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
+        "animate124 render --views 4 --depth --normal",
+        "animate124 export",
+        "animate124 evaluate",
         'for f in photos/*.png; do animate124 run-all "$f" "a toy is spinning" --quiet --json >> results.jsonl; done',
         "animate124 models list",
         "animate124 doctor",
@@ -47,6 +65,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stages.register(app)
+outputs.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)

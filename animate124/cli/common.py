@@ -37,7 +37,7 @@ from animate124.errors import (
     ConfigError,
     oom_guard,
 )
-from animate124.stages.spec import STAGE_NAMES
+from animate124.stages.spec import STAGE_NAMES, TRAINING_STAGES
 
 EXIT_CODES_HELP = (
     "[bold]Exit codes[/bold]: 0 success; 1 runtime error (a stage failed, a model is missing, out of "
@@ -65,6 +65,7 @@ def parse_device(value: str) -> str:
 
 PresetName = Literal[tuple(PRESETS)]
 StageName = Literal[STAGE_NAMES]
+TrainedStageName = Literal[TRAINING_STAGES]
 
 
 # --- the options, declared once ----------------------------------------------------------------
@@ -75,6 +76,15 @@ ProjectOpt = Annotated[
         "-p",
         help="Project directory. Default: the working directory if it is a project, else the most "
         "recent project (the last one run-all or preprocess worked on).",
+        show_default=False,
+    ),
+]
+SourceStageOpt = Annotated[
+    TrainedStageName | None,
+    typer.Option(
+        "--stage",
+        help="The trained stage to work on (default: the newest finished one: refine, else dynamic, "
+        "else static).",
         show_default=False,
     ),
 ]
@@ -101,6 +111,19 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
             ),
         ],
         "paper",
+    ),
+    "output_preset": (
+        Annotated[
+            PresetName | None,
+            typer.Option(
+                "--preset",
+                help="Settings preset (paper, fast, low-vram, tiny). Default: the config the stage was "
+                "trained with (config/<stage>.yaml in the project), so a tiny project renders at tiny "
+                "sizes.",
+                show_default=False,
+            ),
+        ],
+        None,
     ),
     "config_file": (
         Annotated[
@@ -172,6 +195,8 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
+#: The common options of an output command (render, export, evaluate): the trained stage's config by default.
+OUTPUT_OPTIONS = ("output_preset", "config_file", "sets", "device", "quiet", "json_output")
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,7 @@ class Common:
     """The values of the common options a command was given."""
 
     preset: str = "paper"
+    output_preset: str | None = None
     config_file: Path | None = None
     sets: tuple[str, ...] = ()
     device: str | None = None
@@ -197,19 +223,41 @@ def build_config(
     ``check_device``: also check that the configured device exists on this machine (imports torch),
     so that a bad ``--device`` is refused before a project is created or changed.
     """
-    from animate124.config.loader import deep_merge, resolve_config
+    from animate124.config.loader import resolve_config
 
-    opts: dict[str, Any] = dict(options or {})
-    if common.device:
-        opts = deep_merge(opts, {"run": {"device": common.device}})
-    if common.cache_dir:
-        opts = deep_merge(opts, {"models": {"cache_dir": str(common.cache_dir)}})
+    opts = _with_device_and_cache(common, options)
     cfg = resolve_config(common.preset, common.config_file, opts, list(common.sets))
     if check_device:
         from animate124.engine.runtime import resolve_device
 
         resolve_device(cfg.run.device)
     return cfg
+
+
+def build_output_config(
+    common: Common, project: Any, stage: str, options: dict[str, Any] | None = None
+) -> Any:  # -> Config
+    """The config of an output command on ``stage`` of ``project``: without ``--preset`` the config
+    that stage was trained with, else the preset; then --config < the command's ``options`` < --set.
+    The configured device is checked (a bad one is refused before any work)."""
+    from animate124.engine.runtime import resolve_device
+    from animate124.stages.outputs import project_config
+
+    opts = _with_device_and_cache(common, options)
+    cfg = project_config(project, stage, common.output_preset, common.config_file, opts, common.sets)
+    resolve_device(cfg.run.device)
+    return cfg
+
+
+def _with_device_and_cache(common: Common, options: dict[str, Any] | None) -> dict[str, Any]:
+    from animate124.config.loader import deep_merge
+
+    opts: dict[str, Any] = dict(options or {})
+    if common.device:
+        opts = deep_merge(opts, {"run": {"device": common.device}})
+    if common.cache_dir:
+        opts = deep_merge(opts, {"models": {"cache_dir": str(common.cache_dir)}})
+    return opts
 
 
 # --- the session: output and the run summary ---------------------------------------------------
@@ -255,6 +303,10 @@ class Session:
     # config ---------------------------------------------------------------------------------------
     def config(self, options: dict[str, Any] | None = None, *, check_device: bool = True) -> Any:
         return build_config(self.opts, options, check_device=check_device)
+
+    def output_config(self, project: Any, stage: str, options: dict[str, Any] | None = None) -> Any:
+        """An output command's config (see :func:`build_output_config`)."""
+        return build_output_config(self.opts, project, stage, options)
 
     # stages ---------------------------------------------------------------------------------------
     def stage_started(self, stage: Any) -> None:
@@ -318,10 +370,11 @@ class Session:
             return
         parts = [f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in self.results]
         where = f" {escape(str(self.project))}" if self.project else ""
+        report = f"; report: {escape(str(self.extra['report']))}" if self.extra.get("report") else ""
         if all(r.skipped for r in self.results):
-            self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)})")
+            self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)}){report}")
         else:
-            self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)})")
+            self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)}){report}")
 
 
 # --- @guarded ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The stage commands (``preprocess`` ... ``render``) and ``run-all``.
+"""The stage commands (``preprocess`` ... ``refine``) and ``run-all``.
 
 Their names, one-line help, order and the choices of ``--from``/``--until`` come from the stage
-registry (:mod:`animate124.stages.spec`); this module adds only what a user types.
+registry (:mod:`animate124.stages.spec`); this module adds only what a user types. The registry's last
+stage, ``render``, is a command of :mod:`animate124.cli.outputs` (with export, evaluate and report).
 """
 
 from __future__ import annotations
@@ -161,29 +162,6 @@ def _training_command(stage: str):
     return guarded(*STAGE_OPTIONS)(command)
 
 
-# --- render ----------------------------------------------------------------------------------------
-@guarded("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
-def render(
-    s: Session,
-    project: ProjectOpt = None,
-    orbit: Annotated[
-        bool, typer.Option("--orbit", help="An orbit video: the camera circles while time runs.")
-    ] = False,
-    views: Annotated[
-        int | None, typer.Option(help="Fixed views (each a video over time).", show_default=False)
-    ] = None,
-) -> None:
-    from animate124.engine.runner import StageResult
-    from animate124.stages.render import run_render_stage
-
-    proj = _found_project(s, project)
-    proj.require()
-    cfg = s.config({"render": {"views": views}} if views else None)
-    s.stage_started(get_stage("render"))
-    result = run_render_stage(proj, cfg, orbit=orbit, force=s.opts.force, show_progress=s.show_progress)
-    s.stage_done(result if isinstance(result, StageResult) else StageResult("render", skipped=False))
-
-
 # --- run-all ---------------------------------------------------------------------------------------
 @guarded(*STAGE_OPTIONS)
 def run_all(
@@ -219,7 +197,11 @@ def run_all(
     ] = None,
     until: Annotated[
         StageName | None,
-        typer.Option(help="Stop after this stage (default: render, the last).", show_default=False),
+        typer.Option(
+            help="Stop after this stage (default: render, the last; a run that renders ends by "
+            "writing report.html).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     from animate124.preprocess.image_io import load_image
@@ -253,7 +235,7 @@ def run_all(
     for name in TRAINING_STAGES:
         s.say(f"{name} prompt: {getattr(prompts, name)}")
     try:
-        run_pipeline(
+        results = run_pipeline(
             proj,
             cfg,
             start=from_,
@@ -267,7 +249,13 @@ def run_all(
             show_progress=s.show_progress,
             on_start=s.stage_started,
             on_done=s.stage_done,
+            report=True,
         )
+        report = next((r for r in results if r.stage == "report"), None)
+        if report is not None:
+            s.extra["report"] = report.artifacts["report"]
+            if report.skipped:
+                s.say(f"report: {report.artifacts['report']}")
     finally:
         if proj.exists():
             remember_project(proj)
@@ -308,16 +296,6 @@ def register(app: typer.Typer) -> None:
         details, lines = _TRAINING[stage]
         app.command(stage, help=stage_help(stage, details), epilog=examples(*lines))(_training_command(stage))
     app.command(
-        "render",
-        help=stage_help(
-            "render",
-            "Renders the newest finished training stage (refine, else dynamic, else static) into "
-            "<project>/render. Without -p the project is the working directory if it is one, else "
-            "the most recent project.",
-        ),
-        epilog=examples("animate124 render --orbit", "animate124 render -p runs/panda --views 4"),
-    )(render)
-    app.command(
         "run-all",
         help=(
             f"Run every stage ({_ORDER}) on IMAGE with the motion PROMPT.\n\n"
@@ -325,12 +303,15 @@ def register(app: typer.Typer) -> None:
             "project, which `animate124 render` and the single-stage commands use when run without -p. "
             "The other stages' prompts are derived from PROMPT and printed first. A stage already done "
             "with the same config and inputs is skipped and says so; an interrupted stage resumes. "
+            "The last stage renders the orbit video (renders/<stage>/orbit.mp4); then run-all writes "
+            '<project>/report.html and prints its path (also in the --json summary as "report"). '
+            "Run again when everything is up to date, it does no work and says so. "
             "A different image for an existing project is refused unless --force."
         ),
         epilog=examples(
             'animate124 run-all image.png "a panda is dancing"',
             'animate124 run-all fox.jpg "a fox maneuvering a game controller" -p runs/fox',
-            'animate124 run-all toy.png "a toy is spinning" --preset tiny --until invert',
+            'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
             'animate124 run-all cat.png "a cat is dancing" --quiet --json >> results.jsonl',
         ),
     )(run_all)

@@ -24,7 +24,7 @@ from typing import Any
 from animate124.config.schema import Config
 from animate124.errors import ConfigError
 from animate124.project import Project
-from animate124.stages.spec import Stage, stage_range
+from animate124.stages.spec import STAGE_NAMES, stage_range
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,16 @@ def run_pipeline(
     prompts: Prompts | None = None,
     force: bool = False,
     show_progress: bool = True,
-    on_start: Callable[[Stage], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
+    report: bool = False,
 ) -> list[Any]:
     """Run the registered stages from ``start`` to ``stop`` (inclusive) and return their results.
+
+    ``report``: a run that reaches the last stage (``render``) ends by writing ``report.html``
+    (:func:`animate124.stages.report.run_report_stage`, announced to ``on_start`` as
+    :data:`~animate124.stages.report.REPORT_STAGE`; its result is the last one returned; skipped when
+    the page would not change). ``run-all`` asks for it.
 
     Each stage's run function is called as ``run(project, cfg, force=, show_progress=, **options[name])``
     (``options["preprocess"]["image"]`` is the input image). ``prompts`` are recorded in the project's
@@ -276,7 +282,8 @@ def run_pipeline(
 
     options = options or {}
     results: list[Any] = []
-    for stage in stage_range(start, stop):
+    stages = stage_range(start, stop)
+    for stage in stages:
         if prompts is not None and project.exists():
             project.record("prompts", prompts.as_dict())
         if on_start:
@@ -290,4 +297,13 @@ def run_pipeline(
             on_done(result)
     if prompts is not None and project.exists():
         project.record("prompts", prompts.as_dict())
+    if report and stages[-1].name == STAGE_NAMES[-1]:
+        from animate124.stages.report import REPORT_STAGE, run_report_stage
+
+        if on_start:
+            on_start(REPORT_STAGE)
+        result = run_report_stage(project, cfg, force=force)
+        results.append(result)
+        if on_done:
+            on_done(result)
     return results

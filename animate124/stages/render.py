@@ -5,12 +5,21 @@ stage has finished, channels, time, background; sizes and counts are checked by 
 then loads the field and renders through :mod:`animate124.render.outputs`. Every file written is
 recorded in the manifest under ``stages.render.outputs`` (path relative to the project -> what it
 is), merged with the files of earlier renders that still exist.
+
+A render is skipped when the same request (shots, channels, options) has already been rendered from
+the same trained result with the same ``render`` and ``raymarch`` settings and its files are all still
+there (``stages.render.requests`` in the manifest: request hash -> files); ``force`` renders again.
+A skipped render writes nothing. Files a new render overwrites are dropped from the other requests, so
+that an older request whose video was replaced renders again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time as _time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from animate124.config.schema import Config
@@ -20,7 +29,13 @@ from animate124.project import Project
 from animate124.render.outputs import CHANNELS, OutputFile, RenderSettings, parse_background
 from animate124.stages.outputs import OutputStage, relative, run_output_stage, source_stage
 
-__all__ = ["RENDER_STAGE", "latest_trained_stage", "render_settings", "run_render_stage"]
+__all__ = [
+    "RENDER_STAGE",
+    "latest_trained_stage",
+    "render_request_key",
+    "render_settings",
+    "run_render_stage",
+]
 
 RENDER_STAGE = OutputStage("render", ("render", "raymarch"))
 
@@ -75,6 +90,41 @@ def _describe(project: Project, f: OutputFile, stage: str) -> dict[str, Any]:
     return d
 
 
+def render_request_key(project: Project, cfg: Config, src: str, request: dict[str, Any]) -> str:
+    """Hash of one render request: the trained result of ``src`` (its config hash and when it finished),
+    the ``render`` and ``raymarch`` settings and the request's own options."""
+    from animate124.config.loader import config_hash
+
+    rec = project.stage_record(src)
+    blob = json.dumps(
+        {
+            "stage": src,
+            "trained": [rec.get("config_hash"), rec.get("finished")],
+            "settings": config_hash(cfg, RENDER_STAGE.sections),
+            "request": request,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _up_to_date(project: Project, key: str) -> StageResult | None:
+    """The skipped result of a request already rendered whose files all exist (read without the lock)."""
+    rec = project.stage_record("render")
+    done = (rec.get("requests") or {}).get(key)
+    if rec.get("status") != "done" or not done or not done.get("files"):
+        return None
+    if not all((project.root / f).exists() for f in done["files"]):
+        return None
+    metrics = {**done.get("metrics", {}), "files": list(done["files"])}
+    return StageResult("render", skipped=True, artifacts=_artifacts(project, done["files"]), metrics=metrics)
+
+
+def _artifacts(project: Project, files: list[str]) -> dict[str, str]:
+    """file name -> absolute path of one request's files (all in one ``renders/<stage>/`` folder)."""
+    return {Path(f).name: str(project.root / f) for f in files}
+
+
 def run_render_stage(
     project: Project,
     cfg: Config,
@@ -88,6 +138,7 @@ def run_render_stage(
     rgba: bool = False,
     gif: bool = False,
     show_progress: bool = True,
+    force: bool = False,
     **_: object,
 ) -> StageResult:
     """Render the trained field of ``stage`` (default: the newest finished one).
@@ -96,7 +147,8 @@ def run_render_stage(
     ``views``: that many fixed views over time (``cfg.render.views`` when 0); ``time``: a frozen moment
     in [0, 1]; ``channels``: any of color, depth, normal, opacity (color is always written);
     ``stills``: PNG frames as well; ``rgba``: PNGs with a transparent background; ``gif``: GIFs beside
-    the MP4s. Files go to ``<project>/renders/<stage>/``.
+    the MP4s. Files go to ``<project>/renders/<stage>/``. The same request again, with the same
+    settings on the same trained result, is skipped (``force``: render anyway).
     """
     import torch
 
@@ -119,6 +171,20 @@ def run_render_stage(
     device = resolve_device(cfg.run.device)
     want_orbit = orbit or views is None
     n_views = (views or cfg.render.views) if views is not None else 0
+    request = {
+        "orbit": want_orbit,
+        "views": n_views,
+        "time": time,
+        "channels": list(settings.channels),
+        "stills": stills,
+        "rgba": rgba,
+        "gif": gif,
+    }
+    key = render_request_key(project, cfg, src, request)
+    if not force:
+        done = _up_to_date(project, key)
+        if done is not None:
+            return done
 
     def body(ctx: Any) -> dict[str, Any]:
         trained = load_trained(project.artifact(f"{src}_model"), device)
@@ -160,22 +226,29 @@ def run_render_stage(
         seconds = _time.perf_counter() - t0
         rec = project.stage_record("render")
         outputs = {k: v for k, v in rec.get("outputs", {}).items() if (project.root / k).exists()}
-        for f in files:
-            outputs[relative(project, f.path)] = _describe(project, f, src)
-        project.update_stage("render", outputs=outputs)
-        artifacts = {
-            k: str(project.root / k) for k, v in outputs.items() if v.get("kind") in ("video", "gif")
+        written = [relative(project, f.path) for f in files]
+        for f, rel in zip(files, written, strict=True):
+            outputs[rel] = _describe(project, f, src)
+        # requests whose files this render replaced are no longer up to date
+        requests = {
+            k: v
+            for k, v in (rec.get("requests") or {}).items()
+            if k != key and not set(v.get("files", ())) & set(written)
         }
+        artifacts = _artifacts(project, written)
         metrics: dict[str, Any] = {
             "stage": src,
             "frames_rendered": total,
             "seconds_per_frame": round(seconds / max(total, 1), 4),
             "size": settings.size,
-            "files": [relative(project, f.path) for f in files],
+            "files": written,
         }
         near_far = next((f.extra for f in files if "near" in f.extra), None)
         if near_far:
             metrics["depth_near"], metrics["depth_far"] = near_far["near"], near_far["far"]
+        kept = {k: v for k, v in metrics.items() if k != "files"}
+        requests[key] = {"files": written, "metrics": kept}
+        project.update_stage("render", outputs=outputs, requests=requests)
         return {"artifacts": artifacts, "metrics": metrics}
 
     return run_output_stage(project, RENDER_STAGE, cfg, body)

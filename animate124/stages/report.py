@@ -9,11 +9,16 @@ What it shows, from the project alone: the input image, its matte and depth; the
 previews (``<stage>/previews/latest.png``, ``latest.mp4``) and loss curves (``logs/<stage>.jsonl``); the
 render videos and stills (``stages.render.outputs``); the exported meshes; the metrics
 (``metrics.json``); each stage's resolved config and the library versions.
+
+:func:`run_report_stage` writes the page only when its content changed (a hash of the page without its
+"written on" time is kept in the manifest under ``stages.report``), so a ``run-all`` on an up-to-date
+project writes nothing and says so.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import html
 import json
 import math
@@ -23,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from animate124.project import Project, atomic_write_text
+from animate124.stages.outputs import OutputStage
 from animate124.stages.spec import TRAINING_STAGES
 
-__all__ = ["write_report", "run_report_stage", "loss_curves", "svg_chart"]
+__all__ = ["REPORT_STAGE", "write_report", "report_page", "run_report_stage", "loss_curves", "svg_chart"]
+
+#: What ``run-all``'s progress callbacks are told when the report is written (not a registry stage).
+REPORT_STAGE = OutputStage("report", ())
 
 _STAGES = ("preprocess", "invert", *TRAINING_STAGES, "render", "export", "evaluate")
 _PALETTE = ("#4f7cff", "#f2994a", "#27ae60", "#eb5757", "#9b51e0", "#2d9cdb", "#f2c94c", "#6fcf97")
@@ -58,6 +67,7 @@ th.num { text-align:right; }
 .err { display:block; color:#b42318; font-size:12px; margin-top:2px; max-width:420px; word-break:break-word; }
 header .kicker { color:#9fb0d9; font-size:12.5px; text-transform:uppercase; letter-spacing:.08em; margin-bottom:2px; }
 figure video { max-height:420px; object-fit:contain; }
+figure.span { grid-column: 1 / -1; } figure.span video { max-height:260px; }
 td.num { font-variant-numeric: tabular-nums; text-align:right; white-space:nowrap; }
 .status { display:inline-block; padding:1px 9px; border-radius:999px; font-size:12.5px; font-weight:600; }
 .status.done { background:#e7f6ec; color:#1e7b3c; } .status.failed { background:#fdecec; color:#b42318; }
@@ -278,7 +288,8 @@ def _peak(metrics: dict[str, Any]) -> str:
 def _stage_table(manifest: dict[str, Any]) -> str:
     stages = manifest.get("stages", {})
     rows = []
-    for name in [*_STAGES, *[s for s in stages if s not in _STAGES]]:
+    # the report's own record is left out: the page must not change just because it was written
+    for name in [*_STAGES, *[s for s in stages if s not in _STAGES and s != "report"]]:
         rec = stages.get(name)
         if rec is None:
             continue
@@ -380,7 +391,11 @@ def _renders_section(project: Project, manifest: dict[str, Any]) -> str:
                 cap = f"<b>{_e(what)}</b> · {_e(rel)} · {d.get('frames')} frames at {d.get('fps')} fps"
                 if d.get("channel") == "depth" and "near" in d:
                     cap += f" · depth {float(d['near']):.2f}–{float(d['far']):.2f}"
-                figs.append(_figure(project, project.root / rel, cap, video=True, size=d.get("size")))
+                # a grid of several views is wide: it gets a row of its own
+                span = "span" if d.get("shot") == "views" else ""
+                figs.append(
+                    _figure(project, project.root / rel, cap, video=True, size=d.get("size"), cls=span)
+                )
             elif kind == "image" and d.get("view") is None:
                 figs.append(
                     _figure(
@@ -491,12 +506,27 @@ def _nav(sections: Iterable[tuple[str, str]]) -> str:
     return " · ".join(f'<a href="#{a}" style="color:#c7cfe3">{_e(t)}</a>' for t, a in sections)
 
 
+_WRITTEN_ON = "\x00written-on\x00"
+
+
 def write_report(project: Project) -> Path:
     """Write ``<project>/report.html`` (see the module docstring) and return its path."""
+    path = project.artifact("report")
+    atomic_write_text(path, _stamp(report_page(project)))
+    return path
+
+
+def _stamp(page: str) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return page.replace(_WRITTEN_ON, _e(now))
+
+
+def report_page(project: Project) -> str:
+    """The report's HTML, with a placeholder where the time it is written goes (see :func:`_stamp`)."""
     manifest = project.read_manifest()
     name = project.root.name
     done = [s for s in TRAINING_STAGES if (manifest.get("stages", {}).get(s) or {}).get("status") == "done"]
-    total = sum(float(r.get("seconds") or 0) for r in manifest.get("stages", {}).values())
+    total = sum(float(r.get("seconds") or 0) for k, r in manifest.get("stages", {}).items() if k != "report")
     prompt = next((p for s, p in _prompts(project) if s == "dynamic"), None) or next(
         (p for _, p in _prompts(project)), ""
     )
@@ -516,8 +546,7 @@ def write_report(project: Project) -> Path:
         ("Configuration", "config", _config_section(project)),
         ("Versions", "versions", _versions_section(manifest)),
     ]
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
+    return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>animate124 · {_e(name)}</title><style>{_CSS}</style></head><body>"
@@ -525,19 +554,40 @@ def write_report(project: Project) -> Path:
         f'<div class="chips">{"".join(f"<span class=chip>{_e(c)}</span>" for c in chips)}</div>'
         f'<div class="sub" style="margin-top:10px">{_nav((t, a) for t, a, _ in sections)}</div></header><main>'
         + "".join(_section(t, b, a) for t, a, b in sections)
-        + f"</main><footer>Written by animate124 on {_e(now)} from {_e(project.root)}.</footer></body></html>\n"
+        + f"</main><footer>Written by animate124 on {_WRITTEN_ON} from {_e(project.root)}.</footer></body></html>\n"
     )
-    path = project.artifact("report")
-    atomic_write_text(path, page)
-    return path
 
 
-def run_report_stage(project: Project, cfg: Any = None, **_: object) -> Path:
-    """Write the report under the project lock and record it in the manifest (``stages.report``)."""
+def run_report_stage(project: Project, cfg: Any = None, *, force: bool = False, **_: object) -> Any:
+    """Write ``report.html`` and record it in the manifest (``stages.report``); returns a
+    :class:`~animate124.engine.runner.StageResult` whose ``artifacts["report"]`` is the page's path.
+
+    Skipped (nothing written, ``skipped=True``) when the page would be the same as the one already
+    there, unless ``force``.
+    """
+    import time
+
+    from animate124.engine.runner import StageResult
     from animate124.project import now_iso
 
     project.require()
+    path = project.artifact("report")
+    t0 = time.perf_counter()
+    page = report_page(project)
+    digest = hashlib.sha256(page.encode()).hexdigest()[:16]
+    rec = project.stage_record("report")
+    artifacts = {"report": str(path)}
+    if not force and rec.get("content_hash") == digest and path.is_file():
+        return StageResult("report", skipped=True, artifacts=artifacts)
     with project.lock():
-        path = write_report(project)
-        project.update_stage("report", status="done", finished=now_iso(), artifacts={"report": str(path)})
-    return path
+        atomic_write_text(path, _stamp(page))
+        seconds = round(time.perf_counter() - t0, 3)
+        project.update_stage(
+            "report",
+            status="done",
+            finished=now_iso(),
+            seconds=seconds,
+            content_hash=digest,
+            artifacts=artifacts,
+        )
+    return StageResult("report", skipped=False, artifacts=artifacts, seconds=seconds)

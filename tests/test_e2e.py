@@ -1,0 +1,262 @@
+"""The main job end to end, through the installed ``animate124`` command, as a user types it.
+
+In a temporary working directory: ``animate124 run-all examples/toy.png "a toy is spinning" --preset
+tiny`` runs every stage (preprocess, invert, static, dynamic, refine, render) in under five minutes,
+writes every artifact, the orbit video and report.html; the same command again does no work and says
+so. Then, in the same project and from the same directory, the output commands run as typed —
+``render --orbit``, ``render --views 4 --depth --normal``, ``export``, ``evaluate``, ``report`` — and
+the report loads in headless Chromium (every image and video, videos with a duration).
+
+One run-all is shared by the whole module (fixtures in order: ``first_run`` -> ``second_run`` ->
+``outputs``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers_outputs import MEDIA_CHECK_JS, HeadlessChromium, find_chromium
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a toy is spinning"
+RUN_ALL = ["run-all", "examples/toy.png", PROMPT, "--preset", "tiny"]
+STAGES = ("preprocess", "invert", "static", "dynamic", "refine", "render")
+#: The tiny preset's render settings (config/presets.py): the orbit and the fixed views.
+ORBIT_FRAMES, VIEW_FRAMES, SIZE, FPS = 8, 4, 32, 8
+LIMIT_S = 300
+
+
+def _command() -> list[str]:
+    """``animate124`` as installed beside this Python (the console script), else ``python -m``."""
+    script = Path(sys.executable).with_name("animate124")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "animate124.cli.app"]  # pragma: no cover - not installed
+
+
+class Shell:
+    """Runs ``animate124 ...`` in one working directory with its own "most recent project" state."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        # the command imports this checkout, as the tests do (an editable install elsewhere must not win)
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "ANIMATE124_STATE_DIR": str(cwd / ".state"),
+            "COLUMNS": "200",
+        }
+
+    def __call__(self, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*_command(), *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    return " ".join(r.stdout.split())
+
+
+def video_props(path: Path) -> tuple[int, tuple[int, int], float]:
+    """(frames, (width, height), fps) of a video, read back with imageio."""
+    import imageio.v3 as iio
+
+    frames = iio.imread(path, index=None, plugin="FFMPEG")
+    meta = iio.immeta(path, plugin="FFMPEG")
+    return frames.shape[0], (frames.shape[2], frames.shape[1]), float(meta["fps"])
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) of every file of the project."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory) -> Shell:
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "toy.png", work / "examples" / "toy.png")
+    return Shell(work)
+
+
+@pytest.fixture(scope="module")
+def project(shell) -> Path:
+    return shell.cwd / "runs" / "toy"
+
+
+@pytest.fixture(scope="module")
+def first_run(shell) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    r = shell(*RUN_ALL)
+    return r, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run, shell, project) -> tuple[list[subprocess.CompletedProcess], dict, dict]:
+    """The same command again, as typed and with ``--json -q`` (both must be no-ops)."""
+    _ok(first_run[0])
+    before = _snapshot(project)
+    runs = [shell(*RUN_ALL), shell(*RUN_ALL, "--json", "-q")]
+    return runs, before, _snapshot(project)
+
+
+@pytest.fixture(scope="module")
+def outputs(second_run, shell) -> dict[str, subprocess.CompletedProcess]:
+    """The output commands, as typed, from the directory where run-all ran (after the no-op reruns)."""
+    for r in second_run[0]:
+        _ok(r)
+    return {
+        "render --orbit": shell("render", "--orbit"),
+        "render --views 4 --depth --normal": shell("render", "--views", "4", "--depth", "--normal"),
+        "export": shell("export"),
+        "evaluate": shell("evaluate"),
+        "report": shell("report"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ run-all
+def test_run_all_runs_every_stage_in_time(first_run, project):
+    r, seconds = first_run
+    out = _ok(r)
+    assert seconds < LIMIT_S, f"run-all took {seconds:.0f} s (limit {LIMIT_S} s)"
+    for stage in STAGES:
+        assert f"✓ {stage} done in" in out, stage
+    assert "✓ report done in" in out and f"report: {project / 'report.html'}" in out
+    assert f"✓ done: {project}" in out
+
+
+def test_run_all_writes_every_artifact(first_run, project):
+    _ok(first_run[0])
+    files = [
+        "manifest.json",
+        "input/source.png",
+        "preprocess/rgba.png",
+        "preprocess/depth.png",
+        "preprocess/depth.npy",
+        "preprocess/preview.png",
+        "invert/learned_embeds.safetensors",
+        *(f"{s}/model.safetensors" for s in ("static", "dynamic", "refine")),
+        *(f"{s}/previews/latest.png" for s in ("static", "dynamic", "refine")),
+        *(f"{s}/previews/latest.mp4" for s in ("dynamic", "refine")),
+        *(f"logs/{s}.jsonl" for s in ("invert", "static", "dynamic", "refine")),
+        *(f"config/{s}.yaml" for s in STAGES),
+        "renders/refine/orbit.mp4",
+        "report.html",
+    ]
+    missing = [f for f in files if not (project / f).is_file() or (project / f).stat().st_size == 0]
+    assert not missing, f"missing or empty: {missing}"
+    manifest = json.loads((project / "manifest.json").read_text())
+    assert all(manifest["stages"][s]["status"] == "done" for s in (*STAGES, "report"))
+    assert manifest["prompts"]["refine"] == "a <token> is spinning"
+    page = (project / "report.html").read_text()
+    assert "renders/refine/orbit.mp4" in page and PROMPT in page
+
+
+def test_orbit_video_reads_back_with_the_tiny_settings(first_run, project):
+    _ok(first_run[0])
+    assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)
+
+
+def test_second_run_does_no_work_and_says_so(second_run, project):
+    (plain, as_json), before, after = second_run
+    said = _ok(plain)
+    for stage in (*STAGES, "report"):
+        assert f"✓ {stage}: up to date" in said, stage
+    assert " done in " not in said
+    assert f"✓ up to date: {project} (" in said and f"report: {project / 'report.html'}" in said
+    _ok(as_json)
+    summary = json.loads(as_json.stdout)  # --json: one object on stdout
+    assert [s["stage"] for s in summary["stages"]] == [*STAGES, "report"]
+    assert all(s["status"] == "up-to-date" and s["skipped"] for s in summary["stages"]), summary
+    assert summary["report"] == str(project / "report.html") and summary["exit_code"] == 0
+    assert after == before, "an up-to-date run-all changed files in the project"
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_render_orbit_as_typed_where_run_all_ran(outputs, project):
+    out = _ok(outputs["render --orbit"])
+    assert f"project: {project} stage: refine" in out
+    assert "✓ render" in out and "orbit.mp4" in out
+    assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)
+
+
+def test_render_views_with_depth_and_normal(outputs, project):
+    out = _ok(outputs["render --views 4 --depth --normal"])
+    assert "✓ render done in" in out
+    d = project / "renders" / "refine"
+    for name in ("views", "views_depth", "views_normal"):
+        # the grid video: the four views side by side
+        assert video_props(d / f"{name}.mp4") == (VIEW_FRAMES, (4 * SIZE, SIZE), FPS), name
+    for k in range(4):
+        for suffix in ("", "_depth", "_normal"):
+            assert video_props(d / f"view_{k:02d}{suffix}.mp4") == (VIEW_FRAMES, (SIZE, SIZE), FPS)
+
+
+def test_export_writes_the_animated_glb_and_the_frames(outputs, project):
+    out = _ok(outputs["export"])
+    assert "✓ export done in" in out and "density level" in out
+    d = project / "export" / "refine"
+    assert (d / "mesh.glb").stat().st_size > 0
+    assert len(list((d / "frames").glob("frame_*.ply"))) == 4  # the tiny preset's export.frames
+
+
+def test_evaluate_writes_the_metrics(outputs, project):
+    out = _ok(outputs["evaluate"])
+    for label in ("CLIP-I", "CLIP-T", "temporal", "PSNR (mask)", "SSIM (mask)"):
+        assert label in out
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["stage"] == "refine" and -1 <= metrics["clip_i"] <= 1
+
+
+def test_report_shows_every_output_and_loads_in_headless_chromium(outputs, project, tmp_path):
+    out = _ok(outputs["report"])
+    assert f"report: {project / 'report.html'}" in out
+    page = (project / "report.html").read_text()
+    for ref in ("renders/refine/views_depth.mp4", "export/refine/mesh.glb", "metrics.json"):
+        assert ref in page, ref
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip(
+            "no Chromium on this machine and none could be installed (.ci/run installs Debian's chromium)"
+        )
+    browser = HeadlessChromium(exe, Path(tempfile.mkdtemp(prefix="a124-chromium-")))
+    try:
+        session = browser.open((project / "report.html").as_uri(), width=1280, height=900)
+        result = browser.evaluate(session, MEDIA_CHECK_JS)
+        shot = browser.screenshot(session, tmp_path / "report.png")
+    finally:
+        browser.close()
+    broken = [i["src"] for i in result["images"] if not i["ok"]]
+    assert not broken, f"images that did not load: {broken}"
+    silent = [v for v in result["videos"] if not v["ok"]]
+    assert not silent, f"videos without a duration: {silent}"
+    srcs = {v["src"] for v in result["videos"]}
+    assert {"renders/refine/orbit.mp4", "renders/refine/views.mp4", "refine/previews/latest.mp4"} <= srcs
+    assert len(result["images"]) >= 5 and result["svgs"] >= 4
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+    keep = os.environ.get("ANIMATE124_TEST_ARTIFACTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "e2e-report.png")
