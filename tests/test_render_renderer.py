@@ -390,3 +390,25 @@ def test_real_fields_through_renderer():
         dyn, Cameras.cat([cams[0]] * 3), torch.tensor([[0.0, 0.5, 1.0]]), occupancy=occ4, max_steps=128
     )
     assert clip.rgb.shape == (1, 3, 3, 8, 8) and torch.isfinite(clip.rgb).all()
+
+
+def test_light_per_frame_of_a_clip():
+    """A moving camera's light follows it: ``light_dir`` [B, T, 3] lights each frame on its own (SPEC 3.1)."""
+    f = BlobField()
+    cam = reference_camera(5, 5)
+    cams = Cameras.cat([cam, cam])
+    times = torch.tensor([[0.0, 0.5]])
+    lights = torch.tensor(
+        [[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]]
+    )  # frame 0 from the front, frame 1 from behind
+    out = render(f, cams, times, shading="lambertian", ambient=0.0, light_dir=lights)
+    front = render(f, cam, shading="lambertian", ambient=0.0, light_dir=lights[0, 0])
+    back = render(f, cam, shading="lambertian", ambient=0.0, light_dir=lights[0, 1])
+    torch.testing.assert_close(out.rgb[0, 0], front.rgb[0, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.rgb[0, 1], back.rgb[0, 0], atol=1e-5, rtol=0)
+    assert out.rgb[0, 0, :, 2, 2].min() > 0.3 and out.rgb[0, 1, :, 2, 2].max() < 0.05
+    # the same as [B·T, 3]; a [B, 3] light is one per clip (both frames lit alike)
+    flat = render(f, cams, times, shading="lambertian", ambient=0.0, light_dir=lights[0])
+    torch.testing.assert_close(flat.rgb, out.rgb)
+    with pytest.raises(RenderError):
+        render(f, cams, times, shading="lambertian", light_dir=torch.zeros(3, 3))
