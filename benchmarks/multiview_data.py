@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from animate124.render.cameras import Cameras
 
-__all__ = ["Split", "load_split", "scene_dir", "is_dynamic_scene", "psnr", "ssim"]
+__all__ = ["Split", "load_split", "scene_dir", "is_dynamic_scene", "camera_radius", "psnr", "ssim"]
 
 
 @dataclass
@@ -47,6 +47,13 @@ def scene_dir(data_root: Path, scene: str) -> Path:
     if is_dynamic_scene(scene):
         return Path(data_root) / "dnerf-400" / scene.split(":", 1)[1]
     return Path(data_root) / "nerf-synthetic-400" / scene
+
+
+def camera_radius(scene_dir: Path, split: str = "train") -> float:
+    """Mean distance of the split's cameras from the world origin (unscaled)."""
+    meta = json.loads((Path(scene_dir) / f"transforms_{split}.json").read_text())
+    c = torch.tensor([fr["transform_matrix"] for fr in meta["frames"]], dtype=torch.float64)[:, :3, 3]
+    return float(c.norm(dim=-1).mean())
 
 
 def load_split(

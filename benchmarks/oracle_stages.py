@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from animate124.config import resolve_config, to_dict  # noqa: E402
-from animate124.config.schema import Config  # noqa: E402
-from animate124.engine.trainer import Trainer  # noqa: E402
-from animate124.render.cameras import Cameras  # noqa: E402
-from animate124.render.renderer import render  # noqa: E402
-from animate124.stages.build import build_field, build_occupancy, trainer_settings  # noqa: E402
-from animate124.stages.dynamic import build_dynamic_system  # noqa: E402
-from animate124.stages.static import build_static_system  # noqa: E402
-from animate124.stages.system import ReferenceData  # noqa: E402
-from benchmarks.multiview_data import Split, is_dynamic_scene, load_split, psnr, scene_dir, ssim  # noqa: E402
 from oracles import (  # noqa: E402
     ImageOracle,
     PoseBank,
@@ -76,7 +65,26 @@ from oracles import (  # noqa: E402
     consecutive_clip_sampler,
 )
 
+from animate124.config import resolve_config, to_dict  # noqa: E402
+from animate124.config.schema import Config  # noqa: E402
+from animate124.engine.trainer import Trainer  # noqa: E402
+from animate124.render.renderer import render  # noqa: E402
+from animate124.stages.build import build_field, build_occupancy, trainer_settings  # noqa: E402
+from animate124.stages.dynamic import build_dynamic_system  # noqa: E402
+from animate124.stages.static import build_static_system  # noqa: E402
+from animate124.stages.system import ReferenceData  # noqa: E402
+from benchmarks.multiview_data import (  # noqa: E402
+    Split,
+    camera_radius,
+    is_dynamic_scene,
+    load_split,
+    psnr,
+    scene_dir,
+    ssim,
+)
+
 PAPER_STATIC_ITERS = 5000
+PAPER_CAMERA_RADIUS = 1.8
 PAPER_DYNAMIC_ITERS = 10000
 
 #: What the oracle cannot know (issue 10) — set through the config, never by editing stage code.
@@ -166,17 +174,17 @@ class SceneData:
     name: str
     train: Split
     test: Split
+    scale: float
 
 
 def load_scene(args: argparse.Namespace, scene: str) -> SceneData:
     root = scene_dir(args.data_root, scene)
     if not root.exists():
         raise SystemExit(f"scene data not found: {root} (pass --data-root)")
-    train = load_split(
-        root, "train", args.scene_scale, args.downscale, args.train_views or None, keep_alpha=True
-    )
-    test = load_split(root, "test", args.scene_scale, args.downscale, args.eval_views or None)
-    return SceneData(scene, train, test)
+    scale = args.scene_scale or PAPER_CAMERA_RADIUS / camera_radius(root)
+    train = load_split(root, "train", scale, args.downscale, args.train_views or None, keep_alpha=True)
+    test = load_split(root, "test", scale, args.downscale, args.eval_views or None)
+    return SceneData(scene, train, test, scale)
 
 
 def resize_hw3(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -285,7 +293,7 @@ def run_static_check(
     device = torch.device(args.device)
     torch.manual_seed(cfg.run.seed)
     train = data.train
-    bank = PoseBank(train.cameras.c2w, train.images, atol=1e-4)
+    bank = PoseBank(train.cameras.c2w, train.images, atol=1e-4, antialias=args.antialias)
     reference = reference_view(train, args.ref_view, cfg.static.ref_size)
     ref_pos = train.cameras.c2w[args.ref_view, :3, 3]
     s = cfg.static
@@ -318,6 +326,7 @@ def run_static_check(
     _sync(device)
     out: dict[str, Any] = {
         "scene": data.name,
+        "scene_scale": data.scale,
         "steps": s.iters,
         "resumed_from_step": result.start_step,
         "minutes": result.seconds / 60.0,
@@ -340,7 +349,9 @@ def run_static_check(
     return out
 
 
-def run_dynamic_check(args: argparse.Namespace, cfg: Config, data: SceneData, workdir: Path) -> dict[str, Any]:
+def run_dynamic_check(
+    args: argparse.Namespace, cfg: Config, data: SceneData, workdir: Path
+) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(cfg.run.seed)
     train = data.train
@@ -351,7 +362,7 @@ def run_dynamic_check(args: argparse.Namespace, cfg: Config, data: SceneData, wo
     ref_idx = int(torch.argmin(train.times))
     if float(train.times[ref_idx]) != 0.0:
         raise SystemExit("the dynamic scene has no train frame at t = 0")
-    bank = PoseBank(train.cameras.c2w, train.images, train.times, atol=1e-4)
+    bank = PoseBank(train.cameras.c2w, train.images, train.times, atol=1e-4, antialias=args.antialias)
     d = cfg.dynamic
     reference = reference_view(train, ref_idx, d.ref_size)
     field = build_field(cfg.field, "dynamic", device)
@@ -396,6 +407,7 @@ def run_dynamic_check(args: argparse.Namespace, cfg: Config, data: SceneData, wo
     _sync(device)
     out: dict[str, Any] = {
         "scene": data.name,
+        "scene_scale": data.scale,
         "steps": d.iters,
         "minutes": result.seconds / 60.0,
         "it_s": result.it_s,
@@ -468,7 +480,9 @@ def kill_resume(args: argparse.Namespace, argv: list[str], cfg: Config, uninterr
     ck = load_latest_checkpoint(work / "static-checkpoints")
     killed_after = last
     resumed_from = ck.step if ck else 0
-    print(f"kill/resume: killed after step {killed_after}; resuming from checkpoint {resumed_from}", flush=True)
+    print(
+        f"kill/resume: killed after step {killed_after}; resuming from checkpoint {resumed_from}", flush=True
+    )
     res_path = work / "resumed.json"
     subprocess.run([*base, "--child-out", str(res_path)], env=env, check=True)
     resumed = json.loads(res_path.read_text())
@@ -502,17 +516,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dynamic-steps", type=int, default=None, help="dynamic steps (paper 10000; default 3000)"
     )
-    p.add_argument("--render-size", type=int, default=None, help="guidance render size (paper 128; default 256)")
+    p.add_argument(
+        "--render-size", type=int, default=None, help="guidance render size (paper 128; default 256)"
+    )
     p.add_argument("--dynamic-render-size", type=int, default=None, help="default: --render-size")
     p.add_argument("--eval-size", type=int, default=None, help="test render size (default 400)")
     p.add_argument("--eval-views", type=int, default=0, help="test views (0 = all)")
     p.add_argument("--train-views", type=int, default=0, help="train views in the oracle's bank (0 = all)")
     p.add_argument("--downscale", type=int, default=1, help="load images downscaled by this factor")
-    p.add_argument("--scene-scale", type=float, default=1 / 1.5, help="camera position scale (bound/1.5)")
+    p.add_argument(
+        "--scene-scale",
+        type=float,
+        default=None,
+        help="camera position scale (default: cameras at the paper's radius 1.8; fit_multiview uses 0.667)",
+    )
+    p.add_argument(
+        "--antialias",
+        action="store_true",
+        help="oracle targets resized with antialiasing (default: the ground truth point-sampled at the "
+        "render's pixel centres)",
+    )
     p.add_argument("--ref-view", type=int, default=0, help="static: the train view used as the reference")
     p.add_argument("--zero123", action="store_true", help="also an angle-weighted oracle in the Zero123 slot")
     p.add_argument("--time-tv", type=float, default=None, help="dynamic: loss.time_tv (paper 0.1)")
-    p.add_argument("--time-tv-mode", choices=["points", "table"], default=None, help="dynamic: loss.time_tv_mode")
+    p.add_argument(
+        "--time-tv-mode", choices=["points", "table"], default=None, help="dynamic: loss.time_tv_mode"
+    )
     p.add_argument("--set", action="append", default=[], help="extra config override section.key=value")
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -529,7 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scene is None:
         args.scene = ["lego", "dnerf:standup"]
     if args.smoke:
-        args.device = "cpu" if args.device.startswith("cuda") and not torch.cuda.is_available() else args.device
+        args.device = (
+            "cpu" if args.device.startswith("cuda") and not torch.cuda.is_available() else args.device
+        )
         args.steps = args.steps or 6
         args.dynamic_steps = args.dynamic_steps or 6
         args.render_size = args.render_size or 16
@@ -551,8 +582,8 @@ def deviations(args: argparse.Namespace, stage: str) -> list[str]:
     out = list(DEVIATIONS_COMMON)
     if stage == "static":
         out.append(
-            f"cameras: the {args.train_views or 'all'} train cameras of the scene (positions x{args.scene_scale:.3f}) "
-            "instead of random orbit cameras at radius 1.8; reference = train view "
+            f"cameras: the {args.train_views or 'all'} train cameras of the scene (positions scaled to "
+            "radius 1.8 unless --scene-scale) instead of random orbit cameras; reference = train view "
             f"{args.ref_view} with its alpha as the mask"
         )
         if not args.zero123:
@@ -624,7 +655,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.kill_resume and "static" in result:
         result["kill_resume"] = kill_resume(args, argv, cfg, result["static"].get("psnr"))
     result["total_minutes"] = (time.perf_counter() - t_all) / 60.0
-    result["config"] = {k: to_dict(getattr(cfg, k)) for k in ("static", "dynamic", "loss", "raymarch", "shading")}
+    result["config"] = {
+        k: to_dict(getattr(cfg, k)) for k in ("static", "dynamic", "loss", "raymarch", "shading")
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     if tmp is not None:

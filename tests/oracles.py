@@ -83,9 +83,23 @@ class PoseBank:
         times: optional ``[N]`` capture times (informational: the lookup uses the pose only).
         atol: a query pose matches an entry when ``max|c2w_query − c2w_entry| ≤ atol`` (over the 3×4
             upper rows). Bank entries closer to each other than ``2·atol`` are refused as ambiguous.
+        antialias: how an image is brought to the render's size. False (default): bilinear
+            interpolation at the render's pixel centres (``align_corners=False``, the codebase's resize
+            convention), i.e. the ground truth *point-sampled* where the renderer casts its rays, which
+            is what a pixel-centre render computes, so a field fitted from small renders stays sharp at
+            the full size. True: an antialiased (area-like) resize, whose targets are blurred by the
+            render's pixel footprint.
     """
 
-    def __init__(self, c2w: Tensor, images: Tensor, times: Tensor | None = None, *, atol: float = 1e-4):
+    def __init__(
+        self,
+        c2w: Tensor,
+        images: Tensor,
+        times: Tensor | None = None,
+        *,
+        atol: float = 1e-4,
+        antialias: bool = False,
+    ):
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
             raise OracleError(f"c2w must be [N,4,4], got {tuple(c2w.shape)}")
         if images.ndim != 4 or images.shape[0] != c2w.shape[0] or images.shape[-1] != 3:
@@ -94,6 +108,7 @@ class PoseBank:
         self.images = images.detach().to("cpu", torch.float32).permute(0, 3, 1, 2).contiguous()  # [N,3,H,W]
         self.times = None if times is None else times.detach().cpu().float()
         self.atol = float(atol)
+        self.antialias = bool(antialias)
         n = len(self)
         if n > 1:
             d = self._distances(self.c2w)
@@ -127,12 +142,14 @@ class PoseBank:
         return idx
 
     def resized(self, height: int, width: int, device: torch.device | str) -> Tensor:
-        """All images ``[N, 3, height, width]`` on ``device`` (antialiased resize, cached per size)."""
+        """All images ``[N, 3, height, width]`` on ``device`` (resized as ``antialias`` says; cached)."""
         key = (int(height), int(width), str(device))
         if key not in self._cache:
             x = self.images
             if tuple(x.shape[-2:]) != (height, width):
-                x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+                x = F.interpolate(
+                    x, size=(height, width), mode="bilinear", antialias=self.antialias, align_corners=False
+                )
             self._cache[key] = x.clamp(0, 1).to(device)
         return self._cache[key]
 
@@ -181,7 +198,9 @@ class _Oracle:
         self.bank = bank
         self.weight = float(weight)
         self.t_range = (float(t_range[0]), float(t_range[1]))
-        self.alphas_cumprod = (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).float().cpu()
+        self.alphas_cumprod = (
+            (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).float().cpu()
+        )
         self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
         self.sign = float(sign)
         self.angle_reference = None if angle_reference is None else angle_reference.double().cpu().reshape(3)
@@ -218,7 +237,9 @@ class _Oracle:
         b, tt = check_images(images)
         views.check(images)
         if views.c2w is None:
-            raise OracleError("the oracle needs the cameras' c2w in Views (build them with Views.from_cameras)")
+            raise OracleError(
+                "the oracle needs the cameras' c2w in Views (build them with Views.from_cameras)"
+            )
         h, w = images.shape[-2:]
         c2w = views.c2w.reshape(b * tt, 4, 4)
         x0 = self.bank.ground_truth(c2w, h, w, images.device).reshape(b, tt, 3, h, w)
