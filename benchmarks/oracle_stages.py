@@ -2,17 +2,19 @@
 oracle priors that know the ground truth, on real posed data; test-view PSNR/SSIM at 400².
 
     python benchmarks/oracle_stages.py --data-root .device/data --out benchmarks/results/oracle.json
-    python benchmarks/oracle_stages.py --scene lego --steps 5000 --render-size 256      # static only
-    python benchmarks/oracle_stages.py --scene dnerf:standup --dynamic-steps 3000      # dynamic only
-    python benchmarks/oracle_stages.py --kill-resume ...     # + the static check SIGKILLed and resumed
-    python benchmarks/oracle_stages.py --smoke --out /tmp/oracle.json                   # CPU, seconds
+    python benchmarks/oracle_stages.py --scene lego                     # static only (5000 steps at 256²)
+    python benchmarks/oracle_stages.py --scene dnerf:standup            # dynamic only (3000 steps at 96²)
+    python benchmarks/oracle_stages.py --scene lego --kill-resume       # + static SIGKILLed and resumed
+    python benchmarks/oracle_stages.py --smoke --out /tmp/oracle.json   # CPU, seconds
 
 What runs is the stage code itself: ``build_static_system`` / ``build_dynamic_system`` from the resolved
 ``paper`` config, trained by ``engine.trainer.Trainer`` with the stage's ``trainer_settings``. Only three
 things are replaced, through the stages' own parameters:
 
 * the priors: ``tests/oracles.py`` (pixel-space denoisers with SD 1.5's noise schedule, timestep draw and
-  SDS weighting, which return the ground truth of the camera they are handed, looked up by pose);
+  SDS weighting, which return the ground truth of the camera they are handed, looked up by pose, point-
+  sampled at the render's pixel centres); static: an image oracle in the SD slot (``--zero123`` adds an
+  angle-weighted one in the Zero123 slot); dynamic: a video oracle;
 * the camera sampler (static: one of the 100 lego train cameras per step) and the clip sampler (dynamic:
   16 consecutive D-NeRF train frames, each with its own camera and time);
 * the reference view (static: one train view with its alpha as the mask; dynamic: the frame at t = 0);
@@ -20,16 +22,27 @@ things are replaced, through the stages' own parameters:
 
 What the oracle cannot know is turned off through the config and listed in the JSON (``deviations``):
 baked lighting (guidance renders use albedo shading: ``shading.ambient_range=[1,1]``, textureless rate 0,
-no normal-map warm-up) and the random background colour (``shading.random_background=false``). The
-dynamic check starts from a fresh 4D field (D-NeRF has no multi-view capture at t = 0). With fewer steps
-than the paper's, the step-keyed schedules (``static.grid_mask_iters``, ``static.known_iters``) keep the
-paper's fractions of the stage. Everything else is the ``paper`` preset: schedules, regularisers,
-occupancy grid, optimiser, precision (fp16 AMP on CUDA).
+no normal-map warm-up) and the random background colour (``shading.random_background=false``). With fewer
+steps than the paper's, the step-keyed schedules (``static.grid_mask_iters``, ``static.known_iters``) keep
+the paper's fractions of the stage. Everything else is the ``paper`` preset: schedules, regularisers,
+occupancy grid, optimiser and learning rates, precision (fp16 AMP on CUDA), except:
 
-Scene scale: camera positions are multiplied by ``--scene-scale`` (default bound/1.5 = 0.667, as
-``fit_multiview.py``), so lego's cameras sit at 2.69 (the paper's at 1.8, fovy 40° vs lego's 39.6°) and
-the object fills the [−1, 1]³ box. The density blob (σ = e^(h + 10·exp(−‖x‖²/0.08))) then sits inside
-the object's core; the JSON records the initial occupancy (``init_occupancy``).
+* guidance render size: 256² static, 96² dynamic (paper 128²; ``--render-size``, ``--dynamic-render-size``);
+* the dynamic check starts from a fresh 4D field (D-NeRF has no multi-view capture at t = 0), whose
+  occupancy grid is refreshed once before the first step (the paper's starts from the static grid);
+* time TV (dynamic): ``loss.time_tv=3e6`` in the ``table`` form instead of 0.1 on 100k random points.
+  A monocular capture gives the oracle one view per time, so the 64 time grids can only share what they
+  learn through the time TV; at 0.1 it is about 10⁻⁶ of the SDS-sized oracle gradient on a table entry
+  (measured: RMS per entry 1.5–3.5·10⁻³ for one 16×128² clip, 3.5·10⁻⁹ for ``fit_multiview.py``'s 2^14-ray
+  MSE), i.e. no coupling at all; 3e6 at 96² matches the ratio of ``fit_multiview``'s time TV 10 (table
+  form), which took D-NeRF standup from 23 dB (0.1) to 31.5 dB (BENCHMARKS.md §1). The table form also
+  costs 3.5 ms a step instead of 62 ms. ``--time-tv 0.1 --time-tv-mode points`` runs the paper's.
+
+Scene scale: camera positions are scaled so that the train cameras sit at the paper's radius 1.8
+(``--scene-scale`` to override; ``fit_multiview.py`` uses 0.667): 0.447 for lego and standup (cameras at
+4.03), fovy 39.6° vs the paper's 40°. The object then spans about ±0.55, as the paper's objects do, and the
+density blob (σ = e^(h + 10·exp(−‖x‖²/0.08))) seeds its core: the first occupancy refresh keeps the blob
+(about 2% of the cells, ``init_occupancy``) and the object grows from it.
 
 ``--kill-resume`` runs the static check again in a child process, kills it with SIGKILL past the middle
 (between two checkpoints), resumes it in a second child and reports its PSNR minus the uninterrupted
@@ -39,6 +52,7 @@ run's (done-when: within 0.2 dB). It costs one more static run plus two process 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -154,16 +168,13 @@ def oracle_config(args: argparse.Namespace) -> tuple[Config, dict]:
         "dynamic": {
             "prompt": "oracle",
             "iters": d,
-            "render_size": args.dynamic_render_size or args.render_size,
+            "render_size": args.dynamic_render_size,
         },
     }
     over = deep_merge(over, ORACLE_OVERRIDES)
     if args.smoke:
         over = deep_merge(SMOKE_OVERRIDES, over)
-    if args.time_tv is not None:
-        over = deep_merge(over, {"loss": {"time_tv": args.time_tv}})
-    if args.time_tv_mode is not None:
-        over = deep_merge(over, {"loss": {"time_tv_mode": args.time_tv_mode}})
+    over = deep_merge(over, {"loss": {"time_tv": args.time_tv, "time_tv_mode": args.time_tv_mode}})
     cfg = resolve_config("paper", None, over, args.set)
     return cfg, over
 
@@ -367,6 +378,12 @@ def run_dynamic_check(
     reference = reference_view(train, ref_idx, d.ref_size)
     field = build_field(cfg.field, "dynamic", device)
     occupancy = build_occupancy(cfg, dynamic=True, device=device)
+    # The paper's dynamic stage starts from the static stage's occupancy grid; a fresh grid is all
+    # occupied, and the stage's first refresh comes only at global step ≡ 1 (mod 16), 8 steps in (as
+    # upstream). Refresh it once now, from the fresh field (the density blob), as the static stage does at
+    # its first step; a generator of its own leaves the system's random stream untouched.
+    with torch.no_grad():
+        occupancy.update(field.density, generator=torch.Generator(device="cpu").manual_seed(cfg.run.seed))
     video = VideoOracle(bank, weight=d.video_weight, t_range=d.video_t_range)
     zero123 = None
     if args.zero123:
@@ -389,7 +406,7 @@ def run_dynamic_check(
         zero123=zero123,
         clip_sampler=sampler,
     )
-    init_occ = _initial_occupancy(system)
+    init_occ = float(occupancy.occupancy_ratio().mean())
     trainer = Trainer(trainer_settings(cfg, "dynamic"))
     log_path = workdir / "dynamic.jsonl"
     print(
@@ -466,10 +483,8 @@ def kill_resume(args: argparse.Namespace, argv: list[str], cfg: Config, uninterr
         if log.exists():
             lines = log.read_text().splitlines()
             if lines:
-                try:
+                with contextlib.suppress(ValueError, KeyError):  # a line being written
                     last = json.loads(lines[-1])["step"]
-                except (ValueError, KeyError):
-                    pass
         if last >= kill_at:
             os.kill(proc.pid, signal.SIGKILL)
             break
@@ -517,9 +532,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dynamic-steps", type=int, default=None, help="dynamic steps (paper 10000; default 3000)"
     )
     p.add_argument(
-        "--render-size", type=int, default=None, help="guidance render size (paper 128; default 256)"
+        "--render-size", type=int, default=None, help="static guidance render size (paper 128; default 256)"
     )
-    p.add_argument("--dynamic-render-size", type=int, default=None, help="default: --render-size")
+    p.add_argument(
+        "--dynamic-render-size", type=int, default=None, help="dynamic render size (paper 128; default 96)"
+    )
     p.add_argument("--eval-size", type=int, default=None, help="test render size (default 400)")
     p.add_argument("--eval-views", type=int, default=0, help="test views (0 = all)")
     p.add_argument("--train-views", type=int, default=0, help="train views in the oracle's bank (0 = all)")
@@ -538,9 +555,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ref-view", type=int, default=0, help="static: the train view used as the reference")
     p.add_argument("--zero123", action="store_true", help="also an angle-weighted oracle in the Zero123 slot")
-    p.add_argument("--time-tv", type=float, default=None, help="dynamic: loss.time_tv (paper 0.1)")
     p.add_argument(
-        "--time-tv-mode", choices=["points", "table"], default=None, help="dynamic: loss.time_tv_mode"
+        "--time-tv", type=float, default=3e6, help="dynamic: loss.time_tv (default 3e6; paper 0.1)"
+    )
+    p.add_argument(
+        "--time-tv-mode",
+        choices=["points", "table"],
+        default="table",
+        help="dynamic: loss.time_tv_mode (default table; paper points)",
     )
     p.add_argument("--set", action="append", default=[], help="extra config override section.key=value")
     p.add_argument("--seed", type=int, default=3407)
@@ -564,6 +586,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps = args.steps or 6
         args.dynamic_steps = args.dynamic_steps or 6
         args.render_size = args.render_size or 16
+        args.dynamic_render_size = args.dynamic_render_size or 16
         args.eval_size = args.eval_size or 16
         args.eval_views = args.eval_views or 2
         args.train_views = args.train_views or 8
@@ -572,6 +595,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = args.steps or PAPER_STATIC_ITERS
     args.dynamic_steps = args.dynamic_steps or 3000
     args.render_size = args.render_size or 256
+    args.dynamic_render_size = args.dynamic_render_size or 96
     args.eval_size = args.eval_size or 400
     if args.steps > PAPER_STATIC_ITERS or args.dynamic_steps > PAPER_DYNAMIC_ITERS:
         p.error("the check must stay within the paper's step counts (static 5000, dynamic 10000)")
@@ -591,15 +615,19 @@ def deviations(args: argparse.Namespace, stage: str) -> list[str]:
         if args.steps != PAPER_STATIC_ITERS:
             out.append("static.grid_mask_iters and static.known_iters scaled to the shorter stage")
     else:
-        out.append("fresh 4D field (D-NeRF has no multi-view capture at t = 0)")
+        out.append(
+            "fresh 4D field (D-NeRF has no multi-view capture at t = 0); its occupancy grid refreshed once "
+            "before the first step (the paper's starts from the static grid)"
+        )
         out.append(
             "clips: 16 consecutive train frames (each its own camera and time) instead of the paper's "
             "random trajectory and time span"
         )
-        if args.time_tv is not None or args.time_tv_mode is not None:
+        if (args.time_tv, args.time_tv_mode) != (0.1, "points"):
             out.append(
-                "time TV changed (loss.time_tv / loss.time_tv_mode): the monocular capture gives the oracle "
-                "one view per time, so coupling across time has to come from the time TV"
+                f"time TV {args.time_tv:g} in the {args.time_tv_mode} form (paper: 0.1 on 100k random points): "
+                "the monocular capture gives the oracle one view per time, so the time grids share what they "
+                "learn only through the time TV, and 0.1 is ~1e-6 of the oracle's gradient on a table entry"
             )
         if not args.zero123:
             out.append("Zero123 slot: none")
