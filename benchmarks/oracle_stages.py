@@ -667,6 +667,15 @@ def main(argv: list[str] | None = None) -> dict:
         "config_sets": args.set,
     }
     t_all = time.perf_counter()
+    result["config"] = {
+        k: to_dict(getattr(cfg, k)) for k in ("static", "dynamic", "loss", "raymarch", "shading")
+    }
+
+    def write() -> None:  # after every part, so a run cut short still leaves what it finished
+        result["total_minutes"] = (time.perf_counter() - t_all) / 60.0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+
     for scene in args.scene:
         data = load_scene(args, scene)
         if is_dynamic_scene(scene):
@@ -680,14 +689,10 @@ def main(argv: list[str] | None = None) -> dict:
             res["target_psnr"] = 28.0
             result["static"] = res
         del data
+        write()
     if args.kill_resume and "static" in result:
         result["kill_resume"] = kill_resume(args, argv, cfg, result["static"].get("psnr"))
-    result["total_minutes"] = (time.perf_counter() - t_all) / 60.0
-    result["config"] = {
-        k: to_dict(getattr(cfg, k)) for k in ("static", "dynamic", "loss", "raymarch", "shading")
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    write()
     if tmp is not None:
         tmp.cleanup()
 
