@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,76 +39,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from animate124.render.cameras import Cameras, generate_rays  # noqa: E402
+from animate124.render.cameras import generate_rays  # noqa: E402
 from animate124.render.renderer import render, render_rays  # noqa: E402
 from animate124.scene.occupancy import OccupancyGrid  # noqa: E402
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Split:
-    """Images [N, H, W, 3] float32 on white, cameras [N] (scaled), times [N] or None."""
-
-    images: torch.Tensor
-    cameras: Cameras
-    times: torch.Tensor | None
-
-
-def load_split(scene_dir: Path, split: str, scale: float, downscale: int, limit: int | None) -> Split:
-    import imageio.v3 as iio
-
-    meta = json.loads((scene_dir / f"transforms_{split}.json").read_text())
-    frames = meta["frames"][:limit] if limit else meta["frames"]
-    imgs, c2ws, times = [], [], []
-    for fr in frames:
-        path = scene_dir / (fr["file_path"].removeprefix("./") + ".png")
-        rgba = torch.from_numpy(iio.imread(path)).float() / 255.0
-        if rgba.shape[-1] == 3:
-            rgba = torch.cat([rgba, torch.ones_like(rgba[..., :1])], -1)
-        rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
-        if downscale > 1:
-            rgb = F.avg_pool2d(rgb.permute(2, 0, 1)[None], downscale)[0].permute(1, 2, 0)
-        imgs.append(rgb)
-        m = torch.tensor(fr["transform_matrix"], dtype=torch.float32)
-        m[:3, 3] *= scale
-        c2ws.append(m)
-        times.append(float(fr.get("time", 0.0)))
-    images = torch.stack(imgs)
-    n, h, w, _ = images.shape
-    fovx = math.degrees(float(meta["camera_angle_x"]))
-    fovy = math.degrees(2 * math.atan(math.tan(math.radians(fovx) / 2) * h / w))
-    cams = Cameras(torch.stack(c2ws), torch.full((n,), fovy), h, w)
-    has_time = "time" in meta["frames"][0]
-    return Split(images, cams, torch.tensor(times) if has_time else None)
-
-
-# ----------------------------------------------------------------------------- metrics
-def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    mse = F.mse_loss(pred.clamp(0, 1), gt).item()
-    return -10.0 * math.log10(max(mse, 1e-12))
-
-
-def ssim(pred: torch.Tensor, gt: torch.Tensor, size: int = 11, sigma: float = 1.5) -> float:
-    """SSIM of [H,W,3] images in [0,1]: Gaussian 11×11 σ 1.5 window, valid region, channel mean,
-    C1 = 0.01², C2 = 0.03² (Wang et al. 2004; as in the mip-NeRF / instant-ngp evaluations)."""
-    x = pred.clamp(0, 1).permute(2, 0, 1)[:, None].double()
-    y = gt.permute(2, 0, 1)[:, None].double()
-    coords = torch.arange(size, dtype=torch.float64, device=x.device) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    gx, gy = g.view(1, 1, 1, size), g.view(1, 1, size, 1)
-
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(z, gx), gy)
-
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    num = (2 * mx * my + c1) * (2 * sxy + c2)
-    den = (mx * mx + my * my + c1) * (sxx + syy + c2)
-    return (num / den).mean().item()
+from benchmarks.multiview_data import Split, load_split, psnr, scene_dir, ssim  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- main
@@ -210,15 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     dynamic = args.scene.startswith("dnerf:")
-    scene_dir = (
-        args.data_root / "dnerf-400" / args.scene.split(":", 1)[1]
-        if dynamic
-        else args.data_root / "nerf-synthetic-400" / args.scene
-    )
-    if not scene_dir.exists():
-        raise SystemExit(f"scene data not found: {scene_dir} (pass --data-root)")
-    train = load_split(scene_dir, "train", args.scene_scale, args.downscale, args.train_views or None)
-    test = load_split(scene_dir, "test", args.scene_scale, args.downscale, args.eval_views or None)
+    root = scene_dir(args.data_root, args.scene)
+    if not root.exists():
+        raise SystemExit(f"scene data not found: {root} (pass --data-root)")
+    train = load_split(root, "train", args.scene_scale, args.downscale, args.train_views or None)
+    test = load_split(root, "test", args.scene_scale, args.downscale, args.eval_views or None)
 
     # all train rays, on the device (pixel centres, OpenGL camera convention)
     origins, dirs = generate_rays(train.cameras.to(device))

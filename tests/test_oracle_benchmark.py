@@ -1,0 +1,67 @@
+"""benchmarks/oracle_stages.py on the real data at tiny sizes (``--smoke``): both stages, the JSON, and the
+SIGKILL + resume mode. Skipped when ../shared/data is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("oracle_stages", REPO / "benchmarks" / "oracle_stages.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["oracle_stages"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _need(shared_data: Path) -> None:
+    for sub in ("nerf-synthetic-400/lego", "dnerf-400/standup"):
+        if not (shared_data / sub).is_dir():
+            pytest.skip(f"{sub} not in {shared_data}")
+
+
+@pytest.mark.slow
+def test_smoke_runs_both_stages_and_writes_the_json(shared_data, tmp_path):
+    _need(shared_data)
+    b = _bench()
+    out = tmp_path / "oracle.json"
+    res = b.main(["--smoke", "--device", "cpu", "--data-root", str(shared_data), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["card"] == "cpu"
+    for stage, scene in (("static", "lego"), ("dynamic", "dnerf:standup")):
+        r = saved[stage]
+        assert r["scene"] == scene and r["steps"] == 6
+        assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["minutes"] >= 0
+        assert any("albedo" in d for d in r["deviations"])
+        assert r["train_psnr_last"] is not None  # the oracle saw the stage's renders
+    assert saved["static"]["priors"] == ["sd"]
+    assert res["static"]["psnr"] == saved["static"]["psnr"]
+    # the config the stages ran: what the oracle cannot know is off, the rest is the paper preset
+    cfg = saved["config"]
+    assert cfg["shading"]["ambient_range"] == [1.0, 1.0] and cfg["shading"]["random_background"] is False
+    assert cfg["static"]["textureless_rate"] == 0.0 and cfg["static"]["normal_warmup_iters"] == 0
+    assert cfg["loss"]["entropy"] == 1e-3 and cfg["static"]["lr"] == 1e-3
+
+
+@pytest.mark.slow
+def test_kill_resume_mode(shared_data, tmp_path):
+    _need(shared_data)
+    b = _bench()
+    out = tmp_path / "oracle.json"
+    res = b.main(
+        ["--smoke", "--device", "cpu", "--scene", "lego", "--steps", "12", "--kill-resume"]
+        + ["--data-root", str(shared_data), "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    )
+    k = res["kill_resume"]
+    assert 6 <= k["killed_after_step"] < 12
+    assert 0 < k["resumed_from_step"] <= k["killed_after_step"]
+    assert abs(k["psnr_diff"]) <= 0.2 and k["within_0.2dB"] is True
+    assert json.loads(out.read_text())["kill_resume"]["psnr"] == k["psnr"]
