@@ -293,6 +293,16 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------------ stages
+def run_hash(args: argparse.Namespace, scene: str) -> str:
+    """What a checkpoint in the work directory must match to be resumed (the trainer refuses another):
+    every argument that changes the run, so a reused ``--work-dir`` never resumes a different check."""
+    import hashlib
+
+    skip = {"work_dir", "out", "save_renders", "child_static", "child_out", "child_no_eval", "kill_resume"}
+    key = {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
+    return hashlib.sha256(json.dumps([scene, key]).encode()).hexdigest()[:16]
+
+
 def run_static_check(
     args: argparse.Namespace,
     cfg: Config,
@@ -323,7 +333,7 @@ def run_static_check(
         cfg, device, reference=reference, priors=priors, camera_sampler=sampler
     )
     init_occ = _initial_occupancy(system)
-    trainer = Trainer(trainer_settings(cfg, "static"))
+    trainer = Trainer(trainer_settings(cfg, "static", run_hash(args, data.name)))
     log_path = workdir / "static.jsonl"
     print(f"static: {data.name}, {s.iters} steps, guidance renders {s.render_size}², on {device}", flush=True)
     _sync(device)
@@ -407,7 +417,7 @@ def run_dynamic_check(
         clip_sampler=sampler,
     )
     init_occ = float(occupancy.occupancy_ratio().mean())
-    trainer = Trainer(trainer_settings(cfg, "dynamic"))
+    trainer = Trainer(trainer_settings(cfg, "dynamic", run_hash(args, data.name)))
     log_path = workdir / "dynamic.jsonl"
     print(
         f"dynamic: {data.name}, {d.iters} steps, clips of {d.frames} frames at {d.render_size}², on {device}",

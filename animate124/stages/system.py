@@ -216,11 +216,15 @@ class NerfSystem:
         self.preview_dir = preview_dir
         self.timers = timers or Timers(False)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # The occupancy refresh draws 4 jitter numbers per cell and slot (128³ × 16 slots: 134M numbers in
+        # the 4D stages); drawn on the CPU they cost 60-67 ms per step on average (BENCHMARKS.md §6). A
+        # generator on the training device keeps them there; it is checkpointed like the other one.
+        self.occupancy_generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.bg_white = torch.ones(3, device=device)
 
     # ---------------------------------------------------------------- trainer hooks
     def generators(self) -> dict[str, torch.Generator]:
-        return {"system": self.generator}
+        return {"system": self.generator, "occupancy": self.occupancy_generator}
 
     def state_tensors(self) -> dict[str, Tensor]:
         out = {f"field/{k}": v for k, v in self.field.state_dict().items()}
@@ -245,7 +249,7 @@ class NerfSystem:
             self.field.set_level_mask(sched.level_mask.max_level(gs))
         if sched.occupancy.due(gs):
             with self.timers("occupancy"), torch.no_grad():
-                self.occupancy.update(self._density, generator=self.generator)
+                self.occupancy.update(self._density, generator=self.occupancy_generator)
 
     def after_step(self, step: int) -> None:
         pass
