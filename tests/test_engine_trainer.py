@@ -161,3 +161,18 @@ def test_other_config_checkpoint_is_refused(tmp_path):
     t2 = Toy()
     with pytest.raises(Exception, match="another configuration"):
         Trainer(_settings(9, config_hash="other")).run(t2, _opt(t2), checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_without_a_generator_state_is_a_clear_error():
+    """A checkpoint written before a generator existed (e.g. the occupancy generator) cannot be resumed
+    exactly: the error names the generator and says how to start over."""
+    from animate124.engine.checkpoint import rng_state, set_rng_state
+    from animate124.errors import ProjectError
+
+    old = {"system": torch.Generator().manual_seed(1)}
+    tensors, meta = rng_state(old)
+    new = {**old, "occupancy": torch.Generator().manual_seed(2)}
+    with pytest.raises(ProjectError, match="'occupancy'") as e:
+        set_rng_state(new, tensors, meta)
+    assert "--force" in (e.value.hint or "")
+    set_rng_state(old, tensors, meta)  # the generators it has are restored

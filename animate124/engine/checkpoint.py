@@ -106,7 +106,10 @@ def set_rng_state(
     for name, g in generators.items():
         key = f"rng/{name}"
         if key not in tensors:
-            raise ProjectError(f"the checkpoint has no state for random generator {name!r}")
+            raise ProjectError(
+                f"the checkpoint has no state for random generator {name!r} (written by an older version?)",
+                hint="rerun the stage with --force to start it over",
+            )
         g.set_state(tensors[key].to(torch.uint8))
     torch.set_rng_state(tensors["rng/_torch_cpu"].to(torch.uint8))
     if "rng/_torch_cuda" in tensors and torch.cuda.is_available():
