@@ -43,6 +43,15 @@ def _save(model: torch.nn.Module, folder: Path, name: str) -> None:
     save_file(sd, str(folder / name))
 
 
+def _save_vae_unet(unet_cls: type, src: Path, dst: Path, device: str) -> None:
+    """The ``vae`` and ``unet`` folders of a diffusers pipeline, random weights, fp16 variant files."""
+    from diffusers import AutoencoderKL
+
+    name = "diffusion_pytorch_model.fp16.safetensors"
+    _save(_diffusers_model(AutoencoderKL, src / "vae", device), dst / "vae", name)
+    _save(_diffusers_model(unet_cls, src / "unet", device), dst / "unet", name)
+
+
 def _copy_configs(src: Path, dst: Path) -> None:
     for p in src.rglob("*"):
         if p.is_file() and p.name != "_file_manifest.json" and p.suffix in (".json", ".txt", ".yaml"):
@@ -64,7 +73,7 @@ def _clip_text(folder: Path, device: str) -> torch.nn.Module:
 
 
 def build(role: str, configs: Path, out: Path, device: str) -> Path:
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
+    from diffusers import ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
 
     src = configs / SOURCES[role]
     dst = out / role
@@ -72,44 +81,17 @@ def build(role: str, configs: Path, out: Path, device: str) -> Path:
         shutil.rmtree(dst)
     _copy_configs(src, dst)
     if role == "sd":
-        _save(
-            _diffusers_model(AutoencoderKL, src / "vae", device),
-            dst / "vae",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
-        _save(
-            _diffusers_model(UNet2DConditionModel, src / "unet", device),
-            dst / "unet",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
+        _save_vae_unet(UNet2DConditionModel, src, dst, device)
         _save(_clip_text(src / "text_encoder", device), dst / "text_encoder", "model.fp16.safetensors")
         for extra in ("safety_checker", "feature_extractor"):
             shutil.rmtree(dst / extra, ignore_errors=True)
     elif role == "video":
-        _save(
-            _diffusers_model(AutoencoderKL, src / "vae", device),
-            dst / "vae",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
-        _save(
-            _diffusers_model(UNet3DConditionModel, src / "unet", device),
-            dst / "unet",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
+        _save_vae_unet(UNet3DConditionModel, src, dst, device)
         _save(_clip_text(src / "text_encoder", device), dst / "text_encoder", "model.fp16.safetensors")
     elif role == "zero123":
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        _save(
-            _diffusers_model(AutoencoderKL, src / "vae", device),
-            dst / "vae",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
-        _save(
-            _diffusers_model(UNet2DConditionModel, src / "unet", device),
-            dst / "unet",
-            "diffusion_pytorch_model.fp16.safetensors",
-        )
+        _save_vae_unet(UNet2DConditionModel, src, dst, device)
         with torch.device(device):
             enc = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(src / "image_encoder")))
         _save(enc, dst / "image_encoder", "model.fp16.safetensors")

@@ -80,6 +80,7 @@ from oracles import (  # noqa: E402
 )
 
 from animate124.config import resolve_config, to_dict  # noqa: E402
+from animate124.config.presets import tiny as tiny_preset  # noqa: E402
 from animate124.config.schema import Config  # noqa: E402
 from animate124.engine.trainer import Trainer  # noqa: E402
 from animate124.render.renderer import render  # noqa: E402
@@ -119,19 +120,10 @@ DEVIATIONS_COMMON = [
     "schedule / timestep draw / SDS weight / surrogate loss",
 ]
 
-#: the tiny preset's field and marcher (smoke runs only)
+#: the tiny preset's field, marcher and time-TV points (smoke runs only), plus small check sizes
 SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
+    **{k: v for k, v in tiny_preset().items() if k in ("field", "raymarch", "loss")},
     "run": {"checkpoint_every": 2, "log_every": 1},
-    "field": {
-        "num_levels": 4,
-        "base_resolution": 4,
-        "desired_resolution": 32,
-        "log2_table_size": 12,
-        "hidden_dim": 16,
-        "time_grid_size": 4,
-    },
-    "raymarch": {"max_steps": 32, "occupancy_resolution": 16, "time_slots": 2},
-    "loss": {"time_tv_points": 256},
     "static": {"ref_size": 16},
     "dynamic": {"frames": 4, "ref_size": 16},
     "render": {"ray_chunk": 4096},

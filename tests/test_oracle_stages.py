@@ -44,34 +44,9 @@ def sphere_color(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p[:, 1:2] > 0.3, cap, c)
 
 
-def analytic_image(c2w: torch.Tensor, fovy_deg: float, size: int, ss: int = SUPERSAMPLE) -> torch.Tensor:
-    """``[size, size, 3]`` image of the sphere on white, by ray-sphere intersection (OpenGL camera:
-    x right, y up, looking down −z; rays through ``ss×ss`` sub-pixel points, averaged)."""
-    n = size * ss
-    f = n / (2.0 * math.tan(math.radians(fovy_deg) / 2.0))
-    j, i = torch.meshgrid(
-        torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij"
-    )
-    d_cam = torch.stack([(i + 0.5 - n / 2) / f, -(j + 0.5 - n / 2) / f, -torch.ones_like(i)], -1).reshape(
-        -1, 3
-    )
-    m = c2w.double()
-    d = torch.nn.functional.normalize(d_cam @ m[:3, :3].T, dim=-1)
-    o = m[:3, 3].expand_as(d)
-    b = (o * d).sum(-1)
-    c = (o * o).sum(-1) - RADIUS**2
-    disc = b * b - c
-    hit = disc > 0
-    s = -b - torch.sqrt(disc.clamp_min(0))
-    p = o + s[:, None] * d
-    col = torch.where(hit[:, None], sphere_color(p.float()).double(), torch.ones_like(p))
-    img = col.reshape(n, n, 3).permute(2, 0, 1)[None]
-    return torch.nn.functional.avg_pool2d(img, ss)[0].permute(1, 2, 0).float()
-
-
-def analytic_alpha(c2w: torch.Tensor, fovy_deg: float, size: int) -> torch.Tensor:
-    """``[size, size]`` coverage of the sphere (pixel centres)."""
-    n = size
+def _sphere_rays(c2w: torch.Tensor, fovy_deg: float, n: int):
+    """Rays through the pixel centres of an ``n×n`` OpenGL camera (x right, y up, looking down −z), in
+    float64: origins, unit directions, and ``b``, ``disc`` of the ray-sphere equation s² + 2bs + c = 0."""
     f = n / (2.0 * math.tan(math.radians(fovy_deg) / 2.0))
     j, i = torch.meshgrid(
         torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij"
@@ -84,7 +59,25 @@ def analytic_alpha(c2w: torch.Tensor, fovy_deg: float, size: int) -> torch.Tenso
     o = m[:3, 3].expand_as(d)
     b = (o * d).sum(-1)
     disc = b * b - ((o * o).sum(-1) - RADIUS**2)
-    return (disc > 0).reshape(n, n)
+    return o, d, b, disc
+
+
+def analytic_image(c2w: torch.Tensor, fovy_deg: float, size: int, ss: int = SUPERSAMPLE) -> torch.Tensor:
+    """``[size, size, 3]`` image of the sphere on white, by ray-sphere intersection (rays through ``ss×ss``
+    sub-pixel points, averaged)."""
+    n = size * ss
+    o, d, b, disc = _sphere_rays(c2w, fovy_deg, n)
+    hit = disc > 0
+    s = -b - torch.sqrt(disc.clamp_min(0))
+    p = o + s[:, None] * d
+    col = torch.where(hit[:, None], sphere_color(p.float()).double(), torch.ones_like(p))
+    img = col.reshape(n, n, 3).permute(2, 0, 1)[None]
+    return torch.nn.functional.avg_pool2d(img, ss)[0].permute(1, 2, 0).float()
+
+
+def analytic_alpha(c2w: torch.Tensor, fovy_deg: float, size: int) -> torch.Tensor:
+    """``[size, size]`` coverage of the sphere (pixel centres)."""
+    return (_sphere_rays(c2w, fovy_deg, size)[3] > 0).reshape(size, size)
 
 
 TRAIN_POLAR = (60.0, 90.0, 120.0)

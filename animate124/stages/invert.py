@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace as dc_replace
+from typing import Any
 
 from animate124.config.loader import replace as cfg_replace
 from animate124.config.schema import Config
@@ -55,8 +56,9 @@ def run_invert(
         ckpt = project.stage("invert").checkpoints
         ckpt.mkdir(parents=True, exist_ok=True)
         with rich_progress("invert", enabled=show_progress) as prog, graceful_interrupt() as stop:
-            try:
-                vec = train_textual_inversion(
+
+            def train(ti: Any) -> Any:  # TIConfig -> the learned vector
+                return train_textual_inversion(
                     comps,
                     photo,
                     ti,
@@ -67,22 +69,15 @@ def run_invert(
                     log_path=project.log_path("invert"),
                     metrics=train_metrics,
                 )
+
+            try:
+                vec = train(ti)
             except InputError:
                 if not (auto_initializer and c.initializer != "object"):
                     raise
                 log.warning("initializer %r is not one token; using 'object'", c.initializer)
                 ti = dc_replace(ti, initializer="object")
-                vec = train_textual_inversion(
-                    comps,
-                    photo,
-                    ti,
-                    checkpoint_dir=ckpt,
-                    device=device,
-                    progress=prog,
-                    should_stop=stop,
-                    log_path=project.log_path("invert"),
-                    metrics=train_metrics,
-                )
+                vec = train(ti)
         if stop.requested:
             return {}  # graceful_interrupt raises KeyboardInterrupt on exit; the runner marks it interrupted
         with atomic_path(project.learned_embeds) as tmp:
