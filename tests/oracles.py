@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ from animate124.errors import Animate124Error
 from animate124.guidance import sds
 from animate124.guidance.common import check_images
 from animate124.guidance.interface import GuidanceOutput, Views
-from animate124.render.cameras import Cameras
+from animate124.render.cameras import Cameras, focal_from_fovy
 
 __all__ = [
     "OracleError",
@@ -89,6 +90,14 @@ class PoseBank:
             is what a pixel-centre render computes, so a field fitted from small renders stays sharp at
             the full size. True: an antialiased (area-like) resize, whose targets are blurred by the
             render's pixel footprint.
+        fovy_deg: ``[N]`` (or one) vertical field of view of the images; needed for rotated queries.
+        max_rotation_deg: a query whose *centre* matches an entry (within ``atol``) but whose rotation
+            differs by at most this angle is answered exactly: a pinhole camera turned about its centre
+            sees the same rays, so its image is the homography ``K R K⁻¹`` warp of the captured one
+            (bilinear at the query's pixel centres, white outside the capture). 0 (default) refuses any
+            pose that is not in the bank. This lets a sampler jitter a camera by a fraction of a pixel
+            (:func:`consecutive_clip_sampler`'s ``jitter_px``) so that small renders of a fixed set of
+            cameras do not cast the same rays at every step.
     """
 
     def __init__(
@@ -99,6 +108,8 @@ class PoseBank:
         *,
         atol: float = 1e-4,
         antialias: bool = False,
+        fovy_deg: Tensor | float | None = None,
+        max_rotation_deg: float = 0.0,
     ):
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
             raise OracleError(f"c2w must be [N,4,4], got {tuple(c2w.shape)}")
@@ -116,6 +127,12 @@ class PoseBank:
             if float(d.min()) <= 2 * self.atol:
                 i, j = divmod(int(d.argmin()), n)
                 raise OracleError(f"bank poses {i} and {j} are within {2 * self.atol} of each other")
+        self.max_rotation_deg = float(max_rotation_deg)
+        self.fovy_deg: Tensor | None = None
+        if fovy_deg is not None:
+            self.fovy_deg = torch.as_tensor(fovy_deg, dtype=torch.float64).flatten().cpu().expand(n).clone()
+        if self.max_rotation_deg > 0 and self.fovy_deg is None:
+            raise OracleError("a bank that answers rotated cameras (max_rotation_deg > 0) needs fovy_deg")
         self._cache: dict[tuple[int, int, str], Tensor] = {}
         self._c2w_dev: dict[str, Tensor] = {}
 
@@ -129,17 +146,39 @@ class PoseBank:
 
     def lookup(self, c2w: Tensor) -> Tensor:
         """``[M, 4, 4]`` query poses -> ``[M]`` bank indices (CPU long); OracleError for an unknown pose."""
-        d = self._distances(c2w.detach().reshape(-1, 4, 4).cpu())
+        return self.match(c2w)[0]
+
+    def match(self, c2w: Tensor) -> tuple[Tensor, Tensor]:
+        """``[M, 4, 4]`` query poses -> (``[M]`` bank indices, ``[M]`` bool "rotated about the entry's
+        centre") on the CPU; OracleError for a pose the bank cannot answer (see ``max_rotation_deg``)."""
+        q = c2w.detach().reshape(-1, 4, 4).cpu().to(torch.float64)
+        d = self._distances(q)
         best, idx = d.min(dim=1)
-        bad = torch.nonzero(best > self.atol).flatten()
+        rotated = best > self.atol
+        if not bool(rotated.any()):
+            return idx, rotated
+        rows = torch.nonzero(rotated).flatten()
+        near = (q[rows, None, :3, 3] - self.c2w[None, :, :3, 3]).abs().amax(dim=-1) <= self.atol  # [M', N]
+        rel = self.c2w[None, :, :3, :3].transpose(-1, -2) @ q[rows, None, :3, :3]  # R_bᵀ R_q
+        cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+        angle = torch.rad2deg(torch.arccos(cos)).masked_fill(~near, float("inf"))
+        a_best, i_best = angle.min(dim=1)
+        bad = torch.nonzero(a_best > self.max_rotation_deg).flatten()
         if bad.numel():
-            k = int(bad[0])
+            k = int(rows[bad[0]])
+            turned = float(a_best[bad[0]])
+            why = (
+                f"no bank camera has its centre (within {self.atol:g})"
+                if not math.isfinite(turned)
+                else f"the camera at its centre is turned by {turned:.3g}° > {self.max_rotation_deg:g}°"
+            )
             raise OracleError(
                 f"the oracle has no ground truth for camera {k} of the query: the nearest bank pose "
-                f"(#{int(idx[k])}) differs by {float(best[k]):.3g} > {self.atol:g}",
+                f"(#{int(idx[k])}) differs by {float(best[k]):.3g} > {self.atol:g} and {why}",
                 "the stage rendered a camera that the sampler did not hand it",
             )
-        return idx
+        idx[rows] = i_best
+        return idx, rotated
 
     def resized(self, height: int, width: int, device: torch.device | str) -> Tensor:
         """All images ``[N, 3, height, width]`` on ``device`` (resized as ``antialias`` says; cached)."""
@@ -155,8 +194,47 @@ class PoseBank:
 
     def ground_truth(self, c2w: Tensor, height: int, width: int, device: torch.device | str) -> Tensor:
         """``[M, 3, height, width]`` ground truth of the query poses ``[M, 4, 4]``."""
-        idx = self.lookup(c2w)
-        return self.resized(height, width, device)[idx.to(device)]
+        idx, rotated = self.match(c2w)
+        out = self.resized(height, width, device)[idx.to(device)]
+        if bool(rotated.any()):
+            rows = torch.nonzero(rotated).flatten()
+            q = c2w.detach().reshape(-1, 4, 4)[rows.to(c2w.device)]
+            out[rows.to(out.device)] = self.warped(q, idx[rows], height, width, device)
+        return out
+
+    def warped(self, c2w: Tensor, idx: Tensor, height: int, width: int, device: torch.device | str) -> Tensor:
+        """``[M, 3, height, width]``: bank images ``idx`` seen by cameras ``c2w`` that share their centres.
+
+        For each pixel centre of the query (the renderer's convention, ``render/cameras.py``
+        ``generate_rays``), the ray direction is taken into the bank camera's frame and projected with the
+        bank image's focal length; the full-resolution image is sampled there (bilinear, white outside).
+        """
+        assert self.fovy_deg is not None
+        dev = torch.device(device)
+        full = self.resized(self.images.shape[-2], self.images.shape[-1], dev)[idx.to(dev)]
+        hb, wb = full.shape[-2:]
+        fov = torch.deg2rad(self.fovy_deg[idx]).to(dev, torch.float64)  # [M]
+        f_q = height / (2.0 * torch.tan(fov / 2.0))
+        f_b = hb / (2.0 * torch.tan(fov / 2.0))
+        jj, ii = torch.meshgrid(
+            torch.arange(height, dtype=torch.float64, device=dev),
+            torch.arange(width, dtype=torch.float64, device=dev),
+            indexing="ij",
+        )
+        x = (ii.reshape(1, -1) + 0.5 - width / 2.0) / f_q[:, None]
+        y = -(jj.reshape(1, -1) + 0.5 - height / 2.0) / f_q[:, None]
+        d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [M, HW, 3]
+        r_q = c2w[:, :3, :3].to(dev, torch.float64)
+        r_b = self.c2w[idx, :3, :3].to(dev)
+        d_b = d_cam @ (r_b.transpose(1, 2) @ r_q).transpose(1, 2)  # R_bᵀ R_q d
+        depth = -d_b[..., 2]
+        u = d_b[..., 0] / depth * f_b[:, None] + wb / 2.0  # continuous pixel coordinates (centres at k+½)
+        v = -d_b[..., 1] / depth * f_b[:, None] + hb / 2.0
+        grid = torch.stack([2.0 * u / wb - 1.0, 2.0 * v / hb - 1.0], dim=-1).view(-1, height, width, 2)
+        out = F.grid_sample(
+            full - 1.0, grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        return (out + 1.0).clamp(0, 1)
 
     def positions(self) -> Tensor:
         """``[N, 3]`` camera centres (float64, CPU)."""
@@ -322,12 +400,17 @@ def bank_camera_sampler(cameras: Cameras, size: int) -> Callable[[torch.Generato
 
 
 def consecutive_clip_sampler(
-    cameras: Cameras, times: Tensor, frames: int, size: int
+    cameras: Cameras, times: Tensor, frames: int, size: int, *, jitter_px: float = 0.0
 ) -> Callable[[torch.Generator], object]:
     """A dynamic stage's clip sampler: ``frames`` consecutive frames of a time-ordered capture.
 
     Each frame has its own camera and time (a moving-camera clip: ``static_camera=False``);
     ``from_zero`` when the clip starts at the first frame (t = times[0], which must be 0).
+
+    ``jitter_px > 0`` turns each frame's camera about its centre by a random angle of up to ``jitter_px``
+    pixels of the render (uniform, about the camera's up and right axes), so that a small render of a
+    fixed capture does not cast the same rays at every step; the bank must answer rotated cameras
+    (``PoseBank(max_rotation_deg=...)``). The draw comes from the stage's generator (resumable).
     """
     from animate124.stages.system import Clip
 
@@ -344,6 +427,25 @@ def consecutive_clip_sampler(
         start = int(torch.randint(0, len(cams) - frames + 1, (1,), generator=generator))
         sl = slice(start, start + frames)
         from_zero = start == 0 and float(tdev[0]) == 0.0
-        return Clip(cams[sl], tdev[sl][None].clone(), from_zero, False)
+        clip = cams[sl]
+        if jitter_px > 0:
+            f = focal_from_fovy(clip.fovy_deg.double().cpu(), size)  # [F] pixels
+            ang = (torch.rand(frames, 2, generator=generator, dtype=torch.float64) * 2.0 - 1.0) * jitter_px
+            # in float64 on the CPU: a CUDA fp32 matmul may run in TF32 and move the centres by ~1e-3
+            turned = clip.c2w.detach().cpu().double() @ _turn(ang[:, 0] / f, ang[:, 1] / f)
+            clip = replace(clip, c2w=turned.to(clip.c2w))
+        return Clip(clip, tdev[sl][None].clone(), from_zero, False)
 
     return sample
+
+
+def _turn(yaw: Tensor, pitch: Tensor) -> Tensor:
+    """``[F, 4, 4]`` camera-frame rotations: ``yaw`` about the camera's up axis (y), then ``pitch`` about
+    its right axis (x), radians; right-multiplying a c2w turns the camera about its centre."""
+    cy, sy, cp, sp = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin()
+    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).view(-1, 3, 3)
+    rx = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).view(-1, 3, 3)
+    out = torch.eye(4, dtype=yaw.dtype).repeat(yaw.shape[0], 1, 1)
+    out[:, :3, :3] = ry @ rx
+    return out
