@@ -129,7 +129,7 @@ def build_tiny(prior: str, cache: Path):
     return load_sd(store), load_controlnet(store)
 
 
-def make_call(prior: str, comp, cn, tiny: bool, device):
+def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False):
     """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12)."""
     from animate124.guidance.controlnet import ControlNetGuidance
     from animate124.guidance.interface import Views
@@ -146,20 +146,20 @@ def make_call(prior: str, comp, cn, tiny: bool, device):
         guid = StableDiffusionGuidance(
             comp, prompt="a panda, 8k, good quality", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.2, 0.6), weight=1.0, view_dependent=True,
-            image_size=64 if tiny else 512,
+            image_size=64 if tiny else 512, checkpoint_encoder=vae_checkpoint,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[30.0]], [[0.0]])
     elif prior == "zero123":
         guid = Zero123Guidance(
             comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
-            reference=torch.rand(1, 3, 256, 256, device=device),
+            reference=torch.rand(1, 3, 256, 256, device=device), checkpoint_encoder=vae_checkpoint,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[60.0]], [[0.0]])
     elif prior == "video":
         guid = VideoGuidance(
             comp, prompt="a panda is dancing", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.02, 0.98), weight=1.0, vae_grad_frames=0,
-            upstream_view_text=False, image_size=64 if tiny else None,
+            upstream_view_text=False, image_size=64 if tiny else None, checkpoint_encoder=vae_checkpoint,
         )  # fmt: skip
         views = Views.from_relative(0.0, torch.linspace(0.0, 45.0, frames)[None], 0.0)
     else:
@@ -167,7 +167,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device):
             comp, cn, prompt="a panda is dancing", negative_prompt="",
             controlnet_prompt="best quality, high resolution", image_size=64 if tiny else 1024,
             guidance_scale=7.5, cfg_mode="upstream", t_range=(0.2, 0.8), target="x0", weight=1.0,
-            frames="even:2", upstream_view_text=False,
+            frames="even:2", upstream_view_text=False, checkpoint_encoder=vae_checkpoint,
         )  # fmt: skip
         cond = torch.rand(shape, device=device)
         views = Views.from_relative(0.0, torch.zeros(1, frames), 0.0, condition=cond)
@@ -206,7 +206,7 @@ def bench_prior(prior: str, args, device) -> dict:
     else:
         comp, cn = build_full(prior, Path(args.configs), device, torch.float16)
     build_s = time.perf_counter() - t_build
-    guid, call = make_call(prior, comp, cn, args.tiny, device)
+    guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint)
     apply_options(guid, args.compile, args.channels_last)
     weights_mb = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
     for _ in range(args.warmup):
@@ -254,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets / ControlNet")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--vae-checkpoint",
+        action="store_true",
+        help="recompute the VAE encoder in backward (run.vae_checkpoint)",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
     args = p.parse_args(argv)
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny": args.tiny,
         "compile": args.compile,
         "channels_last": args.channels_last,
+        "vae_checkpoint": args.vae_checkpoint,
         "dtype": "float32" if args.tiny else "float16",
     }
     print(

@@ -49,6 +49,7 @@ def make_sd(components, **overrides):
         t_range=(0.2, 0.6),
         weight=1.0,
         view_dependent=True,
+        checkpoint_encoder=False,
     )
     return StableDiffusionGuidance(components, **{**kw, **overrides})
 
@@ -56,7 +57,9 @@ def make_sd(components, **overrides):
 def make_zero123(components, **overrides):
     from animate124.guidance.zero123 import Zero123Guidance
 
-    kw = dict(guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0)
+    kw = dict(
+        guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0, checkpoint_encoder=False
+    )
     return Zero123Guidance(components, **{**kw, **overrides})
 
 
@@ -72,6 +75,7 @@ def make_video(components, **overrides):
         weight=1.0,
         vae_grad_frames=0,
         upstream_view_text=False,
+        checkpoint_encoder=False,
     )
     return VideoGuidance(components, **{**kw, **overrides})
 
@@ -91,6 +95,7 @@ def make_controlnet(sd_components, controlnet, **overrides):
         weight=1.0,
         frames="even:2",
         upstream_view_text=False,
+        checkpoint_encoder=False,
     )
     return ControlNetGuidance(sd_components, controlnet, **{**kw, **overrides})
 

@@ -214,10 +214,32 @@ def test_library_constructors_have_no_defaults_for_configured_values():
     from animate124.stages import system
 
     configured = {
-        StableDiffusionGuidance: ("guidance_scale", "cfg_mode", "t_range", "weight", "view_dependent"),
-        Zero123Guidance: ("guidance_scale", "cfg_mode", "t_range", "weight"),
-        VideoGuidance: ("guidance_scale", "cfg_mode", "t_range", "weight", "vae_grad_frames"),
-        ControlNetGuidance: ("image_size", "guidance_scale", "t_range", "target", "weight", "frames"),
+        StableDiffusionGuidance: (
+            "guidance_scale",
+            "cfg_mode",
+            "t_range",
+            "weight",
+            "view_dependent",
+            "checkpoint_encoder",
+        ),
+        Zero123Guidance: ("guidance_scale", "cfg_mode", "t_range", "weight", "checkpoint_encoder"),
+        VideoGuidance: (
+            "guidance_scale",
+            "cfg_mode",
+            "t_range",
+            "weight",
+            "vae_grad_frames",
+            "checkpoint_encoder",
+        ),
+        ControlNetGuidance: (
+            "image_size",
+            "guidance_scale",
+            "t_range",
+            "target",
+            "weight",
+            "frames",
+            "checkpoint_encoder",
+        ),
         StaticField: ("hidden_dim", "num_layers", "blob_density", "blob_radius", "backend"),
         DynamicField: ("time_grid_size", "hidden_dim", "num_layers", "blob_density", "blob_radius"),
         GridEncodingConfig: (

@@ -117,6 +117,35 @@ def latent_scaling(vae: AutoencoderKL) -> float:
     return float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE) or SD_LATENT_SCALE)
 
 
+def encoder_moments(vae: AutoencoderKL, x: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
+    """``[N, 2C, h, w]`` posterior parameters (mean ‖ log-variance) of ``vae.encode(x)``, ``x`` in [−1, 1].
+
+    ``checkpoint=True`` (only acts with grad enabled and ``x`` requiring grad): every image is its own
+    activation-checkpoint segment (``torch.utils.checkpoint``, non-reentrant), so the encoder keeps only its
+    input for backward, and backward re-runs it one image at a time. Same values and gradients as encoding
+    the images one by one without it (the encoder is deterministic and treats images independently); the
+    memory held for backward drops from all images' encoder activations to one image's, for one more
+    encoder forward per image (issue 12; ``run.vae_checkpoint``).
+    """
+
+    def moments(xi: torch.Tensor) -> torch.Tensor:
+        return vae.encode(xi).latent_dist.parameters
+
+    if not (checkpoint and torch.is_grad_enabled() and x.requires_grad):
+        return moments(x)
+    from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+    parts = [activation_checkpoint(moments, x[i : i + 1], use_reentrant=False) for i in range(x.shape[0])]
+    return torch.cat(parts)
+
+
+def posterior(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` of the diagonal Gaussian from :func:`encoder_moments` (diffusers'
+    ``DiagonalGaussianDistribution``: log-variance clamped to [−30, 20], ``std = exp(logvar/2)``)."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+
+
 def encode_latents(
     vae: AutoencoderKL,
     x01: torch.Tensor,
@@ -124,6 +153,7 @@ def encode_latents(
     sample: bool = True,
     scale: bool = True,
     generator: torch.Generator | None = None,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """VAE-encode images WITH grad: ``z = s · E(2x − 1)``.
 
@@ -132,18 +162,21 @@ def encode_latents(
         sample: posterior ``sample()`` (upstream SDS, SPEC 3.7-2) or ``mode()`` (mean).
         scale: multiply by the latent scaling factor ``s`` (0.18215); Zero123's ``c_concat`` is unscaled.
         generator: draws the posterior sample; the draw is ``mean + std · randn`` with the generator's
-            device, so a CPU generator works for CUDA models and tests can reproduce it.
+            device, so a CPU generator works for CUDA models and tests can reproduce it. It is drawn outside
+            the encoder, so activation checkpointing never re-draws it.
+        checkpoint: recompute the encoder in backward image by image instead of keeping its activations
+            (:func:`encoder_moments`).
 
     Returns:
         ``[N, 4, H/8, W/8]`` latents in the VAE dtype, differentiable w.r.t. ``x01``.
     """
     dtype = module_dtype(vae)
-    dist = vae.encode(x01.to(dtype) * 2.0 - 1.0).latent_dist
+    mean, std = posterior(encoder_moments(vae, x01.to(dtype) * 2.0 - 1.0, checkpoint=checkpoint))
     if sample:
-        eps = torch.randn(dist.mean.shape, generator=generator, device=_gen_device(generator, dist.mean))
-        z = dist.mean + dist.std * eps.to(device=dist.mean.device, dtype=dist.mean.dtype)
+        eps = torch.randn(mean.shape, generator=generator, device=_gen_device(generator, mean))
+        z = mean + std * eps.to(device=mean.device, dtype=mean.dtype)
     else:
-        z = dist.mode()
+        z = mean
     return z * latent_scaling(vae) if scale else z
 
 

@@ -111,7 +111,7 @@ class ControlNetGuidance:
         frames: ``"even:N"`` (``refine.frames`` = N), ``"all"`` or indices (see :func:`select_frames`).
         upstream_view_text: view-interpolated UNet text for static-camera clips, as upstream (SPEC 11.6).
         conditioning_scale: ControlNet residual scale (1.0).
-        latent_mode / use_xformers: as for the SD prior.
+        latent_mode / use_xformers / checkpoint_encoder: as for the SD prior.
         learned_token: ``(token, vector [D])`` of the textual inversion, loaded before the prompt is
             encoded (the prompt's ``<token>`` needs it).
     """
@@ -138,6 +138,7 @@ class ControlNetGuidance:
         conditioning_scale: float = 1.0,
         latent_mode: str = "sample",
         use_xformers: bool = False,
+        checkpoint_encoder: bool,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         if target not in ("x0", "sds"):
@@ -148,6 +149,7 @@ class ControlNetGuidance:
         self.controlnet = controlnet
         freeze(self.vae, self.unet, sd_components.text_encoder, self.controlnet)
         maybe_enable_xformers([self.unet, self.vae, self.controlnet], use_xformers)
+        self.checkpoint_encoder = bool(checkpoint_encoder)
         self.image_size = int(image_size)
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -225,7 +227,9 @@ class ControlNetGuidance:
         n = len(idx)
         size = (self.image_size, self.image_size)
         x = resize(images[0, idx].to(module_dtype(self.vae)), size)
-        z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
+        z = encode_latents(
+            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+        )
         t, noise = timesteps_and_noise(z, t, noise, 1, self.t_range, self.num_train_timesteps, generator)
         t = t.expand(n).clone()  # one t shared by the frames (SPEC 6)
 

@@ -58,6 +58,8 @@ class StableDiffusionGuidance:
         image_size: SD input size; None = ``unet.config.sample_size × VAE factor`` (512 for SD 1.5).
         latent_mode: ``"sample"`` (upstream) or ``"mode"`` of the VAE posterior.
         use_xformers: xformers attention if installed (default PyTorch SDPA).
+        checkpoint_encoder: recompute the VAE encoder in backward image by image instead of keeping
+            its activations (``run.vae_checkpoint``; same gradients, less memory).
         learned_token: ``(token, vector [D])`` of a textual inversion, loaded before the prompt is
             encoded, so that the prompt may contain ``<token>``.
     """
@@ -79,6 +81,7 @@ class StableDiffusionGuidance:
         image_size: int | None = None,
         latent_mode: str = "sample",
         use_xformers: bool = False,
+        checkpoint_encoder: bool,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         self.vae = components.vae
@@ -86,6 +89,7 @@ class StableDiffusionGuidance:
         self.scheduler = components.scheduler
         freeze(self.vae, self.unet, components.text_encoder)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
+        self.checkpoint_encoder = bool(checkpoint_encoder)
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -142,7 +146,9 @@ class StableDiffusionGuidance:
         views.check(images)
         n = b * tt
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
-        z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
+        z = encode_latents(
+            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+        )
         t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 
         return text_sds_output(self, z, noise, t, views)

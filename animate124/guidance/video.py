@@ -27,11 +27,13 @@ from animate124.errors import InputError
 from animate124.guidance.common import (
     alphas_cumprod_of,
     check_images,
+    encoder_moments,
     freeze,
     latent_scaling,
     maybe_enable_xformers,
     module_dtype,
     num_train_timesteps_of,
+    posterior,
     randn_like,
     resize,
     text_sds_output,
@@ -64,6 +66,8 @@ class VideoGuidance:
             (``dynamic.upstream_view_text``, SPEC 11.6).
         image_size: per-frame input size ``(H, W)`` or an int; None = ``components.native_size``.
         encode_chunk: frames per VAE call (memory/speed trade-off; no effect on the result).
+        checkpoint_encoder: keep no VAE-encoder activations for backward; recompute them frame by frame
+            (``run.vae_checkpoint``; same gradients, less memory; ``common.encoder_moments``).
         latent_mode / use_xformers: as for the SD prior.
     """
 
@@ -86,12 +90,14 @@ class VideoGuidance:
         encode_chunk: int = 8,
         latent_mode: str = "sample",
         use_xformers: bool = False,
+        checkpoint_encoder: bool,
     ) -> None:
         self.vae = components.vae
         self.unet = components.unet
         self.scheduler = components.scheduler
         freeze(self.vae, self.unet, components.text_encoder)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
+        self.checkpoint_encoder = bool(checkpoint_encoder)
         size = components.native_size if image_size is None else image_size
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.guidance_scale = float(guidance_scale)
@@ -161,8 +167,9 @@ class VideoGuidance:
             for i in range(0, len(idx), self.encode_chunk):
                 sel = idx[i : i + self.encode_chunk]
                 with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-                    dist = self.vae.encode(x[sel] * 2.0 - 1.0).latent_dist
-                    zi = dist.mean + dist.std * e[sel].to(dist.mean.dtype) if e is not None else dist.mode()
+                    ckpt = self.checkpoint_encoder and with_grad
+                    mean, std = posterior(encoder_moments(self.vae, x[sel] * 2.0 - 1.0, checkpoint=ckpt))
+                    zi = mean + std * e[sel].to(mean.dtype) if e is not None else mean
                     zi = zi * s
                 for k, j in enumerate(sel):
                     parts[j] = zi[k]

@@ -160,6 +160,8 @@ class Zero123Guidance:
         c_concat_mode: ``"mode"`` (default, original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
         latent_mode: posterior ``"sample"`` (upstream) or ``"mode"`` for the render latents.
         use_xformers: xformers attention if installed.
+        checkpoint_encoder: recompute the VAE encoder in backward image by image instead of keeping
+            its activations (``run.vae_checkpoint``; same gradients, less memory).
         generator: draws the reference's ``c_concat`` posterior sample (``c_concat_mode="sample"``).
     """
 
@@ -180,6 +182,7 @@ class Zero123Guidance:
         c_concat_mode: str = "mode",
         latent_mode: str = "sample",
         use_xformers: bool = False,
+        checkpoint_encoder: bool,
         generator: torch.Generator | None = None,
     ) -> None:
         self.vae = components.vae
@@ -189,6 +192,7 @@ class Zero123Guidance:
         self.scheduler = components.scheduler
         freeze(self.vae, self.unet, self.image_encoder, self.projection)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
+        self.checkpoint_encoder = bool(checkpoint_encoder)
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -266,7 +270,9 @@ class Zero123Guidance:
         n = b * tt
 
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
-        z = encode_latents(self.vae, x, sample=self.latent_sample, generator=generator)
+        z = encode_latents(
+            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+        )
         t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 
         udtype = module_dtype(self.unet)

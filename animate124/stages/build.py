@@ -324,6 +324,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
         t_range=s.sd_t_range,
         weight=s.sd_weight,
         view_dependent=s.view_dependent_text,
+        checkpoint_encoder=cfg.run.vae_checkpoint,
     )
 
 
@@ -341,6 +342,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
         t_range=sec.zero123_t_range,
         weight=sec.zero123_weight,
         reference=reference.to(device),
+        checkpoint_encoder=cfg.run.vae_checkpoint,
     )
 
 
@@ -363,6 +365,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
         weight=d.video_weight,
         vae_grad_frames=d.vae_grad_frames,
         upstream_view_text=d.upstream_view_text,
+        checkpoint_encoder=cfg.run.vae_checkpoint,
     )
 
 
@@ -393,6 +396,7 @@ def build_controlnet_guidance(
         frames=frame_selection(r.frames),
         upstream_view_text=cfg.dynamic.upstream_view_text,
         learned_token=token,
+        checkpoint_encoder=cfg.run.vae_checkpoint,
     )
 
 

@@ -1,0 +1,118 @@
+"""Memory the priors' VAE encoder keeps for backward, with and without ``run.vae_checkpoint`` (issue 12).
+
+Builds the full-size VAE of each prior from its real config (random weights; ``--configs``, the
+``hf-configs`` folder) and encodes a batch of images with grad, as the stages do (dynamic: 16 frames at
+ModelScope's 256²; refine: ControlNet's 2 frames at 1024²; static: SD's 1 image at 512²). Reports:
+
+* ``saved_mib``: bytes autograd keeps for backward after the forward (``saved_tensors_hooks``; parameters
+  excluded). Device-independent; on the CPU it is the float32 count, half of it in fp16.
+* on CUDA also the peak allocated memory and the time of forward + backward (CUDA events).
+
+    python benchmarks/vae_memory.py --configs .device/hf-configs --out /tmp/vae_memory.json     # CPU: counts
+    python benchmarks/vae_memory.py --configs .device/hf-configs --device cuda --out OUT.json    # GPU: + peak
+    python benchmarks/vae_memory.py --configs .device/hf-configs --cases sd:1:64 --out /tmp/v.json  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from animate124.guidance.common import encoder_moments  # noqa: E402
+
+#: case name -> (config folder, images, side)
+CASES = {
+    "video": ("ali-vilab--text-to-video-ms-1.7b/vae", 16, 256),  # dynamic/refine: ModelScope, 16 × 256²
+    "controlnet": ("stable-diffusion-v1-5--stable-diffusion-v1-5/vae", 2, 1024),  # refine: 2 × 1024²
+    "sd": ("stable-diffusion-v1-5--stable-diffusion-v1-5/vae", 1, 512),  # static: SD 1.5, 1 × 512²
+}
+
+
+def saved_bytes(fn) -> tuple[torch.Tensor, int]:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(t, torch.nn.Parameter):
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+def measure(vae, n: int, side: int, checkpoint: bool, device: torch.device, dtype: torch.dtype) -> dict:
+    x = torch.rand(n, 3, side, side, device=device, dtype=dtype).requires_grad_(True)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    m, saved = saved_bytes(lambda: encoder_moments(vae, x * 2 - 1, checkpoint=checkpoint))
+    m.float().square().mean().backward()
+    out = {"checkpoint": checkpoint, "images": n, "side": side, "saved_mib": saved / 2**20}
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        out["ms"] = start.elapsed_time(end)
+        out["peak_over_base_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", type=Path, default=REPO.parent / "shared" / "data" / "hf-configs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--cases", default="video,controlnet,sd", help="names from CASES, or NAME:IMAGES:SIDE to override"
+    )
+    p.add_argument("--repeats", type=int, default=2, help="CUDA: timed repeats (the first is a warm-up)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    from diffusers import AutoencoderKL
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    results = []
+    for spec in args.cases.split(","):
+        name, *over = spec.split(":")
+        folder, n, side = CASES[name]
+        if over:
+            n, side = int(over[0]), int(over[1])
+        cfg = json.loads((args.configs / folder / "config.json").read_text())
+        vae = AutoencoderKL.from_config(cfg).to(device, dtype).requires_grad_(False)
+        for ck in (False, True):
+            reps = [
+                measure(vae, n, side, ck, device, dtype)
+                for _ in range(args.repeats if device.type == "cuda" else 1)
+            ]
+            r = {"case": name, **reps[-1]}
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        del vae
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return {"meta": meta, "results": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""``run.vae_checkpoint`` (issue 12): the priors' VAE encoder recomputed in backward, one image at a time.
+
+It must compute the same function as the plain path: the same latents and the same image gradients (on
+the tiny factory models, CPU), for the encoder alone and through each of the four priors, while keeping
+far fewer bytes for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_guidance import (
+    assert_grad_close,
+    make_controlnet,
+    make_sd,
+    make_video,
+    make_zero123,
+    still_views,
+)
+
+from animate124.guidance.common import encode_latents, encoder_moments, posterior
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    from animate124.models.testing import tiny_store
+
+    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="module")
+def sd(store):
+    from animate124.models.loaders import load_sd
+
+    return load_sd(store)
+
+
+def _saved_bytes(fn) -> tuple[torch.Tensor, int]:
+    """Run ``fn`` and count the bytes autograd keeps for backward (parameters excluded)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(t, torch.nn.Parameter):
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+def test_encoder_checkpoint_same_moments_and_gradients_less_memory(sd) -> None:
+    vae = sd.vae
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1).requires_grad_(True)
+    w = torch.randn(4, 8, 4, 4, generator=gen)  # a fixed upstream gradient
+
+    def run(checkpoint: bool, per_image: bool):
+        x.grad = None
+        if per_image and not checkpoint:
+            fn = lambda: torch.cat([encoder_moments(vae, x[i : i + 1]) for i in range(4)])  # noqa: E731
+        else:
+            fn = lambda: encoder_moments(vae, x, checkpoint=checkpoint)  # noqa: E731
+        m, saved = _saved_bytes(fn)
+        (m * w).sum().backward()
+        return m.detach(), x.grad.clone(), saved
+
+    m_ck, g_ck, saved_ck = run(True, False)
+    m_one, g_one, saved_one = run(False, True)
+    m_all, g_all, _ = run(False, False)
+    # the same per-image computation, recomputed: bit-identical
+    assert torch.equal(m_ck, m_one) and torch.equal(g_ck, g_one)
+    # the batched plain path differs only by float32 summation order
+    assert torch.allclose(m_ck, m_all, atol=1e-5)
+    assert_grad_close(g_ck, g_all)
+    assert saved_ck * 8 < saved_one, (saved_ck, saved_one)
+    # without grad (or an input that needs none) it is the plain call
+    with torch.no_grad():
+        assert torch.equal(
+            encoder_moments(vae, x.detach(), checkpoint=True), encoder_moments(vae, x.detach())
+        )
+
+
+def test_posterior_is_diffusers_diagonal_gaussian(sd) -> None:
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        dist = sd.vae.encode(x).latent_dist
+        mean, std = posterior(encoder_moments(sd.vae, x))
+    assert torch.equal(mean, dist.mean) and torch.equal(std, dist.std) and torch.equal(mean, dist.mode())
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_encode_latents_checkpoint_draws_the_same_posterior_sample(sd, sample: bool) -> None:
+    x = torch.rand(3, 3, 32, 32).requires_grad_(True)
+    outs = []
+    for ck in (False, True):
+        x.grad = None
+        z = encode_latents(
+            sd.vae, x, sample=sample, generator=torch.Generator().manual_seed(7), checkpoint=ck
+        )
+        z.square().sum().backward()
+        outs.append((z.detach(), x.grad.clone()))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert_grad_close(outs[1][1], outs[0][1])
+
+
+def test_every_prior_same_loss_and_gradient_with_encoder_checkpoint(store, sd) -> None:
+    from animate124.models.loaders import load_controlnet, load_video, load_zero123
+
+    zero123, video, cn = load_zero123(store), load_video(store), load_controlnet(store)
+    frames = 4
+    gen = torch.Generator().manual_seed(3)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
+    ref = torch.rand(1, 3, 32, 32, generator=gen)
+    builders = {
+        "sd": lambda ck: make_sd(sd, checkpoint_encoder=ck),
+        "zero123": lambda ck: make_zero123(zero123, reference=ref, checkpoint_encoder=ck),
+        "video": lambda ck: make_video(video, checkpoint_encoder=ck),
+        "controlnet": lambda ck: make_controlnet(sd, cn, checkpoint_encoder=ck),
+    }
+    images0 = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    for name, build in builders.items():
+        res = []
+        for ck in (False, True):
+            prior = build(ck)
+            images = images0.clone().requires_grad_(True)
+            out = prior(images, views, step=0, generator=torch.Generator().manual_seed(11))
+            loss = out.losses[prior.loss_key]
+            loss.backward()
+            res.append((float(loss.detach()), images.grad.clone()))
+        assert res[0][0] == pytest.approx(res[1][0], rel=1e-5, abs=1e-7), name
+        assert_grad_close(res[1][1], res[0][1])
