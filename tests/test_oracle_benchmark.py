@@ -65,3 +65,21 @@ def test_kill_resume_mode(shared_data, tmp_path):
     assert 0 < k["resumed_from_step"] <= k["killed_after_step"]
     assert abs(k["psnr_diff"]) <= 0.2 and k["within_0.2dB"] is True
     assert json.loads(out.read_text())["kill_resume"]["psnr"] == k["psnr"]
+
+
+@pytest.mark.slow
+def test_checkpointed_normals_train_the_same_stages(shared_data, tmp_path):
+    """``raymarch.checkpoint_normals`` computes the same function: both real stages, driven by the oracles
+    on the real data, end with bit-identical losses and test PSNR (issue 12's equivalence through a stage)."""
+    _need(shared_data)
+    b = _bench()
+    runs = {}
+    for ck in ("false", "true"):
+        out = tmp_path / f"oracle_{ck}.json"
+        argv = ["--smoke", "--device", "cpu", "--data-root", str(shared_data), "--out", str(out),
+                "--steps", "4", "--dynamic-steps", "4", "--set", f"raymarch.checkpoint_normals={ck}"]  # fmt: skip
+        runs[ck] = b.main(argv)
+    for stage in ("static", "dynamic"):
+        a, c = runs["false"][stage], runs["true"][stage]
+        assert a["psnr"] == c["psnr"], stage
+        assert a["trainer"]["final_losses"] == c["trainer"]["final_losses"], stage

@@ -412,3 +412,58 @@ def test_light_per_frame_of_a_clip():
     torch.testing.assert_close(flat.rgb, out.rgb)
     with pytest.raises(RenderError):
         render(f, cams, times, shading="lambertian", light_dir=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("chunk", [None, 97])
+def test_checkpoint_normals_same_render_and_gradients_less_memory(chunk):
+    """``checkpoint_normals`` recomputes the normals in backward: the same images, normals and parameter
+    gradients as the plain path with the same pieces, far fewer bytes kept for backward."""
+    from helpers_grid import field_kwargs, paper_grid_config
+
+    from animate124.render import renderer
+    from animate124.scene import fields
+
+    cfg = paper_grid_config(log2_table_size=10, desired_resolution=64)
+    torch.manual_seed(0)
+    dyn = fields.DynamicField(cfg, time_grid_size=4, backend="torch", **field_kwargs())
+    cams = Cameras.cat([orbit_cameras(2, height=8, width=8)[0]] * 3)
+    times = torch.tensor([[0.0, 0.4, 1.0]])
+    if chunk is None:  # the default segment must split this render into several pieces
+        renderer_segment = renderer.CHECKPOINT_SEGMENT
+        renderer.CHECKPOINT_SEGMENT = 101
+    results = []
+    try:
+        for ck in (False, True):
+            dyn.zero_grad(set_to_none=True)
+            saved = 0
+
+            def pack(t: Tensor) -> Tensor:
+                nonlocal saved
+                if not isinstance(t, nn.Parameter):
+                    saved += t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = render(
+                    dyn, cams, times, shading="lambertian", compute_normals=True, max_steps=64,
+                    chunk=chunk if chunk is not None else (101 if not ck else None), checkpoint_normals=ck,
+                )  # fmt: skip
+            (out.rgb.square().mean() + out.orientation.mean() + out.normal.mean()).backward()
+            grads = [p.grad.clone() for p in dyn.parameters()]
+            results.append((out.rgb.detach(), out.normal.detach(), grads, saved, out.num_samples))
+    finally:
+        if chunk is None:
+            renderer.CHECKPOINT_SEGMENT = renderer_segment
+    (rgb0, nrm0, g0, saved0, m), (rgb1, nrm1, g1, saved1, _) = results
+    assert m > 300  # several pieces
+    assert torch.equal(nrm0, nrm1)
+    if chunk is not None:  # the same pieces everywhere: bit-identical
+        assert torch.equal(rgb0, rgb1)
+        for a, b in zip(g0, g1, strict=True):
+            assert torch.equal(a, b)
+    else:  # the plain path also split the colour/density call (into 101s): float32 summation order only
+        assert torch.allclose(rgb0, rgb1, atol=1e-6)
+        for a, b in zip(g0, g1, strict=True):
+            assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+    assert any(g.abs().sum() > 0 for g in g1)
+    assert saved1 * 3 < saved0, (saved1, saved0)

@@ -168,7 +168,16 @@ class RaymarchConfig:
         "Reproduce SPEC 11.2: every 4D occupancy slot refreshed at t=0.5 after loading the static model.",
     )
     chunk: int = opt(
-        0, "Samples per field call in training renders (0 = all at once; lower it to save memory).", min=0
+        0,
+        "Samples per field call in training renders (0 = all at once). Bounds one call's transient memory; "
+        "with checkpoint_normals it is also the recompute segment.",
+        min=0,
+    )
+    checkpoint_normals: bool = opt(
+        False,
+        "Keep no activations of the six density evaluations behind each sample's normal; recompute them in "
+        "backward (same gradients, less memory, a slower step).",
+        nohash=True,
     )
 
 

@@ -91,14 +91,38 @@ def _eval_field(field: FieldLike, x: Tensor, t: Tensor | None, chunk: int | None
     return torch.cat(sig), torch.cat(alb)
 
 
-def _eval_normals(field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None) -> Tensor:
-    if chunk is None or x.shape[0] <= chunk:
-        return field.normals(x, t, eps=eps).float()
+#: samples per activation-checkpoint segment of the normals when ``chunk`` is not set
+CHECKPOINT_SEGMENT = 2**18
+
+
+def _eval_normals(
+    field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None, checkpoint: bool = False
+) -> Tensor:
+    """``field.normals`` over ``chunk``-sized pieces; with ``checkpoint`` (and grad enabled) every piece is an
+    activation-checkpoint segment (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None): the six density
+    evaluations keep nothing for backward but their inputs and are re-run piece by piece in backward.
+    Same values and gradients as the same pieces without it (``raymarch.checkpoint_normals``)."""
+
+    def normals(xi: Tensor, ti: Tensor | None) -> Tensor:
+        return field.normals(xi, ti, eps=eps).float()
+
+    n = x.shape[0]
+    if checkpoint and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+        seg = chunk or CHECKPOINT_SEGMENT
+        return torch.cat(
+            [
+                activation_checkpoint(
+                    normals, x[i : i + seg], None if t is None else t[i : i + seg], use_reentrant=False
+                )
+                for i in range(0, n, seg)
+            ]
+        )
+    if chunk is None or n <= chunk:
+        return normals(x, t)
     return torch.cat(
-        [
-            field.normals(x[i : i + chunk], None if t is None else t[i : i + chunk], eps=eps).float()
-            for i in range(0, x.shape[0], chunk)
-        ]
+        [normals(x[i : i + chunk], None if t is None else t[i : i + chunk]) for i in range(0, n, chunk)]
     )
 
 
@@ -124,10 +148,12 @@ def render_rays(
     normal_eps: float = 0.01,
     chunk: int | None = None,
     bound: float | None = None,
+    checkpoint_normals: bool = False,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
-    ``chunk`` bounds the samples per field call (None = one call)."""
+    ``chunk`` bounds the samples per field call (None = one call). ``checkpoint_normals`` recomputes the
+    normals' six density evaluations in backward instead of keeping their activations (same result)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -157,7 +183,9 @@ def render_rays(
     normals = None
     if need_normals:
         normals = (
-            _eval_normals(field, pk.positions, ts, normal_eps, chunk) if m > 0 else origins.new_zeros(0, 3)
+            _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
+            if m > 0
+            else origins.new_zeros(0, 3)
         )
     dirs_unit = torch.nn.functional.normalize(dirs.float(), dim=-1)
     if shading == "albedo":
@@ -244,6 +272,7 @@ def render(
     delta_mode: str = "metric",
     t_thresh: float = 1e-4,
     ray_chunk: int | None = None,
+    checkpoint_normals: bool = False,
 ) -> RenderOutput:
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
@@ -252,7 +281,7 @@ def render(
     moving camera's light follows it, ``l_f = normalize(origin_f + n)``, SPEC 3.1) or None. ``ray_noise_scale`` is the
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
-    samples per field call.
+    samples per field call; ``checkpoint_normals``: see :func:`render_rays`.
     """
     n = len(cameras)
     if times is None:
@@ -308,6 +337,7 @@ def render(
         compute_normals=compute_normals,
         normal_eps=normal_eps,
         chunk=chunk,
+        checkpoint_normals=checkpoint_normals,
     )
     r = origins.shape[0]
     step = r if ray_chunk is None else max(1, int(ray_chunk))

@@ -166,6 +166,7 @@ def ray_settings(cfg: Config) -> Any:
         normal_eps=r.normal_eps,
         delta_mode="metric" if r.metric_step else "upstream",
         chunk=r.chunk or None,
+        checkpoint_normals=r.checkpoint_normals,
     )
 
 

@@ -67,6 +67,7 @@ class RaySettings:
     normal_eps: float
     delta_mode: str
     chunk: int | None
+    checkpoint_normals: bool
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ class NerfSystem:
             min_near=r.min_near,
             delta_mode=r.delta_mode,
             t_thresh=r.transmittance_thresh,
+            checkpoint_normals=r.checkpoint_normals,
         )
 
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
