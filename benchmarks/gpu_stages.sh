@@ -2,6 +2,7 @@
 # One GPU call for the training stages (issues 8 and 9): GPU tests, the grid encoder before/after the
 # package split, then every stage through the CLI with FULL-SIZE random-weight priors at paper settings.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_stages.sh OUTDIR [STEPS]
+# EXTRA_SETS='--set run.vae_checkpoint=false ...' adds config overrides to every stage (memory options, issue 12).
 # Expects .device/wheels (diffusers, platformdirs, importlib_metadata, zipp), .device/hf-configs and, for
 # the before/after grid timing, the old tree in .device/old (git archive fd850a6 animate124 benchmarks ...).
 set -uo pipefail
@@ -41,7 +42,8 @@ el "stages through the CLI, paper settings, $STEPS steps each"
 SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
       --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth
       --set invert.steps=20 --set static.iters=$STEPS --set static.known_iters=0
-      --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0"
+      --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0
+      ${EXTRA_SETS:-}"
 (cd $W/run && timeout ${STAGE_TIMEOUT:-400} $A124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
    --until refine --json $SETS > "$OUT/run_all.json" 2> "$OUT/run_all.err"); echo "exit $?"
 tail -5 "$OUT/run_all.err"
