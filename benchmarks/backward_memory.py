@@ -30,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from animate124.engine.timing import kept_for_backward  # noqa: E402
 from animate124.guidance.common import encoder_moments  # noqa: E402
 
 #: case name -> (config folder, images, side)
@@ -39,20 +40,6 @@ CASES = {
     "sd": ("stable-diffusion-v1-5--stable-diffusion-v1-5/vae", 1, 512),  # static: SD 1.5, 1 × 512²
     "render": ("", 16, 128),  # dynamic: the paper's 4D field, 16 × 128² clip with normals
 }
-
-
-def saved_bytes(fn) -> tuple[torch.Tensor, int]:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        if not isinstance(t, torch.nn.Parameter):
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total
 
 
 def measure(vae, n: int, side: int, checkpoint: bool, device: torch.device, dtype: torch.dtype) -> dict:
@@ -65,7 +52,7 @@ def measure(vae, n: int, side: int, checkpoint: bool, device: torch.device, dtyp
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
-    m, saved = saved_bytes(lambda: encoder_moments(vae, x * 2 - 1, checkpoint=checkpoint))
+    m, saved = kept_for_backward(lambda: encoder_moments(vae, x * 2 - 1, checkpoint=checkpoint))
     m.float().square().mean().backward()
     out = {"checkpoint": checkpoint, "images": n, "side": side, "saved_mib": saved / 2**20}
     if cuda:
@@ -105,7 +92,7 @@ def measure_render(frames: int, side: int, checkpoint: bool, device: torch.devic
     t0 = time.perf_counter()
     amp = torch.autocast(device.type, dtype=torch.float16, enabled=cuda)
     with amp:
-        out, saved = saved_bytes(
+        out, saved = kept_for_backward(
             lambda: render(
                 field, cams, times, shading="lambertian", compute_normals=True, occupancy=occ, perturb=True,
                 max_steps=cfg.raymarch.max_steps, checkpoint_normals=checkpoint,

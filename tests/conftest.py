@@ -52,3 +52,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny factory models of every role in one store (built once per session, offline); modules that
+    need another store define their own ``store``."""
+    from animate124.models.testing import tiny_store
+
+    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")

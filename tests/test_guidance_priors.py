@@ -32,13 +32,6 @@ from animate124.render.cameras import camera_from_spherical, reference_camera
 S = 0.18215
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    from animate124.models.testing import tiny_store
-
-    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
-
-
 @pytest.fixture(scope="module")
 def sd(store):
     from animate124.models.loaders import load_sd

@@ -16,13 +16,6 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "animate
 UPSTREAM = ["panda-dance", "fox-game", "astronaut-horse", "space-shuttle", "tiger-guitar"]
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    from animate124.models.testing import tiny_store
-
-    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
-
-
 def _sd(store):
     from animate124.models.loaders import load_sd
 

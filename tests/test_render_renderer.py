@@ -420,6 +420,7 @@ def test_checkpoint_normals_same_render_and_gradients_less_memory(chunk):
     gradients as the plain path with the same pieces, far fewer bytes kept for backward."""
     from helpers_grid import field_kwargs, paper_grid_config
 
+    from animate124.engine.timing import kept_for_backward
     from animate124.render import renderer
     from animate124.scene import fields
 
@@ -435,19 +436,12 @@ def test_checkpoint_normals_same_render_and_gradients_less_memory(chunk):
     try:
         for ck in (False, True):
             dyn.zero_grad(set_to_none=True)
-            saved = 0
-
-            def pack(t: Tensor) -> Tensor:
-                nonlocal saved
-                if not isinstance(t, nn.Parameter):
-                    saved += t.numel() * t.element_size()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = render(
+            out, saved = kept_for_backward(
+                lambda ck=ck: render(
                     dyn, cams, times, shading="lambertian", compute_normals=True, max_steps=64,
                     chunk=chunk if chunk is not None else (101 if not ck else None), checkpoint_normals=ck,
-                )  # fmt: skip
+                )
+            )  # fmt: skip
             (out.rgb.square().mean() + out.orientation.mean() + out.normal.mean()).backward()
             grads = [p.grad.clone() for p in dyn.parameters()]
             results.append((out.rgb.detach(), out.normal.detach(), grads, saved, out.num_samples))

@@ -18,14 +18,8 @@ from helpers_guidance import (
     still_views,
 )
 
+from animate124.engine.timing import kept_for_backward
 from animate124.guidance.common import encode_latents, encoder_moments, posterior
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    from animate124.models.testing import tiny_store
-
-    return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +27,6 @@ def sd(store):
     from animate124.models.loaders import load_sd
 
     return load_sd(store)
-
-
-def _saved_bytes(fn) -> tuple[torch.Tensor, int]:
-    """Run ``fn`` and count the bytes autograd keeps for backward (parameters excluded)."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        if not isinstance(t, torch.nn.Parameter):
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total
 
 
 def test_encoder_checkpoint_same_moments_and_gradients_less_memory(sd) -> None:
@@ -62,7 +41,7 @@ def test_encoder_checkpoint_same_moments_and_gradients_less_memory(sd) -> None:
             fn = lambda: torch.cat([encoder_moments(vae, x[i : i + 1]) for i in range(4)])  # noqa: E731
         else:
             fn = lambda: encoder_moments(vae, x, checkpoint=checkpoint)  # noqa: E731
-        m, saved = _saved_bytes(fn)
+        m, saved = kept_for_backward(fn)
         (m * w).sum().backward()
         return m.detach(), x.grad.clone(), saved
 

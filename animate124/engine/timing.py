@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
-__all__ = ["Timers"]
+T = TypeVar("T")
+
+__all__ = ["Timers", "kept_for_backward"]
 
 
 class Timers:
@@ -51,3 +54,19 @@ class Timers:
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
+
+
+def kept_for_backward(fn: Callable[[], T]) -> tuple[T, int]:
+    """Run ``fn`` and count the bytes autograd keeps for backward (``saved_tensors_hooks``; parameters
+    excluded, every save counted). Device-independent: it measures the memory options of issue 12 on a CPU."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(t, torch.nn.Parameter):
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
