@@ -83,3 +83,21 @@ def test_checkpointed_normals_train_the_same_stages(shared_data, tmp_path):
         a, c = runs["false"][stage], runs["true"][stage]
         assert a["psnr"] == c["psnr"], stage
         assert a["trainer"]["final_losses"] == c["trainer"]["final_losses"], stage
+
+
+@pytest.mark.slow
+def test_time_cap_and_psnr_curve(shared_data, tmp_path):
+    """``--train-minutes`` stops a stage early (checkpointed, the steps run recorded) and ``--eval-every``
+    records a test-PSNR curve."""
+    _need(shared_data)
+    b = _bench()
+    base = ["--smoke", "--device", "cpu", "--data-root", str(shared_data), "--scene", "dnerf:standup"]
+    full = b.main(base + ["--dynamic-steps", "6", "--eval-every", "2", "--out", str(tmp_path / "a.json")])
+    d = full["dynamic"]
+    assert d["steps"] == d["planned_steps"] == 6 and not d["stopped_by_time_cap"]
+    assert [row[0] for row in d["psnr_curve"]] == [2, 4] and all(math.isfinite(r[1]) for r in d["psnr_curve"])
+    capped = b.main(
+        base + ["--dynamic-steps", "6", "--train-minutes", "1e-9", "--out", str(tmp_path / "b.json")]
+    )
+    c = capped["dynamic"]
+    assert c["stopped_by_time_cap"] and c["steps"] < c["planned_steps"] == 6 and math.isfinite(c["psnr"])
