@@ -167,8 +167,10 @@ class VideoGuidance:
             for i in range(0, len(idx), self.encode_chunk):
                 sel = idx[i : i + self.encode_chunk]
                 with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-                    ckpt = self.checkpoint_encoder and with_grad
-                    mean, std = posterior(encoder_moments(self.vae, x[sel] * 2.0 - 1.0, checkpoint=ckpt))
+                    moments = encoder_moments(
+                        self.vae, x[sel] * 2.0 - 1.0, checkpoint=self.checkpoint_encoder
+                    )
+                    mean, std = posterior(moments)
                     zi = mean + std * e[sel].to(mean.dtype) if e is not None else mean
                     zi = zi * s
                 for k, j in enumerate(sel):

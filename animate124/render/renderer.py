@@ -20,6 +20,7 @@ random ``normalize(origin + N(0, I))`` themselves (SPEC §3.1).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -106,23 +107,17 @@ def _eval_normals(
     def normals(xi: Tensor, ti: Tensor | None) -> Tensor:
         return field.normals(xi, ti, eps=eps).float()
 
-    n = x.shape[0]
+    call = normals
     if checkpoint and torch.is_grad_enabled():
         from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-        seg = chunk or CHECKPOINT_SEGMENT
-        return torch.cat(
-            [
-                activation_checkpoint(
-                    normals, x[i : i + seg], None if t is None else t[i : i + seg], use_reentrant=False
-                )
-                for i in range(0, n, seg)
-            ]
-        )
+        call = functools.partial(activation_checkpoint, normals, use_reentrant=False)
+        chunk = chunk or CHECKPOINT_SEGMENT
+    n = x.shape[0]
     if chunk is None or n <= chunk:
-        return normals(x, t)
+        return call(x, t)
     return torch.cat(
-        [normals(x[i : i + chunk], None if t is None else t[i : i + chunk]) for i in range(0, n, chunk)]
+        [call(x[i : i + chunk], None if t is None else t[i : i + chunk]) for i in range(0, n, chunk)]
     )
 
 
