@@ -10,7 +10,8 @@ Reports:
 
 * ``saved_mib``: bytes autograd keeps for backward after the forward (``saved_tensors_hooks``; parameters
   excluded). Device-independent; on the CPU it is the float32 count, half of it in fp16.
-* on CUDA also the peak allocated memory and the time of forward + backward (CUDA events).
+* on CUDA also the peak allocated memory (VAE weights in float32 as the stages load them, ``--vae-dtype``,
+  under fp16 autocast as in a training step) and the time of forward + backward (CUDA events).
 
     python benchmarks/backward_memory.py --configs .device/hf-configs --out /tmp/mem.json         # CPU: counts
     python benchmarks/backward_memory.py --configs .device/hf-configs --device cuda --out OUT.json  # + peak
@@ -52,7 +53,8 @@ def measure(vae, n: int, side: int, checkpoint: bool, device: torch.device, dtyp
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
-    m, saved = kept_for_backward(lambda: encoder_moments(vae, x * 2 - 1, checkpoint=checkpoint))
+    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):  # as in a training step
+        m, saved = kept_for_backward(lambda: encoder_moments(vae, x * 2 - 1, checkpoint=checkpoint))
     m.float().square().mean().backward()
     out = {"checkpoint": checkpoint, "images": n, "side": side, "saved_mib": saved / 2**20}
     if cuda:
@@ -119,12 +121,16 @@ def main(argv: list[str] | None = None) -> dict:
         "--cases", default="video,controlnet,sd,render", help="names from CASES, or NAME:N:SIDE to override"
     )
     p.add_argument("--repeats", type=int, default=2, help="CUDA: timed repeats (the first is a warm-up)")
+    p.add_argument(
+        "--vae-dtype", choices=("float32", "float16"), default="float32",
+        help="the VAE's dtype (the stages load it in float32: the loaders' vae_dtype)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     from diffusers import AutoencoderKL
 
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, args.vae_dtype)
     results = []
     for spec in args.cases.split(","):
         name, *over = spec.split(":")

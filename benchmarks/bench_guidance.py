@@ -7,6 +7,7 @@ weights give the same cost as real ones.
 
     python benchmarks/bench_guidance.py --configs .device/hf-configs --out bench_guidance.json
     python benchmarks/bench_guidance.py --compile --channels-last --out ...
+    python benchmarks/bench_guidance.py --cuda-graphs --vae-checkpoint --out ...   # the stages' defaults
     python benchmarks/bench_guidance.py --tiny --out /tmp/g.json          # CPU smoke test (tiny models)
 
 Priors: SD 1.5 (render 128² -> 512²), Zero123-XL (-> 256²), ModelScope (16 × 128² -> 16 × 256²),
@@ -195,6 +196,46 @@ def apply_options(guid, compile_: bool, channels_last: bool) -> None:
                 setattr(guid, name, torch.compile(m))
 
 
+def count_flops(call) -> dict:
+    """FLOPs of one call (forward + backward; matmuls and convolutions, as torch's FlopCounterMode counts
+    them), in total and per top-level module."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, depth=1) as counter:
+        call()
+    counts = counter.get_flop_counts()
+    per_module = {k: sum(v.values()) for k, v in counts.items() if k != "Global" and "." not in k}
+    return {"total": counter.get_total_flops(), "per_module": per_module}
+
+
+def card_rates(device) -> dict:
+    """The card's measured fp16 matmul rate (TFLOP/s, 8192³) and device-to-device copy bandwidth (GB/s)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.float16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.float16)
+    big = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(big)
+    for _ in range(3):
+        a @ b
+        dst.copy_(big)
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(20):
+        a @ b
+    e1.record()
+    torch.cuda.synchronize()
+    tflops = 20 * 2 * 8192**3 / (e0.elapsed_time(e1) / 1000) / 1e12
+    e0.record()
+    for _ in range(20):
+        dst.copy_(big)
+    e1.record()
+    torch.cuda.synchronize()
+    gbs = 20 * 2 * 2**30 / (e0.elapsed_time(e1) / 1000) / 1e9  # read + write
+    del a, b, big, dst
+    torch.cuda.empty_cache()
+    return {"matmul_fp16_tflops": tflops, "copy_gb_s": gbs}
+
+
 def bench_prior(prior: str, args, device) -> dict:
     cuda = device.type == "cuda"
     if cuda:
@@ -207,7 +248,12 @@ def bench_prior(prior: str, args, device) -> dict:
         comp, cn = build_full(prior, Path(args.configs), device, torch.float16)
     build_s = time.perf_counter() - t_build
     guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint)
+    flops = count_flops(call) if args.flops else None
     apply_options(guid, args.compile, args.channels_last)
+    if args.cuda_graphs:
+        from animate124.guidance.graphs import graph_prior_networks
+
+        graph_prior_networks(guid, enabled=True)
     weights_mb = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
     for _ in range(args.warmup):
         grad_sum = call()
@@ -238,6 +284,10 @@ def bench_prior(prior: str, args, device) -> dict:
         "build_s": build_s,
         "grad_finite": bool(torch.isfinite(torch.tensor(grad_sum))),
     }
+    if flops is not None:
+        res["flops"] = flops
+    if args.cuda_graphs:
+        res["graph_replays"] = int(getattr(guid.unet, "replays", 0))
     del guid, call, comp, cn
     gc.collect()
     if cuda:
@@ -259,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recompute the VAE encoder in backward (run.vae_checkpoint)",
     )
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the UNet/ControlNet from CUDA graphs")
+    p.add_argument("--flops", action="store_true", help="count the FLOPs of one call (and the card's rates)")
     p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
     args = p.parse_args(argv)
@@ -269,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not args.tiny:
         p.error("full-size models need CUDA; use --tiny for a CPU smoke test")
     priors = [x.strip() for x in args.priors.split(",") if x.strip()]
+    rates = card_rates(device) if args.flops and device.type == "cuda" else None
     results = []
     for prior in priors:
         results.append(bench_prior(prior, args, device))
@@ -281,14 +334,21 @@ def main(argv: list[str] | None = None) -> int:
         "compile": args.compile,
         "channels_last": args.channels_last,
         "vae_checkpoint": args.vae_checkpoint,
+        "cuda_graphs": args.cuda_graphs,
+        "card_rates": rates,
         "dtype": "float32" if args.tiny else "float16",
     }
     print(
         f"\n{'prior':<11} {'median ms':>10} {'min ms':>9} {'weights MB':>11} {'peak MB':>9}  ({meta['device']})"
     )
     for r in results:
+        floor = ""
+        if rates and "flops" in r:
+            r["floor_ms"] = r["flops"]["total"] / (rates["matmul_fp16_tflops"] * 1e12) * 1e3
+            floor = f"  {r['flops']['total'] / 1e12:.2f} TFLOP, matmul floor {r['floor_ms']:.1f} ms"
         print(
-            f"{r['prior']:<11} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['weights_mb']:>11.0f} {r['peak_mb']:>9.0f}"
+            f"{r['prior']:<11} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['weights_mb']:>11.0f} "
+            f"{r['peak_mb']:>9.0f}{floor}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -56,6 +56,12 @@ class RunConfig:
         "encoder pass).",
         nohash=True,
     )
+    cuda_graphs: bool = opt(
+        True,
+        "Replay the priors' UNet/ControlNet calls from CUDA graphs recorded on first use (same outputs; "
+        "removes per-kernel launch overhead; CUDA only).",
+        nohash=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -166,9 +166,9 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ the loop
-    def _check_losses(self, step: int, losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        names = list(losses)
-        values = torch.stack([losses[n].detach().float().reshape(()) for n in names]).cpu()
+    def _check_losses(self, step: int, names: list[str], stacked: torch.Tensor) -> dict[str, float]:
+        """The step's loss values as floats; TrainingDiverged (before the optimizer step) if one is not finite."""
+        values = stacked.cpu()
         if not torch.isfinite(values).all():
             bad = [
                 n for n, v in zip(names, values.tolist(), strict=True) if not torch.isfinite(torch.tensor(v))
@@ -231,10 +231,13 @@ class Trainer:
                         step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
                     )
                 total = sum(out.losses.values())
-                values = self._check_losses(step, out.losses)
+                names = list(out.losses)
+                loss_values = torch.stack([out.losses[n].detach().float().reshape(()) for n in names])
                 with system.timers("backward"):
                     optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(total).backward()
+                # read the losses once the backward is queued: the GPU keeps working while we wait
+                values = self._check_losses(step, names, loss_values)
                 with system.timers("optimizer"):
                     if self.scaler.is_enabled():
                         self.scaler.unscale_(optimizer)

@@ -256,7 +256,8 @@ def text_sds_output(
 ) -> GuidanceOutput:
     """The text-conditioned SDS of ``prior`` (SD or video) on latents ``z`` as a :class:`GuidanceOutput`:
     :func:`text_cfg_sds` with the prior's embeddings for ``views``, scale, CFG form and weight; the
-    diagnostics are the mean t, the mean weight w(t), ‖g‖ and ``extra``."""
+    diagnostics are the mean t, the mean weight w(t), ‖g‖ (a 0-dim device tensor: reading it would stall the
+    GPU queue every step, so the log converts it when it writes) and ``extra``."""
     neg, pos = prior.text_embeddings(views)
     loss, g, w = text_cfg_sds(
         prior.unet,
@@ -270,7 +271,7 @@ def text_sds_output(
         prior.cfg_mode,
         prior.weight,
     )
-    diagnostics = {"t": float(t.float().mean()), "w": float(w.mean()), "grad_norm": float(g.norm()), **extra}
+    diagnostics = {"t": float(t.float().mean()), "w": float(w.mean()), "grad_norm": g.detach().norm(), **extra}
     return GuidanceOutput(losses={prior.loss_key: loss}, diagnostics=diagnostics)
 
 

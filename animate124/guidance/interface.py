@@ -47,10 +47,14 @@ STATIC_CAMERA_ATOL = 1e-6
 
 @dataclass
 class GuidanceOutput:
-    """Named scalar loss terms (fp32, differentiable w.r.t. the images) and float diagnostics."""
+    """Named scalar loss terms (fp32, differentiable w.r.t. the images) and diagnostics.
+
+    A diagnostic is a float or a 0-dim tensor; a device tensor is left unread so that the step does not
+    wait for the GPU (the scalar log converts it with ``float()`` when it writes).
+    """
 
     losses: dict[str, Tensor]
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 def wrap_degrees(a: Tensor) -> Tensor:

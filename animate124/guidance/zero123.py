@@ -296,7 +296,7 @@ class Zero123Guidance:
             diagnostics={
                 "t": float(t.float().mean()),
                 "lambda_eff": float(lam.mean()),
-                "grad_norm": float(g.norm()),
+                "grad_norm": g.detach().norm(),  # converted when logged (no sync here)
                 "angle_deg": float(angle.mean()),
             },
         )

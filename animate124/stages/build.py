@@ -309,6 +309,13 @@ def _store(cfg: Config) -> Any:
     return model_store(cfg)
 
 
+def _graphed(cfg: Config, prior: Any) -> Any:
+    """The prior with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs`` (same function)."""
+    from animate124.guidance.graphs import graph_prior_networks
+
+    return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
+
+
 def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components: Any = None) -> Any:
     """SD 1.5 SDS of the static stage (SPEC 3.7, 4)."""
     from animate124.guidance.stable_diffusion import StableDiffusionGuidance
@@ -316,16 +323,19 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
 
     s = cfg.static
     comps = components or load_sd(_store(cfg), device=device, dtype=prior_dtype(cfg, device))
-    return StableDiffusionGuidance(
-        comps,
-        prompt=prompt,
-        negative_prompt=s.negative_prompt,
-        guidance_scale=s.sd_guidance_scale,
-        cfg_mode=s.cfg_mode,
-        t_range=s.sd_t_range,
-        weight=s.sd_weight,
-        view_dependent=s.view_dependent_text,
-        checkpoint_encoder=cfg.run.vae_checkpoint,
+    return _graphed(
+        cfg,
+        StableDiffusionGuidance(
+            comps,
+            prompt=prompt,
+            negative_prompt=s.negative_prompt,
+            guidance_scale=s.sd_guidance_scale,
+            cfg_mode=s.cfg_mode,
+            t_range=s.sd_t_range,
+            weight=s.sd_weight,
+            view_dependent=s.view_dependent_text,
+            checkpoint_encoder=cfg.run.vae_checkpoint,
+        ),
     )
 
 
@@ -336,14 +346,17 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
 
     sec = cfg.static if stage == "static" else cfg.dynamic
     comps = load_zero123(_store(cfg), device=device, dtype=prior_dtype(cfg, device))
-    return Zero123Guidance(
-        comps,
-        guidance_scale=sec.zero123_guidance_scale,
-        cfg_mode="standard",  # Zero123 uses the standard CFG form upstream (SPEC 3.8); not a setting
-        t_range=sec.zero123_t_range,
-        weight=sec.zero123_weight,
-        reference=reference.to(device),
-        checkpoint_encoder=cfg.run.vae_checkpoint,
+    return _graphed(
+        cfg,
+        Zero123Guidance(
+            comps,
+            guidance_scale=sec.zero123_guidance_scale,
+            cfg_mode="standard",  # Zero123 uses the standard CFG form upstream (SPEC 3.8); not a setting
+            t_range=sec.zero123_t_range,
+            weight=sec.zero123_weight,
+            reference=reference.to(device),
+            checkpoint_encoder=cfg.run.vae_checkpoint,
+        ),
     )
 
 
@@ -356,17 +369,20 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
     comps = load_video(
         _store(cfg), device=device, dtype=prior_dtype(cfg, device), which=cfg.models.video_model
     )
-    return VideoGuidance(
-        comps,
-        prompt=prompt,
-        negative_prompt=d.negative_prompt,
-        guidance_scale=d.video_guidance_scale,
-        cfg_mode=d.cfg_mode,
-        t_range=d.video_t_range,
-        weight=d.video_weight,
-        vae_grad_frames=d.vae_grad_frames,
-        upstream_view_text=d.upstream_view_text,
-        checkpoint_encoder=cfg.run.vae_checkpoint,
+    return _graphed(
+        cfg,
+        VideoGuidance(
+            comps,
+            prompt=prompt,
+            negative_prompt=d.negative_prompt,
+            guidance_scale=d.video_guidance_scale,
+            cfg_mode=d.cfg_mode,
+            t_range=d.video_t_range,
+            weight=d.video_weight,
+            vae_grad_frames=d.vae_grad_frames,
+            upstream_view_text=d.upstream_view_text,
+            checkpoint_encoder=cfg.run.vae_checkpoint,
+        ),
     )
 
 
@@ -382,22 +398,25 @@ def build_controlnet_guidance(
     store = _store(cfg)
     sd = load_sd(store, device=device, dtype=dtype)
     cn = load_controlnet(store, device=device, dtype=dtype)
-    return ControlNetGuidance(
-        sd,
-        cn,
-        prompt=prompt,
-        negative_prompt=r.negative_prompt,
-        controlnet_prompt=r.controlnet_prompt,
-        image_size=r.image_size,
-        guidance_scale=r.guidance_scale,
-        cfg_mode=r.cfg_mode,
-        t_range=r.t_range,
-        target=r.target,
-        weight=r.weight,
-        frames=frame_selection(r.frames),
-        upstream_view_text=cfg.dynamic.upstream_view_text,
-        learned_token=token,
-        checkpoint_encoder=cfg.run.vae_checkpoint,
+    return _graphed(
+        cfg,
+        ControlNetGuidance(
+            sd,
+            cn,
+            prompt=prompt,
+            negative_prompt=r.negative_prompt,
+            controlnet_prompt=r.controlnet_prompt,
+            image_size=r.image_size,
+            guidance_scale=r.guidance_scale,
+            cfg_mode=r.cfg_mode,
+            t_range=r.t_range,
+            target=r.target,
+            weight=r.weight,
+            frames=frame_selection(r.frames),
+            upstream_view_text=cfg.dynamic.upstream_view_text,
+            learned_token=token,
+            checkpoint_encoder=cfg.run.vae_checkpoint,
+        ),
     )
 
 

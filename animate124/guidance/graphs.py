@@ -1,0 +1,207 @@
+"""CUDA-graph replay of the priors' fixed-shape network calls (issue 12; SPEC 3.7 step 4, 5.2, 6).
+
+Every SDS step calls the prior's UNet (and ControlNet) under ``torch.no_grad`` on inputs of the same
+shapes: ``[2B, 4, h, w]`` latents, ``[2B]`` timesteps, ``[2B, 77, D]`` text context. In eager PyTorch
+such a call is about a thousand small kernel launches, and at the paper's small latents (32² for
+Zero123 and ModelScope, 64² for SD) the GPU waits on Python for most of it (BENCHMARKS.md §3: a 32²
+latent costs as much as a 64² one). :class:`GraphedCall` records the call once as a CUDA graph per
+input signature and afterwards replays it: copy the new inputs into the recorded input buffers, one
+``graph.replay()``, clone the outputs.
+
+It computes the same function: the replay runs the kernels the eager call chose, on the same inputs,
+under the same autocast state (captured with ``cache_enabled=False``, which changes nothing for
+weights that are already in the compute dtype and only skips autocast's weight-cast cache, as the
+PyTorch CUDA-graph notes require). ``tests/test_cuda_graphs.py`` checks replay against the eager
+call on the GPU for each prior's network, and the fall-back rules on the CPU.
+
+When it falls back to the plain call: not on CUDA, gradients enabled, an input that requires grad,
+inside another capture, or a capture that failed once for that signature (logged, then eager for
+good). The recorded graph points at the module's parameters, so it is dropped when they move
+(``.to()``) and re-recorded on the next call. All graphs of a process share one memory pool; that is
+safe because each replay's outputs are cloned before any other graph runs, and graphs never run
+concurrently (one training loop). Config: ``run.cuda_graphs`` (on by default; off gives the eager
+calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GraphedCall", "graph_prior_networks", "eager_module"]
+
+#: attributes of a prior that hold its no-grad networks
+NETWORK_ATTRS = ("unet", "controlnet")
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(device: torch.device) -> Any:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _POOLS:
+        _POOLS[index] = torch.cuda.graph_pool_handle()
+    return _POOLS[index]
+
+
+@dataclass
+class _Recorded:
+    graph: Any  # torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]  # the recorded input buffers, in the order of the tensor leaves
+    outputs: list[torch.Tensor]
+    out_spec: Any
+    params: tuple[int, int]
+
+
+def _leaf_key(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return ("T", tuple(x.shape), x.dtype, x.device, x.stride())
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return ("V", type(x).__name__, x)
+    raise TypeError(type(x).__name__)
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class GraphedCall:
+    """``module(*args, **kwargs)`` replayed from a CUDA graph per input signature (module docstring).
+
+    Attribute access is forwarded to the wrapped module (``.config``, ``.parameters()``, ``.dtype``...),
+    so the priors use it where they used the module. ``eager`` is the wrapped module itself.
+    """
+
+    def __init__(self, module: torch.nn.Module, *, warmup: int = 2) -> None:
+        self.__dict__["eager"] = module
+        self.__dict__["warmup"] = int(warmup)
+        self.__dict__["_graphs"] = {}
+        self.__dict__["_failed"] = set()
+        self.__dict__["replays"] = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["eager"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            self.__dict__[name] = value
+        else:
+            setattr(self.eager, name, value)
+
+    def __repr__(self) -> str:
+        return f"GraphedCall({type(self.eager).__name__}, graphs={len(self._graphs)})"
+
+    # ------------------------------------------------------------------ helpers
+    def _param_marks(self) -> tuple[int, int]:
+        first = last = None
+        for p in self.eager.parameters():
+            if first is None:
+                first = p
+            last = p
+        if first is None or last is None:
+            return (0, 0)
+        return (first.data_ptr(), last.data_ptr())
+
+    def eligible(self, leaves: list[Any]) -> bool:
+        """Whether this call may be replayed from a graph (see the module docstring)."""
+        if torch.is_grad_enabled() or not torch.cuda.is_available():
+            return False
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        if not tensors or any(x.device.type != "cuda" or x.requires_grad for x in tensors):
+            return False
+        return not torch.cuda.is_current_stream_capturing()
+
+    def _autocast(self, state: tuple[bool, torch.dtype]) -> contextlib.AbstractContextManager:
+        enabled, dtype = state
+        return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+
+    def _record(self, leaves: list[Any], spec: Any, state: tuple[bool, torch.dtype]) -> _Recorded:
+        device = next(x.device for x in leaves if isinstance(x, torch.Tensor))
+        static = [x.detach().clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        args, kwargs = pytree.tree_unflatten(static, spec)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad(), self._autocast(state):
+            for _ in range(max(self.warmup, 1)):  # lazy cuBLAS/cuDNN set-up happens outside the capture
+                self.eager(*args, **kwargs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with (
+            torch.no_grad(),
+            self._autocast(state),
+            torch.cuda.graph(graph, pool=_pool(device), capture_error_mode="thread_local"),
+        ):
+            out = self.eager(*args, **kwargs)
+        out_leaves, out_spec = pytree.tree_flatten(out)
+        if not all(isinstance(o, torch.Tensor) for o in out_leaves):
+            raise TypeError("the module returned a non-tensor leaf")
+        inputs = [x for x in static if isinstance(x, torch.Tensor)]
+        return _Recorded(graph, inputs, out_leaves, out_spec, self._param_marks())
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if not self.eligible(leaves):
+            return self.eager(*args, **kwargs)
+        state = _autocast_state("cuda")
+        try:
+            key = (str(spec), tuple(_leaf_key(x) for x in leaves), state)
+        except TypeError:  # an argument that cannot be part of a signature
+            return self.eager(*args, **kwargs)
+        if key in self._failed:
+            return self.eager(*args, **kwargs)
+        rec = self._graphs.get(key)
+        if rec is not None and rec.params != self._param_marks():
+            del self._graphs[key]  # the parameters moved: the recording points at freed memory
+            rec = None
+        if rec is None:
+            try:
+                rec = self._record(leaves, spec, state)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run this signature eagerly
+                log.warning(
+                    "CUDA graph capture of %s failed (%s: %s); this call runs eagerly",
+                    type(self.eager).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
+                self._failed.add(key)
+                return self.eager(*args, **kwargs)
+            self._graphs[key] = rec
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        for dst, src in zip(rec.inputs, tensors, strict=True):
+            dst.copy_(src)
+        rec.graph.replay()
+        self.__dict__["replays"] += 1
+        return pytree.tree_unflatten([o.clone() for o in rec.outputs], rec.out_spec)
+
+    def reset(self) -> None:
+        """Forget every recording (the next eligible call records again)."""
+        self._graphs.clear()
+        self._failed.clear()
+
+
+def eager_module(module: Any) -> Any:
+    """The plain module behind a :class:`GraphedCall` (or ``module`` itself)."""
+    return module.eager if isinstance(module, GraphedCall) else module
+
+
+def graph_prior_networks(prior: Any, enabled: bool = True) -> Any:
+    """Wrap the prior's no-grad networks (``unet``, ``controlnet``) in :class:`GraphedCall`; returns it.
+
+    Only priors on CUDA are wrapped (elsewhere the wrapper would always fall back); ``enabled=False``
+    unwraps, giving the eager calls back.
+    """
+    for name in NETWORK_ATTRS:
+        net = getattr(prior, name, None)
+        if net is None:
+            continue
+        plain = eager_module(net)
+        on_cuda = any(p.device.type == "cuda" for p in plain.parameters())
+        setattr(prior, name, GraphedCall(plain) if enabled and on_cuda else plain)
+    return prior

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One GPU call for issue 12's per-call measurements: the CUDA-graph equivalence tests, every prior's call
+# (eager as in §3, + VAE checkpointing, + CUDA graphs) with FLOP counts and the card's matmul/copy rates,
+# and the memory kept for backward with and without the two checkpointing options, at peak, on CUDA.
+# Usage (repository root, on the CUDA machine): bash benchmarks/gpu_speed.sh OUTDIR
+# Expects .device/wheels (diffusers and friends) and .device/hf-configs (the real model configs).
+set -uo pipefail
+FINAL="${1:-speed-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
+trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+CFG=.device/hf-configs
+
+el "GPU tests: CUDA graphs, VAE checkpoint"
+python3 -m pytest -q -m gpu tests/test_cuda_graphs.py tests/test_render_gpu.py -p no:cacheprovider \
+  > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
+
+el "prior calls: eager (as BENCHMARKS §3), + VAE checkpoint, + CUDA graphs"
+python3 benchmarks/bench_guidance.py --configs $CFG --flops --out "$OUT/guidance_eager.json" 2>&1 | tail -6
+python3 benchmarks/bench_guidance.py --configs $CFG --vae-checkpoint --out "$OUT/guidance_vaeck.json" 2>&1 | tail -5
+python3 benchmarks/bench_guidance.py --configs $CFG --vae-checkpoint --cuda-graphs \
+  --out "$OUT/guidance_graphs.json" 2>&1 | tail -5
+
+el "memory kept for backward, CUDA peak"
+timeout ${MEM_TIMEOUT:-200} python3 benchmarks/backward_memory.py --configs $CFG --device cuda \
+  --out "$OUT/backward_memory.json" 2>&1 | tail -12
+el "done"
