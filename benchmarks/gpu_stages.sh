@@ -49,7 +49,9 @@ SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set 
 tail -5 "$OUT/run_all.err"
 P=$W/run/runs/toy
 cp $P/manifest.json "$OUT/manifest.json" 2>/dev/null
-for s in invert static dynamic refine; do cp $P/logs/$s.jsonl "$OUT/log_$s.jsonl" 2>/dev/null; done
+for s in invert static dynamic refine; do cp $P/logs/$s.jsonl "$OUT/log_$s.jsonl" 2>/dev/null;
+  cp $P/logs/$s.profile.txt "$OUT/profile_$s.txt" 2>/dev/null; done  # with EXTRA_SETS='--set run.trace_steps=N'
+
 python3 - "$P/manifest.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["stages"]

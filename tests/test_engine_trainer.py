@@ -176,3 +176,29 @@ def test_a_checkpoint_without_a_generator_state_is_a_clear_error():
         set_rng_state(new, tensors, meta)
     assert "--force" in (e.value.hint or "")
     set_rng_state(old, tensors, meta)  # the generators it has are restored
+
+
+def test_step_tracer_writes_a_table_of_the_traced_steps(tmp_path) -> None:
+    """``run.trace_steps``: torch.profiler over N steps, the Timers' parts as named ranges, one table."""
+    from animate124.engine.timing import StepTracer, Timers
+
+    timers = Timers(enabled=False)
+    path = tmp_path / "logs" / "static.profile.txt"
+    tracer = StepTracer(torch.device("cpu"), 2, path, "static")
+    for _ in range(3):  # the third step is past the trace: the table holds two
+        with timers("render"):
+            torch.randn(64, 64) @ torch.randn(64, 64)
+        tracer.step_done()
+    text = path.read_text()
+    assert text.startswith("# static: torch.profiler over 2 steps") and "render" in text and "aten::mm" in text
+    tracer.close()  # closing again changes nothing
+    assert path.read_text() == text
+
+
+def test_trace_steps_reaches_the_trainer_and_the_inversion() -> None:
+    from animate124.config import resolve_config
+    from animate124.stages import build
+
+    cfg = resolve_config("tiny", sets=["run.trace_steps=3"])
+    assert build.trainer_settings(cfg, "static").trace_steps == 3
+    assert build.ti_config(cfg, torch.device("cpu")).trace_steps == 3

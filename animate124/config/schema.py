@@ -43,6 +43,13 @@ class RunConfig:
         "Time each part of a training step (render, priors, optimizer) with device syncs; a bit slower.",
         nohash=True,
     )
+    trace_steps: int = opt(
+        0,
+        "Record this many steps of each training stage with torch.profiler, after 10 warm-up steps; writes "
+        "logs/<stage>.profile.txt (operators and kernels by device time, GPU busy fraction).",
+        min=0,
+        nohash=True,
+    )
     preview_every: int = opt(
         250,
         "Write a preview (PNG strip; mp4 in the 4D stages) every N steps (0 = only at the end).",
@@ -180,9 +187,9 @@ class RaymarchConfig:
         min=0,
     )
     checkpoint_normals: bool = opt(
-        False,
+        True,
         "Keep no activations of the six density evaluations behind each sample's normal; recompute them in "
-        "backward (same gradients, less memory, a slower step).",
+        "backward (same gradients; a 16 × 128² clip: 23.5 → 4.3 GiB on an H200; false keeps them).",
         nohash=True,
     )
 

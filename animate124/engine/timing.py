@@ -11,13 +11,14 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
-__all__ = ["Timers", "kept_for_backward"]
+__all__ = ["StepTracer", "Timers", "kept_for_backward"]
 
 
 class Timers:
@@ -32,13 +33,15 @@ class Timers:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         if not self.enabled:
-            yield
+            with torch.profiler.record_function(name):  # a named range in a StepTracer's table; ~µs
+                yield
             return
         if self.sync:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(name):
+                yield
         finally:
             if self.sync:
                 torch.cuda.synchronize()
@@ -54,6 +57,67 @@ class Timers:
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
+
+
+class StepTracer:
+    """``torch.profiler`` over ``steps`` training steps; writes a table to ``path`` when they are done.
+
+    The table (``run.trace_steps``) lists operators and kernels by device time, with the step parts of
+    :class:`Timers` as named ranges, under a header with the wall-clock per step and the device time per
+    step (the sum of the kernels' own times). Their ratio is how busy the GPU was: far below 1, the step
+    waits on Python and kernel launches, not on the GPU.
+    """
+
+    def __init__(self, device: torch.device, steps: int, path: Path, label: str = "train") -> None:
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+            torch.cuda.synchronize(device)
+        self.device, self.steps, self.path, self.label = device, int(steps), Path(path), label
+        self.done = 0
+        self.prof: torch.profiler.profile | None = torch.profiler.profile(activities=acts)
+        self.prof.__enter__()
+        self.t0 = time.perf_counter()
+
+    def step_done(self) -> None:
+        self.done += 1
+        if self.done >= self.steps:
+            self.close()
+
+    def close(self) -> None:
+        """Stop and write the table (once; a run that ends early writes what it traced)."""
+        if self.prof is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        wall = time.perf_counter() - self.t0
+        prof, self.prof = self.prof, None
+        prof.__exit__(None, None, None)
+        if self.done == 0:
+            return
+        events = prof.key_averages()
+
+        def dev_self(e: Any) -> float:
+            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+        device_us = sum(dev_self(e) for e in events)
+        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        try:
+            table = events.table(sort_by=sort, row_limit=60, max_name_column_width=70)
+        except (AttributeError, KeyError):
+            table = events.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=70)
+        per_step = 1000.0 * wall / self.done
+        dev_step = device_us / 1000.0 / self.done
+        head = (
+            f"# {self.label}: torch.profiler over {self.done} training steps\n"
+            f"# wall-clock per step: {per_step:.1f} ms; device (kernel) time per step: {dev_step:.1f} ms; "
+            f"GPU busy: {dev_step / per_step:.0%}\n"
+            if self.cuda
+            else f"# {self.label}: torch.profiler over {self.done} steps; wall-clock per step {per_step:.1f} ms\n"
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(head + "\n" + table + "\n", encoding="utf-8")
 
 
 def kept_for_backward(fn: Callable[[], T]) -> tuple[T, int]:

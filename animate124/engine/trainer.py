@@ -33,7 +33,7 @@ from animate124.engine.checkpoint import (
     set_rng_state,
 )
 from animate124.engine.scalars import ScalarLog
-from animate124.engine.timing import Timers
+from animate124.engine.timing import StepTracer, Timers
 from animate124.errors import Animate124Error, ProjectError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class TrainerSettings:
     config_hash: str = ""
     label: str = "train"
     max_skipped_steps: int = 200
+    trace_steps: int = 0
+    trace_after: int = 10
 
 
 @dataclass
@@ -215,6 +217,7 @@ class Trainer:
         it_s = 0.0
         last: dict[str, float] = {}
         interrupted = False
+        tracer: StepTracer | None = None
         if progress is not None:
             progress(start, s.iters, {})
         try:
@@ -223,6 +226,10 @@ class Trainer:
                     interrupted = True
                     break
                 step += 1
+                if tracer is None and s.trace_steps > 0 and step == start + s.trace_after + 1 and log_path:
+                    tracer = StepTracer(
+                        dev, s.trace_steps, Path(log_path).with_suffix(".profile.txt"), s.label
+                    )
                 system.before_step(step)
                 with torch.autocast(
                     dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -258,6 +265,8 @@ class Trainer:
                     else:
                         optimizer.step()
                 system.after_step(step)
+                if tracer is not None:
+                    tracer.step_done()
                 steps_window += 1
                 last = {"loss": float(sum(values.values())), **values}
                 now = time.perf_counter()
@@ -280,6 +289,8 @@ class Trainer:
             if interrupted and step > start:
                 self._save(Path(checkpoint_dir), step, system, optimizer)
         finally:
+            if tracer is not None:
+                tracer.close()
             if scalar_log is not None:
                 scalar_log.close()
         seconds = time.perf_counter() - t_start

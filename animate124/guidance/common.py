@@ -117,26 +117,81 @@ def latent_scaling(vae: AutoencoderKL) -> float:
     return float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE) or SD_LATENT_SCALE)
 
 
-def encoder_moments(vae: AutoencoderKL, x: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
-    """``[N, 2C, h, w]`` posterior parameters (mean ‖ log-variance) of ``vae.encode(x)``, ``x`` in [−1, 1].
+#: pixels the encoder recomputes at once in backward under ``checkpoint=True``: 4 frames at 256² (about
+#: 2.4 GiB of activations in fp16 autocast); an image larger than this is recomputed alone, with the
+#: encoder's own per-block checkpointing on (a 1024² image: ~10 GiB of activations otherwise)
+CHECKPOINT_PIXELS = 4 * 256 * 256
 
-    ``checkpoint=True`` (only acts with grad enabled and ``x`` requiring grad): every image is its own
-    activation-checkpoint segment (``torch.utils.checkpoint``, non-reentrant), so the encoder keeps only its
-    input for backward, and backward re-runs it one image at a time. Same values and gradients as encoding
-    the images one by one without it (the encoder is deterministic and treats images independently); the
-    memory held for backward drops from all images' encoder activations to one image's, for one more
-    encoder forward per image (issue 12; ``run.vae_checkpoint``).
+
+class _RecomputedEncoder(torch.autograd.Function):
+    """Moments of the whole batch in one no-grad pass; backward recomputes the encoder in chunks.
+
+    Only the input is kept. Backward re-runs ``chunk`` images at a time under the forward's autocast state
+    and back-propagates each chunk at once, so the activations alive at any moment are one chunk's; with
+    ``inner`` the encoder's own block checkpointing is on during the recompute as well. Gradients reach the
+    input only (the priors' VAEs are frozen: :func:`encoder_moments` takes the generic path otherwise).
     """
 
-    def moments(xi: torch.Tensor) -> torch.Tensor:
-        return vae.encode(xi).latent_dist.parameters
+    @staticmethod
+    def forward(ctx, x, vae, chunk, inner):  # type: ignore[override]
+        ctx.vae, ctx.chunk, ctx.inner = vae, chunk, inner
+        dev = x.device.type
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.save_for_backward(x)
+        return vae.encode(x).latent_dist.parameters
 
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        dev, enabled, dtype = ctx.autocast
+        vae, chunk = ctx.vae, ctx.chunk
+        gx = torch.empty_like(x)
+        inner = ctx.inner and hasattr(vae, "enable_gradient_checkpointing")
+        was = bool(getattr(vae.encoder, "gradient_checkpointing", False))
+        try:
+            if inner:
+                vae.enable_gradient_checkpointing()
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
+                for s in range(0, x.shape[0], chunk):
+                    xi = x[s : s + chunk].detach().requires_grad_(True)
+                    mi = vae.encode(xi).latent_dist.parameters
+                    (gx[s : s + chunk],) = torch.autograd.grad(mi, xi, grad[s : s + chunk])
+        finally:
+            if inner and not was:
+                vae.disable_gradient_checkpointing()
+        return gx, None, None, None
+
+
+def encoder_moments(
+    vae: AutoencoderKL, x: torch.Tensor, *, checkpoint: bool = False, chunk_pixels: int = CHECKPOINT_PIXELS
+) -> torch.Tensor:
+    """``[N, 2C, h, w]`` posterior parameters (mean ‖ log-variance) of ``vae.encode(x)``, ``x`` in [−1, 1].
+
+    ``checkpoint=True`` (only acts with grad enabled and ``x`` requiring grad) keeps no encoder activations
+    for backward (issue 12; ``run.vae_checkpoint``). The forward is the plain batched call, run without
+    grad, so the moments are bit-identical to the plain path's. Backward re-runs the encoder on chunks of
+    ``max(1, chunk_pixels // (H·W))`` images (4 frames at 256², one image at 512² and above) and, for an
+    image of more than ``chunk_pixels`` pixels, with the encoder's per-block checkpointing. The encoder
+    treats images independently and draws nothing at random, so the gradients are those of the plain
+    path up to floating-point summation order (a chunk's convolution may sum in another order than the
+    batch's). Memory held for backward: the input only; at the backward peak, one chunk's activations.
+    Cost: one more encoder forward (two for the images above ``chunk_pixels``).
+    A VAE with trainable parameters takes ``torch.utils.checkpoint`` per image instead, which also
+    gives the parameters their gradients.
+    """
     if not (checkpoint and torch.is_grad_enabled() and x.requires_grad):
-        return moments(x)
-    from torch.utils.checkpoint import checkpoint as activation_checkpoint
+        return vae.encode(x).latent_dist.parameters
+    if any(p.requires_grad for p in vae.parameters()):
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-    parts = [activation_checkpoint(moments, x[i : i + 1], use_reentrant=False) for i in range(x.shape[0])]
-    return torch.cat(parts)
+        def moments(xi: torch.Tensor) -> torch.Tensor:
+            return vae.encode(xi).latent_dist.parameters
+
+        parts = [activation_checkpoint(moments, x[i : i + 1], use_reentrant=False) for i in range(x.shape[0])]
+        return torch.cat(parts)
+    pixels = int(x.shape[-2]) * int(x.shape[-1])
+    chunk = max(1, int(chunk_pixels) // max(pixels, 1))
+    return _RecomputedEncoder.apply(x, vae, chunk, pixels > chunk_pixels)
 
 
 def posterior(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +326,12 @@ def text_sds_output(
         prior.cfg_mode,
         prior.weight,
     )
-    diagnostics = {"t": float(t.float().mean()), "w": float(w.mean()), "grad_norm": g.detach().norm(), **extra}
+    diagnostics = {
+        "t": float(t.float().mean()),
+        "w": float(w.mean()),
+        "grad_norm": g.detach().norm(),
+        **extra,
+    }
     return GuidanceOutput(losses={prior.loss_key: loss}, diagnostics=diagnostics)
 
 

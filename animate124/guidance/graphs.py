@@ -19,7 +19,7 @@ inside another capture, or a capture that failed once for that signature (logged
 good). The recorded graph points at the module's parameters, so it is dropped when they move
 (``.to()``) and re-recorded on the next call. All graphs of a process share one memory pool; that is
 safe because each replay's outputs are cloned before any other graph runs, and graphs never run
-concurrently (one training loop). Config: ``run.cuda_graphs`` (on by default; off gives the eager
+concurrently (one training loop); with a torch without ``torch.cuda.MemPool`` every graph gets its own pool. Config: ``run.cuda_graphs`` (on by default; off gives the eager
 calls).
 """
 
@@ -44,10 +44,19 @@ _POOLS: dict[int, Any] = {}
 
 
 def _pool(device: torch.device) -> Any:
+    """The process's graph memory pool on ``device`` (its id for ``torch.cuda.graph(pool=...)``).
+
+    A ``torch.cuda.MemPool`` object held here keeps the pool registered while no graph uses it: a bare
+    ``graph_pool_handle()`` token goes stale when the last graph recorded into it is freed, and a later
+    capture into it fails an allocator assertion (seen on the H200 with torch 2.11 when one prior's graphs
+    were freed before the next prior recorded).
+    """
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _POOLS:
-        _POOLS[index] = torch.cuda.graph_pool_handle()
-    return _POOLS[index]
+        mempool = getattr(torch.cuda, "MemPool", None)
+        _POOLS[index] = mempool() if mempool is not None else None
+    pool = _POOLS[index]
+    return pool.id if pool is not None else None
 
 
 @dataclass

@@ -104,6 +104,7 @@ class TIConfig:
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    trace_steps: int = 0  # run.trace_steps: torch.profiler table of this many steps (after 10)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -506,6 +507,7 @@ def train_textual_inversion(
         preview_every=0,
         config_hash=f"ti:{cfg.placeholder}",
         label="invert",
+        trace_steps=cfg.trace_steps,
     )
     try:
         result = Trainer(settings).run(

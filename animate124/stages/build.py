@@ -92,6 +92,7 @@ def ti_config(cfg: Config, device: torch.device) -> Any:
         seed=cfg.run.seed,
         checkpoint_every=c.checkpoint_every,
         mixed_precision=precision_of(cfg, device) == "fp16",
+        trace_steps=cfg.run.trace_steps,
     )
 
 
@@ -288,6 +289,7 @@ def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerS
         preview_every=cfg.run.preview_every,
         config_hash=config_hash,
         label=stage,
+        trace_steps=cfg.run.trace_steps,
     )
 
 
