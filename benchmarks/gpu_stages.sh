@@ -2,7 +2,9 @@
 # One GPU call for the training stages (issues 8 and 9): GPU tests, the grid encoder before/after the
 # package split, then every stage through the CLI with FULL-SIZE random-weight priors at paper settings.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_stages.sh OUTDIR [STEPS]
-# EXTRA_SETS='--set run.vae_checkpoint=false ...' adds config overrides to every stage (memory options, issue 12).
+# EXTRA_SETS='--set run.vae_checkpoint=false ...' adds config overrides to every stage (memory options, issue 12);
+# PRESET=low-vram picks a preset; RUN=name a separate run folder (two runs in one call); SMOKE=0 skips the
+# tiny-preset smoke run; the random models are built once per machine.
 # Expects .device/wheels (diffusers, platformdirs, importlib_metadata, zipp), .device/hf-configs and, for
 # the before/after grid timing, the old tree in .device/old (git archive fd850a6 animate124 benchmarks ...).
 set -uo pipefail
@@ -30,13 +32,16 @@ for i in $(seq 1 "${GRID_REPS:-2}"); do
 done
 
 el "tiny preset on CUDA (smoke)"
-W=/tmp/a124; mkdir -p $W/smoke $W/run; export ANIMATE124_STATE_DIR=$W/state
-(cd $W/smoke && timeout 240 $A124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
+RUN="${RUN:-run}"; W=/tmp/a124; mkdir -p $W/smoke $W/$RUN; export ANIMATE124_STATE_DIR=$W/state
+[ "${SMOKE:-1}" = 0 ] || (cd $W/smoke && timeout 240 $A124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
    --device cuda --set run.precision=fp16 --until refine -q 2>&1 | tail -5) | tee "$OUT/smoke.log"
 
 el "full-size random-weight priors"
-python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -5
-python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
+if [ ! -f $W/models/.done ]; then
+  python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -5
+  python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
+  touch $W/models/.done
+fi
 
 el "stages through the CLI, paper settings, $STEPS steps each"
 SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
@@ -44,10 +49,10 @@ SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set 
       --set invert.steps=20 --set static.iters=$STEPS --set static.known_iters=0
       --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0
       ${EXTRA_SETS:-}"
-(cd $W/run && timeout ${STAGE_TIMEOUT:-400} $A124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
-   --until refine --json $SETS > "$OUT/run_all.json" 2> "$OUT/run_all.err"); echo "exit $?"
+(cd $W/$RUN && timeout ${STAGE_TIMEOUT:-400} $A124 run-all "$OLDPWD/examples/toy.png" "a panda is dancing" \
+   --until refine --preset ${PRESET:-paper} --json $SETS > "$OUT/run_all.json" 2> "$OUT/run_all.err"); echo "exit $?"
 tail -5 "$OUT/run_all.err"
-P=$W/run/runs/toy
+P=$W/$RUN/runs/toy
 cp $P/manifest.json "$OUT/manifest.json" 2>/dev/null
 for s in invert static dynamic refine; do cp $P/logs/$s.jsonl "$OUT/log_$s.jsonl" 2>/dev/null;
   cp $P/logs/$s.profile.txt "$OUT/profile_$s.txt" 2>/dev/null; done  # with EXTRA_SETS='--set run.trace_steps=N'

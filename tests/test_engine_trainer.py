@@ -190,7 +190,9 @@ def test_step_tracer_writes_a_table_of_the_traced_steps(tmp_path) -> None:
             torch.randn(64, 64) @ torch.randn(64, 64)
         tracer.step_done()
     text = path.read_text()
-    assert text.startswith("# static: torch.profiler over 2 steps") and "render" in text and "aten::mm" in text
+    assert (
+        text.startswith("# static: torch.profiler over 2 steps") and "render" in text and "aten::mm" in text
+    )
     tracer.close()  # closing again changes nothing
     assert path.read_text() == text
 
@@ -202,3 +204,27 @@ def test_trace_steps_reaches_the_trainer_and_the_inversion() -> None:
     cfg = resolve_config("tiny", sets=["run.trace_steps=3"])
     assert build.trainer_settings(cfg, "static").trace_steps == 3
     assert build.ti_config(cfg, torch.device("cpu")).trace_steps == 3
+
+
+def test_peak_memory_sites_replays_the_allocator_trace() -> None:
+    """The live blocks at the moment of the largest allocation, summed by the package's allocating line."""
+    from animate124.engine.timing import peak_memory_sites
+
+    def fr(line: int, lib: bool = False) -> list[dict]:
+        frames = [{"filename": "/x/site-packages/diffusers/unet.py", "line": 9, "name": "fwd"}] if lib else []
+        return frames + [{"filename": "/r/animate124/render/renderer.py", "line": line, "name": "render"}]
+
+    gib = 2**30
+    events = [
+        {"action": "alloc", "addr": 1, "size": 2 * gib, "frames": fr(10)},
+        {"action": "alloc", "addr": 2, "size": 1 * gib, "frames": fr(10)},
+        {"action": "alloc", "addr": 3, "size": 4 * gib, "frames": fr(20, lib=True)},  # peak: 7 GiB
+        {"action": "free_requested", "addr": 3, "size": 4 * gib},
+        {"action": "free_completed", "addr": 3, "size": 4 * gib},
+        {"action": "alloc", "addr": 4, "size": 3 * gib, "frames": fr(30)},  # 6 GiB: not the peak
+    ]
+    text = peak_memory_sites({"device_traces": [events]}, torch.device("cuda:0"), base_bytes=gib)
+    assert "8.00 GiB allocated = 1.00 GiB before the trace" in text and "+ 7.00 GiB" in text
+    lines = text.splitlines()[1:]
+    assert "4.000 GiB  render/renderer.py:20 render  <- diffusers/unet.py:9 fwd" in lines[0]
+    assert "3.000 GiB  render/renderer.py:10 render" in lines[1] and len(lines) == 2

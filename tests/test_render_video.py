@@ -75,3 +75,16 @@ def test_mp4_even_size_and_gif(tmp_path):
     assert iio.imread(g).shape[0] == 4
     with pytest.raises(VideoError):
         save_video(tmp_path / "v.avi", frames)
+
+
+def test_mp4_without_the_ffmpeg_backend_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """Without imageio-ffmpeg, imageio hands .mp4 to tifffile ("unexpected keyword argument 'fps'", seen on
+    a GPU machine): say what is missing instead."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "imageio_ffmpeg" else real(n, *a)
+    )
+    with pytest.raises(VideoError, match="imageio-ffmpeg"):
+        save_video(tmp_path / "v.mp4", torch.rand(2, 3, 8, 8))

@@ -76,6 +76,14 @@ class StepTracer:
             torch.cuda.synchronize(device)
         self.device, self.steps, self.path, self.label = device, int(steps), Path(path), label
         self.done = 0
+        self.memory = False
+        if self.cuda:
+            self.base_bytes = torch.cuda.memory_allocated(device)
+            try:
+                torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python")
+                self.memory = True
+            except (AttributeError, RuntimeError, TypeError):  # an older torch: no memory section
+                self.memory = False
         self.prof: torch.profiler.profile | None = torch.profiler.profile(activities=acts)
         self.prof.__enter__()
         self.t0 = time.perf_counter()
@@ -94,6 +102,12 @@ class StepTracer:
         wall = time.perf_counter() - self.t0
         prof, self.prof = self.prof, None
         prof.__exit__(None, None, None)
+        memory = ""
+        if self.memory:
+            try:
+                memory = peak_memory_sites(torch.cuda.memory._snapshot(), self.device, self.base_bytes)
+            finally:
+                torch.cuda.memory._record_memory_history(enabled=None)
         if self.done == 0:
             return
         events = prof.key_averages()
@@ -117,7 +131,71 @@ class StepTracer:
             else f"# {self.label}: torch.profiler over {self.done} steps; wall-clock per step {per_step:.1f} ms\n"
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(head + "\n" + table + "\n", encoding="utf-8")
+        self.path.write_text(head + "\n" + table + "\n" + memory, encoding="utf-8")
+
+
+def _site(frames: list[dict[str, Any]]) -> str:
+    """The innermost frame in this package (``file:line function``), with the innermost library frame."""
+    ours = next((f for f in frames if "animate124" in f.get("filename", "")), None)
+    lib = next((f for f in frames if "torch/" not in f.get("filename", "")), None)
+
+    def fmt(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "?"
+        name = f.get("filename", "?")
+        for cut in ("animate124/", "site-packages/"):
+            if cut in name:
+                name = name.split(cut, 1)[1]
+        return f"{name}:{f.get('line', '?')} {f.get('name', '')}"
+
+    where = fmt(ours)
+    if lib is not None and lib is not ours:
+        where += f"  <- {fmt(lib)}"
+    return where
+
+
+def peak_memory_sites(snapshot: dict[str, Any], device: torch.device, base_bytes: int, rows: int = 25) -> str:
+    """What was allocated at the peak of a recorded stretch, by the code that allocated it.
+
+    Replays the allocator trace of ``torch.cuda.memory._snapshot()`` (alloc / free events since
+    ``_record_memory_history`` was switched on), finds the moment the memory allocated during the stretch
+    was largest, and sums the blocks alive then by their allocation site. ``base_bytes`` (allocated before
+    the stretch began: weights, optimizer state, a field) is reported as one line.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    traces = snapshot.get("device_traces", [])
+    events = traces[index] if index < len(traces) else []
+    sizes: dict[int, int] = {}
+    cur = peak = 0
+    peak_at = -1
+    for i, e in enumerate(events):  # pass 1: when was the stretch's allocation largest
+        action, addr = e.get("action"), e.get("addr")
+        if action == "alloc":
+            sizes[addr] = int(e.get("size", 0))
+            cur += sizes[addr]
+            if cur > peak:
+                peak, peak_at = cur, i
+        elif action in ("free_requested", "free") and addr in sizes:
+            cur -= sizes.pop(addr)
+    at_peak: dict[int, tuple[int, str]] = {}
+    for e in events[: peak_at + 1]:  # pass 2: the blocks alive at that moment, with their sites
+        action, addr = e.get("action"), e.get("addr")
+        if action == "alloc":
+            at_peak[addr] = (int(e.get("size", 0)), _site(e.get("frames", [])))
+        elif action in ("free_requested", "free"):
+            at_peak.pop(addr, None)
+    by_site: dict[str, int] = defaultdict(int)
+    for size, site in at_peak.values():
+        by_site[site] += size
+    gib = 2.0**30
+    lines = [
+        f"# memory at the peak of the traced steps: {(base_bytes + peak) / gib:.2f} GiB allocated = "
+        f"{base_bytes / gib:.2f} GiB before the trace (weights, optimizer state, fields) + "
+        f"{peak / gib:.2f} GiB allocated during it, alive then, by allocation site:",
+    ]
+    for site, size in sorted(by_site.items(), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"{size / gib:9.3f} GiB  {site}")
+    return "\n".join(lines) + "\n"
 
 
 def kept_for_backward(fn: Callable[[], T]) -> tuple[T, int]:

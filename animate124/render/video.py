@@ -140,7 +140,16 @@ def save_video(
     arrs = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a[..., :3] for a in arrs]
     suffix = path.suffix.lower()
     if suffix == ".mp4":
+        import importlib.util
+
         import imageio.v2 as iio2
+
+        if importlib.util.find_spec("imageio_ffmpeg") is None:
+            # without it imageio hands .mp4 to another plugin, which fails with an unrelated TypeError
+            raise VideoError(
+                f"cannot write {path.name}: the ffmpeg backend (imageio-ffmpeg) is not installed",
+                "pip install imageio-ffmpeg (a dependency of animate124), or ask for .gif",
+            )
 
         arrs = [_pad_even(a) for a in arrs]
         writer = iio2.get_writer(
