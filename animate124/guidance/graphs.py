@@ -15,7 +15,8 @@ PyTorch CUDA-graph notes require). ``tests/test_cuda_graphs.py`` checks replay a
 call on the GPU for each prior's network, and the fall-back rules on the CPU.
 
 When it falls back to the plain call: not on CUDA, gradients enabled, an input that requires grad,
-inside another capture, or a capture that failed once for that signature (logged, then eager for
+inside another capture, a new signature while a torch profiler records (``run.trace_steps``; it is
+recorded on a later call), or a capture that failed once for that signature (logged, then eager for
 good). The recorded graph points at the module's parameters, so it is dropped when they move
 (``.to()``) and re-recorded on the next call. All graphs of a process share one memory pool; that is
 safe because each replay's outputs are cloned before any other graph runs, and graphs never run
@@ -74,6 +75,13 @@ def _leaf_key(x: Any) -> Any:
     if x is None or isinstance(x, (bool, int, float, str)):
         return ("V", type(x).__name__, x)
     raise TypeError(type(x).__name__)
+
+
+def _profiling() -> bool:
+    """Whether a torch profiler is recording: a capture under it broke the refine stage on an H200
+    (``run.trace_steps``: conv2d "returned NULL without setting an exception")."""
+    enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
+    return bool(enabled()) if enabled is not None else False
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -169,6 +177,8 @@ class GraphedCall:
         if rec is not None and rec.params != self._param_marks():
             del self._graphs[key]  # the parameters moved: the recording points at freed memory
             rec = None
+        if rec is None and _profiling():
+            return self.eager(*args, **kwargs)  # never record under a profiler (CUPTI); replays are fine
         if rec is None:
             try:
                 rec = self._record(leaves, spec, state)
