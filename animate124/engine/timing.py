@@ -111,11 +111,7 @@ class StepTracer:
         if self.done == 0:
             return
         events = prof.key_averages()
-
-        def dev_self(e: Any) -> float:
-            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
-
-        device_us = sum(dev_self(e) for e in events)
+        device_us = kernel_busy_us(prof.events())
         sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         try:
             table = events.table(sort_by=sort, row_limit=60, max_name_column_width=70)
@@ -125,13 +121,38 @@ class StepTracer:
         dev_step = device_us / 1000.0 / self.done
         head = (
             f"# {self.label}: torch.profiler over {self.done} training steps\n"
-            f"# wall-clock per step: {per_step:.1f} ms; device (kernel) time per step: {dev_step:.1f} ms; "
-            f"GPU busy: {dev_step / per_step:.0%}\n"
+            f"# wall-clock per step: {per_step:.1f} ms (profiler overhead included); GPU busy (union of "
+            f"kernel intervals) per step: {dev_step:.1f} ms = {dev_step / per_step:.0%}\n"
             if self.cuda
             else f"# {self.label}: torch.profiler over {self.done} steps; wall-clock per step {per_step:.1f} ms\n"
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(head + "\n" + table + "\n" + memory, encoding="utf-8")
+
+
+def kernel_busy_us(events: Any) -> float:
+    """Microseconds in which at least one kernel ran: the union of the device events' intervals.
+
+    Not the sum of the table's device-time columns: those count a kernel once as itself, again under the
+    operator that launched it, and the step parts' ranges appear on the GPU timeline as annotations.
+    """
+    spans = []
+    for e in events:
+        dev = getattr(e, "device_type", None)
+        if dev is None or getattr(dev, "name", str(dev)).upper() == "CPU":
+            continue
+        if getattr(e, "is_user_annotation", False) or e.name.startswith(
+            ("gpu_user_annotation", "ProfilerStep")
+        ):
+            continue
+        spans.append((e.time_range.start, e.time_range.end))
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        busy += b - max(a, end)
+        end = b
+    return busy
 
 
 def _site(frames: list[dict[str, Any]]) -> str:

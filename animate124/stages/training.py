@@ -89,6 +89,12 @@ def train_nerf_stage(
         paths = project.stage(stage)
         with oom_guard(f"the {stage} stage"):
             built = make(ctx, device)
+            if stage == "refine" and cfg.run.trace_steps and device.type == "cuda":
+                log.warning(
+                    "run.trace_steps in refine: on an H200 (torch 2.11) the first traced step failed with "
+                    "'conv2d returned NULL without setting an exception' (BENCHMARKS.md §8); static, dynamic "
+                    "and invert trace fine"
+                )
             trainer = Trainer(trainer_settings(cfg, stage, ctx.config_hash))
             with rich_progress(stage, enabled=show_progress) as prog, graceful_interrupt() as stop:
                 result = trainer.run(
