@@ -34,6 +34,7 @@ PROMPTS = {"static": {"prompt": "a toy"}, "dynamic": {"prompt": "a toy is spinni
 # Fields that cannot change what is built on this machine, each with the reason.
 NOT_VARIED = {
     "run.device": "only a CPU here; resolve_device is tested in test_cli (auto/cpu/cuda/bad names)",
+    "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
 }
 OUTPUT_SECTIONS = {
     "render": "animate124/stages/render.py",

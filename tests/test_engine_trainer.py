@@ -201,9 +201,20 @@ def test_trace_steps_reaches_the_trainer_and_the_inversion() -> None:
     from animate124.config import resolve_config
     from animate124.stages import build
 
-    cfg = resolve_config("tiny", sets=["run.trace_steps=3"])
-    assert build.trainer_settings(cfg, "static").trace_steps == 3
-    assert build.ti_config(cfg, torch.device("cpu")).trace_steps == 3
+    cfg = resolve_config("tiny", sets=["run.trace_steps=3", "run.trace_parts=ops"])
+    settings, ti = build.trainer_settings(cfg, "static"), build.ti_config(cfg, torch.device("cpu"))
+    assert (settings.trace_steps, settings.trace_parts) == (3, "ops") == (ti.trace_steps, ti.trace_parts)
+
+
+def test_step_tracer_parts(tmp_path) -> None:
+    from animate124.engine.timing import StepTracer
+
+    with pytest.raises(ValueError, match="trace parts"):
+        StepTracer(torch.device("cpu"), 1, tmp_path / "x.txt", parts="kernels")
+    tracer = StepTracer(torch.device("cpu"), 1, tmp_path / "m.txt", "refine", parts="memory")
+    torch.randn(8, 8).sum()
+    tracer.step_done()  # no profiler, and no allocator history on a CPU: the header alone
+    assert (tmp_path / "m.txt").read_text().startswith("# refine: 1 traced training steps (memory only)")
 
 
 def test_peak_memory_sites_replays_the_allocator_trace() -> None:

@@ -46,8 +46,13 @@ class RunConfig:
     trace_steps: int = opt(
         0,
         "Record this many steps of each training stage with torch.profiler, after 10 warm-up steps; writes "
-        "logs/<stage>.profile.txt (operators and kernels by device time, GPU busy fraction).",
+        "logs/<stage>.profile.txt (operators and kernels by device time, GPU busy fraction, memory at the peak).",
         min=0,
+        nohash=True,
+    )
+    trace_parts: Literal["all", "ops", "memory"] = opt(
+        "all",
+        "What run.trace_steps records: all, ops (the profiler table only) or memory (the allocation sites only).",
         nohash=True,
     )
     preview_every: int = opt(

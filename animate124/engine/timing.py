@@ -63,29 +63,39 @@ class StepTracer:
     """``torch.profiler`` over ``steps`` training steps; writes a table to ``path`` when they are done.
 
     The table (``run.trace_steps``) lists operators and kernels by device time, with the step parts of
-    :class:`Timers` as named ranges, under a header with the wall-clock per step and the device time per
-    step (the sum of the kernels' own times). Their ratio is how busy the GPU was: far below 1, the step
-    waits on Python and kernel launches, not on the GPU.
+    :class:`Timers` as named ranges, under a header with the wall-clock per step and the time per step in
+    which the GPU ran at least one kernel: far below the wall-clock, the step waits on Python and kernel
+    launches, not on the GPU. On CUDA a memory section follows: what was allocated at the traced peak, by
+    the line that allocated it (:func:`peak_memory_sites`). ``parts`` (``run.trace_parts``): ``"all"``,
+    ``"ops"`` (no memory history) or ``"memory"`` (no profiler), to tell apart which one a failure needs.
     """
 
-    def __init__(self, device: torch.device, steps: int, path: Path, label: str = "train") -> None:
-        acts = [torch.profiler.ProfilerActivity.CPU]
+    def __init__(
+        self, device: torch.device, steps: int, path: Path, label: str = "train", parts: str = "all"
+    ) -> None:
+        if parts not in ("all", "ops", "memory"):
+            raise ValueError(f"unknown trace parts {parts!r}")
         self.cuda = device.type == "cuda"
         if self.cuda:
-            acts.append(torch.profiler.ProfilerActivity.CUDA)
             torch.cuda.synchronize(device)
         self.device, self.steps, self.path, self.label = device, int(steps), Path(path), label
         self.done = 0
+        self.open = True
         self.memory = False
-        if self.cuda:
+        if self.cuda and parts in ("all", "memory"):
             self.base_bytes = torch.cuda.memory_allocated(device)
             try:
                 torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python")
                 self.memory = True
             except (AttributeError, RuntimeError, TypeError):  # an older torch: no memory section
                 self.memory = False
-        self.prof: torch.profiler.profile | None = torch.profiler.profile(activities=acts)
-        self.prof.__enter__()
+        self.prof: torch.profiler.profile | None = None
+        if parts in ("all", "ops"):
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if self.cuda:
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
         self.t0 = time.perf_counter()
 
     def step_done(self) -> None:
@@ -95,13 +105,15 @@ class StepTracer:
 
     def close(self) -> None:
         """Stop and write the table (once; a run that ends early writes what it traced)."""
-        if self.prof is None:
+        if not self.open:
             return
+        self.open = False
         if self.cuda:
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self.t0
         prof, self.prof = self.prof, None
-        prof.__exit__(None, None, None)
+        if prof is not None:
+            prof.__exit__(None, None, None)
         memory = ""
         if self.memory:
             try:
@@ -110,22 +122,26 @@ class StepTracer:
                 torch.cuda.memory._record_memory_history(enabled=None)
         if self.done == 0:
             return
-        events = prof.key_averages()
-        device_us = kernel_busy_us(prof.events())
-        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
-        try:
-            table = events.table(sort_by=sort, row_limit=60, max_name_column_width=70)
-        except (AttributeError, KeyError):
-            table = events.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=70)
         per_step = 1000.0 * wall / self.done
-        dev_step = device_us / 1000.0 / self.done
-        head = (
-            f"# {self.label}: torch.profiler over {self.done} training steps\n"
-            f"# wall-clock per step: {per_step:.1f} ms (profiler overhead included); GPU busy (union of "
-            f"kernel intervals) per step: {dev_step:.1f} ms = {dev_step / per_step:.0%}\n"
-            if self.cuda
-            else f"# {self.label}: torch.profiler over {self.done} steps; wall-clock per step {per_step:.1f} ms\n"
-        )
+        if prof is None:
+            head = f"# {self.label}: {self.done} traced training steps (memory only); wall-clock per step {per_step:.1f} ms\n"
+            table = ""
+        else:
+            events = prof.key_averages()
+            sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+            try:
+                table = events.table(sort_by=sort, row_limit=60, max_name_column_width=70)
+            except (AttributeError, KeyError):
+                table = events.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=70)
+            if self.cuda:
+                dev_step = kernel_busy_us(prof.events()) / 1000.0 / self.done
+                head = (
+                    f"# {self.label}: torch.profiler over {self.done} training steps\n"
+                    f"# wall-clock per step: {per_step:.1f} ms (profiler overhead included); GPU busy (union of "
+                    f"kernel intervals) per step: {dev_step:.1f} ms = {dev_step / per_step:.0%}\n"
+                )
+            else:
+                head = f"# {self.label}: torch.profiler over {self.done} steps; wall-clock per step {per_step:.1f} ms\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(head + "\n" + table + "\n" + memory, encoding="utf-8")
 

@@ -91,6 +91,7 @@ class TrainerSettings:
     max_skipped_steps: int = 200
     trace_steps: int = 0
     trace_after: int = 10
+    trace_parts: str = "all"
 
 
 @dataclass
@@ -227,9 +228,8 @@ class Trainer:
                     break
                 step += 1
                 if tracer is None and s.trace_steps > 0 and step == start + s.trace_after + 1 and log_path:
-                    tracer = StepTracer(
-                        dev, s.trace_steps, Path(log_path).with_suffix(".profile.txt"), s.label
-                    )
+                    trace_path = Path(log_path).with_suffix(".profile.txt")
+                    tracer = StepTracer(dev, s.trace_steps, trace_path, s.label, s.trace_parts)
                 system.before_step(step)
                 with torch.autocast(
                     dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None

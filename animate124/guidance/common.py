@@ -133,7 +133,7 @@ class _RecomputedEncoder(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, vae, chunk, inner):  # type: ignore[override]
+    def forward(ctx, x, vae, chunk, inner):
         ctx.vae, ctx.chunk, ctx.inner = vae, chunk, inner
         dev = x.device.type
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
@@ -141,7 +141,7 @@ class _RecomputedEncoder(torch.autograd.Function):
         return vae.encode(x).latent_dist.parameters
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         dev, enabled, dtype = ctx.autocast
         vae, chunk = ctx.vae, ctx.chunk

@@ -105,6 +105,7 @@ class TIConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     trace_steps: int = 0  # run.trace_steps: torch.profiler table of this many steps (after 10)
+    trace_parts: str = "all"  # run.trace_parts
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -508,6 +509,7 @@ def train_textual_inversion(
         config_hash=f"ti:{cfg.placeholder}",
         label="invert",
         trace_steps=cfg.trace_steps,
+        trace_parts=cfg.trace_parts,
     )
     try:
         result = Trainer(settings).run(

@@ -93,6 +93,7 @@ def ti_config(cfg: Config, device: torch.device) -> Any:
         checkpoint_every=c.checkpoint_every,
         mixed_precision=precision_of(cfg, device) == "fp16",
         trace_steps=cfg.run.trace_steps,
+        trace_parts=cfg.run.trace_parts,
     )
 
 
@@ -290,6 +291,7 @@ def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerS
         config_hash=config_hash,
         label=stage,
         trace_steps=cfg.run.trace_steps,
+        trace_parts=cfg.run.trace_parts,
     )
 
 

@@ -93,7 +93,7 @@ def train_nerf_stage(
                 log.warning(
                     "run.trace_steps in refine: on an H200 (torch 2.11) the first traced step failed with "
                     "'conv2d returned NULL without setting an exception' (BENCHMARKS.md §8); static, dynamic "
-                    "and invert trace fine"
+                    "and invert trace fine; run.trace_parts=ops or =memory records one half"
                 )
             trainer = Trainer(trainer_settings(cfg, stage, ctx.config_hash))
             with rich_progress(stage, enabled=show_progress) as prog, graceful_interrupt() as stop:
