@@ -35,6 +35,7 @@ PROMPTS = {"static": {"prompt": "a toy"}, "dynamic": {"prompt": "a toy is spinni
 NOT_VARIED = {
     "run.device": "only a CPU here; resolve_device is tested in test_cli (auto/cpu/cuda/bad names)",
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
+    "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
 }
 OUTPUT_SECTIONS = {
     "render": "animate124/stages/render.py",

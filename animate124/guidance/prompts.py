@@ -149,6 +149,9 @@ class TextEmbeddingCache:
         self.text_encoder = text_encoder
         self.placeholder: str | None = None
         self._cache: dict[str, torch.Tensor] = {}
+        #: where the embeddings are used: the encoder's device when the prior was built (it may be parked
+        #: on the CPU afterwards, :func:`animate124.guidance.common.park_encoders`)
+        self.device = next(text_encoder.parameters()).device
 
     def add_learned_token(self, token: str, vector: torch.Tensor) -> None:
         """Register a learned token; ``<token>`` in later prompts is replaced by it."""
@@ -164,7 +167,7 @@ class TextEmbeddingCache:
 
     @torch.no_grad()
     def encode(self, prompt: str) -> torch.Tensor:
-        """Embedding ``[1, L, D]`` of one prompt (in the encoder's dtype and device)."""
+        """Embedding ``[1, L, D]`` of one prompt (in the encoder's dtype, on :attr:`device`)."""
         p = self.resolve(prompt)
         if p not in self._cache:
             tok = self.tokenizer
@@ -176,7 +179,7 @@ class TextEmbeddingCache:
                 return_tensors="pt",
             ).input_ids
             dev = next(self.text_encoder.parameters()).device
-            self._cache[p] = self.text_encoder(ids.to(dev))[0].detach()
+            self._cache[p] = self.text_encoder(ids.to(dev))[0].detach().to(self.device)
         return self._cache[p]
 
     def encode_views(self, prompt: str) -> torch.Tensor:

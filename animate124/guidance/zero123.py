@@ -218,7 +218,8 @@ class Zero123Guidance:
         enc_dtype = module_dtype(self.image_encoder)
         size = int(self.image_encoder.config.image_size)
         pix = clip_preprocess(reference.to(module_device(self.image_encoder)), size).to(enc_dtype)
-        self.clip_embeds = self.image_encoder(pixel_values=pix).image_embeds[:, None].detach()
+        embeds = self.image_encoder(pixel_values=pix).image_embeds[:, None].detach()
+        self.clip_embeds = embeds.to(module_device(self.projection))  # the encoder may be parked elsewhere
         ref = resize(reference.to(module_device(self.vae)).float(), (self.image_size,) * 2)
         self.c_concat = encode_latents(
             self.vae, ref, sample=self.c_concat_mode == "sample", scale=False, generator=generator

@@ -314,9 +314,13 @@ def _store(cfg: Config) -> Any:
 
 
 def _graphed(cfg: Config, prior: Any) -> Any:
-    """The prior with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs`` (same function)."""
+    """The prior with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, and its text /
+    image encoders parked on the CPU when ``run.park_encoders`` (both: the same function)."""
+    from animate124.guidance.common import park_encoders
     from animate124.guidance.graphs import graph_prior_networks
 
+    if cfg.run.park_encoders:
+        park_encoders(prior)
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
 
 
