@@ -32,21 +32,20 @@ class Timers:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        if not self.enabled:
-            with torch.profiler.record_function(name):  # a named range in a StepTracer's table; ~µs
+        with torch.profiler.record_function(name):  # a named range in a StepTracer's table; ~µs
+            if not self.enabled:
                 yield
-            return
-        if self.sync:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        try:
-            with torch.profiler.record_function(name):
-                yield
-        finally:
+                return
             if self.sync:
                 torch.cuda.synchronize()
-            self.seconds[name] += time.perf_counter() - t0
-            self.calls[name] += 1
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                if self.sync:
+                    torch.cuda.synchronize()
+                self.seconds[name] += time.perf_counter() - t0
+                self.calls[name] += 1
 
     def summary(self, steps: int) -> dict[str, float]:
         """Milliseconds per training step for each part (0 parts when disabled)."""

@@ -142,6 +142,10 @@ def latent_scaling(vae: AutoencoderKL) -> float:
 CHECKPOINT_PIXELS = 4 * 256 * 256
 
 
+def _moments(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    return vae.encode(x).latent_dist.parameters
+
+
 class _RecomputedEncoder(torch.autograd.Function):
     """Moments of the whole batch in one no-grad pass; backward recomputes the encoder in chunks.
 
@@ -157,7 +161,7 @@ class _RecomputedEncoder(torch.autograd.Function):
         dev = x.device.type
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.save_for_backward(x)
-        return vae.encode(x).latent_dist.parameters
+        return _moments(vae, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -173,7 +177,7 @@ class _RecomputedEncoder(torch.autograd.Function):
             with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                 for s in range(0, x.shape[0], chunk):
                     xi = x[s : s + chunk].detach().requires_grad_(True)
-                    mi = vae.encode(xi).latent_dist.parameters
+                    mi = _moments(vae, xi)
                     (gx[s : s + chunk],) = torch.autograd.grad(mi, xi, grad[s : s + chunk])
         finally:
             if inner and not was:
@@ -199,14 +203,13 @@ def encoder_moments(
     gives the parameters their gradients.
     """
     if not (checkpoint and torch.is_grad_enabled() and x.requires_grad):
-        return vae.encode(x).latent_dist.parameters
+        return _moments(vae, x)
     if any(p.requires_grad for p in vae.parameters()):
         from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-        def moments(xi: torch.Tensor) -> torch.Tensor:
-            return vae.encode(xi).latent_dist.parameters
-
-        parts = [activation_checkpoint(moments, x[i : i + 1], use_reentrant=False) for i in range(x.shape[0])]
+        parts = [
+            activation_checkpoint(_moments, vae, x[i : i + 1], use_reentrant=False) for i in range(x.shape[0])
+        ]
         return torch.cat(parts)
     pixels = int(x.shape[-2]) * int(x.shape[-1])
     chunk = max(1, int(chunk_pixels) // max(pixels, 1))

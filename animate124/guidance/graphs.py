@@ -66,7 +66,7 @@ class _Recorded:
     inputs: list[torch.Tensor]  # the recorded input buffers, in the order of the tensor leaves
     outputs: list[torch.Tensor]
     out_spec: Any
-    params: tuple[int, int]
+    params: int
 
 
 def _leaf_key(x: Any) -> Any:
@@ -115,15 +115,10 @@ class GraphedCall:
         return f"GraphedCall({type(self.eager).__name__}, graphs={len(self._graphs)})"
 
     # ------------------------------------------------------------------ helpers
-    def _param_marks(self) -> tuple[int, int]:
-        first = last = None
-        for p in self.eager.parameters():
-            if first is None:
-                first = p
-            last = p
-        if first is None or last is None:
-            return (0, 0)
-        return (first.data_ptr(), last.data_ptr())
+    def _param_mark(self) -> int:
+        """Where the first parameter lives: ``.to()`` moves every parameter, so this one tells (cheap per call)."""
+        first = next(self.eager.parameters(), None)
+        return first.data_ptr() if first is not None else 0
 
     def eligible(self, leaves: list[Any]) -> bool:
         """Whether this call may be replayed from a graph (see the module docstring)."""
@@ -159,7 +154,7 @@ class GraphedCall:
         if not all(isinstance(o, torch.Tensor) for o in out_leaves):
             raise TypeError("the module returned a non-tensor leaf")
         inputs = [x for x in static if isinstance(x, torch.Tensor)]
-        return _Recorded(graph, inputs, out_leaves, out_spec, self._param_marks())
+        return _Recorded(graph, inputs, out_leaves, out_spec, self._param_mark())
 
     # ------------------------------------------------------------------ the call
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -174,7 +169,7 @@ class GraphedCall:
         if key in self._failed:
             return self.eager(*args, **kwargs)
         rec = self._graphs.get(key)
-        if rec is not None and rec.params != self._param_marks():
+        if rec is not None and rec.params != self._param_mark():
             del self._graphs[key]  # the parameters moved: the recording points at freed memory
             rec = None
         if rec is None and _profiling():

@@ -313,7 +313,7 @@ def _store(cfg: Config) -> Any:
     return model_store(cfg)
 
 
-def _graphed(cfg: Config, prior: Any) -> Any:
+def _finish_prior(cfg: Config, prior: Any) -> Any:
     """The prior with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, and its text /
     image encoders parked on the CPU when ``run.park_encoders`` (both: the same function)."""
     from animate124.guidance.common import park_encoders
@@ -331,7 +331,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
 
     s = cfg.static
     comps = components or load_sd(_store(cfg), device=device, dtype=prior_dtype(cfg, device))
-    return _graphed(
+    return _finish_prior(
         cfg,
         StableDiffusionGuidance(
             comps,
@@ -354,7 +354,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
 
     sec = cfg.static if stage == "static" else cfg.dynamic
     comps = load_zero123(_store(cfg), device=device, dtype=prior_dtype(cfg, device))
-    return _graphed(
+    return _finish_prior(
         cfg,
         Zero123Guidance(
             comps,
@@ -377,7 +377,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
     comps = load_video(
         _store(cfg), device=device, dtype=prior_dtype(cfg, device), which=cfg.models.video_model
     )
-    return _graphed(
+    return _finish_prior(
         cfg,
         VideoGuidance(
             comps,
@@ -406,7 +406,7 @@ def build_controlnet_guidance(
     store = _store(cfg)
     sd = load_sd(store, device=device, dtype=dtype)
     cn = load_controlnet(store, device=device, dtype=dtype)
-    return _graphed(
+    return _finish_prior(
         cfg,
         ControlNetGuidance(
             sd,
