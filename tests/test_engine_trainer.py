@@ -293,3 +293,55 @@ def test_step_tracer_on_the_gpu_reports_the_kernel_time(tmp_path) -> None:
     busy_ms = float(re.search(r"per step: ([\d.]+) ms =", text.splitlines()[1]).group(1))
     assert 0.7 * events_ms <= busy_ms <= 1.1 * events_ms, (busy_ms, events_ms)
     assert "memory at the peak" in text
+
+
+class _FakeAllocator:
+    """The four allocator counters Timers reads, over a script of allocations (bytes)."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = self.reserved = self.reserved_peak = 0
+
+    def alloc(self, n: int) -> None:
+        self.now += n
+        self.peak = max(self.peak, self.now)
+        self.reserved = max(self.reserved, self.now)
+        self.reserved_peak = max(self.reserved_peak, self.reserved)
+
+    def reset(self, device=None) -> None:
+        self.peak, self.reserved_peak = self.now, self.reserved
+
+
+def test_timers_measure_each_parts_memory_and_keep_the_runs_peak(monkeypatch) -> None:
+    """Per-part peaks and rises with nested parts; the resets at each part's start do not hide the peak
+    of an enclosing part, nor the run's peak (the trainer's figure)."""
+    fake = _FakeAllocator()
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: fake.now)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: fake.peak)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d=None: fake.reserved_peak)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake.reset)
+    G = 2**30
+    timers = Timers(True, torch.device("cuda"))
+    fake.alloc(2 * G)  # resident before any part
+    with timers("outer"):
+        fake.alloc(5 * G)  # outer peaks at 7 before the inner part resets the counter
+        fake.alloc(-4 * G)
+        with timers("inner"):
+            fake.alloc(1 * G)  # 4
+            fake.alloc(-1 * G)
+        fake.alloc(-1 * G)
+    with timers("inner"):  # a second call: the larger rise and peak are kept
+        fake.alloc(3 * G)  # 5
+        fake.alloc(-3 * G)
+    mem = timers.memory_summary()
+    assert mem["outer"] == {"peak_gib": 7.0, "rise_gib": 5.0}
+    assert mem["inner"] == {"peak_gib": 5.0, "rise_gib": 3.0}
+    alloc, reserved = timers.peak_memory()
+    assert alloc == 7 * G and reserved == 7 * G  # the counter alone says 5 after the last reset
+    assert fake.peak == 5 * G
+    timers.reset_memory()
+    assert timers.memory_summary() == {}
+    off = Timers(False, torch.device("cuda"))
+    with off("x"):
+        fake.alloc(G)
+    assert off.memory_summary() == {}

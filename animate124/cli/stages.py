@@ -150,8 +150,13 @@ def _training_command(stage: str):
         proj = _found_project(s, project)
         if prompt is not None and not prompt.strip():
             raise ConfigError(f"the {stage} prompt is empty", hint="give a short description in quotes")
-        text = prompt.strip() if prompt else (proj.recorded("prompts") or {}).get(stage)
-        cfg = s.config({stage: {"prompt": text}} if text else None)
+        # every stage prompt run-all recorded, not only this stage's: refine also runs the dynamic
+        # stage's video prior with the dynamic prompt (--set and --prompt still win)
+        recorded = proj.recorded("prompts") or {}
+        options = {n: {"prompt": recorded[n]} for n in ("static", "dynamic", "refine") if recorded.get(n)}
+        if prompt:
+            options[stage] = {"prompt": prompt.strip()}
+        cfg = s.config(options or None)
         _check_prompts(s, cfg, (stage,))
         s.stage_started(get_stage(stage))
         result = get_stage(stage).run_function()(proj, cfg, force=s.opts.force, show_progress=s.show_progress)

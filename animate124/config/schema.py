@@ -63,9 +63,9 @@ class RunConfig:
     )
     vae_checkpoint: bool = opt(
         True,
-        "Keep no VAE-encoder activations for backward in the priors: recompute them one image at a time "
-        "(same gradients; saves about 0.4 GiB per 256² frame, 7 GiB per 1024² frame in fp16; costs one more "
-        "encoder pass).",
+        "Keep no VAE-encoder activations for backward in the priors: recompute them in backward, in chunks "
+        "of 4 × 256² pixels (a 1024² image alone, block by block) (same gradients; saves about 0.6 GiB per "
+        "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass).",
         nohash=True,
     )
     park_encoders: bool = opt(
@@ -360,6 +360,12 @@ class RefineConfig:
     )
     weight: float = opt(1.0, "ControlNet SDS weight (ignored by the x0 target, as upstream).")
     controlnet_prompt: str = opt("best quality, high resolution", "Text given to ControlNet itself.")
+    frozen_frames: Literal["read", "all"] = opt(
+        "read",
+        "Frames the frozen copy renders: read = only those ControlNet reads (the same condition images); "
+        "all = the whole clip, as upstream (the same function, 8x the work and memory).",
+        nohash=True,
+    )
     textureless_rate: float = opt(0.0, "Probability of textureless shading.", min=0.0, max=1.0)
     lr: float = opt(1e-3, "Base learning rate.", min=0.0)
     grad_clip: float = opt(1.0, "Element-wise gradient clip value.", min=0.0)

@@ -22,13 +22,31 @@ __all__ = ["StepTracer", "Timers", "kept_for_backward"]
 
 
 class Timers:
-    """Accumulate seconds per name: ``with timers("render"): ...``."""
+    """Accumulate seconds per name: ``with timers("render"): ...``.
+
+    With ``enabled`` on CUDA (``run.profile``) each part is also measured for memory: the peak allocated
+    while it ran and its rise over what was allocated when it began (:meth:`memory_summary`). That needs
+    the allocator's peak counter reset at each part's start; the peaks of the enclosing parts and of the
+    whole run are folded in before every reset, so :meth:`peak_memory` still gives the run's true peak.
+    """
 
     def __init__(self, enabled: bool = False, device: torch.device | None = None) -> None:
         self.enabled = bool(enabled)
         self.sync = self.enabled and device is not None and device.type == "cuda"
+        self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.peak_bytes: dict[str, int] = defaultdict(int)
+        self.rise_bytes: dict[str, int] = defaultdict(int)
+        self._open: list[list[Any]] = []  # [name, allocated at entry, running peak] of the parts now open
+        self._overall = [0, 0]  # allocated, reserved peaks folded in before each reset
+
+    def _fold(self) -> None:
+        alloc = torch.cuda.max_memory_allocated(self.device)
+        self._overall[0] = max(self._overall[0], alloc)
+        self._overall[1] = max(self._overall[1], torch.cuda.max_memory_reserved(self.device))
+        for part in self._open:
+            part[2] = max(part[2], alloc)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -38,12 +56,20 @@ class Timers:
                 return
             if self.sync:
                 torch.cuda.synchronize()
+                self._fold()
+                torch.cuda.reset_peak_memory_stats(self.device)
+                now = torch.cuda.memory_allocated(self.device)
+                self._open.append([name, now, now])
             t0 = time.perf_counter()
             try:
                 yield
             finally:
                 if self.sync:
                     torch.cuda.synchronize()
+                    self._fold()
+                    _, entry, peak = self._open.pop()
+                    self.peak_bytes[name] = max(self.peak_bytes[name], peak)
+                    self.rise_bytes[name] = max(self.rise_bytes[name], peak - entry)
                 self.seconds[name] += time.perf_counter() - t0
                 self.calls[name] += 1
 
@@ -53,9 +79,37 @@ class Timers:
             return {}
         return {name: 1000.0 * s / steps for name, s in sorted(self.seconds.items())}
 
+    def memory_summary(self) -> dict[str, dict[str, float]]:
+        """name -> {"peak_gib": highest allocated while the part ran, "rise_gib": its largest rise over the
+        allocation at the part's start}; empty unless measuring on CUDA."""
+        gib = 2.0**30
+        return {
+            name: {
+                "peak_gib": round(self.peak_bytes[name] / gib, 3),
+                "rise_gib": round(self.rise_bytes[name] / gib, 3),
+            }
+            for name in sorted(self.peak_bytes)
+        }
+
+    def peak_memory(self) -> tuple[int, int]:
+        """(allocated, reserved) peak bytes on the device since the last reset, the parts' resets included."""
+        if self.device is None or self.device.type != "cuda":
+            return 0, 0
+        if self.sync:
+            self._fold()
+            return self._overall[0], self._overall[1]
+        return torch.cuda.max_memory_allocated(self.device), torch.cuda.max_memory_reserved(self.device)
+
+    def reset_memory(self) -> None:
+        """Forget the memory figures (the trainer calls this where it resets the allocator's peaks)."""
+        self.peak_bytes.clear()
+        self.rise_bytes.clear()
+        self._overall = [0, 0]
+
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
+        self.reset_memory()
 
 
 class StepTracer:

@@ -210,6 +210,7 @@ class Trainer:
         scalar_log = ScalarLog(log_path) if log_path is not None else None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
+            system.timers.reset_memory()
         params = _params(optimizer)
         skipped = 0
         step = start
@@ -304,8 +305,14 @@ class Trainer:
         if parts:
             metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}
         if dev.type == "cuda":
-            metrics["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
-            metrics["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(dev) / 2**30, 3)
+            alloc, reserved = system.timers.peak_memory()  # the parts' peak resets folded in
+            metrics["peak_allocated_gib"] = round(max(alloc, torch.cuda.max_memory_allocated(dev)) / 2**30, 3)
+            metrics["peak_reserved_gib"] = round(
+                max(reserved, torch.cuda.max_memory_reserved(dev)) / 2**30, 3
+            )
+            by_part = system.timers.memory_summary()
+            if by_part:
+                metrics["memory_by_part"] = by_part
         return TrainResult(
             steps=step,
             start_step=start,

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One GPU call for issue 12's memory questions: where refine's memory goes (per-part peaks from
+# run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
+# low-vram preset with the encoders parked, and channels-last prior calls.
+# Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
+# PARTS='refine lowvram cl' picks parts; VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+set -uo pipefail
+FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
+trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+A124="python3 -m animate124.cli.app"; ROOT=$PWD
+W=/tmp/a124; mkdir -p $W; export ANIMATE124_STATE_DIR=$W/state
+PARTS="${PARTS:-refine lowvram cl}"
+if [ ! -f $W/models/.done ]; then
+  el "full-size random-weight priors"
+  python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -2
+  python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
+  touch $W/models/.done
+fi
+MODELS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
+        --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth --set run.preview_every=0"
+summary() {  # manifest -> one line per stage: rate, peaks, memory by part
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["stages"]
+for name in sys.argv[2].split(","):
+    r = m.get(name, {}); mt = r.get("metrics", {})
+    print(f"{name:8s} {r.get('status')!s:8s} it/s {mt.get('it_s')}  peak {mt.get('peak_allocated_gib')}/"
+          f"{mt.get('peak_reserved_gib')} GiB")
+    for part, v in sorted(mt.get("memory_by_part", {}).items(), key=lambda kv: -kv[1]["peak_gib"]):
+        print(f"    {part:14s} peak {v['peak_gib']:7.2f}  rise {v['rise_gib']:7.2f} GiB  "
+              f"{mt.get('ms_per_step', {}).get(part, '')} ms/step")
+PY
+}
+
+if [[ " $PARTS " == *" refine "* ]]; then
+  el "paper: run-all to dynamic with a few steps, then refine variants"
+  mkdir -p $W/p && cd $W/p
+  timeout 300 $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" --until dynamic --json $MODELS \
+     --set invert.steps=4 --set static.iters=5 --set static.known_iters=0 --set dynamic.iters=5 \
+     > "$OUT/p_run_all.json" 2> "$OUT/p_run_all.err"; echo "exit $?"; tail -2 "$OUT/p_run_all.err"
+  P=$W/p/runs/toy
+  for i in ${VARIANTS:-profile memory nographs ops}; do
+    case $i in
+      profile) v="--set run.profile=true" ;;
+      nographs) v="--set run.profile=true --set run.cuda_graphs=false" ;;
+      memory) v="--set run.trace_steps=2 --set run.trace_parts=memory" ;;
+      ops) v="--set run.trace_steps=2 --set run.trace_parts=ops" ;;
+    esac
+    el "refine $i: $v"
+    timeout 240 $A124 refine -p $P --force --debug --json $MODELS --set refine.iters=12 $v \
+      > "$OUT/refine_$i.json" 2> "$OUT/refine_$i.err"; echo "exit $?"; tail -3 "$OUT/refine_$i.err"
+    summary $P/manifest.json refine | tee -a "$OUT/summary.txt"
+    cp $P/logs/refine.profile.txt "$OUT/refine_$i.profile.txt" 2>/dev/null; rm -f $P/logs/refine.profile.txt
+  done
+  cd "$ROOT"
+fi
+
+if [[ " $PARTS " == *" lowvram "* ]]; then
+  el "low-vram: every stage, 12 steps, per-part memory"
+  mkdir -p $W/lv && cd $W/lv
+  timeout 400 $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" --until refine --preset low-vram --json $MODELS \
+     --set invert.steps=12 --set static.iters=12 --set static.known_iters=0 --set dynamic.iters=12 --set refine.iters=12 \
+     --set run.profile=true > "$OUT/lv_run_all.json" 2> "$OUT/lv_run_all.err"; echo "exit $?"; tail -2 "$OUT/lv_run_all.err"
+  summary $W/lv/runs/toy/manifest.json invert,static,dynamic,refine | tee -a "$OUT/summary_lowvram.txt"
+  cd "$ROOT"
+fi
+
+if [[ " $PARTS " == *" cl "* ]]; then
+  el "prior calls, graphs + VAE checkpoint, channels-last"
+  timeout ${CL_TIMEOUT:-240} python3 benchmarks/bench_guidance.py --configs .device/hf-configs --vae-checkpoint --cuda-graphs \
+    --channels-last --out "$OUT/guidance_channels_last.json" 2>&1 | tail -6
+fi
+el "done"
