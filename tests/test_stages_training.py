@@ -189,3 +189,57 @@ def test_refine_frozen_copy_is_the_dynamic_result_after_a_resume(prepared, tmp_p
         assert torch.equal(v.cpu(), dyn[k]), k
     trained = _tensors(p.artifact("refine_model"))
     assert not torch.equal(trained["field/encoder.embeddings"], dyn["field/encoder.embeddings"])
+
+
+def test_refine_frozen_copy_renders_only_the_frames_controlnet_reads(prepared, tmp_path, monkeypatch):
+    """``refine.frozen_frames=read`` (default) renders only the 2 frames of the tiny clip's 4 that ControlNet
+    reads, and gives it the same condition images (bit for bit) and the same loss as rendering the whole
+    clip and keeping those two (``all``, upstream), from the same state of the same step."""
+    from animate124.stages import refine as refine_mod
+    from animate124.stages.dynamic import run_dynamic
+    from animate124.stages.static import run_static
+
+    p = _copy(prepared, tmp_path / "p")
+    run_static(p, tiny(), show_progress=False)
+    run_dynamic(p, tiny(), show_progress=False)
+    seen: list[refine_mod.RefineSystem] = []
+    orig_init, orig_render = refine_mod.RefineSystem.__init__, refine_mod.RefineSystem.render
+    asked: list[object] = []
+
+    def spy_init(self, **kw):
+        orig_init(self, **kw)
+        seen.append(self)
+
+    def spy_render(self, field, *a, **kw):
+        if field is self.frozen_field:
+            asked.append(kw.get("frames"))
+        return orig_render(self, field, *a, **kw)
+
+    monkeypatch.setattr(refine_mod.RefineSystem, "__init__", spy_init)
+    monkeypatch.setattr(refine_mod.RefineSystem, "render", spy_render)
+    refine_mod.run_refine(p, tiny(refine={"iters": 1}), show_progress=False)
+    (system,) = seen
+    real = system.controlnet
+    conditions: list[torch.Tensor] = []
+
+    def recorder(images, views, **kw):
+        conditions.append(views.condition.clone())
+        return real(images, views, **kw)
+
+    system.controlnet = recorder
+    recorder.frames = real.frames
+    state = system.generator.get_state()
+    losses = {}
+    for mode in ("read", "all"):
+        system.frozen_frames = mode
+        system.generator.set_state(state)
+        asked.clear()
+        with torch.no_grad():
+            terms, _ = system.guidance_step(2, 1.0)
+        losses[mode] = float(terms["controlnet"])
+        assert asked == ([[0, 2]] if mode == "read" else [None])
+    read, whole = conditions
+    assert read.shape == whole.shape and read.shape[1] == 4
+    assert torch.equal(read[:, [0, 2]], whole[:, [0, 2]]) and whole[:, [0, 2]].abs().sum() > 0
+    assert read[:, [1, 3]].abs().sum() == 0  # never read by ControlNet
+    assert losses["read"] == losses["all"]

@@ -44,7 +44,15 @@ from animate124.errors import Animate124Error
 from animate124.render.rays import near_far_from_aabb
 from animate124.scene.occupancy import OccupancyGrid
 
-__all__ = ["PackedSamples", "march_rays", "composite", "segment_sum", "CompositeResult", "DELTA_MODES"]
+__all__ = [
+    "PackedSamples",
+    "march_rays",
+    "draw_offsets",
+    "composite",
+    "segment_sum",
+    "CompositeResult",
+    "DELTA_MODES",
+]
 
 DELTA_MODES = ("metric", "upstream")
 
@@ -105,6 +113,12 @@ def _march_chunk(
     return ray, t, pos
 
 
+def draw_offsets(r: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The per-ray jitter of a perturbed march: ``r`` uniforms from ``generator`` (on its device)."""
+    gdev = generator.device if generator is not None else device
+    return torch.rand(r, generator=generator, device=gdev).to(device)
+
+
 def march_rays(
     origins: Tensor,
     dirs: Tensor,
@@ -119,11 +133,14 @@ def march_rays(
     delta_mode: str = "metric",
     step_size: float | None = None,
     max_candidates: int = 2**24,
+    offsets: Tensor | None = None,
 ) -> PackedSamples:
     """March R rays (origins, dirs [R, 3]) through the box; see module docstring.
 
     slots: [R] long occupancy slot per ray (None = slot 0). ``max_candidates`` bounds the memory of
     the un-skipped lattice: rays are processed in chunks of ``max_candidates // max_steps``.
+    ``offsets``: [R] jitter in [0, 1) drawn by the caller (used when ``perturb``; ``generator`` is then
+    not drawn from), so that a subset of rays can be marched with the numbers a whole render drew.
     """
     if delta_mode not in DELTA_MODES:
         raise MarchError(f"unknown delta_mode {delta_mode!r}", f"use one of {DELTA_MODES}")
@@ -134,9 +151,12 @@ def march_rays(
     dt = float(step_size) if step_size is not None else 2.0 * math.sqrt(3.0) * bound / max_steps
     r = origins.shape[0]
     dev = origins.device
-    if perturb:
-        gdev = generator.device if generator is not None else dev
-        offset = torch.rand(r, generator=generator, device=gdev).to(dev)
+    if perturb and offsets is not None:
+        if offsets.shape != (r,):
+            raise MarchError(f"offsets must be [R] = [{r}], got {tuple(offsets.shape)}")
+        offset = offsets.to(dev, torch.float32)
+    elif perturb:
+        offset = draw_offsets(r, generator, dev)
     else:
         offset = torch.zeros(r, device=dev)
     ray_chunk = max(1, max_candidates // max_steps)

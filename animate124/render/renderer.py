@@ -21,6 +21,7 @@ random ``normalize(origin + N(0, I))`` themselves (SPEC §3.1).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from animate124.errors import Animate124Error
 from animate124.render.cameras import Cameras, generate_rays
-from animate124.render.marcher import composite, march_rays, segment_sum
+from animate124.render.marcher import composite, draw_offsets, march_rays, segment_sum
 from animate124.scene.occupancy import OccupancyGrid
 
 __all__ = ["RenderOutput", "RayRenderOutput", "render", "render_rays", "SHADING_MODES", "RenderError"]
@@ -108,11 +109,14 @@ def _eval_normals(
         return field.normals(xi, ti, eps=eps).float()
 
     call = normals
-    if checkpoint and torch.is_grad_enabled():
-        from torch.utils.checkpoint import checkpoint as activation_checkpoint
-
-        call = functools.partial(activation_checkpoint, normals, use_reentrant=False)
+    if checkpoint:
+        # the same pieces with or without grad: a no-grad render (the refine stage's frozen copy,
+        # previews) then never holds the six evaluations of every sample at once
         chunk = chunk or CHECKPOINT_SEGMENT
+        if torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+            call = functools.partial(activation_checkpoint, normals, use_reentrant=False)
     n = x.shape[0]
     if chunk is None or n <= chunk:
         return call(x, t)
@@ -144,11 +148,14 @@ def render_rays(
     chunk: int | None = None,
     bound: float | None = None,
     checkpoint_normals: bool = False,
+    offsets: Tensor | None = None,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
     ``chunk`` bounds the samples per field call (None = one call). ``checkpoint_normals`` recomputes the
-    normals' six density evaluations in backward instead of keeping their activations (same result)."""
+    normals' six density evaluations in backward instead of keeping their activations (same result),
+    and bounds their no-grad evaluation to the same pieces. ``offsets``: the march's per-ray jitter drawn
+    by the caller (see :func:`~animate124.render.marcher.march_rays`)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -166,6 +173,7 @@ def render_rays(
         perturb=perturb,
         generator=generator,
         delta_mode=delta_mode,
+        offsets=offsets,
     )
     m = pk.num_samples
     idx = pk.ray_indices
@@ -268,6 +276,7 @@ def render(
     t_thresh: float = 1e-4,
     ray_chunk: int | None = None,
     checkpoint_normals: bool = False,
+    frames: Sequence[int] | None = None,
 ) -> RenderOutput:
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
@@ -277,6 +286,10 @@ def render(
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
     samples per field call; ``checkpoint_normals``: see :func:`render_rays`.
+    ``frames``: render only these frames of every clip (indices into T; images [B, len(frames), ...]), each
+    exactly as the whole render without ``ray_chunk`` gives it: the random numbers are drawn for every ray of every frame, in the
+    same order, and the selected rays' share is used. The refine stage's frozen copy renders only the
+    frames ControlNet reads this way.
     """
     n = len(cameras)
     if times is None:
@@ -319,6 +332,22 @@ def render(
 
     bg_r = per_ray(bg_color, "bg_color", per_frame=False)
     light_r = per_ray(light_dir, "light_dir", per_frame=True)
+    offsets = None
+    if frames is not None:
+        keep = [int(f) for f in frames]
+        if not keep or any(f < 0 or f >= tt for f in keep):
+            raise RenderError(f"frames {keep} out of range for clips of {tt} frames")
+        # the whole render's draws first (as march_rays makes them for all rays at once), then the subset
+        offsets = draw_offsets(origins.shape[0], generator, dev) if perturb else None
+        cams = (torch.arange(b, device=dev)[:, None] * tt + torch.tensor(keep, device=dev)[None]).reshape(-1)
+        sel = (cams[:, None] * hw + torch.arange(hw, device=dev)[None]).reshape(-1)
+        origins, dirs = origins[sel], dirs[sel]
+        ray_times = None if ray_times is None else ray_times[sel]
+        slots = None if slots is None else slots[sel]
+        bg_r = bg_r if bg_r is None or bg_r.ndim == 1 else bg_r[sel]
+        light_r = light_r if light_r is None or light_r.ndim == 1 else light_r[sel]
+        offsets = None if offsets is None else offsets[sel]
+        tt = len(keep)
     kwargs: dict[str, Any] = dict(
         occupancy=occupancy,
         shading=shading,
@@ -349,6 +378,7 @@ def render(
                 slots=None if slots is None else slots[sl],
                 bg_color=bg_r if bg_r is None or bg_r.ndim == 1 else bg_r[sl],
                 light_dir=light_r if light_r is None or light_r.ndim == 1 else light_r[sl],
+                offsets=None if offsets is None else offsets[sl],
                 **kwargs,
             )
         )

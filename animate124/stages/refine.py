@@ -4,7 +4,10 @@ The trainable 4D field starts from the dynamic result. A **frozen copy** with it
 loaded from the dynamic stage's result file every time the stage starts, also after a resume (fix of
 SPEC 11.10: upstream cloned it after auto-resuming, so a restarted run was conditioned on its own
 partially refined model). On each guidance step the frozen copy renders the same rays, times, shading,
-light and background without gradient; its frames condition ControlNet-tile at 1024². Everything the
+light and background without gradient; its frames condition ControlNet-tile at 1024². It renders only
+the frames ControlNet reads (2 of 16 at paper settings; upstream rendered the whole clip and kept those):
+the same images, drawn with the same random numbers, for an eighth of the work and none of the memory of
+a whole-clip no-grad render (H200: 15.6 GiB; ``refine.frozen_frames``). Everything the
 dynamic stage does runs on the same steps (video SDS, Zero123 on frame 0 of clips that start at t = 0,
 reference steps, regularisers, time TV).
 """
@@ -33,18 +36,40 @@ __all__ = ["run_refine", "RefineSystem", "load_learned_token"]
 class RefineSystem(DynamicSystem):
     """Dynamic system + ControlNet-tile guidance conditioned on a frozen copy's render (SPEC 6)."""
 
-    def __init__(self, *, controlnet: Guidance, frozen_field: Any, frozen_occupancy: Any, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        controlnet: Guidance,
+        frozen_field: Any,
+        frozen_occupancy: Any,
+        frozen_frames: str = "read",
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.controlnet = controlnet
         self.frozen_field = frozen_field.eval().requires_grad_(False)
         self.frozen_occupancy = frozen_occupancy
+        #: ``refine.frozen_frames``: "read" renders only the frames ControlNet reads, "all" the whole clip
+        self.frozen_frames = frozen_frames
+
+    def condition_frames(self, num_frames: int) -> list[int] | None:
+        """The frames of a clip the frozen copy renders: those ControlNet reads (``frozen_frames="read"``,
+        the same images; 2 of 16 at paper settings), or None for all of them."""
+        spec = getattr(self.controlnet, "frames", None)
+        if self.frozen_frames == "all" or spec is None:
+            return None
+        from animate124.guidance.controlnet import select_frames
+
+        idx = select_frames(num_frames, spec)
+        return None if len(idx) == num_frames else idx
 
     def guidance_step(self, gs: int, loss_scale: float) -> tuple[dict[str, Tensor], dict[str, float]]:
         out, clip, args = self.render_clip(gs)
         replay = torch.Generator(device="cpu")
         replay.set_state(args.generator_state)
+        read = self.condition_frames(out.rgb.shape[1])
         with torch.no_grad(), self.timers("frozen_render"):
-            cond = self.render(
+            part = self.render(
                 self.frozen_field,
                 self.frozen_occupancy,
                 clip.cameras,
@@ -54,7 +79,13 @@ class RefineSystem(DynamicSystem):
                 light_dir=args.light_dir,
                 bg_color=args.bg_color,
                 generator=replay,
+                frames=read,
             ).rgb
+            if read is None:
+                cond = part
+            else:  # the frames ControlNet does not read stay zero
+                cond = part.new_zeros(out.rgb.shape)
+                cond[:, read] = part
         views = self.clip_views(out, clip, condition=cond)
         terms, diag = self.clip_terms(gs, out, clip, views)
         with self.timers("controlnet"):
@@ -98,6 +129,7 @@ def run_refine(
             controlnet=controlnet,
             frozen_field=frozen.field,
             frozen_occupancy=frozen.occupancy,
+            frozen_frames=cfg.refine.frozen_frames,
             video=video,
             zero123=zero123,
             **dynamic_system_kwargs(

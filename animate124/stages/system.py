@@ -16,7 +16,7 @@ every step (SPEC 3.4-3.6).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,7 @@ class NerfSystem:
         bg_color: Tensor,
         generator: torch.Generator,
         ray_noise: float = 0.0,
+        frames: Sequence[int] | None = None,
     ) -> RenderOutput:
         r = self.rays
         return render(
@@ -294,6 +295,7 @@ class NerfSystem:
             delta_mode=r.delta_mode,
             t_thresh=r.transmittance_thresh,
             checkpoint_normals=r.checkpoint_normals,
+            frames=frames,
         )
 
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
