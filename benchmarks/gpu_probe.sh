@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='refine lowvram cl' picks parts; VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='refine lowvram cl' picks parts (cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
@@ -71,7 +71,8 @@ fi
 
 if [[ " $PARTS " == *" cl "* ]]; then
   el "prior calls, graphs + VAE checkpoint, channels-last"
-  timeout ${CL_TIMEOUT:-240} python3 benchmarks/bench_guidance.py --configs .device/hf-configs --vae-checkpoint --cuda-graphs \
+  LEFT=$(( ${BUDGET:-560} - ($(date +%s) - T0) )); [ $LEFT -gt 60 ] || { echo "no time left"; exit 0; }
+  timeout $LEFT python3 benchmarks/bench_guidance.py --configs .device/hf-configs --vae-checkpoint --cuda-graphs \
     --channels-last --out "$OUT/guidance_channels_last.json" 2>&1 | tail -6
 fi
 el "done"
