@@ -132,6 +132,7 @@ def build_tiny(prior: str, cache: Path):
 
 def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False):
     """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12)."""
+    from animate124.guidance.common import CHECKPOINT_PIXELS
     from animate124.guidance.controlnet import ControlNetGuidance
     from animate124.guidance.interface import Views
     from animate124.guidance.stable_diffusion import StableDiffusionGuidance
@@ -148,12 +149,14 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             comp, prompt="a panda, 8k, good quality", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.2, 0.6), weight=1.0, view_dependent=True,
             image_size=64 if tiny else 512, checkpoint_encoder=vae_checkpoint,
+            checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[30.0]], [[0.0]])
     elif prior == "zero123":
         guid = Zero123Guidance(
             comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
             reference=torch.rand(1, 3, 256, 256, device=device), checkpoint_encoder=vae_checkpoint,
+            checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[60.0]], [[0.0]])
     elif prior == "video":
@@ -161,6 +164,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             comp, prompt="a panda is dancing", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.02, 0.98), weight=1.0, vae_grad_frames=0,
             upstream_view_text=False, image_size=64 if tiny else None, checkpoint_encoder=vae_checkpoint,
+            checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip
         views = Views.from_relative(0.0, torch.linspace(0.0, 45.0, frames)[None], 0.0)
     else:
@@ -169,6 +173,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             controlnet_prompt="best quality, high resolution", image_size=64 if tiny else 1024,
             guidance_scale=7.5, cfg_mode="upstream", t_range=(0.2, 0.8), target="x0", weight=1.0,
             frames="even:2", upstream_view_text=False, checkpoint_encoder=vae_checkpoint,
+            checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip
         cond = torch.rand(shape, device=device)
         views = Views.from_relative(0.0, torch.zeros(1, frames), 0.0, condition=cond)

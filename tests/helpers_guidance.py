@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from animate124.guidance.common import CHECKPOINT_PIXELS
+
 #: tolerance of a gradient comparison, relative to the largest |element| of the expected gradient
 GRAD_REL_TOL = 1e-4
 
@@ -50,6 +52,7 @@ def make_sd(components, **overrides):
         weight=1.0,
         view_dependent=True,
         checkpoint_encoder=False,
+        checkpoint_pixels=CHECKPOINT_PIXELS,
     )
     return StableDiffusionGuidance(components, **{**kw, **overrides})
 
@@ -58,7 +61,12 @@ def make_zero123(components, **overrides):
     from animate124.guidance.zero123 import Zero123Guidance
 
     kw = dict(
-        guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0, checkpoint_encoder=False
+        guidance_scale=5.0,
+        cfg_mode="standard",
+        t_range=(0.2, 0.6),
+        weight=40.0,
+        checkpoint_encoder=False,
+        checkpoint_pixels=CHECKPOINT_PIXELS,
     )
     return Zero123Guidance(components, **{**kw, **overrides})
 
@@ -76,6 +84,7 @@ def make_video(components, **overrides):
         vae_grad_frames=0,
         upstream_view_text=False,
         checkpoint_encoder=False,
+        checkpoint_pixels=CHECKPOINT_PIXELS,
     )
     return VideoGuidance(components, **{**kw, **overrides})
 
@@ -96,6 +105,7 @@ def make_controlnet(sd_components, controlnet, **overrides):
         frames="even:2",
         upstream_view_text=False,
         checkpoint_encoder=False,
+        checkpoint_pixels=CHECKPOINT_PIXELS,
     )
     return ControlNetGuidance(sd_components, controlnet, **{**kw, **overrides})
 

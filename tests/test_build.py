@@ -36,6 +36,7 @@ NOT_VARIED = {
     "run.device": "only a CPU here; resolve_device is tested in test_cli (auto/cpu/cuda/bad names)",
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
     "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
+    "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
 }
 OUTPUT_SECTIONS = {
     "render": "animate124/stages/render.py",
@@ -223,8 +224,16 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "weight",
             "view_dependent",
             "checkpoint_encoder",
+            "checkpoint_pixels",
         ),
-        Zero123Guidance: ("guidance_scale", "cfg_mode", "t_range", "weight", "checkpoint_encoder"),
+        Zero123Guidance: (
+            "guidance_scale",
+            "cfg_mode",
+            "t_range",
+            "weight",
+            "checkpoint_encoder",
+            "checkpoint_pixels",
+        ),  # fmt: skip
         VideoGuidance: (
             "guidance_scale",
             "cfg_mode",
@@ -232,6 +241,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "weight",
             "vae_grad_frames",
             "checkpoint_encoder",
+            "checkpoint_pixels",
         ),
         ControlNetGuidance: (
             "image_size",
@@ -241,6 +251,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "weight",
             "frames",
             "checkpoint_encoder",
+            "checkpoint_pixels",
         ),
         StaticField: ("hidden_dim", "num_layers", "blob_density", "blob_radius", "backend"),
         DynamicField: ("time_grid_size", "hidden_dim", "num_layers", "blob_density", "blob_radius"),

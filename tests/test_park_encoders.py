@@ -1,5 +1,6 @@
 """``run.park_encoders``: the priors' text and image encoders leave the training device once the prompts
-and the reference are embedded, and nothing the training computes changes.
+and the reference are embedded, their VAE decoders (never used by score distillation) too, and nothing the
+training computes changes.
 
 The strongest check available on a CPU: park the encoders on the ``meta`` device, which holds no data. Any
 use of them in a guidance call would fail (meta tensors mixed with real ones) or give meta outputs; the
@@ -41,6 +42,9 @@ def test_parked_encoders_change_no_guidance_output(store) -> None:
                 park_encoders(prior, "meta")
                 enc = prior.image_encoder if name == "zero123" else prior.text.cache.text_encoder
                 assert next(enc.parameters()).device.type == "meta", name
+                for part in (prior.vae.decoder, prior.vae.post_quant_conv):  # never used by SDS
+                    assert {p.device.type for p in part.parameters()} == {"meta"}, name
+                assert next(prior.vae.encoder.parameters()).device.type == "cpu"
             images = images0.clone().requires_grad_(True)
             out = prior(images, views, step=0, generator=torch.Generator().manual_seed(11))
             loss = out.losses[prior.loss_key]

@@ -31,8 +31,16 @@ def fast() -> dict[str, Any]:
 
 
 def low_vram() -> dict[str, Any]:
-    """Paper steps, memory knobs down: VAE grads through 4 frames, 512 px refinement, TI batch 4, 512 samples."""
+    """Paper steps, memory knobs down: VAE grads through 4 frames, 512 px refinement, TI batch 4, 512 samples.
+
+    What changes the result: ``dynamic.vae_grad_frames`` 4 (the video prior's gradient reaches 4 of the 16
+    frames), ``refine.image_size`` 512 (ControlNet at 512² instead of 1024²), ``invert.batch_size`` 4 and
+    ``raymarch.max_steps`` 512 (half the samples per ray). What does not: ``run.vae_checkpoint_pixels``
+    256² (the VAE recompute in backward one 256² frame at a time, larger images block by block: the same
+    gradients, slower).
+    """
     return {
+        "run": {"vae_checkpoint_pixels": 256 * 256},
         "dynamic": {"vae_grad_frames": 4},
         "refine": {"image_size": 512},
         "invert": {"batch_size": 4},

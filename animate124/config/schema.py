@@ -68,6 +68,13 @@ class RunConfig:
         "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass).",
         nohash=True,
     )
+    vae_checkpoint_pixels: int = opt(
+        4 * 256 * 256,
+        "With vae_checkpoint: pixels the encoder recomputes at once in backward (default 4 frames at 256²; an "
+        "image above it is recomputed alone, block by block). Lower = less memory, the same gradients.",
+        min=1,
+        nohash=True,
+    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "

@@ -50,14 +50,20 @@ def freeze(*modules: torch.nn.Module | None) -> None:
         m.requires_grad_(False)
 
 
+#: the parts of a diffusers ``AutoencoderKL`` that only decode: score distillation never runs them
+VAE_DECODER_PARTS = ("decoder", "post_quant_conv")
+
+
 def park_encoders(prior: object, device: torch.device | str = "cpu") -> object:
-    """Move the prior's text and image encoders to ``device`` (the CPU) once its embeddings exist.
+    """Move the prior's text and image encoders, and its VAE's decoder, to ``device`` (the CPU).
 
     The priors embed their prompts (and Zero123 its reference) when they are built and keep the
-    embeddings on the training device; the encoders are idle afterwards. Parking them frees their GPU
-    memory (0.8-1.4 GiB per stage, BENCHMARKS.md §8.4) and changes no number the training uses. A later
-    re-embedding (``set_prompt``, ``set_reference``) runs on the parked encoder and moves the result to
-    the training device. Config: ``run.park_encoders``. Returns ``prior``.
+    embeddings on the training device; the encoders are idle afterwards. The VAE decoder is never used:
+    score distillation only encodes. Parking them frees their GPU memory (text/image encoders 0.8-1.4 GiB
+    per stage, BENCHMARKS.md §8.4; each fp32 VAE decoder 0.18 GiB) and changes no number the training
+    uses. A later re-embedding (``set_prompt``, ``set_reference``) runs on the parked encoder and moves the
+    result to the training device; a decode would need ``prior.vae.to(device)`` first. Config:
+    ``run.park_encoders``. Returns ``prior``.
     """
     text = getattr(prior, "text", None)
     cache = getattr(text, "cache", None)
@@ -66,6 +72,11 @@ def park_encoders(prior: object, device: torch.device | str = "cpu") -> object:
     image_encoder = getattr(prior, "image_encoder", None)
     if isinstance(image_encoder, torch.nn.Module):
         image_encoder.to(device)
+    vae = getattr(prior, "vae", None)
+    for name in VAE_DECODER_PARTS:
+        part = getattr(vae, name, None)
+        if isinstance(part, torch.nn.Module):
+            part.to(device)
     return prior
 
 
@@ -231,6 +242,7 @@ def encode_latents(
     scale: bool = True,
     generator: torch.Generator | None = None,
     checkpoint: bool = False,
+    checkpoint_pixels: int = CHECKPOINT_PIXELS,
 ) -> torch.Tensor:
     """VAE-encode images WITH grad: ``z = s · E(2x − 1)``.
 
@@ -241,14 +253,17 @@ def encode_latents(
         generator: draws the posterior sample; the draw is ``mean + std · randn`` with the generator's
             device, so a CPU generator works for CUDA models and tests can reproduce it. It is drawn outside
             the encoder, so activation checkpointing never re-draws it.
-        checkpoint: recompute the encoder in backward image by image instead of keeping its activations
-            (:func:`encoder_moments`).
+        checkpoint: recompute the encoder in backward, ``checkpoint_pixels`` pixels at a time, instead of
+            keeping its activations (:func:`encoder_moments`; ``run.vae_checkpoint_pixels``).
 
     Returns:
         ``[N, 4, H/8, W/8]`` latents in the VAE dtype, differentiable w.r.t. ``x01``.
     """
     dtype = module_dtype(vae)
-    mean, std = posterior(encoder_moments(vae, x01.to(dtype) * 2.0 - 1.0, checkpoint=checkpoint))
+    moments = encoder_moments(
+        vae, x01.to(dtype) * 2.0 - 1.0, checkpoint=checkpoint, chunk_pixels=checkpoint_pixels
+    )
+    mean, std = posterior(moments)
     if sample:
         eps = torch.randn(mean.shape, generator=generator, device=_gen_device(generator, mean))
         z = mean + std * eps.to(device=mean.device, dtype=mean.dtype)

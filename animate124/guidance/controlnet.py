@@ -139,6 +139,7 @@ class ControlNetGuidance:
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
+        checkpoint_pixels: int,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         if target not in ("x0", "sds"):
@@ -150,6 +151,7 @@ class ControlNetGuidance:
         freeze(self.vae, self.unet, sd_components.text_encoder, self.controlnet)
         maybe_enable_xformers([self.unet, self.vae, self.controlnet], use_xformers)
         self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.checkpoint_pixels = int(checkpoint_pixels)
         self.image_size = int(image_size)
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -228,7 +230,12 @@ class ControlNetGuidance:
         size = (self.image_size, self.image_size)
         x = resize(images[0, idx].to(module_dtype(self.vae)), size)
         z = encode_latents(
-            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+            self.vae,
+            x,
+            sample=self.latent_sample,
+            generator=generator,
+            checkpoint=self.checkpoint_encoder,
+            checkpoint_pixels=self.checkpoint_pixels,
         )
         t, noise = timesteps_and_noise(z, t, noise, 1, self.t_range, self.num_train_timesteps, generator)
         t = t.expand(n).clone()  # one t shared by the frames (SPEC 6)

@@ -82,6 +82,7 @@ class StableDiffusionGuidance:
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
+        checkpoint_pixels: int,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         self.vae = components.vae
@@ -90,6 +91,7 @@ class StableDiffusionGuidance:
         freeze(self.vae, self.unet, components.text_encoder)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
         self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.checkpoint_pixels = int(checkpoint_pixels)
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -147,7 +149,12 @@ class StableDiffusionGuidance:
         n = b * tt
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
         z = encode_latents(
-            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+            self.vae,
+            x,
+            sample=self.latent_sample,
+            generator=generator,
+            checkpoint=self.checkpoint_encoder,
+            checkpoint_pixels=self.checkpoint_pixels,
         )
         t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 

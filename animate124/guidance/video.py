@@ -91,6 +91,7 @@ class VideoGuidance:
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
+        checkpoint_pixels: int,
     ) -> None:
         self.vae = components.vae
         self.unet = components.unet
@@ -98,6 +99,7 @@ class VideoGuidance:
         freeze(self.vae, self.unet, components.text_encoder)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
         self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.checkpoint_pixels = int(checkpoint_pixels)
         size = components.native_size if image_size is None else image_size
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.guidance_scale = float(guidance_scale)
@@ -168,7 +170,10 @@ class VideoGuidance:
                 sel = idx[i : i + self.encode_chunk]
                 with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
                     moments = encoder_moments(
-                        self.vae, x[sel] * 2.0 - 1.0, checkpoint=self.checkpoint_encoder
+                        self.vae,
+                        x[sel] * 2.0 - 1.0,
+                        checkpoint=self.checkpoint_encoder,
+                        chunk_pixels=self.checkpoint_pixels,
                     )
                     mean, std = posterior(moments)
                     zi = mean + std * e[sel].to(mean.dtype) if e is not None else mean

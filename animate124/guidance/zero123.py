@@ -183,6 +183,7 @@ class Zero123Guidance:
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
+        checkpoint_pixels: int,
         generator: torch.Generator | None = None,
     ) -> None:
         self.vae = components.vae
@@ -193,6 +194,7 @@ class Zero123Guidance:
         freeze(self.vae, self.unet, self.image_encoder, self.projection)
         maybe_enable_xformers([self.unet, self.vae], use_xformers)
         self.checkpoint_encoder = bool(checkpoint_encoder)
+        self.checkpoint_pixels = int(checkpoint_pixels)
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
@@ -272,7 +274,12 @@ class Zero123Guidance:
 
         x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
         z = encode_latents(
-            self.vae, x, sample=self.latent_sample, generator=generator, checkpoint=self.checkpoint_encoder
+            self.vae,
+            x,
+            sample=self.latent_sample,
+            generator=generator,
+            checkpoint=self.checkpoint_encoder,
+            checkpoint_pixels=self.checkpoint_pixels,
         )
         t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
 

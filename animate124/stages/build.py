@@ -343,6 +343,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
             weight=s.sd_weight,
             view_dependent=s.view_dependent_text,
             checkpoint_encoder=cfg.run.vae_checkpoint,
+            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
     )
 
@@ -364,6 +365,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             weight=sec.zero123_weight,
             reference=reference.to(device),
             checkpoint_encoder=cfg.run.vae_checkpoint,
+            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
     )
 
@@ -390,6 +392,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
             vae_grad_frames=d.vae_grad_frames,
             upstream_view_text=d.upstream_view_text,
             checkpoint_encoder=cfg.run.vae_checkpoint,
+            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
     )
 
@@ -424,6 +427,7 @@ def build_controlnet_guidance(
             upstream_view_text=cfg.dynamic.upstream_view_text,
             learned_token=token,
             checkpoint_encoder=cfg.run.vae_checkpoint,
+            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
     )
 
