@@ -36,6 +36,7 @@ NOT_VARIED = {
     "run.device": "only a CPU here; resolve_device is tested in test_cli (auto/cpu/cuda/bad names)",
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
     "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
+    "run.offload_priors": "wraps the networks of the (recorder) priors; test_offload checks wiring and outputs",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
 }
 OUTPUT_SECTIONS = {

@@ -81,6 +81,13 @@ class RunConfig:
         "(same embeddings; frees 0.8-1.4 GiB of GPU memory per stage).",
         nohash=True,
     )
+    offload_priors: str = opt(
+        "",
+        "Priors whose UNet/ControlNet weights stay in pinned host memory and are copied in for each call "
+        "(comma-separated from sd, zero123, video, controlnet; same outputs, no CUDA graph for them, one "
+        "weight copy per call: ~70 ms per 1.7 GB on PCIe 4). low-vram: zero123.",
+        nohash=True,
+    )
     cuda_graphs: bool = opt(
         True,
         "Replay the priors' UNet/ControlNet calls from CUDA graphs recorded on first use (same outputs; "

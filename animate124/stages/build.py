@@ -313,14 +313,18 @@ def _store(cfg: Config) -> Any:
     return model_store(cfg)
 
 
-def _finish_prior(cfg: Config, prior: Any) -> Any:
-    """The prior with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, and its text /
-    image encoders parked on the CPU when ``run.park_encoders`` (both: the same function)."""
+def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
+    """The prior ``name`` with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, or kept
+    in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
+    and VAE decoder parked on the CPU when ``run.park_encoders`` (all three: the same function)."""
     from animate124.guidance.common import park_encoders
     from animate124.guidance.graphs import graph_prior_networks
+    from animate124.guidance.offload import offload_prior_networks, parse_offload
 
     if cfg.run.park_encoders:
         park_encoders(prior)
+    if name in parse_offload(cfg.run.offload_priors):
+        return offload_prior_networks(graph_prior_networks(prior, enabled=False))
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
 
 
@@ -345,6 +349,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
             checkpoint_encoder=cfg.run.vae_checkpoint,
             checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
+        "sd",
     )
 
 
@@ -367,6 +372,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             checkpoint_encoder=cfg.run.vae_checkpoint,
             checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
+        "zero123",
     )
 
 
@@ -394,6 +400,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
             checkpoint_encoder=cfg.run.vae_checkpoint,
             checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
+        "video",
     )
 
 
@@ -429,6 +436,7 @@ def build_controlnet_guidance(
             checkpoint_encoder=cfg.run.vae_checkpoint,
             checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
         ),
+        "controlnet",
     )
 
 
