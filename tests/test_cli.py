@@ -419,3 +419,18 @@ def test_invert_interrupt_and_resume(tmp_path):
     assert "resumed" in r.stdout
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "done" and (proj / "invert" / "learned_embeds.safetensors").is_file()
+
+
+def test_the_cli_asks_for_expandable_cuda_segments_unless_the_user_set_the_allocator():
+    code = "import os, animate124.cli.app; print(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "expandable_segments:True"
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        mine = {**env, name: "max_split_size_mb:128"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=mine, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == (
+            "max_split_size_mb:128" if name == "PYTORCH_CUDA_ALLOC_CONF" else "None"
+        )

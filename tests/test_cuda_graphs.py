@@ -52,6 +52,21 @@ def test_falls_back_to_the_module_on_cpu_and_forwards_attributes() -> None:
     assert m.tag == "changed"
 
 
+def test_the_recording_mark_sees_any_parameter_or_buffer_move() -> None:
+    """After ``.to("cpu")`` and back the first parameter may get its old address and the others new ones
+    (an H200 did, with a mark of the first parameter only): the mark covers every tensor."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    g = GraphedCall(net)
+    mark = g._param_mark()
+    assert len(mark) == len(list(net.parameters())) + len(list(net.buffers()))
+    assert g._param_mark() == mark
+    net[0].bias.data = net[0].bias.data.clone()  # the first parameter (weight) stays where it was
+    assert g._param_mark() != mark
+    mark = g._param_mark()
+    net[1].running_mean.data = net[1].running_mean.data.clone()
+    assert g._param_mark() != mark
+
+
 def test_eligibility_rules() -> None:
     g = GraphedCall(Affine())
     x = torch.randn(2, 4)

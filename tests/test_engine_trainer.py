@@ -291,7 +291,8 @@ def test_step_tracer_on_the_gpu_reports_the_kernel_time(tmp_path) -> None:
         tracer.step_done()
     text = (tmp_path / "t.profile.txt").read_text()
     busy_ms = float(re.search(r"per step: ([\d.]+) ms =", text.splitlines()[1]).group(1))
-    assert 0.7 * events_ms <= busy_ms <= 1.1 * events_ms, (busy_ms, events_ms)
+    # kernels run a little longer under CUPTI than under CUDA events: an H200 gave 1.0x and once 1.15x
+    assert 0.7 * events_ms <= busy_ms <= 1.3 * events_ms, (busy_ms, events_ms)
     assert "memory at the peak" in text
 
 

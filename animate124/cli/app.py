@@ -10,7 +10,15 @@ Modules: ``common`` (common options, config builder, ``@guarded``), ``stages`` (
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
+
+# CUDA memory in segments that grow and shrink instead of fixed blocks: the stages' render and VAE tensors
+# change size every step, and fixed blocks left the caching allocator holding 3x the memory in use (H200,
+# dynamic stage: 36.0 GiB reserved for 12.0 GiB allocated; 12.9 GiB with this, at the same speed;
+# BENCHMARKS.md §8). Set before torch starts CUDA; a value the user set (either name) wins.
+if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 import typer
 from typer.core import TyperGroup
