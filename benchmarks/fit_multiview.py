@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------ evaluation (not timed)
     field.eval()
     ps, ss = [], []
+    zero_w = eval_samples = 0
     t_eval = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
         for i in range(len(test.cameras)):
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                 ray_chunk=args.eval_chunk,
             )
             pred = r.rgb[0, 0].permute(1, 2, 0).float()
+            zero_w += int((r.weights == 0).sum())  # behind early termination (or zero alpha)
+            eval_samples += r.num_samples
             gt = test.images[i].to(device)
             ps.append(psnr(pred, gt))
             ss.append(ssim(pred, gt))
@@ -273,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
         "it_per_s": step / max(train_s, 1e-9),
         "rays_per_step": args.rays,
         "mean_samples_per_ray": samples_total / max(step * args.rays, 1),
+        # samples of the test renders with weight exactly 0: an upper bound of what raymarch.live_normals
+        # skips (it skips those behind early termination; a zero-alpha sample before it keeps its normal)
+        "zero_weight_sample_fraction": zero_w / max(eval_samples, 1),
         "final_occupancy": float(occ.occupancy_ratio().mean()),
         "loss_every_100": loss_hist,
         "psnr_mean": float(np.mean(ps)),
@@ -291,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("train time [s]", f"{train_s:.1f}"),
         ("iterations", f"{step} ({result['it_per_s']:.1f} it/s)"),
         ("samples / ray", f"{result['mean_samples_per_ray']:.1f}"),
+        ("zero-weight samples (test)", f"{result['zero_weight_sample_fraction']:.3f}"),
         ("occupied cells", f"{result['final_occupancy']:.3f}"),
         (f"test PSNR ({len(ps)} views)", f"{result['psnr_mean']:.2f} dB"),
         ("test SSIM", f"{result['ssim_mean']:.4f}"),

@@ -217,6 +217,13 @@ class RaymarchConfig:
         "backward (same gradients; a 16 × 128² clip: 23.5 → 4.3 GiB on an H200; false keeps them).",
         nohash=True,
     )
+    live_normals: bool = opt(
+        True,
+        "Evaluate the finite-difference normals only for samples before early termination (transmittance >= "
+        "transmittance_thresh); the others have weight exactly 0, so images, losses and gradients are the same "
+        "(false evaluates every sample, as upstream).",
+        nohash=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -149,13 +149,18 @@ def render_rays(
     bound: float | None = None,
     checkpoint_normals: bool = False,
     offsets: Tensor | None = None,
+    live_normals: bool = False,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
     ``chunk`` bounds the samples per field call (None = one call). ``checkpoint_normals`` recomputes the
     normals' six density evaluations in backward instead of keeping their activations (same result),
     and bounds their no-grad evaluation to the same pieces. ``offsets``: the march's per-ray jitter drawn
-    by the caller (see :func:`~animate124.render.marcher.march_rays`)."""
+    by the caller (see :func:`~animate124.render.marcher.march_rays`). ``live_normals`` evaluates the
+    normals (six density evaluations each) only for the samples before early termination (transmittance
+    ``>= t_thresh``): every other sample has weight exactly 0 and no gradient reaches it, so its normal
+    changes nothing (the images, the orientation term and every gradient are the same; a NaN normal behind
+    the surface no longer turns 0·NaN into a NaN pixel). Costs one device synchronisation (the count)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -183,13 +188,26 @@ def render_rays(
     else:
         sigma = origins.new_zeros(0)
         albedo = origins.new_zeros(0, 3)
+    comp = composite(sigma, pk.deltas, idx, r, t_thresh)
     normals = None
-    if need_normals:
-        normals = (
-            _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
-            if m > 0
-            else origins.new_zeros(0, 3)
-        )
+    if need_normals and m == 0:
+        normals = origins.new_zeros(0, 3)
+    elif need_normals and live_normals:
+        live = torch.nonzero(comp.transmittance >= t_thresh).squeeze(1)  # where composite keeps the weight
+        if live.numel() == m:
+            normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
+        else:
+            part = _eval_normals(
+                field,
+                pk.positions[live],
+                None if ts is None else ts[live],
+                normal_eps,
+                chunk,
+                checkpoint_normals,
+            )
+            normals = part.new_zeros(m, 3).index_copy(0, live, part)
+    elif need_normals:
+        normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
     dirs_unit = torch.nn.functional.normalize(dirs.float(), dim=-1)
     if shading == "albedo":
         color = albedo
@@ -203,7 +221,6 @@ def render_rays(
             light = light[idx] if light.ndim == 2 else light
         color = shade(albedo, normals, light, ambient, shading).float()
 
-    comp = composite(sigma, pk.deltas, idx, r, t_thresh)
     w = comp.weights
     rgb = segment_sum(w[:, None] * color, idx, r)
     depth = segment_sum(w * pk.t, idx, r)
@@ -277,6 +294,7 @@ def render(
     ray_chunk: int | None = None,
     checkpoint_normals: bool = False,
     frames: Sequence[int] | None = None,
+    live_normals: bool = False,
 ) -> RenderOutput:
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
@@ -285,7 +303,7 @@ def render(
     moving camera's light follows it, ``l_f = normalize(origin_f + n)``, SPEC 3.1) or None. ``ray_noise_scale`` is the
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
-    samples per field call; ``checkpoint_normals``: see :func:`render_rays`.
+    samples per field call; ``checkpoint_normals`` and ``live_normals``: see :func:`render_rays`.
     ``frames``: render only these frames of every clip (indices into T; images [B, len(frames), ...]), each
     exactly as the whole render without ``ray_chunk`` gives it: the random numbers are drawn for every ray of every frame, in the
     same order, and the selected rays' share is used. The refine stage's frozen copy renders only the
@@ -362,6 +380,7 @@ def render(
         normal_eps=normal_eps,
         chunk=chunk,
         checkpoint_normals=checkpoint_normals,
+        live_normals=live_normals,
     )
     r = origins.shape[0]
     step = r if ray_chunk is None else max(1, int(ray_chunk))

@@ -169,6 +169,7 @@ def ray_settings(cfg: Config) -> Any:
         delta_mode="metric" if r.metric_step else "upstream",
         chunk=r.chunk or None,
         checkpoint_normals=r.checkpoint_normals,
+        live_normals=r.live_normals,
     )
 
 

@@ -68,6 +68,7 @@ class RaySettings:
     delta_mode: str
     chunk: int | None
     checkpoint_normals: bool
+    live_normals: bool
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ class NerfSystem:
             delta_mode=r.delta_mode,
             t_thresh=r.transmittance_thresh,
             checkpoint_normals=r.checkpoint_normals,
+            live_normals=r.live_normals,
             frames=frames,
         )
 
