@@ -265,3 +265,19 @@ def test_report_shows_every_output_and_loads_in_headless_chromium(outputs, proje
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "e2e-report.png")
+
+
+def test_the_acceptance_record_reads_a_real_run(first_run, project, tmp_path):
+    """benchmarks/paper_schedule.py on the tiny run-all project (the issue-12 JSON's shape and sources)."""
+    import sys
+
+    _ok(first_run[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import paper_schedule
+
+    rec = paper_schedule.main(["--project", str(project), "--card", "cpu", "--out", str(tmp_path / "s.json")])
+    assert json.loads((tmp_path / "s.json").read_text()) == rec
+    assert set(rec["stages"]) == {"invert", "static", "dynamic", "refine"}
+    for v in rec["stages"].values():
+        assert v["it_s"] > 0 and v["steps_run"] >= 2 and v["peak_allocated_gib"] is None  # no CUDA here
+    assert rec["projected_total_min"] > 0

@@ -1,0 +1,158 @@
+"""Issue 12's acceptance file from a run through the CLI: ``benchmarks/results/paper_schedule.json``.
+
+Reads a project that ``animate124 run-all`` trained (``manifest.json`` and ``logs/<stage>.jsonl``) and writes::
+
+    {"card": ..., "stages": {"invert"|"static"|"dynamic"|"refine": {"steps_run", "paper_steps", "it_s",
+     "peak_allocated_gib", "peak_reserved_gib", ...}}, "projected_total_min": ..., "low_vram_peak_gib": ...}
+
+* ``it_s``: the steady rate, from the log's timestamps over the second half of the stage's last uninterrupted
+  stretch (a resumed stage logs on after a gap; the first steps of a stretch include compilation, CUDA-graph
+  recording and cache warm-up).
+* ``overhead_s``: the stage's wall-clock in its last invocation minus its steps at the steady rate (model
+  loading, the first steps' warm-up, previews, checkpoints); the projection adds it once per stage.
+* ``projected_total_min``: Σ (paper steps / it_s + overhead_s) / 60.
+* peaks: the manifest's ``peak_allocated_gib`` / ``peak_reserved_gib`` (of the stage's last invocation; a
+  resumed stage says so in ``invocations``).
+* ``low_vram_peak_gib``: the largest peak of a second project trained with ``--preset low-vram`` (``--low-vram``),
+  with its stages in ``low_vram_stages``.
+
+Usage: ``python benchmarks/paper_schedule.py --project runs/toy --card "NVIDIA H200" [--low-vram P] --out F``.
+The paper step counts come from the ``paper`` preset. ``benchmarks/gpu_paper_schedule.sh`` runs the whole thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STAGES = ("invert", "static", "dynamic", "refine")
+
+
+def paper_steps() -> dict[str, int]:
+    """Each stage's step count at paper settings (the ``paper`` preset)."""
+    from animate124.config import resolve_config
+
+    cfg = resolve_config("paper")
+    return {
+        "invert": cfg.invert.steps,
+        "static": cfg.static.iters,
+        "dynamic": cfg.dynamic.iters,
+        "refine": cfg.refine.iters,
+    }
+
+
+def last_stretch(
+    records: list[dict[str, Any]], gap_factor: float = 5.0, min_gap_s: float = 30.0
+) -> list[dict]:
+    """The records after the last interruption: a step that does not increase, or a pause longer than
+    ``max(min_gap_s, gap_factor × the median interval)`` between two records."""
+    recs = [r for r in records if "step" in r and "time" in r]
+    if len(recs) < 2:
+        return recs
+    gaps = [b["time"] - a["time"] for a, b in zip(recs, recs[1:], strict=False)]
+    limit = max(min_gap_s, gap_factor * statistics.median(gaps))
+    start = 0
+    for i in range(1, len(recs)):
+        if recs[i]["step"] <= recs[i - 1]["step"] or recs[i]["time"] - recs[i - 1]["time"] > limit:
+            start = i
+    return recs[start:]
+
+
+def steady_rate(records: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """(steps per second, first step, last step) over the second half of the last stretch."""
+    recs = last_stretch(records)
+    if len(recs) < 2:
+        raise ValueError("fewer than two timed log records in the last stretch: run more steps")
+    half = recs[(len(recs) - 1) // 2 :]
+    a, b = half[0], half[-1]
+    if b["time"] <= a["time"]:
+        raise ValueError("log timestamps do not increase")
+    return (b["step"] - a["step"]) / (b["time"] - a["time"]), int(a["step"]), int(b["step"])
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -> dict[str, Any]:
+    metrics = record.get("metrics", {})
+    records = _read_log(project / "logs" / f"{stage}.jsonl")
+    it_s, first, last = steady_rate(records)
+    steps = int(metrics.get("steps", last))
+    resumed = int(metrics.get("resumed_from_step", 0) or 0)
+    seconds = float(record.get("seconds") or 0.0)
+    overhead = max(0.0, seconds - (steps - resumed) / it_s)
+    return {
+        "steps_run": steps,
+        "paper_steps": int(paper),
+        "fraction_of_paper": round(steps / paper, 4),
+        "it_s": round(it_s, 4),
+        "rate_steps": [first, last],
+        "peak_allocated_gib": metrics.get("peak_allocated_gib"),
+        "peak_reserved_gib": metrics.get("peak_reserved_gib"),
+        "seconds_last_invocation": round(seconds, 2),
+        "overhead_s": round(overhead, 2),
+        "invocations": f"resumed from step {resumed}" if resumed else "one",
+        "projected_min": round((paper / it_s + overhead) / 60.0, 2),
+    }
+
+
+def schedule(project: Path, card: str, low_vram: Path | None = None) -> dict[str, Any]:
+    """The acceptance record of ``project`` (and the low-vram peaks of ``low_vram``)."""
+    project = Path(project)
+    manifest = json.loads((project / "manifest.json").read_text())["stages"]
+    paper = paper_steps()
+    missing = [s for s in STAGES if manifest.get(s, {}).get("status") != "done"]
+    if missing:
+        raise ValueError(f"stages not done in {project}: {', '.join(missing)}")
+    stages = {s: stage_entry(project, s, manifest[s], paper[s]) for s in STAGES}
+    out: dict[str, Any] = {
+        "card": card,
+        "stages": stages,
+        "min_fraction_of_paper": min(v["fraction_of_paper"] for v in stages.values()),
+        "projected_total_min": round(sum(v["projected_min"] for v in stages.values()), 1),
+        "low_vram_peak_gib": None,
+    }
+    if low_vram is not None:
+        lv = json.loads((Path(low_vram) / "manifest.json").read_text())["stages"]
+        peaks = {s: lv.get(s, {}).get("metrics", {}).get("peak_allocated_gib") for s in STAGES}
+        out["low_vram_stages"] = peaks
+        known = [v for v in peaks.values() if v is not None]
+        out["low_vram_peak_gib"] = max(known) if known else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--card", required=True)
+    p.add_argument("--low-vram", type=Path, default=None, help="a project trained with --preset low-vram")
+    p.add_argument("--command", default="", help="the command that made the run (recorded)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_schedule.json")
+    args = p.parse_args(argv)
+    rec = schedule(args.project, args.card, args.low_vram)
+    if args.command:
+        rec["command"] = args.command
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rec, indent=1) + "\n")
+    for s, v in rec["stages"].items():
+        print(
+            f"{s:8s} {v['steps_run']:6d}/{v['paper_steps']} steps  {v['it_s']:8.3f} it/s  "
+            f"peak {v['peak_allocated_gib']}/{v['peak_reserved_gib']} GiB  -> {v['projected_min']:.1f} min"
+        )
+    print(
+        f"projected paper schedule: {rec['projected_total_min']:.1f} min; low-vram peak {rec['low_vram_peak_gib']} GiB"
+    )
+    return rec
+
+
+if __name__ == "__main__":
+    main()

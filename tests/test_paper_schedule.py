@@ -1,0 +1,79 @@
+"""benchmarks/paper_schedule.py: issue 12's acceptance record from a project's manifest and logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import paper_schedule as ps  # noqa: E402
+
+
+def _project(tmp_path: Path, logs: dict[str, list[tuple[int, float]]], seconds: dict[str, float]) -> Path:
+    (tmp_path / "logs").mkdir(parents=True)
+    stages = {}
+    for s, recs in logs.items():
+        (tmp_path / "logs" / f"{s}.jsonl").write_text(
+            "".join(json.dumps({"step": k, "time": t, "loss": 1.0}) + "\n" for k, t in recs)
+        )
+        stages[s] = {
+            "status": "done",
+            "seconds": seconds[s],
+            "metrics": {"steps": recs[-1][0], "peak_allocated_gib": 10.0, "peak_reserved_gib": 12.0},
+        }
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": stages}))
+    return tmp_path
+
+
+def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
+    # 10 steps per record; 1 s apart, then a resume (a 100 s pause), then 2 s apart with a slow first record
+    recs = [{"step": 10 * i, "time": float(i)} for i in range(1, 6)]
+    recs += [{"step": 60, "time": 200.0}, {"step": 70, "time": 205.0}]
+    recs += [{"step": 70 + 10 * i, "time": 205.0 + 2 * i} for i in range(1, 6)]
+    assert [r["step"] for r in ps.last_stretch(recs)][0] == 60
+    rate, first, last = ps.steady_rate(recs)
+    assert (first, last) == (90, 120) and rate == pytest.approx(5.0)
+    # a step that goes back (a restart from an older checkpoint) also starts a stretch
+    back = [
+        {"step": 10, "time": 0.0},
+        {"step": 20, "time": 1.0},
+        {"step": 10, "time": 2.0},
+        {"step": 20, "time": 3.0},
+    ]
+    assert ps.last_stretch(back) == back[2:]
+    with pytest.raises(ValueError):
+        ps.steady_rate(back[:1])
+
+
+def test_schedule_projects_the_paper_steps_with_each_stages_overhead(tmp_path) -> None:
+    paper = ps.paper_steps()
+    assert paper == {"invert": 3000, "static": 5000, "dynamic": 10000, "refine": 5000}
+    rates = {"invert": 4.0, "static": 10.0, "dynamic": 2.0, "refine": 1.0}
+    logs, seconds = {}, {}
+    for s, r in rates.items():
+        n = paper[s] // 10
+        logs[s] = [(k, 100.0 + k / r) for k in range(10, n + 1, 10)]
+        seconds[s] = n / r + 30.0  # 30 s of loading and warm-up
+    lv = _project(tmp_path / "lv", {s: v[:3] for s, v in logs.items()}, seconds)
+    lv_manifest = json.loads((lv / "manifest.json").read_text())
+    lv_manifest["stages"]["refine"]["metrics"]["peak_allocated_gib"] = 11.4
+    (lv / "manifest.json").write_text(json.dumps(lv_manifest))
+    rec = ps.schedule(_project(tmp_path / "p", logs, seconds), "test card", low_vram=lv)
+    assert rec["card"] == "test card" and rec["min_fraction_of_paper"] == pytest.approx(0.1)
+    for s, r in rates.items():
+        v = rec["stages"][s]
+        assert {"steps_run", "paper_steps", "it_s", "peak_allocated_gib", "peak_reserved_gib"} <= v.keys()
+        assert v["it_s"] == pytest.approx(r) and v["overhead_s"] == pytest.approx(30.0, abs=0.01)
+        assert v["projected_min"] == pytest.approx((paper[s] / r + 30.0) / 60.0, abs=0.01)
+    want = sum((paper[s] / r + 30.0) / 60.0 for s, r in rates.items())
+    assert rec["projected_total_min"] == pytest.approx(want, abs=0.1)
+    assert rec["low_vram_peak_gib"] == 11.4
+
+
+def test_schedule_refuses_a_project_with_a_stage_not_done(tmp_path) -> None:
+    p = _project(tmp_path, {"invert": [(10, 1.0), (20, 2.0)]}, {"invert": 5.0})
+    with pytest.raises(ValueError, match="static"):
+        ps.schedule(p, "card")
