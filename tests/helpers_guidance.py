@@ -124,3 +124,24 @@ def still_views(dazimuth=0.0, dpolar=0.0, dradius=0.0, *, frames: int = 1, **kw)
 
     dp, da, dr = torch.broadcast_tensors(bt(dpolar), bt(dazimuth), bt(dradius))
     return Views.from_relative(dp, da, dr, **kw)
+
+
+def assert_same_prior_output(build, change, name: str = "") -> None:
+    """Build a prior twice and apply ``change(prior)`` to the second: one guidance call on the same 4-frame
+    clip (with a condition render) must give a bit-identical loss and image gradient."""
+    frames = 4
+    gen = torch.Generator().manual_seed(3)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
+    images0 = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    res = []
+    for changed in (False, True):
+        prior = build()
+        if changed:
+            change(prior)
+        images = images0.clone().requires_grad_(True)
+        out = prior(images, views, step=0, generator=torch.Generator().manual_seed(11))
+        loss = out.losses[prior.loss_key]
+        loss.backward()
+        res.append((loss.detach(), images.grad.clone()))
+    assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1]), name
