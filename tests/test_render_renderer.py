@@ -547,8 +547,9 @@ def test_live_normals_same_render_and_gradients_fewer_evaluations(shading):
         assert 0 < nb < 0.7 * na, (na, nb)  # most samples are behind the surface
         for name in ("rgb", "normal", "orientation", "weights", "depth", "opacity"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (ck, name)
-        # the MLP weights' gradients sum over fewer rows (the dead samples' rows were zeros): float32 order only
-        for x, y in zip(ga, gb, strict=True):
-            assert float((x - y).abs().max()) <= 1e-3 * float(x.abs().max()), ck
-        assert torch.equal(ga[0], gb[0])  # the grid table's gradient is bit for bit the same
+        # float32 summation order only: the MLP weights' gradients sum over fewer rows (the dead samples' rows
+        # were zeros; up to 2e-4 of the largest here), and the grid table's scatter-add is threaded (two plain
+        # runs on 2 threads already differ by 3e-7 of the largest entry)
+        for i, (x, y) in enumerate(zip(ga, gb, strict=True)):
+            assert float((x - y).abs().max()) <= (1e-5 if i == 0 else 1e-3) * float(x.abs().max()), (ck, i)
         assert any(g.abs().sum() > 0 for g in gb)

@@ -277,28 +277,12 @@ class NerfSystem:
     ) -> RenderOutput:
         r = self.rays
         return render(
-            field,
-            cameras,
-            times,
-            shading=shading,
-            ambient=ambient,
-            light_dir=light_dir,
-            bg_color=bg_color,
-            occupancy=occupancy,
-            perturb=True,
-            max_steps=r.max_steps,
-            compute_normals=True,
-            normal_eps=r.normal_eps,
-            chunk=r.chunk,
-            generator=generator,
-            ray_noise_scale=ray_noise,
-            min_near=r.min_near,
-            delta_mode=r.delta_mode,
-            t_thresh=r.transmittance_thresh,
-            checkpoint_normals=r.checkpoint_normals,
-            live_normals=r.live_normals,
-            frames=frames,
-        )
+            field, cameras, times, shading=shading, ambient=ambient, light_dir=light_dir, bg_color=bg_color,
+            occupancy=occupancy, perturb=True, generator=generator, ray_noise_scale=ray_noise, frames=frames,
+            compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
+            delta_mode=r.delta_mode, t_thresh=r.transmittance_thresh, chunk=r.chunk,
+            checkpoint_normals=r.checkpoint_normals, live_normals=r.live_normals,
+        )  # fmt: skip
 
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
         """Per-camera light ``l_f = normalize(origin_f + n)``, one noise vector n per clip (SPEC 3.1)."""
