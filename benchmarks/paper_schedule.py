@@ -84,10 +84,12 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -> dict[str, Any]:
     metrics = record.get("metrics", {})
-    records = _read_log(project / "logs" / f"{stage}.jsonl")
+    resumed = int(metrics.get("resumed_from_step", 0) or 0)
+    # a resumed stage's last invocation logged the steps after its checkpoint; the gap rule of
+    # last_stretch also finds a resume, but not one quicker than its pause limit
+    records = [r for r in _read_log(project / "logs" / f"{stage}.jsonl") if r.get("step", 0) > resumed]
     it_s, first, last = steady_rate(records)
     steps = int(metrics.get("steps", last))
-    resumed = int(metrics.get("resumed_from_step", 0) or 0)
     seconds = float(record.get("seconds") or 0.0)
     overhead = max(0.0, seconds - (steps - resumed) / it_s)
     return {

@@ -73,6 +73,18 @@ def test_schedule_projects_the_paper_steps_with_each_stages_overhead(tmp_path) -
     assert rec["low_vram_peak_gib"] == 11.4
 
 
+def test_a_resumed_stage_is_timed_after_its_checkpoint(tmp_path) -> None:
+    """A quick resume (no long pause) is found from the manifest's resumed_from_step."""
+    recs = [(k, float(k)) for k in range(10, 50, 10)] + [(k, 45.0 + 2 * k) for k in range(50, 110, 10)]
+    p = _project(tmp_path, {"invert": recs}, {"invert": 200.0})
+    m = json.loads((p / "manifest.json").read_text())
+    m["stages"]["invert"]["metrics"]["resumed_from_step"] = 40
+    entry = ps.stage_entry(p, "invert", m["stages"]["invert"], 3000)
+    assert entry["it_s"] == pytest.approx(0.5) and entry["rate_steps"][0] >= 50
+    assert entry["invocations"] == "resumed from step 40"
+    assert entry["overhead_s"] == pytest.approx(200.0 - 60 / 0.5)
+
+
 def test_schedule_refuses_a_project_with_a_stage_not_done(tmp_path) -> None:
     p = _project(tmp_path, {"invert": [(10, 1.0), (20, 2.0)]}, {"invert": 5.0})
     with pytest.raises(ValueError, match="static"):
