@@ -144,3 +144,38 @@ def test_every_prior_same_loss_and_gradient_with_encoder_checkpoint(store, sd) -
             res.append((float(loss.detach()), images.grad.clone()))
         assert res[0][0] == pytest.approx(res[1][0], rel=1e-5, abs=1e-7), name
         assert_grad_close(res[1][1], res[0][1])
+
+
+def test_large_images_recompute_piece_by_piece_and_run_the_encoder_twice(sd) -> None:
+    """Images above the pixel budget: the forward keeps the inputs of the encoder's pieces, backward
+    recomputes one piece at a time. Same moments (bit for bit) and gradients as the plain path; each down
+    block runs once in the batched forward and once per image in backward (diffusers' own block
+    checkpointing ran it twice per image in backward); the encoder's checkpointing flag stays off."""
+    from animate124.guidance.common import encoder_stages
+
+    vae = sd.vae
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(3, 3, 32, 32, generator=gen) * 2 - 1).requires_grad_(True)
+    w = torch.randn(3, 8, 4, 4, generator=gen)
+    with torch.no_grad():  # the pieces compose to vae.encode's moments
+        h = x.detach()
+        for stage in encoder_stages(vae):
+            h = stage(h)
+        assert torch.equal(h, vae.encode(x.detach()).latent_dist.parameters)
+    calls = []
+    hook = vae.encoder.down_blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        results = []
+        for ck in (False, True):
+            x.grad = None
+            calls.clear()
+            m = encoder_moments(vae, x, checkpoint=ck, chunk_pixels=16 * 16)
+            (m * w).sum().backward()
+            results.append((m.detach(), x.grad.clone(), len(calls)))
+    finally:
+        hook.remove()
+    (m0, g0, n0), (m1, g1, n1) = results
+    assert torch.equal(m0, m1)
+    assert_grad_close(g1, g0)
+    assert (n0, n1) == (1, 1 + 3)
+    assert not vae.encoder.gradient_checkpointing

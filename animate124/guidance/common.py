@@ -9,7 +9,7 @@ Plain functions, no state: the call interface and its types live in ``interface.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -157,13 +157,39 @@ def _moments(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     return vae.encode(x).latent_dist.parameters
 
 
+def encoder_stages(vae: AutoencoderKL) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """A diffusers ``AutoencoderKL``'s encoding as consecutive pieces whose composition is ``vae.encode``'s
+    moments: ``conv_in``, each down block, the mid block, and the tail (output norm, activation, ``conv_out``,
+    ``quant_conv``). None for another kind of VAE or a tiling one (then the encoder's own block
+    checkpointing is used)."""
+    enc = getattr(vae, "encoder", None)
+    parts = ("conv_in", "down_blocks", "mid_block", "conv_norm_out", "conv_act", "conv_out")
+    if (
+        enc is None
+        or not all(getattr(enc, n, None) is not None for n in parts)
+        or getattr(vae, "use_tiling", False)
+    ):
+        return None
+    quant = getattr(vae, "quant_conv", None)
+
+    def tail(h: torch.Tensor) -> torch.Tensor:
+        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(h)))
+        return quant(h) if quant is not None else h
+
+    return [enc.conv_in, *enc.down_blocks, enc.mid_block, tail]
+
+
 class _RecomputedEncoder(torch.autograd.Function):
     """Moments of the whole batch in one no-grad pass; backward recomputes the encoder in chunks.
 
     Only the input is kept. Backward re-runs ``chunk`` images at a time under the forward's autocast state
-    and back-propagates each chunk at once, so the activations alive at any moment are one chunk's; with
-    ``inner`` the encoder's own block checkpointing is on during the recompute as well. Gradients reach the
-    input only (the priors' VAEs are frozen: :func:`encoder_moments` takes the generic path otherwise).
+    and back-propagates each chunk at once, so the activations alive at any moment are one chunk's. With
+    ``inner`` (images above the pixel budget) the forward also keeps the inputs of the encoder's pieces
+    (:func:`encoder_stages`; a 1024² image: ~0.4 GiB in fp16) and backward recomputes and back-propagates
+    one piece at a time, the last first: the activations alive are one piece's, and the encoder runs twice
+    per image in all, where its own block checkpointing would run it three times (the no-grad pass, the
+    checkpointed pass, the blocks' recompute). Gradients reach the input only (the priors' VAEs are frozen:
+    :func:`encoder_moments` takes the generic path otherwise).
     """
 
     @staticmethod
@@ -171,15 +197,33 @@ class _RecomputedEncoder(torch.autograd.Function):
         ctx.vae, ctx.chunk, ctx.inner = vae, chunk, inner
         dev = x.device.type
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        ctx.save_for_backward(x)
-        return _moments(vae, x)
+        ctx.stages = encoder_stages(vae) if inner else None
+        if ctx.stages is None:
+            ctx.save_for_backward(x)
+            return _moments(vae, x)
+        h, bounds = x, []
+        for stage in ctx.stages:
+            bounds.append(h)
+            h = stage(h)
+        ctx.save_for_backward(*bounds)  # the input and the input of every later piece
+        return h
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        x, *later = ctx.saved_tensors
         dev, enabled, dtype = ctx.autocast
         vae, chunk = ctx.vae, ctx.chunk
         gx = torch.empty_like(x)
+        if ctx.stages is not None:
+            bounds = [x, *later]
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
+                for s in range(0, x.shape[0], chunk):
+                    g = grad[s : s + chunk]
+                    for stage, b in zip(reversed(ctx.stages), reversed(bounds), strict=True):
+                        bi = b[s : s + chunk].detach().requires_grad_(True)
+                        (g,) = torch.autograd.grad(stage(bi), bi, g)
+                    gx[s : s + chunk] = g
+            return gx, None, None, None
         inner = ctx.inner and hasattr(vae, "enable_gradient_checkpointing")
         was = bool(getattr(vae.encoder, "gradient_checkpointing", False))
         try:
@@ -205,11 +249,13 @@ def encoder_moments(
     for backward (issue 12; ``run.vae_checkpoint``). The forward is the plain batched call, run without
     grad, so the moments are bit-identical to the plain path's. Backward re-runs the encoder on chunks of
     ``max(1, chunk_pixels // (H·W))`` images (4 frames at 256², one image at 512² and above) and, for an
-    image of more than ``chunk_pixels`` pixels, with the encoder's per-block checkpointing. The encoder
+    image of more than ``chunk_pixels`` pixels, one piece of the encoder at a time from the piece inputs the
+    forward kept (:func:`encoder_stages`; other VAEs: the encoder's own block checkpointing). The encoder
     treats images independently and draws nothing at random, so the gradients are those of the plain
     path up to floating-point summation order (a chunk's convolution may sum in another order than the
-    batch's). Memory held for backward: the input only; at the backward peak, one chunk's activations.
-    Cost: one more encoder forward (two for the images above ``chunk_pixels``).
+    batch's). Memory held for backward: the input only (for the images above ``chunk_pixels``, also the
+    inputs of the encoder's pieces); at the backward peak, one chunk's (or one piece's) activations.
+    Cost: one more encoder forward per image.
     A VAE with trainable parameters takes ``torch.utils.checkpoint`` per image instead, which also
     gives the parameters their gradients.
     """
