@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='refine lowvram cl' picks parts (cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='refine lowvram fit cl' picks parts (fit needs .device/data carried; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 A124="python3 -m animate124.cli.app"; ROOT=$PWD
 W=/tmp/a124; mkdir -p $W; export ANIMATE124_STATE_DIR=$W/state
-PARTS="${PARTS:-refine lowvram cl}"
+PARTS="${PARTS:-refine lowvram fit cl}"
 if [ ! -f $W/models/.done ]; then
   el "full-size random-weight priors"
   python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -2
@@ -67,6 +67,13 @@ if [[ " $PARTS " == *" lowvram "* ]]; then
      --set run.profile=true > "$OUT/lv_run_all.json" 2> "$OUT/lv_run_all.err"; echo "exit $?"; tail -2 "$OUT/lv_run_all.err"
   summary $W/lv/runs/toy/manifest.json invert,static,dynamic,refine | tee -a "$OUT/summary_lowvram.txt"
   cd "$ROOT"
+fi
+
+if [[ " $PARTS " == *" fit "* ]]; then
+  el "lego fit (2 min): the share of samples behind early termination, what raymarch.live_normals skips"
+  timeout 300 python3 benchmarks/fit_multiview.py --scene lego --data-root .device/data --minutes 2 \
+    --out "$OUT/fit_lego.json" 2>&1 | grep -E "PSNR|zero-weight|samples / ray|iterations" \
+    || echo "no lego data: carry .device/data"
 fi
 
 if [[ " $PARTS " == *" cl "* ]]; then
