@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='refine lowvram fit cl' picks parts (fit needs .device/data carried; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
@@ -73,7 +73,7 @@ if [[ " $PARTS " == *" fit "* ]]; then
   el "lego fit (2 min): the share of samples behind early termination, what raymarch.live_normals skips"
   timeout 300 python3 benchmarks/fit_multiview.py --scene lego --data-root .device/data --minutes 2 \
     --out "$OUT/fit_lego.json" 2>&1 | grep -E "PSNR|zero-weight|samples / ray|iterations" \
-    || echo "no lego data: carry .device/data"
+    || echo "no lego data: carry .device/data/nerf-synthetic-400"
 fi
 
 if [[ " $PARTS " == *" cl "* ]]; then
