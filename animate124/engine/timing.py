@@ -38,7 +38,7 @@ class Timers:
         self.calls: dict[str, int] = defaultdict(int)
         self.peak_bytes: dict[str, int] = defaultdict(int)
         self.rise_bytes: dict[str, int] = defaultdict(int)
-        self._open: list[list[Any]] = []  # [name, allocated at entry, running peak] of the parts now open
+        self._open: list[list[int]] = []  # [allocated at entry, running peak] of each part now open
         self._overall = [0, 0]  # allocated, reserved peaks folded in before each reset
 
     def _fold(self) -> None:
@@ -46,7 +46,7 @@ class Timers:
         self._overall[0] = max(self._overall[0], alloc)
         self._overall[1] = max(self._overall[1], torch.cuda.max_memory_reserved(self.device))
         for part in self._open:
-            part[2] = max(part[2], alloc)
+            part[1] = max(part[1], alloc)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -59,7 +59,7 @@ class Timers:
                 self._fold()
                 torch.cuda.reset_peak_memory_stats(self.device)
                 now = torch.cuda.memory_allocated(self.device)
-                self._open.append([name, now, now])
+                self._open.append([now, now])
             t0 = time.perf_counter()
             try:
                 yield
@@ -67,7 +67,7 @@ class Timers:
                 if self.sync:
                     torch.cuda.synchronize()
                     self._fold()
-                    _, entry, peak = self._open.pop()
+                    entry, peak = self._open.pop()
                     self.peak_bytes[name] = max(self.peak_bytes[name], peak)
                     self.rise_bytes[name] = max(self.rise_bytes[name], peak - entry)
                 self.seconds[name] += time.perf_counter() - t0
@@ -91,14 +91,18 @@ class Timers:
             for name in sorted(self.peak_bytes)
         }
 
-    def peak_memory(self) -> tuple[int, int]:
-        """(allocated, reserved) peak bytes on the device since the last reset, the parts' resets included."""
-        if self.device is None or self.device.type != "cuda":
+    def peak_memory(self, device: torch.device | None = None) -> tuple[int, int]:
+        """(allocated, reserved) peak bytes on ``device`` (default: the timers' own) since the allocator's last
+        reset, with the peaks folded in before the parts' resets; (0, 0) off CUDA."""
+        device = device if device is not None else self.device
+        if device is None or device.type != "cuda":
             return 0, 0
         if self.sync:
             self._fold()
-            return self._overall[0], self._overall[1]
-        return torch.cuda.max_memory_allocated(self.device), torch.cuda.max_memory_reserved(self.device)
+        return (
+            max(self._overall[0], torch.cuda.max_memory_allocated(device)),
+            max(self._overall[1], torch.cuda.max_memory_reserved(device)),
+        )
 
     def reset_memory(self) -> None:
         """Forget the memory figures (the trainer calls this where it resets the allocator's peaks)."""

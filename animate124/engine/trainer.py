@@ -305,11 +305,9 @@ class Trainer:
         if parts:
             metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}
         if dev.type == "cuda":
-            alloc, reserved = system.timers.peak_memory()  # the parts' peak resets folded in
-            metrics["peak_allocated_gib"] = round(max(alloc, torch.cuda.max_memory_allocated(dev)) / 2**30, 3)
-            metrics["peak_reserved_gib"] = round(
-                max(reserved, torch.cuda.max_memory_reserved(dev)) / 2**30, 3
-            )
+            alloc, reserved = system.timers.peak_memory(dev)  # the parts' peak resets folded in
+            metrics["peak_allocated_gib"] = round(alloc / 2**30, 3)
+            metrics["peak_reserved_gib"] = round(reserved / 2**30, 3)
             by_part = system.timers.memory_summary()
             if by_part:
                 metrics["memory_by_part"] = by_part

@@ -325,8 +325,13 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     if cfg.run.park_encoders:
         park_encoders(prior)
     if name in parse_offload(cfg.run.offload_priors):
-        return offload_prior_networks(graph_prior_networks(prior, enabled=False))
+        return offload_prior_networks(prior)  # its weights move every call: no graph
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
+
+
+def _encoder_options(cfg: Config) -> dict[str, Any]:
+    """The VAE-encoder recompute settings every prior takes (``run.vae_checkpoint*``)."""
+    return {"checkpoint_encoder": cfg.run.vae_checkpoint, "checkpoint_pixels": cfg.run.vae_checkpoint_pixels}
 
 
 def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components: Any = None) -> Any:
@@ -347,8 +352,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
             t_range=s.sd_t_range,
             weight=s.sd_weight,
             view_dependent=s.view_dependent_text,
-            checkpoint_encoder=cfg.run.vae_checkpoint,
-            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
+            **_encoder_options(cfg),
         ),
         "sd",
     )
@@ -370,8 +374,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             t_range=sec.zero123_t_range,
             weight=sec.zero123_weight,
             reference=reference.to(device),
-            checkpoint_encoder=cfg.run.vae_checkpoint,
-            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
+            **_encoder_options(cfg),
         ),
         "zero123",
     )
@@ -398,8 +401,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
             weight=d.video_weight,
             vae_grad_frames=d.vae_grad_frames,
             upstream_view_text=d.upstream_view_text,
-            checkpoint_encoder=cfg.run.vae_checkpoint,
-            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
+            **_encoder_options(cfg),
         ),
         "video",
     )
@@ -434,8 +436,7 @@ def build_controlnet_guidance(
             frames=frame_selection(r.frames),
             upstream_view_text=cfg.dynamic.upstream_view_text,
             learned_token=token,
-            checkpoint_encoder=cfg.run.vae_checkpoint,
-            checkpoint_pixels=cfg.run.vae_checkpoint_pixels,
+            **_encoder_options(cfg),
         ),
         "controlnet",
     )
