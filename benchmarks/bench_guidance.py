@@ -255,6 +255,10 @@ def bench_prior(prior: str, args, device) -> dict:
     guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint)
     flops = count_flops(call) if args.flops else None
     apply_options(guid, args.compile, args.channels_last)
+    if args.vae_attention == "blocked":
+        from animate124.guidance.attention import use_blocked_vae_attention
+
+        use_blocked_vae_attention(getattr(guid, "vae", None))
     if args.cuda_graphs:
         from animate124.guidance.graphs import graph_prior_networks
 
@@ -315,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         help="recompute the VAE encoder in backward (run.vae_checkpoint)",
     )
     p.add_argument("--cuda-graphs", action="store_true", help="replay the UNet/ControlNet from CUDA graphs")
+    p.add_argument(
+        "--vae-attention", choices=("sdpa", "blocked"), default="sdpa",
+        help="the VAE encoder's attention (run.vae_attention; the stages default to blocked)",
+    )  # fmt: skip
     p.add_argument("--flops", action="store_true", help="count the FLOPs of one call (and the card's rates)")
     p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
@@ -340,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "vae_checkpoint": args.vae_checkpoint,
         "cuda_graphs": args.cuda_graphs,
+        "vae_attention": args.vae_attention,
         "card_rates": rates,
         "dtype": "float32" if args.tiny else "float16",
     }

@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='tests field attn refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
@@ -35,6 +35,26 @@ for name in sys.argv[2].split(","):
               f"{mt.get('ms_per_step', {}).get(part, '')} ms/step")
 PY
 }
+
+if [[ " $PARTS " == *" tests "* ]]; then
+  el "GPU tests of the kernels, attention, renderer, graphs, offload, tracer"
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_scene_triton.py tests/test_guidance_attention.py \
+    tests/test_render_gpu.py tests/test_cuda_graphs.py tests/test_offload.py tests/test_engine_trainer.py \
+    > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
+fi
+
+if [[ " $PARTS " == *" field "* ]]; then
+  el "NeRF side of a dynamic guidance step, variants (bench_field_step.py)"
+  timeout 240 python3 benchmarks/bench_field_step.py --out "$OUT/field_step.json" 2>&1 | tail -8
+fi
+
+if [[ " $PARTS " == *" attn "* ]]; then
+  el "SD and ControlNet calls (graphs + VAE recompute): VAE attention sdpa vs blocked"
+  for a in sdpa blocked; do
+    timeout 200 python3 benchmarks/bench_guidance.py --configs .device/hf-configs --priors sd,controlnet --vae-checkpoint \
+      --cuda-graphs --vae-attention $a --out "$OUT/guidance_attn_$a.json" 2>&1 | tail -2
+  done
+fi
 
 if [[ " $PARTS " == *" refine "* ]]; then
   el "paper: run-all to dynamic with a few steps, then refine variants"

@@ -37,6 +37,7 @@ NOT_VARIED = {
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
     "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
     "run.offload_priors": "wraps the networks of the (recorder) priors; test_offload checks wiring and outputs",
+    "run.vae_attention": "sets the attention processor of the priors' VAEs; test_guidance_attention checks it",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
 }
 OUTPUT_SECTIONS = {

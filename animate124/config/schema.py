@@ -75,6 +75,14 @@ class RunConfig:
         min=1,
         nohash=True,
     )
+    vae_attention: Literal["blocked", "sdpa"] = opt(
+        "blocked",
+        "Attention of the priors' VAE encoders over large images (the mid block at 512² and up: one head "
+        "wider than flash attention allows): blocked = exact softmax attention in query blocks with fp32 "
+        "scores (same function; BENCHMARKS.md §8.7), sdpa = "
+        "PyTorch's kernel choice.",
+        nohash=True,
+    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "

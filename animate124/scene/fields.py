@@ -261,13 +261,14 @@ class DynamicField(RadianceField):
         *,
         n_points: int | None = None,
         generator: torch.Generator | None = None,
+        fused: bool = True,
     ) -> Tensor:
         """Time TV between neighbouring grids (SPEC 3.6); see :meth:`TimeGridEncoding.time_tv_loss`.
 
         ``mode`` has no default: the config's ``loss.time_tv_mode`` chooses (``"points"`` is SPEC 3.6);
         ``n_points`` (``loss.time_tv_points``) is required by the points form.
         """
-        return self.encoder.time_tv_loss(mode, n_points=n_points, generator=generator)
+        return self.encoder.time_tv_loss(mode, n_points=n_points, generator=generator, fused=fused)
 
     @classmethod
     def from_static(

@@ -21,6 +21,7 @@ from animate124.scene.grid.layout import GridEncodingConfig, LevelBuffers, grid_
 from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
+from animate124.scene.grid.timetv import PointsTimeTV
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
 TimeTVMode = Literal["points", "table"]
@@ -260,7 +261,7 @@ class TimeGridEncoding(_GridBase):
 
     def time_tv_loss(
         self, mode: TimeTVMode, *, n_points: int | None = None, generator: torch.Generator | None = None,
-        chunk: int = 8,
+        chunk: int = 8, fused: bool = True,
     ) -> Tensor:  # fmt: skip
         """Time total variation between neighbouring grids, a scalar (SPEC 3.6, 11.16).
 
@@ -273,6 +274,10 @@ class TimeGridEncoding(_GridBase):
         ``mode="table"`` is upstream's form before that commit, on the table entries instead of features:
         ``Σ_i mean_e ‖W_i[e] − W_{i+1}[e]‖² / ((T−1)·L)`` over the ``E`` rows of each grid; chunked over
         ``chunk`` grids, no encoder call, no random points (``n_points`` is ignored).
+
+        ``fused`` (points form): one autograd node writes every grid's gradient into its slice of one table
+        gradient (:class:`~.timetv.PointsTimeTV`; same loss, same gradient up to fp32 summation order);
+        ``False`` is the plain per-slice form, kept as the reference.
         """
         t_size = self.time_grid_size
         if mode not in ("points", "table"):
@@ -286,6 +291,14 @@ class TimeGridEncoding(_GridBase):
         dev = self.embeddings.device
         gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
         x = ((torch.rand(n_points, 3, generator=generator, device=gdev).to(dev)) * 2 - 1) * self.bound
+        if fused:
+            plain = dataclasses.replace(self.kernel_options, pair_layout=False)
+            u = _unit_coords(x, self.bound)
+
+            def encode(uu: Tensor, table: Tensor) -> Tensor:
+                return self._encode(uu, table, self.num_levels, options=plain)
+
+            return PointsTimeTV.apply(self.embeddings, u, encode, self.num_levels)
         total = self.embeddings.new_zeros((), dtype=torch.float32)
         prev = self.grid_features(x, 0)
         for i in range(1, t_size):

@@ -1,0 +1,77 @@
+"""The points form of the time TV (SPEC 3.6) as one autograd node over the whole stacked table.
+
+``L = Σ_{i=0}^{T-2} mean_x ‖f_i(x) − f_{i+1}(x)‖² · k`` with ``f_i`` the features of time grid ``i`` at the
+step's random points and ``k = 1/((T−1)·L)``. Written the plain way (one encoder call per grid on the
+slice ``table[i]``), autograd turns each of the ``T`` slices' gradients into a table-sized gradient and
+adds them up: 64 × (462 MB fill + add) per step at paper settings, about 28 ms on an H200
+(BENCHMARKS.md §8.7). :class:`PointsTimeTV` computes the same loss with the same encoder calls, then in
+backward writes each grid's gradient straight into its slice of one table gradient:
+
+    dL/df_i = 2k/N · ((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])
+
+with the features recomputed grid by grid (three alive at a time; nothing but the points is kept between
+forward and backward). Same loss bit for bit, same gradient up to fp32 summation order
+(``tests/test_scene_encoding.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: ``encode(u [N,3], table_slice [E,C]) -> [N, L·C]`` (the encoder's plain call, autograd-capable)
+SliceEncode = Callable[[Tensor, Tensor], Tensor]
+
+
+class PointsTimeTV(torch.autograd.Function):
+    """``apply(table [T,E,C], u [N,3], encode, num_levels) -> scalar`` (module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> Tensor:
+        table, u, encode, num_levels = args
+        t_size = table.shape[0]
+        total = table.new_zeros((), dtype=torch.float32)
+        with torch.no_grad():
+            prev = encode(u, table[0])
+            for i in range(1, t_size):
+                cur = encode(u, table[i])
+                total = total + (prev - cur).square().sum(-1).mean()
+                prev = cur
+        ctx.save_for_backward(table, u)
+        ctx.encode = encode
+        denom = (t_size - 1) * num_levels
+        ctx.k = 1.0 / denom
+        return total / denom
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        (grad,) = grads
+        table, u = ctx.saved_tensors
+        encode = ctx.encode
+        t_size, n = table.shape[0], u.shape[0]
+        out = torch.zeros(table.shape, device=table.device)
+        c = grad.float() * (2.0 * ctx.k / n)
+
+        def feats(i: int) -> tuple[Tensor, Tensor]:
+            leaf = table[i].detach().requires_grad_(True)
+            with torch.enable_grad():
+                return leaf, encode(u, leaf)
+
+        nxt = feats(0)
+        prev_f: Tensor | None = None
+        for i in range(t_size):
+            leaf, f = nxt
+            nxt = feats(i + 1) if i + 1 < t_size else None
+            fd = f.detach()
+            g = torch.zeros_like(fd)
+            if prev_f is not None:
+                g += fd - prev_f
+            if nxt is not None:
+                g += fd - nxt[1].detach()
+            (gi,) = torch.autograd.grad(f, leaf, g * c)
+            out[i] = gi.float()
+            prev_f = fd
+        return out.to(table.dtype), None, None, None
