@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='tests field attn refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='tests field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
@@ -75,6 +75,19 @@ if [[ " $PARTS " == *" refine "* ]]; then
       > "$OUT/refine_$i.json" 2> "$OUT/refine_$i.err"; echo "exit $?"; tail -3 "$OUT/refine_$i.err"
     summary $P/manifest.json refine | tee -a "$OUT/summary.txt"
     cp $P/logs/refine.profile.txt "$OUT/refine_$i.profile.txt" 2>/dev/null; rm -f $P/logs/refine.profile.txt
+  done
+  cd "$ROOT"
+fi
+
+if [[ " $PARTS " == *" trace "* ]]; then
+  el "paper: dynamic and refine, 16 steps each, torch.profiler op tables over steps 9-14"
+  mkdir -p $W/t && cd $W/t
+  timeout 200 $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" --until static --json $MODELS \
+     --set invert.steps=4 --set static.iters=20 --set static.known_iters=0 > "$OUT/t_run_all.json" 2> "$OUT/t_run_all.err"
+  for s in dynamic refine; do
+    timeout 200 $A124 $s -p $W/t/runs/toy --force --json $MODELS --set $s.iters=16 --set run.trace_steps=6 \
+      --set run.trace_parts=ops > "$OUT/t_$s.json" 2> "$OUT/t_$s.err"; echo "$s exit $?"
+    cp $W/t/runs/toy/logs/$s.profile.txt "$OUT/${s}_ops.profile.txt" 2>/dev/null; head -3 "$OUT/${s}_ops.profile.txt"
   done
   cd "$ROOT"
 fi

@@ -524,9 +524,9 @@ def test_live_normals_same_render_and_gradients_fewer_evaluations(shading):
     seen: list[int] = []
     plain_normals = dyn.normals
 
-    def counting(x, t=None, eps=0.01):
+    def counting(x, t=None, eps=0.01, **kw):
         seen.append(x.shape[0])
-        return plain_normals(x, t, eps=eps)
+        return plain_normals(x, t, eps=eps, **kw)
 
     dyn.normals = counting
     for ck in (False, True):
@@ -553,3 +553,31 @@ def test_live_normals_same_render_and_gradients_fewer_evaluations(shading):
         for i, (x, y) in enumerate(zip(ga, gb, strict=True)):
             assert float((x - y).abs().max()) <= (1e-5 if i == 0 else 1e-3) * float(x.abs().max()), (ck, i)
         assert any(g.abs().sum() > 0 for g in gb)
+
+
+@pytest.mark.parametrize("plan_block", [16, 1024])
+def test_march_chunk_plan_gives_the_same_samples(monkeypatch, plan_block: int) -> None:
+    """Chunks planned by candidate count (one read of the per-block counts) march exactly the samples of
+    one chunk: the same rays, positions and t, in the same order, for any chunk bound and block size."""
+    import animate124.render.marcher as M
+    from animate124.scene.occupancy import OccupancyGrid
+
+    monkeypatch.setattr(M, "PLAN_BLOCK", plan_block)
+    gen = torch.Generator().manual_seed(0)
+    origins = torch.randn(2500, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, 2.0])
+    dirs = torch.nn.functional.normalize(
+        torch.randn(2500, 3, generator=gen) * 0.3 + torch.tensor([0.0, 0.0, -1.0]), dim=-1
+    )
+    occ = OccupancyGrid(resolution=8)
+    occ.bitfield[0, ::3] = False
+    offsets = torch.rand(2500, generator=gen)
+    kw = dict(occupancy=occ, max_steps=64, perturb=True, offsets=offsets)
+    ref = M.march_rays(origins, dirs, max_candidates=2**30, **kw)
+    for bound in (1, 500, 7000, 40_000):
+        got = M.march_rays(origins, dirs, max_candidates=bound, **kw)
+        assert torch.equal(got.ray_indices, ref.ray_indices)
+        assert torch.equal(got.t, ref.t) and torch.equal(got.positions, ref.positions)
+    chunks = M._plan_chunks(torch.full((2500,), 10, dtype=torch.long), 7000)
+    assert [c[0] for c in chunks][0] == 0 and chunks[-1][1] == 2500
+    assert all(c[2] == 10 * (c[1] - c[0]) for c in chunks)
+    assert all(c[2] <= 7000 or c[1] - c[0] <= plan_block for c in chunks)

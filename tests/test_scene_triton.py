@@ -171,7 +171,58 @@ def _interp_checks() -> dict:
         "grad_rel": ((tr.embeddings.grad - ref.embeddings.grad).norm() / ref.embeddings.grad.norm()).item(),
     }
     res["field"] = _field_check()
+    res["time_runs"] = _time_runs_check()
     return res
+
+
+def _time_runs_check() -> dict:
+    """A 2-frame clip render through the Triton 4D field (slot path) with the renderer's host-side time runs
+    and without them: the same images, the same table gradient up to fp32 order, and no time read back."""
+    from helpers_grid import field_kwargs, paper_grid_config
+
+    from animate124.render.cameras import orbit_cameras
+    from animate124.render.renderer import render
+    from animate124.scene.fields import DynamicField
+    from animate124.scene.grid import KernelOptions
+
+    cfg = paper_grid_config(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9)
+    torch.manual_seed(0)
+    opts = KernelOptions(slot_min_points_per_time=8)
+    field = DynamicField(cfg, time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs())
+    with torch.no_grad():
+        field.encoder.embeddings.uniform_(-1, 1)
+    cams, times = orbit_cameras(2, height=4, width=4), torch.tensor([[0.2, 0.7]])
+    orig, calls, out = torch.unique_consecutive, [], {}
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return orig(*a, **kw)
+
+    for use_runs in (True, False):
+        field.accepts_time_runs = use_runs
+        field.zero_grad(set_to_none=True)
+        calls.clear()
+        builds = field.encoder.launch_state.slot_builds
+        torch.unique_consecutive = spy
+        try:
+            r = render(
+                field, cams, times, shading="lambertian", compute_normals=True, max_steps=16, perturb=True,
+                generator=torch.Generator().manual_seed(0), checkpoint_normals=True, live_normals=True,
+            )  # fmt: skip
+            (r.rgb.mean() + r.orientation.mean() + r.normal.mean()).backward()
+        finally:
+            torch.unique_consecutive = orig
+        out[use_runs] = (r.rgb.detach(), r.normal.detach(), field.encoder.embeddings.grad.clone(), len(calls),
+                         field.encoder.launch_state.slot_builds - builds)  # fmt: skip
+    a, b = out[True], out[False]
+    return {
+        "rgb_max": (a[0] - b[0]).abs().max().item(),
+        "normal_max": (a[1] - b[1]).abs().max().item(),
+        "grad_rel": ((a[2] - b[2]).norm() / b[2].norm()).item(),
+        "reads_with_runs": a[3],
+        "reads_without": b[3],
+        "slot_builds": [a[4], b[4]],
+    }
 
 
 def _gather_tables_check(cfg, x) -> dict:
@@ -235,7 +286,7 @@ def interp_results() -> dict:
         "print('@@' + json.dumps(m._interp_checks()))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=here.parent
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=here.parent
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
@@ -309,6 +360,17 @@ def test_triton_interpreter_time_tv_points(interp_results):
 
 
 @needs_triton
+@needs_triton
+def test_triton_interpreter_render_with_host_time_runs(interp_results):
+    """TimeRuns (scene/timeruns.py): the renderer's host-side runs give the slot path the same images and
+    table gradient without reading the times back from the device (no unique_consecutive)."""
+    r = interp_results["time_runs"]
+    assert r["rgb_max"] == 0.0 and r["normal_max"] == 0.0, r
+    assert r["grad_rel"] < 1e-5, r  # distinct times merged into one slot: another fp32 summation order
+    assert r["reads_with_runs"] == 0 and r["reads_without"] > 0, r
+    assert min(r["slot_builds"]) >= 3, r  # the samples, the normals and their recompute took the slot path
+
+
 def test_triton_interpreter_fields(interp_results):
     r = interp_results["field"]
     assert r["sigma_rel"] <= 1e-6 and r["normals"] <= 1e-4, r

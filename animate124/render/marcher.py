@@ -11,8 +11,10 @@ Marching (:func:`march_rays`), for rays ``x(t) = o + t·d`` with possibly unnorm
   this gives the same sample set (up to samples exactly on cell faces).
 
 The result is *packed*: kept samples of all rays in one flat array, sorted by ray, with their ray
-index. Two host syncs per chunk are unavoidable in this design (the candidate count and the number
-of kept samples, both data-dependent sizes); everything else stays on the device.
+index. Rays are marched in chunks of at most ``max_candidates`` lattice candidates, planned from the
+per-ray candidate counts with one host sync; each chunk then syncs once more for its number of kept
+samples (a data-dependent size). Everything else stays on the device. (Chunks used to be a fixed number of
+rays, ``max_candidates // max_steps``, with two syncs each: 32 per 16-frame 128² clip instead of about 8.)
 
 Compositing (:func:`composite`), for the kept samples of one ray in order:
 
@@ -89,14 +91,12 @@ def _march_chunk(
     occupancy: OccupancyGrid | None,
     bound: float,
     dt: float,
-    max_steps: int,
-    min_near: float,
+    near: Tensor,
+    n: Tensor,
+    total: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One chunk of rays -> local ray index [m], t [m], positions [m, 3] of kept samples."""
-    near, far, hit = near_far_from_aabb(origins, dirs, bound, min_near)
-    n = torch.ceil((far - near) / dt - offset).clamp_(0, max_steps)
-    n = torch.where(hit, n, torch.zeros_like(n)).long()
-    total = int(n.sum())  # host sync 1: number of candidates
+    """One chunk of rays with ``n`` lattice candidates each (``total`` in all, counted by the caller)
+    -> local ray index [m], t [m], positions [m, 3] of kept samples."""
     if total == 0:
         empty = origins.new_zeros(0)
         return empty.long(), empty, origins.new_zeros(0, 3)
@@ -108,9 +108,36 @@ def _march_chunk(
     pos = torch.addcmul(origins[ray], t[:, None], dirs[ray]).clamp_(-bound, bound)
     if occupancy is not None:
         s = 0 if slots is None else slots[ray]
-        keep = occupancy.occupied(pos, s).nonzero().squeeze(1)  # host sync 2: kept samples
+        keep = occupancy.occupied(pos, s).nonzero().squeeze(1)  # host sync: kept samples
         ray, t, pos = ray[keep], t[keep], pos[keep]
     return ray, t, pos
+
+
+#: rays per block of the chunk plan (one candidate count per block is read back)
+PLAN_BLOCK = 1024
+
+
+def _plan_chunks(n: Tensor, max_candidates: int) -> list[tuple[int, int, int]]:
+    """Split rays into consecutive chunks of at most ``max_candidates`` lattice candidates (a chunk may be one
+    larger block of ``PLAN_BLOCK`` rays); returns ``(first ray, end ray, candidates)``. One host sync: the
+    cumulative candidate count at every ``PLAN_BLOCK``-th ray."""
+    r = n.shape[0]
+    cum = torch.cumsum(n, 0)
+    ends = list(range(PLAN_BLOCK, r + 1, PLAN_BLOCK))
+    picks = [cum[PLAN_BLOCK - 1 :: PLAN_BLOCK]]
+    if not ends or ends[-1] != r:
+        ends.append(r)
+        picks.append(cum[-1:])
+    marks = torch.cat(picks).tolist()
+    chunks: list[tuple[int, int, int]] = []
+    first, base, prev_end, prev_mark = 0, 0, 0, 0
+    for end, mark in zip(ends, marks, strict=True):
+        if mark - base > max_candidates and prev_end > first:
+            chunks.append((first, prev_end, prev_mark - base))
+            first, base = prev_end, prev_mark
+        prev_end, prev_mark = end, mark
+    chunks.append((first, r, marks[-1] - base))
+    return chunks
 
 
 def draw_offsets(r: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -138,7 +165,7 @@ def march_rays(
     """March R rays (origins, dirs [R, 3]) through the box; see module docstring.
 
     slots: [R] long occupancy slot per ray (None = slot 0). ``max_candidates`` bounds the memory of
-    the un-skipped lattice: rays are processed in chunks of ``max_candidates // max_steps``.
+    the un-skipped lattice: rays are processed in chunks of at most that many candidates (module docstring).
     ``offsets``: [R] jitter in [0, 1) drawn by the caller (used when ``perturb``; ``generator`` is then
     not drawn from), so that a subset of rays can be marched with the numbers a whole render drew.
     """
@@ -159,21 +186,16 @@ def march_rays(
         offset = draw_offsets(r, generator, dev)
     else:
         offset = torch.zeros(r, device=dev)
-    ray_chunk = max(1, max_candidates // max_steps)
+    near, far, hit = near_far_from_aabb(origins, dirs, bound, min_near)
+    n = torch.ceil((far - near) / dt - offset).clamp_(0, max_steps)
+    n = torch.where(hit, n, torch.zeros_like(n)).long()
     rays, ts, poss = [], [], []
-    for i in range(0, r, ray_chunk):
-        sl = slice(i, min(i + ray_chunk, r))
+    for i, j, total in _plan_chunks(n, max_candidates) if r > 0 else [(0, 0, 0)]:
+        sl = slice(i, j)
         ray, t, pos = _march_chunk(
-            origins[sl],
-            dirs[sl],
-            offset[sl],
-            None if slots is None else slots[sl],
-            occupancy,
-            bound,
-            dt,
-            max_steps,
-            min_near,
-        )
+            origins[sl], dirs[sl], offset[sl], None if slots is None else slots[sl], occupancy, bound, dt,
+            near[sl], n[sl], total,
+        )  # fmt: skip
         rays.append(ray + i)
         ts.append(t)
         poss.append(pos)

@@ -32,6 +32,7 @@ from animate124.errors import Animate124Error
 from animate124.render.cameras import Cameras, generate_rays
 from animate124.render.marcher import composite, draw_offsets, march_rays, segment_sum
 from animate124.scene.occupancy import OccupancyGrid
+from animate124.scene.timeruns import TimeRuns, host_to_device, run_counts
 
 __all__ = ["RenderOutput", "RayRenderOutput", "render", "render_rays", "SHADING_MODES", "RenderError"]
 
@@ -81,13 +82,23 @@ class RenderOutput:
     num_samples: int
 
 
-def _eval_field(field: FieldLike, x: Tensor, t: Tensor | None, chunk: int | None) -> tuple[Tensor, Tensor]:
+def _runs_kw(runs: TimeRuns | None, start: int | None = None, stop: int | None = None) -> dict[str, Any]:
+    """``runs=`` for a field call on points ``start:stop`` (nothing when there are no runs)."""
+    if runs is None:
+        return {}
+    return {"runs": runs if start is None else runs.slice(start, stop)}
+
+
+def _eval_field(
+    field: FieldLike, x: Tensor, t: Tensor | None, chunk: int | None, runs: TimeRuns | None = None
+) -> tuple[Tensor, Tensor]:
     if chunk is None or x.shape[0] <= chunk:
-        out = field(x, t)
+        out = field(x, t, **_runs_kw(runs))
         return out.sigma.float(), out.albedo.float()
     sig, alb = [], []
     for i in range(0, x.shape[0], chunk):
-        out = field(x[i : i + chunk], None if t is None else t[i : i + chunk])
+        kw = _runs_kw(runs, i, i + chunk)
+        out = field(x[i : i + chunk], None if t is None else t[i : i + chunk], **kw)
         sig.append(out.sigma.float())
         alb.append(out.albedo.float())
     return torch.cat(sig), torch.cat(alb)
@@ -98,15 +109,16 @@ CHECKPOINT_SEGMENT = 2**18
 
 
 def _eval_normals(
-    field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None, checkpoint: bool = False
-) -> Tensor:
+    field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None, checkpoint: bool = False,
+    runs: TimeRuns | None = None,
+) -> Tensor:  # fmt: skip
     """``field.normals`` over ``chunk``-sized pieces; with ``checkpoint`` (and grad enabled) every piece is an
     activation-checkpoint segment (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None): the six density
     evaluations keep nothing for backward but their inputs and are re-run piece by piece in backward.
     Same values and gradients as the same pieces without it (``raymarch.checkpoint_normals``)."""
 
-    def normals(xi: Tensor, ti: Tensor | None) -> Tensor:
-        return field.normals(xi, ti, eps=eps).float()
+    def normals(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> Tensor:
+        return field.normals(xi, ti, eps=eps, **kw).float()
 
     call = normals
     if checkpoint:
@@ -119,9 +131,12 @@ def _eval_normals(
             call = functools.partial(activation_checkpoint, normals, use_reentrant=False)
     n = x.shape[0]
     if chunk is None or n <= chunk:
-        return call(x, t)
+        return call(x, t, _runs_kw(runs))
     return torch.cat(
-        [call(x[i : i + chunk], None if t is None else t[i : i + chunk]) for i in range(0, n, chunk)]
+        [
+            call(x[i : i + chunk], None if t is None else t[i : i + chunk], _runs_kw(runs, i, i + chunk))
+            for i in range(0, n, chunk)
+        ]
     )
 
 
@@ -150,6 +165,7 @@ def render_rays(
     checkpoint_normals: bool = False,
     offsets: Tensor | None = None,
     live_normals: bool = False,
+    ray_runs: TimeRuns | None = None,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
@@ -160,7 +176,10 @@ def render_rays(
     normals (six density evaluations each) only for the samples before early termination (transmittance
     ``>= t_thresh``): every other sample has weight exactly 0 and no gradient reaches it, so its normal
     changes nothing (the images, the orientation term and every gradient are the same; a NaN normal behind
-    the surface no longer turns 0·NaN into a NaN pixel). Costs one device synchronisation (the count)."""
+    the surface no longer turns 0·NaN into a NaN pixel). Costs one device synchronisation (the count).
+    ``ray_runs``: the rays' ``times`` as host-side runs (:class:`~animate124.scene.timeruns.TimeRuns` over
+    rays); the samples' runs are then counted once here and passed to fields that accept them, so the 4D
+    encoder never reads times back from the device (same values)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -183,8 +202,14 @@ def render_rays(
     m = pk.num_samples
     idx = pk.ray_indices
     ts = None if times is None else times.to(dev, torch.float32)[idx].unsqueeze(1)
+    runs = None
+    if ray_runs is not None and ts is not None and m > 0 and getattr(field, "accepts_time_runs", False):
+        bounds = [0]
+        for c in ray_runs.counts:
+            bounds.append(bounds[-1] + c)
+        runs = ray_runs.with_counts(run_counts(idx, bounds))  # one device read: samples per run
     if m > 0:
-        sigma, albedo = _eval_field(field, pk.positions, ts, chunk)
+        sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs)
     else:
         sigma = origins.new_zeros(0)
         albedo = origins.new_zeros(0, 3)
@@ -195,8 +220,14 @@ def render_rays(
     elif need_normals and live_normals:
         live = torch.nonzero(comp.transmittance >= t_thresh).squeeze(1)  # where composite keeps the weight
         if live.numel() == m:
-            normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
+            normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals, runs)
         else:
+            live_runs = None
+            if runs is not None:
+                bounds = [0]
+                for c in runs.counts:
+                    bounds.append(bounds[-1] + c)
+                live_runs = runs.with_counts(run_counts(live, bounds))
             part = _eval_normals(
                 field,
                 pk.positions[live],
@@ -204,10 +235,11 @@ def render_rays(
                 normal_eps,
                 chunk,
                 checkpoint_normals,
+                live_runs,
             )
             normals = part.new_zeros(m, 3).index_copy(0, live, part)
     elif need_normals:
-        normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals)
+        normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals, runs)
     dirs_unit = torch.nn.functional.normalize(dirs.float(), dim=-1)
     if shading == "albedo":
         color = albedo
@@ -328,8 +360,13 @@ def render(
     cam_of_ray = torch.arange(n, device=dev).repeat_interleave(hw)
 
     ray_times = slots = None
+    cam_times: Tensor | None = None  # [cameras] on the host: each camera's rays share its time
     if times is not None:
-        tflat = times.reshape(-1).to(dev, torch.float32)
+        cam_times = times.detach().reshape(-1).to("cpu", torch.float32)  # no device wait for host times
+        if times.device.type == "cpu":
+            tflat = host_to_device(cam_times, dev)
+        else:
+            tflat = times.reshape(-1).to(dev, torch.float32)
         ray_times = tflat[cam_of_ray]
         if occupancy is not None:
             slots = occupancy.slot_for_time(tflat)[cam_of_ray]
@@ -365,6 +402,8 @@ def render(
         bg_r = bg_r if bg_r is None or bg_r.ndim == 1 else bg_r[sel]
         light_r = light_r if light_r is None or light_r.ndim == 1 else light_r[sel]
         offsets = None if offsets is None else offsets[sel]
+        if cam_times is not None:
+            cam_times = cam_times[(torch.arange(b)[:, None] * tt + torch.tensor(keep)[None]).reshape(-1)]
         tt = len(keep)
     kwargs: dict[str, Any] = dict(
         occupancy=occupancy,
@@ -387,6 +426,11 @@ def render(
     parts: list[RayRenderOutput] = []
     for i in range(0, r, step):
         sl = slice(i, min(i + step, r))
+        ray_runs = None
+        if cam_times is not None:  # the cameras this ray chunk covers, hw rays each
+            first, last = sl.start // hw, (sl.stop - 1) // hw
+            counts = [min(sl.stop, (c + 1) * hw) - max(sl.start, c * hw) for c in range(first, last + 1)]
+            ray_runs = TimeRuns(tuple(counts), cam_times[first : last + 1])
 
         parts.append(
             render_rays(
@@ -398,6 +442,7 @@ def render(
                 bg_color=bg_r if bg_r is None or bg_r.ndim == 1 else bg_r[sl],
                 light_dir=light_r if light_r is None or light_r.ndim == 1 else light_r[sl],
                 offsets=None if offsets is None else offsets[sl],
+                ray_runs=ray_runs,
                 **kwargs,
             )
         )

@@ -31,6 +31,7 @@ from animate124.scene.grid import (
     broadcast_time,
     make_grid_encoding,
 )
+from animate124.scene.timeruns import TimeRuns
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,12 @@ class DecoderMLP(nn.Module):
 class RadianceField(nn.Module):
     """Shared decoder, density, normals and optimizer groups; subclasses provide :meth:`features`.
 
-    Attributes: ``bound`` (scene is ``[−bound, bound]^3``), ``dynamic``, ``encoder``, ``sigma_net``.
+    Attributes: ``bound`` (scene is ``[−bound, bound]^3``), ``dynamic``, ``encoder``, ``sigma_net``;
+    ``accepts_time_runs``: ``forward``/``density``/``normals`` take ``runs=`` (the renderer checks it).
     """
 
     dynamic: bool = False
+    accepts_time_runs: bool = True
 
     def __init__(
         self,
@@ -96,8 +99,9 @@ class RadianceField(nn.Module):
         self.max_level: int | None = None
 
     # -- to be provided by subclasses ------------------------------------------------------------
-    def features(self, x: Tensor, t: Tensor | None) -> Tensor:
-        """Grid features ``[N, L·C]`` (levels ``>= self.max_level`` zero)."""
+    def features(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None = None) -> Tensor:
+        """Grid features ``[N, L·C]`` (levels ``>= self.max_level`` zero); ``runs``: the points' times as
+        host-side runs (:mod:`animate124.scene.timeruns`), used by 4D fields."""
         raise NotImplementedError
 
     # -- field -------------------------------------------------------------------------------------
@@ -107,22 +111,24 @@ class RadianceField(nn.Module):
         d = (x.float() ** 2).sum(-1)
         return self.blob_density * torch.exp(-d / (2 * self.blob_radius**2))
 
-    def _decode(self, x: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = self.sigma_net(self.features(x, t))
+    def _decode(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None = None) -> tuple[Tensor, Tensor]:
+        h = self.sigma_net(self.features(x, t, runs))
         sigma = trunc_exp(h[..., 0].float() + self.density_blob(x))
         return sigma, h
 
-    def forward(self, x: Tensor, t: Tensor | None = None) -> FieldOutput:
+    def forward(self, x: Tensor, t: Tensor | None = None, runs: TimeRuns | None = None) -> FieldOutput:
         """``x [N,3]`` in ``[−bound, bound]``, ``t [N,1]`` in [0,1] (ignored if static) -> FieldOutput."""
-        sigma, h = self._decode(x, t)
+        sigma, h = self._decode(x, t, runs)
         albedo = torch.sigmoid(h[..., 1:].float())
         return FieldOutput(sigma=sigma, albedo=albedo)
 
-    def density(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+    def density(self, x: Tensor, t: Tensor | None = None, runs: TimeRuns | None = None) -> Tensor:
         """``σ [N]`` float32."""
-        return self._decode(x, t)[0]
+        return self._decode(x, t, runs)[0]
 
-    def normals(self, x: Tensor, t: Tensor | None = None, eps: float = 0.01) -> Tensor:
+    def normals(
+        self, x: Tensor, t: Tensor | None = None, eps: float = 0.01, runs: TimeRuns | None = None
+    ) -> Tensor:
         """Unit normals ``[N,3]`` from central differences of σ (SPEC 3.1), differentiable w.r.t. params.
 
         ``∇σ ≈ (σ(x+εe_k) − σ(x−εe_k)) / (2ε)`` with the shifted points clamped to the box;
@@ -135,7 +141,8 @@ class RadianceField(nn.Module):
         ts = None
         if t is not None and self.dynamic:
             ts = broadcast_time(t, n).repeat(6, 1)
-        s = self.density(xs, ts).reshape(6, n)
+        kw = {} if runs is None else {"runs": runs.repeat(6)}
+        s = self.density(xs, ts, **kw).reshape(6, n)
         grad = 0.5 * (s[:3] - s[3:]) / eps  # [3, N]
         normal = safe_normalize(-grad.t())
         return torch.nan_to_num(normal)
@@ -191,7 +198,7 @@ class StaticField(RadianceField):
         self.encoding_cfg = encoding_cfg
         self.backend = backend
 
-    def features(self, x: Tensor, t: Tensor | None) -> Tensor:
+    def features(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None = None) -> Tensor:
         return self.encoder(x, max_level=self.max_level)
 
 
@@ -250,10 +257,11 @@ class DynamicField(RadianceField):
         self.time_grid_size = encoder.time_grid_size
         self.backend = encoder.backend
 
-    def features(self, x: Tensor, t: Tensor | None) -> Tensor:
+    def features(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None = None) -> Tensor:
         if t is None:
             t = x.new_zeros(1, 1)
-        return self.encoder(x, t, max_level=self.max_level)
+            runs = None
+        return self.encoder(x, t, max_level=self.max_level, runs=runs)
 
     def time_tv_loss(
         self,

@@ -480,7 +480,7 @@ class DynamicSystem(NerfSystem):
         self.clip_sampler = clip_sampler or self.random_clip
 
     def reference_times(self) -> Tensor | None:
-        return torch.zeros(1, 1, device=self.device)
+        return torch.zeros(1, 1)  # on the host, as the clips' times
 
     def extra_terms(self, gs: int) -> dict[str, Tensor]:
         w = self.weights
@@ -506,7 +506,9 @@ class DynamicSystem(NerfSystem):
             device=self.device,
             **c.sampler_kwargs(),
         )
-        return Clip(traj.cameras, times.to(self.device)[None], from_zero, not traj.dynamic)
+        # times stay on the host: the renderer copies them to the device without waiting for it and reads
+        # the frames' times from this copy (scene/timeruns.py)
+        return Clip(traj.cameras, times.float()[None], from_zero, not traj.dynamic)
 
     def render_clip(self, gs: int) -> tuple[RenderOutput, Clip, RenderArgs]:
         """Render one training clip; also returns what a second model needs to render the same rays."""

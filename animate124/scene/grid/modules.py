@@ -22,6 +22,7 @@ from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
 from animate124.scene.grid.timetv import PointsTimeTV
+from animate124.scene.timeruns import TimeRuns, host_to_device
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
 TimeTVMode = Literal["points", "table"]
@@ -206,20 +207,27 @@ class TimeGridEncoding(_GridBase):
             )
         return enc
 
-    def forward(self, x: Tensor, t: Tensor, max_level: int | None = None) -> Tensor:
-        """``x [N,3]``, ``t [N,1]`` (or ``[1,1]``/``[N]``/scalar) -> features ``[N, L·C]``."""
+    def forward(
+        self, x: Tensor, t: Tensor, max_level: int | None = None, runs: TimeRuns | None = None
+    ) -> Tensor:
+        """``x [N,3]``, ``t [N,1]`` (or ``[1,1]``/``[N]``/scalar) -> features ``[N, L·C]``.
+
+        ``runs``: the points' times as host-side runs (:class:`~animate124.scene.timeruns.TimeRuns`, the
+        values ``t`` holds); lets the clip path skip reading the times back from the device."""
         _check_points(x)
         n_active = self._active_levels(max_level)
         u = _unit_coords(x, self.bound)
         tt = broadcast_time(t, x.shape[0]).float().clamp(0.0, 1.0).reshape(-1).contiguous()
         if n_active > 0:
-            out = self._encode_slots(u, tt, n_active)
+            out = self._encode_slots(u, tt, n_active, runs)
             if out is not None:
                 return out
         flat = self.embeddings.view(-1, self.level_dim)
         return self._encode(u, flat, n_active, time=(tt, self.time_grid_size, self.entries_per_grid))
 
-    def _encode_slots(self, u: Tensor, tt: Tensor, n_active: int) -> Tensor | None:
+    def _encode_slots(
+        self, u: Tensor, tt: Tensor, n_active: int, runs: TimeRuns | None = None
+    ) -> Tensor | None:
         """Few distinct times (a clip's frames): blend one table per time, then read one grid per point.
 
         ``f(x, t) = Σ_c w_c·((1−a)·W_lo[c] + a·W_hi[c])``: blending the two time grids per distinct
@@ -227,7 +235,8 @@ class TimeGridEncoding(_GridBase):
         reductions per point. Used with the Triton pair layout when ``kernel_options.slot_blend`` is on
         and the points come in at most ``slot_max_times`` runs of equal time (the renderer emits
         frame-major points) with at least ``slot_min_points_per_time`` points per run on average;
-        otherwise returns None. Finding the runs synchronises with the GPU once per call.
+        otherwise returns None. Finding the runs synchronises with the GPU once per call, unless ``runs``
+        gives them from the host (then the distinct times share one slot each, and nothing is read back).
         """
         opts = self.kernel_options
         n = u.shape[0]
@@ -237,14 +246,28 @@ class TimeGridEncoding(_GridBase):
             return None
         if not launch.pairs_supported(self.embeddings, self.level_dim, self.bufs, opts):
             return None
-        times, slot = torch.unique_consecutive(tt, return_inverse=True)
-        k = int(times.numel())
-        if k > opts.slot_max_times or n < k * opts.slot_min_points_per_time:
-            return None
-        g32 = (times * float(self.time_grid_size - 1)).float()  # the kernels' fp32 product
+        if runs is not None and runs.total == n:
+            runs = runs.nonempty()
+            times, run_slot = torch.unique(runs.times.float().clamp(0.0, 1.0), return_inverse=True)
+            k = int(times.numel())
+            if k > opts.slot_max_times or n < k * opts.slot_min_points_per_time:
+                return None
+            dev = u.device
+            counts = torch.tensor(runs.counts, dtype=torch.long)
+            slot = torch.repeat_interleave(
+                host_to_device(run_slot, dev), host_to_device(counts, dev), output_size=n
+            )
+        else:
+            times, slot = torch.unique_consecutive(tt, return_inverse=True)
+            k = int(times.numel())
+            if k > opts.slot_max_times or n < k * opts.slot_min_points_per_time:
+                return None
+        g32 = (times * float(self.time_grid_size - 1)).float()  # the kernels' fp32 product (on either device)
         lo = torch.floor(g32).long()
         hi = torch.ceil(g32).long()
         a = (g32 - torch.floor(g32)).float()
+        if lo.device != u.device:
+            lo, hi, a = (host_to_device(v, u.device) for v in (lo, hi, a))
         return launch.encode_slots(
             u, self.embeddings.view(-1, self.level_dim), slot, lo, hi, a, self.bufs, n_active, self.num_levels,
             self.cfg.interpolation, self.time_grid_size, self.entries_per_grid, opts, self.launch_state,
