@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
                 summary[f"{k}_ms"] = statistics.median(x[k] for x in runs)
         if cuda:
             summary["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        results["variants"][name] = summary
+        key = name if name not in results["variants"] else f"{name}#{len(results['variants'])}"
+        results["variants"][key] = summary  # a repeated name (alternating A/B runs) keeps every run
         print(
             name,
             json.dumps(
