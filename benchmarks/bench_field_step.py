@@ -14,7 +14,7 @@ BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
 2^20 samples instead of 2^18: ``raymarch.chunk``).
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
-    python benchmarks/bench_field_step.py --out /tmp/f.json --smoke       # CPU: tiny sizes, runs only
+    python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks that it runs)")
+    p.add_argument(
+        "--smoke", "--quick", action="store_true", help="tiny sizes on the CPU (checks that it runs)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
 
     from animate124 import losses as L
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from animate124.render.renderer import render
     from animate124.stages.build import build_field, build_occupancy, build_optimizer
 
-    cuda = torch.cuda.is_available() and not args.smoke
+    cuda = torch.cuda.is_available() and not args.smoke and args.device != "cpu"
     dev = torch.device("cuda" if cuda else "cpu")
     over: dict = {}
     frames, side, tv_points = 16, 128, 100_000
