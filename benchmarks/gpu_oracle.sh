@@ -5,13 +5,7 @@
 # .device/wheels. FIT_LEGO / FIT_STANDUP (minutes, default 0) also run fit_multiview.py on the same machine.
 set -uo pipefail
 FINAL="${1:-oracle-out}"; shift
-OUT="$FINAL/r"; mkdir -p "$OUT"
-trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns ≤ 8 files
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+. benchmarks/gpu_common.sh
 el "oracle check: $*"
 python3 benchmarks/oracle_stages.py --data-root .device/data --out "$OUT/oracle.json" \
   --work-dir "$(mktemp -d /tmp/oracle-work-XXXX)" --save-renders "$OUT" "$@" 2>&1 | tee "$OUT/oracle.log" | grep -v "^  static [0-9]*/\|^  dynamic [0-9]*/" || true

@@ -5,12 +5,8 @@
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
 # PARTS='tests field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
-FINAL="${1:-probe-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
-trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+FINAL="${1:-probe-out}"
+. benchmarks/gpu_common.sh
 A124="python3 -m animate124.cli.app"; ROOT=$PWD
 W=/tmp/a124; mkdir -p $W; export ANIMATE124_STATE_DIR=$W/state
 PARTS="${PARTS:-refine lowvram fit cl}"

@@ -6,12 +6,8 @@
 # MODES='graphs' and MEM_CASES='render' pick parts (defaults: all).
 # Expects .device/wheels (diffusers and friends) and .device/hf-configs (the real model configs).
 set -uo pipefail
-FINAL="${1:-speed-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
-trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+FINAL="${1:-speed-out}"
+. benchmarks/gpu_common.sh
 CFG=.device/hf-configs
 
 el "GPU tests: CUDA graphs, VAE checkpoint"

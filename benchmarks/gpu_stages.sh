@@ -9,16 +9,9 @@
 # the before/after grid timing, the old tree in .device/old (git archive fd850a6 animate124 benchmarks ...).
 set -uo pipefail
 FINAL="${1:-bench-out}"; STEPS="${2:-100}"
-OUT="$FINAL/r"; mkdir -p "$OUT"
-# the device tool returns at most 8 files: everything goes into $FINAL/results.tgz at the end
-trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+. benchmarks/gpu_common.sh  # PYTHONPATH has the tree: pip install -e may fail offline (build deps)
 A124="python3 -m animate124.cli.app"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # pip install -e may fail offline (build deps); the tree is importable
-python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
 python3 -m pip install -q --no-deps -e . >/dev/null 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
 el "gpu tests"
 [ "${SKIP_TESTS:-0}" = 1 ] || python3 -m pytest -q -m gpu tests -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -4 "$OUT/gpu_tests.log"

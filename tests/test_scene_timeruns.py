@@ -26,3 +26,10 @@ def test_run_counts_of_a_sorted_index() -> None:
     idx = torch.tensor([0, 0, 1, 3, 3, 3, 7, 8])
     assert run_counts(idx, [0, 2, 4, 9]) == [3, 3, 2]
     assert run_counts(idx, [0, 0, 9]) == [0, 8]
+
+
+def test_recount_counts_sorted_items_per_run() -> None:
+    rays = TimeRuns((2, 3), torch.tensor([0.1, 0.6]))  # rays 0-1 at 0.1, rays 2-4 at 0.6
+    samples = rays.recount(torch.tensor([0, 0, 1, 2, 4, 4]))  # ray index of each sample
+    assert samples.counts == (3, 3) and torch.equal(samples.times, rays.times)
+    assert samples.recount(torch.tensor([1, 4, 5])).counts == (1, 2)  # live samples 1, 4, 5

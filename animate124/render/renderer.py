@@ -32,7 +32,7 @@ from animate124.errors import Animate124Error
 from animate124.render.cameras import Cameras, generate_rays
 from animate124.render.marcher import composite, draw_offsets, march_rays, segment_sum
 from animate124.scene.occupancy import OccupancyGrid
-from animate124.scene.timeruns import TimeRuns, host_to_device, run_counts
+from animate124.scene.timeruns import TimeRuns, host_to_device
 
 __all__ = ["RenderOutput", "RayRenderOutput", "render", "render_rays", "SHADING_MODES", "RenderError"]
 
@@ -204,10 +204,7 @@ def render_rays(
     ts = None if times is None else times.to(dev, torch.float32)[idx].unsqueeze(1)
     runs = None
     if ray_runs is not None and ts is not None and m > 0 and getattr(field, "accepts_time_runs", False):
-        bounds = [0]
-        for c in ray_runs.counts:
-            bounds.append(bounds[-1] + c)
-        runs = ray_runs.with_counts(run_counts(idx, bounds))  # one device read: samples per run
+        runs = ray_runs.recount(idx)  # one device read: samples per run
     if m > 0:
         sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs)
     else:
@@ -222,12 +219,7 @@ def render_rays(
         if live.numel() == m:
             normals = _eval_normals(field, pk.positions, ts, normal_eps, chunk, checkpoint_normals, runs)
         else:
-            live_runs = None
-            if runs is not None:
-                bounds = [0]
-                for c in runs.counts:
-                    bounds.append(bounds[-1] + c)
-                live_runs = runs.with_counts(run_counts(live, bounds))
+            live_runs = None if runs is None else runs.recount(live)
             part = _eval_normals(
                 field,
                 pk.positions[live],

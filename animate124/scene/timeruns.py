@@ -16,6 +16,7 @@ are equal up to the fp32 order of the atomic additions (distinct times are merge
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,11 @@ class TimeRuns:
     def with_counts(self, counts: list[int]) -> TimeRuns:
         """The same runs with new point counts (a subset of each run, e.g. the live samples)."""
         return TimeRuns(tuple(int(c) for c in counts), self.times)
+
+    def recount(self, sorted_index: Tensor) -> TimeRuns:
+        """The runs of the items of an ascending ``sorted_index`` into these runs' points (the samples of
+        these rays by ray index, the live ones of these samples): one device read."""
+        return self.with_counts(run_counts(sorted_index, [0, *itertools.accumulate(self.counts)]))
 
 
 def host_to_device(x: Tensor, device: torch.device) -> Tensor:
