@@ -38,8 +38,22 @@ def test_blocked_processor_in_the_vae_same_moments_and_input_gradient() -> None:
     ref = vae.encode(x).latent_dist.parameters
     (g_ref,) = torch.autograd.grad(ref, x, go)
     assert use_blocked_vae_attention(vae, min_tokens=16, max_flash_dim=16) == 1
-    out = vae.encode(x).latent_dist.parameters
-    (g_out,) = torch.autograd.grad(out, x, go)
+    import animate124.guidance.attention as A
+
+    calls = []
+    orig = A.blocked_attention
+
+    def spy(*a, **kw):
+        calls.append(a[0].shape)
+        return orig(*a, **kw)
+
+    A.blocked_attention = spy
+    try:
+        out = vae.encode(x).latent_dist.parameters
+        (g_out,) = torch.autograd.grad(out, x, go)
+    finally:
+        A.blocked_attention = orig
+    assert len(calls) == 1  # the mid block's attention took the blocked path
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_out, g_ref, rtol=1e-4, atol=1e-5)
 
