@@ -65,8 +65,9 @@ def _scheduler(folder: Path):
     return DDIMScheduler.from_config(DDIMScheduler.load_config(str(folder)))
 
 
-def build_full(prior: str, cfg_dir: Path, device, dtype):
-    """Random-init full-size components for one prior from the real configs."""
+def build_full(prior: str, cfg_dir: Path, device, dtype, vae_dtype=None):
+    """Random-init full-size components for one prior from the real configs (the VAE in ``vae_dtype``,
+    default ``dtype``; the stages keep it in fp32 under fp16 autocast)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNet3DConditionModel
 
     from animate124.models.loaders import SDComponents, VideoComponents, Zero123Components
@@ -74,7 +75,7 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
     if prior in ("sd", "controlnet"):
         d = cfg_dir / SD_DIR
         comp = SDComponents(
-            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            vae=_diff(AutoencoderKL, d / "vae", device, vae_dtype or dtype),
             unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
             text_encoder=_clip_text(d / "text_encoder", device, dtype),
             tokenizer=_tokenizer(d / "tokenizer"),
@@ -92,7 +93,7 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
             dim = enc.config.projection_dim
             proj = torch.nn.Linear(dim + 4, dim)
         comp = Zero123Components(
-            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            vae=_diff(AutoencoderKL, d / "vae", device, vae_dtype or dtype),
             unet=_diff(UNet2DConditionModel, d / "unet", device, dtype),
             image_encoder=enc.to(dtype).eval().requires_grad_(False),
             projection=proj.to(dtype).eval().requires_grad_(False),
@@ -103,7 +104,7 @@ def build_full(prior: str, cfg_dir: Path, device, dtype):
     if prior == "video":
         d = cfg_dir / MS_DIR
         comp = VideoComponents(
-            vae=_diff(AutoencoderKL, d / "vae", device, dtype),
+            vae=_diff(AutoencoderKL, d / "vae", device, vae_dtype or dtype),
             unet=_diff(UNet3DConditionModel, d / "unet", device, dtype),
             text_encoder=_clip_text(d / "text_encoder", device, dtype),
             tokenizer=_tokenizer(d / "tokenizer"),
@@ -130,8 +131,9 @@ def build_tiny(prior: str, cache: Path):
     return load_sd(store), load_controlnet(store)
 
 
-def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False):
-    """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12)."""
+def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False, autocast: bool = False):
+    """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12); with
+    ``autocast`` the forward runs under fp16 autocast and the backward after it, as in the stages."""
     from animate124.guidance.common import CHECKPOINT_PIXELS
     from animate124.guidance.controlnet import ControlNetGuidance
     from animate124.guidance.interface import Views
@@ -180,7 +182,8 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
 
     def call() -> float:
         images = torch.rand(shape, device=device, requires_grad=True)
-        out = guid(images, views, step=0, generator=gen)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
+            out = guid(images, views, step=0, generator=gen)
         out.losses[guid.loss_key].backward()
         assert images.grad is not None
         return float(images.grad.abs().sum())
@@ -250,15 +253,24 @@ def bench_prior(prior: str, args, device) -> dict:
     if args.tiny:
         comp, cn = build_tiny(prior, Path(args.tiny_cache))
     else:
-        comp, cn = build_full(prior, Path(args.configs), device, torch.float16)
+        vae_dtype = torch.float32 if args.autocast else None
+        comp, cn = build_full(prior, Path(args.configs), device, torch.float16, vae_dtype)
     build_s = time.perf_counter() - t_build
-    guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint)
+    guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint, args.autocast)
     flops = count_flops(call) if args.flops else None
     apply_options(guid, args.compile, args.channels_last)
     if args.vae_attention == "blocked":
         from animate124.guidance.attention import use_blocked_vae_attention
 
         use_blocked_vae_attention(getattr(guid, "vae", None))
+    if args.vae_fused_norm:
+        from animate124.guidance.groupnorm import use_fused_vae_norms
+
+        use_fused_vae_norms(getattr(guid, "vae", None))
+    if args.vae_channels_last and getattr(guid, "vae", None) is not None:
+        guid.vae.encoder.to(memory_format=torch.channels_last)
+        if getattr(guid.vae, "quant_conv", None) is not None:
+            guid.vae.quant_conv.to(memory_format=torch.channels_last)
     if args.cuda_graphs:
         from animate124.guidance.graphs import graph_prior_networks
 
@@ -295,6 +307,10 @@ def bench_prior(prior: str, args, device) -> dict:
     }
     if flops is not None:
         res["flops"] = flops
+    if args.vae_fused_norm:
+        from animate124.guidance.groupnorm import fused_norm_calls
+
+        res["fused_norm_calls"] = fused_norm_calls(getattr(guid, "vae", None))
     if args.cuda_graphs:
         res["graph_replays"] = int(getattr(guid.unet, "replays", 0))
     del guid, call, comp, cn
@@ -313,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets / ControlNet")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--autocast", action="store_true",
+        help="as the stages run: the VAE in fp32, the forward under fp16 autocast (default: all fp16, no autocast)",
+    )  # fmt: skip
+    p.add_argument("--vae-fused-norm", action="store_true", help="fused group norm + SiLU in the VAE encoder")
+    p.add_argument("--vae-channels-last", action="store_true", help="the VAE encoder in channels-last")
     p.add_argument(
         "--vae-checkpoint",
         action="store_true",
@@ -349,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         "vae_checkpoint": args.vae_checkpoint,
         "cuda_graphs": args.cuda_graphs,
         "vae_attention": args.vae_attention,
+        "autocast": args.autocast,
+        "vae_fused_norm": args.vae_fused_norm,
+        "vae_channels_last": args.vae_channels_last,
         "card_rates": rates,
         "dtype": "float32" if args.tiny else "float16",
     }

@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='tests field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='tests gn field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"
 . benchmarks/gpu_common.sh
@@ -34,9 +34,21 @@ PY
 
 if [[ " $PARTS " == *" tests "* ]]; then
   el "GPU tests of the kernels, attention, renderer, graphs, offload, tracer"
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_scene_triton.py tests/test_guidance_attention.py \
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_scene_triton.py tests/test_guidance_attention.py tests/test_guidance_groupnorm.py \
     tests/test_render_gpu.py tests/test_cuda_graphs.py tests/test_offload.py tests/test_engine_trainer.py \
     > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
+fi
+
+if [[ " $PARTS " == *" gn "* ]]; then
+  el "fused VAE group norm: GPU tests, the encoder at each stage's shapes, prior calls as the stages run them"
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_guidance_groupnorm.py > "$OUT/gn_tests.log" 2>&1
+  tail -3 "$OUT/gn_tests.log"
+  timeout 200 python3 benchmarks/bench_vae_norm.py --configs .device/hf-configs --out "$OUT/vae_norm.json" 2>&1 | tail -17
+  for v in plain fused fused_cl; do
+    case $v in plain) f="" ;; fused) f="--vae-fused-norm" ;; fused_cl) f="--vae-fused-norm --vae-channels-last" ;; esac
+    timeout 150 python3 benchmarks/bench_guidance.py --configs .device/hf-configs --priors sd,zero123,video,controlnet \
+      --autocast --vae-checkpoint --cuda-graphs --vae-attention blocked $f --out "$OUT/guidance_autocast_$v.json" 2>&1 | tail -5
+  done
 fi
 
 if [[ " $PARTS " == *" field "* ]]; then

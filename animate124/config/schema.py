@@ -83,6 +83,13 @@ class RunConfig:
         "PyTorch's kernel choice.",
         nohash=True,
     )
+    vae_fused_norm: bool = opt(
+        True,
+        "Run the group norms (+ SiLU) of the priors' VAE encoders as one fused fp16 pass under fp16 autocast "
+        "(statistics and SiLU in fp32, as autocast's fp32 norm computes; same function up to fp32 summation "
+        "order; BENCHMARKS.md §8.8). Needs Triton on a CUDA GPU; elsewhere the plain norms run.",
+        nohash=True,
+    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "

@@ -318,16 +318,20 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     """The prior ``name`` with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, or kept
     in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
     and VAE decoder parked on the CPU when ``run.park_encoders``, its VAE encoder's attention blocked when
-    ``run.vae_attention=blocked`` (all four: the same function)."""
+    ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm`` (all five:
+    the same function)."""
     from animate124.guidance.attention import use_blocked_vae_attention
     from animate124.guidance.common import park_encoders
     from animate124.guidance.graphs import graph_prior_networks
+    from animate124.guidance.groupnorm import use_fused_vae_norms
     from animate124.guidance.offload import offload_prior_networks, parse_offload
 
     if cfg.run.park_encoders:
         park_encoders(prior)
     if cfg.run.vae_attention == "blocked":
         use_blocked_vae_attention(getattr(prior, "vae", None))
+    if cfg.run.vae_fused_norm:
+        use_fused_vae_norms(getattr(prior, "vae", None))
     if name in parse_offload(cfg.run.offload_priors):
         return offload_prior_networks(prior)  # its weights move every call: no graph
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)

@@ -49,6 +49,10 @@ def run_invert(
         device = resolve_device(cfg.run.device)
         comps = load_sd(model_store(cfg), device=device, dtype=prior_dtype(cfg, device))
         comps.text_encoder.float()  # the token is trained through an fp32 text encoder, as upstream (SPEC 2)
+        if cfg.run.vae_fused_norm:
+            from animate124.guidance.groupnorm import use_fused_vae_norms
+
+            use_fused_vae_norms(comps.vae)  # the same function (BENCHMARKS.md §8.8)
         c = cfg.invert
         ti = ti_config(cfg, device)
         photo = load_photo(src)

@@ -1,0 +1,242 @@
+"""Fused group norm (+ SiLU) for the priors' VAE encoders under fp16 autocast (issue 12).
+
+The stages keep the VAEs' weights in fp32 and run them under fp16 autocast. There every group norm is an
+fp32 op: autocast casts the fp16 convolution output to fp32 (a copy), the norm reads and writes fp32, the
+SiLU after it reads and writes fp32, and the next convolution casts back to fp16 (another copy). At the
+refine stage's 1024² ControlNet frames these norms and casts took about 80 ms of device time per step and
+the casts about 40 ms more (BENCHMARKS.md §8.5, §8.7). :class:`FusedGroupNorm` does the same in one pass
+over fp16: statistics and the normalisation in fp32, the SiLU in fp32, one rounding to fp16 at the store.
+
+**The same function.** Under autocast the plain path computes ``fp16(silu(group_norm_fp32(x)))`` (the
+rounding happens in the next convolution's cast); the fused kernel computes exactly that, up to the fp32
+summation order of the statistics (Welford/Chan merges in tiles against PyTorch's row-wise Welford). Every
+output of a patched norm feeds an autocast convolution or linear layer (the resnet blocks' ``conv1`` /
+``conv2``, the encoder's ``conv_out``, the attention's ``to_q/k/v``), so handing them fp16 instead of fp32
+changes nothing downstream. Backward: ``dx`` in fp32 from the saved fp16 input and the group statistics,
+rounded to the input's dtype, as autocast's cast-back does. Outside autocast, with weights that need
+gradients, or without Triton on the device, the module runs the plain ``F.group_norm`` (+ ``F.silu``).
+
+What :func:`use_fused_vae_norms` patches (encoders only; score distillation never decodes): each resnet
+block's ``norm1``/``norm2`` with their SiLU (the block's ``nonlinearity`` becomes identity: a VAE block
+has no time embedding, the only other user of it), the encoder's ``conv_norm_out`` with ``conv_act``, and
+the mid-block attention's ``group_norm`` (no activation). Any layout ``[N, C, ...]`` whose spatial dims
+collapse to one stride (NCHW, channels-last) is read in place. Config: ``run.vae_fused_norm`` (on).
+Tests: ``tests/test_guidance_groupnorm.py`` (Triton interpreter on the CPU against ``F.group_norm`` in
+float64, the tiny VAE patched and plain; GPU tests at the refine shapes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: elements per tile of one program (``BLOCK_C × BLOCK_S``) and the most programs per group in the
+#: reductions (each loops over its share of the tiles)
+TILE_ELEMS = 4096
+MAX_PARTIALS = 128
+
+
+@functools.cache
+def _kernels() -> Any:
+    from animate124.guidance import gn_kernels
+
+    return gn_kernels
+
+
+def triton_usable(x: Tensor) -> bool:
+    """Triton kernels can run on ``x``: a CUDA tensor with Triton importable, or any tensor under Triton's
+    CPU interpreter (``TRITON_INTERPRET=1``, tests)."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True
+    if not x.is_cuda:
+        return False
+    try:
+        _kernels()
+    except Exception:  # pragma: no cover - no Triton on this CUDA machine
+        return False
+    return True
+
+
+def _ncs(x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """``x`` (``[N, C, *spatial]``) and its strides as ``[N, C, S]``; a copy only when the spatial dims do
+    not collapse to one stride."""
+
+    def inner(t: Tensor) -> int | None:
+        dims = [(n, st) for n, st in zip(t.shape[2:], t.stride()[2:], strict=True) if n > 1]
+        if any(a[1] != b[1] * b[0] for a, b in zip(dims, dims[1:], strict=False)):
+            return None
+        return dims[-1][1] if dims else 1
+
+    s = inner(x)
+    if s is None:
+        x = x.contiguous()
+        s = inner(x)
+    return x, (x.stride(0), x.stride(1), int(s or 1))
+
+
+def _blocks(cg: int, s: int) -> tuple[int, int, int, int, int]:
+    """``BLOCK_C, BLOCK_S``, tiles per group, programs per group and tiles per program."""
+    import triton
+
+    bc = triton.next_power_of_2(cg)
+    bs = min(max(16, TILE_ELEMS // bc), triton.next_power_of_2(s))
+    n_tiles = triton.cdiv(s, bs)
+    parts = min(n_tiles, MAX_PARTIALS)
+    per = triton.cdiv(n_tiles, parts)
+    parts = triton.cdiv(n_tiles, per)
+    return bc, bs, n_tiles, parts, per
+
+
+class _FusedGN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> Tensor:
+        x, weight, bias, groups, eps, act, out_dtype = args
+        k = _kernels()
+        n, c = x.shape[:2]
+        x, (sxn, sxc, sxs) = _ncs(x)
+        s = x.numel() // max(n * c, 1)
+        cg = c // groups
+        bc, bs, n_tiles, parts, per = _blocks(cg, s)
+        ng = n * groups
+        f32 = dict(device=x.device, dtype=torch.float32)
+        partial = torch.empty(3, ng, parts, **f32)
+        k.gn_stats_kernel[(ng, parts)](
+            x, partial[0], partial[1], partial[2], s, cg, groups, parts, per, sxn, sxc, sxs,
+            BLOCK_C=bc, BLOCK_S=bs,
+        )  # fmt: skip
+        mean, rstd = torch.empty(ng, **f32), torch.empty(ng, **f32)
+        import triton
+
+        k.gn_finalize_kernel[(ng,)](
+            partial[0], partial[1], partial[2], mean, rstd, parts, float(eps),
+            BLOCK_P=triton.next_power_of_2(parts),
+        )  # fmt: skip
+        y = torch.empty_like(x, dtype=out_dtype)
+        y, (syn, syc, sys_) = _ncs(y)
+        k.gn_apply_kernel[(ng, n_tiles)](
+            x, y, mean, rstd, weight, bias, s, cg, groups, sxn, sxc, sxs, syn, syc, sys_,
+            ACT=act, BLOCK_C=bc, BLOCK_S=bs,
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.meta = (groups, act, s, cg, bc, bs, n_tiles, parts, per)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        (dy,) = grads
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        groups, act, s, cg, bc, bs, n_tiles, parts, per = ctx.meta
+        k = _kernels()
+        ng = x.shape[0] * groups
+        dy, (sdn, sdc, sds) = _ncs(dy)
+        _, (sxn, sxc, sxs) = _ncs(x)
+        psum = torch.empty(2, ng, parts, device=x.device, dtype=torch.float32)
+        k.gn_bwd_partial_kernel[(ng, parts)](
+            x, dy, mean, rstd, weight, bias, psum, s, cg, groups, parts, ng, per, sxn, sxc, sxs, sdn, sdc, sds,
+            ACT=act, BLOCK_C=bc, BLOCK_S=bs,
+        )  # fmt: skip
+        sums = psum.sum(dim=2).contiguous()
+        dx = torch.empty_like(x)
+        dx, (son, soc, sos) = _ncs(dx)
+        k.gn_bwd_apply_kernel[(ng, n_tiles)](
+            x, dy, dx, mean, rstd, weight, bias, sums, s, cg, groups, ng, sxn, sxc, sxs, sdn, sdc, sds,
+            son, soc, sos, ACT=act, BLOCK_C=bc, BLOCK_S=bs,
+        )  # fmt: skip
+        return dx, None, None, None, None, None, None
+
+
+def fused_group_norm(
+    x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float, act: bool, out_dtype: torch.dtype
+) -> Tensor:
+    """``act(group_norm(x))`` in fp32 with the result stored as ``out_dtype`` (Triton; gradient to ``x``
+    only). ``x``: ``[N, C, ...]``, ``C`` divisible by ``groups``; ``act``: SiLU or identity."""
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
+    return _FusedGN.apply(x, weight, bias, int(groups), float(eps), bool(act), out_dtype)
+
+
+class FusedGroupNorm(nn.Module):
+    """A ``GroupNorm`` (sharing its parameters), optionally followed by SiLU, that runs fused in fp16 under
+    fp16/bf16 autocast (:func:`fused_group_norm`) and as the plain ``F.group_norm`` (+ ``F.silu``)
+    otherwise. ``calls`` counts the fused calls (tests assert the fused path ran)."""
+
+    def __init__(self, norm: nn.GroupNorm, act: bool) -> None:
+        super().__init__()
+        if not norm.affine:
+            raise ValueError("FusedGroupNorm needs an affine GroupNorm")
+        self.num_groups, self.num_channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+        self.act = bool(act)
+        self.calls = 0
+
+    def _fused_dtype(self, x: Tensor) -> torch.dtype | None:
+        """The autocast dtype when the fused kernel computes what the plain path does here: CUDA autocast
+        (where ``group_norm`` is an fp32 op; CPU autocast keeps it in the low precision, so on the CPU only
+        Triton's interpreter takes this path, for the tests), frozen weights, Triton available."""
+        dev = x.device.type
+        if dev != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return None
+        if not torch.is_autocast_enabled(dev) or self.weight.requires_grad or self.bias.requires_grad:
+            return None
+        dtype = torch.get_autocast_dtype(dev)
+        if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in (dtype, torch.float32):
+            return None
+        return dtype if triton_usable(x) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = self._fused_dtype(x)
+        if dtype is None:
+            y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+            return F.silu(y) if self.act else y
+        self.calls += 1
+        return fused_group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.act, dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, act={'silu' if self.act else None}"
+
+
+def _is_silu(m: Any) -> bool:
+    return isinstance(m, nn.SiLU) or m is F.silu
+
+
+def use_fused_vae_norms(vae: nn.Module | None) -> int:
+    """Put :class:`FusedGroupNorm` into ``vae.encoder`` (see the module docstring); returns how many norms
+    it replaced (0 for a VAE without a diffusers encoder, or one already patched)."""
+    enc = getattr(vae, "encoder", None)
+    if enc is None:
+        return 0
+    done = 0
+    for mod in enc.modules():
+        n1, n2 = getattr(mod, "norm1", None), getattr(mod, "norm2", None)
+        if (
+            type(n1) is nn.GroupNorm
+            and type(n2) is nn.GroupNorm
+            and _is_silu(getattr(mod, "nonlinearity", None))
+            and getattr(mod, "time_emb_proj", None) is None
+            and getattr(mod, "time_embedding_norm", "default") == "default"
+            and getattr(mod, "upsample", None) is None
+            and getattr(mod, "downsample", None) is None
+        ):
+            mod.norm1, mod.norm2 = FusedGroupNorm(n1, act=True), FusedGroupNorm(n2, act=True)
+            mod.nonlinearity = nn.Identity()
+            done += 2
+        gn = getattr(mod, "group_norm", None)
+        if type(gn) is nn.GroupNorm:
+            mod.group_norm = FusedGroupNorm(gn, act=False)
+            done += 1
+    if type(getattr(enc, "conv_norm_out", None)) is nn.GroupNorm and _is_silu(getattr(enc, "conv_act", None)):
+        enc.conv_norm_out = FusedGroupNorm(enc.conv_norm_out, act=True)
+        enc.conv_act = nn.Identity()
+        done += 1
+    return done
+
+
+def fused_norm_calls(vae: nn.Module | None) -> int:
+    """Fused calls made so far by the patched norms of ``vae`` (0 when unpatched)."""
+    enc = getattr(vae, "encoder", None)
+    return sum(m.calls for m in enc.modules() if isinstance(m, FusedGroupNorm)) if enc is not None else 0

@@ -1,0 +1,266 @@
+"""Fused group norm (+ SiLU) of the VAE encoders (``guidance/groupnorm.py``, ``run.vae_fused_norm``).
+
+CPU: the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``) in a subprocess, against
+``F.group_norm`` in float64 and, inside the tiny VAE, against the plain path as CUDA autocast runs it (the
+norms in fp32, every convolution in fp16). GPU: gpu-marked tests at the refine stage's shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from animate124.guidance.groupnorm import FusedGroupNorm, fused_norm_calls, use_fused_vae_norms
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except Exception:  # pragma: no cover
+    HAS_TRITON = False
+
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _reference(x: torch.Tensor, groups: int, w: torch.Tensor, b: torch.Tensor, act: bool) -> torch.Tensor:
+    y = F.group_norm(x.double(), groups, w.double(), b.double(), 1e-6)
+    return F.silu(y) if act else y
+
+
+def _kernel_case(shape, groups, act, layout="nchw", dtype=torch.float32, max_partials=None) -> dict:
+    """Forward and input-gradient errors of the fused op against float64 (relative to the largest entry)."""
+    import animate124.guidance.groupnorm as G
+
+    gen = torch.Generator().manual_seed(sum(shape) + groups)
+    x = torch.randn(*shape, generator=gen) * 1.7 + 0.6
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":  # the attention block's [N, C, HW] view of an [N, HW, C] tensor
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    x = x.to(dtype).requires_grad_(True)
+    c = shape[1]
+    w = torch.randn(c, generator=gen) * 0.5 + 1.0
+    b = torch.randn(c, generator=gen) * 0.3
+    go = torch.randn(*shape, generator=gen).to(dtype)
+    old = G.MAX_PARTIALS
+    if max_partials is not None:
+        G.MAX_PARTIALS = max_partials
+    try:
+        y = G.fused_group_norm(x, groups, w, b, 1e-6, act, dtype)
+        (gx,) = torch.autograd.grad(y, x, go)
+    finally:
+        G.MAX_PARTIALS = old
+    x64 = x.detach().double().requires_grad_(True)
+    ref = _reference(x64, groups, w, b, act)
+    (g64,) = torch.autograd.grad(ref, x64, go.double())
+    out = {
+        "fwd": ((y.double() - ref).abs().max() / ref.abs().max()).item(),
+        "grad": ((gx.double() - g64).abs().max() / g64.abs().max()).item(),
+        "same_strides": y.stride() == x.stride() and gx.stride() == x.stride(),
+        "dtype_ok": y.dtype == dtype and gx.dtype == dtype,
+    }
+    if dtype == torch.float16:  # the plain path rounds the fp32 result to fp16 once: at most one ulp off
+        ref16 = ref.to(torch.float16)
+        ulp = torch.finfo(torch.float16).eps * ref16.double().abs().clamp_min(2**-14)
+        out["ulps"] = ((y.double() - ref16.double()).abs() / ulp).max().item()
+        out["equal_share"] = (y == ref16).double().mean().item()
+    return out
+
+
+def _autocast_plain(vae):
+    """``vae`` with its encoder's norms computing as under CUDA autocast (fp32 norm and SiLU)."""
+
+    class Fp32Norm(torch.nn.Module):
+        def __init__(self, norm):
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, x):
+            return F.group_norm(
+                x.float(), self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps
+            )
+
+    ref = copy.deepcopy(vae)
+    for mod in list(ref.encoder.modules()):
+        for name, child in list(mod.named_children()):
+            if type(child) is torch.nn.GroupNorm:
+                setattr(mod, name, Fp32Norm(child))
+    return ref
+
+
+def _vae_case() -> dict:
+    """The tiny VAE encoder under (CPU) fp16 autocast: fused norms against the CUDA-autocast plain path."""
+    from animate124.models.tiny import _tiny_vae
+
+    torch.manual_seed(0)
+    vae = _tiny_vae().eval().requires_grad_(False)
+    plain = _autocast_plain(vae)
+    fused = copy.deepcopy(vae)
+    replaced = use_fused_vae_norms(fused)
+    x = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    go = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    res = {"replaced": replaced}
+    outs = {}
+    for name, model in (("plain", plain), ("fused", fused)):
+        with torch.autocast("cpu", dtype=torch.float16):
+            m = model.encode(x).latent_dist.parameters
+        (g,) = torch.autograd.grad(m.float(), x, go)
+        outs[name] = (m.float(), g)
+    res["calls"] = fused_norm_calls(fused)
+    m32 = vae.encode(x).latent_dist.parameters  # fp32 throughout: the exact side
+    (g32,) = torch.autograd.grad(m32, x, go)
+    (mp, gp), (mf, gf) = outs["plain"], outs["fused"]
+    res["moments"] = ((mf - mp).abs().max() / mp.abs().max()).item()
+    res["grad"] = ((gf - gp).abs().max() / gp.abs().max()).item()
+    for name, (m, g) in outs.items():
+        res[f"{name}_moments_vs_fp32"] = ((m - m32).norm() / m32.norm()).item()
+        res[f"{name}_grad_vs_fp32"] = ((g - g32).norm() / g32.norm()).item()
+    return res
+
+
+KERNEL_CASES = {
+    "nchw_silu": dict(shape=(2, 8, 5, 7), groups=2, act=True),  # CG=4, a short tile
+    "nchw_plain": dict(shape=(2, 8, 5, 7), groups=2, act=False),
+    "cg3": dict(shape=(1, 12, 9, 16), groups=4, act=True),  # CG=3: padded channel block
+    "channels_last": dict(shape=(2, 32, 8, 12), groups=8, act=True, layout="channels_last"),
+    "transposed3d": dict(shape=(2, 16, 100), groups=4, act=False, layout="transposed"),
+    "many_tiles": dict(shape=(1, 8, 64, 80), groups=2, act=True, max_partials=2),  # 5 tiles, 3 per program
+    "fp16": dict(shape=(2, 16, 24, 40), groups=4, act=True, dtype=torch.float16),
+    "fp16_cl": dict(shape=(1, 32, 16, 16), groups=8, act=False, dtype=torch.float16, layout="channels_last"),
+}
+
+
+def _interp_checks() -> dict:
+    out = {k: _kernel_case(**v) for k, v in KERNEL_CASES.items()}
+    out["vae"] = _vae_case()
+    return out
+
+
+@pytest.fixture(scope="module")
+def interp_results() -> dict:
+    if not HAS_TRITON:
+        pytest.skip("triton is not importable")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    here = Path(__file__).parent
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(here)!r}); import test_guidance_groupnorm as m; "
+        "print('@@' + json.dumps(m._interp_checks()))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=here.parent
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
+    return json.loads(line[2:])
+
+
+@needs_triton
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+def test_fused_group_norm_matches_float64(interp_results, case):
+    r = interp_results[case]
+    assert r["same_strides"] and r["dtype_ok"], r
+    if "ulps" in r:  # fp16 in and out: the plain path's single rounding, up to the fp32 statistics
+        assert r["ulps"] <= 1.0 and r["equal_share"] > 0.99, r
+        assert r["grad"] < 2e-3, r
+    else:
+        assert r["fwd"] < 2e-6 and r["grad"] < 2e-5, r
+
+
+@needs_triton
+def test_fused_norms_in_the_tiny_vae_match_the_autocast_plain_path(interp_results):
+    r = interp_results["vae"]
+    # 4 resnet blocks × 2 in the down path, mid block 2 resnets × 2, its attention, the output norm
+    assert r["replaced"] == 8 + 4 + 1 + 1, r
+    assert r["calls"] == r["replaced"], r  # every patched norm took the fused path
+    # fp16 convolutions either side: single-ulp differences of fp16 roundings propagate, nothing more
+    assert r["moments"] < 5e-3 and r["grad"] < 5e-3, r
+    # and the fused path is as close to the fp32 encoder as the autocast plain path is
+    for k in ("moments", "grad"):
+        assert r[f"fused_{k}_vs_fp32"] < 1.25 * r[f"plain_{k}_vs_fp32"] + 1e-5, r
+
+
+def test_patched_vae_without_autocast_is_bit_identical_to_the_plain_one() -> None:
+    """Outside CUDA autocast the patched modules run ``F.group_norm`` and ``F.silu`` as the plain blocks do."""
+    from animate124.models.tiny import _tiny_vae
+
+    torch.manual_seed(0)
+    vae = _tiny_vae().eval().requires_grad_(False)
+    patched = copy.deepcopy(vae)
+    assert use_fused_vae_norms(patched) == 14
+    assert use_fused_vae_norms(patched) == 0  # already patched
+    x = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    for ctx in (torch.autocast("cpu", enabled=False), torch.autocast("cpu", dtype=torch.bfloat16)):
+        with ctx:
+            a = vae.encode(x).latent_dist.parameters
+            b = patched.encode(x).latent_dist.parameters
+        assert torch.equal(a, b)
+        assert torch.equal(torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0])
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert fused_norm_calls(patched) == 0
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in patched.decoder.modules()) > 0  # decoder untouched
+
+
+def test_fused_module_falls_back_for_trainable_weights() -> None:
+    norm = torch.nn.GroupNorm(2, 8)
+    mod = FusedGroupNorm(norm, act=True)
+    x = torch.randn(1, 8, 4, 4)
+    torch.testing.assert_close(mod(x), F.silu(norm(x)), rtol=0, atol=0)
+    assert mod._fused_dtype(x) is None  # CPU, no autocast, trainable weights
+
+
+def test_run_vae_fused_norm_reaches_the_prior_vae() -> None:
+    from types import SimpleNamespace
+
+    from animate124.config import resolve_config
+    from animate124.models.tiny import _tiny_vae
+    from animate124.stages.build import _finish_prior
+
+    for on in (True, False):
+        cfg = resolve_config("tiny", None, {"run": {"vae_fused_norm": on, "cuda_graphs": False}}, [])
+        prior = SimpleNamespace(vae=_tiny_vae().eval())
+        _finish_prior(cfg, prior, "sd")
+        n = sum(isinstance(m, FusedGroupNorm) for m in prior.vae.encoder.modules())
+        assert n == (14 if on else 0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize(
+    "shape,groups,layout",
+    [((2, 128, 1024, 1024), 32, "nchw"), ((16, 512, 32, 32), 32, "nchw"), ((2, 256, 512, 512), 32, "cl")],
+)
+def test_fused_group_norm_gpu_refine_shapes(shape, groups, layout) -> None:
+    """fp16 in and out at the refine / ModelScope VAE shapes: as close to float64 as the autocast plain path."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(*shape, device="cuda", generator=gen, dtype=torch.float16) * 2 + 0.5
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    c = shape[1]
+    w = torch.randn(c, device="cuda", generator=gen) * 0.5 + 1
+    b = torch.randn(c, device="cuda", generator=gen) * 0.3
+    go = torch.randn(*shape, device="cuda", generator=gen, dtype=torch.float16)
+    from animate124.guidance.groupnorm import fused_group_norm
+
+    y = fused_group_norm(x, groups, w, b, 1e-6, True, torch.float16)
+    (gx,) = torch.autograd.grad(y, x, go)
+    with torch.autocast("cuda", dtype=torch.float16):
+        p = F.silu(F.group_norm(x, groups, w, b, 1e-6))
+    (gp,) = torch.autograd.grad(p, x, go)
+    p16 = p.to(torch.float16)
+    ulp = torch.finfo(torch.float16).eps * p16.float().abs().clamp_min(2**-14)
+    assert ((y.float() - p16.float()).abs() / ulp).max().item() <= 1.0
+    assert (y == p16).float().mean().item() > 0.99
+    err = ((gx.float() - gp.float()).abs().max() / gp.float().abs().max()).item()
+    assert err < 2e-3, err
+    assert y.stride() == x.stride() and gx.stride() == x.stride()
