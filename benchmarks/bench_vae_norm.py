@@ -2,13 +2,15 @@
 group norms (``run.vae_fused_norm``), NCHW against channels-last, at each stage's shapes.
 
 Cases (SD 1.5's VAE config, random weights): ``invert`` 16 × 512² without grad (textual inversion's batch);
-``sd`` 1 × 512², ``video`` 16 × 256² and ``refine`` 2 × 1024² with grad through the stages' recompute
+``sd`` 1 × 512², ``zero123`` 1 × 256², ``video`` 16 × 256² and ``refine`` 2 × 1024² with grad through the stages' recompute
 (``encoder_moments(checkpoint=True)``: the no-grad pass, then backward re-runs the encoder). CUDA events,
-median of ``--iters`` after ``--warmup``; also the largest difference of the moments and input gradients
+median of ``--iters`` after ``--warmup`` (``ms``), and the host wall-clock per step with a sync (``wall_ms``:
+above ``ms`` when the host's launches are the limit); also the largest difference of the moments and input gradients
 from the plain NCHW variant, relative to their largest entry.
 
 Usage: ``python benchmarks/bench_vae_norm.py --configs ../shared/data/hf-configs --out OUT.json``
-(``--cases refine,video``, ``--variants plain,fused,fused_cl``). ``--smoke``: the tiny VAE on the CPU at 1/8
+(``--cases refine,video``; ``--variants``: ``plain``, ``fused`` (every norm), ``gated`` (the stages' default:
+fused from ``groupnorm.MIN_FUSED_ELEMS`` elements), ``fused_cl`` (every norm, channels-last)). ``--smoke``: the tiny VAE on the CPU at 1/8
 of the sizes (run it with ``TRITON_INTERPRET=1`` to take the fused path), to test this script.
 """
 
@@ -28,14 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SD_VAE = "stable-diffusion-v1-5/stable-diffusion-v1-5/vae"
+SD_VAE = "stable-diffusion-v1-5--stable-diffusion-v1-5/vae"
 CASES = {
     "invert": (16, 512, False),
     "sd": (1, 512, True),
+    "zero123": (1, 256, True),
     "video": (16, 256, True),
     "refine": (2, 1024, True),
 }
-VARIANTS = ("plain", "fused", "plain_cl", "fused_cl")
+VARIANTS = ("plain", "fused", "gated", "fused_cl")
 
 
 DEV = "cuda"
@@ -58,7 +61,7 @@ def build(configs: Path, variant: str, base=None):
         return base.to(DEV, torch.float32).eval().requires_grad_(False)
     vae = copy.deepcopy(base)
     use_blocked_vae_attention(vae)  # the stages' default
-    if variant.startswith("fused"):
+    if variant.startswith("fused") or variant == "gated":
         use_fused_vae_norms(vae)
     if variant.endswith("_cl"):
         vae.encoder.to(memory_format=torch.channels_last)
@@ -95,7 +98,7 @@ def run_case(vae, case: str, iters: int, warmup: int) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base_mem = torch.cuda.memory_allocated() if cuda else 0
-    times = []
+    times, walls = [], []
     for _ in range(iters):
         t0 = time.perf_counter()
         if cuda:
@@ -106,11 +109,13 @@ def run_case(vae, case: str, iters: int, warmup: int) -> dict:
             e1.record()
             torch.cuda.synchronize()
             times.append(e0.elapsed_time(e1))
+            walls.append((time.perf_counter() - t0) * 1e3)
         else:
             times.append((time.perf_counter() - t0) * 1e3)
     return {
         "ms": statistics.median(times),
         "min_ms": min(times),
+        "wall_ms": statistics.median(walls) if walls else statistics.median(times),
         "peak_over_base_gib": (torch.cuda.max_memory_allocated() - base_mem) / 2**30 if cuda else 0.0,
         "out": (m.float(), None if g is None else g.float()),
     }
@@ -133,13 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
+    import animate124.guidance.groupnorm as G
+    from animate124.guidance.groupnorm import fused_norm_calls
+
+    default_gate = G.MIN_FUSED_ELEMS
     base = build(Path(args.configs), "plain")
     results = []
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         ref = None
         for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
             vae = build(Path(args.configs), variant, base)
+            # fused*: every norm fused; gated: the default size gate (groupnorm.MIN_FUSED_ELEMS)
+            G.MIN_FUSED_ELEMS = 0 if variant.startswith("fused") else default_gate
             r = run_case(vae, case, args.iters, args.warmup)
+            r["fused_calls"] = fused_norm_calls(vae)
             m, g = r.pop("out")
             if ref is None:
                 ref = (m, g)
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             r.update(case=case, variant=variant)
             results.append(r)
             print(
-                f"{case:<7} {variant:<9} {r['ms']:>8.1f} ms  peak+{r['peak_over_base_gib']:.2f} GiB  "
+                f"{case:<7} {variant:<9} {r['ms']:>8.1f} ms (wall {r['wall_ms']:.1f})  peak+{r['peak_over_base_gib']:.2f} GiB  "
                 f"moments {r['moments_diff']:.1e}  grad {r.get('grad_diff', float('nan')):.1e}",
                 flush=True,
             )

@@ -6,6 +6,7 @@
 # the same command in the next call resumes it, as long as the machine is still warm (the projects live in
 # /tmp/a124). Run it again until it prints "paper_schedule.json written".
 # Usage (repository root, on the CUDA machine): LIMIT=540 bash benchmarks/gpu_paper_schedule.sh OUTDIR
+# PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre).
 # Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-schedule-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
@@ -19,6 +20,9 @@ if [ ! -f $W/models/.done ]; then
   python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -1
   python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
   touch $W/models/.done
+fi
+if [ -n "${PRE_PARTS:-}" ] && [ ! -f $W/pre.done ]; then  # gpu_probe.sh parts first (e.g. PRE_PARTS=gn GN_GUIDANCE=)
+  PARTS="$PRE_PARTS" bash benchmarks/gpu_probe.sh "$FINAL/pre"; touch $W/pre.done
 fi
 F="${FRACTION:-0.1}"
 steps() { python3 -c "import math; print(math.ceil($1 * $F))"; }

@@ -44,7 +44,7 @@ if [[ " $PARTS " == *" gn "* ]]; then
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_guidance_groupnorm.py > "$OUT/gn_tests.log" 2>&1
   tail -3 "$OUT/gn_tests.log"
   timeout 200 python3 benchmarks/bench_vae_norm.py --configs .device/hf-configs --out "$OUT/vae_norm.json" 2>&1 | tail -17
-  for v in plain fused fused_cl; do
+  for v in ${GN_GUIDANCE-plain fused fused_cl}; do
     case $v in plain) f="" ;; fused) f="--vae-fused-norm" ;; fused_cl) f="--vae-fused-norm --vae-channels-last" ;; esac
     timeout 150 python3 benchmarks/bench_guidance.py --configs .device/hf-configs --priors sd,zero123,video,controlnet \
       --autocast --vae-checkpoint --cuda-graphs --vae-attention blocked $f --out "$OUT/guidance_autocast_$v.json" 2>&1 | tail -5

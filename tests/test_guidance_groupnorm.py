@@ -257,9 +257,13 @@ def test_fused_group_norm_gpu_refine_shapes(shape, groups, layout) -> None:
     with torch.autocast("cuda", dtype=torch.float16):
         p = F.silu(F.group_norm(x, groups, w, b, 1e-6))
     (gp,) = torch.autograd.grad(p, x, go)
-    p16 = p.to(torch.float16)
-    ulp = torch.finfo(torch.float16).eps * p16.float().abs().clamp_min(2**-14)
-    assert ((y.float() - p16.float()).abs() / ulp).max().item() <= 1.0
+    p16 = p.detach().to(torch.float16)
+    with torch.no_grad():
+        exact = F.silu(F.group_norm(x.detach().double(), groups, w.double(), b.double(), 1e-6))
+        e_fused = (y.double() - exact).abs().max().item()
+        e_plain = (p16.double() - exact).abs().max().item()
+    # both are one fp16 rounding of an fp32 result: as close to float64 as each other, mostly bit-equal
+    assert e_fused <= 1.01 * e_plain + 1e-6, (e_fused, e_plain)
     assert (y == p16).float().mean().item() > 0.99
     err = ((gx.float() - gp.float()).abs().max() / gp.float().abs().max()).item()
     assert err < 2e-3, err

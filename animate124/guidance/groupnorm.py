@@ -39,6 +39,9 @@ from torch import Tensor, nn
 #: reductions (each loops over its share of the tiles)
 TILE_ELEMS = 4096
 MAX_PARTIALS = 128
+#: smaller inputs keep the plain path: the first H200 measurement (BENCHMARKS.md §8.8) found the fused
+#: kernels faster at the 1024² and 512² levels but a Zero123 call (256², ≤ 8.4 M elements per norm) slower
+MIN_FUSED_ELEMS = 2**24
 
 
 @functools.cache
@@ -177,7 +180,7 @@ class FusedGroupNorm(nn.Module):
     def _fused_dtype(self, x: Tensor) -> torch.dtype | None:
         """The autocast dtype when the fused kernel computes what the plain path does here: CUDA autocast
         (where ``group_norm`` is an fp32 op; CPU autocast keeps it in the low precision, so on the CPU only
-        Triton's interpreter takes this path, for the tests), frozen weights, Triton available."""
+        Triton's interpreter takes this path, for the tests), frozen weights, Triton available, at least ``MIN_FUSED_ELEMS`` elements (any size in the interpreter)."""
         dev = x.device.type
         if dev != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
             return None
@@ -185,6 +188,8 @@ class FusedGroupNorm(nn.Module):
             return None
         dtype = torch.get_autocast_dtype(dev)
         if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in (dtype, torch.float32):
+            return None
+        if x.numel() < MIN_FUSED_ELEMS and os.environ.get("TRITON_INTERPRET", "0") != "1":
             return None
         return dtype if triton_usable(x) else None
 
