@@ -8,6 +8,8 @@ Reads a project that ``animate124 run-all`` trained (``manifest.json`` and ``log
 * ``it_s``: the steady rate, from the log's timestamps over the second half of the stage's last uninterrupted
   stretch (a resumed stage logs on after a gap; the first steps of a stretch include compilation, CUDA-graph
   recording and cache warm-up).
+* ``it_s_whole_run``: steps per second over all the stage's logged stretches (its average; not used in the
+  projection, which takes the rate at the end: a field that fills in makes later steps slower).
 * ``overhead_s``: the stage's wall-clock in its last invocation minus its steps at the steady rate (model
   loading, the first steps' warm-up, previews, checkpoints); the projection adds it once per stage.
 * ``projected_total_min``: Σ (paper steps / it_s + overhead_s) / 60.
@@ -49,21 +51,40 @@ def paper_steps() -> dict[str, int]:
     }
 
 
-def last_stretch(
+def stretches(
     records: list[dict[str, Any]], gap_factor: float = 5.0, min_gap_s: float = 30.0
-) -> list[dict]:
-    """The records after the last interruption: a step that does not increase, or a pause longer than
+) -> list[list[dict]]:
+    """The records split at every interruption: a step that does not increase, or a pause longer than
     ``max(min_gap_s, gap_factor × the median interval)`` between two records."""
     recs = [r for r in records if "step" in r and "time" in r]
     if len(recs) < 2:
-        return recs
+        return [recs]
     gaps = [b["time"] - a["time"] for a, b in zip(recs, recs[1:], strict=False)]
     limit = max(min_gap_s, gap_factor * statistics.median(gaps))
-    start = 0
+    out, start = [], 0
     for i in range(1, len(recs)):
         if recs[i]["step"] <= recs[i - 1]["step"] or recs[i]["time"] - recs[i - 1]["time"] > limit:
+            out.append(recs[start:i])
             start = i
-    return recs[start:]
+    return [*out, recs[start:]]
+
+
+def last_stretch(
+    records: list[dict[str, Any]], gap_factor: float = 5.0, min_gap_s: float = 30.0
+) -> list[dict]:
+    """The records after the last interruption (:func:`stretches`)."""
+    return stretches(records, gap_factor, min_gap_s)[-1]
+
+
+def whole_run_rate(records: list[dict[str, Any]]) -> float | None:
+    """Steps per second over every stretch of the log (pauses between stretches left out): the stage's
+    average, where :func:`steady_rate` is its rate at the end."""
+    steps = secs = 0.0
+    for st in stretches(records):
+        if len(st) >= 2:
+            steps += st[-1]["step"] - st[0]["step"]
+            secs += st[-1]["time"] - st[0]["time"]
+    return steps / secs if secs > 0 else None
 
 
 def steady_rate(records: list[dict[str, Any]]) -> tuple[float, int, int]:
@@ -89,6 +110,7 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
     # last_stretch also finds a resume, but not one quicker than its pause limit
     records = [r for r in _read_log(project / "logs" / f"{stage}.jsonl") if r.get("step", 0) > resumed]
     it_s, first, last = steady_rate(records)
+    whole = whole_run_rate(_read_log(project / "logs" / f"{stage}.jsonl"))
     steps = int(metrics.get("steps", last))
     seconds = float(record.get("seconds") or 0.0)
     overhead = max(0.0, seconds - (steps - resumed) / it_s)
@@ -98,6 +120,7 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
         "fraction_of_paper": round(steps / paper, 4),
         "it_s": round(it_s, 4),
         "rate_steps": [first, last],
+        "it_s_whole_run": None if whole is None else round(whole, 4),
         "peak_allocated_gib": metrics.get("peak_allocated_gib"),
         "peak_reserved_gib": metrics.get("peak_reserved_gib"),
         "seconds_last_invocation": round(seconds, 2),
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     rec = schedule(args.project, args.card, args.low_vram)
     if args.command:
-        rec["command"] = args.command
+        rec["command"] = " ".join(args.command.split())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rec, indent=1) + "\n")
     for s, v in rec["stages"].items():

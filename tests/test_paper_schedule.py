@@ -36,6 +36,8 @@ def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
     assert [r["step"] for r in ps.last_stretch(recs)][0] == 60
     rate, first, last = ps.steady_rate(recs)
     assert (first, last) == (90, 120) and rate == pytest.approx(5.0)
+    # the average over both stretches: (50 - 10) steps in 4 s and (120 - 60) steps in 15 s
+    assert ps.whole_run_rate(recs) == pytest.approx(100 / 19)
     # a step that goes back (a restart from an older checkpoint) also starts a stretch
     back = [
         {"step": 10, "time": 0.0},
