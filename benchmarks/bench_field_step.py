@@ -11,7 +11,8 @@ scene's is reported by ``fit_multiview.py``.
 Variants (cumulative): ``base`` (every sample's normal, the per-slice time TV: the defaults measured in
 BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
 ``fused_tv`` (+ the one-node time TV: the defaults now), ``seg20`` (+ normals' checkpoint segments of
-2^20 samples instead of 2^18: ``raymarch.chunk``).
+2^20 samples instead of 2^18: ``raymarch.chunk``), ``ckfield`` (``fused_tv`` + the field's own evaluations
+recomputed in backward: ``raymarch.checkpoint_field``).
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
@@ -36,6 +37,7 @@ VARIANTS = {
     "live": dict(live=True, fused=False, chunk=0),
     "fused_tv": dict(live=True, fused=True, chunk=0),
     "seg20": dict(live=True, fused=True, chunk=2**20),
+    "ckfield": dict(live=True, fused=True, chunk=0, ckfield=1),
 }
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                 bg_color=torch.rand(3, generator=gen), occupancy=occ, perturb=True, generator=gen,
                 compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
                 t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None, checkpoint_normals=True,
-                live_normals=v["live"],
+                live_normals=v["live"], checkpoint_field=v.get("ckfield", 0),
             )  # fmt: skip
             loss = out.rgb.float().mean() + 1e-3 * L.entropy_loss(out.weights)
             loss = loss + 1e-2 * L.orientation_loss(out.orientation) + 0.5 * L.normal_tv_loss(out.normal[0])

@@ -581,3 +581,50 @@ def test_march_chunk_plan_gives_the_same_samples(monkeypatch, plan_block: int) -
     assert [c[0] for c in chunks][0] == 0 and chunks[-1][1] == 2500
     assert all(c[2] == 10 * (c[1] - c[0]) for c in chunks)
     assert all(c[2] <= 7000 or c[1] - c[0] <= plan_block for c in chunks)
+
+
+def test_checkpoint_field_same_render_and_gradients_less_kept_for_backward():
+    """``checkpoint_field``: above the sample threshold the field's evaluations are re-run in backward; the
+    images and gradients are the same as without it, and the bytes saved for backward drop (the grid and MLP
+    activations of every sample); at or below the threshold nothing changes."""
+    from helpers_grid import field_kwargs, paper_grid_config
+
+    from animate124.scene import fields
+
+    cfg = paper_grid_config(log2_table_size=10, desired_resolution=64)
+    torch.manual_seed(0)
+    dyn = fields.DynamicField(cfg, time_grid_size=4, backend="torch", **field_kwargs())
+    cams = Cameras.cat([orbit_cameras(2, height=10, width=10)[0]] * 2)
+    times = torch.tensor([[0.0, 0.7]])
+
+    def run(threshold: int):
+        dyn.zero_grad(set_to_none=True)
+        kept = [0]
+
+        def pack(t):
+            kept[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = render(
+                dyn, cams, times, shading="lambertian", light_dir=torch.tensor([0.0, 0.6, 0.8]), ambient=0.2,
+                compute_normals=True, max_steps=96, checkpoint_normals=True, live_normals=True, chunk=500,
+                checkpoint_field=threshold, perturb=True, generator=torch.Generator().manual_seed(2),
+            )  # fmt: skip
+            loss = out.rgb.square().mean() + out.orientation.mean()
+        loss.backward()
+        return out, [p.grad.clone() for p in dyn.parameters()], kept[0]
+
+    a, ga, ka = run(0)
+    n = a.num_samples
+    assert n > 1000
+    b, gb, kb = run(1)  # every render above the threshold
+    c, gc, kc = run(n)  # this render is not above it
+    for name in ("rgb", "normal", "orientation", "weights", "depth", "opacity"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(getattr(a, name), getattr(c, name)), name
+    assert kc == ka and kb < 0.6 * ka, (ka, kb, kc)
+    for x, y, z in zip(ga, gb, gc, strict=True):
+        assert torch.equal(x, z)
+        assert float((x - y).abs().max()) <= 1e-5 * float(x.abs().max()) + 1e-12
+    assert any(g.abs().sum() > 0 for g in gb)

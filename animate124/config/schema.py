@@ -232,6 +232,15 @@ class RaymarchConfig:
         "backward (same gradients; a 16 × 128² clip: 23.5 → 4.3 GiB on an H200; false keeps them).",
         nohash=True,
     )
+    checkpoint_field: int = opt(
+        0,
+        "Training renders with more samples than this keep no activations of the field's own evaluations "
+        "(grid + MLP) either and recompute them in backward, in pieces of `chunk` (or 2^18) samples: the "
+        "same gradients, bounded memory as the scene fills in, one more field forward per step (0 = never; "
+        "BENCHMARKS.md §8.8).",
+        min=0,
+        nohash=True,
+    )
     live_normals: bool = opt(
         True,
         "Evaluate the finite-difference normals only for samples before early termination (transmittance >= "

@@ -90,17 +90,35 @@ def _runs_kw(runs: TimeRuns | None, start: int | None = None, stop: int | None =
 
 
 def _eval_field(
-    field: FieldLike, x: Tensor, t: Tensor | None, chunk: int | None, runs: TimeRuns | None = None
+    field: FieldLike,
+    x: Tensor,
+    t: Tensor | None,
+    chunk: int | None,
+    runs: TimeRuns | None = None,
+    checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    if chunk is None or x.shape[0] <= chunk:
-        out = field(x, t, **_runs_kw(runs))
+    """σ and albedo of the samples, ``chunk`` at a time; with ``checkpoint`` (and grad enabled) every piece
+    (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None) is an activation-checkpoint segment: the grid and
+    MLP activations are not kept but re-run in backward (``raymarch.checkpoint_field``; same values and
+    gradients as the same pieces without it)."""
+
+    def one(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        out = field(xi, ti, **kw)
         return out.sigma.float(), out.albedo.float()
+
+    call: Any = one
+    if checkpoint and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+        chunk = chunk or CHECKPOINT_SEGMENT
+        call = functools.partial(activation_checkpoint, one, use_reentrant=False)
+    if chunk is None or x.shape[0] <= chunk:
+        return call(x, t, _runs_kw(runs))
     sig, alb = [], []
     for i in range(0, x.shape[0], chunk):
-        kw = _runs_kw(runs, i, i + chunk)
-        out = field(x[i : i + chunk], None if t is None else t[i : i + chunk], **kw)
-        sig.append(out.sigma.float())
-        alb.append(out.albedo.float())
+        s, a = call(x[i : i + chunk], None if t is None else t[i : i + chunk], _runs_kw(runs, i, i + chunk))
+        sig.append(s)
+        alb.append(a)
     return torch.cat(sig), torch.cat(alb)
 
 
@@ -166,6 +184,7 @@ def render_rays(
     offsets: Tensor | None = None,
     live_normals: bool = False,
     ray_runs: TimeRuns | None = None,
+    checkpoint_field: int = 0,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
@@ -179,7 +198,9 @@ def render_rays(
     the surface no longer turns 0·NaN into a NaN pixel). Costs one device synchronisation (the count).
     ``ray_runs``: the rays' ``times`` as host-side runs (:class:`~animate124.scene.timeruns.TimeRuns` over
     rays); the samples' runs are then counted once here and passed to fields that accept them, so the 4D
-    encoder never reads times back from the device (same values)."""
+    encoder never reads times back from the device (same values). ``checkpoint_field``: with more samples
+    than this (0 = never), the field's own evaluations are recomputed in backward too (:func:`_eval_field`),
+    so a training render keeps no grid or MLP activations as the scene fills in (same result)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -206,7 +227,8 @@ def render_rays(
     if ray_runs is not None and ts is not None and m > 0 and getattr(field, "accepts_time_runs", False):
         runs = ray_runs.recount(idx)  # one device read: samples per run
     if m > 0:
-        sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs)
+        ck_field = 0 < checkpoint_field < m
+        sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs, ck_field)
     else:
         sigma = origins.new_zeros(0)
         albedo = origins.new_zeros(0, 3)
@@ -319,6 +341,7 @@ def render(
     checkpoint_normals: bool = False,
     frames: Sequence[int] | None = None,
     live_normals: bool = False,
+    checkpoint_field: int = 0,
 ) -> RenderOutput:
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
@@ -327,7 +350,8 @@ def render(
     moving camera's light follows it, ``l_f = normalize(origin_f + n)``, SPEC 3.1) or None. ``ray_noise_scale`` is the
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
-    samples per field call; ``checkpoint_normals`` and ``live_normals``: see :func:`render_rays`.
+    samples per field call; ``checkpoint_normals``, ``live_normals`` and ``checkpoint_field``: see
+    :func:`render_rays`.
     ``frames``: render only these frames of every clip (indices into T; images [B, len(frames), ...]), each
     exactly as the whole render without ``ray_chunk`` gives it: the random numbers are drawn for every ray of every frame, in the
     same order, and the selected rays' share is used. The refine stage's frozen copy renders only the
@@ -412,6 +436,7 @@ def render(
         chunk=chunk,
         checkpoint_normals=checkpoint_normals,
         live_normals=live_normals,
+        checkpoint_field=checkpoint_field,
     )
     r = origins.shape[0]
     step = r if ray_chunk is None else max(1, int(ray_chunk))

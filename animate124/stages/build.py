@@ -170,6 +170,7 @@ def ray_settings(cfg: Config) -> Any:
         chunk=r.chunk or None,
         checkpoint_normals=r.checkpoint_normals,
         live_normals=r.live_normals,
+        checkpoint_field=r.checkpoint_field,
     )
 
 

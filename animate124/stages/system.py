@@ -69,6 +69,7 @@ class RaySettings:
     chunk: int | None
     checkpoint_normals: bool
     live_normals: bool
+    checkpoint_field: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ class NerfSystem:
             compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
             delta_mode=r.delta_mode, t_thresh=r.transmittance_thresh, chunk=r.chunk,
             checkpoint_normals=r.checkpoint_normals, live_normals=r.live_normals,
+            checkpoint_field=r.checkpoint_field,
         )  # fmt: skip
 
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
