@@ -23,7 +23,8 @@ EXIT_INTERRUPTED = 130
 
 #: The settings that lower GPU memory, named in every out-of-memory message.
 MEMORY_HINT = (
-    "try --preset low-vram, or lower one of: --set refine.image_size=512, --set dynamic.vae_grad_frames=4, "
+    "first, with the same result (slower): --set raymarch.checkpoint_field=4000000; or try --preset low-vram, "
+    "or lower one of: --set refine.image_size=512, --set dynamic.vae_grad_frames=4, "
     "--set raymarch.max_steps=512, --set raymarch.chunk=262144, --set invert.batch_size=4"
 )
 

@@ -37,15 +37,17 @@ def low_vram() -> dict[str, Any]:
     frames), ``refine.image_size`` 512 (ControlNet at 512² instead of 1024²), ``invert.batch_size`` 4 and
     ``raymarch.max_steps`` 512 (half the samples per ray). What does not: ``run.vae_checkpoint_pixels``
     256² (the VAE recompute in backward one 256² frame at a time, larger images block by block: the same
-    gradients, slower) and ``run.offload_priors`` zero123 (Zero123's UNet, used only on clips that start
-    at t = 0, stays in host memory and is copied in for each call: 1.6 GiB less, the same outputs).
+    gradients, slower), ``run.offload_priors`` zero123 (Zero123's UNet, used only on clips that start
+    at t = 0, stays in host memory and is copied in for each call: 1.6 GiB less, the same outputs) and
+    ``raymarch.checkpoint_field`` 2^22 (a training render of more than 4.2 M samples re-runs its field
+    evaluations in backward: about 280 bytes less per sample as the scene fills in, the same gradients).
     """
     return {
         "run": {"vae_checkpoint_pixels": 256 * 256, "offload_priors": "zero123"},
         "dynamic": {"vae_grad_frames": 4},
         "refine": {"image_size": 512},
         "invert": {"batch_size": 4},
-        "raymarch": {"max_steps": 512},
+        "raymarch": {"max_steps": 512, "checkpoint_field": 2**22},
     }
 
 
