@@ -204,6 +204,23 @@ def apply_options(guid, compile_: bool, channels_last: bool) -> None:
                 setattr(guid, name, torch.compile(m))
 
 
+def profile_calls(call, path: Path, cuda: bool, n: int = 3) -> None:
+    """torch.profiler over ``n`` calls: the operators and kernels by their own device time, per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            call()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"# {n} calls\n" + prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=70)
+    )
+
+
 def count_flops(call) -> dict:
     """FLOPs of one call (forward + backward; matmuls and convolutions, as torch's FlopCounterMode counts
     them), in total and per top-level module."""
@@ -295,6 +312,8 @@ def bench_prior(prior: str, args, device) -> dict:
             grad_sum = call()
             times.append((time.perf_counter() - t0) * 1000)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+    if args.profile:
+        profile_calls(call, Path(f"{args.profile}.{prior}.txt"), cuda)
     res = {
         "prior": prior,
         "median_ms": statistics.median(times),
@@ -346,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the VAE encoder's attention (run.vae_attention; the stages default to blocked)",
     )  # fmt: skip
     p.add_argument("--flops", action="store_true", help="count the FLOPs of one call (and the card's rates)")
+    p.add_argument(
+        "--profile", default="", help="write a torch.profiler table of 3 calls to PROFILE.<prior>.txt"
+    )
     p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
     args = p.parse_args(argv)
