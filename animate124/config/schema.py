@@ -87,7 +87,8 @@ class RunConfig:
         True,
         "Run the group norms (+ SiLU) of the priors' VAE encoders as one fused fp16 pass under fp16 autocast "
         "(statistics and SiLU in fp32, as autocast's fp32 norm computes; same function up to fp32 summation "
-        "order; BENCHMARKS.md §8.8). Needs Triton on a CUDA GPU; elsewhere the plain norms run.",
+        "order; BENCHMARKS.md §8.8), for norms of at least 2^24 elements (smaller ones are faster plain). Needs "
+        "Triton on a CUDA GPU; elsewhere the plain norms run.",
         nohash=True,
     )
     park_encoders: bool = opt(
