@@ -624,7 +624,9 @@ def test_checkpoint_field_same_render_and_gradients_less_kept_for_backward():
         assert torch.equal(getattr(a, name), getattr(b, name)), name
         assert torch.equal(getattr(a, name), getattr(c, name)), name
     assert kc == ka and kb < 0.6 * ka, (ka, kb, kc)
+    # float32 summation order only (the grid table's scatter-add is threaded: two plain runs on 2 threads
+    # already differ by ~3e-7 of the largest entry)
     for x, y, z in zip(ga, gb, gc, strict=True):
-        assert torch.equal(x, z)
-        assert float((x - y).abs().max()) <= 1e-5 * float(x.abs().max()) + 1e-12
+        for other in (y, z):
+            assert float((x - other).abs().max()) <= 1e-5 * float(x.abs().max()) + 1e-12
     assert any(g.abs().sum() > 0 for g in gb)
