@@ -346,3 +346,73 @@ def test_timers_measure_each_parts_memory_and_keep_the_runs_peak(monkeypatch) ->
     with off("x"):
         fake.alloc(G)
     assert off.memory_summary() == {}
+
+
+class OomToy(Toy):
+    """Runs out of "GPU memory" at the given steps (after drawing its random numbers, in the backward) until
+    ``save_memory`` has been called; ``savers`` is how many times it can still turn something on."""
+
+    def __init__(self, oom_at: set[int], savers: int = 1, oom_after_saving: bool = False) -> None:
+        super().__init__()
+        self.oom_at, self.savers, self.oom_after_saving = oom_at, savers, oom_after_saving
+        self.saving = False
+        self.always_at: set[int] = set()
+        self.torch_draws: list[float] = []
+
+    def save_memory(self) -> str | None:
+        if self.savers == 0:
+            return None
+        self.savers -= 1
+        self.saving = True
+        return "savers on"
+
+    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+        out = super().training_step(step, loss_scale)
+        self.torch_draws.append(float(torch.rand(())))  # the global generator is restored too
+        if step in self.oom_at and (not self.saving or self.oom_after_saving or step in self.always_at):
+            fit = out.losses["fit"]
+
+            class Boom(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, x):
+                    return x.clone()
+
+                @staticmethod
+                def backward(ctx, g):
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            out.losses["fit"] = Boom.apply(fit)
+        return out
+
+
+def test_out_of_memory_step_runs_again_with_the_savers_and_gives_the_same_run(tmp_path, caplog):
+    plain = Toy()
+    torch.manual_seed(0)
+    Trainer(_settings(9)).run(
+        plain, _opt(plain), checkpoint_dir=tmp_path / "a", log_path=tmp_path / "a.jsonl"
+    )
+    oom = OomToy({4, 7})
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING"):
+        r = Trainer(_settings(9)).run(
+            oom, _opt(oom), checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b.jsonl"
+        )
+    assert r.steps == 9 and r.metrics["memory_saving"] == {"step": 4, "change": "savers on"}
+    assert "step 4 ran out of GPU memory" in caplog.text and "savers on" in caplog.text
+    assert oom.seen == [1, 2, 3, 4, 4, 5, 6, 7, 8, 9]  # step 4 twice; step 7 fits with the savers on
+    assert oom.torch_draws[3] == oom.torch_draws[4]  # the retry drew the same global random numbers
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, oom.model.state_dict()[k]), k  # the same run as without the failure
+    a, b = _log(tmp_path / "a.jsonl"), _log(tmp_path / "b.jsonl")
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
+
+
+def test_out_of_memory_again_or_with_nothing_to_save_stops_the_stage(tmp_path):
+    nothing = OomToy({3}, savers=0)  # no saver left to turn on
+    again = OomToy({3}, oom_after_saving=True)  # the retry runs out of memory too
+    later = OomToy({2, 5})  # step 2 is retried; step 5 fails with the savers already on
+    later.always_at = {5}
+    for i, toy in enumerate((nothing, again, later)):
+        with pytest.raises(torch.OutOfMemoryError):
+            Trainer(_settings(6)).run(toy, _opt(toy), checkpoint_dir=tmp_path / str(i))
+    assert nothing.seen == [1, 2, 3] and again.seen == [1, 2, 3, 3] and later.seen == [1, 2, 2, 3, 4, 5]

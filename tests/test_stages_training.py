@@ -243,3 +243,30 @@ def test_refine_frozen_copy_renders_only_the_frames_controlnet_reads(prepared, t
     assert torch.equal(read[:, [0, 2]], whole[:, [0, 2]]) and whole[:, [0, 2]].abs().sum() > 0
     assert read[:, [1, 3]].abs().sum() == 0  # never read by ControlNet
     assert losses["read"] == losses["all"]
+
+
+def test_a_step_out_of_gpu_memory_is_run_again_with_the_render_checkpointed(prepared, tmp_path, monkeypatch):
+    """The static stage's 3rd training render raises CUDA's out-of-memory error: the trainer runs the step
+    again with ``raymarch.checkpoint_field=1`` (the system's ``save_memory``), the stage finishes, the manifest
+    says from which step, and every later training render is checkpointed."""
+    from animate124.stages import system as system_mod
+    from animate124.stages.static import run_static
+
+    seen: list[int] = []
+    real = system_mod.render
+
+    def spy(*a, **kw):
+        if torch.is_grad_enabled() and kw.get("compute_normals"):
+            seen.append(kw.get("checkpoint_field", 0))
+            if len(seen) == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(system_mod, "render", spy)
+    p = _copy(prepared, tmp_path / "p")
+    run_static(p, tiny(), show_progress=False)
+    rec = p.stage_record("static")
+    assert rec["status"] == "done"
+    saving = rec["metrics"]["memory_saving"]
+    assert saving["change"].startswith("raymarch.checkpoint_field=1") and saving["step"] >= 1
+    assert seen[:3] == [0, 0, 0] and set(seen[3:]) == {1}

@@ -11,10 +11,18 @@ without a scaler; ``"fp32"`` = neither (CPU). A NaN or inf in a loss term stops 
 naming the step and the term; without a GradScaler a non-finite gradient does too. With a GradScaler an
 inf gradient is normal (the scaler skips the step and lowers its scale), so only a long run of skipped
 steps stops the stage. The last good checkpoint is never overwritten by a diverged state.
+
+Out of GPU memory in a step's forward or backward: if the system has ``save_memory()`` (the NeRF stages:
+it turns on the same-result memory savers that are off, ``raymarch.checkpoint_field`` for every render),
+the trainer frees what the failed step held, restores the random generators to where the step started and
+runs the step again, once; the rest of the stage keeps the savers on (``metrics.memory_saving``). The
+retried step draws the same random numbers, so it is the step the plain path would have taken had it fit.
+A second failure, or a system with nothing left to turn on, stops the stage as before.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +42,7 @@ from animate124.engine.checkpoint import (
 )
 from animate124.engine.scalars import ScalarLog
 from animate124.engine.timing import StepTracer, Timers
-from animate124.errors import Animate124Error, ProjectError
+from animate124.errors import Animate124Error, ProjectError, _is_cuda_oom
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,23 @@ def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
 
+def _rng_states(system: Any) -> dict[str, torch.Tensor]:
+    """Every random state a step may draw from: the system's generators and torch's global ones."""
+    out = {f"g/{k}": g.get_state() for k, g in system.generators().items()}
+    out["torch"] = torch.random.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _restore_rng(system: Any, states: dict[str, torch.Tensor]) -> None:
+    for k, g in system.generators().items():
+        g.set_state(states[f"g/{k}"])
+    torch.random.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"])
+
+
 class Trainer:
     """Runs a :class:`TrainingSystem` with an optimizer; see the module docstring."""
 
@@ -119,6 +144,8 @@ class Trainer:
             raise ProjectError(f"unknown precision {settings.precision!r}")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision)
         self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.precision == "fp16")
+        #: set once a step ran out of memory and was run again with the system's savers on
+        self.memory_saving: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, directory: Path, step: int, system: TrainingSystem, opt: torch.optim.Optimizer) -> None:
@@ -169,6 +196,50 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ the loop
+    def _forward_backward(self, system: Any, optimizer: torch.optim.Optimizer, step: int) -> Any:
+        """The step's forward under autocast and the backward of its loss; out of GPU memory, once per stage,
+        the step again with the system's memory savers on (module docstring)."""
+        retry = self.memory_saving is None and callable(getattr(system, "save_memory", None))
+        states = _rng_states(system) if retry else None
+        change = None
+        try:
+            return self._forward_backward_once(system, optimizer, step)
+        except Exception as exc:
+            if states is None or not _is_cuda_oom(exc):
+                raise
+            change = system.save_memory()
+            if change is None:
+                raise
+            detail = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        # outside the except block: the failed step's tensors are no longer held by the traceback
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _restore_rng(system, states)
+        self.memory_saving = {"step": step, "change": change}
+        log.warning(
+            "%s: step %d ran out of GPU memory (%s); running it again with %s (the same result, slower) "
+            "for the rest of the stage",
+            self.s.label, step, detail, change,
+        )  # fmt: skip
+        return self._forward_backward_once(system, optimizer, step)
+
+    def _forward_backward_once(self, system: Any, optimizer: torch.optim.Optimizer, step: int) -> Any:
+        with torch.autocast(
+            self.s.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            out = system.training_step(
+                step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+            )
+        total = sum(out.losses.values())
+        names = list(out.losses)
+        loss_values = torch.stack([out.losses[n].detach().float().reshape(()) for n in names])
+        with system.timers("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+        return out, names, loss_values
+
     def _check_losses(self, step: int, names: list[str], stacked: torch.Tensor) -> dict[str, float]:
         """The step's loss values as floats; TrainingDiverged (before the optimizer step) if one is not finite."""
         values = stacked.cpu()
@@ -232,18 +303,7 @@ class Trainer:
                     trace_path = Path(log_path).with_suffix(".profile.txt")
                     tracer = StepTracer(dev, s.trace_steps, trace_path, s.label, s.trace_parts)
                 system.before_step(step)
-                with torch.autocast(
-                    dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-                ):
-                    out = system.training_step(
-                        step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-                    )
-                total = sum(out.losses.values())
-                names = list(out.losses)
-                loss_values = torch.stack([out.losses[n].detach().float().reshape(()) for n in names])
-                with system.timers("backward"):
-                    optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(total).backward()
+                out, names, loss_values = self._forward_backward(system, optimizer, step)
                 # read the losses once the backward is queued: the GPU keeps working while we wait
                 values = self._check_losses(step, names, loss_values)
                 with system.timers("optimizer"):
@@ -301,6 +361,8 @@ class Trainer:
             "it_s": round(done / seconds, 3) if seconds > 0 and done else 0.0,
             "final_losses": {k: round(v, 6) for k, v in last.items()},
         }
+        if self.memory_saving is not None:
+            metrics["memory_saving"] = dict(self.memory_saving)
         parts = system.timers.summary(done)
         if parts:
             metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}

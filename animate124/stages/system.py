@@ -15,6 +15,7 @@ every step (SPEC 3.4-3.6).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -256,6 +257,14 @@ class NerfSystem:
 
     def after_step(self, step: int) -> None:
         pass
+
+    def save_memory(self) -> str | None:
+        """After a step ran out of GPU memory: the same-result savers that are off, on (the trainer runs the
+        step again); None when they are all on already."""
+        if self.rays.checkpoint_field == 1 and self.rays.checkpoint_normals:
+            return None
+        self.rays = dataclasses.replace(self.rays, checkpoint_field=1, checkpoint_normals=True)
+        return "raymarch.checkpoint_field=1 raymarch.checkpoint_normals=true"
 
     def _density(self, x: Tensor, t: Tensor | None) -> Tensor:
         return self.field.density(x, t)
