@@ -6,11 +6,7 @@ variable must be set before Triton decorates the kernels. GPU: gpu-marked tests 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -279,18 +275,9 @@ def _field_check() -> dict:
 def interp_results() -> dict:
     if not HAS_TRITON:
         pytest.skip("triton is not importable")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    here = Path(__file__).parent
-    code = (
-        f"import json, sys; sys.path.insert(0, {str(here)!r}); import test_scene_triton as m; "
-        "print('@@' + json.dumps(m._interp_checks()))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=here.parent
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
-    return json.loads(line[2:])
+    from helpers_triton import run_interpreted
+
+    return run_interpreted("test_scene_triton")
 
 
 @needs_triton

@@ -29,17 +29,27 @@ def _tile(base, c, cmask, s, S, s_c, s_s):
 
 
 @triton.jit
+def _group(ng, G, CG, BLOCK_C: tl.constexpr):
+    """Program ``ng``'s image ``n``, its group's channel indices ``c`` (padded to ``BLOCK_C``) and their mask."""
+    cc = tl.arange(0, BLOCK_C)
+    return ng // G, (ng % G) * CG + cc, cc < CG
+
+
+@triton.jit
+def _affine(W, B, c, cmask):
+    return tl.load(W + c, mask=cmask, other=0.0).to(tl.float32), tl.load(B + c, mask=cmask, other=0.0).to(
+        tl.float32
+    )
+
+
+@triton.jit
 def gn_stats_kernel(
     X, PCNT, PMEAN, PM2, S, CG, G, P, TILES, sx_n, sx_c, sx_s,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     ng = tl.program_id(0)
     pb = tl.program_id(1)
-    n = ng // G
-    g = ng % G
-    cc = tl.arange(0, BLOCK_C)
-    cmask = cc < CG
-    c = g * CG + cc
+    n, c, cmask = _group(ng, G, CG, BLOCK_C)
     base = X + n.to(tl.int64) * sx_n
     cnt = tl.zeros([BLOCK_C], tl.float32).sum(0)
     mean = tl.zeros([BLOCK_C], tl.float32).sum(0)
@@ -93,15 +103,10 @@ def gn_apply_kernel(
     ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     ng = tl.program_id(0)
-    n = ng // G
-    g = ng % G
-    cc = tl.arange(0, BLOCK_C)
-    cmask = cc < CG
-    c = g * CG + cc
+    n, c, cmask = _group(ng, G, CG, BLOCK_C)
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     x, m = _tile(X + n.to(tl.int64) * sx_n, c, cmask, s, S, sx_c, sx_s)
-    w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
-    b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+    w, b = _affine(W, B, c, cmask)
     _, z = _z(x, tl.load(MEAN + ng), tl.load(RSTD + ng), w, b)
     if ACT:
         z = z * tl.sigmoid(z)
@@ -125,13 +130,8 @@ def gn_bwd_partial_kernel(
 ):  # fmt: skip
     ng = tl.program_id(0)
     pb = tl.program_id(1)
-    n = ng // G
-    g = ng % G
-    cc = tl.arange(0, BLOCK_C)
-    cmask = cc < CG
-    c = g * CG + cc
-    w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
-    b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+    n, c, cmask = _group(ng, G, CG, BLOCK_C)
+    w, b = _affine(W, B, c, cmask)
     mean = tl.load(MEAN + ng)
     rstd = tl.load(RSTD + ng)
     acc1 = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
@@ -155,14 +155,9 @@ def gn_bwd_apply_kernel(
     ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     ng = tl.program_id(0)
-    n = ng // G
-    g = ng % G
-    cc = tl.arange(0, BLOCK_C)
-    cmask = cc < CG
-    c = g * CG + cc
+    n, c, cmask = _group(ng, G, CG, BLOCK_C)
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
-    b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+    w, b = _affine(W, B, c, cmask)
     mean = tl.load(MEAN + ng)
     rstd = tl.load(RSTD + ng)
     count = (CG * S).to(tl.float32)

@@ -1,0 +1,31 @@
+"""Run a test module's checks under Triton's CPU interpreter, in a subprocess (``TRITON_INTERPRET=1`` must be
+set before Triton decorates the kernels, so it cannot be switched on inside the test process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 900) -> dict:
+    """``tests/<module>.py``'s ``func()`` (a JSON-able dict) evaluated with ``TRITON_INTERPRET=1``."""
+    here = Path(__file__).parent
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(here)!r}); import {module} as m; "
+        f"print('@@' + json.dumps(m.{func}()))"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=here.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
+    return json.loads(line[2:])
