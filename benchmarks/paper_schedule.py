@@ -8,6 +8,7 @@ Reads a project that ``animate124 run-all`` trained (``manifest.json`` and ``log
 * ``it_s``: the steady rate, from the log's timestamps over the second half of the stage's last uninterrupted
   stretch (a resumed stage logs on after a gap; the first steps of a stretch include compilation, CUDA-graph
   recording and cache warm-up).
+* ``rate_windows``: ``[first step, last step, it/s]`` over about 8 windows of the log, the rate's trend.
 * ``it_s_whole_run``: steps per second over all the stage's logged stretches (its average; not used in the
   projection, which takes the rate at the end: a field that fills in makes later steps slower).
 * ``overhead_s``: the stage's wall-clock in its last invocation minus its steps at the steady rate (model
@@ -99,6 +100,26 @@ def steady_rate(records: list[dict[str, Any]]) -> tuple[float, int, int]:
     return (b["step"] - a["step"]) / (b["time"] - a["time"]), int(a["step"]), int(b["step"])
 
 
+def rate_windows(records: list[dict[str, Any]], n: int = 8) -> list[list[float]]:
+    """``[first step, last step, it/s]`` over about ``n`` consecutive windows of each stretch (pauses left
+    out): how the rate changes over the stage (the 4D stages slow down as the field fills in)."""
+    out: list[list[float]] = []
+    total = sum(max(0, len(st) - 1) for st in stretches(records))
+    per = max(1, total // n)
+    for st in stretches(records):
+        for i in range(0, len(st) - 1, per):
+            a, b = st[i], st[min(i + per, len(st) - 1)]
+            if b["time"] > a["time"]:
+                out.append(
+                    [
+                        int(a["step"]),
+                        int(b["step"]),
+                        round((b["step"] - a["step"]) / (b["time"] - a["time"]), 3),
+                    ]
+                )
+    return out
+
+
 def _read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -110,7 +131,8 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
     # last_stretch also finds a resume, but not one quicker than its pause limit
     records = [r for r in _read_log(project / "logs" / f"{stage}.jsonl") if r.get("step", 0) > resumed]
     it_s, first, last = steady_rate(records)
-    whole = whole_run_rate(_read_log(project / "logs" / f"{stage}.jsonl"))
+    every = _read_log(project / "logs" / f"{stage}.jsonl")
+    whole = whole_run_rate(every)
     steps = int(metrics.get("steps", last))
     seconds = float(record.get("seconds") or 0.0)
     overhead = max(0.0, seconds - (steps - resumed) / it_s)
@@ -121,6 +143,7 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
         "it_s": round(it_s, 4),
         "rate_steps": [first, last],
         "it_s_whole_run": None if whole is None else round(whole, 4),
+        "rate_windows": rate_windows(every),
         "peak_allocated_gib": metrics.get("peak_allocated_gib"),
         "peak_reserved_gib": metrics.get("peak_reserved_gib"),
         "seconds_last_invocation": round(seconds, 2),

@@ -38,6 +38,10 @@ def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
     assert (first, last) == (90, 120) and rate == pytest.approx(5.0)
     # the average over both stretches: (50 - 10) steps in 4 s and (120 - 60) steps in 15 s
     assert ps.whole_run_rate(recs) == pytest.approx(100 / 19)
+    windows = ps.rate_windows(recs, n=4)
+    assert windows[0][:2] == [10, 30] and windows[0][2] == pytest.approx(10.0)
+    assert windows[-1][1] == 120 and windows[-1][2] == pytest.approx(5.0)
+    assert all(w[0] >= 60 or w[1] <= 50 for w in windows)  # no window spans the pause
     # a step that goes back (a restart from an older checkpoint) also starts a stretch
     back = [
         {"step": 10, "time": 0.0},
