@@ -10,16 +10,7 @@ import os
 
 import pytest
 import torch
-
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except Exception:  # pragma: no cover
-    HAS_TRITON = False
-
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from helpers_triton import needs_cuda, needs_triton, run_interpreted
 
 
 def _compare(enc_ref, enc_tr, x, t=None, max_level=None) -> dict:
@@ -273,10 +264,6 @@ def _field_check() -> dict:
 
 @pytest.fixture(scope="module")
 def interp_results() -> dict:
-    if not HAS_TRITON:
-        pytest.skip("triton is not importable")
-    from helpers_triton import run_interpreted
-
     return run_interpreted("test_scene_triton")
 
 
