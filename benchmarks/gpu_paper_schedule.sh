@@ -6,7 +6,8 @@
 # the same command in the next call resumes it, as long as the machine is still warm (the projects live in
 # /tmp/a124). Run it again until it prints "paper_schedule.json written".
 # Usage (repository root, on the CUDA machine): LIMIT=540 bash benchmarks/gpu_paper_schedule.sh OUTDIR
-# PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre).
+# PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre). CAP_GIB=24 runs every stage on
+# the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py).
 # Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-schedule-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
@@ -15,6 +16,8 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTH
 python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
 T0=$(date +%s); left() { echo $(( ${LIMIT:-540} - ($(date +%s) - T0) )); }
 A124="python3 -m animate124.cli.app"; ROOT=$PWD; W=/tmp/a124; mkdir -p $W/sched $W/sched-lv
+# CAP_GIB=24: the paper run on the allocator capped to a 24 GiB card (benchmarks/capped_cli.py)
+[ -n "${CAP_GIB:-}" ] && A124="python3 $ROOT/benchmarks/capped_cli.py --gib $CAP_GIB"
 export ANIMATE124_STATE_DIR=$W/state
 if [ ! -f $W/models/.done ]; then
   python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -1

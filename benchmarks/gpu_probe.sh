@@ -3,7 +3,7 @@
 # run.profile, with and without CUDA graphs; the torch.profiler trace halves, with tracebacks), the
 # low-vram preset with the encoders parked, and channels-last prior calls.
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_probe.sh OUTDIR
-# PARTS='tests gn field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
+# PARTS='tests gn cap field attn trace refine lowvram fit cl' picks parts (fit needs .device/data/nerf-synthetic-400 carried, 38 MB; cl gets what is left of BUDGET=560 s); VARIANTS='profile memory nographs ops' the refine runs. Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-probe-out}"
 . benchmarks/gpu_common.sh
@@ -49,6 +49,19 @@ if [[ " $PARTS " == *" gn "* ]]; then
     timeout 150 python3 benchmarks/bench_guidance.py --configs .device/hf-configs --priors sd,zero123,video,controlnet \
       --autocast --vae-checkpoint --cuda-graphs --vae-attention blocked $f --out "$OUT/guidance_autocast_$v.json" 2>&1 | tail -5
   done
+fi
+
+if [[ " $PARTS " == *" cap "* ]]; then
+  el "refine on an allocator capped at CAP_GIB (default 16) GiB: does the out-of-memory retry carry the stage?"
+  mkdir -p $W/c && cd $W/c
+  timeout 300 $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" --until dynamic --json $MODELS \
+     --set invert.steps=4 --set static.iters=20 --set dynamic.iters=${CAP_DYNAMIC_STEPS:-60} > "$OUT/c_run_all.json" 2> "$OUT/c_run_all.err"
+  timeout 240 python3 "$ROOT/benchmarks/capped_cli.py" --gib ${CAP_GIB:-16} refine -p $W/c/runs/toy --force --json $MODELS \
+     --set refine.iters=${CAP_REFINE_STEPS:-30} > "$OUT/c_refine.json" 2> "$OUT/c_refine.err"; echo "exit $?"
+  grep -E "ran out|capped|Error" "$OUT/c_refine.err" | head -5
+  python3 -c "import json,sys; m=json.load(open('$W/c/runs/toy/manifest.json'))['stages']['refine']; \
+print(m.get('status'), {k: m.get('metrics', {}).get(k) for k in ('memory_saving','peak_allocated_gib','peak_reserved_gib','it_s')})"
+  cd "$ROOT"
 fi
 
 if [[ " $PARTS " == *" field "* ]]; then
