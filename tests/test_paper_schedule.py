@@ -95,3 +95,17 @@ def test_schedule_refuses_a_project_with_a_stage_not_done(tmp_path) -> None:
     p = _project(tmp_path, {"invert": [(10, 1.0), (20, 2.0)]}, {"invert": 5.0})
     with pytest.raises(ValueError, match="static"):
         ps.schedule(p, "card")
+
+
+def test_capped_cli_runs_the_cli_and_rejects_a_missing_cap(capsys) -> None:
+    import capped_cli
+
+    with pytest.raises(SystemExit) as ei:
+        capped_cli.main(["config", "presets"])
+    assert "usage" in str(ei.value)
+    with pytest.raises(SystemExit) as ok:  # typer exits 0 after the command
+        capped_cli.main(["--gib", "24", "config", "presets"])
+    assert ok.value.code in (0, None)
+    out = capsys.readouterr()
+    assert "low-vram" in out.out
+    assert ("capped at 24 GiB" in out.err) or ("no CUDA" in out.err)
