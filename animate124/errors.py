@@ -82,7 +82,7 @@ class OutOfMemoryError(Animate124Error):
         super().__init__(message, hint)
 
 
-def _is_cuda_oom(exc: BaseException) -> bool:
+def is_cuda_oom(exc: BaseException) -> bool:
     """True for torch's out-of-memory exception (looked up only if torch is already imported)."""
     torch = sys.modules.get("torch")
     if torch is None:
@@ -109,7 +109,7 @@ def oom_guard(what: str = "the run", hint: str | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not _is_cuda_oom(exc):
+        if not is_cuda_oom(exc):
             raise
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise OutOfMemoryError(

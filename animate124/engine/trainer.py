@@ -42,7 +42,7 @@ from animate124.engine.checkpoint import (
 )
 from animate124.engine.scalars import ScalarLog
 from animate124.engine.timing import StepTracer, Timers
-from animate124.errors import Animate124Error, ProjectError, _is_cuda_oom
+from animate124.errors import Animate124Error, ProjectError, is_cuda_oom
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Trainer:
         try:
             return self._forward_backward_once(system, optimizer, step)
         except Exception as exc:
-            if states is None or not _is_cuda_oom(exc):
+            if states is None or not is_cuda_oom(exc):
                 raise
             change = system.save_memory()
             if change is None:
