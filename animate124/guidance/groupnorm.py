@@ -14,7 +14,8 @@ output of a patched norm feeds an autocast convolution or linear layer (the resn
 ``conv2``, the encoder's ``conv_out``, the attention's ``to_q/k/v``), so handing them fp16 instead of fp32
 changes nothing downstream. Backward: ``dx`` in fp32 from the saved fp16 input and the group statistics,
 rounded to the input's dtype, as autocast's cast-back does. Outside autocast, with weights that need
-gradients, or without Triton on the device, the module runs the plain ``F.group_norm`` (+ ``F.silu``).
+gradients, without Triton on the device, or below ``MIN_FUSED_ELEMS`` elements (where the plain path is
+faster), the module runs the plain ``F.group_norm`` (+ ``F.silu``).
 
 What :func:`use_fused_vae_norms` patches (encoders only; score distillation never decodes): each resnet
 block's ``norm1``/``norm2`` with their SiLU (the block's ``nonlinearity`` becomes identity: a VAE block
