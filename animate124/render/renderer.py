@@ -21,7 +21,7 @@ random ``normalize(origin + N(0, I))`` themselves (SPEC §3.1).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,6 +89,34 @@ def _runs_kw(runs: TimeRuns | None, start: int | None = None, stop: int | None =
     return {"runs": runs if start is None else runs.slice(start, stop)}
 
 
+#: samples per activation-checkpoint segment when ``chunk`` is not set
+CHECKPOINT_SEGMENT = 2**18
+
+
+def _pieces(
+    fn: Callable[..., Any], x: Tensor, t: Tensor | None, chunk: int | None, runs: TimeRuns | None,
+    checkpoint: bool, pieces_without_grad: bool,
+) -> list[Any]:  # fmt: skip
+    """``fn(x_i, t_i, {"runs": ...})`` over ``chunk``-sized pieces of the samples. With ``checkpoint`` every
+    piece (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None) is an activation-checkpoint segment when grad
+    is enabled: it keeps nothing for backward but its inputs and is re-run in backward, with the same values
+    and gradients as the same pieces without it. ``pieces_without_grad``: split into those pieces without grad
+    too (bounds a no-grad render's transient memory)."""
+    if checkpoint and (pieces_without_grad or torch.is_grad_enabled()):
+        chunk = chunk or CHECKPOINT_SEGMENT
+    if checkpoint and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+        fn = functools.partial(activation_checkpoint, fn, use_reentrant=False)
+    n = x.shape[0]
+    if chunk is None or n <= chunk:
+        return [fn(x, t, _runs_kw(runs))]
+    return [
+        fn(x[i : i + chunk], None if t is None else t[i : i + chunk], _runs_kw(runs, i, i + chunk))
+        for i in range(0, n, chunk)
+    ]
+
+
 def _eval_field(
     field: FieldLike,
     x: Tensor,
@@ -97,65 +125,33 @@ def _eval_field(
     runs: TimeRuns | None = None,
     checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """σ and albedo of the samples, ``chunk`` at a time; with ``checkpoint`` (and grad enabled) every piece
-    (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None) is an activation-checkpoint segment: the grid and
-    MLP activations are not kept but re-run in backward (``raymarch.checkpoint_field``; same values and
-    gradients as the same pieces without it)."""
+    """σ and albedo of the samples, ``chunk`` at a time; with ``checkpoint`` the grid and MLP activations are
+    re-run in backward instead of kept (:func:`_pieces`; ``raymarch.checkpoint_field``)."""
 
     def one(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> tuple[Tensor, Tensor]:
         out = field(xi, ti, **kw)
         return out.sigma.float(), out.albedo.float()
 
-    call: Any = one
-    if checkpoint and torch.is_grad_enabled():
-        from torch.utils.checkpoint import checkpoint as activation_checkpoint
-
-        chunk = chunk or CHECKPOINT_SEGMENT
-        call = functools.partial(activation_checkpoint, one, use_reentrant=False)
-    if chunk is None or x.shape[0] <= chunk:
-        return call(x, t, _runs_kw(runs))
-    sig, alb = [], []
-    for i in range(0, x.shape[0], chunk):
-        s, a = call(x[i : i + chunk], None if t is None else t[i : i + chunk], _runs_kw(runs, i, i + chunk))
-        sig.append(s)
-        alb.append(a)
-    return torch.cat(sig), torch.cat(alb)
-
-
-#: samples per activation-checkpoint segment of the normals when ``chunk`` is not set
-CHECKPOINT_SEGMENT = 2**18
+    parts = _pieces(one, x, t, chunk, runs, checkpoint, pieces_without_grad=False)
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _eval_normals(
     field: FieldLike, x: Tensor, t: Tensor | None, eps: float, chunk: int | None, checkpoint: bool = False,
     runs: TimeRuns | None = None,
 ) -> Tensor:  # fmt: skip
-    """``field.normals`` over ``chunk``-sized pieces; with ``checkpoint`` (and grad enabled) every piece is an
-    activation-checkpoint segment (``CHECKPOINT_SEGMENT`` samples when ``chunk`` is None): the six density
-    evaluations keep nothing for backward but their inputs and are re-run piece by piece in backward.
-    Same values and gradients as the same pieces without it (``raymarch.checkpoint_normals``)."""
+    """``field.normals`` over ``chunk``-sized pieces; with ``checkpoint`` the six density evaluations are
+    re-run in backward instead of kept (:func:`_pieces`; ``raymarch.checkpoint_normals``), and a no-grad
+    render (the refine stage's frozen copy, previews) is split into the same pieces, so it never holds the
+    six evaluations of every sample at once."""
 
     def normals(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> Tensor:
         return field.normals(xi, ti, eps=eps, **kw).float()
 
-    call = normals
-    if checkpoint:
-        # the same pieces with or without grad: a no-grad render (the refine stage's frozen copy,
-        # previews) then never holds the six evaluations of every sample at once
-        chunk = chunk or CHECKPOINT_SEGMENT
-        if torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint as activation_checkpoint
-
-            call = functools.partial(activation_checkpoint, normals, use_reentrant=False)
-    n = x.shape[0]
-    if chunk is None or n <= chunk:
-        return call(x, t, _runs_kw(runs))
-    return torch.cat(
-        [
-            call(x[i : i + chunk], None if t is None else t[i : i + chunk], _runs_kw(runs, i, i + chunk))
-            for i in range(0, n, chunk)
-        ]
-    )
+    parts = _pieces(normals, x, t, chunk, runs, checkpoint, pieces_without_grad=True)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def render_rays(
