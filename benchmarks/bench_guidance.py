@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -261,6 +262,30 @@ def card_rates(device) -> dict:
     return {"matmul_fp16_tflops": tflops, "copy_gb_s": gbs}
 
 
+def time_calls(call, iters: int, warmup: int, cuda: bool) -> tuple[list[float], list[float], Any]:
+    """``warmup`` untimed calls, then ``iters`` timed ones: (device ms per call from CUDA events, or host ms
+    on the CPU; host wall-clock ms per call with a sync; the last call's result). The CUDA peak-memory
+    counter is reset after the warm-up."""
+    for _ in range(warmup):
+        call()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times, walls, out = [], [], None
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        out = call()
+        if cuda:
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        walls.append((time.perf_counter() - t0) * 1000)
+    return (times if cuda else walls), walls, out
+
+
 def bench_prior(prior: str, args, device) -> dict:
     cuda = device.type == "cuda"
     if cuda:
@@ -293,24 +318,7 @@ def bench_prior(prior: str, args, device) -> dict:
 
         graph_prior_networks(guid, enabled=True)
     weights_mb = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
-    for _ in range(args.warmup):
-        grad_sum = call()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            grad_sum = call()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            grad_sum = call()
-            times.append((time.perf_counter() - t0) * 1000)
+    times, _, grad_sum = time_calls(call, args.iters, args.warmup, cuda)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
     if args.profile:
         profile_calls(call, Path(f"{args.profile}.{prior}.txt"), cuda)

@@ -21,7 +21,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SD_VAE = "stable-diffusion-v1-5--stable-diffusion-v1-5/vae"
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from bench_guidance import SD_DIR, time_calls  # noqa: E402
+
+SD_VAE = f"{SD_DIR}/vae"
 CASES = {
     "invert": (16, 512, False),
     "sd": (1, 512, True),
@@ -94,28 +99,12 @@ def run_case(vae, case: str, iters: int, warmup: int) -> dict:
     cuda = DEV == "cuda"
     for _ in range(warmup):
         step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     base_mem = torch.cuda.memory_allocated() if cuda else 0
-    times, walls = [], []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        if cuda:
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-        m, g = step()
-        if cuda:
-            e1.record()
-            torch.cuda.synchronize()
-            times.append(e0.elapsed_time(e1))
-            walls.append((time.perf_counter() - t0) * 1e3)
-        else:
-            times.append((time.perf_counter() - t0) * 1e3)
+    times, walls, (m, g) = time_calls(step, iters, 0, cuda)
     return {
         "ms": statistics.median(times),
         "min_ms": min(times),
-        "wall_ms": statistics.median(walls) if walls else statistics.median(times),
+        "wall_ms": statistics.median(walls),
         "peak_over_base_gib": (torch.cuda.max_memory_allocated() - base_mem) / 2**30 if cuda else 0.0,
         "out": (m.float(), None if g is None else g.float()),
     }

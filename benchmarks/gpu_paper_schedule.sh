@@ -10,27 +10,19 @@
 # the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py).
 # Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
-FINAL="${1:-schedule-out}"; OUT="$FINAL/r"; mkdir -p "$OUT"
-trap 'tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$OUT"' EXIT  # the device tool returns <= 8 files
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python3 -m pip install -q --no-deps .device/wheels/*.whl >/dev/null 2>&1
-T0=$(date +%s); left() { echo $(( ${LIMIT:-540} - ($(date +%s) - T0) )); }
-A124="python3 -m animate124.cli.app"; ROOT=$PWD; W=/tmp/a124; mkdir -p $W/sched $W/sched-lv
+FINAL="${1:-schedule-out}"
+. benchmarks/gpu_common.sh
+left() { echo $(( ${LIMIT:-540} - ($(date +%s) - T0) )); }
+A124="python3 -m animate124.cli.app"; ROOT=$PWD; mkdir -p $W/sched $W/sched-lv
 # CAP_GIB=24: the paper run on the allocator capped to a 24 GiB card (benchmarks/capped_cli.py)
 [ -n "${CAP_GIB:-}" ] && A124="python3 $ROOT/benchmarks/capped_cli.py --gib $CAP_GIB"
-export ANIMATE124_STATE_DIR=$W/state
-if [ ! -f $W/models/.done ]; then
-  python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -1
-  python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
-  touch $W/models/.done
-fi
+random_models
 if [ -n "${PRE_PARTS:-}" ] && [ ! -f $W/pre.done ]; then  # gpu_probe.sh parts first (e.g. PRE_PARTS=gn GN_GUIDANCE=)
   PARTS="$PRE_PARTS" bash benchmarks/gpu_probe.sh "$FINAL/pre"; touch $W/pre.done
 fi
 F="${FRACTION:-0.1}"
 steps() { python3 -c "import math; print(math.ceil($1 * $F))"; }
-MODELS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
-        --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth"
+MODELS="$MODEL_SETS"
 SETS="$MODELS --set invert.steps=$(steps 3000) --set static.iters=$(steps 5000) --set dynamic.iters=$(steps 10000)
       --set refine.iters=$(steps 5000)"
 CMD="animate124 run-all examples/toy.png 'a panda is dancing' --until refine $SETS"

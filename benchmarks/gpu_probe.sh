@@ -8,16 +8,9 @@ set -uo pipefail
 FINAL="${1:-probe-out}"
 . benchmarks/gpu_common.sh
 A124="python3 -m animate124.cli.app"; ROOT=$PWD
-W=/tmp/a124; mkdir -p $W; export ANIMATE124_STATE_DIR=$W/state
 PARTS="${PARTS:-refine lowvram fit cl}"
-if [ ! -f $W/models/.done ]; then
-  el "full-size random-weight priors"
-  python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -2
-  python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
-  touch $W/models/.done
-fi
-MODELS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
-        --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth --set run.preview_every=0"
+random_models
+MODELS="$MODEL_SETS --set run.preview_every=0"
 summary() {  # manifest -> one line per stage: rate, peaks, memory by part
   python3 - "$1" "$2" <<'PY'
 import json, sys

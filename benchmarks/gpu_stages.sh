@@ -25,20 +25,14 @@ for i in $(seq 1 "${GRID_REPS:-2}"); do
 done
 
 el "tiny preset on CUDA (smoke)"
-RUN="${RUN:-run}"; W=/tmp/a124; mkdir -p $W/smoke $W/$RUN; export ANIMATE124_STATE_DIR=$W/state
+RUN="${RUN:-run}"; mkdir -p $W/smoke $W/$RUN
 [ "${SMOKE:-1}" = 0 ] || (cd $W/smoke && timeout 240 $A124 run-all "$OLDPWD/examples/toy.png" "a toy is spinning" --preset tiny \
    --device cuda --set run.precision=fp16 --until refine -q 2>&1 | tail -5) | tee "$OUT/smoke.log"
 
-el "full-size random-weight priors"
-if [ ! -f $W/models/.done ]; then
-  python3 benchmarks/make_random_models.py --configs .device/hf-configs --out $W/models 2>&1 | tail -5
-  python3 -c "from animate124.models.tiny import build_tiny_repo; build_tiny_repo('depth', '$W/models/depth')"
-  touch $W/models/.done
-fi
+random_models
 
 el "stages through the CLI, paper settings, $STEPS steps each"
-SETS="--set models.sd=$W/models/sd --set models.zero123=$W/models/zero123 --set models.video=$W/models/video
-      --set models.controlnet=$W/models/controlnet --set models.depth=$W/models/depth
+SETS="$MODEL_SETS
       --set invert.steps=20 --set static.iters=$STEPS --set static.known_iters=0
       --set dynamic.iters=$STEPS --set refine.iters=$STEPS --set run.profile=true --set run.preview_every=0
       ${EXTRA_SETS:-}"
