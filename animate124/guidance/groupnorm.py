@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,13 +53,12 @@ def _kernels() -> Any:
     return gn_kernels
 
 
-def triton_usable(x: Tensor) -> bool:
-    """Triton kernels can run on ``x``: a CUDA tensor with Triton importable, or any tensor under Triton's
-    CPU interpreter (``TRITON_INTERPRET=1``, tests)."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True
-    if not x.is_cuda:
-        return False
+def _interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``, tests): the kernels run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_importable() -> bool:
     try:
         _kernels()
     except Exception:  # pragma: no cover - no Triton on this CUDA machine
@@ -83,17 +83,28 @@ def _ncs(x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     return x, (x.stride(0), x.stride(1), int(s or 1))
 
 
-def _blocks(cg: int, s: int) -> tuple[int, int, int, int, int]:
-    """``BLOCK_C, BLOCK_S``, tiles per group, programs per group and tiles per program."""
+@dataclass(frozen=True)
+class _Launch:
+    """The launch shape of one norm: ``BLOCK_C × BLOCK_S`` tiles, ``n_tiles`` per group, ``parts`` reduction
+    programs per group of ``per`` tiles each, ``BLOCK_P`` ≥ ``parts`` (the finalize kernel's width)."""
+
+    bc: int
+    bs: int
+    n_tiles: int
+    parts: int
+    per: int
+    bp: int
+
+
+def _launch(cg: int, s: int) -> _Launch:
     import triton
 
     bc = triton.next_power_of_2(cg)
     bs = min(max(16, TILE_ELEMS // bc), triton.next_power_of_2(s))
     n_tiles = triton.cdiv(s, bs)
-    parts = min(n_tiles, MAX_PARTIALS)
-    per = triton.cdiv(n_tiles, parts)
+    per = triton.cdiv(n_tiles, min(n_tiles, MAX_PARTIALS))
     parts = triton.cdiv(n_tiles, per)
-    return bc, bs, n_tiles, parts, per
+    return _Launch(bc, bs, n_tiles, parts, per, triton.next_power_of_2(parts))
 
 
 class _FusedGN(torch.autograd.Function):
@@ -102,54 +113,57 @@ class _FusedGN(torch.autograd.Function):
         x, weight, bias, groups, eps, act, out_dtype = args
         k = _kernels()
         n, c = x.shape[:2]
-        x, (sxn, sxc, sxs) = _ncs(x)
+        x, xs = _ncs(x)
         s = x.numel() // max(n * c, 1)
         cg = c // groups
-        bc, bs, n_tiles, parts, per = _blocks(cg, s)
+        plan = _launch(cg, s)
         ng = n * groups
         f32 = dict(device=x.device, dtype=torch.float32)
-        partial = torch.empty(3, ng, parts, **f32)
-        k.gn_stats_kernel[(ng, parts)](
-            x, partial[0], partial[1], partial[2], s, cg, groups, parts, per, sxn, sxc, sxs,
-            BLOCK_C=bc, BLOCK_S=bs,
-        )  # fmt: skip
+        partial = torch.empty(3, ng, plan.parts, **f32)
+        k.gn_stats_kernel[(ng, plan.parts)](
+            x,
+            partial[0],
+            partial[1],
+            partial[2],
+            s,
+            cg,
+            groups,
+            plan.parts,
+            plan.per,
+            *xs,
+            BLOCK_C=plan.bc,
+            BLOCK_S=plan.bs,
+        )
         mean, rstd = torch.empty(ng, **f32), torch.empty(ng, **f32)
-        import triton
-
         k.gn_finalize_kernel[(ng,)](
-            partial[0], partial[1], partial[2], mean, rstd, parts, float(eps),
-            BLOCK_P=triton.next_power_of_2(parts),
-        )  # fmt: skip
-        y = torch.empty_like(x, dtype=out_dtype)
-        y, (syn, syc, sys_) = _ncs(y)
-        k.gn_apply_kernel[(ng, n_tiles)](
-            x, y, mean, rstd, weight, bias, s, cg, groups, sxn, sxc, sxs, syn, syc, sys_,
-            ACT=act, BLOCK_C=bc, BLOCK_S=bs,
-        )  # fmt: skip
+            partial[0], partial[1], partial[2], mean, rstd, plan.parts, float(eps), BLOCK_P=plan.bp
+        )
+        y, ys = _ncs(torch.empty_like(x, dtype=out_dtype))
+        k.gn_apply_kernel[(ng, plan.n_tiles)](
+            x, y, mean, rstd, weight, bias, s, cg, groups, *xs, *ys, ACT=act, BLOCK_C=plan.bc, BLOCK_S=plan.bs
+        )
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.meta = (groups, act, s, cg, bc, bs, n_tiles, parts, per)
+        ctx.meta = (groups, act, s, cg, plan, xs)
         return y
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         (dy,) = grads
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        groups, act, s, cg, bc, bs, n_tiles, parts, per = ctx.meta
+        groups, act, s, cg, plan, xs = ctx.meta
         k = _kernels()
         ng = x.shape[0] * groups
-        dy, (sdn, sdc, sds) = _ncs(dy)
-        _, (sxn, sxc, sxs) = _ncs(x)
-        psum = torch.empty(2, ng, parts, device=x.device, dtype=torch.float32)
-        k.gn_bwd_partial_kernel[(ng, parts)](
-            x, dy, mean, rstd, weight, bias, psum, s, cg, groups, parts, ng, per, sxn, sxc, sxs, sdn, sdc, sds,
-            ACT=act, BLOCK_C=bc, BLOCK_S=bs,
+        dy, ds = _ncs(dy)
+        psum = torch.empty(2, ng, plan.parts, device=x.device, dtype=torch.float32)
+        k.gn_bwd_partial_kernel[(ng, plan.parts)](
+            x, dy, mean, rstd, weight, bias, psum, s, cg, groups, plan.parts, ng, plan.per, *xs, *ds,
+            ACT=act, BLOCK_C=plan.bc, BLOCK_S=plan.bs,
         )  # fmt: skip
-        sums = psum.sum(dim=2).contiguous()
-        dx = torch.empty_like(x)
-        dx, (son, soc, sos) = _ncs(dx)
-        k.gn_bwd_apply_kernel[(ng, n_tiles)](
-            x, dy, dx, mean, rstd, weight, bias, sums, s, cg, groups, ng, sxn, sxc, sxs, sdn, sdc, sds,
-            son, soc, sos, ACT=act, BLOCK_C=bc, BLOCK_S=bs,
+        sums = psum.sum(dim=2)
+        dx, dxs = _ncs(torch.empty_like(x))
+        k.gn_bwd_apply_kernel[(ng, plan.n_tiles)](
+            x, dy, dx, mean, rstd, weight, bias, sums, s, cg, groups, ng, *xs, *ds, *dxs,
+            ACT=act, BLOCK_C=plan.bc, BLOCK_S=plan.bs,
         )  # fmt: skip
         return dx, None, None, None, None, None, None
 
@@ -181,18 +195,19 @@ class FusedGroupNorm(nn.Module):
     def _fused_dtype(self, x: Tensor) -> torch.dtype | None:
         """The autocast dtype when the fused kernel computes what the plain path does here: CUDA autocast
         (where ``group_norm`` is an fp32 op; CPU autocast keeps it in the low precision, so on the CPU only
-        Triton's interpreter takes this path, for the tests), frozen weights, Triton available, at least ``MIN_FUSED_ELEMS`` elements (any size in the interpreter)."""
-        dev = x.device.type
-        if dev != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        Triton's interpreter takes this path, for the tests), frozen weights, Triton available, at least
+        ``MIN_FUSED_ELEMS`` elements (any size in the interpreter)."""
+        dev, interp = x.device.type, _interpreting()
+        if dev != "cuda" and not interp:
             return None
         if not torch.is_autocast_enabled(dev) or self.weight.requires_grad or self.bias.requires_grad:
             return None
         dtype = torch.get_autocast_dtype(dev)
         if dtype not in (torch.float16, torch.bfloat16) or x.dtype not in (dtype, torch.float32):
             return None
-        if x.numel() < MIN_FUSED_ELEMS and os.environ.get("TRITON_INTERPRET", "0") != "1":
-            return None
-        return dtype if triton_usable(x) else None
+        if interp:
+            return dtype
+        return dtype if x.numel() >= MIN_FUSED_ELEMS and _triton_importable() else None
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = self._fused_dtype(x)
