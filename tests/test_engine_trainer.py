@@ -352,10 +352,12 @@ class OomToy(Toy):
     """Runs out of "GPU memory" at the given steps (after drawing its random numbers, in the backward) until
     ``save_memory`` has been called; ``savers`` is how many times it can still turn something on."""
 
-    def __init__(self, oom_at: set[int], savers: int = 1, oom_after_saving: bool = False) -> None:
+    def __init__(
+        self, oom_at: set[int], savers: int = 1, oom_after_saving: bool = False, needs: int = 1
+    ) -> None:
         super().__init__()
-        self.oom_at, self.savers, self.oom_after_saving = oom_at, savers, oom_after_saving
-        self.saving = False
+        self.oom_at, self.savers, self.oom_after_saving, self.needs = oom_at, savers, oom_after_saving, needs
+        self.saved = 0  # savers turned on so far; the steps in oom_at fit once ``needs`` are on
         self.always_at: set[int] = set()
         self.torch_draws: list[float] = []
 
@@ -363,13 +365,15 @@ class OomToy(Toy):
         if self.savers == 0:
             return None
         self.savers -= 1
-        self.saving = True
-        return "savers on"
+        self.saved += 1
+        return "savers on" if self.saved == 1 else f"saver {self.saved} on"
 
     def training_step(self, step: int, loss_scale: float) -> StepOutput:
         out = super().training_step(step, loss_scale)
         self.torch_draws.append(float(torch.rand(())))  # the global generator is restored too
-        if step in self.oom_at and (not self.saving or self.oom_after_saving or step in self.always_at):
+        if step in self.oom_at and (
+            self.saved < self.needs or self.oom_after_saving or step in self.always_at
+        ):
             fit = out.losses["fit"]
 
             class Boom(torch.autograd.Function):
@@ -397,7 +401,7 @@ def test_out_of_memory_step_runs_again_with_the_savers_and_gives_the_same_run(tm
         r = Trainer(_settings(9)).run(
             oom, _opt(oom), checkpoint_dir=tmp_path / "b", log_path=tmp_path / "b.jsonl"
         )
-    assert r.steps == 9 and r.metrics["memory_saving"] == {"step": 4, "change": "savers on"}
+    assert r.steps == 9 and r.metrics["memory_saving"] == {"step": 4, "change": "savers on", "retries": 1}
     assert "step 4 ran out of GPU memory" in caplog.text and "savers on" in caplog.text
     assert oom.seen == [1, 2, 3, 4, 4, 5, 6, 7, 8, 9]  # step 4 twice; step 7 fits with the savers on
     assert oom.torch_draws[3] == oom.torch_draws[4]  # the retry drew the same global random numbers
@@ -405,6 +409,20 @@ def test_out_of_memory_step_runs_again_with_the_savers_and_gives_the_same_run(tm
         assert torch.equal(v, oom.model.state_dict()[k]), k  # the same run as without the failure
     a, b = _log(tmp_path / "a.jsonl"), _log(tmp_path / "b.jsonl")
     assert [x["loss"] for x in a] == [x["loss"] for x in b]
+
+
+def test_out_of_memory_again_turns_on_the_next_saver_until_the_step_fits(tmp_path):
+    plain = Toy()
+    torch.manual_seed(0)
+    Trainer(_settings(6)).run(plain, _opt(plain), checkpoint_dir=tmp_path / "a")
+    oom = OomToy({3, 5}, savers=5, needs=3)  # step 3 fits with the third saver on
+    torch.manual_seed(0)
+    r = Trainer(_settings(6)).run(oom, _opt(oom), checkpoint_dir=tmp_path / "b")
+    assert oom.seen == [1, 2, 3, 3, 3, 3, 4, 5, 6] and oom.savers == 2
+    assert r.metrics["memory_saving"] == {"step": 3, "change": "saver 3 on", "retries": 3}
+    assert len(set(oom.torch_draws[2:6])) == 1  # every retry drew the same random numbers
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, oom.model.state_dict()[k]), k
 
 
 def test_out_of_memory_again_or_with_nothing_to_save_stops_the_stage(tmp_path):

@@ -39,8 +39,8 @@ def low_vram() -> dict[str, Any]:
     256² (the VAE recompute in backward one 256² frame at a time, larger images block by block: the same
     gradients, slower), ``run.offload_priors`` zero123 (Zero123's UNet, used only on clips that start
     at t = 0, stays in host memory and is copied in for each call: 1.6 GiB less, the same outputs) and
-    ``raymarch.checkpoint_field`` 2^22 (a training render of more than 4.2 M samples re-runs its field
-    evaluations in backward: about 280 bytes less per sample as the scene fills in, the same gradients).
+    ``raymarch.checkpoint_field`` 2^22 (a training render keeps its field activations for 4.2 M samples
+    and re-runs the others' in backward: about 280 bytes less per sample beyond, the same gradients).
     """
     return {
         "run": {"vae_checkpoint_pixels": 256 * 256, "offload_priors": "zero123"},

@@ -235,10 +235,10 @@ class RaymarchConfig:
     )
     checkpoint_field: int = opt(
         0,
-        "Training renders with more samples than this keep no activations of the field's own evaluations "
-        "(grid + MLP) either and recompute them in backward, in pieces of `chunk` (or 2^18) samples: the "
-        "same gradients, bounded memory as the scene fills in, one more field forward per step (0 = never; "
-        "BENCHMARKS.md §8.8).",
+        "Training renders keep the activations of the field's own evaluations (grid + MLP) for at most this "
+        "many samples; the samples beyond it are recomputed in backward, in pieces of `chunk` (or 2^18): the "
+        "same gradients, memory bounded as the scene fills in, a second field forward for the excess only "
+        "(0 = keep all; BENCHMARKS.md §8.8-8.9).",
         min=0,
         nohash=True,
     )

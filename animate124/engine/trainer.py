@@ -13,11 +13,12 @@ inf gradient is normal (the scaler skips the step and lowers its scale), so only
 steps stops the stage. The last good checkpoint is never overwritten by a diverged state.
 
 Out of GPU memory in a step's forward or backward: if the system has ``save_memory()`` (the NeRF stages:
-it turns on the same-result memory savers that are off, ``raymarch.checkpoint_field`` for every render),
-the trainer frees what the failed step held, restores the random generators to where the step started and
-runs the step again, once; the rest of the stage keeps the savers on (``metrics.memory_saving``). The
-retried step draws the same random numbers, so it is the step the plain path would have taken had it fit.
-A second failure, or a system with nothing left to turn on, stops the stage as before.
+it turns on its next same-result memory saver, ``raymarch.checkpoint_field`` sized to the renders, see
+``RaySettings.saving_memory``), the trainer frees what the failed step held, restores the random generators
+to where the step started and runs the step again; the rest of the stage keeps the saver on
+(``metrics.memory_saving``: the last step, its change and how many retries). Each further failure turns on the
+next saver. The retried step draws the same random numbers, so it is the step the plain path would have taken
+had it fit. A system with nothing left to turn on stops the stage as before.
 """
 
 from __future__ import annotations
@@ -197,33 +198,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _forward_backward(self, system: Any, optimizer: torch.optim.Optimizer, step: int) -> Any:
-        """The step's forward under autocast and the backward of its loss; out of GPU memory, once per stage,
-        the step again with the system's memory savers on (module docstring)."""
-        retry = self.memory_saving is None and callable(getattr(system, "save_memory", None))
-        states = _rng_states(system) if retry else None
-        change = None
-        try:
-            return self._forward_backward_once(system, optimizer, step)
-        except Exception as exc:
-            if states is None or not is_cuda_oom(exc):
-                raise
-            change = system.save_memory()
-            if change is None:
-                raise
-            detail = str(exc).splitlines()[0] if str(exc) else "out of memory"
-        # outside the except block: the failed step's tensors are no longer held by the traceback
-        optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        _restore_rng(system, states)
-        self.memory_saving = {"step": step, "change": change}
-        log.warning(
-            "%s: step %d ran out of GPU memory (%s); running it again with %s (the same result, slower) "
-            "for the rest of the stage",
-            self.s.label, step, detail, change,
-        )  # fmt: skip
-        return self._forward_backward_once(system, optimizer, step)
+        """The step's forward under autocast and the backward of its loss; out of GPU memory, the step again
+        with the system's next memory saver on, until it fits or nothing is left to save (module docstring)."""
+        saver = getattr(system, "save_memory", None)
+        states = _rng_states(system) if callable(saver) else None
+        while True:
+            try:
+                return self._forward_backward_once(system, optimizer, step)
+            except Exception as exc:
+                if states is None or not is_cuda_oom(exc):
+                    raise
+                change = saver()
+                if change is None:
+                    raise
+                detail = str(exc).splitlines()[0] if str(exc) else "out of memory"
+            # outside the except block: the failed step's tensors are no longer held by the traceback
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            _restore_rng(system, states)
+            retries = 1 + (self.memory_saving or {}).get("retries", 0)
+            self.memory_saving = {"step": step, "change": change, "retries": retries}
+            log.warning(
+                "%s: step %d ran out of GPU memory (%s); running it again with %s (the same result, slower) "
+                "for the rest of the stage",
+                self.s.label, step, detail, change,
+            )  # fmt: skip
 
     def _forward_backward_once(self, system: Any, optimizer: torch.optim.Optimizer, step: int) -> Any:
         with torch.autocast(

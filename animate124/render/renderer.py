@@ -93,6 +93,10 @@ def _runs_kw(runs: TimeRuns | None, start: int | None = None, stop: int | None =
 CHECKPOINT_SEGMENT = 2**18
 
 
+def _sliced(runs: TimeRuns | None, start: int, stop: int) -> TimeRuns | None:
+    return None if runs is None else runs.slice(start, stop)
+
+
 def _pieces(
     fn: Callable[..., Any], x: Tensor, t: Tensor | None, chunk: int | None, runs: TimeRuns | None,
     checkpoint: bool, pieces_without_grad: bool,
@@ -123,16 +127,23 @@ def _eval_field(
     t: Tensor | None,
     chunk: int | None,
     runs: TimeRuns | None = None,
-    checkpoint: bool = False,
+    keep: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """σ and albedo of the samples, ``chunk`` at a time; with ``checkpoint`` the grid and MLP activations are
-    re-run in backward instead of kept (:func:`_pieces`; ``raymarch.checkpoint_field``)."""
+    """σ and albedo of the samples, ``chunk`` at a time. ``keep`` > 0 (``raymarch.checkpoint_field``): under
+    grad, the grid and MLP activations of the first ``keep`` samples are kept for backward as usual and those
+    of the rest are re-run in backward instead (:func:`_pieces`): the same values and gradients, at most
+    ``keep`` samples' activations held, and the recompute costs only the samples beyond ``keep``."""
 
     def one(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> tuple[Tensor, Tensor]:
         out = field(xi, ti, **kw)
         return out.sigma.float(), out.albedo.float()
 
-    parts = _pieces(one, x, t, chunk, runs, checkpoint, pieces_without_grad=False)
+    n = x.shape[0]
+    split = 0 < keep < n and torch.is_grad_enabled()
+    spans = [(0, keep, False), (keep, n, True)] if split else [(0, n, False)]
+    parts = []  # the first ``keep`` samples as they are, the rest re-run in backward
+    for a, b, ck in spans:
+        parts += _pieces(one, x[a:b], None if t is None else t[a:b], chunk, _sliced(runs, a, b), ck, False)
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -195,8 +206,10 @@ def render_rays(
     ``ray_runs``: the rays' ``times`` as host-side runs (:class:`~animate124.scene.timeruns.TimeRuns` over
     rays); the samples' runs are then counted once here and passed to fields that accept them, so the 4D
     encoder never reads times back from the device (same values). ``checkpoint_field``: with more samples
-    than this (0 = never), the field's own evaluations are recomputed in backward too (:func:`_eval_field`),
-    so a training render keeps no grid or MLP activations as the scene fills in (same result)."""
+    than this (0 = never), the field's own evaluations beyond the first ``checkpoint_field`` samples are
+    recomputed in backward too (:func:`_eval_field`),
+    so a training render keeps the grid and MLP activations of at most that many samples as the scene fills
+    in; those beyond it are recomputed in backward (same result; the cost grows only with the excess)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -223,8 +236,7 @@ def render_rays(
     if ray_runs is not None and ts is not None and m > 0 and getattr(field, "accepts_time_runs", False):
         runs = ray_runs.recount(idx)  # one device read: samples per run
     if m > 0:
-        ck_field = 0 < checkpoint_field < m
-        sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs, ck_field)
+        sigma, albedo = _eval_field(field, pk.positions, ts, chunk, runs, checkpoint_field)
     else:
         sigma = origins.new_zeros(0)
         albedo = origins.new_zeros(0, 3)

@@ -20,20 +20,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from animate124 import losses as L
-from animate124.engine.schedules import (
-    EntropyRamp,
-    Every,
-    LevelMaskSchedule,
-    ReferenceSchedule,
-    ShadingSchedule,
-    StepClock,
-)
 from animate124.engine.timing import Timers
 from animate124.engine.trainer import StepOutput
 from animate124.guidance.interface import Guidance, Views
@@ -42,6 +33,13 @@ from animate124.render.renderer import RenderOutput, render
 from animate124.render.sampling import sample_frame_times, sample_training_camera, sample_trajectory
 from animate124.scene.fields import RadianceField
 from animate124.scene.occupancy import OccupancyGrid
+from animate124.stages.settings import (
+    CameraSettings,
+    ClipSettings,
+    LossWeights,
+    RaySettings,
+    Schedules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,92 +54,6 @@ __all__ = [
     "StaticSystem",
     "DynamicSystem",
 ]
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    """Marching and compositing (config ``raymarch``)."""
-
-    max_steps: int
-    min_near: float
-    transmittance_thresh: float
-    normal_eps: float
-    delta_mode: str
-    chunk: int | None
-    checkpoint_normals: bool
-    live_normals: bool
-    checkpoint_field: int = 0
-
-
-@dataclass(frozen=True)
-class CameraSettings:
-    """Training cameras and the reference view (config ``camera`` + the stage's render sizes)."""
-
-    radius: float
-    fovy: float
-    uniform_sphere_rate: float
-    polar_range: tuple[float, float]
-    azimuth_range: tuple[float, float]
-    upstream_sphere_sampling: bool
-    reference_noise: float
-    render_size: int
-    ref_size: int
-    light_noise: float
-    random_background: bool
-
-    def sampler_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments the training-camera samplers (``render/sampling.py``) share."""
-        return dict(
-            radius=self.radius,
-            fovy=self.fovy,
-            height=self.render_size,
-            width=self.render_size,
-            uniform_sphere_rate=self.uniform_sphere_rate,
-            theta_range=self.polar_range,
-            phi_range=self.azimuth_range,
-            fix_upstream=not self.upstream_sphere_sampling,
-        )
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """4D clips (config ``dynamic`` + ``camera``): SPEC 5.1 frame times and SPEC 3.3 trajectories."""
-
-    frames: int
-    time_precision: int
-    zero_rate: float
-    dynamic_cam_rate: float
-    max_dpolar: float
-    max_dazimuth: float
-    clamp_polar: bool
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the reconstruction losses and regularisers (config ``loss``)."""
-
-    rgb: float
-    mask: float
-    depth: float
-    entropy: float
-    orientation: float
-    normal_tv: float
-    normal_blur: float
-    time_tv: float
-    time_tv_points: int
-    time_tv_mode: str
-
-
-@dataclass(frozen=True)
-class Schedules:
-    """The stage's schedules over upstream's global step (``engine/schedules.py``)."""
-
-    clock: StepClock
-    reference: ReferenceSchedule
-    entropy: EntropyRamp
-    shading: ShadingSchedule
-    level_mask: LevelMaskSchedule | None
-    occupancy: Every
 
 
 @dataclass
@@ -213,6 +125,7 @@ class NerfSystem:
         self.occupancy = occupancy
         self.reference = reference.to(device)
         self.rays = rays
+        self.max_samples = 0  # the largest training render so far (samples)
         self.camera = camera
         self.weights = weights
         self.schedules = schedules
@@ -259,12 +172,18 @@ class NerfSystem:
         pass
 
     def save_memory(self) -> str | None:
-        """After a step ran out of GPU memory: the same-result savers that are off, on (the trainer runs the
-        step again); None when they are all on already."""
-        if self.rays.checkpoint_field == 1 and self.rays.checkpoint_normals:
+        """After a step ran out of GPU memory: the next same-result saver (:meth:`RaySettings.saving_memory`,
+        sized by the largest training render so far), on for the rest of the stage (the trainer runs the
+        step again); None when everything is saved already."""
+        rays = self.rays.saving_memory(self.max_samples)
+        if rays is None:
             return None
-        self.rays = dataclasses.replace(self.rays, checkpoint_field=1, checkpoint_normals=True)
-        return "raymarch.checkpoint_field=1 raymarch.checkpoint_normals=true"
+        old, self.rays = self.rays, rays
+        return " ".join(
+            f"raymarch.{f.name}={getattr(rays, f.name)}".lower()
+            for f in dataclasses.fields(rays)
+            if getattr(rays, f.name) != getattr(old, f.name)
+        )
 
     def _density(self, x: Tensor, t: Tensor | None) -> Tensor:
         return self.field.density(x, t)
@@ -286,7 +205,7 @@ class NerfSystem:
         frames: Sequence[int] | None = None,
     ) -> RenderOutput:
         r = self.rays
-        return render(
+        out = render(
             field, cameras, times, shading=shading, ambient=ambient, light_dir=light_dir, bg_color=bg_color,
             occupancy=occupancy, perturb=True, generator=generator, ray_noise_scale=ray_noise, frames=frames,
             compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
@@ -294,6 +213,8 @@ class NerfSystem:
             checkpoint_normals=r.checkpoint_normals, live_normals=r.live_normals,
             checkpoint_field=r.checkpoint_field,
         )  # fmt: skip
+        self.max_samples = max(self.max_samples, out.num_samples)  # sizes the out-of-memory retry's saver
+        return out
 
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
         """Per-camera light ``l_f = normalize(origin_f + n)``, one noise vector n per clip (SPEC 3.1)."""
@@ -561,7 +482,8 @@ class DynamicSystem(NerfSystem):
         """Video SDS, Zero123 on frame 0 of a clip that starts at t = 0, and the regularisers."""
         from_zero = clip.from_zero
         terms: dict[str, Tensor] = {}
-        diag: dict[str, float] = {"from_zero": float(from_zero), "static_camera": float(clip.static_camera)}
+        diag = {"from_zero": float(from_zero), "static_camera": float(clip.static_camera)}
+        diag["samples"] = float(out.num_samples)  # how full the scene is: the render's cost and memory
         with self.timers("video"):
             g = self.video(out.rgb, views, step=gs, generator=self.generator)
         terms.update(g.losses)

@@ -1,0 +1,31 @@
+"""``RaySettings.saving_memory``: the out-of-memory retry's sequence of same-result savers."""
+
+from animate124.stages.settings import MIN_KEPT_SAMPLES, RaySettings
+
+
+def _rays(**kw) -> RaySettings:
+    base = dict(max_steps=1024, min_near=0.2, transmittance_thresh=1e-4, normal_eps=0.01, delta_mode="metric")
+    return RaySettings(
+        **base, chunk=None, checkpoint_normals=kw.pop("normals", True), live_normals=True, **kw
+    )
+
+
+def test_savers_go_normals_first_then_halve_the_kept_samples_down_to_none():
+    r = _rays(normals=False)
+    seq = []
+    while (r := r.saving_memory(10_000_000)) is not None:
+        seq.append((r.checkpoint_normals, r.checkpoint_field))
+    assert seq[0] == (True, 0)  # the normals' recompute first (its saving is the largest)
+    kept = [k for _, k in seq[1:]]
+    assert kept[:3] == [5_000_000, 2_500_000, 1_250_000]
+    assert all(b == a // 2 for a, b in zip(kept[:-2], kept[1:-1], strict=True))
+    assert kept[-2] >= MIN_KEPT_SAMPLES and kept[-1] == 1  # then every sample recomputed, then nothing left
+
+
+def test_the_bound_starts_below_the_renders_and_unknown_sizes_recompute_everything():
+    # a configured bound above the largest render so far halves the render's size, not the bound
+    assert _rays(checkpoint_field=2**30).saving_memory(4_000_000).checkpoint_field == 2_000_000
+    assert _rays(checkpoint_field=3_000_000).saving_memory(40_000_000).checkpoint_field == 1_500_000
+    assert _rays().saving_memory(0).checkpoint_field == 1  # no render yet: no size to halve
+    assert _rays().saving_memory(100_000).checkpoint_field == 1  # half is below MIN_KEPT_SAMPLES
+    assert _rays(checkpoint_field=1).saving_memory(10**7) is None
