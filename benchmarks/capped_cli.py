@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "--gib":
         raise SystemExit("usage: python benchmarks/capped_cli.py --gib GIB <animate124 arguments>")
-    print(cap(float(args[1])), file=sys.stderr, flush=True)
+    # first: importing the CLI sets its CUDA allocator options (expandable segments), which torch reads once,
+    # when the cap below starts the allocator
     from animate124.cli.app import app
+
+    print(cap(float(args[1])), file=sys.stderr, flush=True)
 
     app(args=args[2:], prog_name="animate124")
 

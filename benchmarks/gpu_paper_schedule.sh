@@ -26,6 +26,7 @@ MODELS="$MODEL_SETS"
 SETS="$MODELS --set invert.steps=$(steps 3000) --set static.iters=$(steps 5000) --set dynamic.iters=$(steps 10000)
       --set refine.iters=$(steps 5000)"
 CMD="animate124 run-all examples/toy.png 'a panda is dancing' --until refine $SETS"
+[ -n "${CAP_GIB:-}" ] && CMD="python benchmarks/capped_cli.py --gib $CAP_GIB ${CMD#animate124 }"
 if [ ! -f $W/sched-lv/.done ] && [ "$(left)" -gt 200 ]; then
   echo "[low-vram] every stage, 12 steps"
   (cd $W/sched-lv && timeout -s INT $(( $(left) - 30 )) $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" \
@@ -43,7 +44,7 @@ for s in invert static dynamic refine; do cp $P/logs/$s.jsonl "$OUT/log_$s.jsonl
 if [ $rc -eq 0 ]; then
   CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   python3 benchmarks/paper_schedule.py --project $P --card "$CARD" --low-vram $W/sched-lv/runs/toy \
-    --command "$CMD" --out "$OUT/paper_schedule.json" && echo "paper_schedule.json written"
+    --command "$CMD" ${CAP_GIB:+--cap-gib $CAP_GIB} --out "$OUT/paper_schedule.json" && echo "paper_schedule.json written"
 else
   echo "stopped (exit $rc): run the same command again while the machine is warm to resume"
 fi

@@ -120,6 +120,17 @@ def rate_windows(records: list[dict[str, Any]], n: int = 8) -> list[list[float]]
     return out
 
 
+def samples_windows(records: list[dict[str, Any]], n: int = 8) -> list[list[float]]:
+    """``[first step, last step, mean samples]`` of the guidance renders (the logged ``samples``) over ``n``
+    windows: how full the scene is, which sets the render's time and memory; empty when not logged."""
+    rows = [r for r in records if "samples" in r]
+    per = max(1, -(-len(rows) // n))
+    return [
+        [int(w[0]["step"]), int(w[-1]["step"]), round(sum(r["samples"] for r in w) / len(w))]
+        for w in (rows[i : i + per] for i in range(0, len(rows), per))
+    ]
+
+
 def _read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -146,6 +157,8 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
         "rate_windows": rate_windows(every),
         "peak_allocated_gib": metrics.get("peak_allocated_gib"),
         "peak_reserved_gib": metrics.get("peak_reserved_gib"),
+        "memory_saving": metrics.get("memory_saving"),
+        "samples_windows": samples_windows(every),
         "seconds_last_invocation": round(seconds, 2),
         "overhead_s": round(overhead, 2),
         "invocations": f"resumed from step {resumed}" if resumed else "one",
@@ -184,11 +197,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--card", required=True)
     p.add_argument("--low-vram", type=Path, default=None, help="a project trained with --preset low-vram")
     p.add_argument("--command", default="", help="the command that made the run (recorded)")
+    p.add_argument("--cap-gib", type=float, default=None, help="the allocator cap the run had (recorded)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_schedule.json")
     args = p.parse_args(argv)
     rec = schedule(args.project, args.card, args.low_vram)
     if args.command:
         rec["command"] = " ".join(args.command.split())
+    if args.cap_gib:
+        rec["allocator_cap_gib"] = args.cap_gib  # benchmarks/capped_cli.py: the card it emulates
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rec, indent=1) + "\n")
     for s, v in rec["stages"].items():

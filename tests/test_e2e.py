@@ -280,4 +280,8 @@ def test_the_acceptance_record_reads_a_real_run(first_run, project, tmp_path):
     assert set(rec["stages"]) == {"invert", "static", "dynamic", "refine"}
     for v in rec["stages"].values():
         assert v["it_s"] > 0 and v["steps_run"] >= 2 and v["peak_allocated_gib"] is None  # no CUDA here
+    for s in ("dynamic", "refine"):  # the clips' sample counts, logged by the 4D stages
+        assert rec["stages"][s]["samples_windows"] and all(
+            w[2] > 0 for w in rec["stages"][s]["samples_windows"]
+        )
     assert rec["projected_total_min"] > 0
