@@ -12,7 +12,9 @@ Variants (cumulative): ``base`` (every sample's normal, the per-slice time TV: t
 BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
 ``fused_tv`` (+ the one-node time TV: the defaults now), ``seg20`` (+ normals' checkpoint segments of
 2^20 samples instead of 2^18: ``raymarch.chunk``), ``ckfield`` (``fused_tv`` + the field's own evaluations
-recomputed in backward: ``raymarch.checkpoint_field``).
+recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for the samples beyond the first
+2^22 only), ``keepnormals`` (``fused_tv`` with the normals' activations kept: ``raymarch.checkpoint_normals``
+false).
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
@@ -38,6 +40,8 @@ VARIANTS = {
     "fused_tv": dict(live=True, fused=True, chunk=0),
     "seg20": dict(live=True, fused=True, chunk=2**20),
     "ckfield": dict(live=True, fused=True, chunk=0, ckfield=1),
+    "ckhalf": dict(live=True, fused=True, chunk=0, ckfield=2**22),
+    "keepnormals": dict(live=True, fused=True, chunk=0, keep_normals=True),
 }
 
 
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
                 field, cams, times, shading="lambertian", ambient=0.5, light_dir=torch.tensor([0.0, 1.0, 0.0]),
                 bg_color=torch.rand(3, generator=gen), occupancy=occ, perturb=True, generator=gen,
                 compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
-                t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None, checkpoint_normals=True,
+                t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None,
+                checkpoint_normals=not v.get("keep_normals", False),
                 live_normals=v["live"], checkpoint_field=v.get("ckfield", 0),
             )  # fmt: skip
             loss = out.rgb.float().mean() + 1e-3 * L.entropy_loss(out.weights)

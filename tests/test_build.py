@@ -37,6 +37,7 @@ NOT_VARIED = {
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
     "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
     "run.offload_priors": "wraps the networks of the (recorder) priors; test_offload checks wiring and outputs",
+    "run.compile_priors": "compiles the networks of the (recorder) priors; test_guidance_compiled checks it",
     "run.vae_attention": "sets the attention processor of the priors' VAEs; test_guidance_attention checks it",
     "run.vae_fused_norm": "replaces the priors' VAE encoder norms; test_guidance_groupnorm checks wiring and outputs",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",

@@ -10,6 +10,7 @@ changes every field from its default and checks that each change arrives.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -26,6 +27,8 @@ from animate124.engine.schedules import (
 )
 from animate124.engine.trainer import TrainerSettings
 from animate124.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "precision_of",
@@ -320,9 +323,11 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
     and VAE decoder parked on the CPU when ``run.park_encoders``, its VAE encoder's attention blocked when
     ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm`` (all five:
-    the same function)."""
+    the same function); or its networks compiled when ``name`` is in ``run.compile_priors`` (the same up to
+    rounding, so off in paper)."""
     from animate124.guidance.attention import use_blocked_vae_attention
     from animate124.guidance.common import park_encoders
+    from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
     from animate124.guidance.groupnorm import use_fused_vae_norms
     from animate124.guidance.offload import offload_prior_networks, parse_offload
@@ -334,7 +339,17 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
     if name in parse_offload(cfg.run.offload_priors):
+        if name in parse_compile(cfg.run.compile_priors):
+            log.warning(
+                "run.compile_priors: %s is offloaded (run.offload_priors), so it runs uncompiled", name
+            )
         return offload_prior_networks(prior)  # its weights move every call: no graph
+    if name in parse_compile(cfg.run.compile_priors):
+        from animate124.engine.runtime import model_cache_dir
+
+        use_compile_cache(model_cache_dir(cfg))
+        compile_prior_networks(prior)  # compiled: no CUDA graph either
+        return prior
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
 
 
