@@ -198,11 +198,10 @@ def apply_options(guid, compile_: bool, channels_last: bool) -> None:
             m = getattr(guid, name, None)
             if m is not None and not type(m).__name__.startswith("UNet3D"):
                 m.to(memory_format=torch.channels_last)
-    if compile_:
-        for name in ("unet", "controlnet"):
-            m = getattr(guid, name, None)
-            if m is not None:
-                setattr(guid, name, torch.compile(m))
+    if compile_:  # as the stages do with run.compile_priors
+        from animate124.guidance.compiled import compile_prior_networks
+
+        compile_prior_networks(guid)
 
 
 def profile_calls(call, path: Path, cuda: bool, n: int = 3) -> None:

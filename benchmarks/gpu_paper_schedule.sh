@@ -4,7 +4,8 @@
 # (benchmarks/paper_schedule.py). At the 2026-11-30 rates the paper part needs about 23 GPU minutes, more than
 # one device call: the run is stopped with SIGINT before LIMIT seconds (the trainer writes a checkpoint) and
 # the same command in the next call resumes it, as long as the machine is still warm (the projects live in
-# /tmp/a124). Run it again until it prints "paper_schedule.json written".
+# /tmp/a124). Run it again until it prints "paper_schedule.json written". The machine stays warm only about 30 s
+# after a call: make the next call yourself, at once (a helper that relays the calls lost the warm machine once).
 # Usage (repository root, on the CUDA machine): LIMIT=540 bash benchmarks/gpu_paper_schedule.sh OUTDIR
 # PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre). CAP_GIB=24 runs every stage on
 # the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py).
@@ -34,6 +35,7 @@ if [ ! -f $W/sched-lv/.done ] && [ "$(left)" -gt 200 ]; then
      --set refine.iters=12 -q > "$OUT/lowvram.log" 2>&1) && touch $W/sched-lv/.done
   tail -2 "$OUT/lowvram.log"
 fi
+cp $W/sched-lv/runs/toy/manifest.json "$OUT/lowvram_manifest.json" 2>/dev/null  # the low-vram peaks
 echo "[paper] $F of the paper steps; $(left) s left in this call"
 (cd $W/sched && timeout -s INT $(( $(left) - 20 )) $A124 run-all "$ROOT/examples/toy.png" "a panda is dancing" \
    --until refine $SETS -q > "$OUT/paper.log" 2>&1); rc=$?

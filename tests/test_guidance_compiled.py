@@ -35,6 +35,39 @@ def test_the_compile_cache_goes_to_the_model_cache_unless_set(tmp_path, monkeypa
     assert use_compile_cache(tmp_path / "models") == tmp_path / "mine"
 
 
+def test_a_failed_compile_falls_back_to_the_eager_call_for_good(monkeypatch, caplog) -> None:
+    from animate124.guidance import compiled as C
+
+    calls = []
+
+    def broken(module, dynamic=None):
+        def run(*a, **kw):
+            calls.append(1)
+            raise RuntimeError("no C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(C.torch, "compile", broken)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    call = C.CompiledCall(net)
+    x = torch.randn(2, 4)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(call(x), net(x)) and torch.equal(call(x), net(x))
+    assert calls == [1] and "no C++ compiler found" in caplog.text and "more" not in caplog.text
+    assert call.weight is net.weight and C.is_compiled(call) and not C.is_compiled(net)
+
+    def oom(module, dynamic=None):
+        def run(*a, **kw):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+        return run
+
+    monkeypatch.setattr(C.torch, "compile", oom)
+    with pytest.raises(torch.OutOfMemoryError):  # left to the trainer's retry, not swallowed
+        C.CompiledCall(net)(x)
+
+
 def _check_compiled(build, name: str, networks: int, rel: float) -> None:
     def compiled(prior):
         assert compile_prior_networks(prior) == networks

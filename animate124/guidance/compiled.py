@@ -18,7 +18,8 @@ and 2 for ControlNet + UNet on the H200 machine's 16 cores). Inductor's caches (
 go to ``<model cache>/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so later stages and later runs on
 the same machine load the compiled kernels instead of compiling again. A compiled network is not also
 replayed from our CUDA graphs (``run.cuda_graphs``): compiled, its launches are few enough that graphs
-measured no gain on ModelScope even before compiling.
+measured no gain on ModelScope even before compiling. If compiling fails (no C++ compiler or Triton, an
+operator Inductor cannot lower), the network warns once and runs eager (:class:`CompiledCall`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from animate124.guidance.graphs import NETWORK_ATTRS, eager_module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPILABLE", "parse_compile", "compile_prior_networks", "use_compile_cache", "is_compiled"]
+__all__ = [
+    "COMPILABLE",
+    "CompiledCall",
+    "parse_compile",
+    "compile_prior_networks",
+    "use_compile_cache",
+    "is_compiled",
+]
 
 #: priors whose networks may be compiled (``run.compile_priors`` names; ``all`` = every one)
 COMPILABLE = ("sd", "zero123", "video", "controlnet")
@@ -69,20 +77,58 @@ def use_compile_cache(cache_root: Path) -> Path:
     return path
 
 
+class CompiledCall:
+    """``module(*args, **kwargs)`` through ``torch.compile(module, dynamic=False)``; if compiling or the compiled
+    call fails (no C++ compiler or Triton, an operator Inductor cannot lower), a warning and the eager call,
+    for good. Out-of-memory errors propagate (the trainer's retry handles them). Attribute access goes to the
+    wrapped module, as with :class:`~animate124.guidance.graphs.GraphedCall`; ``eager`` is that module."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.__dict__["eager"] = module
+        self.__dict__["compiled"] = torch.compile(module, dynamic=False)
+        self.__dict__["failed"] = None  # the error that sent it back to eager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["eager"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            self.__dict__[name] = value
+        else:
+            setattr(self.eager, name, value)
+
+    def __repr__(self) -> str:
+        return f"CompiledCall({type(self.eager).__name__}, failed={self.failed is not None})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager call computes the same
+                self.failed = exc
+                log.warning(
+                    "run.compile_priors: compiling %s failed (%s: %s); it runs eager from now on",
+                    type(self.eager).__name__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                )  # fmt: skip
+        return self.eager(*args, **kwargs)
+
+
 def is_compiled(module: Any) -> bool:
-    """Whether ``module`` is a ``torch.compile`` wrapper."""
-    return hasattr(module, "_orig_mod")
+    """Whether ``module`` is wrapped for ``torch.compile`` (:class:`CompiledCall`)."""
+    return isinstance(module, CompiledCall)
 
 
 def compile_prior_networks(prior: Any) -> int:
-    """Wrap the prior's no-grad networks (``unet``, ``controlnet``) in ``torch.compile`` (static shapes);
+    """Wrap the prior's no-grad networks (``unet``, ``controlnet``) in :class:`CompiledCall` (static shapes);
     returns how many. A network replayed from CUDA graphs is unwrapped first; one compiled already is kept."""
     done = 0
     for name in NETWORK_ATTRS:
         net = getattr(prior, name, None)
         if net is None or is_compiled(net):
             continue
-        setattr(prior, name, torch.compile(eager_module(net), dynamic=False))
+        setattr(prior, name, CompiledCall(eager_module(net)))
         done += 1
     if done:
         log.info("%s: %d network(s) compiled on first call (cached under %s)", type(prior).__name__, done,

@@ -209,8 +209,10 @@ class GraphedCall:
 
 
 def eager_module(module: Any) -> Any:
-    """The plain module behind a :class:`GraphedCall` (or ``module`` itself)."""
-    return module.eager if isinstance(module, GraphedCall) else module
+    """The plain module behind a :class:`GraphedCall` or a ``CompiledCall`` (or ``module`` itself)."""
+    from animate124.guidance.compiled import CompiledCall
+
+    return module.eager if isinstance(module, (GraphedCall, CompiledCall)) else module
 
 
 def graph_prior_networks(prior: Any, enabled: bool = True) -> Any:
