@@ -8,7 +8,8 @@
 # after a call: make the next call yourself, at once (a helper that relays the calls lost the warm machine once).
 # Usage (repository root, on the CUDA machine): LIMIT=540 bash benchmarks/gpu_paper_schedule.sh OUTDIR
 # PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre). CAP_GIB=24 runs every stage on
-# the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py).
+# the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py). EXTRA_SETS='--set ...' adds
+# settings to the paper run (e.g. '--set run.compile_priors=video,controlnet').
 # Expects .device/wheels and .device/hf-configs (as gpu_stages.sh).
 set -uo pipefail
 FINAL="${1:-schedule-out}"
@@ -25,7 +26,7 @@ F="${FRACTION:-0.1}"
 steps() { python3 -c "import math; print(math.ceil($1 * $F))"; }
 MODELS="$MODEL_SETS"
 SETS="$MODELS --set invert.steps=$(steps 3000) --set static.iters=$(steps 5000) --set dynamic.iters=$(steps 10000)
-      --set refine.iters=$(steps 5000)"
+      --set refine.iters=$(steps 5000) ${EXTRA_SETS:-}"
 CMD="animate124 run-all examples/toy.png 'a panda is dancing' --until refine $SETS"
 [ -n "${CAP_GIB:-}" ] && CMD="python benchmarks/capped_cli.py --gib $CAP_GIB ${CMD#animate124 }"
 if [ ! -f $W/sched-lv/.done ] && [ "$(left)" -gt 200 ]; then

@@ -42,7 +42,7 @@ def doctor_report(store: Any) -> list[tuple[str, str, bool | None]]:
         except Exception:
             rows.append((pkg, "not installed", False))
     for opt, what in (
-        ("triton", "fast grid encoder"),
+        ("triton", "fast grid encoder, fused VAE norms, run.compile_priors on a GPU"),
         ("tinycudann", "optional grid encoder"),
         ("xformers", "optional attention"),
     ):

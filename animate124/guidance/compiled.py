@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from animate124.guidance.graphs import NETWORK_ATTRS, eager_module
+from animate124.guidance.graphs import NETWORK_ATTRS, NetworkWrapper, eager_module
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +77,16 @@ def use_compile_cache(cache_root: Path) -> Path:
     return path
 
 
-class CompiledCall:
+class CompiledCall(NetworkWrapper):
     """``module(*args, **kwargs)`` through ``torch.compile(module, dynamic=False)``; if compiling or the compiled
     call fails (no C++ compiler or Triton, an operator Inductor cannot lower), a warning and the eager call,
     for good. Out-of-memory errors propagate (the trainer's retry handles them). Attribute access goes to the
-    wrapped module, as with :class:`~animate124.guidance.graphs.GraphedCall`; ``eager`` is that module."""
+    wrapped module (:class:`~animate124.guidance.graphs.NetworkWrapper`); ``eager`` is that module."""
 
     def __init__(self, module: torch.nn.Module) -> None:
-        self.__dict__["eager"] = module
+        super().__init__(module)
         self.__dict__["compiled"] = torch.compile(module, dynamic=False)
         self.__dict__["failed"] = None  # the error that sent it back to eager
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["eager"], name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.__dict__:
-            self.__dict__[name] = value
-        else:
-            setattr(self.eager, name, value)
 
     def __repr__(self) -> str:
         return f"CompiledCall({type(self.eager).__name__}, failed={self.failed is not None})"

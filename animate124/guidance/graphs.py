@@ -37,7 +37,7 @@ from torch.utils import _pytree as pytree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GraphedCall", "graph_prior_networks", "eager_module"]
+__all__ = ["NetworkWrapper", "GraphedCall", "graph_prior_networks", "eager_module"]
 
 #: attributes of a prior that hold its no-grad networks
 NETWORK_ATTRS = ("unet", "controlnet")
@@ -89,19 +89,13 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
     return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
-class GraphedCall:
-    """``module(*args, **kwargs)`` replayed from a CUDA graph per input signature (module docstring).
+class NetworkWrapper:
+    """A call wrapper around a prior's network (``eager``) that forwards attribute access to it (``.config``,
+    ``.parameters()``, ``.dtype``...), so the priors use it where they used the module; its own state lives in
+    ``__dict__`` (set there by subclasses' ``__init__``)."""
 
-    Attribute access is forwarded to the wrapped module (``.config``, ``.parameters()``, ``.dtype``...),
-    so the priors use it where they used the module. ``eager`` is the wrapped module itself.
-    """
-
-    def __init__(self, module: torch.nn.Module, *, warmup: int = 2) -> None:
+    def __init__(self, module: torch.nn.Module) -> None:
         self.__dict__["eager"] = module
-        self.__dict__["warmup"] = int(warmup)
-        self.__dict__["_graphs"] = {}
-        self.__dict__["_failed"] = set()
-        self.__dict__["replays"] = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["eager"], name)
@@ -111,6 +105,18 @@ class GraphedCall:
             self.__dict__[name] = value
         else:
             setattr(self.eager, name, value)
+
+
+class GraphedCall(NetworkWrapper):
+    """``module(*args, **kwargs)`` replayed from a CUDA graph per input signature (module docstring).
+    ``eager`` is the wrapped module itself."""
+
+    def __init__(self, module: torch.nn.Module, *, warmup: int = 2) -> None:
+        super().__init__(module)
+        self.__dict__["warmup"] = int(warmup)
+        self.__dict__["_graphs"] = {}
+        self.__dict__["_failed"] = set()
+        self.__dict__["replays"] = 0
 
     def __repr__(self) -> str:
         return f"GraphedCall({type(self.eager).__name__}, graphs={len(self._graphs)})"
@@ -209,10 +215,8 @@ class GraphedCall:
 
 
 def eager_module(module: Any) -> Any:
-    """The plain module behind a :class:`GraphedCall` or a ``CompiledCall`` (or ``module`` itself)."""
-    from animate124.guidance.compiled import CompiledCall
-
-    return module.eager if isinstance(module, (GraphedCall, CompiledCall)) else module
+    """The plain module behind a :class:`NetworkWrapper` (a graphed or compiled call; or ``module`` itself)."""
+    return module.eager if isinstance(module, NetworkWrapper) else module
 
 
 def graph_prior_networks(prior: Any, enabled: bool = True) -> Any:
