@@ -49,20 +49,10 @@ COMPILABLE = ("sd", "zero123", "video", "controlnet")
 
 
 def parse_compile(value: str) -> tuple[str, ...]:
-    """``"video,controlnet"`` -> ("video", "controlnet"); ``"all"`` -> every prior; "" -> (); unknown names
-    are a ConfigError."""
-    from animate124.errors import ConfigError
+    """``run.compile_priors``: ``"video,controlnet"`` -> ("video", "controlnet"); ``"all"`` -> every prior."""
+    from animate124.guidance.offload import parse_prior_names
 
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    if names == ("all",):
-        return COMPILABLE
-    bad = [n for n in names if n not in COMPILABLE]
-    if bad:
-        raise ConfigError(
-            f"run.compile_priors: unknown prior(s) {', '.join(bad)}",
-            hint=f"use all, or names from {', '.join(COMPILABLE)}",
-        )
-    return names
+    return parse_prior_names(value, COMPILABLE, "run.compile_priors", all_word=True)
 
 
 def use_compile_cache(cache_root: Path) -> Path:

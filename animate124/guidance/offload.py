@@ -25,18 +25,28 @@ __all__ = ["OffloadedCall", "offload_prior_networks", "parse_offload", "OFFLOADA
 OFFLOADABLE = ("sd", "zero123", "video", "controlnet")
 
 
-def parse_offload(value: str) -> tuple[str, ...]:
-    """``"zero123,video"`` -> ("zero123", "video"); "" -> (); unknown names are a ConfigError."""
+def parse_prior_names(
+    value: str, allowed: tuple[str, ...], setting: str, all_word: bool = False
+) -> tuple[str, ...]:
+    """A comma-separated list of prior names (``"zero123, video"`` -> ("zero123", "video"); "" -> ()); with
+    ``all_word``, ``"all"`` is every allowed name. Unknown names are a ConfigError naming ``setting``."""
     from animate124.errors import ConfigError
 
     names = tuple(n.strip() for n in value.split(",") if n.strip())
-    bad = [n for n in names if n not in OFFLOADABLE]
+    if all_word and names == ("all",):
+        return allowed
+    bad = [n for n in names if n not in allowed]
     if bad:
         raise ConfigError(
-            f"run.offload_priors: unknown prior(s) {', '.join(bad)}",
-            hint=f"use names from {', '.join(OFFLOADABLE)}",
+            f"{setting}: unknown prior(s) {', '.join(bad)}",
+            hint=f"use {'all, or ' if all_word else ''}names from {', '.join(allowed)}",
         )
     return names
+
+
+def parse_offload(value: str) -> tuple[str, ...]:
+    """``run.offload_priors``: ``"zero123,video"`` -> ("zero123", "video"); "" -> ()."""
+    return parse_prior_names(value, OFFLOADABLE, "run.offload_priors")
 
 
 class OffloadedCall:
