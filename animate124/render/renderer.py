@@ -86,7 +86,7 @@ def _runs_kw(runs: TimeRuns | None, start: int | None = None, stop: int | None =
     """``runs=`` for a field call on points ``start:stop`` (nothing when there are no runs)."""
     if runs is None:
         return {}
-    return {"runs": runs if start is None else runs.slice(start, stop)}
+    return {"runs": runs if start is None else _sliced(runs, start, stop)}
 
 
 #: samples per activation-checkpoint segment when ``chunk`` is not set
@@ -139,11 +139,17 @@ def _eval_field(
         return out.sigma.float(), out.albedo.float()
 
     n = x.shape[0]
-    split = 0 < keep < n and torch.is_grad_enabled()
-    spans = [(0, keep, False), (keep, n, True)] if split else [(0, n, False)]
-    parts = []  # the first ``keep`` samples as they are, the rest re-run in backward
-    for a, b, ck in spans:
-        parts += _pieces(one, x[a:b], None if t is None else t[a:b], chunk, _sliced(runs, a, b), ck, False)
+    if 0 < keep < n and torch.is_grad_enabled():  # the first ``keep`` samples as they are, the rest re-run
+        parts = [
+            *_pieces(
+                one, x[:keep], None if t is None else t[:keep], chunk, _sliced(runs, 0, keep), False, False
+            ),
+            *_pieces(
+                one, x[keep:], None if t is None else t[keep:], chunk, _sliced(runs, keep, n), True, False
+            ),
+        ]
+    else:
+        parts = _pieces(one, x, t, chunk, runs, checkpoint=False, pieces_without_grad=False)
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -207,9 +213,8 @@ def render_rays(
     rays); the samples' runs are then counted once here and passed to fields that accept them, so the 4D
     encoder never reads times back from the device (same values). ``checkpoint_field``: with more samples
     than this (0 = never), the field's own evaluations beyond the first ``checkpoint_field`` samples are
-    recomputed in backward too (:func:`_eval_field`),
-    so a training render keeps the grid and MLP activations of at most that many samples as the scene fills
-    in; those beyond it are recomputed in backward (same result; the cost grows only with the excess)."""
+    recomputed in backward too (:func:`_eval_field`), so a training render keeps the grid and MLP activations
+    of at most that many samples as the scene fills in (same result; the cost grows only with the excess)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device

@@ -27,6 +27,7 @@ from animate124.engine.schedules import (
 )
 from animate124.engine.trainer import TrainerSettings
 from animate124.errors import ConfigError
+from animate124.stages.settings import CameraSettings, ClipSettings, LossWeights, RaySettings, Schedules
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ def build_occupancy(cfg: Config, dynamic: bool, device: torch.device | str) -> A
 
 
 # ------------------------------------------------------------------------------------ settings
-def ray_settings(cfg: Config) -> Any:
-    from animate124.stages.system import RaySettings
-
+def ray_settings(cfg: Config) -> RaySettings:
     r = cfg.raymarch
     return RaySettings(
         max_steps=r.max_steps,
@@ -177,9 +176,7 @@ def ray_settings(cfg: Config) -> Any:
     )
 
 
-def camera_settings(cfg: Config, stage: str) -> Any:
-    from animate124.stages.system import CameraSettings
-
+def camera_settings(cfg: Config, stage: str) -> CameraSettings:
     c, sh = cfg.camera, cfg.shading
     st = cfg.static if stage == "static" else cfg.dynamic
     return CameraSettings(
@@ -197,9 +194,7 @@ def camera_settings(cfg: Config, stage: str) -> Any:
     )
 
 
-def clip_settings(cfg: Config) -> Any:
-    from animate124.stages.system import ClipSettings
-
+def clip_settings(cfg: Config) -> ClipSettings:
     d, c = cfg.dynamic, cfg.camera
     return ClipSettings(
         frames=d.frames,
@@ -212,9 +207,7 @@ def clip_settings(cfg: Config) -> Any:
     )
 
 
-def loss_weights(cfg: Config, stage: str) -> Any:
-    from animate124.stages.system import LossWeights
-
+def loss_weights(cfg: Config, stage: str) -> LossWeights:
     w = cfg.loss
     return LossWeights(
         rgb=w.rgb,
@@ -241,9 +234,7 @@ def stage_clock(cfg: Config, stage: str) -> StepClock:
     raise ConfigError(f"{stage!r} is not a training stage")
 
 
-def stage_schedules(cfg: Config, stage: str) -> Any:
-    from animate124.stages.system import Schedules
-
+def stage_schedules(cfg: Config, stage: str) -> Schedules:
     clock = stage_clock(cfg, stage)
     sh = cfg.shading
     if stage == "static":
@@ -338,13 +329,14 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
         use_blocked_vae_attention(getattr(prior, "vae", None))
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
+    compile_it = name in parse_compile(cfg.run.compile_priors)
     if name in parse_offload(cfg.run.offload_priors):
-        if name in parse_compile(cfg.run.compile_priors):
+        if compile_it:
             log.warning(
                 "run.compile_priors: %s is offloaded (run.offload_priors), so it runs uncompiled", name
             )
         return offload_prior_networks(prior)  # its weights move every call: no graph
-    if name in parse_compile(cfg.run.compile_priors):
+    if compile_it:
         from animate124.engine.runtime import model_cache_dir
 
         use_compile_cache(model_cache_dir(cfg))
