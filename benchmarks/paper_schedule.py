@@ -5,9 +5,10 @@ Reads a project that ``animate124 run-all`` trained (``manifest.json`` and ``log
     {"card": ..., "stages": {"invert"|"static"|"dynamic"|"refine": {"steps_run", "paper_steps", "it_s",
      "peak_allocated_gib", "peak_reserved_gib", ...}}, "projected_total_min": ..., "low_vram_peak_gib": ...}
 
-* ``it_s``: the steady rate, from the log's timestamps over the second half of the stage's last uninterrupted
-  stretch (a resumed stage logs on after a gap; the first steps of a stretch include compilation, CUDA-graph
-  recording and cache warm-up).
+* ``it_s``: the steady rate, from the log's timestamps over the stage's last steps: the second half of its last
+  uninterrupted stretch (a resumed stage logs on after a gap; the first steps of a stretch include compilation,
+  CUDA-graph recording and cache warm-up), widened back across earlier stretches (pauses left out) to at least a
+  quarter of the stage's logged steps, so a resume shortly before the end does not leave a rate of ten steps.
 * ``rate_windows``: ``[first step, last step, it/s]`` over about 8 windows of the log, the rate's trend.
 * ``it_s_whole_run``: steps per second over all the stage's logged stretches (its average; not used in the
   projection, which takes the rate at the end: a field that fills in makes later steps slower).
@@ -88,16 +89,29 @@ def whole_run_rate(records: list[dict[str, Any]]) -> float | None:
     return steps / secs if secs > 0 else None
 
 
-def steady_rate(records: list[dict[str, Any]]) -> tuple[float, int, int]:
-    """(steps per second, first step, last step) over the second half of the last stretch."""
-    recs = last_stretch(records)
-    if len(recs) < 2:
+def steady_rate(records: list[dict[str, Any]], resumed: int = 0) -> tuple[float, int, int]:
+    """(steps per second, first step, last step) over the stage's last ``max(half the last stretch, a quarter
+    of every logged step)`` steps, summing the record-to-record intervals of each stretch (:func:`stretches`,
+    also split at ``resumed``, the step a quick resume restarted from) so that no pause is counted."""
+    parts: list[list[dict]] = []
+    for st in stretches(records):
+        before = [r for r in st if r["step"] <= resumed]
+        parts += [p for p in (before, st[len(before) :]) if p]
+    if not parts or len(parts[-1]) < 2:
         raise ValueError("fewer than two timed log records in the last stretch: run more steps")
-    half = recs[(len(recs) - 1) // 2 :]
-    a, b = half[0], half[-1]
-    if b["time"] <= a["time"]:
+    last, end = parts[-1], parts[-1][-1]["step"]
+    width = max((end - last[0]["step"]) / 2, (end - parts[0][0]["step"]) / 4)
+    steps = secs = 0.0
+    first = end
+    for st in parts:
+        for a, b in zip(st, st[1:], strict=False):
+            if a["step"] >= end - width:
+                steps += b["step"] - a["step"]
+                secs += b["time"] - a["time"]
+                first = min(first, a["step"])
+    if secs <= 0:
         raise ValueError("log timestamps do not increase")
-    return (b["step"] - a["step"]) / (b["time"] - a["time"]), int(a["step"]), int(b["step"])
+    return steps / secs, int(first), int(end)
 
 
 def rate_windows(records: list[dict[str, Any]], n: int = 8) -> list[list[float]]:
@@ -139,10 +153,9 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
     metrics = record.get("metrics", {})
     resumed = int(metrics.get("resumed_from_step", 0) or 0)
     # a resumed stage's last invocation logged the steps after its checkpoint; the gap rule of
-    # last_stretch also finds a resume, but not one quicker than its pause limit
-    records = [r for r in _read_log(project / "logs" / f"{stage}.jsonl") if r.get("step", 0) > resumed]
-    it_s, first, last = steady_rate(records)
+    # stretches() also finds a resume, but not one quicker than its pause limit
     every = _read_log(project / "logs" / f"{stage}.jsonl")
+    it_s, first, last = steady_rate(every, resumed)
     whole = whole_run_rate(every)
     steps = int(metrics.get("steps", last))
     seconds = float(record.get("seconds") or 0.0)

@@ -54,6 +54,17 @@ def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
         ps.steady_rate(back[:1])
 
 
+def test_a_resume_just_before_the_end_widens_the_rate_back_across_the_pause() -> None:
+    """Stopped at step 980 and resumed for the last 20 steps (the 2026-11-30 capped run): the rate covers the
+    last quarter of the steps over both stretches, without the pause, instead of one 10-step interval."""
+    recs = [{"step": 10 * i, "time": 0.5 * i} for i in range(1, 99)]  # 20 it/s up to step 980
+    recs += [{"step": 990, "time": 600.0}, {"step": 1000, "time": 601.0}]  # after the resume: 10 it/s
+    rate, first, last = ps.steady_rate(recs)
+    assert (first, last) == (760, 1000)  # the intervals that start in the last 990 / 4 steps
+    # steps 760..980 in 11 s, then 990..1000 in 1 s; the pause 980 -> 990 is left out
+    assert rate == pytest.approx(230 / 12)
+
+
 def test_schedule_projects_the_paper_steps_with_each_stages_overhead(tmp_path) -> None:
     paper = ps.paper_steps()
     assert paper == {"invert": 3000, "static": 5000, "dynamic": 10000, "refine": 5000}
