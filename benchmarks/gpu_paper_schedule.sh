@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's acceptance run: FRACTION (default 0.1) of every stage's paper steps through the CLI with full-size
 # random-weight priors at paper settings, a low-vram run of every stage, then paper_schedule.json
-# (benchmarks/paper_schedule.py). At the 2026-11-30 rates the paper part needs about 23 GPU minutes, more than
-# one device call: the run is stopped with SIGINT before LIMIT seconds (the trainer writes a checkpoint) and
+# (benchmarks/paper_schedule.py). At the 2026-11-30 rates the whole run needs about 17 GPU minutes (capped at
+# 24 GB; two calls of 565 and 445 s), more than one device call: the run is stopped with SIGINT before LIMIT seconds (the trainer writes a checkpoint) and
 # the same command in the next call resumes it, as long as the machine is still warm (the projects live in
 # /tmp/a124). Run it again until it prints "paper_schedule.json written". The machine stays warm only about 30 s
 # after a call: make the next call yourself, at once (a helper that relays the calls lost the warm machine once).

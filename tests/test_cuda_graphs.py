@@ -19,7 +19,7 @@ from helpers_guidance import (
     still_views,
 )
 
-from animate124.guidance.graphs import GraphedCall, eager_module, graph_prior_networks
+from animate124.guidance.graphs import GraphedCall, eager_module, graph_prior_networks, release_graphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -266,3 +266,44 @@ def test_no_recording_under_a_profiler(store) -> None:
         assert not g._graphs and g.replays == 0
         g(x, t, encoder_hidden_states=e)
         assert len(g._graphs) == 1 and g.replays == 1
+
+
+class Scratch(torch.nn.Module):
+    """A network whose call holds a large intermediate (1 GiB of fp32), as the priors' UNets do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = self.lin(x).repeat(1024, 1024)  # [16 * 1024, 16 * 1024] fp32: 1 GiB
+        return big.sum(dim=0, keepdim=True)[:, :16] + x[:1]
+
+
+@pytest.mark.gpu
+@cuda
+def test_released_graphs_give_their_pool_back_to_the_allocator() -> None:
+    """The out-of-memory retry's first saver (``release_graphs``): after it the module runs eagerly, with the
+    same output, and the memory the graph's pool held is free again after ``empty_cache``."""
+    import gc
+    from types import SimpleNamespace
+
+    dev = torch.device("cuda")
+    net = Scratch().to(dev)
+    prior = SimpleNamespace(unet=GraphedCall(net))
+    x = torch.randn(16, 16, device=dev)
+    with torch.no_grad():
+        for _ in range(3):
+            replayed = prior.unet(x)
+    assert prior.unet.replays >= 1
+    gc.collect()
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved(dev)
+    freed = release_graphs([prior])
+    assert prior.unet is net
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert freed is None or freed >= 2**30  # the 1 GiB intermediate lives in the graph's pool
+    assert held - torch.cuda.memory_reserved(dev) >= 2**30
+    with torch.no_grad():
+        assert torch.equal(prior.unet(x), replayed)

@@ -29,3 +29,32 @@ def test_the_bound_starts_below_the_renders_and_unknown_sizes_recompute_everythi
     assert _rays().saving_memory(0).checkpoint_field == 1  # no render yet: no size to halve
     assert _rays().saving_memory(100_000).checkpoint_field == 1  # half is below MIN_KEPT_SAMPLES
     assert _rays(checkpoint_field=1).saving_memory(10**7) is None
+
+
+def test_the_system_gives_back_its_priors_cuda_graphs_before_any_ray_saver(monkeypatch):
+    """``NerfSystem.save_memory``: first the priors' CUDA graphs (run eagerly from then on: the same
+    function), then the ray savers; a system whose priors hold no recorded graph goes straight to those."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from animate124.guidance import graphs
+    from animate124.guidance.graphs import GraphedCall
+    from animate124.stages.system import NerfSystem
+
+    unet = torch.nn.Linear(2, 2)
+    graphed = GraphedCall(unet)
+    graphed.__dict__["_graphs"]["signature"] = object()  # as if a call had been recorded on a GPU
+    prior = SimpleNamespace(unet=graphed, controlnet=GraphedCall(torch.nn.Linear(2, 2)))
+    system = SimpleNamespace(rays=_rays(), max_samples=4_000_000, guidance_priors=lambda: [prior])
+    monkeypatch.setattr(graphs, "_pool_bytes", lambda: 3 * 2**29)
+    assert NerfSystem.save_memory(system) == "run.cuda_graphs=false (their pool held 1.50 GiB)"
+    assert prior.unet is unet and isinstance(prior.controlnet, torch.nn.Linear)  # every wrapper unwrapped
+    assert system.rays == _rays()  # the renders are untouched by this saver
+    assert NerfSystem.save_memory(system) == "raymarch.checkpoint_field=2000000"
+    # a pool too small to be worth the eager calls' time is kept, and the ray saver comes at once
+    prior.unet = GraphedCall(unet)
+    prior.unet.__dict__["_graphs"]["signature"] = object()
+    monkeypatch.setattr(graphs, "_pool_bytes", lambda: 2**20)
+    assert NerfSystem.save_memory(system) == "raymarch.checkpoint_field=1000000"
+    assert isinstance(prior.unet, GraphedCall)

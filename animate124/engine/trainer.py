@@ -13,11 +13,11 @@ inf gradient is normal (the scaler skips the step and lowers its scale), so only
 steps stops the stage. The last good checkpoint is never overwritten by a diverged state.
 
 Out of GPU memory in a step's forward or backward: if the system has ``save_memory()`` (the NeRF stages:
-it turns on its next same-result memory saver, ``raymarch.checkpoint_field`` sized to the renders, see
-``RaySettings.saving_memory``), the trainer frees what the failed step held, restores the random generators
-to where the step started and runs the step again; the rest of the stage keeps the saver on
-(``metrics.memory_saving``: the last step, its change and how many retries). Each further failure turns on the
-next saver. The retried step draws the same random numbers, so it is the step the plain path would have taken
+it turns on its next same-result memory saver: the priors' CUDA graphs given back, then the normals'
+recompute, then ``raymarch.checkpoint_field`` sized to the renders; ``NerfSystem.save_memory``), the
+trainer frees what the failed step held, restores the random generators to where the step started and runs
+the step again; the rest of the stage keeps the saver on (``metrics.memory_saving``: the last step, its change
+and how many retries). Each further failure turns on the next saver. The retried step draws the same random numbers, so it is the step the plain path would have taken
 had it fit. A system with nothing left to turn on stops the stage as before.
 """
 

@@ -20,8 +20,13 @@ recorded on a later call), or a capture that failed once for that signature (log
 good). The recorded graph points at the module's parameters, so it is dropped when they move
 (``.to()``) and re-recorded on the next call. All graphs of a process share one memory pool; that is
 safe because each replay's outputs are cloned before any other graph runs, and graphs never run
-concurrently (one training loop); with a torch without ``torch.cuda.MemPool`` every graph gets its own pool. Config: ``run.cuda_graphs`` (on by default; off gives the eager
-calls).
+concurrently (one training loop); with a torch without ``torch.cuda.MemPool`` every graph gets its own pool.
+Config: ``run.cuda_graphs`` (on by default; off gives the eager calls).
+
+The pool is memory the graphs keep for their whole life (the networks' intermediate tensors; 1.36 GiB in
+refine at paper settings on an H200). A training step that runs out of GPU memory therefore first gives it
+back (:func:`release_graphs`, called by the NeRF systems' ``save_memory``): the priors run eagerly from then on,
+the same function, slower by the launches the graphs saved.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +43,7 @@ from torch.utils import _pytree as pytree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NetworkWrapper", "GraphedCall", "graph_prior_networks", "eager_module"]
+__all__ = ["NetworkWrapper", "GraphedCall", "graph_prior_networks", "eager_module", "release_graphs"]
 
 #: attributes of a prior that hold its no-grad networks
 NETWORK_ATTRS = ("unet", "controlnet")
@@ -233,3 +239,49 @@ def graph_prior_networks(prior: Any, enabled: bool = True) -> Any:
         on_cuda = any(p.device.type == "cuda" for p in plain.parameters())
         setattr(prior, name, GraphedCall(plain) if enabled and on_cuda else plain)
     return prior
+
+
+#: a graph pool smaller than this is not worth the eager calls' time (see :func:`release_graphs`)
+MIN_RELEASE_BYTES = 64 * 2**20
+
+
+def _pool_bytes() -> int | None:
+    """The bytes the process's graph pools hold on the GPU (their segments), or None when unknown."""
+    if not _POOLS:
+        return None
+    total = 0
+    for pool in _POOLS.values():
+        if pool is None or not hasattr(pool, "snapshot"):
+            return None
+        try:
+            segments = pool.snapshot(include_traces=False)
+        except Exception:  # noqa: BLE001 - an older torch: the size is unknown, not an error
+            return None
+        total += sum(int(seg.get("total_size", 0)) for seg in segments)
+    return total
+
+
+def release_graphs(priors: Iterable[Any], min_bytes: int = MIN_RELEASE_BYTES) -> int | None:
+    """After a training step ran out of GPU memory, if any :class:`GraphedCall` of ``priors`` holds recorded
+    graphs: every one is replaced by its eager module (the same function, from now on) and the process's graph
+    pool is dropped, so that the caching allocator can free its segments (the caller collects garbage and
+    empties the cache, as the trainer's retry does). Returns the bytes the pool held (None when this torch
+    cannot say), or 0 when nothing was released: no recorded graphs, or a pool smaller than ``min_bytes``
+    (not worth the slower calls). Graphs that other, unlisted priors still hold keep their memory until
+    those priors are freed."""
+    wrapped = [
+        (prior, name, net)
+        for prior in priors
+        for name in NETWORK_ATTRS
+        if isinstance(net := getattr(prior, name, None), GraphedCall)
+    ]
+    if not any(net.__dict__["_graphs"] for _, _, net in wrapped):
+        return 0
+    size = _pool_bytes()
+    if size is not None and size < min_bytes:
+        return 0
+    for prior, name, net in wrapped:
+        net.reset()
+        setattr(prior, name, net.eager)
+    _POOLS.clear()  # the MemPool objects: their segments go back to the allocator once no graph holds them
+    return size

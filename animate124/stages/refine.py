@@ -52,6 +52,9 @@ class RefineSystem(DynamicSystem):
         #: ``refine.frozen_frames``: "read" renders only the frames ControlNet reads, "all" the whole clip
         self.frozen_frames = frozen_frames
 
+    def guidance_priors(self) -> list[Guidance]:
+        return [*super().guidance_priors(), self.controlnet]
+
     def condition_frames(self, num_frames: int) -> list[int] | None:
         """The frames of a clip the frozen copy renders: those ControlNet reads (``frozen_frames="read"``,
         the same images; 2 of 16 at paper settings), or None for all of them."""

@@ -27,6 +27,7 @@ from torch import Tensor
 from animate124 import losses as L
 from animate124.engine.timing import Timers
 from animate124.engine.trainer import StepOutput
+from animate124.guidance.graphs import release_graphs
 from animate124.guidance.interface import Guidance, Views
 from animate124.render.cameras import Cameras, camera_from_spherical, reference_camera
 from animate124.render.renderer import RenderOutput, render
@@ -171,10 +172,19 @@ class NerfSystem:
     def after_step(self, step: int) -> None:
         pass
 
+    def guidance_priors(self) -> list[Guidance]:
+        """The priors this system calls (their CUDA graphs are the first memory :meth:`save_memory` frees)."""
+        return []
+
     def save_memory(self) -> str | None:
-        """After a step ran out of GPU memory: the next same-result saver (:meth:`RaySettings.saving_memory`,
-        sized by the largest training render so far), on for the rest of the stage (the trainer runs the
-        step again); None when everything is saved already."""
+        """After a step ran out of GPU memory: the next same-result saver, on for the rest of the stage (the
+        trainer runs the step again); None when everything is saved already. First the priors' CUDA graphs
+        and their memory pool (:func:`~animate124.guidance.graphs.release_graphs`: eager calls from then on),
+        then :meth:`RaySettings.saving_memory`, sized by the largest training render so far."""
+        freed = release_graphs(self.guidance_priors())
+        if freed != 0:
+            held = "" if freed is None else f" (their pool held {freed / 2**30:.2f} GiB)"
+            return f"run.cuda_graphs=false{held}"
         rays = self.rays.saving_memory(self.max_samples)
         if rays is None:
             return None
@@ -353,6 +363,9 @@ class StaticSystem(NerfSystem):
         self.legacy_sds_scaling = legacy_sds_scaling
         self.camera_sampler = camera_sampler or self.random_camera
 
+    def guidance_priors(self) -> list[Guidance]:
+        return list(self.priors.values())
+
     def random_camera(self, generator: torch.Generator) -> Cameras:
         """A random training camera (SPEC 3.3)."""
         return sample_training_camera(
@@ -410,6 +423,9 @@ class DynamicSystem(NerfSystem):
         self.zero123 = zero123
         self.clip = clip
         self.clip_sampler = clip_sampler or self.random_clip
+
+    def guidance_priors(self) -> list[Guidance]:
+        return [g for g in (self.video, self.zero123) if g is not None]
 
     def reference_times(self) -> Tensor | None:
         return torch.zeros(1, 1)  # on the host, as the clips' times
