@@ -4,8 +4,9 @@
 # (benchmarks/paper_schedule.py). At the 2026-11-30 rates the whole run needs about 17 GPU minutes (capped at
 # 24 GB: two calls of 565 and 445 s), more than one device call: the run is stopped with SIGINT before LIMIT
 # seconds (the trainer writes a checkpoint) and the same command in the next call resumes it, as long as the
-# machine is still warm (the projects live in /tmp/a124). Run it again until it prints "paper_schedule.json written". The machine stays warm only about 30 s
-# after a call: make the next call yourself, at once (a helper that relays the calls lost the warm machine once).
+# machine is still warm (the projects live in /tmp/a124). Run it again until it prints "paper_schedule.json
+# written". The machine stays warm only about 30 s after a call: make the next call yourself, at once (a helper
+# that relays the calls lost the warm machine once, and so did a late call after an API error).
 # Usage (repository root, on the CUDA machine): LIMIT=540 bash benchmarks/gpu_paper_schedule.sh OUTDIR
 # PRE_PARTS='gn' runs those gpu_probe.sh parts once first (into OUTDIR/pre). CAP_GIB=24 runs every stage on
 # the CUDA allocator capped at 24 GiB (a 24 GB card; benchmarks/capped_cli.py). EXTRA_SETS='--set ...' adds

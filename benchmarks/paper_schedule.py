@@ -71,13 +71,6 @@ def stretches(
     return [*out, recs[start:]]
 
 
-def last_stretch(
-    records: list[dict[str, Any]], gap_factor: float = 5.0, min_gap_s: float = 30.0
-) -> list[dict]:
-    """The records after the last interruption (:func:`stretches`)."""
-    return stretches(records, gap_factor, min_gap_s)[-1]
-
-
 def whole_run_rate(records: list[dict[str, Any]]) -> float | None:
     """Steps per second over every stretch of the log (pauses between stretches left out): the stage's
     average, where :func:`steady_rate` is its rate at the end."""

@@ -33,7 +33,7 @@ def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
     recs = [{"step": 10 * i, "time": float(i)} for i in range(1, 6)]
     recs += [{"step": 60, "time": 200.0}, {"step": 70, "time": 205.0}]
     recs += [{"step": 70 + 10 * i, "time": 205.0 + 2 * i} for i in range(1, 6)]
-    assert [r["step"] for r in ps.last_stretch(recs)][0] == 60
+    assert [r["step"] for r in ps.stretches(recs)[-1]][0] == 60
     rate, first, last = ps.steady_rate(recs)
     assert (first, last) == (90, 120) and rate == pytest.approx(5.0)
     # the average over both stretches: (50 - 10) steps in 4 s and (120 - 60) steps in 15 s
@@ -49,7 +49,7 @@ def test_steady_rate_uses_the_second_half_of_the_last_stretch() -> None:
         {"step": 10, "time": 2.0},
         {"step": 20, "time": 3.0},
     ]
-    assert ps.last_stretch(back) == back[2:]
+    assert ps.stretches(back)[-1] == back[2:]
     with pytest.raises(ValueError):
         ps.steady_rate(back[:1])
 

@@ -17,8 +17,9 @@ it turns on its next same-result memory saver: the priors' CUDA graphs given bac
 recompute, then ``raymarch.checkpoint_field`` sized to the renders; ``NerfSystem.save_memory``), the
 trainer frees what the failed step held, restores the random generators to where the step started and runs
 the step again; the rest of the stage keeps the saver on (``metrics.memory_saving``: the last step, its change
-and how many retries). Each further failure turns on the next saver. The retried step draws the same random numbers, so it is the step the plain path would have taken
-had it fit. A system with nothing left to turn on stops the stage as before.
+and how many retries). Each further failure turns on the next saver. The retried step draws the same random
+numbers, so it is the step the plain path would have taken had it fit. A system with nothing left to turn on
+stops the stage as before.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def release_graphs(priors: Iterable[Any], min_bytes: int = MIN_RELEASE_BYTES) ->
         for name in NETWORK_ATTRS
         if isinstance(net := getattr(prior, name, None), GraphedCall)
     ]
-    if not any(net.__dict__["_graphs"] for _, _, net in wrapped):
+    if not any(net._graphs for _, _, net in wrapped):
         return 0
     size = _pool_bytes()
     if size is not None and size < min_bytes:
