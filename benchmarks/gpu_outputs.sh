@@ -6,8 +6,9 @@
 # 24 GB card): render --orbit; render --views 4 --depth --normal; render --stills; export (every frame's mesh and
 # the animated glb); evaluate (full-size random-weight CLIP ViT-L/14); report. Each record holds seconds (the
 # whole command, model loading included), peak allocated / reserved GPU GiB and peak host GiB; they are gathered
-# into OUTDIR/r/outputs_gpu.json (benchmarks/outputs_gpu.py). The orbit video, the normal video of view 0 and the
-# glb come back beside results.tgz for looking at. Resumable like gpu_paper_schedule.sh: training stops with
+# into OUTDIR/r/outputs_gpu.json (benchmarks/outputs_gpu.py, which also loads the glb with trimesh). The orbit
+# video and the normal video of view 0 come back beside results.tgz for looking at (the glb is over the device
+# tool's 16 MB a file). Resumable like gpu_paper_schedule.sh: training stops with
 # SIGINT before LIMIT seconds, and the same command in the next call (machine still warm) goes on; an output
 # command already recorded is not run again.
 # Usage (repository root, on the CUDA machine): LIMIT=570 bash benchmarks/gpu_outputs.sh OUTDIR
@@ -53,5 +54,4 @@ python3 benchmarks/outputs_gpu.py --records $D/rec --project $P --card "$CARD" -
 find $P/renders $P/export -maxdepth 3 -type f -printf '%s %p\n' 2>/dev/null | sort -k2 > "$OUT/files.txt"
 cp $P/renders/refine/orbit.mp4 "$FINAL/" 2>/dev/null
 cp "$(ls $P/renders/refine/*normal*.mp4 2>/dev/null | head -1)" "$FINAL/normal.mp4" 2>/dev/null
-cp "$(ls $P/export/*.glb 2>/dev/null | head -1)" "$FINAL/" 2>/dev/null
 el "done"
