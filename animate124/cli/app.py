@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 
 from animate124 import __version__
 from animate124.cli import outputs, stages
-from animate124.cli.common import EXIT_CODES_HELP, examples
+from animate124.cli.common import EXIT_CODES_HELP, examples, flag
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
 from animate124.cli.models import models_app
@@ -89,7 +89,7 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
         ),
     ] = False,

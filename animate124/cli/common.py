@@ -46,6 +46,12 @@ EXIT_CODES_HELP = (
 )
 
 
+def flag(*decls: str, help: str, **kwargs: Any) -> Any:
+    """A boolean option shown as a flag: ``--orbit``, not ``--orbit <bool>`` (Typer prints the type of every
+    option unless its metavar is set, and a flag takes no value)."""
+    return typer.Option(*decls, help=help, metavar="", **kwargs)
+
+
 def examples(*lines: str) -> str:
     """A command's epilog: its examples, one per line."""
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
@@ -171,19 +177,19 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "force": (
-        Annotated[bool, typer.Option("--force", help="Run again even when up to date.")],
+        Annotated[bool, flag("--force", help="Run again even when up to date.")],
         False,
     ),
     "quiet": (
         Annotated[
-            bool, typer.Option("--quiet", "-q", help="No progress bars or details: only the final line.")
+            bool, flag("--quiet", "-q", help="No progress bars or details: only the final line.")
         ],
         False,
     ),
     "json_output": (
         Annotated[
             bool,
-            typer.Option(
+            flag(
                 "--json",
                 help="Print one JSON summary object on stdout (project, stages with status, skipped, "
                 "seconds and artifacts, exit_code) and nothing else; messages go to stderr.",
@@ -191,7 +197,18 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
-    "debug": (Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")], False),
+    "verbose": (
+        Annotated[
+            bool,
+            flag(
+                "--verbose",
+                "-v",
+                help="Also show the libraries' warnings (transformers, diffusers, torch) and more details.",
+            ),
+        ],
+        False,
+    ),
+    "debug": (Annotated[bool, flag("--debug", help="Show full tracebacks.")], False),
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
@@ -212,6 +229,7 @@ class Common:
     force: bool = False
     quiet: bool = False
     json_output: bool = False
+    verbose: bool = False
     debug: bool = False
 
 
@@ -450,7 +468,7 @@ def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
     CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
     """
-    chosen = (*names, "debug")
+    chosen = (*names, "verbose", "debug")
     unknown = [n for n in chosen if n not in COMMON_OPTIONS]
     if unknown:
         raise ValueError(f"unknown common options: {unknown}")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from animate124.cli.common import Common, Session, build_config, examples, guarded
+from animate124.cli.common import Common, Session, build_config, examples, flag, guarded
 from animate124.errors import ConfigError, DownloadError
 
 models_app = typer.Typer(
@@ -47,7 +47,7 @@ def store_for(s: Session, offline: bool = True, tiny: bool = False):
 )
 @guarded("cache_dir")
 def models_list(
-    s: Session, tiny: Annotated[bool, typer.Option(help="Show the tiny test cache.")] = False
+    s: Session, tiny: Annotated[bool, flag(help="Show the tiny test cache.")] = False
 ) -> None:
     """Every model role with its repo id, licence, whether it is cached and its size."""
     from rich.table import Table
@@ -84,7 +84,7 @@ def models_download(
     role: RoleArg,
     alternative: AltOpt = None,
     offline: Annotated[
-        bool, typer.Option("--offline", help="Fail at once instead of using the network.")
+        bool, flag("--offline", help="Fail at once instead of using the network.")
     ] = False,
 ) -> None:
     """Download a role's files (only the ones used) into the cache; resumable, verified afterwards.

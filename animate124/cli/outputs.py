@@ -23,6 +23,7 @@ from animate124.cli.common import (
     Session,
     SourceStageOpt,
     examples,
+    flag,
     guarded,
 )
 from animate124.errors import ConfigError
@@ -57,7 +58,7 @@ def render(
     project: ProjectOpt = None,
     stage: SourceStageOpt = None,
     orbit: Annotated[
-        bool, typer.Option("--orbit", help="The camera circles the object while the motion plays.")
+        bool, flag("--orbit", help="The camera circles the object while the motion plays.")
     ] = False,
     views: Annotated[
         int | None,
@@ -67,7 +68,7 @@ def render(
             show_default=False,
         ),
     ] = None,
-    stills: Annotated[bool, typer.Option("--stills", help="Also write every frame as PNG.")] = False,
+    stills: Annotated[bool, flag("--stills", help="Also write every frame as PNG.")] = False,
     time: Annotated[
         float | None,
         typer.Option(
@@ -77,14 +78,14 @@ def render(
         ),
     ] = None,
     depth: Annotated[
-        bool, typer.Option("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
+        bool, flag("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
     ] = False,
-    normal: Annotated[bool, typer.Option("--normal", help="Normal-map videos.")] = False,
-    opacity: Annotated[bool, typer.Option("--opacity", help="Opacity (alpha) videos.")] = False,
+    normal: Annotated[bool, flag("--normal", help="Normal-map videos.")] = False,
+    opacity: Annotated[bool, flag("--opacity", help="Opacity (alpha) videos.")] = False,
     rgba: Annotated[
-        bool, typer.Option("--rgba", help="PNG frames with a transparent background (implies PNGs).")
+        bool, flag("--rgba", help="PNG frames with a transparent background (implies PNGs).")
     ] = False,
-    gif: Annotated[bool, typer.Option("--gif", help="GIFs beside the MP4s.")] = False,
+    gif: Annotated[bool, flag("--gif", help="GIFs beside the MP4s.")] = False,
     size: Annotated[
         int | None, typer.Option("--size", help="Frame size in pixels (square).", show_default=False)
     ] = None,
