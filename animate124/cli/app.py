@@ -89,9 +89,7 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        flag(
-            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
-        ),
+        flag("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
     """Animate one image into a 4D dynamic scene from a text motion prompt."""

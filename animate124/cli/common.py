@@ -20,7 +20,6 @@ import contextlib
 import functools
 import inspect
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from animate124.config.presets import PRESETS
 from animate124.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
+    EXIT_USAGE,
     Animate124Error,
     ConfigError,
     oom_guard,
@@ -80,8 +80,9 @@ ProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
-        help="Project directory. Default: the working directory if it is a project, else the most "
-        "recent project (the last one run-all or preprocess worked on).",
+        help="Project directory. Default: the working directory if it is a project, else the only "
+        "project under ./runs (of several, the newest), else the last project a run started on; the "
+        "command prints which one and why.",
         show_default=False,
     ),
 ]
@@ -181,9 +182,7 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         False,
     ),
     "quiet": (
-        Annotated[
-            bool, flag("--quiet", "-q", help="No progress bars or details: only the final line.")
-        ],
+        Annotated[bool, flag("--quiet", "-q", help="No progress bars or details: only the final line.")],
         False,
     ),
     "json_output": (
@@ -293,6 +292,26 @@ class Session:
     results: list[Any] = field(default_factory=list)
     running: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the project's manifest as it was when the command chose the project (None: no manifest yet); an
+    #: error that would exit 2 ("nothing was changed") exits 1 when the manifest has changed since
+    manifest_before: bytes | None = None
+
+    # project --------------------------------------------------------------------------------------
+    def use_project(self, project: Any, how: str | None = None, extra: str = "") -> None:
+        """Work on ``project`` (a :class:`~animate124.project.Project`) and say which one and why: one line,
+        ``project: runs/toy (the only project under ./runs)`` (hidden by --quiet; the final line names it)."""
+        from rich.markup import escape
+
+        self.project = project.root
+        self.manifest_before = _read_bytes(project.manifest_path)
+        why = f" ({how})" if how and how != "-p" else ""
+        self.say(f"project: {escape(display_path(project.root))}{escape(why)}{extra}")
+
+    def project_changed(self) -> bool:
+        """Whether the project's manifest differs from when the command chose the project."""
+        if self.project is None:
+            return False
+        return _read_bytes(self.project / "manifest.json") != self.manifest_before
 
     # output ---------------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
@@ -344,7 +363,7 @@ class Session:
         extra = " (resumed)" if result.resumed else ""
         c.print(f"[green]✓[/green] {result.stage} done in {result.seconds:.1f} s{extra}")
         for k, v in result.artifacts.items():
-            c.print(f"    {k}: {escape(str(v))}")
+            c.print(f"    {k}: {escape(display_path(Path(v)))}")
 
     def summary(self, exit_code: int, error: BaseException | None = None) -> dict[str, Any]:
         stages = [
@@ -387,12 +406,28 @@ class Session:
         if not self.results or (len(self.results) == 1 and not self.opts.quiet):
             return
         parts = [f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in self.results]
-        where = f" {escape(str(self.project))}" if self.project else ""
-        report = f"; report: {escape(str(self.extra['report']))}" if self.extra.get("report") else ""
+        where = f" {escape(display_path(self.project))}" if self.project else ""
+        report = self.extra.get("report")
+        report = f"; report: {escape(display_path(Path(report)))}" if report else ""
         if all(r.skipped for r in self.results):
             self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)}){report}")
         else:
             self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)}){report}")
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (``runs/toy``), else absolute."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # --- @guarded ----------------------------------------------------------------------------------
@@ -425,10 +460,10 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
 def _run(session: Session, body: Callable[[], Any]) -> Any:
     from rich.markup import escape
 
+    from animate124.cli.logs import configure_logging
+
     opts = session.opts
-    logging.basicConfig(
-        level=logging.DEBUG if opts.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(verbose=opts.verbose, debug=opts.debug)
     code, error = 0, None
     with _stdout_to_stderr(opts.json_output) as stdout:
         try:
@@ -447,6 +482,8 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
                 )
             else:
                 message, hint, code = _error_lines(exc)
+                if code == EXIT_USAGE and session.project_changed():
+                    code = EXIT_RUNTIME  # exit 2 promises that nothing was changed
                 if opts.debug:
                     raise
                 err.print(f"[bold red]error:[/bold red] {escape(message)}")

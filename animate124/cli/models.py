@@ -46,9 +46,7 @@ def store_for(s: Session, offline: bool = True, tiny: bool = False):
     "list", epilog=examples("animate124 models list", "animate124 models list --cache-dir /data/models")
 )
 @guarded("cache_dir")
-def models_list(
-    s: Session, tiny: Annotated[bool, flag(help="Show the tiny test cache.")] = False
-) -> None:
+def models_list(s: Session, tiny: Annotated[bool, flag(help="Show the tiny test cache.")] = False) -> None:
     """Every model role with its repo id, licence, whether it is cached and its size."""
     from rich.table import Table
 
@@ -83,9 +81,7 @@ def models_download(
     s: Session,
     role: RoleArg,
     alternative: AltOpt = None,
-    offline: Annotated[
-        bool, flag("--offline", help="Fail at once instead of using the network.")
-    ] = False,
+    offline: Annotated[bool, flag("--offline", help="Fail at once instead of using the network.")] = False,
 ) -> None:
     """Download a role's files (only the ones used) into the cache; resumable, verified afterwards.
 

@@ -22,6 +22,7 @@ from animate124.cli.common import (
     ProjectOpt,
     Session,
     SourceStageOpt,
+    display_path,
     examples,
     flag,
     guarded,
@@ -37,17 +38,15 @@ def _put(d: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 
 def _source(s: Session, project: Path | None, stage: str | None):
-    """(project, trained stage) of an output command, checked before any work."""
-    from rich.markup import escape
-
-    from animate124.project import find_project
+    """(project, trained stage) of an output command, checked before any work; says both in one line."""
+    from animate124.project import resolve_project
     from animate124.stages.outputs import source_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
     proj.require()
-    s.project = proj.root
     src = source_stage(proj, stage)
-    s.say(f"project: {escape(str(proj.root))}  stage: [bold]{src}[/bold]")
+    s.use_project(proj, found.how, extra=f" · stage: [bold]{src}[/bold]")
     return proj, src
 
 
@@ -242,10 +241,12 @@ def export(
     s.stage_done(result)
     m = result.metrics
     how = "auto" if m.get("threshold_auto") else "given"
+    meshes = f"{m['frames']} mesh{'es' if m['frames'] != 1 else ''}"
+    closed = "watertight" if m["watertight"] else "not watertight (open at the grid's edge or holes)"
     s.say(
-        f"    {m['frames']} mesh(es), density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} "
-        f"triangles, watertight: {m['watertight']}: {escape(str(proj.root / m['glb']))}"
+        f"    {meshes}, density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} triangles each, {closed}"
     )
+    s.say(f"    glb: {escape(display_path(proj.root / m['glb']))}")
     s.extra["export"] = {k: m[k] for k in ("frames", "threshold", "faces_mean", "watertight") if k in m}
 
 
@@ -327,25 +328,27 @@ def report(s: Session, project: ProjectOpt = None) -> None:
     """
     from rich.markup import escape
 
-    from animate124.project import find_project, remember_project
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.report import REPORT_STAGE, run_report_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
     proj.require()
-    s.project = proj.root
+    s.use_project(proj, found.how)
     s.stage_started(REPORT_STAGE)
     result = run_report_stage(proj, force=s.opts.force)
     remember_project(proj)
     s.stage_done(result)
     s.extra["report"] = result.artifacts["report"]
     if result.skipped:
-        s.say(f"report: {escape(result.artifacts['report'])}")
+        s.say(f"report: {escape(display_path(Path(result.artifacts['report'])))}")
 
 
 _RENDER_HELP = (
     "Videos and frames of the newest trained stage (or --stage), into <project>/renders/<stage>/.\n\n"
-    "Without -p the project is the working directory if it is one, else the most recent project "
-    "(the last one run-all worked on), so `animate124 render --orbit` works as typed right after "
+    "Without -p the project is the working directory if it is one, else the only project under "
+    "./runs (of several, the newest), else the last project a run started on; the first line says "
+    "which and why, so `animate124 render --orbit` works as typed right after "
     "`animate124 run-all IMAGE PROMPT` in the same directory. Without --orbit or --views it renders "
     "the orbit. Sizes and counts default to the config the stage was trained with. Colours are the "
     "field's true colours (no contrast stretching); MP4s are H.264 and play in browsers; --gif adds "

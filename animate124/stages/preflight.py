@@ -26,7 +26,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +50,13 @@ _PREVIEW_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class Checked:
-    """What the pre-flight decided: the stages that will run, one line per decision, and the
-    textual-inversion initializer to use (None when ``invert`` does not run)."""
+    """What the pre-flight decided: the config to run with (the textual-inversion initializer it chose is
+    in it), the stages that will do work, one line per decision, and the disk space they need."""
 
+    cfg: Config
     will_run: tuple[str, ...]
     decisions: tuple[str, ...] = ()
-    initializer: str | None = None
     disk_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- which stages will run -----------------------------------------------------------------------
@@ -391,24 +390,19 @@ def preflight(
             from animate124.stages.preprocess import check_same_image
 
             check_same_image(project, image, sha, force=force)
-    elif "preprocess" in stages:
-        raise ConfigError("the preprocess stage needs an input image")
+    decisions: list[str] = []
+    if "invert" in stages:
+        initializer, line = decide_initializer(cfg, cfg.invert.initializer, initializer_auto)
+        if line:
+            from animate124.config.loader import replace
+
+            cfg = replace(cfg, {"invert": {"initializer": initializer}})
+            decisions.append(f"textual-inversion initializer: {initializer} ({line})")
     will_run = planned_runs(project, cfg, stages, sha, force)
     token_ready = "invert" in stages or (project.exists() and project.is_done("invert"))
     check_prompts(cfg, [s for s in will_run if s in TRAINING_STAGES], token_ready)
-    decisions: list[str] = []
-    initializer = None
-    if "invert" in will_run:
-        initializer, line = decide_initializer(cfg, cfg.invert.initializer, initializer_auto)
-        if line:
-            decisions.append(f"textual-inversion initializer: {initializer} ({line})")
     resolve_device(cfg.run.device)
     check_models(cfg, [s for s in will_run if s != "render"], alpha)
     needed = output_bytes(cfg, will_run)
     check_disk(project, needed)
-    return Checked(
-        will_run=will_run,
-        decisions=tuple(decisions),
-        initializer=initializer,
-        disk_bytes=needed,
-    )
+    return Checked(cfg=cfg, will_run=will_run, decisions=tuple(decisions), disk_bytes=needed)
