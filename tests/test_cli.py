@@ -290,8 +290,10 @@ def test_out_of_memory_is_a_message_with_the_memory_settings(tmp_path, monkeypat
     monkeypatch.setattr(static, "run_static", oom)
     from animate124.project import Project
 
-    Project(tmp_path / "p").create()
-    r = invoke("static", "-p", str(tmp_path / "p"), "--preset", "tiny")
+    p = Project(tmp_path / "p")
+    p.create()
+    p.update_stage("preprocess", status="done")  # what the pre-flight asks of the static stage
+    r = invoke("static", "-p", str(tmp_path / "p"), "--preset", "tiny", "--prompt", "a toy")
     assert r.exit_code == 1, r.output
     assert "out of GPU memory" in r.output and "--preset low-vram" in r.output
     assert "internal error" not in r.output

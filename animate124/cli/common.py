@@ -297,7 +297,7 @@ class Session:
     manifest_before: bytes | None = None
 
     # project --------------------------------------------------------------------------------------
-    def use_project(self, project: Any, how: str | None = None, extra: str = "") -> None:
+    def use_project(self, project: Any, how: str | None = None) -> None:
         """Work on ``project`` (a :class:`~animate124.project.Project`) and say which one and why: one line,
         ``project: runs/toy (the only project under ./runs)`` (hidden by --quiet; the final line names it)."""
         from rich.markup import escape
@@ -305,7 +305,7 @@ class Session:
         self.project = project.root
         self.manifest_before = _read_bytes(project.manifest_path)
         why = f" ({how})" if how and how != "-p" else ""
-        self.say(f"project: {escape(display_path(project.root))}{escape(why)}{extra}")
+        self.say(f"project: {escape(display_path(project.root))}{escape(why)}")
 
     def project_changed(self) -> bool:
         """Whether the project's manifest differs from when the command chose the project."""

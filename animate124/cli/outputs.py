@@ -44,9 +44,10 @@ def _source(s: Session, project: Path | None, stage: str | None):
 
     found = resolve_project(project)
     proj = found.project
+    s.use_project(proj, found.how)
     proj.require()
     src = source_stage(proj, stage)
-    s.use_project(proj, found.how, extra=f" · stage: [bold]{src}[/bold]")
+    s.say(f"stage: [bold]{src}[/bold]" + ("" if stage else " (the newest finished)"))
     return proj, src
 
 
@@ -333,8 +334,8 @@ def report(s: Session, project: ProjectOpt = None) -> None:
 
     found = resolve_project(project)
     proj = found.project
-    proj.require()
     s.use_project(proj, found.how)
+    proj.require()
     s.stage_started(REPORT_STAGE)
     result = run_report_stage(proj, force=s.opts.force)
     remember_project(proj)

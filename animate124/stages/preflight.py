@@ -380,6 +380,9 @@ def preflight(
     from animate124.fileio import file_sha256
 
     stages = tuple(stages)
+    project.check_location()
+    if image is None:
+        project.require()  # a stage command on a directory that is no project
     check_requirements(project, stages, command)
     alpha = None
     sha = None
