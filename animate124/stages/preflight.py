@@ -12,7 +12,7 @@ they will run. It checks, in this order, and raises the first problem (nothing i
    :func:`animate124.guidance.prompts.prompt_length_error`;
 4. the textual-inversion initializer: one token of SD's tokenizer; a word derived from the prompt that
    is not one becomes "object" here (one decision, said once), a word the user typed is an error;
-5. the device;
+5. the device (and, with ``run.tensorboard``, that the tensorboard package is there);
 6. every model role the stages need, all missing ones in one message with their total size;
 7. free disk space for the stages' outputs (an estimate from the config: fields, optimizer state,
    checkpoints, occupancy grids, previews).
@@ -405,6 +405,10 @@ def preflight(
     token_ready = "invert" in stages or (project.exists() and project.is_done("invert"))
     check_prompts(cfg, [s for s in will_run if s in TRAINING_STAGES], token_ready)
     resolve_device(cfg.run.device)
+    if cfg.run.tensorboard and any(s in will_run for s in ("invert", *TRAINING_STAGES)):
+        from animate124.engine.scalars import check_tensorboard
+
+        check_tensorboard()
     check_models(cfg, [s for s in will_run if s != "render"], alpha)
     needed = output_bytes(cfg, will_run)
     check_disk(project, needed)
