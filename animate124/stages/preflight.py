@@ -22,7 +22,6 @@ Stages that are up to date are left out of 3-7 (a finished project needs neither
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -30,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from animate124.config.loader import config_hash
 from animate124.config.schema import Config
+from animate124.engine.runner import stage_hash
 from animate124.errors import ConfigError, InputError, ModelNotFoundError, ProjectError
 from animate124.project import Project
 from animate124.stages.spec import TRAINING_STAGES, get_stage
@@ -77,10 +76,9 @@ def planned_runs(
         if name == "render":  # the render stage has its own request cache; count it as running
             runs.append(name)
             continue
+        # preprocess and invert hash the image (invert: its copy in the project, the same bytes)
         extra = (image_sha or project.source()[1] or "") if name in ("preprocess", "invert") else ""
-        upstream = [planned.get(s, manifest.get(s, {}).get("config_hash", "")) for s in spec.requires]
-        h = hashlib.sha256("|".join([config_hash(cfg, spec.sections), extra, *upstream]).encode())
-        planned[name] = h.hexdigest()[:16]
+        planned[name] = stage_hash(project, spec, cfg, extra, planned)
         if rec.get("status") != "done" or rec.get("config_hash") != planned[name]:
             runs.append(name)
     return tuple(runs)
