@@ -182,3 +182,31 @@ def test_needed_roles_and_disk_estimate_follow_the_config():
     # the 4D field is the big one: 115.6 M parameters x 28 bytes + its occupancy grids, about 3.8 GB
     assert 3.0e9 < output_bytes(cfg, ("dynamic",)) < 5.0e9
     assert output_bytes(cfg, ("static",)) < 0.2e9
+
+
+def test_a_usage_error_after_the_project_changed_exits_1(tmp_path, monkeypatch):
+    """Exit 2 promises that nothing was changed: an input error raised once a stage has written to the
+    project exits 1 (the message stays)."""
+    from typer.testing import CliRunner
+
+    import animate124.stages.static as static
+    from animate124.cli.app import app
+    from animate124.errors import InputError
+
+    p = _preprocessed(tmp_path / "p")
+
+    def fail_after_writing(project, *args, **kwargs):
+        project.update_stage("static", status="running")
+        raise InputError("something about the input, found late")
+
+    monkeypatch.setattr(static, "run_static", fail_after_writing)
+    r = CliRunner().invoke(app, ["static", "-p", str(p.root), "--preset", "tiny", "--prompt", "a toy"])
+    assert r.exit_code == 1 and "found late" in r.output, r.output
+
+    def fail_before_writing(project, *args, **kwargs):
+        raise InputError("something about the input")
+
+    monkeypatch.setattr(static, "run_static", fail_before_writing)
+    q = _preprocessed(tmp_path / "q")
+    r = CliRunner().invoke(app, ["static", "-p", str(q.root), "--preset", "tiny", "--prompt", "a toy"])
+    assert r.exit_code == 2, r.output
