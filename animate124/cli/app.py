@@ -51,13 +51,14 @@ app = typer.Typer(
         f"Stages share one project directory: {' -> '.join(STAGE_NAMES)}. "
         "`run-all IMAGE PROMPT` runs them all (in ./runs/<image name> by default) and resumes after an "
         "interruption, renders the orbit video and writes report.html; `render`, `export`, `evaluate` and "
-        "`report` then find that project from -p, else the working directory, else the most recent run. "
+        "`report` then find that project: -p, else the working directory if it is a project, else the only "
+        "(or newest) project under ./runs, else the last project a run started on; each says which. "
         "Nothing asks questions: every command can run unattended in a shell loop."
     ),
     epilog=examples(
         'animate124 run-all image.png "a panda is dancing"',
         "animate124 render --orbit",
-        'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
+        'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, no downloads)',
         "animate124 render --views 4 --depth --normal",
         "animate124 export",
         "animate124 evaluate",

@@ -306,9 +306,10 @@ def register(app: typer.Typer) -> None:
         "run-all",
         help=(
             f"Run every stage ({_ORDER}) on IMAGE with the motion PROMPT.\n\n"
-            "The project goes to ./runs/<image name> unless -p is given, and becomes the most recent "
-            "project, which `animate124 render` and the single-stage commands use when run without -p. "
-            "The other stages' prompts are derived from PROMPT and printed first. A stage already done "
+            "The project goes to ./runs/<image name> unless -p is given; from that directory the other "
+            "commands find it without -p. Everything is checked before the first stage runs (image, "
+            "prompts, device, models, disk, the stages --from needs), so a mistake fails in seconds with "
+            "nothing written. The other stages' prompts are derived from PROMPT and printed first. A stage already done "
             "with the same config and inputs is skipped and says so; an interrupted stage resumes. "
             "The last stage renders the orbit video (renders/<stage>/orbit.mp4); then run-all writes "
             '<project>/report.html and prints its path (also in the --json summary as "report"). '
@@ -318,7 +319,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             'animate124 run-all image.png "a panda is dancing"',
             'animate124 run-all fox.jpg "a fox maneuvering a game controller" -p runs/fox',
-            'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
+            'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, no downloads)',
             'animate124 run-all cat.png "a cat is dancing" --quiet --json >> results.jsonl',
         ),
     )(run_all)
