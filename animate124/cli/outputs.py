@@ -174,7 +174,7 @@ def render(
         from rich.markup import escape
 
         for name, path in result.artifacts.items():
-            s.say(f"    {escape(name)}: {escape(path)}")
+            s.say(f"    {escape(name)}: {escape(display_path(Path(path)))}")
 
 
 # ------------------------------------------------------------------------------------------ export
