@@ -1,15 +1,17 @@
 """The pre-flight: every check before any stage runs, failing in seconds with nothing written.
 
 Each failure runs the installed command in a fresh process (as a user types it) and must end in under
-5 s on the CPU, with the project directory not created or its manifest unchanged.
+5 s of CPU time (the process's user + system time, imports included: what it costs on an idle CPU, and
+the same on a machine shared with other jobs, where its wall time is longer), with the project
+directory not created or its manifest unchanged.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,20 +44,25 @@ def animate(cwd: Path, *args: str, cache: Path | None = None) -> tuple[subproces
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if cache is not None:
         env["ANIMATE124_CACHE"] = str(cache)
-    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([*_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    return r, time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def test_long_prompt_fails_in_seconds_with_nothing_written(tmp_path):
     assert len(LONG_PROMPT.split()) == 49
     r, dt = animate(tmp_path, "run-all", str(TOY), LONG_PROMPT, "--preset", "tiny")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert dt < LIMIT_S, f"took {dt:.1f} s"
+    assert dt < LIMIT_S, f"took {dt:.1f} s of CPU time"
     assert (
         "the dynamic prompt with its suffix" in r.stderr and "the text encoder reads at most 75" in r.stderr
     )
     assert not (tmp_path / "runs").exists()
+    # transformers' own "Token indices sequence length ..." warning only with --verbose, through our handler
+    assert "Token indices" not in r.stdout + r.stderr
+    r, _ = animate(tmp_path, "run-all", str(TOY), LONG_PROMPT, "--preset", "tiny", "--verbose")
+    assert r.returncode == 2 and "transformers warning: Token indices sequence length" in r.stderr, r.stderr
 
 
 def test_missing_models_at_paper_preset_are_named_together_in_seconds(tmp_path):
@@ -63,7 +70,7 @@ def test_missing_models_at_paper_preset_are_named_together_in_seconds(tmp_path):
         tmp_path, "run-all", str(TOY), "a toy is spinning", "--device", "cpu", cache=tmp_path / "empty-cache"
     )
     assert r.returncode == 1, r.stdout + r.stderr
-    assert dt < LIMIT_S, f"took {dt:.1f} s"
+    assert dt < LIMIT_S, f"took {dt:.1f} s of CPU time"
     err = " ".join(r.stderr.split())
     for role in ("depth", "sd", "zero123", "video", "controlnet"):
         assert f"{role} (" in err, (role, err)
@@ -83,7 +90,7 @@ def test_missing_models_at_paper_preset_are_named_together_in_seconds(tmp_path):
 def test_bad_subject_fails_in_seconds_with_nothing_written(tmp_path, args, message):
     r, dt = animate(tmp_path, "run-all", str(TOY), *args, "--preset", "tiny")
     assert r.returncode == 2 and message in r.stderr, r.stdout + r.stderr
-    assert dt < LIMIT_S, f"took {dt:.1f} s"
+    assert dt < LIMIT_S, f"took {dt:.1f} s of CPU time"
     assert not (tmp_path / "runs").exists()
 
 
@@ -100,7 +107,7 @@ def test_an_initializer_typed_by_the_user_must_be_one_token(tmp_path):
     before = p.manifest_path.read_bytes()
     r, dt = animate(tmp_path, "invert", "-p", str(p.root), "--initializer", "fox", "--preset", "tiny")
     assert r.returncode == 2 and "'fox' is not one token of the text encoder" in r.stderr, r.stderr
-    assert dt < LIMIT_S, f"took {dt:.1f} s"
+    assert dt < LIMIT_S, f"took {dt:.1f} s of CPU time"
     assert p.manifest_path.read_bytes() == before and not (p.root / "invert").exists()
 
 
@@ -124,7 +131,7 @@ def test_run_all_from_checks_every_earlier_stage_before_the_first_one_runs(tmp_p
     err = " ".join(r.stderr.split())
     assert "stage 'invert' (needed by 'refine') has not finished" in err, err
     assert "--from invert" in err
-    assert dt < LIMIT_S, f"took {dt:.1f} s"
+    assert dt < LIMIT_S, f"took {dt:.1f} s of CPU time"
     assert p.manifest_path.read_bytes() == before and not (p.root / "static").exists()
 
 
