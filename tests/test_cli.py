@@ -136,6 +136,15 @@ def test_render_help_says_it_works_as_typed_after_run_all():
     assert "Default: the config the stage was trained with" in text
 
 
+def test_flags_are_shown_as_flags():
+    """A boolean option takes no value: --help shows `--orbit`, not `--orbit <bool>`."""
+    r = invoke("render", "--help")
+    assert r.exit_code == 0 and "--orbit" in r.output and "--gif" in r.output
+    assert "<bool>" not in r.output
+    for cmd in COMMANDS:
+        assert "<bool>" not in invoke(*cmd, "--help").output, cmd
+
+
 def test_version():
     r = invoke("--version")
     assert r.exit_code == 0 and "animate124" in r.output

@@ -222,6 +222,7 @@ def test_render_views_with_depth_and_normal(outputs, project):
 def test_export_writes_the_animated_glb_and_the_frames(outputs, project):
     out = _ok(outputs["export"])
     assert "✓ export done in" in out and "density level" in out
+    assert "watertight: True" not in out and "glb: runs/toy/export/refine/mesh.glb" in out
     d = project / "export" / "refine"
     assert (d / "mesh.glb").stat().st_size > 0
     assert len(list((d / "frames").glob("frame_*.ply"))) == 4  # the tiny preset's export.frames

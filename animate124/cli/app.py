@@ -21,18 +21,17 @@ if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in o
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 import typer
-from typer.core import TyperGroup
 
 from animate124 import __version__
 from animate124.cli import outputs, stages
-from animate124.cli.common import EXIT_CODES_HELP, examples, flag
+from animate124.cli.common import EXIT_CODES_HELP, FlagHelpCommand, FlagHelpGroup, examples, flag
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
 from animate124.cli.models import models_app
 from animate124.stages.spec import STAGE_NAMES
 
 
-class _Commands(TyperGroup):
+class _Commands(FlagHelpGroup):
     """Lists the commands in the order a user meets them: the stages and run-all, the output commands
     (render, export, evaluate, report), then the tools (models, config, doctor)."""
 
@@ -77,7 +76,7 @@ stages.register(app)
 outputs.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
-app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
+app.command("doctor", cls=FlagHelpCommand, epilog=DOCTOR_EPILOG)(doctor)
 
 
 def _version_callback(value: bool) -> None:

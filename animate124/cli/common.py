@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from animate124.config.presets import PRESETS
 from animate124.errors import (
@@ -50,6 +51,26 @@ def flag(*decls: str, help: str, **kwargs: Any) -> Any:
     """A boolean option shown as a flag: ``--orbit``, not ``--orbit <bool>`` (Typer prints the type of every
     option unless its metavar is set, and a flag takes no value)."""
     return typer.Option(*decls, help=help, metavar="", **kwargs)
+
+
+class FlagHelpCommand(TyperCommand):
+    """A command whose own ``--help`` is shown as a flag too (Typer gives it a ``<bool>`` type column)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class FlagHelpGroup(TyperGroup):
+    """A command group whose ``--help`` is shown as a flag (see :class:`FlagHelpCommand`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
 
 
 def examples(*lines: str) -> str:

@@ -19,6 +19,7 @@ import typer
 
 from animate124.cli.common import (
     OUTPUT_OPTIONS,
+    FlagHelpCommand,
     ProjectOpt,
     Session,
     SourceStageOpt,
@@ -361,6 +362,7 @@ def register(app: typer.Typer) -> None:
     """Add ``render``, ``export``, ``evaluate`` and ``report`` to ``app``."""
     app.command(
         "render",
+        cls=FlagHelpCommand,
         help=_RENDER_HELP,
         epilog=examples(
             "animate124 render --orbit",
@@ -371,6 +373,7 @@ def register(app: typer.Typer) -> None:
     )(render)
     app.command(
         "export",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 export",
             "animate124 export --frames 32 --decimate 0.25",
@@ -379,10 +382,13 @@ def register(app: typer.Typer) -> None:
     )(export)
     app.command(
         "evaluate",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 evaluate",
             "animate124 evaluate --stage dynamic --views 8",
             "animate124 evaluate --clip-model /models/clip-vit-large-patch14",
         ),
     )(evaluate)
-    app.command("report", epilog=examples("animate124 report", "animate124 report -p runs/panda"))(report)
+    app.command(
+        "report", cls=FlagHelpCommand, epilog=examples("animate124 report", "animate124 report -p runs/panda")
+    )(report)

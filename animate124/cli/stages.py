@@ -14,6 +14,7 @@ import typer
 
 from animate124.cli.common import (
     STAGE_OPTIONS,
+    FlagHelpCommand,
     ImageProjectOpt,
     ProjectOpt,
     Session,
@@ -273,6 +274,7 @@ def register(app: typer.Typer) -> None:
     """Add the stage commands and run-all to ``app``, in the registry's order."""
     app.command(
         "preprocess",
+        cls=FlagHelpCommand,
         help=stage_help(
             "preprocess",
             "Creates the project (default ./runs/<image name>) and writes the cut-out image (rgba.png), "
@@ -287,6 +289,7 @@ def register(app: typer.Typer) -> None:
     )(preprocess)
     app.command(
         "invert",
+        cls=FlagHelpCommand,
         help=stage_help(
             "invert",
             "The token stands for the object as <token> in the refine prompt. Trains on the original "
@@ -301,9 +304,12 @@ def register(app: typer.Typer) -> None:
     )(invert)
     for stage in TRAINING_STAGES:
         details, lines = _TRAINING[stage]
-        app.command(stage, help=stage_help(stage, details), epilog=examples(*lines))(_training_command(stage))
+        app.command(stage, cls=FlagHelpCommand, help=stage_help(stage, details), epilog=examples(*lines))(
+            _training_command(stage)
+        )
     app.command(
         "run-all",
+        cls=FlagHelpCommand,
         help=(
             f"Run every stage ({_ORDER}) on IMAGE with the motion PROMPT.\n\n"
             "The project goes to ./runs/<image name> unless -p is given; from that directory the other "
