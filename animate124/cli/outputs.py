@@ -40,7 +40,7 @@ def _put(d: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 def _source(s: Session, project: Path | None, stage: str | None):
     """(project, trained stage) of an output command, checked before any work; says both in one line."""
-    from animate124.project import resolve_project
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.outputs import source_stage
 
     found = resolve_project(project)
@@ -49,6 +49,7 @@ def _source(s: Session, project: Path | None, stage: str | None):
     proj.require()
     src = source_stage(proj, stage)
     s.say(f"stage: [bold]{src}[/bold]" + ("" if stage else " (the newest finished)"))
+    remember_project(proj)  # remembered when the work starts, like a run
     return proj, src
 
 
@@ -116,7 +117,6 @@ def render(
     ] = None,
 ) -> None:
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.render.outputs import parse_background
     from animate124.stages.render import RENDER_STAGE, run_render_stage
 
@@ -169,7 +169,6 @@ def render(
             force=s.opts.force,
             show_progress=s.show_progress,
         )
-    remember_project(proj)
     s.stage_done(result)
     if result.skipped:  # say where the files are
         from rich.markup import escape
@@ -219,7 +218,6 @@ def export(
     from rich.markup import escape
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.export import EXPORT_STAGE, run_export_stage
 
     if threshold is not None and threshold < 0:
@@ -239,7 +237,6 @@ def export(
         hint="lower --resolution, or --set export.silhouette_size=32",
     ):
         result = run_export_stage(proj, cfg, stage=src, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
     how = "auto" if m.get("threshold_auto") else "given"
@@ -289,7 +286,6 @@ def evaluate(
     from rich.table import Table
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.evaluate import EVALUATE_STAGE, METRIC_NAMES, run_evaluate_stage
 
     opts: dict[str, Any] = {}
@@ -305,7 +301,6 @@ def evaluate(
         hint="lower --size, or --set evaluate.ref_size=128",
     ):
         result = run_evaluate_stage(proj, cfg, stage=src, prompt=prompt, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
     table = Table(title=f"{escape(proj.root.name)} · {src} · CLIP {escape(str(m['clip_model']))}")
@@ -337,9 +332,9 @@ def report(s: Session, project: ProjectOpt = None) -> None:
     proj = found.project
     s.use_project(proj, found.how)
     proj.require()
+    remember_project(proj)
     s.stage_started(REPORT_STAGE)
     result = run_report_stage(proj, force=s.opts.force)
-    remember_project(proj)
     s.stage_done(result)
     s.extra["report"] = result.artifacts["report"]
     if result.skipped:
