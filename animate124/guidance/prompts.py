@@ -114,7 +114,7 @@ def check_prompt_length(tokenizer: CLIPTokenizer | None, prompt: str, what: str 
     if n > limit:
         how = "" if tokenizer is not None else "at least "
         hint = "shorten it to one sentence (about 40 words at most); the rest would be cut off"
-        if tokenizer is not None and len(tokenizer) < 1000:  # the tiny models' byte-level vocabulary
+        if getattr(tokenizer, "vocab_size", 1 << 30) < 1000:  # the tiny models' byte-level vocabulary
             hint = "shorten it: the tiny models' tokenizer spells most words letter by letter"
         raise InputError(f"the {what} is {how}{n} tokens long; the text encoder reads at most {limit}", hint)
 
