@@ -145,8 +145,9 @@ def test_run_all_runs_every_stage_in_time(first_run, project):
     assert seconds < LIMIT_S, f"run-all took {seconds:.0f} s (limit {LIMIT_S} s)"
     for stage in STAGES:
         assert f"✓ {stage} done in" in out, stage
-    assert "✓ report done in" in out and f"report: {project / 'report.html'}" in out
-    assert f"✓ done: {project}" in out
+    # paths are said relative to the working directory
+    assert "✓ report done in" in out and "report: runs/toy/report.html" in out
+    assert "✓ done: runs/toy (" in out and "project: runs/toy (new)" in out
 
 
 def test_run_all_writes_every_artifact(first_run, project):
@@ -189,7 +190,7 @@ def test_second_run_does_no_work_and_says_so(second_run, project):
     for stage in (*STAGES, "report"):
         assert f"✓ {stage}: up to date" in said, stage
     assert " done in " not in said
-    assert f"✓ up to date: {project} (" in said and f"report: {project / 'report.html'}" in said
+    assert "✓ up to date: runs/toy (" in said and "report: runs/toy/report.html" in said
     _ok(as_json)
     summary = json.loads(as_json.stdout)  # --json: one object on stdout
     assert [s["stage"] for s in summary["stages"]] == [*STAGES, "report"]
@@ -201,7 +202,7 @@ def test_second_run_does_no_work_and_says_so(second_run, project):
 # ------------------------------------------------------------------------------------------ outputs
 def test_render_orbit_as_typed_where_run_all_ran(outputs, project):
     out = _ok(outputs["render --orbit"])
-    assert f"project: {project} stage: refine" in out
+    assert "project: runs/toy (the only project under ./runs) stage: refine (the newest finished)" in out
     assert "✓ render" in out and "orbit.mp4" in out
     assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)
 
@@ -221,6 +222,7 @@ def test_render_views_with_depth_and_normal(outputs, project):
 def test_export_writes_the_animated_glb_and_the_frames(outputs, project):
     out = _ok(outputs["export"])
     assert "✓ export done in" in out and "density level" in out
+    assert "watertight: True" not in out and "glb: runs/toy/export/refine/mesh.glb" in out
     d = project / "export" / "refine"
     assert (d / "mesh.glb").stat().st_size > 0
     assert len(list((d / "frames").glob("frame_*.ply"))) == 4  # the tiny preset's export.frames
@@ -236,7 +238,9 @@ def test_evaluate_writes_the_metrics(outputs, project):
 
 def test_report_shows_every_output_and_loads_in_headless_chromium(outputs, project, tmp_path):
     out = _ok(outputs["report"])
-    assert f"report: {project / 'report.html'}" in out
+    assert (
+        "project: runs/toy (the only project under ./runs)" in out and "report: runs/toy/report.html" in out
+    )
     page = (project / "report.html").read_text()
     for ref in ("renders/refine/views_depth.mp4", "export/refine/mesh.glb", "metrics.json"):
         assert ref in page, ref

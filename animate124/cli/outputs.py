@@ -19,10 +19,13 @@ import typer
 
 from animate124.cli.common import (
     OUTPUT_OPTIONS,
+    FlagHelpCommand,
     ProjectOpt,
     Session,
     SourceStageOpt,
+    display_path,
     examples,
+    flag,
     guarded,
 )
 from animate124.errors import ConfigError
@@ -36,17 +39,17 @@ def _put(d: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 
 def _source(s: Session, project: Path | None, stage: str | None):
-    """(project, trained stage) of an output command, checked before any work."""
-    from rich.markup import escape
-
-    from animate124.project import find_project
+    """(project, trained stage) of an output command, checked before any work; says both in one line."""
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.outputs import source_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
+    s.use_project(proj, found.how)
     proj.require()
-    s.project = proj.root
     src = source_stage(proj, stage)
-    s.say(f"project: {escape(str(proj.root))}  stage: [bold]{src}[/bold]")
+    s.say(f"stage: [bold]{src}[/bold]" + ("" if stage else " (the newest finished)"))
+    remember_project(proj)  # remembered when the work starts, like a run
     return proj, src
 
 
@@ -57,7 +60,7 @@ def render(
     project: ProjectOpt = None,
     stage: SourceStageOpt = None,
     orbit: Annotated[
-        bool, typer.Option("--orbit", help="The camera circles the object while the motion plays.")
+        bool, flag("--orbit", help="The camera circles the object while the motion plays.")
     ] = False,
     views: Annotated[
         int | None,
@@ -67,7 +70,7 @@ def render(
             show_default=False,
         ),
     ] = None,
-    stills: Annotated[bool, typer.Option("--stills", help="Also write every frame as PNG.")] = False,
+    stills: Annotated[bool, flag("--stills", help="Also write every frame as PNG.")] = False,
     time: Annotated[
         float | None,
         typer.Option(
@@ -77,14 +80,14 @@ def render(
         ),
     ] = None,
     depth: Annotated[
-        bool, typer.Option("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
+        bool, flag("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
     ] = False,
-    normal: Annotated[bool, typer.Option("--normal", help="Normal-map videos.")] = False,
-    opacity: Annotated[bool, typer.Option("--opacity", help="Opacity (alpha) videos.")] = False,
+    normal: Annotated[bool, flag("--normal", help="Normal-map videos.")] = False,
+    opacity: Annotated[bool, flag("--opacity", help="Opacity (alpha) videos.")] = False,
     rgba: Annotated[
-        bool, typer.Option("--rgba", help="PNG frames with a transparent background (implies PNGs).")
+        bool, flag("--rgba", help="PNG frames with a transparent background (implies PNGs).")
     ] = False,
-    gif: Annotated[bool, typer.Option("--gif", help="GIFs beside the MP4s.")] = False,
+    gif: Annotated[bool, flag("--gif", help="GIFs beside the MP4s.")] = False,
     size: Annotated[
         int | None, typer.Option("--size", help="Frame size in pixels (square).", show_default=False)
     ] = None,
@@ -114,7 +117,6 @@ def render(
     ] = None,
 ) -> None:
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.render.outputs import parse_background
     from animate124.stages.render import RENDER_STAGE, run_render_stage
 
@@ -167,13 +169,12 @@ def render(
             force=s.opts.force,
             show_progress=s.show_progress,
         )
-    remember_project(proj)
     s.stage_done(result)
     if result.skipped:  # say where the files are
         from rich.markup import escape
 
         for name, path in result.artifacts.items():
-            s.say(f"    {escape(name)}: {escape(path)}")
+            s.say(f"    {escape(name)}: {escape(display_path(Path(path)))}")
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -217,7 +218,6 @@ def export(
     from rich.markup import escape
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.export import EXPORT_STAGE, run_export_stage
 
     if threshold is not None and threshold < 0:
@@ -237,14 +237,15 @@ def export(
         hint="lower --resolution, or --set export.silhouette_size=32",
     ):
         result = run_export_stage(proj, cfg, stage=src, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
     how = "auto" if m.get("threshold_auto") else "given"
+    meshes = f"{m['frames']} mesh{'es' if m['frames'] != 1 else ''}"
+    closed = "watertight" if m["watertight"] else "not watertight (open at the grid's edge or holes)"
     s.say(
-        f"    {m['frames']} mesh(es), density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} "
-        f"triangles, watertight: {m['watertight']}: {escape(str(proj.root / m['glb']))}"
+        f"    {meshes}, density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} triangles each, {closed}"
     )
+    s.say(f"    glb: {escape(display_path(proj.root / m['glb']))}")
     s.extra["export"] = {k: m[k] for k in ("frames", "threshold", "faces_mean", "watertight") if k in m}
 
 
@@ -285,7 +286,6 @@ def evaluate(
     from rich.table import Table
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.evaluate import EVALUATE_STAGE, METRIC_NAMES, run_evaluate_stage
 
     opts: dict[str, Any] = {}
@@ -301,7 +301,6 @@ def evaluate(
         hint="lower --size, or --set evaluate.ref_size=128",
     ):
         result = run_evaluate_stage(proj, cfg, stage=src, prompt=prompt, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
     table = Table(title=f"{escape(proj.root.name)} · {src} · CLIP {escape(str(m['clip_model']))}")
@@ -326,25 +325,27 @@ def report(s: Session, project: ProjectOpt = None) -> None:
     """
     from rich.markup import escape
 
-    from animate124.project import find_project, remember_project
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.report import REPORT_STAGE, run_report_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
+    s.use_project(proj, found.how)
     proj.require()
-    s.project = proj.root
+    remember_project(proj)
     s.stage_started(REPORT_STAGE)
     result = run_report_stage(proj, force=s.opts.force)
-    remember_project(proj)
     s.stage_done(result)
     s.extra["report"] = result.artifacts["report"]
     if result.skipped:
-        s.say(f"report: {escape(result.artifacts['report'])}")
+        s.say(f"report: {escape(display_path(Path(result.artifacts['report'])))}")
 
 
 _RENDER_HELP = (
     "Videos and frames of the newest trained stage (or --stage), into <project>/renders/<stage>/.\n\n"
-    "Without -p the project is the working directory if it is one, else the most recent project "
-    "(the last one run-all worked on), so `animate124 render --orbit` works as typed right after "
+    "Without -p the project is the working directory if it is one, else the only project under "
+    "./runs (of several, the newest), else the last project a run started on; the first line says "
+    "which and why, so `animate124 render --orbit` works as typed right after "
     "`animate124 run-all IMAGE PROMPT` in the same directory. Without --orbit or --views it renders "
     "the orbit. Sizes and counts default to the config the stage was trained with. Colours are the "
     "field's true colours (no contrast stretching); MP4s are H.264 and play in browsers; --gif adds "
@@ -356,6 +357,7 @@ def register(app: typer.Typer) -> None:
     """Add ``render``, ``export``, ``evaluate`` and ``report`` to ``app``."""
     app.command(
         "render",
+        cls=FlagHelpCommand,
         help=_RENDER_HELP,
         epilog=examples(
             "animate124 render --orbit",
@@ -366,6 +368,7 @@ def register(app: typer.Typer) -> None:
     )(render)
     app.command(
         "export",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 export",
             "animate124 export --frames 32 --decimate 0.25",
@@ -374,10 +377,13 @@ def register(app: typer.Typer) -> None:
     )(export)
     app.command(
         "evaluate",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 evaluate",
             "animate124 evaluate --stage dynamic --views 8",
             "animate124 evaluate --clip-model /models/clip-vit-large-patch14",
         ),
     )(evaluate)
-    app.command("report", epilog=examples("animate124 report", "animate124 report -p runs/panda"))(report)
+    app.command(
+        "report", cls=FlagHelpCommand, epilog=examples("animate124 report", "animate124 report -p runs/panda")
+    )(report)

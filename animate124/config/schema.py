@@ -110,6 +110,13 @@ class RunConfig:
         "removes per-kernel launch overhead; CUDA only).",
         nohash=True,
     )
+    tensorboard: bool = opt(
+        False,
+        "Also write the training scalars (the same as logs/<stage>.jsonl) as TensorBoard event files under "
+        "<project>/logs/tb/<stage> (`tensorboard --logdir <project>/logs/tb`). Needs the tensorboard package: "
+        "pip install 'animate124[tensorboard]'.",
+        nohash=True,
+    )
     compile_priors: str = opt(
         "",
         "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "

@@ -102,6 +102,7 @@ class TrainerSettings:
     trace_steps: int = 0
     trace_after: int = 10
     trace_parts: str = "all"
+    tensorboard: bool = False  # also write the scalars as TensorBoard events (<log dir>/tb/<stage>)
 
 
 @dataclass
@@ -280,7 +281,7 @@ class Trainer:
         s = self.s
         dev = s.device
         start = self._restore(Path(checkpoint_dir), system, optimizer)
-        scalar_log = ScalarLog(log_path) if log_path is not None else None
+        scalar_log = ScalarLog(log_path, tensorboard=s.tensorboard) if log_path is not None else None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             system.timers.reset_memory()

@@ -106,6 +106,7 @@ class TIConfig:
     eps: float = 1e-8
     trace_steps: int = 0  # run.trace_steps: torch.profiler table of this many steps (after 10)
     trace_parts: str = "all"  # run.trace_parts
+    tensorboard: bool = False  # run.tensorboard
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -510,6 +511,7 @@ def train_textual_inversion(
         label="invert",
         trace_steps=cfg.trace_steps,
         trace_parts=cfg.trace_parts,
+        tensorboard=cfg.tensorboard,
     )
     try:
         result = Trainer(settings).run(

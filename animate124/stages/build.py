@@ -98,6 +98,7 @@ def ti_config(cfg: Config, device: torch.device) -> Any:
         mixed_precision=precision_of(cfg, device) == "fp16",
         trace_steps=cfg.run.trace_steps,
         trace_parts=cfg.run.trace_parts,
+        tensorboard=cfg.run.tensorboard,
     )
 
 
@@ -288,6 +289,7 @@ def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerS
         label=stage,
         trace_steps=cfg.run.trace_steps,
         trace_parts=cfg.run.trace_parts,
+        tensorboard=cfg.run.tensorboard,
     )
 
 
