@@ -18,6 +18,7 @@ The formulas stay in ``sds.py``; the call interface and its types in ``interface
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,10 @@ from animate124.guidance.common import (
 from animate124.guidance.interface import GuidanceOutput, Views
 
 if TYPE_CHECKING:
+    from animate124.guidance.flops import CallFlops
     from animate124.guidance.prompts import PromptSet
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DiffusionPrior", "TextPrior", "NETWORKS", "Gen", "Noise", "Steps"]
 
@@ -101,6 +105,7 @@ class DiffusionPrior:
         self.latent_sample = latent_mode == "sample"
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
         self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
+        self._call_flops: dict[tuple[int, int], CallFlops | None] = {}
 
     # ------------------------------------------------------------------ the call
     def __call__(
@@ -171,6 +176,20 @@ class DiffusionPrior:
         eps = self.unet(x, t, encoder_hidden_states=context, **unet_kwargs).sample
         eps_u, eps_c = eps.chunk(2)
         return sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
+
+    def call_flops(self, images_shape: tuple[int, ...] | torch.Size) -> CallFlops | None:
+        """The exact FLOPs of one call on renders shaped ``[B, T, ...]`` (``guidance/flops.py``), counted once
+        per ``(B, T)`` (the render size does not matter); None, with a warning, if they cannot be counted."""
+        key = (int(images_shape[0]), int(images_shape[1]))
+        if key not in self._call_flops:
+            from animate124.guidance.flops import call_flops
+
+            try:
+                self._call_flops[key] = call_flops(self, images_shape)
+            except Exception as exc:  # noqa: BLE001 - a count is a diagnostic: never fail a stage over it
+                log.warning("%s: no FLOP count (%s: %s)", self.name, type(exc).__name__, exc)
+                self._call_flops[key] = None
+        return self._call_flops[key]
 
     def networks(self) -> dict[str, Any]:
         """The prior's networks by attribute (:data:`NETWORKS`): what a layout, precision or compile option
