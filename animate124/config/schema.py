@@ -113,7 +113,7 @@ class RunConfig:
     compile_priors: str = opt(
         "",
         "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
-        "controlnet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
+        "controlnet, invert = the textual inversion's UNet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
         "236 ms), the same network up to floating-point rounding; compiling takes 1-3 min per network on first "
         "use, cached under the model cache (BENCHMARKS.md §8.9). Off in paper (not bit-identical).",
         nohash=True,

@@ -1,4 +1,5 @@
-"""``torch.compile`` of the priors' no-grad networks (``run.compile_priors``; issue 12).
+"""``torch.compile`` of the priors' no-grad networks (``run.compile_priors``; issue 12), and of the textual
+inversion's UNet with its backward (the name ``invert``; issue 27), in Inductor's ``run.compile_mode``.
 
 Every SDS step calls a prior's UNet (and ControlNet) forward under ``torch.no_grad`` with inputs of fixed
 shapes (SPEC 3.7 step 4, 5.2, 6). Compiled with TorchInductor, the call's group norms, casts, SiLUs, residual
