@@ -26,6 +26,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def step_gradient(comp, photo: torch.Tensor, cfg, dev: torch.device) -> torch.Tensor:
+    """The learned vector's gradient after one step (fp16 autocast, as the stage), from a fresh system."""
+    from animate124.guidance.textual_inversion import TextualInversionSystem
+
+    system = TextualInversionSystem(comp, photo, cfg, dev)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.mixed_precision):
+        loss = system.training_step(1, 1.0).losses["mse"]
+    loss.backward()
+    grad = system.vec.grad.detach().clone()
+    system.finish()
+    return grad
+
+
 def main() -> None:
     from bench_guidance import build_full, dense_tflops
 
@@ -48,6 +61,10 @@ def main() -> None:
     ap.add_argument("--fused-adamw", action="store_true", help="one fused AdamW kernel (run.fused_adamw)")
     ap.add_argument("--dense", action="store_true", help="the card's bf16 8192³ matmul rate (share of peak)")
     ap.add_argument("--calls-json", type=Path, help="add invert_minutes to this guidance_calls.json")
+    ap.add_argument(
+        "--agreement", action="store_true",
+        help="gradient agreement of the options' step with the plain step (the vector's gradient, one step)",
+    )  # fmt: skip
     args = ap.parse_args()
     dev = torch.device("cuda")
     comp, _ = build_full("sd", args.configs, dev, torch.float16)
@@ -66,6 +83,18 @@ def main() -> None:
         checkpoint_every=10**9, mixed_precision=True, compile_unet=args.compile, compile_mode=args.compile_mode,
         channels_last=args.channels_last, fused_adamw=args.fused_adamw,
     )  # fmt: skip
+    agreement = None
+    if args.agreement:  # the plain step first: channels-last converts the weights in place
+        from dataclasses import replace
+
+        from animate124.guidance.agreement import compare
+
+        plain = replace(cfg, placeholder="<ref>", compile_unet=False, channels_last=False, fused_adamw=False)
+        reference = step_gradient(comp, photo, plain, dev)
+        agreement = compare(reference, step_gradient(comp, photo, replace(cfg, placeholder="<fast>"), dev))
+        print(
+            f"step gradient agreement: cosine {agreement.cosine:.6f}, norm error {agreement.norm_error:.2e}"
+        )
     stamps: list[float] = []
 
     def progress(step: int, total: int, metrics: dict) -> None:
@@ -101,6 +130,8 @@ def main() -> None:
     }
     if dense:
         res["share_of_peak"] = res["achieved_tflop_s"] / dense
+    if agreement is not None:
+        res["grad_cosine"], res["grad_norm_error"] = agreement.cosine, agreement.norm_error
     print(json.dumps(res, indent=1))
     args.out.write_text(json.dumps(res, indent=1))
     if args.calls_json:

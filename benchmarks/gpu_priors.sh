@@ -52,14 +52,14 @@ if [[ " $PARTS " == *" invert "* ]]; then
   for run in ${INVERT_RUNS:-base fast}; do
     case $run in
       base) f="--fused-norm" ;;
-      fast) f="--fused-norm --compile --channels-last --fused-adamw" ;;
+      fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
       *) f="$run" ;;
     esac
     L=$(left); [ "$L" -gt 60 ] || { el "no time left for invert $run"; continue; }
     el "textual inversion, ${INVERT_STEPS:-12} steps, $run ($f)"
     timeout "$L" python3 benchmarks/bench_invert.py --configs $CFG --steps "${INVERT_STEPS:-12}" --dense $f \
       --out "$OUT/invert_$run.json" > "$OUT/invert_$run.log" 2>&1; echo "exit $?"
-    grep -E '"(s_per_step|paper_3000_steps_min|achieved_tflop_s|share_of_peak|peak_gib)"' "$OUT/invert_$run.json" 2>/dev/null
+    grep -E '"(s_per_step|paper_3000_steps_min|achieved_tflop_s|share_of_peak|peak_gib|grad_cosine)"' "$OUT/invert_$run.json" 2>/dev/null
   done
 fi
 

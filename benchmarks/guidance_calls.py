@@ -9,7 +9,8 @@ and ``grad_cosine``, with its ``variant`` named; fp8 variants are lower precisio
 to a cosine of 0.98). ``baseline`` is the ``graphs`` variant (the stages' defaults) where it was measured,
 ``variants`` every record. ``dense_tflops`` is the highest dense rate measured by the merged runs (each
 measured its own, on the same card); ``card`` must be the same in all of them. ``invert_minutes`` is the fastest
-``bench_invert.py`` result projected to 3,000 steps, with its options.
+``bench_invert.py`` result projected to 3,000 steps whose step passed the rule (``--agreement``; a run without
+the check is the plain step), with its options.
 """
 
 from __future__ import annotations
@@ -65,15 +66,22 @@ def merge(records: list[dict[str, Any]], inverts: list[dict[str, Any]]) -> dict[
         out["baseline"] = variants["graphs"]
     out["fp8"] = fp8
     out["variants"] = variants
-    if inverts:
-        best = min(inverts, key=lambda i: i["paper_3000_steps_min"])
+    same_maths = [i for i in inverts if "grad_cosine" not in i or _passes(i, fp8=False)]
+    if same_maths:
+        best = min(same_maths, key=lambda i: i["paper_3000_steps_min"])
         out["invert_minutes"] = round(best["paper_3000_steps_min"], 2)
         out["invert"] = {
             k: best.get(k)
             for k in ("s_per_step", "tflop_per_step", "achieved_tflop_s", "peak_gib", "options")
         }
+    if inverts:
         out["invert_runs"] = [
-            {"minutes": round(i["paper_3000_steps_min"], 2), "options": i.get("options")} for i in inverts
+            {
+                "minutes": round(i["paper_3000_steps_min"], 2),
+                "options": i.get("options"),
+                "grad_cosine": i.get("grad_cosine"),
+            }
+            for i in inverts
         ]
     return out
 

@@ -239,7 +239,7 @@ def test_the_options_reach_the_built_priors(store, monkeypatch, tmp_path) -> Non
     assert not build.ti_config(resolve_config("tiny"), torch.device("cpu")).compile_unet
 
 
-def _ti_vector_gradient(store, **options) -> torch.Tensor:
+def _ti_vector_gradient(store, device: str = "cpu", **options) -> torch.Tensor:
     from animate124.guidance.textual_inversion import TextualInversionSystem, TIConfig
     from animate124.models.loaders import load_sd
 
@@ -248,7 +248,10 @@ def _ti_vector_gradient(store, **options) -> torch.Tensor:
         upstream_aug_range_bug=False, seed=0, checkpoint_every=10, mixed_precision=False, **options,
     )  # fmt: skip
     photo = torch.rand(3, 70, 80, generator=torch.Generator().manual_seed(1))
-    system = TextualInversionSystem(load_sd(store), photo, cfg, torch.device("cpu"))
+    comps = load_sd(store)
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.to(device)
+    system = TextualInversionSystem(comps, photo.to(device), cfg, torch.device(device))
     system.training_step(1, 1.0).losses["mse"].backward()
     assert system.vec.grad is not None
     return system.vec.grad
@@ -259,12 +262,53 @@ def test_textual_inversion_channels_last_passes_the_rule(store) -> None:
     assert a.cosine > 1 - 1e-6 and a.norm_error < 1e-5, a
 
 
+def _ti_compiled_agreement(store, device: str) -> Agreement:
+    eager = _ti_vector_gradient(store, device)
+    torch._dynamo.reset()
+    return compare(eager, _ti_vector_gradient(store, device, compile_unet=True, channels_last=True))
+
+
+def test_textual_inversion_is_compiled_on_cuda_only(store, caplog) -> None:
+    """On the CPU the step keeps the eager UNet (see the next test) and says so: the same gradient."""
+    with caplog.at_level("WARNING"):
+        a = compare(_ti_vector_gradient(store), _ti_vector_gradient(store, compile_unet=True))
+    assert a.cosine == pytest.approx(1.0, abs=1e-12) and a.norm_error == 0.0
+    assert "compiled on CUDA only" in caplog.text
+
+
 @pytest.mark.slow
-def test_textual_inversion_compiled_step_passes_the_rule(store, tmp_path, monkeypatch) -> None:
-    """The inversion's UNet compiled with its backward (Inductor on the CPU, about a minute)."""
+@pytest.mark.xfail(
+    strict=True,
+    reason="Inductor's CPU (C++) code for the UNet's backward to its text context is wrong in torch 2.13: "
+    "gradient cosine 0.80 on the tiny SD UNet, its forward right to 1e-7, the same graph through "
+    "aot_eager_decomp_partition right to 1e-8. A pass here means torch fixed it: the CUDA-only guard of "
+    "TextualInversionSystem._fast_unet can go.",
+)
+def test_inductor_cpu_backward_of_the_unet_to_its_context(store, tmp_path, monkeypatch) -> None:
+    from animate124.models.loaders import load_sd
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
-    a = compare(_ti_vector_gradient(store), _ti_vector_gradient(store, compile_unet=True, channels_last=True))
+    unet = load_sd(store).unet.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([100, 700])
+    context = torch.randn(2, 77, 32, generator=gen)
+
+    def grad(net) -> torch.Tensor:
+        c = context.clone().requires_grad_(True)
+        (net(x, t, encoder_hidden_states=c).sample ** 2).mean().backward()
+        return c.grad
+
+    a = compare(grad(unet), grad(torch.compile(unet, dynamic=False)))
+    assert a.passes(), a
+
+
+@pytest.mark.gpu
+def test_textual_inversion_compiled_step_passes_the_rule_on_the_gpu(store, tmp_path, monkeypatch) -> None:
+    """The same with Inductor's CUDA (Triton) code: the tiny models on the GPU, fp32."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    a = _ti_compiled_agreement(store, "cuda")
+    print(f"invert compiled + channels-last: cosine {a.cosine:.6f}, norm error {a.norm_error:.2e}")
     assert prior_ran_compiled(a) and a.passes(), a
 
 

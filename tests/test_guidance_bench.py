@@ -66,8 +66,11 @@ def test_guidance_calls_keeps_the_fastest_variant_that_passes_the_rule(tmp_path)
     ]
     inverts = [
         {"device": "H100", "paper_3000_steps_min": 12.5, "s_per_step": 0.25, "options": {"compile": False}},
-        {"device": "H100", "paper_3000_steps_min": 6.0, "s_per_step": 0.12, "options": {"compile": True}},
-    ]
+        {"device": "H100", "paper_3000_steps_min": 6.0, "s_per_step": 0.12, "options": {"compile": True},
+         "grad_cosine": 0.9999, "grad_norm_error": 0.001},
+        {"device": "H100", "paper_3000_steps_min": 4.0, "s_per_step": 0.08, "options": {"fp8": True},
+         "grad_cosine": 0.95, "grad_norm_error": 0.001},  # faster, but not the same maths
+    ]  # fmt: skip
     out = merge(records, inverts)
     assert out["card"] == "H100" and out["dense_tflops"] == 710.0
     assert out["sd"]["variant"] == "compile" and out["sd"]["ms"] == 30
@@ -76,5 +79,6 @@ def test_guidance_calls_keeps_the_fastest_variant_that_passes_the_rule(tmp_path)
     assert out["fp8"]["sd"]["variant"] == "fp8" and "video" not in out["fp8"]
     assert "zero123" not in out and out["baseline"]["sd"]["ms"] == 50
     assert out["invert_minutes"] == 6.0 and out["invert"]["options"] == {"compile": True}
+    assert len(out["invert_runs"]) == 3
     with pytest.raises(SystemExit):
         merge([*records, {**records[0], "card": "H200"}], [])

@@ -411,20 +411,26 @@ class TextualInversionSystem:
         self.scale = latent_scaling(components.vae)
         self.base = base_image(image.to(device), cfg.resolution, cfg.augment)
         self.max_len = int(getattr(components.tokenizer, "model_max_length", 77))
-        self.unet = self._fast_unet(components, cfg)
+        self.unet = self._fast_unet(components, cfg, device)
         self._handle = components.text_encoder.get_input_embeddings().register_forward_hook(self._inject)
 
     @staticmethod
-    def _fast_unet(components: SDComponents, cfg: TIConfig) -> torch.nn.Module:
+    def _fast_unet(components: SDComponents, cfg: TIConfig, device: torch.device) -> torch.nn.Module:
         """The UNet as the step calls it: channels-last (with the VAE encoder) and compiled when asked (issue 27;
-        the same network up to summation order, ``guidance/agreement.py``)."""
+        the same network up to summation order, ``guidance/agreement.py``). Compiled only on CUDA: on the CPU,
+        Inductor's C++ code for this UNet's backward to its text context gives a wrong gradient in torch 2.13
+        (``tests/test_guidance_agreement.py``), so the step runs eager there, with a warning."""
         unet = components.unet
         if cfg.channels_last:
             from animate124.guidance.layout import channels_last_
 
             channels_last_(unet)
             channels_last_(components.vae.encoder)
-        if cfg.compile_unet:
+        if cfg.compile_unet and device.type != "cuda":
+            log.warning(
+                "run.compile_priors=invert: the inversion's UNet is compiled on CUDA only; it runs eager here"
+            )
+        elif cfg.compile_unet:
             from animate124.guidance.compiled import CompiledCall
 
             return CompiledCall(unet, cfg.compile_mode)  # type: ignore[return-value]
