@@ -45,15 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DiffusionPrior", "TextPrior", "NETWORKS", "Gen", "Noise", "Steps"]
+__all__ = ["DiffusionPrior", "TextPrior", "Gen", "Noise", "Steps"]
 
 #: the types of a call's random draws: the generator, an injected ε and injected timesteps
 Gen = torch.Generator | None
 Noise = torch.Tensor | None
 Steps = torch.Tensor | int | None
-
-#: the attributes of a prior that may hold a network, in the order a call runs them
-NETWORKS = ("vae", "controlnet", "unet")
 
 
 class DiffusionPrior:
@@ -190,11 +187,6 @@ class DiffusionPrior:
                 log.warning("%s: no FLOP count (%s: %s)", self.name, type(exc).__name__, exc)
                 self._call_flops[key] = None
         return self._call_flops[key]
-
-    def networks(self) -> dict[str, Any]:
-        """The prior's networks by attribute (:data:`NETWORKS`): what a layout, precision or compile option
-        acts on."""
-        return {n: m for n in NETWORKS if (m := getattr(self, n, None)) is not None}
 
 
 class TextPrior(DiffusionPrior):

@@ -132,7 +132,9 @@ def _steps(n: int) -> Tensor:
     return torch.zeros(n, device="meta", dtype=torch.long)
 
 
-def _encoder_flops(vae: torch.nn.Module, n: int, grad: int, size: tuple[int, int], checkpoint: bool) -> tuple:
+def _encoder_flops(
+    vae: torch.nn.Module, n: int, grad: int, size: tuple[int, int], checkpoint: bool
+) -> tuple[int, int, int]:
     """(forward of n images, backward of ``grad`` of them, recompute of those) for the VAE twin."""
     from animate124.guidance.common import _moments
 
