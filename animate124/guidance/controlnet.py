@@ -183,6 +183,10 @@ class ControlNetGuidance(TextPrior):
             pos = self.text.positive(n, views.azimuth[0, idx])
         return self.text.negative(n), pos, self._cn_pos.expand(n, -1, -1)
 
+    def selected_frames(self, num_frames: int) -> list[int]:
+        """The frames of a ``num_frames`` clip the loss reads (:func:`select_frames` with ``frames``)."""
+        return select_frames(num_frames, self.frames)
+
     def check_call(self, images: Tensor, views: Views) -> tuple[int, int]:
         b, f = super().check_call(images, views)
         condition = views.condition
@@ -204,7 +208,7 @@ class ControlNetGuidance(TextPrior):
         Draw order from ``generator``: posterior sample, t, ε. Returns ``losses["controlnet"]`` (fp32)."""
         condition = views.condition
         assert condition is not None  # check_call
-        idx = select_frames(views.frames, self.frames)
+        idx = self.selected_frames(views.frames)
         n = len(idx)
         size = (self.image_size, self.image_size)
         z = self.encode(self.vae_input(images[0, idx], size), generator)

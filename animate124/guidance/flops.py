@@ -174,10 +174,8 @@ def call_flops(prior: Any, images_shape: tuple[int, ...] | torch.Size) -> CallFl
         k = prior.vae_grad_frames
         n, grad = b * frames, b * (k if 0 < k < frames else frames)
     elif name == "controlnet":
-        from animate124.guidance.controlnet import select_frames
-
         h = w = prior.image_size
-        n = grad = len(select_frames(frames, prior.frames))
+        n = grad = len(prior.selected_frames(frames))
     elif name in ("sd", "zero123"):
         h = w = prior.image_size
         n = grad = b * frames

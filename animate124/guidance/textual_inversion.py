@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -415,7 +415,7 @@ class TextualInversionSystem:
         self._handle = components.text_encoder.get_input_embeddings().register_forward_hook(self._inject)
 
     @staticmethod
-    def _fast_unet(components: SDComponents, cfg: TIConfig, device: torch.device) -> torch.nn.Module:
+    def _fast_unet(components: SDComponents, cfg: TIConfig, device: torch.device) -> Any:
         """The UNet as the step calls it: channels-last (with the VAE encoder) and compiled when asked (issue 27;
         the same network up to summation order, ``guidance/agreement.py``). Compiled only on CUDA: on the CPU,
         Inductor's C++ code for this UNet's backward to its text context gives a wrong gradient in torch 2.13
@@ -433,7 +433,7 @@ class TextualInversionSystem:
         elif cfg.compile_unet:
             from animate124.guidance.compiled import CompiledCall
 
-            return CompiledCall(unet, cfg.compile_mode)  # type: ignore[return-value]
+            return CompiledCall(unet, cfg.compile_mode)
         return unet
 
     def _inject(self, _mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
