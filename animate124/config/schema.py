@@ -120,10 +120,36 @@ class RunConfig:
     compile_priors: str = opt(
         "",
         "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
-        "controlnet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
+        "controlnet, invert = the textual inversion's UNet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
         "236 ms), the same network up to floating-point rounding; compiling takes 1-3 min per network on first "
         "use, cached under the model cache (BENCHMARKS.md §8.9). Off in paper (not bit-identical).",
         nohash=True,
+    )
+    compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = opt(
+        "default",
+        "Inductor mode for run.compile_priors: default, max-autotune (also tries Triton matmul/convolution "
+        "templates and replays from CUDA graphs; compiles for longer), max-autotune-no-cudagraphs, "
+        "reduce-overhead.",
+        nohash=True,
+    )
+    channels_last: str = opt(
+        "",
+        "Priors whose UNet/ControlNet and VAE encoder keep their convolutions in channels-last layout "
+        "(comma-separated from sd, zero123, video, controlnet, invert = the textual inversion's UNet and VAE, or "
+        "all): no NCHW/NHWC transposes around cuDNN's fp16 convolutions; the same network up to summation "
+        "order. Pays mostly with run.compile_priors (eager group norms are slow on NHWC).",
+        nohash=True,
+    )
+    fused_adamw: bool = opt(
+        False,
+        "Textual inversion's AdamW step as one fused kernel on CUDA (the same update up to rounding).",
+        nohash=True,
+    )
+    prior_precision: Literal["fp16", "fp8"] = opt(
+        "fp16",
+        "Precision of the priors' UNet/ControlNet matrix products: fp16, or fp8 (e4m3 with row-wise scales, "
+        "linear and 1×1 layers; needs a CUDA GPU of compute capability >= 8.9; lower precision than the paper's: "
+        "an opt-in with its own record, never in a preset).",
     )
 
 

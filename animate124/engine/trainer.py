@@ -369,6 +369,9 @@ class Trainer:
         parts = system.timers.summary(done)
         if parts:
             metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}
+        work = system.timers.flops_summary(done)
+        if work:
+            metrics["flops_by_part"] = work
         if dev.type == "cuda":
             alloc, reserved = system.timers.peak_memory(dev)  # the parts' peak resets folded in
             metrics["peak_allocated_gib"] = round(alloc / 2**30, 3)

@@ -34,22 +34,12 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from animate124.errors import InputError
 from animate124.guidance import sds
-from animate124.guidance.common import (
-    alphas_cumprod_of,
-    check_images,
-    encode_latents,
-    freeze,
-    maybe_enable_xformers,
-    module_device,
-    module_dtype,
-    num_train_timesteps_of,
-    resize,
-    timesteps_and_noise,
-    vae_scale_factor,
-)
+from animate124.guidance.base import DiffusionPrior, Gen, Noise, Steps
+from animate124.guidance.common import encode_latents, module_device, module_dtype, resize, vae_scale_factor
 from animate124.guidance.interface import REFERENCE_CAMERA, GuidanceOutput, Views
 
 if TYPE_CHECKING:
@@ -143,7 +133,7 @@ def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-class Zero123Guidance:
+class Zero123Guidance(DiffusionPrior):
     """Zero123-XL novel-view SDS (SPEC 3.8); implements ``Guidance`` (no prompt: image-conditioned).
 
     Args:
@@ -186,25 +176,25 @@ class Zero123Guidance:
         checkpoint_pixels: int,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.vae = components.vae
-        self.unet = components.unet
         self.image_encoder = components.image_encoder
         self.projection = components.projection
-        self.scheduler = components.scheduler
-        freeze(self.vae, self.unet, self.image_encoder, self.projection)
-        maybe_enable_xformers([self.unet, self.vae], use_xformers)
-        self.checkpoint_encoder = bool(checkpoint_encoder)
-        self.checkpoint_pixels = int(checkpoint_pixels)
+        super().__init__(
+            vae=components.vae,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            frozen=(self.image_encoder, self.projection),
+            guidance_scale=guidance_scale,
+            cfg_mode=cfg_mode,
+            t_range=t_range,
+            weight=weight,
+            latent_mode=latent_mode,
+            use_xformers=use_xformers,
+            checkpoint_encoder=checkpoint_encoder,
+            checkpoint_pixels=checkpoint_pixels,
+        )
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self.t_range = (float(t_range[0]), float(t_range[1]))
-        self.weight = float(weight)
         self.angle_weighting = bool(angle_weighting)
         self.c_concat_mode = c_concat_mode
-        self.latent_sample = latent_mode == "sample"
-        self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
-        self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
         self.clip_embeds: torch.Tensor | None = None  # [1, 1, D]
         self.c_concat: torch.Tensor | None = None  # [1, 4, h, w], unscaled
         if reference is not None:
@@ -251,38 +241,19 @@ class Zero123Guidance:
         lam = self.weight * angle / 180.0 if self.angle_weighting else torch.full((n,), self.weight)
         return lam, angle
 
-    def __call__(
-        self,
-        images: torch.Tensor,
-        views: Views,
-        *,
-        step: int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | int | None = None,
-    ) -> GuidanceOutput:
-        """SDS on ``images [B, T, 3, H, W]`` seen from ``views`` (relative poses; ``step`` unused).
-
-        ``noise`` ``[B·T, 4, h, w]`` and ``t`` (int or ``[B·T]``) may be injected.
-        Returns ``losses["zero123"]`` (fp32, ∂/∂z = g/(B·T)).
-        """
+    def check_call(self, images: Tensor, views: Views) -> tuple[int, int]:
         if self.c_concat is None:
             raise InputError("Zero123 guidance has no reference image", "call set_reference(image) first")
-        b, tt = check_images(images)
-        views.check(images)
-        n = b * tt
+        return super().check_call(images, views)
 
-        x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
-        z = encode_latents(
-            self.vae,
-            x,
-            sample=self.latent_sample,
-            generator=generator,
-            checkpoint=self.checkpoint_encoder,
-            checkpoint_pixels=self.checkpoint_pixels,
-        )
-        t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
-
+    def guide(
+        self, images: Tensor, views: Views, *, generator: Gen, noise: Noise, t: Steps
+    ) -> GuidanceOutput:
+        """SDS on ``images [B, T, 3, H, W]`` seen from ``views`` (relative poses): ``noise`` ``[B·T, 4, h, w]``
+        and ``t`` (int or ``[B·T]``) may be injected. Returns ``losses["zero123"]`` (fp32, ∂/∂z = g/(B·T))."""
+        n = views.batch * views.frames
+        z = self.encode(self.vae_input(images, (self.image_size,) * 2), generator)
+        t, noise = self.draw(z, t, noise, n, generator)
         udtype = module_dtype(self.unet)
         with torch.no_grad():
             c = self.conditioning(views).to(device=z.device, dtype=udtype)
@@ -290,11 +261,7 @@ class Zero123Guidance:
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
             x_in = torch.cat([torch.cat([zt, zt]), torch.cat([torch.zeros_like(cc), cc])], dim=1)
             t_dev = t.to(z.device)
-            eps = self.unet(
-                x_in, torch.cat([t_dev, t_dev]), encoder_hidden_states=torch.cat([torch.zeros_like(c), c])
-            ).sample
-            eps_u, eps_c = eps.chunk(2)
-            eps_hat = sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
+            eps_hat = self.guided_noise(x_in, torch.cat([t_dev, t_dev]), torch.cat([torch.zeros_like(c), c]))
         lam, angle = self.angle_weights(views)
         w = sds.w_one_minus_alpha_bar(self.alphas_cumprod, t)
         g = sds.sds_gradient(eps_hat, noise, lam * w, 1.0)

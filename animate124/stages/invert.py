@@ -52,6 +52,11 @@ def run_invert(
             use_fused_vae_norms(comps.vae)  # the same function (BENCHMARKS.md §8.8)
         c = cfg.invert
         ti = ti_config(cfg, device)
+        if ti.compile_unet:  # run.compile_priors names invert: Inductor's caches under the model cache
+            from animate124.engine.runtime import model_cache_dir
+            from animate124.guidance.compiled import use_compile_cache
+
+            use_compile_cache(model_cache_dir(cfg))
         photo = load_photo(src)
         train_metrics: dict = {}
         ckpt = project.stage("invert").checkpoints

@@ -15,9 +15,10 @@ every step (SPEC 3.4-3.6).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,21 @@ class NerfSystem:
 
     def global_step(self, step: int) -> int:
         return self.schedules.clock.global_step(step)
+
+    @contextlib.contextmanager
+    def prior_part(self, name: str, prior: Guidance, images: Tensor) -> Iterator[None]:
+        """``self.timers(name)`` around one call of ``prior`` on ``images``. With ``run.profile`` the call's
+        exact FLOPs are counted too (``guidance/flops.py``, once per shape): its forward (UNet on the CFG batch,
+        VAE encoder) as the work of part ``name``, the VAE encoder's backward and recompute as work of the
+        step's ``backward`` part (``metrics.flops_by_part``)."""
+        count = getattr(prior, "call_flops", None)
+        if self.timers.enabled and count is not None:
+            flops = count(images.shape)
+            if flops is not None:
+                self.timers.add_flops(name, flops.forward)
+                self.timers.add_flops("backward", flops.backward)
+        with self.timers(name):
+            yield
 
     def before_step(self, step: int) -> None:
         gs = self.global_step(step)
@@ -394,7 +410,7 @@ class StaticSystem(NerfSystem):
         diag: dict[str, float] = {"ambient": shade.ambient}
         legacy = 1.0 / loss_scale if self.legacy_sds_scaling else 1.0
         for name, prior in self.priors.items():
-            with self.timers(name):
+            with self.prior_part(name, prior, out.rgb):
                 g = prior(out.rgb, views, step=gs, generator=self.generator)
             for k, v in g.losses.items():
                 terms[k] = v * legacy if legacy != 1.0 else v
@@ -500,12 +516,12 @@ class DynamicSystem(NerfSystem):
         terms: dict[str, Tensor] = {}
         diag = {"from_zero": float(from_zero), "static_camera": float(clip.static_camera)}
         diag["samples"] = float(out.num_samples)  # how full the scene is: the render's cost and memory
-        with self.timers("video"):
+        with self.prior_part("video", self.video, out.rgb):
             g = self.video(out.rgb, views, step=gs, generator=self.generator)
         terms.update(g.losses)
         diag.update({f"video/{k}": v for k, v in g.diagnostics.items()})
         if from_zero and self.zero123 is not None:
-            with self.timers("zero123"):
+            with self.prior_part("zero123", self.zero123, out.rgb[:, :1]):
                 z = self.zero123(out.rgb[:, :1], views.select_frames([0]), step=gs, generator=self.generator)
             terms.update(z.losses)
             diag.update({f"zero123/{k}": v for k, v in z.diagnostics.items()})
