@@ -121,7 +121,7 @@ def fingerprint(cfg: Config) -> dict[str, str]:
     fp["models"] = repr((model_cache_dir(cfg), to_dict(cfg.models)))
     reference = ReferenceData(torch.ones(1, 1, 3, 8, 8), torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), None)
     system, _ = build_static_system(cfg, CPU, reference=reference, priors={})
-    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.legacy_sds_scaling))
+    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.sds_grad_scale))
     return fp
 
 
