@@ -270,3 +270,66 @@ def test_a_step_out_of_gpu_memory_is_run_again_with_the_render_checkpointed(prep
     saving = rec["metrics"]["memory_saving"]
     assert saving["change"].startswith("raymarch.checkpoint_field=1") and saving["step"] >= 1
     assert seen[:3] == [0, 0, 0] and set(seen[3:]) == {1}
+
+
+@pytest.mark.slow
+def test_grad_stats_leave_every_stage_unchanged_and_name_each_loss_group(prepared, tmp_path):
+    """``run.grad_stats_every=1``: every step of static, dynamic and refine also takes the gradient of each
+    loss group through the same graph (the renderer's and grid's backward, the priors' VAE recompute, the
+    time TV), yet every result is bit for bit that of the run without it; each stage's log names its groups.
+    One thread: bit-exact equality needs the same floating-point summation order in both runs."""
+    from animate124.stages.dynamic import run_dynamic
+    from animate124.stages.refine import run_refine
+    from animate124.stages.static import run_static
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    projects = []
+    try:
+        for every in (0, 1):
+            p = _copy(prepared, tmp_path / f"every{every}")
+            cfg = tiny(run={"grad_stats_every": every}, dynamic={"iters": 4}, refine={"iters": 2})
+            for run in (run_static, run_dynamic, run_refine):
+                run(p, cfg, show_progress=False)
+            projects.append(p)
+    finally:
+        torch.set_num_threads(threads)
+    off, on = projects
+    for artifact in ("static_model", "dynamic_model", "refine_model"):
+        a, b = _tensors(off.artifact(artifact)), _tensors(on.artifact(artifact))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (artifact, k)
+    import json
+
+    def groups(p: Project, stage: str) -> tuple[set[str], int]:
+        recs = [json.loads(x) for x in p.log_path(stage).read_text().splitlines()]
+        return {k for r in recs for k in r if k.startswith("grad/")}, sum("grad/total" in r for r in recs)
+
+    assert groups(off, "static") == (set(), 0)
+    keys, n = groups(on, "static")
+    assert keys == {"grad/reference", "grad/regularizers", "grad/sd", "grad/zero123", "grad/total"} and n == 8
+    keys, n = groups(on, "dynamic")
+    assert {
+        "grad/reference",
+        "grad/regularizers",
+        "grad/time_tv",
+        "grad/video",
+        "grad/total",
+    } <= keys and n == 4
+    assert keys <= {
+        "grad/reference",
+        "grad/regularizers",
+        "grad/time_tv",
+        "grad/video",
+        "grad/zero123",
+        "grad/total",
+    }
+    keys, n = groups(on, "refine")
+    assert {
+        "grad/controlnet",
+        "grad/video",
+        "grad/time_tv",
+        "grad/regularizers",
+        "grad/total",
+    } <= keys and n == 2
