@@ -368,6 +368,39 @@ def test_zero123_reference_view_has_zero_weight(zero123) -> None:
 # ---------------------------------------------------------------------------------------------- video
 
 
+def test_zero123_upstream_conditioning_switches(zero123) -> None:
+    """``c_concat_mode="sample"``: one posterior sample mean + std·ε with ε from the given generator (upstream),
+    "mode": the mean. ``clip_preprocess="processor"``: upstream's PIL path, recomputed here by hand: the
+    reference as integers ⌊255·x⌋, PIL bicubic to the encoder's size, /255, CLIP mean/std."""
+    import numpy as np
+    from PIL import Image
+
+    c = zero123
+    ref = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    sampled = make_zero123(
+        c, reference=ref, c_concat_mode="sample", generator=torch.Generator().manual_seed(9)
+    )
+    mode = make_zero123(c, reference=ref)
+    with torch.no_grad():
+        post = c.vae.encode(ref * 2 - 1).latent_dist
+    eps = torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(sampled.c_concat, post.mean + post.std * eps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mode.c_concat, post.mean, rtol=1e-5, atol=1e-6)
+
+    proc = make_zero123(c, reference=ref, clip_preprocess="processor")
+    size = c.image_encoder.config.image_size
+    ints = (ref[0] * 255).int().permute(1, 2, 0).numpy().astype(np.uint8)  # truncated, as upstream's .int()
+    pil = Image.fromarray(ints).resize((size, size), Image.Resampling.BICUBIC)
+    pix = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    pix = (pix - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = c.image_encoder(pixel_values=pix).image_embeds[:, None]
+    torch.testing.assert_close(proc.clip_embeds, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(proc.clip_embeds, mode.clip_embeds, atol=1e-4)  # the switch changes it
+    with pytest.raises(InputError, match="feature_extractor"):
+        make_zero123(dataclasses.replace(c, image_processor=None), reference=ref, clip_preprocess="processor")
+
+
 def test_video_gradient_matches_formula_16_frames(video) -> None:
     gen = torch.Generator().manual_seed(2)
     images = torch.rand(1, 16, 3, 32, 32, generator=gen).requires_grad_(True)
