@@ -611,3 +611,36 @@ def test_every_prior_keeps_image_shapes(sd, zero123, video, controlnet, frames: 
         assert images.grad is not None and images.grad.shape == images.shape
         assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
         _no_prior_grads(*modules)
+
+
+@pytest.mark.parametrize("name", ["sd", "zero123"])
+def test_image_priors_take_a_clip_as_its_frames_one_by_one(sd, zero123, name: str) -> None:
+    """SD and Zero123 on a [1, 4] clip whose frames have their own views: the loss is the mean of the four
+    single-frame losses and each frame's image gradient is its single-frame gradient / 4 (∂/∂z = g/(B·T)),
+    with the same injected noise and t per frame (frame order, per-frame views and the /N all checked)."""
+    gen = torch.Generator().manual_seed(8)
+    n = 4
+    if name == "sd":
+        prior = make_sd(sd, latent_mode="mode")
+    else:
+        prior = make_zero123(zero123, reference=torch.rand(1, 3, 32, 32, generator=gen), latent_mode="mode")
+    images = torch.rand(1, n, 3, 16, 16, generator=gen).requires_grad_(True)
+    az, dp = torch.tensor([[20.0, 100.0, -60.0, 170.0]]), torch.tensor([[-10.0, 5.0, 20.0, -30.0]])
+    size = prior.image_size // 8
+    noise = torch.randn(n, 4, size, size, generator=gen)
+    t = torch.tensor([250, 300, 450, 590])
+    out = prior(images, still_views(az, dp, frames=n), step=0, noise=noise, t=t)
+    loss = out.losses[prior.loss_key]
+    loss.backward()
+    singles = []
+    for f in range(n):
+        x = images.detach()[:, f : f + 1].clone().requires_grad_(True)
+        one = prior(
+            x, still_views(az[:, f : f + 1], dp[:, f : f + 1]), step=0, noise=noise[f : f + 1], t=t[f : f + 1]
+        )
+        one.losses[prior.loss_key].backward()
+        singles.append((one.losses[prior.loss_key].detach(), x.grad[:, 0]))
+    assert loss.item() == pytest.approx(float(sum(s[0] for s in singles)) / n, rel=1e-5)
+    for f, (_, g) in enumerate(singles):
+        assert_grad_close(images.grad[:, f], g / n)
+    assert singles[0][1].abs().sum() > 0 and not torch.allclose(singles[0][1], singles[1][1])
