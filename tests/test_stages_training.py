@@ -352,13 +352,14 @@ def test_refine_condition_is_an_independent_render_of_the_dynamic_result(dynamic
     """The ControlNet condition of a refine step equals a render of the dynamic stage's saved result (loaded
     here on its own), with the rays, times, shading, light, background and random numbers of that step's
     trainable render, at the frames ControlNet reads (SPEC 6 step 1) — not a render of the field being
-    refined, nor of another stage's result."""
+    refined, nor of another stage's result. The step checked is the second (both are guidance steps), after
+    one update of the trainable field."""
     from animate124.render.renderer import render
     from animate124.stages import refine as refine_mod
     from animate124.stages.artifacts import load_trained
 
     p = _copy(dynamic_done, tmp_path / "p")
-    cfg = tiny(refine={"iters": 1})
+    cfg = tiny(refine={"iters": 2})
     calls: list[dict] = []
     conditions: list[torch.Tensor] = []
     orig_render, orig_init = refine_mod.RefineSystem.render, refine_mod.RefineSystem.__init__
@@ -382,8 +383,9 @@ def test_refine_condition_is_an_independent_render_of_the_dynamic_result(dynamic
     monkeypatch.setattr(refine_mod.RefineSystem, "render", spy_render)
     monkeypatch.setattr(refine_mod.RefineSystem, "__init__", spy_init)
     refine_mod.run_refine(p, cfg, show_progress=False)
-    (call,) = [c for c in calls if c["times"] is not None and c["times"].shape[1] > 1]  # the clip, not t = 0
-    (cond,) = conditions
+    clips = [c for c in calls if c["times"] is not None and c["times"].shape[1] > 1]  # the clips, not t = 0
+    assert len(clips) == len(conditions) == 2
+    call, cond = clips[-1], conditions[-1]
     dyn = load_trained(p.artifact("dynamic_model"), torch.device("cpu"))
     replay = torch.Generator().set_state(call["state"])
     r = cfg.raymarch
