@@ -569,3 +569,42 @@ def test_grad_stats_of_an_overflowing_fp16_step_are_null(tmp_path):
     (rec,) = _log(tmp_path / "l.jsonl")
     assert rec["loss_scale"] == 2.0**15  # skipped: the scale halved
     assert rec["grad/total"] is None and rec["grad/data"] is None and "Infinity" not in text
+
+
+def test_grad_stats_out_of_memory_drop_the_record_not_the_run(tmp_path, caplog):
+    """Out of GPU memory while recording the gradient balance: a warning, no record for the rest of the stage,
+    and the training the same as without the record."""
+    booms = {"n": 0}
+
+    class OnceOom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            booms["n"] += 1
+            if booms["n"] == 1:  # the first backward through it: the record's pass of step 2
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return g
+
+    class Toy2(GroupedToy):
+        def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
+            out = super().training_step(step, loss_scale)
+            if step == 2:
+                out.losses["fit"] = OnceOom.apply(out.losses["fit"])
+            return out
+
+    runs = []
+    for every, cls in ((0, GroupedToy), (2, Toy2)):
+        t = cls()
+        with caplog.at_level("WARNING"):
+            Trainer(_settings(6, grad_stats_every=every)).run(
+                t, torch.optim.SGD(t.model.parameters(), lr=0.05), checkpoint_dir=tmp_path / str(every),
+                log_path=tmp_path / f"{every}.jsonl",
+            )  # fmt: skip
+        runs.append(t)
+    assert booms["n"] == 2 and "recording the gradient balance" in caplog.text
+    assert not any(k.startswith("grad/") for r in _log(tmp_path / "2.jsonl") for k in r)  # step 4, 6: off too
+    for k, v in runs[0].model.state_dict().items():
+        assert torch.equal(v, runs[1].model.state_dict()[k]), k

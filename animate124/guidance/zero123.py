@@ -30,8 +30,8 @@ unconditional branch uses zeros after the projection and a zero ``c_concat``; th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -133,11 +133,11 @@ def angle_weight(
     return scale * torch.rad2deg(torch.arccos(cos)) / 180.0
 
 
-def clip_processor_pixels(processor: object, x01: torch.Tensor) -> torch.Tensor:
+def clip_processor_pixels(processor: Callable[..., Any], x01: torch.Tensor) -> torch.Tensor:
     """Upstream's CLIP preprocessing (``pipeline_zero1to3._encode_image`` on ``(x*255).int()``): the model's
     ``CLIPImageProcessor`` fed ``[N, 3, H, W]`` in [0, 1] as integers 0..255, truncated -> ``[N, 3, S, S]``."""
     pixels = (x01.detach().float().cpu() * 255).int()
-    return processor(images=pixels, return_tensors="pt").pixel_values  # type: ignore[operator]
+    return processor(images=pixels, return_tensors="pt").pixel_values
 
 
 def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
