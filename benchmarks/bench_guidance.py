@@ -166,6 +166,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
     elif prior == "zero123":
         guid = Zero123Guidance(
             comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
+            c_concat_mode="mode", clip_preprocess="torch",
             reference=torch.rand(1, 3, 256, 256, device=device), checkpoint_encoder=vae_checkpoint,
             checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip

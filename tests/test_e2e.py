@@ -177,6 +177,36 @@ def test_run_all_writes_every_artifact(first_run, project):
     assert "renders/refine/orbit.mp4" in page and PROMPT in page
 
 
+def test_the_4d_stage_logs_show_each_term_on_its_steps(first_run, project):
+    """logs/dynamic.jsonl and logs/refine.jsonl of the run, step by step (the tiny preset logs every step):
+    the reference terms exactly on the reference steps (global step % 4 == 0: static 8 + local step), the
+    video term exactly on the others, Zero123 exactly on the clips that start at t = 0, ControlNet on every
+    refine guidance step, the time TV on every step (SPEC 5.2, 6; zero at the first dynamic step: the 4D field
+    starts as the static one at every time, SPEC 3.1)."""
+    _ok(first_run[0])
+    offsets = {"dynamic": 8, "refine": 16}  # tiny: static 8 steps, dynamic 8, refine 4
+    for stage, offset in offsets.items():
+        recs = [json.loads(x) for x in (project / "logs" / f"{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == list(range(1, len(recs) + 1)) and len(recs) >= 4, stage
+        for r in recs:
+            gs = offset + r["step"]
+            where = f"{stage} step {r['step']} (global {gs})"
+            assert r["global_step"] == gs, where
+            ref = gs % 4 == 0
+            assert r["reference"] == float(ref), where
+            assert {"loss/rgb", "loss/mask"} <= set(r) if ref else not {"loss/rgb", "loss/mask"} & set(r), (
+                where
+            )
+            assert ("loss/video_sds" in r) == (not ref), where
+            assert ("loss/zero123" in r) == (not ref and r["from_zero"] == 1.0), where
+            if stage == "refine":
+                assert ("loss/controlnet" in r) == (not ref), where
+            # every step; 0 at the first dynamic step, whose 64 time grids are still copies of the static grid
+            first = stage == "dynamic" and r["step"] == 1
+            assert "loss/time_tv" in r and (r["loss/time_tv"] == 0 if first else r["loss/time_tv"] > 0), where
+            assert {"loss/entropy", "loss/normal_tv", "loss/normal_blur"} <= set(r), where
+
+
 def test_orbit_video_reads_back_with_the_tiny_settings(first_run, project):
     _ok(first_run[0])
     assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)

@@ -54,7 +54,13 @@ def low_vram() -> dict[str, Any]:
 def tiny() -> dict[str, Any]:
     """Tiny random models, tiny renders, a few steps: every stage runs on a CPU in seconds (tests, smoke runs)."""
     return {
-        "run": {"device": "cpu", "precision": "fp32", "checkpoint_every": 5, "log_every": 1},
+        "run": {
+            "device": "cpu",
+            "precision": "fp32",
+            "checkpoint_every": 5,
+            "log_every": 1,
+            "grad_stats_every": 0,
+        },
         "models": {"tiny": True},
         "invert": {"steps": 10, "batch_size": 2, "resolution": 64, "checkpoint_every": 5},
         "field": {

@@ -53,9 +53,13 @@ class ScalarLog:
         self._tb = tensorboard_writer(self.path.parent / "tb" / self.path.stem) if tensorboard else None
         self._fh = self.path.open("a", encoding="utf-8")
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    def write(self, step: int, scalars: Mapping[str, float | None]) -> None:
+        """One line; a None value (a value that could not be measured) is written as JSON null."""
         rec: dict[str, Any] = {"step": int(step), "time": round(time.time(), 3)}
         for k, v in scalars.items():
+            if v is None:
+                rec[k] = None
+                continue
             try:
                 rec[k] = float(v)
             except (TypeError, ValueError):

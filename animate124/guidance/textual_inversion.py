@@ -470,7 +470,7 @@ class TextualInversionSystem:
         with torch.no_grad():
             self.vec.copy_(tensors["vector"].to(self.vec.device, self.vec.dtype))
 
-    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
         cfg, c, gen, dev = self.cfg, self.c, self.gen, self.device
         pix = torch.stack([training_pixels(self.base, cfg, gen) for _ in range(cfg.batch_size)])
         idx = torch.randint(0, len(cfg.templates), (cfg.batch_size,), generator=gen).tolist()

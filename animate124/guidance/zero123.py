@@ -2,13 +2,14 @@
 
 Reference conditioning, computed once from the white-composited reference RGB ``[1, 3, H, W]``:
 
-* CLIP image embedding ``[1, 1, D]`` (``image_embeds`` of CLIPVisionModelWithProjection). We do the
-  CLIP preprocessing in torch instead of the PIL CLIPImageProcessor: bicubic resize (antialiased) of
+* CLIP image embedding ``[1, 1, D]`` (``image_embeds`` of CLIPVisionModelWithProjection). By default
+  (``clip_preprocess="torch"``) the CLIP preprocessing runs in torch: bicubic resize (antialiased) of
   the image to the encoder's ``image_size`` (224 for the real model; the reference is square, so
   the processor's "shortest edge 224 + centre crop 224" is the same resize), clamp to [0, 1], then
   normalise with the CLIP mean (0.48145466, 0.4578275, 0.40821073) and std
-  (0.26862954, 0.26130258, 0.27577711). Upstream fed an int 0..255 tensor to the PIL processor;
-  the difference is the resampling kernel only (SPEC 11.14).
+  (0.26862954, 0.26130258, 0.27577711). Upstream (``clip_preprocess="processor"``) fed ``(255·x).int()``
+  (truncated, not rounded) to the model's PIL ``CLIPImageProcessor``: PIL's bicubic resize of 8-bit
+  pixels, then the same normalisation (SPEC 3.8, 11.14).
 * ``c_concat = VAE.encode(2x − 1)`` posterior MODE, unscaled (no 0.18215), at the Zero123 input size
   (original Zero123 uses the mode; upstream Animate124 sampled: ``c_concat_mode="sample"``).
 
@@ -29,8 +30,8 @@ unconditional branch uses zeros after the projection and a zero ``c_concat``; th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,7 @@ __all__ = [
     "camera_embedding",
     "camera_position",
     "clip_preprocess",
+    "clip_processor_pixels",
 ]
 
 
@@ -121,6 +123,13 @@ def angle_weight(
     return scale * torch.rad2deg(torch.arccos(cos)) / 180.0
 
 
+def clip_processor_pixels(processor: Callable[..., Any], x01: torch.Tensor) -> torch.Tensor:
+    """Upstream's CLIP preprocessing (``pipeline_zero1to3._encode_image`` on ``(x*255).int()``): the model's
+    ``CLIPImageProcessor`` fed ``[N, 3, H, W]`` in [0, 1] as integers 0..255, truncated -> ``[N, 3, S, S]``."""
+    pixels = (x01.detach().float().cpu() * 255).int()
+    return processor(images=pixels, return_tensors="pt").pixel_values
+
+
 def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
     """Torch CLIP preprocessing of square ``[N, 3, H, W]`` in [0, 1]: bicubic antialiased resize to
     ``size``, clamp, normalise with CLIP mean/std (see the module docstring)."""
@@ -147,7 +156,9 @@ class Zero123Guidance(DiffusionPrior):
             :meth:`set_reference`).
         angle_weighting: use the angle weight (upstream ``zero123_grad_scale angle``), else λ.
         image_size: Zero123 input size; None = ``unet.sample_size × VAE factor`` (256 for Zero123-XL).
-        c_concat_mode: ``"mode"`` (default, original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
+        c_concat_mode: ``"mode"`` (original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
+        clip_preprocess: ``"torch"`` (:func:`clip_preprocess`) or ``"processor"`` (upstream:
+            :func:`clip_processor_pixels` with ``components.image_processor``).
         latent_mode: posterior ``"sample"`` (upstream) or ``"mode"`` for the render latents.
         use_xformers: xformers attention if installed.
         checkpoint_encoder: recompute the VAE encoder in backward image by image instead of keeping
@@ -169,7 +180,8 @@ class Zero123Guidance(DiffusionPrior):
         reference: torch.Tensor | None = None,
         angle_weighting: bool = True,
         image_size: int | None = None,
-        c_concat_mode: str = "mode",
+        c_concat_mode: str,
+        clip_preprocess: str,
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
@@ -192,9 +204,20 @@ class Zero123Guidance(DiffusionPrior):
             checkpoint_encoder=checkpoint_encoder,
             checkpoint_pixels=checkpoint_pixels,
         )
+        self.image_processor = components.image_processor
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.angle_weighting = bool(angle_weighting)
+        if c_concat_mode not in ("mode", "sample"):
+            raise InputError(f"c_concat_mode must be 'mode' or 'sample', got {c_concat_mode!r}")
+        if clip_preprocess not in ("torch", "processor"):
+            raise InputError(f"clip_preprocess must be 'torch' or 'processor', got {clip_preprocess!r}")
+        if clip_preprocess == "processor" and self.image_processor is None:
+            raise InputError(
+                "clip_preprocess='processor' needs the model's feature_extractor/preprocessor_config.json",
+                "use a Zero123 folder with its feature_extractor, or clip_preprocess='torch'",
+            )
         self.c_concat_mode = c_concat_mode
+        self.clip_preprocess = clip_preprocess
         self.clip_embeds: torch.Tensor | None = None  # [1, 1, D]
         self.c_concat: torch.Tensor | None = None  # [1, 4, h, w], unscaled
         if reference is not None:
@@ -208,8 +231,12 @@ class Zero123Guidance(DiffusionPrior):
         if reference.ndim != 4 or reference.shape[:2] != (1, 3):
             raise InputError(f"the Zero123 reference must be [1, 3, H, W], got {tuple(reference.shape)}")
         enc_dtype = module_dtype(self.image_encoder)
-        size = int(self.image_encoder.config.image_size)
-        pix = clip_preprocess(reference.to(module_device(self.image_encoder)), size).to(enc_dtype)
+        enc_device = module_device(self.image_encoder)
+        if self.clip_preprocess == "processor":
+            pix = clip_processor_pixels(self.image_processor, reference).to(enc_device, enc_dtype)
+        else:
+            size = int(self.image_encoder.config.image_size)
+            pix = clip_preprocess(reference.to(enc_device), size).to(enc_dtype)
         embeds = self.image_encoder(pixel_values=pix).image_embeds[:, None].detach()
         self.clip_embeds = embeds.to(module_device(self.projection))  # the encoder may be parked elsewhere
         ref = resize(reference.to(module_device(self.vae)).float(), (self.image_size,) * 2)

@@ -18,9 +18,11 @@ import torch
 from animate124.config.schema import Config, FieldConfig
 from animate124.engine.runtime import resolve_device
 from animate124.engine.schedules import (
+    GRAD_SCALER,
     EntropyRamp,
     Every,
     LevelMaskSchedule,
+    LossScaleSchedule,
     ReferenceSchedule,
     ShadingSchedule,
     StepClock,
@@ -265,6 +267,11 @@ def stage_schedules(cfg: Config, stage: str) -> Schedules:
         shading=shading,
         level_mask=mask,
         occupancy=Every(cfg.raymarch.update_interval),
+        loss_scale=LossScaleSchedule(
+            float(GRAD_SCALER["init_scale"]),
+            float(GRAD_SCALER["growth_factor"]),
+            int(GRAD_SCALER["growth_interval"]),
+        ),
     )
 
 
@@ -298,6 +305,7 @@ def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerS
         trace_steps=cfg.run.trace_steps,
         trace_parts=cfg.run.trace_parts,
         tensorboard=cfg.run.tensorboard,
+        grad_stats_every=cfg.run.grad_stats_every,
     )
 
 
@@ -407,7 +415,11 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             cfg_mode="standard",  # Zero123 uses the standard CFG form upstream (SPEC 3.8); not a setting
             t_range=sec.zero123_t_range,
             weight=sec.zero123_weight,
+            c_concat_mode=sec.zero123_c_concat,
+            clip_preprocess=sec.zero123_clip_preprocess,
             reference=reference.to(device),
+            # upstream drew its c_concat sample from torch's global generator; ours is seeded by run.seed
+            generator=torch.Generator().manual_seed(cfg.run.seed),
             **_encoder_options(cfg),
         ),
         "zero123",
