@@ -467,12 +467,48 @@ class ExportConfig:
         "Density iso-level; 0 = auto: the level whose silhouette matches the rendered one (opacity 0.5).",
         min=0.0,
     )
-    frames: int = opt(16, "Meshes over the motion of a 4D field (t = k/frames).", min=1, max=1024)
+    frames: int = opt(16, "Frames of the motion of a 4D field (t = k/frames).", min=1, max=1024)
     fps: int = opt(8, "Playback rate of the animated .glb.", min=1, max=240)
     decimate: float = opt(
         1.0, "Keep this fraction of the triangles (quadric decimation); 1 = no decimation.", min=0.01, max=1.0
     )
-    format: Literal["ply", "obj"] = opt("ply", "File format of the per-frame mesh sequence.")
+    max_faces: int = opt(
+        20000, "At most this many triangles per exported mesh (quadric decimation); 0 = no limit.", min=0
+    )
+    format: Literal["ply", "obj"] = opt(
+        "ply", "File format of the per-frame mesh sequence (flipbook) or mesh."
+    )
+    animated: bool = opt(
+        True,
+        "4D stages: one mesh whose vertices follow the motion (glTF morph targets); false: a flipbook of a "
+        "separate mesh per frame.",
+    )
+    texture: Literal["atlas", "vertex"] = opt(
+        "atlas", "Colour of the .glb mesh: albedo baked into a UV-atlas texture, or vertex colours."
+    )
+    texture_size: int = opt(1024, "Side in texels of the baked albedo texture.", min=64, max=8192)
+    reference_time: float = opt(
+        0.0,
+        "Animated mesh: topology and texture from the frame nearest this time in [0, 1].",
+        min=0.0,
+        max=1.0,
+    )
+    fit_iters: int = opt(
+        100, "Animated mesh: Adam steps fitting its vertices to each frame's surface.", min=0, max=10000
+    )
+    fit_tolerance: float = opt(
+        0.05,
+        "Animated mesh: largest distance from a frame's surface (fraction of the object's size) before the "
+        "export warns that one mesh cannot follow the motion.",
+        min=0.0,
+        max=1.0,
+    )
+    interpolation: Literal["linear", "step"] = opt(
+        "linear", "Animated mesh: blend between frames (linear) or hold each frame (step) when played."
+    )
+    turntable: int = opt(
+        192, "Tile size in pixels of the turntable pictures of the exported mesh; 0 = none.", min=0, max=1024
+    )
     silhouette_views: int = opt(8, "Views used to choose the auto threshold.", min=1, max=64)
     silhouette_size: int = opt(64, "Resolution of those silhouette renders.", min=8, max=512)
 
