@@ -8,11 +8,12 @@ encoders give no gradient with respect to x, so the field itself is not differen
 visited outward from the reference time, each starting from its neighbour's fitted positions:
 
 1. **Rigid step, per connected part**: each part starts where a constant velocity puts it (the rigid
-   motion between the two frames before, again), then a few rounds of ICP move it rigidly onto the
-   surface: point-to-plane (Chen & Medioni 1992, linearised, one Gauss-Newton step a round) with a
-   small point-to-point term, over symmetric correspondences (each vertex to its nearest surface point,
-   each surface point to its nearest vertex of the part). It takes up the bulk of a part's motion, so
-   the non-rigid step only follows the change of shape, and vertices do not slide along the surface.
+   motion between the two frames before, again), then a few rounds of ICP move it onto the surface by a
+   rotation, a translation and a uniform scale: point-to-plane (Chen & Medioni 1992, linearised, one
+   Gauss-Newton step a round) with a small point-to-point term, over symmetric correspondences (each
+   vertex to its nearest surface point, each surface point to its nearest vertex of the part). It takes
+   up the bulk of a part's motion, so the non-rigid step only follows the change of shape, and vertices
+   do not slide along the surface.
 2. **Non-rigid step** (non-rigid ICP, as Amberg et al. 2007, solved with Adam): offsets ``D [V,3]``,
    positions ``X = X₀ + D`` (``X₀`` after the rigid step), minimising, with distances in units of ``h``
    (the reference mesh's mean edge length)::
@@ -27,10 +28,11 @@ visited outward from the reference time, each starting from its neighbour's fitt
    (lengths of the reference mesh would forbid a part that stretches over the motion).
    Correspondences are recomputed every few Adam steps (KD-trees, scipy); the learning rate decays to
    1 % by a cosine. The weights (``FitSettings``) were chosen on analytic scenes (a ball rising, a box
-   turning, an ellipsoid stretching by 1.7× and bending, two balls separating): the point-to-point
-   weights are small because they pull vertices towards the surface's discrete vertices, i.e. along
-   the surface (the texture would slide); the stretching ellipsoid is followed to within 1 % of its
-   size at the 95th percentile.
+   turning, an ellipsoid stretching by 1.7× and bending, a ball growing by 2.2× in three frames, two
+   balls separating): the point-to-point weights are small because they pull vertices towards the
+   surface's discrete vertices, i.e. along the surface (the texture would slide); the edge term is
+   weak because it resists a part that stretches; the Laplacian keeps the motion smooth. The
+   stretching ellipsoid is followed to within 1 % of its size at the 95th percentile.
 
 The fit error of a frame is measured independently of the loss, by exact point-to-triangle distances
 (:func:`surface_distances`) both ways between the fitted mesh and the frame's marching-cubes surface,
@@ -71,7 +73,7 @@ class FitSettings:
     alpha: float = 0.02
     beta: float = 0.05
     smooth: float = 4.0
-    edge: float = 1.0
+    edge: float = 0.2
     reverse_samples: int = 4
 
 
@@ -127,7 +129,7 @@ def _kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _predict(before: np.ndarray, last: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
     """Each part of ``last`` moved once more by the rigid motion that took it from ``before`` to ``last``
-    (constant velocity: the start of the next frame's fit)."""
+    (constant velocity: the start of the next frame's fit; a scale change is left to the ICP)."""
     out = last.astype(np.float64).copy()
     for idx in parts:
         if len(idx) >= 4:
@@ -147,29 +149,25 @@ def _skew_rotation(w: np.ndarray) -> np.ndarray:
 
 
 def _rigid_update(src: np.ndarray, dst: np.ndarray, nrm: np.ndarray, point_weight: float) -> np.ndarray:
-    """One Gauss-Newton step of point-to-plane ICP (Chen & Medioni 1992) with a small point-to-point term:
-    the rotation R (about the centroid c of ``src``) and translation t minimising, to first order in R,
-    ``Σ (n·(R(p−c) + c + t − q))² + w·Σ ‖R(p−c) + c + t − q‖²`` -> ``src`` moved by them."""
+    """One Gauss-Newton step of point-to-plane ICP (Chen & Medioni 1992) with a small point-to-point term,
+    for a similarity (rotation ω, uniform scale s, translation t about the centroid c of ``src``):
+
+        p' = e^s·R(ω)·(p − c) + c + t,  min Σ (n·(p' − q))² + w·Σ ‖p' − q‖²   (linearised in ω, s, t)
+
+    -> ``src`` moved by it. The scale lets a part that grows or shrinks be taken up here too."""
     c = src.mean(axis=0)
-    p, q = src - c, dst - c
-    a = np.concatenate([np.cross(p, nrm), nrm], axis=1)  # [M, 6]: d(n·r)/d(ω, t)
-    b = ((q - p) * nrm).sum(axis=1)
-    h = a.T @ a
-    g = a.T @ b
-    r = q - p
-    pp = (p * p).sum()
-    sp = p.sum(axis=0)
-    skew = np.array([[0.0, -sp[2], sp[1]], [sp[2], 0.0, -sp[0]], [-sp[1], sp[0], 0.0]])
-    h_pt = np.zeros((6, 6))
-    h_pt[:3, :3] = pp * np.eye(3) - p.T @ p
-    h_pt[:3, 3:] = skew
-    h_pt[3:, :3] = skew.T
-    h_pt[3:, 3:] = len(p) * np.eye(3)
-    g_pt = np.concatenate([np.cross(p, r).sum(axis=0), r.sum(axis=0)])
-    h = h + point_weight * h_pt + 1e-9 * len(p) * np.eye(6)
-    x = np.linalg.solve(h, g + point_weight * g_pt)
-    rot = _skew_rotation(x[:3])
-    return p @ rot.T + c + x[3:]
+    p, r = src - c, dst - src
+    jac = np.zeros((len(p), 3, 7))  # d p' / d(ω, s, t) at 0
+    jac[:, 0, 1], jac[:, 0, 2] = p[:, 2], -p[:, 1]
+    jac[:, 1, 0], jac[:, 1, 2] = -p[:, 2], p[:, 0]
+    jac[:, 2, 0], jac[:, 2, 1] = p[:, 1], -p[:, 0]
+    jac[:, :, 3] = p
+    jac[:, :, 4:] = np.eye(3)
+    a = np.einsum("mi,mij->mj", nrm, jac)
+    h = a.T @ a + point_weight * np.einsum("mij,mik->jk", jac, jac)
+    g = a.T @ (r * nrm).sum(axis=1) + point_weight * np.einsum("mij,mi->j", jac, r)
+    x = np.linalg.solve(h + 1e-9 * len(p) * np.eye(7), g)
+    return np.exp(x[3]) * (p @ _skew_rotation(x[:3]).T) + c + x[4:]
 
 
 def _rigid_step(
