@@ -42,8 +42,9 @@ cannot follow the motion (parts that split, merge or appear) the error grows at 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,6 +203,28 @@ def _rigid_step(
     return x
 
 
+#: Below this many vertices a CPU fit runs with one intra-op thread (see :func:`_small_tensor_threads`).
+ONE_THREAD_VERTICES = 50_000
+
+
+@contextlib.contextmanager
+def _small_tensor_threads(device: torch.device, n: int) -> Iterator[None]:
+    """One torch thread while fitting ``n`` < ONE_THREAD_VERTICES vertices on the CPU, restored after.
+
+    Each Adam step is a few dozen operations on tensors of n×3 numbers; splitting those over threads
+    costs more than it saves, and on a busy machine much more (2 cores shared with other work, 1440
+    vertices: 100 ms a step with 2 threads, 7 ms with one)."""
+    if device.type != "cpu" or n >= ONE_THREAD_VERTICES:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def track_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -236,21 +259,22 @@ def track_mesh(
     )
     out = np.zeros((len(times), n, 3), np.float32)
     came_from: dict[int, int | None] = {}
-    for done, (k, start) in enumerate(visit_order(times, reference_time), start=1):
-        came_from[k] = start
-        x_prev = vertices if start is None else out[start]
-        guess = x_prev
-        if start is not None and came_from.get(start) is not None:
-            guess = _predict(out[came_from[start]], x_prev, parts)
-        tv, tf = targets[k]
-        tree = cKDTree(tv)
-        tn = vertex_normals(tv, tf)
-        x0 = _rigid_step(guess, parts, tv, tn, tree, settings.rigid_rounds)
-        xp = torch.from_numpy(np.ascontiguousarray(x_prev, np.float32)).to(dev)
-        rest = (xp[e_idx[:, 0]] - xp[e_idx[:, 1]]).norm(dim=1).clamp_min(1e-12)
-        out[k] = _nonrigid_step(x0, tv, tn, tree, lap, e_idx, rest, h, settings, dev)
-        if progress is not None:
-            progress(done, len(times))
+    with _small_tensor_threads(dev, n):
+        for done, (k, start) in enumerate(visit_order(times, reference_time), start=1):
+            came_from[k] = start
+            x_prev = vertices if start is None else out[start]
+            guess = x_prev
+            if start is not None and came_from.get(start) is not None:
+                guess = _predict(out[came_from[start]], x_prev, parts)
+            tv, tf = targets[k]
+            tree = cKDTree(tv)
+            tn = vertex_normals(tv, tf)
+            x0 = _rigid_step(guess, parts, tv, tn, tree, settings.rigid_rounds)
+            xp = torch.from_numpy(np.ascontiguousarray(x_prev, np.float32)).to(dev)
+            rest = (xp[e_idx[:, 0]] - xp[e_idx[:, 1]]).norm(dim=1).clamp_min(1e-12)
+            out[k] = _nonrigid_step(x0, tv, tn, tree, lap, e_idx, rest, h, settings, dev)
+            if progress is not None:
+                progress(done, len(times))
     return out
 
 
