@@ -13,8 +13,8 @@ import torch
 from helpers_meshes import BallAndBox, SplittingBalls, gltf_validator, read_glb
 
 from animate124.render.animated import fit_animated_mesh, save_mesh_glb, surface_colour
-from animate124.render.gltf import srgb_to_linear
-from animate124.render.mesh import MeshError, extract_mesh, save_glb
+from animate124.render.gltf import save_flipbook_glb, srgb_to_linear
+from animate124.render.mesh import MeshError, extract_mesh
 from animate124.render.texture import sample_texture
 from animate124.render.tracking import FitSettings, _kabsch, surface_distances, visit_order
 
@@ -180,7 +180,7 @@ def test_the_khronos_validator_finds_no_issue(validate, ball_and_box, tmp_path):
     )
     files.append(save_mesh_glb(tmp_path / "still.glb", fit.positions[:1], fit.faces, vsurf))
     meshes = [extract_mesh(field, field.level, resolution=24, t=t) for t in (0.0, 0.5)]
-    files.append(save_glb(tmp_path / "flipbook.glb", meshes, fps=4))
+    files.append(save_flipbook_glb(tmp_path / "flipbook.glb", meshes, fps=4))
     for f in files:
         report = validate(f)
         issues = report["issues"]

@@ -46,7 +46,6 @@ __all__ = [
     "vertex_colors",
     "extract_mesh",
     "save_mesh",
-    "save_glb",
     "vertex_normals",
     "mesh_stats",
     "to_trimesh",
@@ -290,14 +289,6 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         np.add.at(vn, faces[:, k], fn)
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
-def save_glb(path: Path, meshes: Sequence[Mesh], fps: float = 8.0, name: str = "animate124") -> Path:
-    """One ``.glb``: a single mesh, or one node per frame played in turn (a flipbook; see
-    :func:`animate124.render.gltf.save_flipbook_glb`)."""
-    from animate124.render.gltf import save_flipbook_glb
-
-    return save_flipbook_glb(path, meshes, fps=fps, name=name)
 
 
 def mesh_stats(mesh: Mesh) -> dict[str, Any]:

@@ -157,7 +157,8 @@ def _flipbook(
     import torch
 
     from animate124.engine.progress import rich_progress
-    from animate124.render.mesh import extract_mesh, mesh_stats, save_glb, save_mesh
+    from animate124.render.gltf import save_flipbook_glb
+    from animate124.render.mesh import extract_mesh, mesh_stats, save_mesh
 
     times = [k / e.frames for k in range(e.frames)]
     meshes = []
@@ -182,7 +183,7 @@ def _flipbook(
                 old.unlink()
     for i, m in enumerate(meshes):
         save_mesh(frames_dir / f"frame_{i:03d}.{e.format}", m)
-    glb = save_glb(out_dir / "flipbook.glb", meshes, fps=e.fps, name=f"animate124-{src}")
+    glb = save_flipbook_glb(out_dir / "flipbook.glb", meshes, fps=e.fps, name=f"animate124-{src}")
     stats = [mesh_stats(m) for m in meshes]
     metrics = {
         "mode": "flipbook",
