@@ -133,6 +133,7 @@ def outputs(second_run, shell) -> dict[str, subprocess.CompletedProcess]:
         "render --orbit": shell("render", "--orbit"),
         "render --views 4 --depth --normal": shell("render", "--views", "4", "--depth", "--normal"),
         "export": shell("export"),
+        "export --flipbook": shell("export", "--flipbook"),
         "evaluate": shell("evaluate"),
         "report": shell("report"),
     }
@@ -249,13 +250,22 @@ def test_render_views_with_depth_and_normal(outputs, project):
             assert video_props(d / f"view_{k:02d}{suffix}.mp4") == (VIEW_FRAMES, (SIZE, SIZE), FPS)
 
 
-def test_export_writes_the_animated_glb_and_the_frames(outputs, project):
+def test_export_writes_the_animated_glb_and_the_flipbook(outputs, project):
+    """`export` after run-all: one mesh with a morph target per frame (the tiny preset's 4), a texture and
+    the turntable; `export --flipbook`: a mesh per frame. The animated file is the smaller one."""
+    from helpers_meshes import read_glb
+
     out = _ok(outputs["export"])
-    assert "✓ export done in" in out and "density level" in out
+    assert "✓ export done in" in out and "density level" in out and "fit error per frame" in out
     assert "watertight: True" not in out and "glb: runs/toy/export/refine/mesh.glb" in out
     d = project / "export" / "refine"
-    assert (d / "mesh.glb").stat().st_size > 0
+    g = read_glb(d / "mesh.glb")
+    assert len(g["doc"].meshes) == 1 and len(g["frames"]) == 4 and len(g["doc"].animations) == 1
+    assert "texture" in g and (d / "turntable.png").is_file() and (d / "turntable.mp4").is_file()
+    out = _ok(outputs["export --flipbook"])
+    assert "flipbook: 4 meshes" in " ".join(out.split())
     assert len(list((d / "frames").glob("frame_*.ply"))) == 4  # the tiny preset's export.frames
+    assert (d / "flipbook.glb").stat().st_size > 0
 
 
 def test_evaluate_writes_the_metrics(outputs, project):

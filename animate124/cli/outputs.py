@@ -183,8 +183,16 @@ def export(
     s: Session,
     project: ProjectOpt = None,
     stage: SourceStageOpt = None,
+    animated: Annotated[
+        bool | None,
+        flag(
+            "--animated/--flipbook",
+            help="4D stages: one mesh whose vertices follow the motion (default), or a separate mesh per frame.",
+            show_default=False,
+        ),
+    ] = None,
     frames: Annotated[
-        int | None, typer.Option("--frames", help="Meshes over the motion (4D stages).", show_default=False)
+        int | None, typer.Option("--frames", help="Frames over the motion (4D stages).", show_default=False)
     ] = None,
     threshold: Annotated[
         float | None,
@@ -203,19 +211,36 @@ def export(
             "--decimate", help="Keep this fraction of the triangles, e.g. 0.25.", show_default=False
         ),
     ] = None,
+    max_faces: Annotated[
+        int | None,
+        typer.Option(
+            "--max-faces", help="At most this many triangles per mesh (0: no limit).", show_default=False
+        ),
+    ] = None,
+    texture: Annotated[
+        str | None,
+        typer.Option(
+            "--texture",
+            help="Colour of the .glb: atlas (baked texture) or vertex (colours).",
+            show_default=False,
+        ),
+    ] = None,
     format_: Annotated[
-        str | None, typer.Option("--format", help="Per-frame mesh files: ply or obj.", show_default=False)
+        str | None,
+        typer.Option("--format", help="Mesh files beside the .glb: ply or obj.", show_default=False),
     ] = None,
     fps: Annotated[
         int | None, typer.Option("--fps", help="Playback rate of the animated .glb.", show_default=False)
     ] = None,
 ) -> None:
-    """Export meshes (marching cubes, albedo vertex colours) into <project>/export/<stage>/.
+    """Export meshes (marching cubes on the density, the albedo as a texture) into <project>/export/<stage>/.
 
-    A 4D stage gives frames/frame_NNN.ply (or .obj) and one animated mesh.glb (one node per frame, for
-    glTF viewers and Blender); the static stage gives mesh.ply and mesh.glb.
+    A 4D stage gives mesh.glb: ONE mesh whose vertices are fitted to the surface of every frame, stored
+    as glTF morph targets with an animation (Blender, game engines and web viewers play it), with the
+    fit error of each frame; --flipbook instead writes frames/frame_NNN.ply (or .obj) and flipbook.glb,
+    a separate mesh per frame. The static stage gives mesh.glb and mesh.ply. Each export also draws the
+    exported mesh: turntable.png and turntable.mp4.
     """
-    from rich.markup import escape
 
     from animate124.errors import oom_guard
     from animate124.stages.export import EXPORT_STAGE, run_export_stage
@@ -223,10 +248,13 @@ def export(
     if threshold is not None and threshold < 0:
         raise ConfigError(f"--threshold {threshold} is negative", hint="a density level > 0, or 0 for auto")
     opts: dict[str, Any] = {}
+    _put(opts, "export", "animated", animated)
     _put(opts, "export", "frames", frames)
     _put(opts, "export", "threshold", threshold)
     _put(opts, "export", "resolution", resolution)
     _put(opts, "export", "decimate", decimate)
+    _put(opts, "export", "max_faces", max_faces)
+    _put(opts, "export", "texture", texture)
     _put(opts, "export", "format", format_)
     _put(opts, "export", "fps", fps)
     proj, src = _source(s, project, stage)
@@ -239,14 +267,53 @@ def export(
         result = run_export_stage(proj, cfg, stage=src, show_progress=s.show_progress)
     s.stage_done(result)
     m = result.metrics
+    _say_export(s, m, display_path(proj.root / m["glb"]))
+    keys = ("mode", "frames", "threshold", "faces_mean", "watertight", "glb_bytes", "fit_error_max", "fit_ok")
+    s.extra["export"] = {k: m[k] for k in keys if k in m}
+
+
+def _say_export(s: Session, m: dict[str, Any], glb: str) -> None:
+    """The export's summary lines: what was written, and for an animated mesh the fit error per frame."""
+    from rich.markup import escape
+
     how = "auto" if m.get("threshold_auto") else "given"
-    meshes = f"{m['frames']} mesh{'es' if m['frames'] != 1 else ''}"
+    level = f"density level {m['threshold']:.4g} ({how})"
+    size = f"{m.get('glb_bytes', 0) / 1e6:.2f} MB"
     closed = "watertight" if m["watertight"] else "not watertight (open at the grid's edge or holes)"
+    if m.get("mode") == "flipbook":
+        s.say(
+            f"    flipbook: {m['frames']} meshes, ~{m['faces_mean']} triangles each, {level}, {closed} ({size})"
+        )
+        s.say(f"    glb: {escape(glb)}")
+        return
+    colour = f"{m['texture_size']}² texture" if m.get("texture") == "atlas" else "vertex colours"
+    what = f"one mesh, {m['frames']} frames" if m.get("mode") == "animated" else "one mesh"
     s.say(
-        f"    {meshes}, density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} triangles each, {closed}"
+        f"    {what}, {m['vertices']} vertices / {m['faces']} triangles, {colour}, {level}, {closed} ({size})"
     )
-    s.say(f"    glb: {escape(display_path(proj.root / m['glb']))}")
-    s.extra["export"] = {k: m[k] for k in ("frames", "threshold", "faces_mean", "watertight") if k in m}
+    s.say(f"    glb: {escape(glb)}")
+    if m.get("mode") != "animated":
+        return
+    worst = m["fit_error_max"]
+    if len(worst) <= 32:
+        per = " ".join(f"{100 * w:.1f}" for w in worst)
+        s.say(
+            f"    fit error per frame (largest distance, % of the object's size {m['object_size']:.3g}): {per}"
+        )
+    else:
+        k = max(range(len(worst)), key=worst.__getitem__)
+        s.say(
+            f"    fit error (largest distance, % of the object's size): worst {100 * worst[k]:.1f} at frame {k}, "
+            f"mean over frames {100 * sum(m['fit_error_mean']) / len(worst):.2f}"
+        )
+    if not m["fit_ok"]:
+        over = m["fit_frames_over"]
+        shown = ", ".join(str(k) for k in over[:12]) + (" …" if len(over) > 12 else "")
+        s.warn(
+            f"one mesh does not follow the motion at frame(s) {shown}: their surface is more than "
+            f"{100 * m['fit_tolerance']:.3g} % of the object's size away (parts that split, merge or appear). "
+            "`animate124 export --flipbook` writes a separate mesh per frame."
+        )
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -371,8 +438,9 @@ def register(app: typer.Typer) -> None:
         cls=FlagHelpCommand,
         epilog=examples(
             "animate124 export",
-            "animate124 export --frames 32 --decimate 0.25",
-            "animate124 export --stage static --format obj --threshold 15",
+            "animate124 export --frames 32 --max-faces 10000",
+            "animate124 export --flipbook --decimate 0.25",
+            "animate124 export --stage static --format obj --threshold 15 --texture vertex",
         ),
     )(export)
     app.command(
