@@ -42,7 +42,8 @@ from animate124.stages.spec import STAGE_NAMES, TRAINING_STAGES
 EXIT_CODES_HELP = (
     "[bold]Exit codes[/bold]: 0 success; 1 runtime error (a stage failed, a model is missing, out of "
     "memory); 2 usage or config error (bad option, image or prompt; nothing was changed); "
-    "130 interrupted by Ctrl-C (progress is saved: run the same command again to resume)."
+    "130 interrupted by Ctrl-C, 143 by SIGTERM (progress is saved: run the same command again, without "
+    "--force, to resume)."
 )
 
 
@@ -63,6 +64,19 @@ def parse_device(value: str) -> str:
     return value
 
 
+def parse_project_dir(value: str) -> Path:
+    """``-p DIR``: an empty value is refused (it would make the working directory a project)."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; name a project directory, e.g. -p runs/panda")
+    from animate124.config.validation import check_text
+
+    try:
+        check_text("-p", value)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("-p: ")) from None
+    return Path(value)
+
+
 PresetName = Literal[tuple(PRESETS)]
 StageName = Literal[STAGE_NAMES]
 TrainedStageName = Literal[TRAINING_STAGES]
@@ -74,6 +88,8 @@ ProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
+        parser=parse_project_dir,
+        metavar="DIR",
         help="Project directory. Default: the working directory if it is a project, else the most "
         "recent project (the last one run-all or preprocess worked on).",
         show_default=False,
@@ -93,6 +109,8 @@ ImageProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
+        parser=parse_project_dir,
+        metavar="DIR",
         help="Project directory, created if missing (default: ./runs/<image name>).",
         show_default=False,
     ),
@@ -378,6 +396,39 @@ class Session:
 
 
 # --- @guarded ----------------------------------------------------------------------------------
+def printable(text: str) -> str:
+    """``text`` with anything a terminal cannot show (bytes that were not UTF-8) as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def interrupted_line(exc: BaseException, force: bool) -> str:
+    """What to tell the user after Ctrl-C or SIGTERM: what stopped the run and the command that resumes."""
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    again = (
+        "run the same command again without --force to resume (with --force it starts over)"
+        if force
+        else "run the same command again to resume"
+    )
+    return f"[yellow]{what}[/yellow]: progress is saved; {again}."
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings as one yellow line each on stderr (``warning: ...``), not logger records."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(logging.WARNING)
+        self.session = session
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.session.warn(printable(record.getMessage()))
+        except Exception:  # noqa: BLE001 - a warning must never end a run
+            self.handleError(record)
+
+
 def _error_lines(exc: BaseException) -> tuple[str, str | None, int]:
     """(message, hint, exit code) for anything a command body raised."""
     if isinstance(exc, Animate124Error):
@@ -407,38 +458,49 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
 def _run(session: Session, body: Callable[[], Any]) -> Any:
     from rich.markup import escape
 
+    from animate124.engine.interrupt import terminate_like_interrupt
+
     opts = session.opts
     logging.basicConfig(
         level=logging.DEBUG if opts.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    package_log = logging.getLogger("animate124")
+    lines = None
+    if not opts.debug:  # warnings as plain lines; --debug keeps the logger's records
+        lines = _WarningLines(session)
+        package_log.addHandler(lines)
+        package_log.propagate = False
     code, error = 0, None
-    with _stdout_to_stderr(opts.json_output) as stdout:
-        try:
-            with oom_guard(f"`animate124 {session.command}`"):
-                out = body()
-        except typer.Exit as exc:
-            code = exc.exit_code
-            raise
-        except (KeyboardInterrupt, Exception) as exc:
-            error = exc
-            err = session.console(stderr=True)
-            if isinstance(exc, KeyboardInterrupt):
-                code = EXIT_INTERRUPTED
-                err.print(
-                    "[yellow]interrupted[/yellow]: progress is saved; run the same command again to resume."
-                )
-            else:
-                message, hint, code = _error_lines(exc)
-                if opts.debug:
-                    raise
-                err.print(f"[bold red]error:[/bold red] {escape(message)}")
-                if hint:
-                    err.print(f"[yellow]hint:[/yellow] {escape(hint)}")
-            raise typer.Exit(code) from None
-        finally:
-            if opts.json_output:
-                stdout.write(json.dumps(session.summary(code, error)) + "\n")
-                stdout.flush()
+    try:
+        with _stdout_to_stderr(opts.json_output) as stdout:
+            try:
+                with terminate_like_interrupt(), oom_guard(f"`animate124 {session.command}`"):
+                    out = body()
+            except typer.Exit as exc:
+                code = exc.exit_code
+                raise
+            except (KeyboardInterrupt, Exception) as exc:
+                error = exc
+                err = session.console(stderr=True)
+                if isinstance(exc, KeyboardInterrupt):
+                    code = 128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128)
+                    err.print(interrupted_line(exc, opts.force))
+                else:
+                    message, hint, code = _error_lines(exc)
+                    if opts.debug:
+                        raise
+                    err.print(f"[bold red]error:[/bold red] {escape(printable(message))}")
+                    if hint:
+                        err.print(f"[yellow]hint:[/yellow] {escape(printable(hint))}")
+                raise typer.Exit(code) from None
+            finally:
+                if opts.json_output:
+                    stdout.write(json.dumps(session.summary(code, error)) + "\n")
+                    stdout.flush()
+    finally:
+        if lines is not None:
+            package_log.removeHandler(lines)
+            package_log.propagate = True
     if not opts.json_output:
         session.final_line()
     return out

@@ -46,7 +46,10 @@ def run_invert(
         )
         from animate124.models.loaders import load_sd
 
+        import torch
+
         device = resolve_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)  # the process-wide generator too: runs and resumes are reproducible
         comps = load_sd(model_store(cfg), device=device, dtype=prior_dtype(cfg, device))
         comps.text_encoder.float()  # the token is trained through an fp32 text encoder, as upstream (SPEC 2)
         if cfg.run.vae_fused_norm:

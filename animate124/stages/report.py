@@ -21,6 +21,7 @@ import datetime as _dt
 import hashlib
 import html
 import json
+import logging
 import math
 import urllib.parse
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from typing import Any
 from animate124.project import Project, atomic_write_text
 from animate124.stages.outputs import OutputStage
 from animate124.stages.spec import TRAINING_STAGES
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_STAGE", "write_report", "report_page", "run_report_stage", "loss_curves", "svg_chart"]
 
@@ -124,8 +127,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):  # a damaged file shows as missing; the page still renders
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -154,19 +157,20 @@ def loss_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
     """``loss/<term>`` -> [(step, value)] from a JSONL log (bad lines and non-finite values skipped)."""
     curves: dict[str, list[tuple[float, float]]] = {}
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
     except OSError:
         return curves
     for line in lines:
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+            step = float(rec["step"])
+        except (ValueError, TypeError, KeyError):
             continue
-        if not isinstance(rec, dict) or "step" not in rec:
+        if not isinstance(rec, dict) or not math.isfinite(step):
             continue
         for k, v in rec.items():
             if k.startswith("loss/") and isinstance(v, (int, float)) and math.isfinite(v):
-                curves.setdefault(k[5:], []).append((float(rec["step"]), float(v)))
+                curves.setdefault(k[5:], []).append((step, float(v)))
     return curves
 
 
@@ -458,8 +462,10 @@ def _metrics_section(project: Project) -> str:
 
     path = project.artifact("metrics")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
         return '<p class="muted">No metrics yet: run <code>animate124 evaluate</code>.</p>'
     big = "".join(
         f'<div><div class="v">{_e(_fmt_num(data.get(k), 3))}</div><div class="k">{_e(label)}</div></div>'
@@ -485,7 +491,7 @@ def _config_section(project: Project) -> str:
         p = project.config_path(stage)
         if p.is_file():
             parts.append(
-                f"<details><summary>{_e(stage)} · config/{_e(p.name)}</summary><pre>{_e(p.read_text())}</pre></details>"
+                f"<details><summary>{_e(stage)} · config/{_e(p.name)}</summary><pre>{_e(p.read_bytes().decode('utf-8', 'replace'))}</pre></details>"
             )
     return "".join(parts) or '<p class="muted">No config saved yet.</p>'
 
@@ -578,7 +584,10 @@ def run_report_stage(project: Project, cfg: Any = None, *, force: bool = False, 
     rec = project.stage_record("report")
     artifacts = {"report": str(path)}
     if not force and rec.get("content_hash") == digest and path.is_file():
-        return StageResult("report", skipped=True, artifacts=artifacts)
+        damaged = project.stage_problems("report", rec)
+        if not damaged:
+            return StageResult("report", skipped=True, artifacts=artifacts)
+        log.warning("%s %s: the report will be written again", *damaged[0])
     with project.lock():
         atomic_write_text(path, _stamp(page))
         seconds = round(time.perf_counter() - t0, 3)
@@ -589,5 +598,6 @@ def run_report_stage(project: Project, cfg: Any = None, *, force: bool = False, 
             seconds=seconds,
             content_hash=digest,
             artifacts=artifacts,
+            files=project.file_records([path]),
         )
     return StageResult("report", skipped=False, artifacts=artifacts, seconds=seconds)
