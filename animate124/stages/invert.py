@@ -40,13 +40,13 @@ def run_invert(
     src = source_image(project)
 
     def body(ctx: StageContext) -> dict:
+        import torch
+
         from animate124.guidance.textual_inversion import (
             save_learned_embeds,
             train_textual_inversion,
         )
         from animate124.models.loaders import load_sd
-
-        import torch
 
         device = resolve_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)  # the process-wide generator too: runs and resumes are reproducible
