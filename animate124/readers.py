@@ -236,16 +236,26 @@ def check_torch_zip(path: Path) -> str | None:
 def _check_npy(path: Path) -> str | None:
     import numpy as np
 
+    version_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
     with open(path, "rb") as fh:
         try:
-            version = np.lib.format.read_magic(fh)
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # noqa: SLF001
+            read = version_header.get(np.lib.format.read_magic(fh), np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(fh)
         except ValueError as exc:
             return f"not a .npy array ({_short(exc)})"
         start = fh.tell()
     expected = start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = path.stat().st_size
-    return None if size == expected else f"{size} bytes, its header declares {expected}"
+    if size == expected:
+        return None
+    return (
+        f"truncated: {size} bytes, its header declares {expected}"
+        if size < expected
+        else (f"{size} bytes, its header declares {expected}")
+    )
 
 
 def unreadable_phrase(why: str) -> str:

@@ -55,6 +55,8 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(
                 f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}",
@@ -133,7 +135,8 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
         sub = f"{path}.{name}" if path else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data.get(name, {}), sub)
+            section = data.get(name)
+            kwargs[name] = _build(tp, {} if section is None else section, sub)
         elif name in data:
             kwargs[name] = _coerce(sub, tp, data[name], f.metadata)
     return cls(**kwargs)
@@ -154,6 +157,8 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     """Recursive dict merge: values of ``over`` win; nested mappings merge."""
     out = dict(base)
     for k, v in over.items():
+        if v is None and isinstance(out.get(k), Mapping):  # "section:" with nothing under it changes nothing
+            continue
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = deep_merge(out[k], v)
         else:

@@ -95,15 +95,17 @@ def _describe(project: Project, f: OutputFile, stage: str) -> dict[str, Any]:
 
 
 def render_request_key(project: Project, cfg: Config, src: str, request: dict[str, Any]) -> str:
-    """Hash of one render request: the trained result of ``src`` (its config hash and when it finished),
-    the ``render`` and ``raymarch`` settings and the request's own options."""
+    """Hash of one render request: the trained result of ``src`` (the sha256 of its model file; for a record
+    from before the hashes, its config hash and when it finished), the ``render`` and ``raymarch`` settings
+    and the request's own options. A stage redone to the same bytes keeps its renders up to date."""
     from animate124.config.loader import config_hash
 
     rec = project.stage_record(src)
+    model = (rec.get("files") or {}).get(f"{src}/model.safetensors", {}).get("sha256")
     blob = json.dumps(
         {
             "stage": src,
-            "trained": [rec.get("config_hash"), rec.get("finished")],
+            "trained": model or [rec.get("config_hash"), rec.get("finished")],
             "settings": config_hash(cfg, RENDER_STAGE.sections),
             "request": request,
         },
