@@ -41,6 +41,7 @@ NOT_VARIED = {
     "run.vae_attention": "sets the attention processor of the priors' VAEs; test_guidance_attention checks it",
     "run.vae_fused_norm": "replaces the priors' VAE encoder norms; test_guidance_groupnorm checks wiring and outputs",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
+    "run.deterministic": "read by engine/runner.py around every stage; test_trust and test_reproducible check it",
 }
 OUTPUT_SECTIONS = {
     "render": "animate124/stages/render.py",

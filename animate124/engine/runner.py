@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from animate124.config.loader import config_hash, dump_yaml
 from animate124.config.schema import Config
 from animate124.engine.runtime import deterministic_algorithms, versions
-from animate124.errors import Animate124Error
+from animate124.errors import EXIT_RUNTIME, EXIT_USAGE, Animate124Error
 from animate124.project import Project, atomic_write_text, now_iso
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def run_stage(
                 error=f"{type(exc).__name__}: {exc}",
                 seconds=round(time.perf_counter() - t0, 3),
             )
+            if isinstance(exc, Animate124Error) and exc.exit_code == EXIT_USAGE:
+                exc.exit_code = EXIT_RUNTIME  # the stage is now recorded as failed: not "nothing was changed"
             raise
         seconds = round(time.perf_counter() - t0, 3)
         artifacts = {k: str(v) for k, v in out.get("artifacts", {}).items()}
