@@ -32,6 +32,7 @@ SOURCES = {
     "zero123": "bennyguo--zero123-xl-diffusers",
     "video": "ali-vilab--text-to-video-ms-1.7b",
     "controlnet": "lllyasviel--control_v11f1e_sd15_tile",
+    "clip": "openai--clip-vit-large-patch14",
 }
 
 
@@ -105,6 +106,12 @@ def build(role: str, configs: Path, out: Path, device: str) -> Path:
             {"proj.weight": proj.weight.detach().half(), "proj.bias": proj.bias.detach().half()},
             str(dst / "clip_camera_projection" / "diffusion_pytorch_model.fp16.safetensors"),
         )
+    elif role == "clip":  # evaluate's CLIP ViT-L/14 (one model.safetensors at the repo root, as on the Hub)
+        from transformers import CLIPConfig, CLIPModel
+
+        with torch.device(device):
+            clip = CLIPModel(CLIPConfig.from_pretrained(str(src)))
+        _save(clip, dst, "model.safetensors")
     elif role == "controlnet":
         _save(_diffusers_model(ControlNetModel, src, device), dst, "diffusion_pytorch_model.fp16.safetensors")
     else:  # pragma: no cover - argparse restricts the choice
@@ -117,7 +124,7 @@ def main() -> None:
     ap.add_argument("--configs", type=Path, default=ROOT / ".." / "shared" / "data" / "hf-configs")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--roles", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--roles", nargs="+", default=[r for r in SOURCES if r != "clip"], choices=list(SOURCES))
     args = ap.parse_args()
     torch.manual_seed(0)
     for role in args.roles:

@@ -120,3 +120,22 @@ def test_capped_cli_runs_the_cli_and_rejects_a_missing_cap(capsys) -> None:
     out = capsys.readouterr()
     assert "low-vram" in out.out
     assert ("capped at 24 GiB" in out.err) or ("no CUDA" in out.err)
+
+
+def test_capped_cli_records_seconds_exit_code_and_peaks(tmp_path, capsys) -> None:
+    import json
+
+    import capped_cli
+
+    out = tmp_path / "rec.json"
+    with pytest.raises(SystemExit) as ok:
+        capped_cli.main(["--gib", "24", "--record", str(out), "config", "presets"])
+    assert ok.value.code in (0, None)
+    rec = json.loads(out.read_text())
+    assert rec["argv"] == ["config", "presets"] and rec["exit_code"] in (0, None)
+    assert 0 < rec["seconds"] < 60 and rec["peak_host_gib"] > 0.01  # a Python process with torch is > 10 MiB
+    with pytest.raises(SystemExit) as bad:  # an unknown command: typer's usage error, still recorded
+        capped_cli.main(["--gib", "24", "--record", str(out), "no-such-command"])
+    assert json.loads(out.read_text())["exit_code"] == bad.value.code == 2
+    with pytest.raises(SystemExit, match="usage"):
+        capped_cli.main(["--gib", "24", "--record"])

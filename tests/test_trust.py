@@ -198,24 +198,6 @@ def test_a_required_file_missing_is_refused_before_anything_changes(tmp_path):
     assert p.manifest_path.read_bytes() == before
 
 
-def test_a_usage_error_inside_a_stage_exits_1_with_the_stage_failed(tmp_path):
-    """Exit 2 promises that nothing was changed; an error found once the stage is recorded as running
-    (so now "failed") is a runtime error."""
-    from animate124.engine.runner import run_stage
-    from animate124.errors import EXIT_RUNTIME
-    from animate124.stages.spec import get_stage
-
-    p, _ = _project_with_stage(tmp_path)
-
-    def body(ctx):
-        raise ConfigError("a value the stage refused")
-
-    with pytest.raises(ConfigError) as ei:
-        run_stage(p, get_stage("preprocess"), resolve_config("tiny"), body, force=True)
-    assert ei.value.exit_code == EXIT_RUNTIME and ConfigError.exit_code == 2
-    assert p.stage_record("preprocess")["status"] == "failed"
-
-
 # --- full disks -------------------------------------------------------------------------------------------
 def test_a_write_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     import numpy as np

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import inspect
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +27,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from animate124.config.presets import PRESETS
 from animate124.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
+    EXIT_USAGE,
     Animate124Error,
     ConfigError,
     oom_guard,
@@ -45,6 +46,32 @@ EXIT_CODES_HELP = (
     "130 interrupted by Ctrl-C, 143 by SIGTERM (progress is saved: run the same command again, without "
     "--force, to resume)."
 )
+
+
+def flag(*decls: str, help: str, **kwargs: Any) -> Any:
+    """A boolean option shown as a flag: ``--orbit``, not ``--orbit <bool>`` (Typer prints the type of every
+    option unless its metavar is set, and a flag takes no value)."""
+    return typer.Option(*decls, help=help, metavar="", **kwargs)
+
+
+class FlagHelpCommand(TyperCommand):
+    """A command whose own ``--help`` is shown as a flag too (Typer gives it a ``<bool>`` type column)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class FlagHelpGroup(TyperGroup):
+    """A command group whose ``--help`` is shown as a flag (see :class:`FlagHelpCommand`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
 
 
 def examples(*lines: str) -> str:
@@ -90,8 +117,9 @@ ProjectOpt = Annotated[
         "-p",
         parser=parse_project_dir,
         metavar="DIR",
-        help="Project directory. Default: the working directory if it is a project, else the most "
-        "recent project (the last one run-all or preprocess worked on).",
+        help="Project directory. Default: the working directory if it is a project, else the only "
+        "project under ./runs (of several, the newest), else the last project a run started on; the "
+        "command prints which one and why.",
         show_default=False,
     ),
 ]
@@ -189,19 +217,17 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "force": (
-        Annotated[bool, typer.Option("--force", help="Run again even when up to date.")],
+        Annotated[bool, flag("--force", help="Run again even when up to date.")],
         False,
     ),
     "quiet": (
-        Annotated[
-            bool, typer.Option("--quiet", "-q", help="No progress bars or details: only the final line.")
-        ],
+        Annotated[bool, flag("--quiet", "-q", help="No progress bars or details: only the final line.")],
         False,
     ),
     "json_output": (
         Annotated[
             bool,
-            typer.Option(
+            flag(
                 "--json",
                 help="Print one JSON summary object on stdout (project, stages with status, skipped, "
                 "seconds and artifacts, exit_code) and nothing else; messages go to stderr.",
@@ -209,7 +235,18 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
-    "debug": (Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")], False),
+    "verbose": (
+        Annotated[
+            bool,
+            flag(
+                "--verbose",
+                "-v",
+                help="Also show the libraries' warnings (transformers, diffusers, torch) and more details.",
+            ),
+        ],
+        False,
+    ),
+    "debug": (Annotated[bool, flag("--debug", help="Show full tracebacks.")], False),
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
@@ -230,6 +267,7 @@ class Common:
     force: bool = False
     quiet: bool = False
     json_output: bool = False
+    verbose: bool = False
     debug: bool = False
 
 
@@ -293,6 +331,26 @@ class Session:
     results: list[Any] = field(default_factory=list)
     running: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the project's manifest as it was when the command chose the project (None: no manifest yet); an
+    #: error that would exit 2 ("nothing was changed") exits 1 when the manifest has changed since
+    manifest_before: bytes | None = None
+
+    # project --------------------------------------------------------------------------------------
+    def use_project(self, project: Any, how: str | None = None) -> None:
+        """Work on ``project`` (a :class:`~animate124.project.Project`) and say which one and why: one line,
+        ``project: runs/toy (the only project under ./runs)`` (hidden by --quiet; the final line names it)."""
+        from rich.markup import escape
+
+        self.project = project.root
+        self.manifest_before = _read_bytes(project.manifest_path)
+        why = f" ({how})" if how and how != "-p" else ""
+        self.say(f"project: {escape(display_path(project.root))}{escape(why)}")
+
+    def project_changed(self) -> bool:
+        """Whether the project's manifest differs from when the command chose the project."""
+        if self.project is None:
+            return False
+        return _read_bytes(self.project / "manifest.json") != self.manifest_before
 
     # output ---------------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
@@ -344,7 +402,7 @@ class Session:
         extra = " (resumed)" if result.resumed else ""
         c.print(f"[green]✓[/green] {result.stage} done in {result.seconds:.1f} s{extra}")
         for k, v in result.artifacts.items():
-            c.print(f"    {k}: {escape(str(v))}")
+            c.print(f"    {k}: {escape(display_path(Path(v)))}")
 
     def summary(self, exit_code: int, error: BaseException | None = None) -> dict[str, Any]:
         stages = [
@@ -387,12 +445,28 @@ class Session:
         if not self.results or (len(self.results) == 1 and not self.opts.quiet):
             return
         parts = [f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in self.results]
-        where = f" {escape(str(self.project))}" if self.project else ""
-        report = f"; report: {escape(str(self.extra['report']))}" if self.extra.get("report") else ""
+        where = f" {escape(display_path(self.project))}" if self.project else ""
+        report = self.extra.get("report")
+        report = f"; report: {escape(display_path(Path(report)))}" if report else ""
         if all(r.skipped for r in self.results):
             self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)}){report}")
         else:
             self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)}){report}")
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (``runs/toy``), else absolute."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # --- @guarded ----------------------------------------------------------------------------------
@@ -413,20 +487,6 @@ def interrupted_line(exc: BaseException, force: bool) -> str:
         else "run the same command again to resume"
     )
     return f"[yellow]{what}[/yellow]: progress is saved; {again}."
-
-
-class _WarningLines(logging.Handler):
-    """The library's warnings as one yellow line each on stderr (``warning: ...``), not logger records."""
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(logging.WARNING)
-        self.session = session
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.session.warn(printable(record.getMessage()))
-        except Exception:  # noqa: BLE001 - a warning must never end a run
-            self.handleError(record)
 
 
 def _error_lines(exc: BaseException) -> tuple[str, str | None, int]:
@@ -458,49 +518,39 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
 def _run(session: Session, body: Callable[[], Any]) -> Any:
     from rich.markup import escape
 
+    from animate124.cli.logs import configure_logging
     from animate124.engine.interrupt import terminate_like_interrupt
 
     opts = session.opts
-    logging.basicConfig(
-        level=logging.DEBUG if opts.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    package_log = logging.getLogger("animate124")
-    lines = None
-    if not opts.debug:  # warnings as plain lines; --debug keeps the logger's records
-        lines = _WarningLines(session)
-        package_log.addHandler(lines)
-        package_log.propagate = False
+    configure_logging(verbose=opts.verbose, debug=opts.debug)
     code, error = 0, None
-    try:
-        with _stdout_to_stderr(opts.json_output) as stdout:
-            try:
-                with terminate_like_interrupt(), oom_guard(f"`animate124 {session.command}`"):
-                    out = body()
-            except typer.Exit as exc:
-                code = exc.exit_code
-                raise
-            except (KeyboardInterrupt, Exception) as exc:
-                error = exc
-                err = session.console(stderr=True)
-                if isinstance(exc, KeyboardInterrupt):
-                    code = 128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128)
-                    err.print(interrupted_line(exc, opts.force))
-                else:
-                    message, hint, code = _error_lines(exc)
-                    if opts.debug:
-                        raise
-                    err.print(f"[bold red]error:[/bold red] {escape(printable(message))}")
-                    if hint:
-                        err.print(f"[yellow]hint:[/yellow] {escape(printable(hint))}")
-                raise typer.Exit(code) from None
-            finally:
-                if opts.json_output:
-                    stdout.write(json.dumps(session.summary(code, error)) + "\n")
-                    stdout.flush()
-    finally:
-        if lines is not None:
-            package_log.removeHandler(lines)
-            package_log.propagate = True
+    with _stdout_to_stderr(opts.json_output) as stdout:
+        try:
+            with terminate_like_interrupt(), oom_guard(f"`animate124 {session.command}`"):
+                out = body()
+        except typer.Exit as exc:
+            code = exc.exit_code
+            raise
+        except (KeyboardInterrupt, Exception) as exc:
+            error = exc
+            err = session.console(stderr=True)
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C (130) or SIGTERM (143)
+                code = 128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128)
+                err.print(interrupted_line(exc, opts.force))
+            else:
+                message, hint, code = _error_lines(exc)
+                if code == EXIT_USAGE and session.project_changed():
+                    code = EXIT_RUNTIME  # exit 2 promises that nothing was changed
+                if opts.debug:
+                    raise
+                err.print(f"[bold red]error:[/bold red] {escape(printable(message))}")
+                if hint:
+                    err.print(f"[yellow]hint:[/yellow] {escape(printable(hint))}")
+            raise typer.Exit(code) from None
+        finally:
+            if opts.json_output:
+                stdout.write(json.dumps(session.summary(code, error)) + "\n")
+                stdout.flush()
     if not opts.json_output:
         session.final_line()
     return out
@@ -512,7 +562,7 @@ def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
     CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
     """
-    chosen = (*names, "debug")
+    chosen = (*names, "verbose", "debug")
     unknown = [n for n in chosen if n not in COMMON_OPTIONS]
     if unknown:
         raise ValueError(f"unknown common options: {unknown}")

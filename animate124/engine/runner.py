@@ -24,14 +24,14 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from animate124.config.loader import config_hash, dump_yaml
 from animate124.config.schema import Config
 from animate124.engine.runtime import deterministic_algorithms, versions
-from animate124.errors import EXIT_RUNTIME, EXIT_USAGE, Animate124Error
+from animate124.errors import Animate124Error
 from animate124.project import Project, atomic_write_text, now_iso
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,17 @@ class StageContext:
     config_hash: str = ""
 
 
-def stage_hash(project: Project, spec: StageInfo, cfg: Config, extra_hash: str = "") -> str:
-    """Hash of the stage's config sections, ``extra_hash`` and the hashes of the stages it requires."""
-    upstream = [project.stage_record(s).get("config_hash", "") for s in spec.requires]
+def stage_hash(
+    project: Project,
+    spec: StageInfo,
+    cfg: Config,
+    extra_hash: str = "",
+    upstream_hashes: Mapping[str, str] | None = None,
+) -> str:
+    """Hash of the stage's config sections, ``extra_hash`` and the hashes of the stages it requires (as
+    recorded in the manifest, or as given in ``upstream_hashes``: what a planned run will record)."""
+    given = upstream_hashes or {}
+    upstream = [given.get(s) or project.stage_record(s).get("config_hash", "") for s in spec.requires]
     blob = "|".join([config_hash(cfg, spec.sections), extra_hash, *upstream])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -165,8 +173,6 @@ def run_stage(
                 error=f"{type(exc).__name__}: {exc}",
                 seconds=round(time.perf_counter() - t0, 3),
             )
-            if isinstance(exc, Animate124Error) and exc.exit_code == EXIT_USAGE:
-                exc.exit_code = EXIT_RUNTIME  # the stage is now recorded as failed: not "nothing was changed"
             raise
         seconds = round(time.perf_counter() - t0, 3)
         artifacts = {k: str(v) for k, v in out.get("artifacts", {}).items()}
