@@ -3,7 +3,9 @@ or its model cache, and what each one must get back.
 
 Every case runs one command in-process (Typer's CliRunner) on its own copy of one finished tiny project
 (``run-all examples/toy.png "a toy is spinning" --preset tiny``, made once), after the case's ``setup``
-changed something (a bad option, a truncated model, random bytes in a checkpoint, a deleted image...).
+changed something (a bad option, a truncated model, random bytes in a checkpoint, a deleted image...),
+under the case's ``patch`` where it has one (a full disk, Ctrl-C). The cases are in ``battery_cases.py``,
+what they are made of in ``battery_kit.py``.
 Each case must give:
 
 * no traceback and no "internal error" (the command raised nothing but its own errors);
@@ -14,8 +16,7 @@ Each case must give:
   finished stage of the project must verify (files present with their recorded size and sha256).
 
 Run it alone (``python tests/battery.py``; ``-k WORD`` runs the cases whose name contains WORD, ``-v``
-prints every output) or through ``tests/test_battery.py`` (CI). Cases marked ``preflight`` test checks
-another part of the CLI (the pre-flight before any stage) is meant to make; they are reported apart.
+prints every output) or through ``tests/test_battery.py`` (CI).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from battery_cases import PROMPT, REPO, TINY, Case, Ctx, cases, verifies  # noqa: E402
+from battery_cases import cases  # noqa: E402
+from battery_kit import PROMPT, REPO, TINY, Case, Ctx, verifies  # noqa: E402
 
 __all__ = ["Outcome", "cases", "run", "run_case", "summary"]
 
@@ -126,7 +128,8 @@ def run_case(case: Case, base: Ctx, scratch: Path) -> Outcome:
         "ANIMATE124_CACHE": str(cache_root),
     }
     t0 = time.perf_counter()
-    with _cwd(work), _time_limit(CASE_LIMIT_S):
+    patch = case.patch(ctx) if case.patch is not None else contextlib.nullcontext()
+    with _cwd(work), _time_limit(CASE_LIMIT_S), patch:
         r = CliRunner().invoke(app, args, env=env)
     out = Outcome(case, r.exit_code, r.output, seconds=time.perf_counter() - t0)
     if r.exception is not None and not isinstance(r.exception, SystemExit):
@@ -197,7 +200,6 @@ def summary(outcomes: list[Outcome]) -> dict[str, object]:
         "up_to_date_over_damage": count("up to date' over")
         + count("after exit 0")
         + count("up to date over"),
-        "preflight_cases": [o.case.name for o in outcomes if o.case.preflight],
         "seconds": round(sum(o.seconds for o in outcomes), 1),
     }
 

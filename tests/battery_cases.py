@@ -1,238 +1,71 @@
 """The cases of the bad-input battery (``tests/battery.py`` runs them): what each one damages or gets
-wrong, the command it runs, the exit codes it may give and the words its output must contain.
-
-A case's ``setup`` changes the copy of the finished tiny project (``Ctx.project``) or the working directory
-(``Ctx.work``) before the command runs; ``damaged`` names the stage whose file it damaged, ``verify_after``
-asks that an exit 0 leave every finished stage verified, ``check`` adds a case's own check of the project.
-"""
+wrong, the command it runs, the exit codes it may give and the words its output must contain (what a case
+is made of: ``battery_kit.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PROMPT = "a toy is spinning"
-TINY = ("--preset", "tiny")
-BAD_UTF8 = b"a toy \xff\xfe is spinning".decode("utf-8", "surrogateescape")  # what Linux argv gives Python
+from battery_kit import (
+    ARTIFACTS,
+    BAD_UTF8,
+    DAMAGES,
+    DOWNSTREAM,
+    PROMPT,
+    STAGE_CMDS,
+    TINY,
+    UNTIL,
+    Case,
+    Ctx,
+    all_of,
+    both,
+    cache_file,
+    corrupt_kept,
+    ctrl_c_in_stage,
+    delete,
+    edit_manifest,
+    flip_byte,
+    full_disk_under,
+    interrupted,
+    next_up_to_date,
+    not_marked,
+    on_ckpt,
+    randomize,
+    stage_cmd,
+    status_is,
+    to_directory,
+    truncate,
+    unchanged,
+    unchanged_files,
+    without_invert,
+    write,
+)
 
-
-@dataclass
-class Ctx:
-    """Where a case runs: ``work`` (the working directory, holding ``toy.png`` and ``runs/toy``)."""
-
-    work: Path
-    cache: Path
-
-    @property
-    def project(self) -> Path:
-        return self.work / "runs" / "toy"
-
-    def p(self, rel: str) -> Path:
-        return self.project / rel
-
-
-@dataclass
-class Case:
-    name: str
-    args: list[str] | Callable[[Ctx], list[str]]
-    codes: tuple[int, ...]
-    expect: tuple[str, ...] = ()
-    setup: Callable[[Ctx], None] | None = None
-    damaged: str | None = None  # the stage whose file the setup damaged
-    verify_after: bool = False  # exit 0 must leave every finished stage verified
-    own_cache: bool = False  # the case damages the model cache: it gets its own copy
-    preflight: bool = False  # checks the pre-flight (another part of the CLI) owns
-    check: Callable[[Ctx, str], str | None] | None = None  # extra check: an error text or None
-
-
-# --- damage -----------------------------------------------------------------------------------------
-def truncate(rel: str, keep: float = 0.5) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        p = c.p(rel)
-        data = p.read_bytes()
-        p.write_bytes(data[: int(len(data) * keep)])
-
-    return f
-
-
-def randomize(rel: str) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        p = c.p(rel)
-        p.write_bytes(os.urandom(max(p.stat().st_size, 64)))
-
-    return f
-
-
-def flip_byte(rel: str) -> Callable[[Ctx], None]:
-    """Same size, one byte near the end changed (only a content hash sees it)."""
-
-    def f(c: Ctx) -> None:
-        p = c.p(rel)
-        data = bytearray(p.read_bytes())
-        data[-5] ^= 0xFF
-        p.write_bytes(bytes(data))
-
-    return f
-
-
-def delete(rel: str) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        c.p(rel).unlink()
-
-    return f
-
-
-def to_directory(rel: str) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        c.p(rel).unlink()
-        c.p(rel).mkdir()
-
-    return f
-
-
-def write(rel: str, data: bytes, base: str = "project") -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        root = c.project if base == "project" else c.work
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-
-    return f
-
-
-def edit_manifest(fn: Callable[[dict], object]) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        m = json.loads(c.p("manifest.json").read_text())
-        fn(m)
-        c.p("manifest.json").write_text(json.dumps(m))
-
-    return f
-
-
-def both(*fns: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        for fn in fns:
-            fn(c)
-
-    return f
-
-
-def interrupted(stage: str) -> Callable[[Ctx], None]:
-    """The stage as a killed run leaves it: status "running", its result gone, a checkpoint kept."""
-
-    def f(c: Ctx) -> None:
-        c.p(f"{stage}/model.safetensors").unlink()
-        m = json.loads(c.p("manifest.json").read_text())
-        m["stages"][stage]["status"] = "running"
-        c.p("manifest.json").write_text(json.dumps(m))
-
-    return f
-
-
-def ckpt(stage: str, suffix: str) -> Callable[[Ctx], str]:
-    def f(c: Ctx) -> str:
-        found = sorted(c.p(f"{stage}/checkpoints").glob(f"ckpt-*.{suffix}"))
-        return str(found[-1].relative_to(c.project))
-
-    return f
-
-
-def on_ckpt(stage: str, suffix: str, damage: Callable[[str], Callable[[Ctx], None]]) -> Callable[[Ctx], None]:
-    def f(c: Ctx) -> None:
-        damage(ckpt(stage, suffix)(c))(c)
-
-    return f
-
-
-def cache_file(pattern: str, damage: str) -> Callable[[Ctx], None]:
-    """Damage the first file matching ``pattern`` under the case's own tiny model cache (following the
-    snapshot's link to its blob where there is one)."""
-
-    def f(c: Ctx) -> None:
-        hits = sorted(c.cache.glob(pattern))
-        target = Path(os.path.realpath(hits[0]))
-        data = target.read_bytes()
-        target.write_bytes(data[: len(data) // 2] if damage == "truncate" else os.urandom(len(data)))
-
-    return f
-
-
-# --- checks ------------------------------------------------------------------------------------------
-def verifies(c: Ctx) -> list[str]:
-    """Problems of every finished stage of the project (empty: it verifies)."""
-    from animate124.project import Project
-
-    p = Project(c.project)
-    if not p.exists():
-        return []
-    out = []
-    for stage, rec in p.read_manifest()["stages"].items():
-        if rec.get("status") == "done":
-            out += [f"{stage}: {rel} {what}" for rel, what in p.stage_problems(stage, rec)]
-    return out
-
-
-def unchanged_files(c: Ctx, before: dict[str, bytes]) -> str | None:
-    now = {str(q.relative_to(c.project)): q.read_bytes() for q in c.project.rglob("*") if q.is_file()}
-    return None if now == before else "the project changed"
-
-
-# --- the cases ----------------------------------------------------------------------------------------
-STAGE_CMDS = {
-    "preprocess": lambda c: ["preprocess", "toy.png", "-p", str(c.project), *TINY],
-    "invert": lambda c: ["invert", "-p", str(c.project), *TINY],
-    "static": lambda c: ["static", "-p", str(c.project), *TINY],
-    "dynamic": lambda c: ["dynamic", "-p", str(c.project), *TINY],
-    "refine": lambda c: ["refine", "-p", str(c.project), *TINY],
-    "run-all": lambda c: ["run-all", "toy.png", PROMPT, *TINY],
-    "render": lambda c: ["render", "-p", str(c.project), "--orbit"],
-    "export": lambda c: ["export", "-p", str(c.project)],
-    "evaluate": lambda c: ["evaluate", "-p", str(c.project)],
-    "report": lambda c: ["report", "-p", str(c.project)],
-}
-
-
-def _cmd(name: str, *extra: str) -> Callable[[Ctx], list[str]]:
-    return lambda c: [*STAGE_CMDS[name](c), *extra]
-
-
-ARTIFACTS = {  # file -> the stage that makes it
-    "preprocess/rgba.png": "preprocess",
-    "preprocess/depth.png": "preprocess",
-    "preprocess/depth.npy": "preprocess",
-    "preprocess/preview.png": "preprocess",
-    "invert/learned_embeds.safetensors": "invert",
-    "static/model.safetensors": "static",
-    "dynamic/model.safetensors": "dynamic",
-    "refine/model.safetensors": "refine",
-}
-DAMAGES = {"deleted": delete, "truncated": truncate, "random": randomize, "flipped": flip_byte}
-UNTIL = {
-    "preprocess": "static",
-    "invert": "invert",
-    "static": "dynamic",
-    "dynamic": "refine",
-    "refine": "refine",
-}
-DOWNSTREAM = {
-    "preprocess": "static",
-    "invert": "refine",
-    "static": "dynamic",
-    "dynamic": "refine",
-    "refine": "render",
-}
+__all__ = ["cases"]
 
 
 def cases() -> list[Case]:
+    """Every case, in the order they run (the cheap refusals first)."""
     out: list[Case] = []
-    add = out.append
+    for section in (
+        _config_values,
+        _config_files,
+        _text_and_options,
+        _damaged_artifacts,
+        _project_files,
+        _damaged_checkpoints,
+        _model_cache,
+        _export_options,
+        _machine,
+    ):
+        section(out.append)
+    return out
 
-    # 1. config values: bounds and types, on every command that reads a config -------------------------
+
+def _config_values(add: Callable[[Case], None]) -> None:
+    """Bad --set values: bounds and types, on every command that reads a config (nothing may change)."""
     bad_sets = {
         "run.checkpoint_every=0": "run.checkpoint_every",
         "static.iters=99999999999999999999": "static.iters",
@@ -282,7 +115,7 @@ def cases() -> list[Case]:
                 )
 
             force = () if cmd in ("export", "evaluate") else ("--force",)
-            add(Case(f"set {item} on {cmd}", _cmd(cmd, "--set", item, *force), (2,), (needle,), setup=snap,
+            add(Case(f"set {item} on {cmd}", stage_cmd(cmd, "--set", item, *force), (2,), (needle,), setup=snap,
                      check=lambda c, out, before=before: unchanged_files(c, before)))  # fmt: skip
     add(
         Case(
@@ -294,7 +127,9 @@ def cases() -> list[Case]:
     )
     add(Case("config show with an unknown preset", ["config", "show", "--preset", "nope"], (2,), ("nope",)))
 
-    # 2. -c files ---------------------------------------------------------------------------------------
+
+def _config_files(add: Callable[[Case], None]) -> None:
+    """-c files that are missing, folders, not UTF-8, not YAML or not a config."""
     cfiles = {
         "missing": (None, "does not exist"),
         "a directory": ("DIR", "is a directory"),
@@ -320,14 +155,16 @@ def cases() -> list[Case]:
             add(
                 Case(
                     f"-c {what} on {cmd}",
-                    _cmd(cmd, "-c", "cfg.yaml"),
+                    stage_cmd(cmd, "-c", "cfg.yaml"),
                     codes,
                     () if codes == (0, 2) else (needle,),
                     setup=setup,
                 )
             )
 
-    # 3. text inputs and options --------------------------------------------------------------------------
+
+def _text_and_options(add: Callable[[Case], None]) -> None:
+    """Text that is not text, empty or bad options, missing inputs, on every subcommand."""
     add(Case("run-all prompt with invalid UTF-8", ["run-all", "toy.png", BAD_UTF8, *TINY, "-p", "fresh"], (2,),
              ("not valid UTF-8",), check=lambda c, out: "fresh was created" if (c.work / "fresh").exists() else None))  # fmt: skip
     add(Case("run-all prompt with a NUL", ["run-all", "toy.png", "a toy\x00 spins", *TINY, "-p", "fresh"], (2,),
@@ -363,17 +200,20 @@ def cases() -> list[Case]:
         )
     )
     add(Case("run-all prompt too long", ["run-all", "toy.png", "a toy is spinning " + "and spinning " * 60, "--preset", "paper", "-p", "fresh"],
-             (2,), ("tokens",), preflight=True))  # fmt: skip
+             (2,), ("tokens",)))  # fmt: skip
     add(
         Case(
-            "static prompt with invalid UTF-8", _cmd("static", "--prompt", BAD_UTF8), (2,), ("static.prompt",)
+            "static prompt with invalid UTF-8",
+            stage_cmd("static", "--prompt", BAD_UTF8),
+            (2,),
+            ("static.prompt",),
         )
     )
-    add(Case("dynamic empty prompt", _cmd("dynamic", "--prompt", " "), (2,), ("empty",)))
+    add(Case("dynamic empty prompt", stage_cmd("dynamic", "--prompt", " "), (2,), ("empty",)))
     add(
         Case(
             "refine prompt with a tab and NUL",
-            _cmd("refine", "--prompt", "a <token>\t\x00"),
+            stage_cmd("refine", "--prompt", "a <token>\t\x00"),
             (2,),
             ("control",),
         )
@@ -381,7 +221,7 @@ def cases() -> list[Case]:
     add(
         Case(
             "invert initializer with invalid UTF-8",
-            _cmd("invert", "--initializer", BAD_UTF8, "--force"),
+            stage_cmd("invert", "--initializer", BAD_UTF8, "--force"),
             (2,),
             ("initializer",),
         )
@@ -389,12 +229,19 @@ def cases() -> list[Case]:
     add(
         Case(
             "invert placeholder with a NUL",
-            _cmd("invert", "--placeholder", "<a\x00>", "--force"),
+            stage_cmd("invert", "--placeholder", "<a\x00>", "--force"),
             (2,),
             ("placeholder",),
         )
     )
-    add(Case("evaluate prompt with invalid UTF-8", _cmd("evaluate", "--prompt", BAD_UTF8), (2,), ("UTF-8",)))
+    add(
+        Case(
+            "evaluate prompt with invalid UTF-8",
+            stage_cmd("evaluate", "--prompt", BAD_UTF8),
+            (2,),
+            ("UTF-8",),
+        )
+    )
     add(Case("-p empty on run-all", ["run-all", "toy.png", PROMPT, "-p", "", *TINY], (2,), ("empty",)))
     add(Case("-p empty on render", ["render", "-p", ""], (2,), ("empty",)))
     add(Case("-p empty on static", ["static", "-p", "", *TINY], (2,), ("empty",)))
@@ -408,9 +255,9 @@ def cases() -> list[Case]:
             ("not an animate124 project",),
         )
     )
-    add(Case("--device bogus", _cmd("static", "--device", "gpu0"), (2,), ("device",)))
-    add(Case("--device cuda:7", _cmd("render", "--device", "cuda:7"), (2,), ("cuda",)))
-    add(Case("--preset nope", _cmd("static", "--preset", "nope"), (2,), ("nope",)))
+    add(Case("--device bogus", stage_cmd("static", "--device", "gpu0"), (2,), ("device",)))
+    add(Case("--device cuda:7", stage_cmd("render", "--device", "cuda:7"), (2,), ("cuda",)))
+    add(Case("--preset nope", stage_cmd("static", "--preset", "nope"), (2,), ("nope",)))
     add(
         Case(
             "run-all missing image",
@@ -440,37 +287,40 @@ def cases() -> list[Case]:
         )
     )
     add(Case("run-all --from nope", ["run-all", "toy.png", PROMPT, *TINY, "--from", "nope"], (2,), ()))
+    snap, same = unchanged("p2")
     add(Case("run-all --from static without invert", ["run-all", "toy.png", PROMPT, *TINY, "--from", "static", "-p", "p2"],
-             (1, 2), ("invert",), preflight=True, setup=_without_invert))  # fmt: skip
-    add(Case("render --time 2", _cmd("render", "--time", "2"), (2,), ("--time",)))
-    add(Case("render --views -1", _cmd("render", "--views", "-1"), (2,), ("--views",)))
-    add(Case("render --size 0", _cmd("render", "--size", "0"), (2,), ("render.size",)))
-    add(Case("render --fps 0", _cmd("render", "--fps", "0"), (2,), ("fps",)))
-    add(Case("render --frames 0", _cmd("render", "--frames", "0"), (2,), ("frames",)))
-    add(Case("render --background nonsense", _cmd("render", "--background", "plaid"), (2,), ("plaid",)))
-    add(Case("render --elevation 120", _cmd("render", "--elevation", "120"), (2,), ("--elevation",)))
-    add(Case("render --stage nope", _cmd("render", "--stage", "nope"), (2,), ()))
-    add(Case("render --radius 0", _cmd("render", "--radius", "0"), (2,), ("radius",)))
-    add(Case("export --resolution 0", _cmd("export", "--resolution", "0"), (2,), ("resolution",)))
-    add(Case("export --format xyz", _cmd("export", "--format", "xyz"), (2,), ("xyz",)))
-    add(Case("export --decimate 2", _cmd("export", "--decimate", "2"), (2,), ("decimate",)))
-    add(Case("export --threshold -1", _cmd("export", "--threshold", "-1"), (2,), ("threshold",)))
-    add(Case("export --frames 0", _cmd("export", "--frames", "0"), (2,), ("frames",)))
-    add(Case("evaluate --views 0", _cmd("evaluate", "--views", "0"), (2,), ("views",)))
-    add(Case("evaluate --frames 1", _cmd("evaluate", "--frames", "1"), (2,), ("frames",)))
+             (1,), ("invert", "animate124 invert"), setup=both(without_invert, snap), check=same))  # fmt: skip
+    add(Case("render --time 2", stage_cmd("render", "--time", "2"), (2,), ("--time",)))
+    add(Case("render --views -1", stage_cmd("render", "--views", "-1"), (2,), ("--views",)))
+    add(Case("render --size 0", stage_cmd("render", "--size", "0"), (2,), ("render.size",)))
+    add(Case("render --fps 0", stage_cmd("render", "--fps", "0"), (2,), ("fps",)))
+    add(Case("render --frames 0", stage_cmd("render", "--frames", "0"), (2,), ("frames",)))
+    add(Case("render --background nonsense", stage_cmd("render", "--background", "plaid"), (2,), ("plaid",)))
+    add(Case("render --elevation 120", stage_cmd("render", "--elevation", "120"), (2,), ("--elevation",)))
+    add(Case("render --stage nope", stage_cmd("render", "--stage", "nope"), (2,), ()))
+    add(Case("render --radius 0", stage_cmd("render", "--radius", "0"), (2,), ("radius",)))
+    add(Case("export --resolution 0", stage_cmd("export", "--resolution", "0"), (2,), ("resolution",)))
+    add(Case("export --format xyz", stage_cmd("export", "--format", "xyz"), (2,), ("xyz",)))
+    add(Case("export --decimate 2", stage_cmd("export", "--decimate", "2"), (2,), ("decimate",)))
+    add(Case("export --threshold -1", stage_cmd("export", "--threshold", "-1"), (2,), ("threshold",)))
+    add(Case("export --frames 0", stage_cmd("export", "--frames", "0"), (2,), ("frames",)))
+    add(Case("evaluate --views 0", stage_cmd("evaluate", "--views", "0"), (2,), ("views",)))
+    add(Case("evaluate --frames 1", stage_cmd("evaluate", "--frames", "1"), (2,), ("frames",)))
+    snap, same = unchanged()  # refused before anything is rendered
     add(
         Case(
             "evaluate --clip-model missing",
-            _cmd("evaluate", "--clip-model", "/nowhere/clip"),
-            (1, 2),
-            ("clip",),
-            preflight=True,
+            stage_cmd("evaluate", "--clip-model", "/nowhere/clip"),
+            (1,),
+            ("clip", "/nowhere/clip"),
+            setup=snap,
+            check=same,
         )
     )
     add(
         Case(
             "evaluate --preset keeps the prompts",
-            _cmd("evaluate", "--preset", "tiny"),
+            stage_cmd("evaluate", "--preset", "tiny"),
             (0,),
             ("prompt: a toy is spinning",),
         )
@@ -492,7 +342,9 @@ def cases() -> list[Case]:
     add(Case("report on a non-project", ["report", "-p", "runs"], (1,), ("not an animate124 project",)))
     add(Case("doctor", ["doctor"], (0,), ()))
 
-    # 4. damaged artifacts: run-all redoes the stage (from its last checkpoint: the same bytes, so the next
+
+def _damaged_artifacts(add: Callable[[Case], None]) -> None:
+    """Damaged artifacts of every stage: the stage is redone, the next one refuses before changing anything."""
     # stage stays up to date), its own command too; the next stage's command refuses before changing anything.
     # The four files of preprocess share its redo: one heavy case each.
     heavy = {
@@ -507,18 +359,18 @@ def cases() -> list[Case]:
             rel, (("run-all", "truncated"), ("own", "flipped"))
         ):  # by size, by hash
             if how_run == "run-all":
-                add(Case(f"run-all --until {until} after {rel} {how}", _cmd("run-all", "--until", until), (0,),
+                add(Case(f"run-all --until {until} after {rel} {how}", stage_cmd("run-all", "--until", until), (0,),
                          (rel, "will be redone"), setup=DAMAGES[how](rel), damaged=stage, verify_after=True,
-                         check=_next_up_to_date(until) if until != stage else None))  # fmt: skip
+                         check=next_up_to_date(until) if until != stage else None))  # fmt: skip
             else:
                 add(Case(f"{stage} after {rel} {how}", STAGE_CMDS[stage], (0,), (rel, "will be redone"),
                          setup=DAMAGES[how](rel), damaged=stage, verify_after=True))  # fmt: skip
         nxt = DOWNSTREAM[stage]
-        add(Case(f"{nxt} --force after {rel} deleted", _cmd(nxt, "--force"), (1,), (rel, "does not exist", "nothing was changed"),
-                 setup=delete(rel), damaged=stage, check=_not_marked(nxt)))  # fmt: skip
-        add(Case(f"render --force after {rel} random", _cmd("render", "--force"), (0, 1), (), setup=randomize(rel),
+        add(Case(f"{nxt} --force after {rel} deleted", stage_cmd(nxt, "--force"), (1,), (rel, "does not exist", "nothing was changed"),
+                 setup=delete(rel), damaged=stage, check=not_marked(nxt)))  # fmt: skip
+        add(Case(f"render --force after {rel} random", stage_cmd("render", "--force"), (0, 1), (), setup=randomize(rel),
                  damaged=stage if stage == "refine" else None))  # fmt: skip
-    add(Case("run-all --until static after static/model.safetensors replaced by a folder", _cmd("run-all", "--until", "static"),
+    add(Case("run-all --until static after static/model.safetensors replaced by a folder", stage_cmd("run-all", "--until", "static"),
              (1,), ("static/model.safetensors",), setup=to_directory("static/model.safetensors"), damaged="static"))  # fmt: skip
     for rel in ("dynamic/model.safetensors", "preprocess/rgba.png"):  # the issue's two, through every stage
         add(Case(f"run-all after {rel} {'truncated' if 'model' in rel else 'deleted'}", STAGE_CMDS["run-all"], (0,),
@@ -527,14 +379,14 @@ def cases() -> list[Case]:
     for stage in ("static", "dynamic", "refine"):
         rel = f"{stage}/model.safetensors"
         for cmd in ("render", "export", "evaluate"):
-            add(Case(f"{cmd} --stage {stage} after its model truncated", _cmd(cmd, "--stage", stage, "--force") if cmd == "render"
-                     else _cmd(cmd, "--stage", stage), (1,), (rel, f"animate124 {stage}"), setup=truncate(rel), damaged=stage))  # fmt: skip
-    add(Case("render after orbit.mp4 truncated", _cmd("render"), (0,), ("orbit.mp4",), setup=truncate("renders/refine/orbit.mp4"),
+            add(Case(f"{cmd} --stage {stage} after its model truncated", stage_cmd(cmd, "--stage", stage, "--force") if cmd == "render"
+                     else stage_cmd(cmd, "--stage", stage), (1,), (rel, f"animate124 {stage}"), setup=truncate(rel), damaged=stage))  # fmt: skip
+    add(Case("render after orbit.mp4 truncated", stage_cmd("render"), (0,), ("orbit.mp4",), setup=truncate("renders/refine/orbit.mp4"),
              check=lambda c, out: None if "render: up to date" not in out else "render up to date over a damaged video"))  # fmt: skip
     add(
         Case(
             "render after orbit.mp4 deleted",
-            _cmd("render"),
+            stage_cmd("render"),
             (0,),
             ("orbit.mp4",),
             setup=delete("renders/refine/orbit.mp4"),
@@ -547,7 +399,9 @@ def cases() -> list[Case]:
     add(Case("run-all on a finished project writes nothing", STAGE_CMDS["run-all"], (0,), ("up to date",),
              check=lambda c, out: None if "done in" not in out else "work was done"))  # fmt: skip
 
-    # 5. the manifest, saved configs, logs, the lock ------------------------------------------------------
+
+def _project_files(add: Callable[[Case], None]) -> None:
+    """The manifest, saved configs, logs, metrics and the lock, damaged."""
     manifests = {
         "truncated": truncate("manifest.json"),
         "not UTF-8": write("manifest.json", b'{"manifest_version": 1, "stages": {"\xff": 1}}'),
@@ -561,35 +415,38 @@ def cases() -> list[Case]:
         for cmd in ("run-all", "render", "static", "report"):
             add(Case(f"{cmd} with the manifest {what}", STAGE_CMDS[cmd], (1,), ("manifest",), setup=setup))
     for what, damage in (("truncated", truncate), ("random", randomize)):
-        add(Case(f"render with config/refine.yaml {what}", _cmd("render", "--force"), (0, 1), ("refine.yaml",) if what == "random" else (),
+        add(Case(f"render with config/refine.yaml {what}", stage_cmd("render", "--force"), (0, 1), ("refine.yaml",) if what == "random" else (),
                  setup=damage("config/refine.yaml")))  # fmt: skip
         add(
             Case(
                 f"report with logs/dynamic.jsonl {what}",
-                _cmd("report", "--force"),
+                stage_cmd("report", "--force"),
                 (0,),
                 (),
                 setup=damage("logs/dynamic.jsonl"),
             )
         )
-        add(Case(f"report with metrics.json {what}", _cmd("report", "--force"), (0,), (),
+        add(Case(f"report with metrics.json {what}", stage_cmd("report", "--force"), (0,), (),
                  setup=both(write("metrics.json", b'{"clip_i": 0.5}'), damage("metrics.json"))))  # fmt: skip
     add(
         Case(
             "report --force with a garbage lock",
-            _cmd("report", "--force"),
+            stage_cmd("report", "--force"),
             (0,),
             (),
             setup=write(".lock", os.urandom(40)),
         )
     )
-    add(Case("static with a live lock", _cmd("static", "--force"), (1,), ("in use",),
+    add(Case("static with a live lock", stage_cmd("static", "--force"), (1,), ("in use",),
              setup=write(".lock", json.dumps({"pid": 1, "host": os.uname().nodename, "started": "x"}).encode())))  # fmt: skip
 
-    # 6. interrupted stages with damaged checkpoints: set aside, the stage starts over, the result verifies
+
+def _damaged_checkpoints(add: Callable[[Case], None]) -> None:
+    """Interrupted stages with damaged checkpoints: set aside, the stage goes on or starts over, the result verifies."""
     for stage, how, suffix in (
         ("static", "truncated", "safetensors"),
         ("static", "random", "json"),
+        ("static", "random", "safetensors"),
         ("dynamic", "truncated", "safetensors"),
     ):
         result = "invert/learned_embeds.safetensors" if stage == "invert" else f"{stage}/model.safetensors"
@@ -600,9 +457,11 @@ def cases() -> list[Case]:
         )
         damage = truncate if how == "truncated" else randomize
         add(Case(f"{stage} resumed from a {how} {suffix} checkpoint", STAGE_CMDS[stage], (0,), ("set aside", ".corrupt"),
-                 setup=both(kill, on_ckpt(stage, suffix, damage)), verify_after=True, check=_corrupt_kept(stage)))  # fmt: skip
+                 setup=both(kill, on_ckpt(stage, suffix, damage)), verify_after=True, check=corrupt_kept(stage)))  # fmt: skip
 
-    # 7. the model cache --------------------------------------------------------------------------------
+
+def _model_cache(add: Callable[[Case], None]) -> None:
+    """The tiny model cache, damaged: an error naming the model and how to rebuild it."""
     for pattern, role, cmd in (
         (
             "hub/models--stable-diffusion-v1-5*/snapshots/*/unet/diffusion_pytorch_model*.safetensors",
@@ -619,49 +478,62 @@ def cases() -> list[Case]:
             force = () if cmd == "evaluate" else ("--force",)
             what = "config" if pattern.endswith(".json") else "model"
             add(Case(f"{cmd} with the tiny {role} {what} {'truncated' if damage == 'truncate' else 'random'}",
-                     _cmd(cmd, *force), (1,),
-                     ("of role", "tiny test models"), setup=cache_file(pattern, damage), own_cache=True))  # fmt: skip
-    return out
+                     stage_cmd(cmd, *force), (1,),
+                     ("of role", "tiny test models"), setup=cache_file(pattern, damage), own_cache=True,
+                     check=lambda c, out, role=role: f"hints `models verify {role}`" if f"models verify {role}" in out else None))  # fmt: skip
 
 
-def _without_invert(c: Ctx) -> None:
-    """A copy of the project (``p2``) in which invert never ran."""
-    p2 = c.work / "p2"
-    shutil.copytree(c.project, p2)
-    shutil.rmtree(p2 / "invert")
-    m = json.loads((p2 / "manifest.json").read_text())
-    m["stages"].pop("invert", None)
-    (p2 / "manifest.json").write_text(json.dumps(m))
+def _export_options(add: Callable[[Case], None]) -> None:
+    """`export`'s own options (--animated/--flipbook, --texture, --max-faces, the export.* fields): bad values
+    are refused naming the option, a damaged or missing trained field by name, and a good export verifies."""
+    for args, needle in (
+        (("--texture", "plaid"), "plaid"),
+        (("--max-faces", "-1"), "export.max_faces"),
+        (("--fps", "0"), "export.fps"),
+        (("--flipbook", "--frames", "0"), "export.frames"),
+        (("--animated", "--texture", "vertex", "--resolution", "5000"), "export.resolution"),
+        (("--set", "export.texture_size=32"), "export.texture_size"),
+        (("--set", "export.reference_time=1.5"), "export.reference_time"),
+        (("--set", "export.fit_tolerance=-1"), "export.fit_tolerance"),
+        (("--set", "export.fit_iters=1e9"), "export.fit_iters"),
+        (("--set", "export.max_faces=99999999999"), "export.max_faces"),
+        (("--set", "export.interpolation=cubic"), "cubic"),
+        (("--set", "export.turntable=5000"), "export.turntable"),
+    ):
+        snap, same = unchanged()
+        add(
+            Case(
+                f"export {' '.join(args)}",
+                stage_cmd("export", *args),
+                (2,),
+                (needle,),
+                setup=snap,
+                check=same,
+            )
+        )
+    for stage, how, args in (
+        ("dynamic", "flipped", ("--animated",)),
+        ("refine", "truncated", ("--flipbook",)),
+        ("refine", "deleted", ("--texture", "vertex")),
+        ("static", "random", ("--animated", "--texture", "atlas")),
+    ):
+        rel = f"{stage}/model.safetensors"
+        snap, same = unchanged("runs/toy/export")
+        add(Case(f"export {' '.join(args)} --stage {stage} after its model {how}", stage_cmd("export", "--stage", stage, *args),
+                 (1,), (rel, f"animate124 {stage}"), setup=both(DAMAGES[how](rel), snap), damaged=stage, check=same))  # fmt: skip
+    add(Case("export --flipbook --texture vertex", stage_cmd("export", "--flipbook", "--texture", "vertex"), (0,),
+             ("flipbook",), verify_after=True, check=status_is("export", "done")))  # fmt: skip
 
 
-def _not_marked(stage: str) -> Callable[[Ctx, str], str | None]:
-    """A refused stage was not changed: its record still says done and its checkpoints are there."""
-
-    def f(c: Ctx, out: str) -> str | None:
-        if stage == "render":
-            return None
-        rec = json.loads(c.p("manifest.json").read_text())["stages"][stage]
-        if rec.get("status") != "done":
-            return f"{stage} was marked {rec.get('status')}"
-        if not list(c.p(f"{stage}/checkpoints").glob("ckpt-*")):
-            return f"{stage}'s checkpoints were deleted"
-        return None
-
-    return f
-
-
-def _next_up_to_date(stage: str) -> Callable[[Ctx, str], str | None]:
-    """The stage after the redone one read the same bytes: it is up to date (not trained again)."""
-
-    def f(c: Ctx, out: str) -> str | None:
-        return None if f"{stage}: up to date" in out else f"{stage} was not up to date after the redo"
-
-    return f
-
-
-def _corrupt_kept(stage: str) -> Callable[[Ctx, str], str | None]:
-    def f(c: Ctx, out: str) -> str | None:
-        # the set-aside files are gone only if the stage started over and cleared its folder
-        return None if "starts over" in out or "previous" in out else "no word on how it goes on"
-
-    return f
+def _machine(add: Callable[[Case], None]) -> None:
+    """What the machine does to a running command: a full disk (numpy's own wording, a checkpoint that does
+    not fit) and Ctrl-C in a --force run."""
+    add(Case("preprocess on a full disk", stage_cmd("preprocess", "--force"), (1,),
+             ("the disk is full: cannot write", "depth.npy"), patch=full_disk_under("preprocess", numpy_wording=True),
+             check=all_of(status_is("preprocess", "failed"), lambda c, out: "numpy's wording shown" if "requested and" in out else None)))  # fmt: skip
+    add(Case("static checkpoint on a full disk", stage_cmd("static", "--force"), (1,),
+             ("the disk is full: cannot write", "ckpt-"), patch=full_disk_under("static/checkpoints"),
+             check=status_is("static", "failed")))  # fmt: skip
+    add(Case("static --force interrupted by Ctrl-C", stage_cmd("static", "--force"), (130,),
+             ("interrupted", "without --force to resume"), patch=ctrl_c_in_stage,
+             check=status_is("static", "interrupted")))  # fmt: skip

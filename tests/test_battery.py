@@ -31,8 +31,9 @@ def test_the_battery_has_no_traceback_internal_error_or_up_to_date_over_damage(o
     assert not failed, failed
 
 
-#: The cases of issue 23's list, by battery case name (the pre-flight's own cases are in the battery too,
-#: marked ``preflight``).
+#: The cases of issue 23's list, by battery case name; each shows the message (the case's words), the exit
+#: code and the project afterwards (verified, unchanged, or the stage's status, by the case's checks). The
+#: issue's other cases are in test_trust.py (reader, signals, logs, pins) and test_reproducible.py.
 ISSUE_CASES = [
     # "up to date" over a broken project: the damaged stage is redone and the project verifies afterwards
     "run-all after dynamic/model.safetensors truncated",
@@ -46,13 +47,20 @@ ISSUE_CASES = [
     "evaluate --stage dynamic after its model truncated",
     "static with the tiny zero123 model truncated",
     "static resumed from a truncated safetensors checkpoint",
+    "static resumed from a random safetensors checkpoint",
     "static resumed from a random json checkpoint",
+    "static checkpoint on a full disk",
     # stated wrong or accepted wrong
     "set static.iters=99999999999999999999 on static",
     "-p empty on run-all",
     "-c a directory on run-all",
+    "run-all --from static without invert",
+    "evaluate --clip-model missing",
     "evaluate --preset keeps the prompts",
     "static --force after preprocess/rgba.png deleted",
+    "preprocess on a full disk",
+    # minor
+    "static --force interrupted by Ctrl-C",
     "run-all on a finished project writes nothing",
 ]
 

@@ -313,6 +313,28 @@ def test_the_log_of_a_resumed_run_has_each_step_once(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1]
 
 
+def test_tensorboard_hides_the_steps_a_resumed_run_repeats(tmp_path, monkeypatch):
+    """TensorBoard's event files cannot be cut: the writer of a run resumed after step k purges steps > k
+    (a new run: every step)."""
+    from animate124.engine import scalars
+
+    made = []
+
+    class Writer:
+        def __init__(self, directory, purge_step=None):
+            made.append((Path(directory).name, purge_step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(scalars, "tensorboard_writer", Writer)
+    with scalars.ScalarLog(tmp_path / "static.jsonl", resume_from=6, tensorboard=True):
+        pass
+    with scalars.ScalarLog(tmp_path / "static.jsonl", tensorboard=True):
+        pass
+    assert made == [("static", 7), ("static", 1)]
+
+
 # --- config values and text ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("item", "words"),
