@@ -399,6 +399,22 @@ def test_sigterm_stops_like_ctrl_c():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_warning_with_bytes_that_are_not_utf8_prints(capsys):
+    """Command-line text that was not UTF-8 (lone surrogates) in a warning is shown escaped, not raised."""
+    import logging
+
+    from animate124.cli.logs import configure_logging
+
+    configure_logging()
+    try:
+        logging.getLogger("animate124.test").warning("subject %s", "toy \udcff")
+    finally:
+        logging.getLogger().handlers[:] = [
+            h for h in logging.getLogger().handlers if type(h).__name__ != "_ConsoleHandler"
+        ]
+    assert "warning: subject toy \\udcff" in capsys.readouterr().err
+
+
 def test_the_interrupted_line_names_the_command_that_resumes():
     from animate124.cli.common import interrupted_line
     from animate124.engine.interrupt import Interrupted
