@@ -93,7 +93,13 @@ def test_app_help_documents_exit_codes():
     r = invoke("--help")
     assert r.exit_code == 0
     text = " ".join(r.output.split())
-    for code in ("0 success", "1 runtime error", "2 usage or config error", "130 interrupted"):
+    for code in (
+        "0 success",
+        "1 runtime error",
+        "2 usage or config error",
+        "130 interrupted",
+        "143 by SIGTERM",
+    ):
         assert code in text, code
 
 
@@ -390,7 +396,8 @@ def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
 
 
 def test_invert_interrupt_and_resume(tmp_path):
-    """Ctrl-C during `invert` checkpoints and exits 130; the same command then resumes and finishes."""
+    """Ctrl-C during `invert --force` checkpoints and exits 130 and says that the command without --force
+    resumes; it does, and the log has each step once."""
     import signal
 
     proj = tmp_path / "p"
@@ -411,7 +418,9 @@ def test_invert_interrupt_and_resume(tmp_path):
         "-s",
         "invert.checkpoint_every=2",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ckpt = proj / "invert" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(ckpt.glob("ckpt-*.json")):
@@ -419,7 +428,9 @@ def test_invert_interrupt_and_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "interrupted" in err
+    assert "interrupted" in err and "run the same command again without --force to resume" in " ".join(
+        err.split()
+    )
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "interrupted"
     done_before = load_latest_checkpoint(ckpt).step
@@ -430,6 +441,8 @@ def test_invert_interrupt_and_resume(tmp_path):
     assert "resumed" in r.stdout
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "done" and (proj / "invert" / "learned_embeds.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (proj / "logs" / "invert.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))
 
 
 def test_the_cli_asks_for_expandable_cuda_segments_unless_the_user_set_the_allocator():

@@ -533,13 +533,34 @@ def ensure_tiny_cache(cache_dir: Path, *, zero123_layout: str = "ashawkey", seed
     loop): the first builds under the lock, the others wait for it and then find the marker.
     """
     cache_dir = Path(cache_dir)
-    if is_tiny_cache(cache_dir):
+    if is_tiny_cache(cache_dir) and not _stale_roles(cache_dir):
         return cache_dir
     with file_lock(cache_dir / BUILD_LOCK):
         if not is_tiny_cache(cache_dir):
             log.info("building tiny random models in %s", cache_dir)
             _build_tiny_cache_locked(cache_dir, None, zero123_layout, seed, True)
+        elif stale := _stale_roles(cache_dir):  # the registry pinned another revision since the build
+            log.info("rebuilding the tiny models of %s in %s (new revisions)", ", ".join(stale), cache_dir)
+            _build_tiny_cache_locked(cache_dir, stale, zero123_layout, seed, False)
     return cache_dir
+
+
+def _stale_roles(cache_dir: Path) -> list[str]:
+    """Roles whose registry revision has no snapshot in the tiny cache (built before a revision was pinned)."""
+    import re
+
+    hub = cache_dir / "hub"
+    stale = []
+    for role, spec in ROLES.items():
+        repo = hub / ("models--" + spec.repo_id.replace("/", "--"))
+        if re.fullmatch(r"[0-9a-f]{40}", spec.revision):
+            commit = spec.revision
+        else:
+            ref = repo / "refs" / spec.revision
+            commit = ref.read_text().strip() if ref.is_file() else ""
+        if not commit or not (repo / "snapshots" / commit).is_dir():
+            stale.append(role)
+    return stale
 
 
 def _build_tiny_cache_locked(
