@@ -98,6 +98,16 @@ def _repo_folder(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")
 
 
+#: The file :func:`animate124.models.tiny.build_tiny_cache` writes last into a cache of tiny random models.
+TINY_MARKER = "animate124-tiny-cache.json"
+
+
+def is_tiny_cache(cache_dir: Path) -> bool:
+    """True when ``cache_dir`` was written by :func:`animate124.models.tiny.build_tiny_cache` (here, not in
+    tiny.py, so that the store can ask without importing the factory)."""
+    return (Path(cache_dir) / TINY_MARKER).is_file()
+
+
 class ModelStore:
     """Resolves, downloads, verifies and describes the pretrained models of every role."""
 
@@ -381,8 +391,6 @@ class ModelStore:
         """Whether ``folder`` is the snapshot of the revision ``spec.file_sha256`` describes: the pinned
         commit itself, or (for a role pinned only by its files' hashes) any snapshot of that repo. The
         tiny factory's models are never held to the real files' hashes."""
-        from animate124.models.tiny import is_tiny_cache
-
         if not spec.file_sha256 or is_tiny_cache(self.cache_dir):
             return False
         return not _HEX40.fullmatch(spec.revision) or folder.name == spec.revision
@@ -390,8 +398,6 @@ class ModelStore:
     def damaged_hint(self, role: str, alternative: str | None = None) -> str:
         """What to do about a damaged file of ``role``'s model (the tiny models are rebuilt, real ones
         downloaded again)."""
-        from animate124.models.tiny import is_tiny_cache
-
         if is_tiny_cache(self.cache_dir):
             return (
                 f"the tiny test models are random and built on first use: delete {self.cache_dir} and run the "
