@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -55,13 +56,16 @@ def invoke(*args: str, cwd: Path | None = None):
 
 
 def test_top_help_is_fast():
-    t0 = time.perf_counter()
+    # CPU seconds of the child, not wall time: a loaded machine (CI neighbours) stretches the wall clock,
+    # importing torch does not fit in 1.5 CPU seconds on any machine this runs on
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [sys.executable, "-m", "animate124.cli.app", "--help"], capture_output=True, text=True
     )
-    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert out.returncode == 0 and "run-all" in out.stdout
-    assert dt < 1.5, f"--help took {dt:.2f} s"
+    assert cpu < 1.5, f"--help took {cpu:.2f} CPU seconds"
     # and neither the app nor any command's help imports the heavy libraries
     probe = subprocess.run(
         [
