@@ -187,6 +187,20 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "gpus": (
+        Annotated[
+            int | None,
+            typer.Option(
+                "--gpus",
+                min=1,
+                metavar="N",
+                help="Train on the first N CUDA GPUs of this machine (run.devices=cuda:0,...): the field on "
+                "the first, the priors spread over all; the same results. Checked before anything is written.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
     "cache_dir": (
         Annotated[
             Path | None,
@@ -232,6 +246,18 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
+#: The common options of a training command (static, dynamic, refine) and run-all: also --gpus.
+TRAINING_OPTIONS = (
+    "preset",
+    "config_file",
+    "sets",
+    "device",
+    "gpus",
+    "cache_dir",
+    "force",
+    "quiet",
+    "json_output",
+)
 #: The common options of an output command (render, export, evaluate): the trained stage's config by default.
 OUTPUT_OPTIONS = ("output_preset", "config_file", "sets", "device", "quiet", "json_output")
 
@@ -245,6 +271,7 @@ class Common:
     config_file: Path | None = None
     sets: tuple[str, ...] = ()
     device: str | None = None
+    gpus: int | None = None
     cache_dir: Path | None = None
     force: bool = False
     quiet: bool = False
@@ -266,9 +293,9 @@ def build_config(
     opts = _with_device_and_cache(common, options)
     cfg = resolve_config(common.preset, common.config_file, opts, list(common.sets))
     if check_device:
-        from animate124.engine.runtime import resolve_device
+        from animate124.engine.runtime import resolve_devices
 
-        resolve_device(cfg.run.device)
+        resolve_devices(cfg)
     return cfg
 
 
@@ -293,6 +320,9 @@ def _with_device_and_cache(common: Common, options: dict[str, Any] | None) -> di
     opts: dict[str, Any] = dict(options or {})
     if common.device:
         opts = deep_merge(opts, {"run": {"device": common.device}})
+    if common.gpus:
+        devices = ",".join(f"cuda:{i}" for i in range(common.gpus))
+        opts = deep_merge(opts, {"run": {"devices": devices}})
     if common.cache_dir:
         opts = deep_merge(opts, {"models": {"cache_dir": str(common.cache_dir)}})
     return opts

@@ -66,6 +66,21 @@ def park_encoders(prior: object, device: torch.device | str = "cpu") -> object:
     return prior
 
 
+def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` on ``device`` (and in ``dtype``) without making the host wait for a GPU's queue: a CPU tensor
+    goes through pinned memory, a tensor on another GPU is copied asynchronously (the copy is ordered after
+    the work that made it). A plain ``.to`` copies from pageable memory and waits for the destination's
+    queue, which would keep a prior on another GPU from starting while this one computes. Same values."""
+    device = torch.device(device)
+    if x.device != device and device.type == "cuda":
+        if x.device.type == "cpu":
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    return x if dtype is None else x.to(dtype)
+
+
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype of the first floating-point parameter (``torch.float32`` for a parameter-less module)."""
     for p in module.parameters():
@@ -298,7 +313,7 @@ def encode_latents(
     mean, std = posterior(moments)
     if sample:
         eps = torch.randn(mean.shape, generator=generator, device=_gen_device(generator, mean))
-        z = mean + std * eps.to(device=mean.device, dtype=mean.dtype)
+        z = mean + std * to_device(eps, mean.device, mean.dtype)
     else:
         z = mean
     return z * latent_scaling(vae) if scale else z
@@ -311,7 +326,7 @@ def _gen_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise shaped like ``x`` drawn from ``generator`` (on its own device), in fp32."""
     n = torch.randn(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
-    return n.to(x.device)
+    return to_device(n, x.device)
 
 
 def alphas_cumprod_of(scheduler: DDIMScheduler) -> torch.Tensor:
@@ -355,4 +370,4 @@ def timesteps_and_noise(
     t = as_timesteps(t, n)
     if noise is None:
         noise = randn_like(z, generator)
-    return t, noise.to(z.device)
+    return t, to_device(noise, z.device)
