@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
+from animate124.guidance.transfer import to_device
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -64,21 +65,6 @@ def park_encoders(prior: object, device: torch.device | str = "cpu") -> object:
         if isinstance(part, torch.nn.Module):
             part.to(device)
     return prior
-
-
-def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``x`` on ``device`` (and in ``dtype``) without making the host wait for a GPU's queue: a CPU tensor
-    goes through pinned memory, a tensor on another GPU is copied asynchronously (the copy is ordered after
-    the work that made it). A plain ``.to`` copies from pageable memory and waits for the destination's
-    queue, which would keep a prior on another GPU from starting while this one computes. Same values."""
-    device = torch.device(device)
-    if x.device != device and device.type == "cuda":
-        if x.device.type == "cpu":
-            x = x.pin_memory()
-        x = x.to(device, non_blocking=True)
-    else:
-        x = x.to(device)
-    return x if dtype is None else x.to(dtype)
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
