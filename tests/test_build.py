@@ -34,6 +34,7 @@ PROMPTS = {"static": {"prompt": "a toy"}, "dynamic": {"prompt": "a toy is spinni
 # Fields that cannot change what is built on this machine, each with the reason.
 NOT_VARIED = {
     "run.device": "only a CPU here; resolve_device is tested in test_cli (auto/cpu/cuda/bad names)",
+    "run.devices": "only a CPU here; test_multi_device runs cpu,cpu through the three stages (same results)",
     "run.cuda_graphs": "wraps only CUDA priors; test_cuda_graphs checks the wiring (CPU) and the replay (GPU)",
     "run.park_encoders": "moves modules of the (recorder) priors; test_park_encoders checks wiring and outputs",
     "run.offload_priors": "wraps the networks of the (recorder) priors; test_offload checks wiring and outputs",

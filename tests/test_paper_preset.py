@@ -20,6 +20,7 @@ PAPER: dict[str, tuple[object, str]] = {
     # run
     "run.seed": (3407, "SPEC 3.9: seed 3407"),
     "run.device": ("auto", "impl"),
+    "run.devices": ("", "impl (one device; several give the same results)"),
     "run.precision": ("auto", "SPEC 3.9/12: -O = fp16 autocast + GradScaler (auto = fp16 on CUDA)"),
     "run.checkpoint_every": (500, "impl (upstream: every 10 epochs = 1000 steps, SPEC 3.9)"),
     "run.log_every": (10, "impl"),

@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
+# help text and flag rendering live in cli/help.py (re-exported here for the commands)
+from animate124.cli.help import EXIT_CODES_HELP as EXIT_CODES_HELP
+from animate124.cli.help import FlagHelpCommand as FlagHelpCommand
+from animate124.cli.help import FlagHelpGroup as FlagHelpGroup
+from animate124.cli.help import examples as examples
+from animate124.cli.help import flag as flag
 from animate124.config.presets import PRESETS
 from animate124.errors import (
     EXIT_INTERRUPTED,
@@ -39,44 +44,6 @@ from animate124.errors import (
     oom_guard,
 )
 from animate124.stages.spec import STAGE_NAMES, TRAINING_STAGES
-
-EXIT_CODES_HELP = (
-    "[bold]Exit codes[/bold]: 0 success; 1 runtime error (a stage failed, a model is missing, out of "
-    "memory); 2 usage or config error (bad option, image or prompt; nothing was changed); "
-    "130 interrupted by Ctrl-C, 143 by SIGTERM (progress is saved: run the same command again, without "
-    "--force, to resume)."
-)
-
-
-def flag(*decls: str, help: str, **kwargs: Any) -> Any:
-    """A boolean option shown as a flag: ``--orbit``, not ``--orbit <bool>`` (Typer prints the type of every
-    option unless its metavar is set, and a flag takes no value)."""
-    return typer.Option(*decls, help=help, metavar="", **kwargs)
-
-
-class FlagHelpCommand(TyperCommand):
-    """A command whose own ``--help`` is shown as a flag too (Typer gives it a ``<bool>`` type column)."""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
-
-
-class FlagHelpGroup(TyperGroup):
-    """A command group whose ``--help`` is shown as a flag (see :class:`FlagHelpCommand`)."""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
-
-
-def examples(*lines: str) -> str:
-    """A command's epilog: its examples, one per line."""
-    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
 
 
 # --- option types ------------------------------------------------------------------------------
@@ -205,6 +172,20 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "gpus": (
+        Annotated[
+            int | None,
+            typer.Option(
+                "--gpus",
+                min=1,
+                metavar="N",
+                help="Train on the first N CUDA GPUs of this machine (run.devices=cuda:0,...): the field on "
+                "the first, the priors spread over all; the same results. Checked before anything is written.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
     "cache_dir": (
         Annotated[
             Path | None,
@@ -250,6 +231,18 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
+#: The common options of a training command (static, dynamic, refine) and run-all: also --gpus.
+TRAINING_OPTIONS = (
+    "preset",
+    "config_file",
+    "sets",
+    "device",
+    "gpus",
+    "cache_dir",
+    "force",
+    "quiet",
+    "json_output",
+)
 #: The common options of an output command (render, export, evaluate): the trained stage's config by default.
 OUTPUT_OPTIONS = ("output_preset", "config_file", "sets", "device", "quiet", "json_output")
 
@@ -263,6 +256,7 @@ class Common:
     config_file: Path | None = None
     sets: tuple[str, ...] = ()
     device: str | None = None
+    gpus: int | None = None
     cache_dir: Path | None = None
     force: bool = False
     quiet: bool = False
@@ -284,9 +278,9 @@ def build_config(
     opts = _with_device_and_cache(common, options)
     cfg = resolve_config(common.preset, common.config_file, opts, list(common.sets))
     if check_device:
-        from animate124.engine.runtime import resolve_device
+        from animate124.engine.runtime import resolve_devices
 
-        resolve_device(cfg.run.device)
+        resolve_devices(cfg)
     return cfg
 
 
@@ -311,6 +305,9 @@ def _with_device_and_cache(common: Common, options: dict[str, Any] | None) -> di
     opts: dict[str, Any] = dict(options or {})
     if common.device:
         opts = deep_merge(opts, {"run": {"device": common.device}})
+    if common.gpus:
+        devices = ",".join(f"cuda:{i}" for i in range(common.gpus))
+        opts = deep_merge(opts, {"run": {"devices": devices}})
     if common.cache_dir:
         opts = deep_merge(opts, {"models": {"cache_dir": str(common.cache_dir)}})
     return opts

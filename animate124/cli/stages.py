@@ -14,6 +14,7 @@ import typer
 
 from animate124.cli.common import (
     STAGE_OPTIONS,
+    TRAINING_OPTIONS,
     FlagHelpCommand,
     ImageProjectOpt,
     ProjectOpt,
@@ -159,11 +160,11 @@ def _training_command(stage: str):
         s.stage_done(result)
 
     command.__name__ = command.__qualname__ = stage
-    return guarded(*STAGE_OPTIONS)(command)
+    return guarded(*TRAINING_OPTIONS)(command)
 
 
 # --- run-all ---------------------------------------------------------------------------------------
-@guarded(*STAGE_OPTIONS)
+@guarded(*TRAINING_OPTIONS)
 def run_all(
     s: Session,
     image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],

@@ -44,6 +44,13 @@ class RunConfig:
 
     seed: int = opt(3407, "Random seed (upstream uses 3407).", min=0, max=2**32 - 1)
     device: str = opt("auto", "Device: auto, cpu, cuda or cuda:N.", nohash=True)
+    devices: str = opt(
+        "",
+        "Several devices of one machine for one training stage (comma-separated, e.g. cuda:0,cuda:1; "
+        "--gpus N sets cuda:0..N-1): the field, renderer and optimizer on the first, the priors spread over "
+        "all by docs/gpu.md's placement table; the same maths. Empty = run.device alone.",
+        nohash=True,
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = opt(
         "auto", "Mixed precision for the NeRF and priors: auto = fp16 on CUDA, fp32 on CPU."
     )

@@ -9,9 +9,13 @@ import platform
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from animate124.config.schema import Config
 from animate124.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def deterministic_algorithms(cfg: Config) -> Iterator[bool]:
     import torch
 
     mode = cfg.run.deterministic
-    device = resolve_device(cfg.run.device)
+    device = training_device(cfg)
     on = mode == "on" or (mode == "auto" and device.type == "cpu")
     if not on:
         yield False
@@ -90,6 +94,76 @@ def deterministic_algorithms(cfg: Config) -> Iterator[bool]:
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def device_names(devices: str) -> tuple[str, ...]:
+    """``run.devices`` split into names (a syntax check, no torch): empty = none, else each cpu, cuda or
+    cuda:N. A ConfigError names the field."""
+    names = tuple(n.strip() for n in devices.split(",") if n.strip())
+    for n in names:
+        if n == "auto" or not _DEVICE_RE.fullmatch(n):
+            raise ConfigError(
+                f"run.devices: {n!r} is not a device",
+                hint="a comma-separated list such as cuda:0,cuda:1 (or --gpus 2)",
+            )
+    return names
+
+
+def resolve_devices(cfg: Config) -> tuple[torch.device, ...]:
+    """The devices of a training stage: ``run.devices`` when set (each must exist on this machine, all
+    of one kind; the first holds the field, renderer and optimizer), else ``(run.device,)`` resolved.
+
+    ``run.device`` must then be ``auto`` or the first of ``run.devices``, so that no stage trains on a
+    device the user did not ask for. Raises ConfigError before any work (the pre-flight calls it).
+    """
+    import torch
+
+    names = device_names(cfg.run.devices)
+    if not names:
+        return (resolve_device(cfg.run.device),)
+    devices = tuple(_one_of_devices(n) for n in names)
+    if len({d.type for d in devices}) > 1:
+        raise ConfigError(
+            f"run.devices mixes device kinds ({cfg.run.devices})",
+            hint="list only CUDA GPUs (cuda:0,cuda:1) or only cpu",
+        )
+    first = devices[0]
+    if cfg.run.device != "auto" and not _same_device(resolve_device(cfg.run.device), first):
+        raise ConfigError(
+            f"run.device is {cfg.run.device} but run.devices starts with {names[0]}",
+            hint="the first of run.devices holds the field: leave --device out (auto), or list it first",
+        )
+    if first.type == "cuda" and first.index is None:
+        first = torch.device("cuda", torch.cuda.current_device())
+        devices = (first, *devices[1:])
+    return devices
+
+
+def training_device(cfg: Config) -> torch.device:
+    """The device that holds a training stage's field, renderer and optimizer (:func:`resolve_devices`)."""
+    return resolve_devices(cfg)[0]
+
+
+def _one_of_devices(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        message = exc.message.replace(f"run.device is {name}", f"run.devices holds {name}", 1)
+        raise ConfigError(
+            message, hint="use --gpus N with N at most the number of GPUs, or leave run.devices empty"
+        ) from None
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same (``cuda`` is the current CUDA device)."""
+    import torch
+
+    def norm(d: torch.device) -> torch.device:
+        if d.type == "cuda" and d.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+
+    return norm(a) == norm(b)
 
 
 def model_cache_dir(cfg: Config) -> Path:

@@ -36,6 +36,7 @@ from animate124.guidance.common import (
     num_train_timesteps_of,
     resize,
     timesteps_and_noise,
+    to_device,
 )
 from animate124.guidance.interface import GuidanceOutput, Views
 
@@ -221,7 +222,7 @@ class TextPrior(DiffusionPrior):
         udtype = module_dtype(self.unet)
         with torch.no_grad():
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
-            t_dev = t.to(z.device)
+            t_dev = to_device(t, z.device)
             eps_hat = self.guided_noise(
                 torch.cat([zt, zt]), torch.cat([t_dev, t_dev]), torch.cat([neg, pos]).to(udtype)
             )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
+from animate124.guidance.transfer import to_device
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -298,7 +299,7 @@ def encode_latents(
     mean, std = posterior(moments)
     if sample:
         eps = torch.randn(mean.shape, generator=generator, device=_gen_device(generator, mean))
-        z = mean + std * eps.to(device=mean.device, dtype=mean.dtype)
+        z = mean + std * to_device(eps, mean.device, mean.dtype)
     else:
         z = mean
     return z * latent_scaling(vae) if scale else z
@@ -311,7 +312,7 @@ def _gen_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise shaped like ``x`` drawn from ``generator`` (on its own device), in fp32."""
     n = torch.randn(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
-    return n.to(x.device)
+    return to_device(n, x.device)
 
 
 def alphas_cumprod_of(scheduler: DDIMScheduler) -> torch.Tensor:
@@ -355,4 +356,4 @@ def timesteps_and_noise(
     t = as_timesteps(t, n)
     if noise is None:
         noise = randn_like(z, generator)
-    return t, noise.to(z.device)
+    return t, to_device(noise, z.device)

@@ -30,7 +30,7 @@ from torch import Tensor
 from animate124.errors import ConfigError, InputError
 from animate124.guidance import sds
 from animate124.guidance.base import Gen, Noise, Steps, TextPrior
-from animate124.guidance.common import module_dtype, resize
+from animate124.guidance.common import module_dtype, resize, to_device
 from animate124.guidance.interface import GuidanceOutput, Views
 from animate124.guidance.prompts import PromptSet
 
@@ -222,7 +222,7 @@ class ControlNetGuidance(TextPrior):
             neg, pos, cn_pos = self.text_embeddings(views, idx)
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t)
             x2 = torch.cat([zt, zt])
-            t2 = torch.cat([t, t]).to(z.device)
+            t2 = to_device(torch.cat([t, t]), z.device)
             down, mid = self.controlnet(
                 x2.to(cdtype),
                 t2,

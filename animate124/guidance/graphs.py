@@ -62,7 +62,8 @@ def _pool(device: torch.device) -> Any:
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _POOLS:
         mempool = getattr(torch.cuda, "MemPool", None)
-        _POOLS[index] = mempool() if mempool is not None else None
+        with torch.cuda.device(index):  # one pool per GPU (run.devices: priors on several)
+            _POOLS[index] = mempool() if mempool is not None else None
     pool = _POOLS[index]
     return pool.id if pool is not None else None
 
@@ -164,10 +165,16 @@ class GraphedCall(NetworkWrapper):
                 self.eager(*args, **kwargs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        # on the inputs' device, with a capture stream of that device: torch.cuda.graph's default capture
+        # stream is one per process, made on whichever device was current first (a prior on a second GPU,
+        # run.devices, would be captured on the first GPU's stream)
         with (
+            torch.cuda.device(device),
             torch.no_grad(),
             self._autocast(state),
-            torch.cuda.graph(graph, pool=_pool(device), capture_error_mode="thread_local"),
+            torch.cuda.graph(
+                graph, pool=_pool(device), stream=torch.cuda.Stream(device), capture_error_mode="thread_local"
+            ),
         ):
             out = self.eager(*args, **kwargs)
         out_leaves, out_spec = pytree.tree_flatten(out)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from animate124.errors import InputError
+from animate124.guidance.common import to_device
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -63,7 +64,7 @@ def interpolate_views(
     embeds: torch.Tensor, azimuth_deg: torch.Tensor | float | Iterable[float]
 ) -> torch.Tensor:
     """Blend view embeddings ``[3, L, D]`` (front, side, back) per azimuth -> ``[N, L, D]``."""
-    w = view_weights(azimuth_deg).to(device=embeds.device, dtype=torch.float32)
+    w = to_device(view_weights(azimuth_deg), embeds.device, torch.float32)
     out = torch.einsum("nv,vld->nld", w, embeds.float())
     return out.to(embeds.dtype)
 

@@ -14,6 +14,7 @@ import math
 import torch
 
 from animate124.errors import ConfigError
+from animate124.guidance.transfer import to_device
 
 
 def sample_timesteps(
@@ -78,7 +79,7 @@ def add_noise(
     ``t`` is ``[N]`` with N = ``latents.shape[0]``; works for 4-D images and 5-D videos
     (the DDIM/DDPM schedulers' ``add_noise`` computes the same formula).
     """
-    a = _gather(alphas_cumprod, t).to(latents.device)
+    a = to_device(_gather(alphas_cumprod, t), latents.device)
     shape = (-1,) + (1,) * (latents.ndim - 1)
     zt = a.sqrt().view(shape) * latents.float() + (1.0 - a).sqrt().view(shape) * noise.float()
     return zt.to(latents.dtype)
@@ -138,7 +139,7 @@ def x0_target_loss(
     Because ``z − x̂₀ = √((1−ᾱ)/ᾱ)·(ε̂ − ε)``, this equals :func:`sds_surrogate_loss` with weight
     :func:`w_x0_target` and λ = 1: the guidance weight and the ``1 − ᾱ`` factor do not appear.
     """
-    a = _gather(alphas_cumprod, t).to(latents.device)
+    a = to_device(_gather(alphas_cumprod, t), latents.device)
     shape = (-1,) + (1,) * (latents.ndim - 1)
     a = a.view(shape)
     x0 = ((noisy.float() - (1.0 - a).sqrt() * eps_pred.float()) / a.sqrt()).detach()

@@ -31,6 +31,7 @@ from animate124.guidance.common import (
     latent_scaling,
     posterior,
     randn_like,
+    to_device,
     vae_scale_factor,
 )
 from animate124.guidance.interface import GuidanceOutput, Views
@@ -175,7 +176,7 @@ class VideoGuidance(TextPrior):
         if self.upstream_view_text and bool(views.static_camera.any()):
             az = views.azimuth[:, views.frames // 2]
             pos_views = self.text.positive(b, az)
-            static = views.static_camera.to(pos.device)[:, None, None]
+            static = to_device(views.static_camera, pos.device)[:, None, None]
             pos = torch.where(static, pos_views, pos)
         return neg, pos
 

@@ -40,7 +40,14 @@ from torch import Tensor
 from animate124.errors import InputError
 from animate124.guidance import sds
 from animate124.guidance.base import DiffusionPrior, Gen, Noise, Steps
-from animate124.guidance.common import encode_latents, module_device, module_dtype, resize, vae_scale_factor
+from animate124.guidance.common import (
+    encode_latents,
+    module_device,
+    module_dtype,
+    resize,
+    to_device,
+    vae_scale_factor,
+)
 from animate124.guidance.interface import REFERENCE_CAMERA, GuidanceOutput, Views
 
 if TYPE_CHECKING:
@@ -257,7 +264,7 @@ class Zero123Guidance(DiffusionPrior):
         cam = self.pose_embedding(views)
         pdtype = module_dtype(self.projection)
         emb = self.clip_embeds.to(pdtype).expand(cam.shape[0], 1, -1)
-        x = torch.cat([emb, cam.to(device=emb.device, dtype=pdtype)[:, None, :]], dim=-1)
+        x = torch.cat([emb, to_device(cam, emb.device, pdtype)[:, None, :]], dim=-1)
         return self.projection(x)
 
     def angle_weights(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,11 +290,11 @@ class Zero123Guidance(DiffusionPrior):
         t, noise = self.draw(z, t, noise, n, generator)
         udtype = module_dtype(self.unet)
         with torch.no_grad():
-            c = self.conditioning(views).to(device=z.device, dtype=udtype)
+            c = to_device(self.conditioning(views), z.device, udtype)
             cc = self.c_concat.to(device=z.device, dtype=udtype).expand(n, -1, -1, -1)
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
             x_in = torch.cat([torch.cat([zt, zt]), torch.cat([torch.zeros_like(cc), cc])], dim=1)
-            t_dev = t.to(z.device)
+            t_dev = to_device(t, z.device)
             eps_hat = self.guided_noise(x_in, torch.cat([t_dev, t_dev]), torch.cat([torch.zeros_like(c), c]))
         lam, angle = self.angle_weights(views)
         w = sds.w_one_minus_alpha_bar(self.alphas_cumprod, t)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from animate124.config.schema import Config, FieldConfig
-from animate124.engine.runtime import resolve_device
+from animate124.engine.runtime import training_device
 from animate124.engine.schedules import (
     GRAD_SCALER,
     EntropyRamp,
@@ -290,7 +290,7 @@ def build_optimizer(cfg: Config, field: Any, stage: str) -> torch.optim.Optimize
 
 
 def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerSettings:
-    device = resolve_device(cfg.run.device)
+    device = training_device(cfg)
     _, clip = stage_lr_and_clip(cfg, stage)
     return TrainerSettings(
         iters=stage_clock(cfg, stage).iters,

@@ -33,6 +33,7 @@ from animate124.stages.build import (
     stage_prompt,
     stage_schedules,
 )
+from animate124.stages.placement import PriorPlacement, log_placement
 from animate124.stages.system import ClipSampler, DynamicSystem, ReferenceData
 from animate124.stages.training import Built, load_reference_data, train_nerf_stage, zero123_reference
 
@@ -111,14 +112,25 @@ def build_dynamic_system(
     return system, build_optimizer(cfg, field, "dynamic")
 
 
+def dynamic_prior_names(cfg: Config) -> list[str]:
+    """The priors the dynamic stage calls (refine adds ControlNet): video, and Zero123 unless its weight is 0."""
+    return ["video", "zero123"] if cfg.dynamic.zero123_weight else ["video"]
+
+
 def video_and_zero123(
-    project: Project, cfg: Config, device: torch.device
+    project: Project, cfg: Config, device: torch.device, place: PriorPlacement | None = None
 ) -> tuple[Guidance, Guidance | None]:
-    """The priors of the dynamic stage (also used by refine): video SDS, and Zero123 unless its weight is 0."""
-    video = build_video_guidance(cfg, device, stage_prompt(cfg, "dynamic"))
+    """The priors of the dynamic stage (also used by refine, which passes its ``place``): video SDS, and
+    Zero123 unless its weight is 0, each on its device (``run.devices``: ``stages/placement.py``)."""
+    if place is None:
+        place = PriorPlacement.of(cfg, dynamic_prior_names(cfg), device)
+        log_placement(place)
+    prompt = stage_prompt(cfg, "dynamic")
+    video = place.build("video", lambda d: build_video_guidance(cfg, d, prompt))
     zero123 = None
     if cfg.dynamic.zero123_weight:
-        zero123 = build_zero123_guidance(cfg, device, "dynamic", zero123_reference(project))
+        ref = zero123_reference(project)
+        zero123 = place.build("zero123", lambda d: build_zero123_guidance(cfg, d, "dynamic", ref))
     return video, zero123
 
 

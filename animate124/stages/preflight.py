@@ -12,7 +12,7 @@ they will run. It checks, in this order, and raises the first problem (nothing i
    :func:`animate124.guidance.prompts.prompt_length_error`;
 4. the textual-inversion initializer: one token of SD's tokenizer; a word derived from the prompt that
    is not one becomes "object" here (one decision, said once), a word the user typed is an error;
-5. the device (and, with ``run.tensorboard``, that the tensorboard package is there);
+5. the device, or every device of ``run.devices`` (and, with ``run.tensorboard``, that the tensorboard package is there);
 6. every model role the stages need, all missing ones in one message with their total size;
 7. free disk space for the stages' outputs (an estimate from the config: fields, optimizer state,
    checkpoints, occupancy grids, previews).
@@ -374,7 +374,7 @@ def preflight(
     ``image``: the input image of a run that starts with preprocess. ``initializer_auto``: the
     textual-inversion initializer in ``cfg`` was derived from the prompt (it may be replaced by "object").
     """
-    from animate124.engine.runtime import resolve_device
+    from animate124.engine.runtime import resolve_devices
     from animate124.fileio import file_sha256
 
     stages = tuple(stages)
@@ -402,7 +402,7 @@ def preflight(
     will_run = planned_runs(project, cfg, stages, sha, force)
     token_ready = "invert" in stages or (project.exists() and project.is_done("invert"))
     check_prompts(cfg, [s for s in will_run if s in TRAINING_STAGES], token_ready)
-    resolve_device(cfg.run.device)
+    resolve_devices(cfg)  # run.device, or every one of run.devices
     if cfg.run.tensorboard and any(s in will_run for s in ("invert", *TRAINING_STAGES)):
         from animate124.engine.scalars import check_tensorboard
 

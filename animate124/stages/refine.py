@@ -26,7 +26,8 @@ from animate124.guidance.interface import Guidance
 from animate124.project import Project
 from animate124.stages.artifacts import load_trained, save_trained
 from animate124.stages.build import build_controlnet_guidance, build_optimizer, stage_prompt
-from animate124.stages.dynamic import dynamic_system_kwargs, video_and_zero123
+from animate124.stages.dynamic import dynamic_prior_names, dynamic_system_kwargs, video_and_zero123
+from animate124.stages.placement import PriorPlacement, log_placement
 from animate124.stages.system import DynamicSystem
 from animate124.stages.training import Built, load_reference_data, train_nerf_stage
 
@@ -126,8 +127,10 @@ def run_refine(
         trained = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
         frozen = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
         reference = load_reference_data(project, cfg.dynamic.ref_size)
-        video, zero123 = video_and_zero123(project, cfg, device)
-        controlnet = build_controlnet_guidance(cfg, device, prompt, token)
+        place = PriorPlacement.of(cfg, [*dynamic_prior_names(cfg), "controlnet"], device)
+        log_placement(place)
+        video, zero123 = video_and_zero123(project, cfg, device, place)
+        controlnet = place.build("controlnet", lambda d: build_controlnet_guidance(cfg, d, prompt, token))
         system = RefineSystem(
             controlnet=controlnet,
             frozen_field=frozen.field,

@@ -30,6 +30,7 @@ from animate124.stages.build import (
     stage_prompt,
     stage_schedules,
 )
+from animate124.stages.placement import PriorPlacement, log_placement
 from animate124.stages.system import CameraSampler, ReferenceData, StaticSystem
 from animate124.stages.training import Built, load_reference_data, train_nerf_stage, zero123_reference
 
@@ -68,12 +69,19 @@ def build_static_system(
 
 
 def static_priors(project: Project, cfg: Config, device: torch.device) -> dict[str, Guidance]:
-    """SD 1.5 and Zero123-XL, each only when its weight is nonzero."""
+    """SD 1.5 and Zero123-XL, each only when its weight is nonzero, each on its device (``run.devices``:
+    ``stages/placement.py``)."""
+    s = cfg.static
+    names = [n for n, w in (("sd", s.sd_weight), ("zero123", s.zero123_weight)) if w]
+    place = PriorPlacement.of(cfg, names, device)
     priors: dict[str, Guidance] = {}
-    if cfg.static.sd_weight:
-        priors["sd"] = build_sd_guidance(cfg, device, stage_prompt(cfg, "static"))
-    if cfg.static.zero123_weight:
-        priors["zero123"] = build_zero123_guidance(cfg, device, "static", zero123_reference(project))
+    if s.sd_weight:
+        prompt = stage_prompt(cfg, "static")
+        priors["sd"] = place.build("sd", lambda d: build_sd_guidance(cfg, d, prompt))
+    if s.zero123_weight:
+        ref = zero123_reference(project)
+        priors["zero123"] = place.build("zero123", lambda d: build_zero123_guidance(cfg, d, "static", ref))
+    log_placement(place)
     return priors
 
 

@@ -21,7 +21,7 @@ from animate124.config.schema import Config
 from animate124.engine.interrupt import graceful_interrupt
 from animate124.engine.progress import rich_progress
 from animate124.engine.runner import StageContext, StageResult, run_stage
-from animate124.engine.runtime import resolve_device
+from animate124.engine.runtime import training_device
 from animate124.engine.trainer import Trainer, TrainingSystem
 from animate124.errors import oom_guard
 from animate124.project import Project
@@ -84,7 +84,7 @@ def train_nerf_stage(
     spec = get_stage(stage)
 
     def body(ctx: StageContext) -> dict[str, Any]:
-        device = resolve_device(cfg.run.device)
+        device = training_device(cfg)  # the first of run.devices holds the field
         torch.manual_seed(cfg.run.seed)
         paths = project.stage(stage)
         with oom_guard(f"the {stage} stage"):
