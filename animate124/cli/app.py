@@ -24,7 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from animate124 import __version__
-from animate124.cli import outputs, stages
+from animate124.cli import batch, outputs, stages
 from animate124.cli.common import EXIT_CODES_HELP, examples
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
@@ -74,6 +74,7 @@ app = typer.Typer(
 )
 stages.register(app)
 outputs.register(app)
+batch.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)

@@ -275,6 +275,7 @@ class Session:
     results: list[Any] = field(default_factory=list)
     running: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stdout: Any = None  # the real stdout (under --json the command's prints go to stderr): for JSON lines
 
     # output ---------------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
@@ -413,6 +414,7 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     )
     code, error = 0, None
     with _stdout_to_stderr(opts.json_output) as stdout:
+        session.stdout = stdout
         try:
             with oom_guard(f"`animate124 {session.command}`"):
                 out = body()
@@ -444,9 +446,12 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     return out
 
 
-def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guarded(
+    *names: str, session_type: type[Session] = Session
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a command from ``fn(session, ...)``: add the common options ``names`` (and ``--debug``)
-    to its parameters, build the :class:`Session`, and map errors to messages and exit codes:
+    to its parameters, build the :class:`Session` (``session_type``: a subclass with its own summary),
+    and map errors to messages and exit codes:
     :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
     CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
     """
@@ -471,7 +476,7 @@ def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def command(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in chosen}
             values["sets"] = tuple(values.get("sets") or ())
-            session = Session(command=fn.__name__.replace("_", "-"), opts=Common(**values))
+            session = session_type(command=fn.__name__.replace("_", "-"), opts=Common(**values))
             return _run(session, lambda: fn(session, **kwargs))
 
         command.__signature__ = sig.replace(parameters=[*own, *common_params])
