@@ -172,10 +172,11 @@ def last_log_line(path: Path, since: float | None = None) -> dict[str, Any] | No
     return None
 
 
-def asset_progress(asset: Asset, now: float) -> Progress:
-    """Where a running asset is, from its task record and its stage's scalar log."""
+def asset_progress(asset: Asset, now: float, batch_id: str = "") -> Progress:
+    """Where a running asset is, from its task record (one of batch ``batch_id``: another batch's is a
+    killed one's) and its stage's scalar log."""
     rec = read_state(asset.state_file)
-    if not rec or rec.get("key") != asset.key or rec.get("status") != RUNNING:
+    if not rec or rec.get("batch_id", "") != batch_id or rec.get("status") != RUNNING:
         return Progress(asset.name, "queued")
     stage = rec.get("stage")
     elapsed = now - float(rec["started"]) if rec.get("started") else None
@@ -190,26 +191,25 @@ def asset_progress(asset: Asset, now: float) -> Progress:
 
 
 # --- the tasks -------------------------------------------------------------------------------------
-def _lost(asset: Asset, status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+def _lost(asset: Asset, status: str, batch_id: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of a task that returned none: its last state when it got as far as writing one."""
     rec = read_state(asset.state_file)
-    if not rec or rec.get("key") != asset.key:
+    if not rec or rec.get("batch_id") != batch_id:
         rec = {"asset": asset.name, "row": asset.row.number, "project": str(asset.project), "stages": []}
         status = NOT_STARTED if status == INTERRUPTED else status
     rec.update(status=status, error=error, finished=time.time())
     return rec
 
 
-def _collect(ray: Any, ref: Any, asset: Asset) -> dict[str, Any]:
+def _collect(ray: Any, ref: Any, asset: Asset, batch_id: str) -> dict[str, Any]:
     try:
         return ray.get(ref)
     except ray.exceptions.TaskCancelledError:
-        return _lost(asset, INTERRUPTED)
+        return _lost(asset, INTERRUPTED, batch_id)
     except ray.exceptions.RayError as exc:  # the worker died (host out of memory, a crash), or Ray did
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         error = error_record(BatchError(f"the run's Ray task failed: {type(exc).__name__}: {first[:300]}"))
-        rec = _lost(asset, FAILED, error)
-        return rec
+        return _lost(asset, FAILED, batch_id, error)
 
 
 def run_tasks(
@@ -234,6 +234,7 @@ def run_tasks(
         opts = {"num_gpus": where.num_gpus, "num_cpus": where.num_cpus, "max_retries": 0}
         refs[remote.options(name=f"animate124:{asset.name}", **opts).remote(job)] = asset
     results: dict[str, dict[str, Any]] = {}
+    batch_id = jobs[0][1].batch_id if jobs else ""
 
     def wait(deadline: float | None = None) -> None:
         while len(results) < len(refs):
@@ -241,12 +242,12 @@ def run_tasks(
             ready, _ = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
             for ref in ready:
                 asset = refs[ref]
-                results[asset.name] = rec = _collect(ray, ref, asset)
+                results[asset.name] = rec = _collect(ray, ref, asset, batch_id)
                 if on_result:
                     on_result(asset, rec)
             if on_update:
                 now = time.time()
-                on_update([asset_progress(a, now) for a in refs.values() if a.name not in results])
+                on_update([asset_progress(a, now, batch_id) for a in refs.values() if a.name not in results])
             if deadline is not None and time.time() > deadline:
                 return
 
@@ -261,7 +262,7 @@ def run_tasks(
         for ref, asset in refs.items():
             if asset.name not in results:
                 ray.cancel(ref, force=True)
-                results[asset.name] = rec = _lost(asset, INTERRUPTED)
+                results[asset.name] = rec = _lost(asset, INTERRUPTED, batch_id)
                 if on_result:
                     on_result(asset, rec)
         raise

@@ -16,8 +16,9 @@ A folder of images (PNG, JPEG, WebP) gives one row per image, sorted by file nam
 and blank lines are skipped).
 
 Project names are the ``name`` column or the image's stem, reduced to letters, digits, ``_`` and ``-``.
-Rows that would share a name get ``-<6 hex digits>`` of their image path and prompt appended, so a name
-depends only on the row itself and stays the same when the jobs file is reordered or grows.
+Different rows that would share a name get ``-<6 hex digits>`` of their image path and prompt appended, so
+a name depends only on the rows themselves and stays the same when the jobs file is reordered. A row that
+repeats an earlier one, or takes an explicit name another row has, cannot run (its ``problem`` says why).
 """
 
 from __future__ import annotations
@@ -249,13 +250,13 @@ def name_rows(rows: Iterable[Row]) -> list[Row]:
     row already has, or which repeats an earlier row exactly, gets a ``problem`` instead."""
     rows = list(rows)
     base = [slug(r.name) if r.explicit_name else slug(r.image.stem) for r in rows]
-    counts: dict[str, int] = {}
-    for b in base:
-        counts[b] = counts.get(b, 0) + 1
+    kinds: dict[str, set[str]] = {}  # base name -> the different rows that would have it
+    for row, b in zip(rows, base, strict=True):
+        kinds.setdefault(b, set()).add(_fingerprint(row))
     out: list[Row] = []
     taken: dict[str, int] = {}
     for row, b in zip(rows, base, strict=True):
-        name = b if row.explicit_name or counts[b] == 1 else f"{b}-{_fingerprint(row)}"
+        name = b if row.explicit_name or len(kinds[b]) == 1 else f"{b}-{_fingerprint(row)}"
         problem = row.problem
         if name in taken and problem is None:
             first = taken[name]

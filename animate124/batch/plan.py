@@ -55,8 +55,11 @@ class Asset:
     warnings: tuple[str, ...] = ()
     previous: dict[str, Any] | None = None
 
-    def job(self, until: str | None, device: str | None = None) -> AssetJob:
-        """The task's job; ``device`` replaces the config's ``run.device`` (the placement's)."""
+    def job(
+        self, until: str | None, device: str | None = None, threads: int = 0, batch_id: str = ""
+    ) -> AssetJob:
+        """The task's job; ``device`` replaces the config's ``run.device`` (the placement's), ``threads``
+        is the number of CPU threads torch uses in the task, ``batch_id`` names this batch."""
         cfg = self.cfg
         if device is not None and device != cfg.run.device:
             from animate124.config.loader import replace
@@ -73,6 +76,8 @@ class Asset:
             key=self.key,
             state_file=str(self.state_file),
             cwd=os.getcwd(),
+            threads=threads,
+            batch_id=batch_id,
         )
 
 

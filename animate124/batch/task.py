@@ -53,6 +53,8 @@ class AssetJob:
     key: str
     state_file: str
     cwd: str = ""  # the driver's working directory (relative paths in the config are relative to it)
+    threads: int = 0  # CPU threads for torch: the CPUs Ray gave the task (0: torch's default)
+    batch_id: str = ""  # which batch started the task (a record of another one is a killed batch's)
 
 
 def pipeline_arguments(job: AssetJob) -> dict[str, Any]:
@@ -152,6 +154,10 @@ def run_asset(job: AssetJob) -> dict[str, Any]:
 
     if job.cwd and os.path.isdir(job.cwd):
         os.chdir(job.cwd)  # a fresh worker process per task (max_calls=1): nothing else sees it
+    if job.threads > 0:  # the task's share of the CPUs, whatever OMP_NUM_THREADS the node had
+        import torch
+
+        torch.set_num_threads(job.threads)
     project = Project(job.project)
     log_file = project.root / "logs" / "batch.log"
     t0 = time.time()
@@ -162,6 +168,7 @@ def run_asset(job: AssetJob) -> dict[str, Any]:
         "image": job.image,
         "prompts": job.prompts.as_dict(),
         "key": job.key,
+        "batch_id": job.batch_id,
         "status": RUNNING,
         "stage": None,
         "stage_started": None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -167,7 +168,7 @@ def batch(
         str | None,
         typer.Option(
             help="Run on an existing Ray cluster: auto (the cluster this machine belongs to) or "
-            "ray://HOST:10001 (Ray Client; pip install 'ray[client]'). Default: a Ray instance on this "
+            "ray://HOST:10001 (Ray Client; pip install 'ray\\[client]'). Default: a Ray instance on this "
             "machine with all its CPUs and GPUs. Every node needs animate124 installed and the models "
             "(a --cache-dir every node sees, or `animate124 models download` on each).",
             show_default=False,
@@ -300,7 +301,8 @@ def _run(
             f"{time.time() - t0:.1f} s); each run: {where.num_gpus:g} GPU, {where.num_cpus:g} CPU, device "
             f"{where.device}"
         )
-        jobs = [(a, a.job(until, where.device)) for a in to_run]
+        batch_id = uuid.uuid4().hex
+        jobs = [(a, a.job(until, where.device, max(1, int(where.num_cpus)), batch_id)) for a in to_run]
         table = BatchTable(s.console(), [a.name for a in to_run], {})
 
         def on_result(asset: Any, rec: dict[str, Any]) -> None:
@@ -368,7 +370,7 @@ def register(app: typer.Typer) -> None:
     app.command(
         "batch",
         help=(
-            "Run run-all on many assets, one project each, as Ray tasks (pip install 'animate124[batch]').\n\n"
+            "Run run-all on many assets, one project each, as Ray tasks (pip install 'animate124\\[batch]').\n\n"
             "JOBS is a CSV/JSONL file (one row per asset) or a folder of images. Each row becomes "
             "<out>/<name> (the name column, else the image's name; unique and the same on every rerun). "
             "--preset, --config, --set, --device and --until apply to every row, a row's set column after "
