@@ -73,8 +73,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stages.register(app)
-outputs.register(app)
 batch.register(app)
+outputs.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
