@@ -313,11 +313,15 @@ def _run(
         if s.show_progress:
             from rich.live import Live
 
-            with Live(table, console=s.console(), refresh_per_second=2, transient=False):
-                try:
+            console = s.console()
+            try:
+                with Live(table, console=console, refresh_per_second=2, transient=False):
                     run_tasks(ray, jobs, where, on_update=table.update, on_result=on_result)
-                except KeyboardInterrupt:
-                    return True
+            except KeyboardInterrupt:
+                return True
+            finally:
+                if not console.is_terminal:  # rich leaves the last line of the table open there
+                    console.line()
         else:
             try:
                 run_tasks(ray, jobs, where, on_result=on_result)
