@@ -61,9 +61,11 @@ def require_ray() -> Any:
 
 def start_ray(address: str | None) -> tuple[Any, bool]:
     """Connect to Ray: the one already initialised in this process, else an existing cluster at
-    ``address`` (``auto`` or ``ray://host:10001``), else a new local one on this machine (all its CPUs and
-    GPUs). Returns ``(ray, started)``; the caller shuts down what it started. Task output stays on the
-    workers (``log_to_driver=False``): the driver's terminal shows the batch's table."""
+    ``address`` (``auto``: the one this machine belongs to, or ``ray://host:10001``), else a new local one
+    on this machine with all its CPUs and GPUs (``address="local"``: never a cluster that ``ray start``
+    left running here, which ``--address auto`` joins). Returns ``(ray, started)``; the caller shuts down
+    what it started. Task output stays on the workers (``log_to_driver=False``): the driver's terminal
+    shows the batch's table."""
     ray = require_ray()
     if ray.is_initialized():
         return ray, False
@@ -72,7 +74,7 @@ def start_ray(address: str | None) -> tuple[Any, bool]:
         if address:
             ray.init(address=address, **quiet)
         else:  # the records that travel back are small: a small object store will do
-            ray.init(include_dashboard=False, object_store_memory=200 * 2**20, **quiet)
+            ray.init(address="local", include_dashboard=False, object_store_memory=200 * 2**20, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise BatchError(

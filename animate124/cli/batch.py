@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -168,8 +169,9 @@ def batch(
         str | None,
         typer.Option(
             help="Run on an existing Ray cluster: auto (the cluster this machine belongs to) or "
-            "ray://HOST:10001 (Ray Client; pip install 'ray\\[client]'). Default: a Ray instance on this "
-            "machine with all its CPUs and GPUs. Every node needs animate124 installed and the models "
+            "ray://HOST:10001 (Ray Client; pip install 'ray\\[client]'). Default: $RAY_ADDRESS, else a new Ray "
+            "instance on this machine with all its CPUs and GPUs (auto joins one started with `ray start "
+            "--head`, e.g. for several batches at once). Every node needs animate124 installed and the models "
             "(a --cache-dir every node sees, or `animate124 models download` on each).",
             show_default=False,
         ),
@@ -203,6 +205,7 @@ def batch(
     from animate124.project import fs_error
     from animate124.stages.spec import stage_range
 
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as `ray` reads it
     rows = read_rows(jobs, prompt=prompt, prompts_file=prompts)
     stage_range(None, until)
     common = s.opts
