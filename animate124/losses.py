@@ -1,7 +1,7 @@
 """Training losses as pure functions of tensors (SPEC §1 "Training-time consumption", §3.5, §3.6).
 
 No config, no module state, no stage knowledge: each function returns the *unweighted* term; the
-stage multiplies by its λ (``total`` does the weighted sum). Half-precision inputs are computed in
+stage multiplies by its λ (``stages/system.py``). Half-precision inputs are computed in
 float32 (the entropy clamp ``1 − 1e−5`` is 1.0 in fp16).
 
 Upstream references are to ``HeliosZhao/Animate124`` (commit d546941): ``nerf/utils.py`` (static
@@ -15,13 +15,9 @@ broadcastable to the image, packed per-sample tensors ``[M]``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from animate124.errors import ConfigError
 
 __all__ = [
     "masked_rgb_loss",
@@ -37,7 +33,6 @@ __all__ = [
     "gaussian_kernel1d",
     "gaussian_blur",
     "normal_blur_loss",
-    "total",
 ]
 
 ENTROPY_CLAMP = 1e-5
@@ -297,32 +292,3 @@ def normal_blur_loss(normal_image: Tensor, kernel_size: int = 9, sigma: float | 
     """
     n = _f32(normal_image)
     return F.mse_loss(n, gaussian_blur(n, kernel_size, sigma))
-
-
-# --------------------------------------------------------------------------- weighted sum
-
-
-def total(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """``Σ_k weights[k]·losses[k]`` over the terms with a nonzero weight (0-dim tensor).
-
-    A term whose weight is 0 is skipped entirely (not evaluated into the sum, so a NaN there cannot
-    leak). A term without an entry in ``weights`` is an error; weights without a term are ignored
-    (e.g. reconstruction weights on a guidance step). No nonzero term gives a zero tensor.
-    """
-    missing = sorted(k for k in losses if k not in weights)
-    if missing:
-        raise ConfigError(
-            f"loss term(s) {missing} have no weight (weights given for {sorted(weights)})",
-            "give every loss term a weight; 0 disables a term",
-        )
-    out: Tensor | None = None
-    for name, value in losses.items():
-        wgt = float(weights[name])
-        if wgt == 0.0:
-            continue
-        term = wgt * value
-        out = term if out is None else out + term
-    if out is None:
-        ref = next(iter(losses.values()), None)
-        return torch.zeros((), device=None if ref is None else ref.device)
-    return out

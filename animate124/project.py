@@ -46,6 +46,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "find_project",
+    "resolve_project",
+    "FoundProject",
     "remember_project",
     "default_project_for_image",
     "now_iso",
@@ -351,7 +353,8 @@ def _state_file() -> Path:
 
 
 def remember_project(project: Project) -> None:
-    """Record ``project`` as the most recent one (for commands run without ``-p``)."""
+    """Record ``project`` as the last one a run started on (the last resort of :func:`resolve_project`);
+    called when a run starts, so a run that fails is still the one remembered."""
     with contextlib.suppress(OSError):
         atomic_write_text(_state_file(), str(project.root) + "\n")
 
@@ -361,20 +364,62 @@ def default_project_for_image(image: Path) -> Path:
     return Path.cwd() / "runs" / Path(image).stem
 
 
-def find_project(explicit: str | Path | None) -> Project:
-    """The project to work on: ``-p`` if given; else the working directory if it is a project;
-    else the most recent project recorded by an earlier command."""
+@dataclass(frozen=True)
+class FoundProject:
+    """The project a command works on and why that one (``how``: a phrase for the line the CLI prints)."""
+
+    project: Project
+    how: str
+
+
+def _runs_projects(base: Path) -> list[Project]:
+    """The projects directly under ``base/runs``, newest first (by their manifest's modification time:
+    the project most recently worked on)."""
+    runs = base / "runs"
+    try:
+        found = [Project(d) for d in runs.iterdir() if d.is_dir() and (d / "manifest.json").is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (-p.manifest_path.stat().st_mtime, p.root.name))
+
+
+def resolve_project(explicit: str | Path | None, cwd: Path | None = None) -> FoundProject:
+    """The project to work on, and why, in this order (the same for every command):
+
+    1. ``-p`` (``explicit``), as given;
+    2. the working directory, if it is a project;
+    3. the only project under ``./runs/`` (of several, the newest, and the line says so);
+    4. only then the remembered project (the last run started, :func:`remember_project`).
+
+    Raises ProjectError when none of them is a project.
+    """
     if explicit:
-        return Project(explicit)
-    cwd = Project(Path.cwd())
-    if cwd.exists():
-        return cwd
+        return FoundProject(Project(explicit), "-p")
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    if Project(here).exists():
+        return FoundProject(Project(here), "the working directory")
+    under_runs = _runs_projects(here)
+    if len(under_runs) == 1:
+        return FoundProject(under_runs[0], "the only project under ./runs")
+    if under_runs:
+        others = ", ".join(p.root.name for p in under_runs[1:4]) + (", ..." if len(under_runs) > 4 else "")
+        return FoundProject(
+            under_runs[0],
+            f"the newest of {len(under_runs)} projects under ./runs (also there: {others}; pick one with -p)",
+        )
     with contextlib.suppress(OSError):
         last = _state_file().read_text().strip()
         if last and Project(last).exists():
-            return Project(last)
+            return FoundProject(
+                Project(last), "the last run started (no project in the working directory or under ./runs)"
+            )
     raise ProjectError(
         "no project given and none found",
-        hint="pass -p DIR, run the command inside a project directory, or start one with "
-        "`animate124 run-all IMAGE PROMPT`",
+        hint="pass -p DIR, run the command inside a project directory or the directory holding runs/, "
+        "or start one with `animate124 run-all IMAGE PROMPT`",
     )
+
+
+def find_project(explicit: str | Path | None) -> Project:
+    """The project to work on (see :func:`resolve_project`)."""
+    return resolve_project(explicit).project

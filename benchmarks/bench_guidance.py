@@ -9,6 +9,14 @@ weights give the same cost as real ones.
     python benchmarks/bench_guidance.py --compile --channels-last --out ...
     python benchmarks/bench_guidance.py --cuda-graphs --vae-checkpoint --out ...   # the stages' defaults
     python benchmarks/bench_guidance.py --tiny --out /tmp/g.json          # CPU smoke test (tiny models)
+    python benchmarks/bench_guidance.py --stages --variant compile_ma_cl --dense --agreement \
+        --calls-json guidance_calls.json --out ...                        # issue 27: one variant, its record
+
+Every result carries the call's exact FLOPs (``guidance/flops.py``: UNet on the CFG batch, VAE encoder forward,
+backward and recompute), so ``achieved TFLOP/s`` = TFLOP / median time and, with ``--dense`` (the card's bf16
+8192³ matmul rate measured in the same run), ``share of peak``. ``--agreement`` also gives the gradient
+agreement of the measured way with the eager networks (``guidance/agreement.py``: cosine, norm error), on a
+fixed seed. ``--variant`` (``guidance_variants.py``) names the way the UNet/ControlNet run.
 
 Priors: SD 1.5 (render 128² -> 512²), Zero123-XL (-> 256²), ModelScope (16 × 128² -> 16 × 256²),
 ControlNet tile + SD (2 of 16 frames -> 1024²), each called through the one guidance interface
@@ -158,6 +166,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
     elif prior == "zero123":
         guid = Zero123Guidance(
             comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
+            c_concat_mode="mode", clip_preprocess="torch",
             reference=torch.rand(1, 3, 256, 256, device=device), checkpoint_encoder=vae_checkpoint,
             checkpoint_pixels=CHECKPOINT_PIXELS,
         )  # fmt: skip
@@ -189,19 +198,45 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
         assert images.grad is not None
         return float(images.grad.abs().sum())
 
+    call.shape, call.views = shape, views  # type: ignore[attr-defined]  # for the agreement and the FLOP count
     return guid, call
 
 
-def apply_options(guid, compile_: bool, channels_last: bool) -> None:
-    if channels_last:
-        for name in ("unet", "vae", "controlnet"):
-            m = getattr(guid, name, None)
-            if m is not None and not type(m).__name__.startswith("UNet3D"):
-                m.to(memory_format=torch.channels_last)
-    if compile_:  # as the stages do with run.compile_priors
+def apply_vae_options(guid, args) -> None:
+    """The VAE options (the same for the measured path and the agreement's eager reference)."""
+    if args.vae_attention == "blocked":
+        from animate124.guidance.attention import use_blocked_vae_attention
+
+        use_blocked_vae_attention(getattr(guid, "vae", None))
+    if args.vae_fused_norm:
+        from animate124.guidance.groupnorm import use_fused_vae_norms
+
+        use_fused_vae_norms(getattr(guid, "vae", None))
+    if args.vae_channels_last and getattr(guid, "vae", None) is not None:
+        from animate124.guidance.layout import channels_last_
+
+        channels_last_(guid.vae.encoder)
+
+
+def apply_networks(guid, args) -> None:
+    """The way the UNet/ControlNet run: ``--variant``, or the single flags."""
+    if args.variant:
+        from guidance_variants import apply_variant
+
+        apply_variant(guid, args.variant)
+        return
+    if args.channels_last:
+        from animate124.guidance.layout import use_channels_last
+
+        use_channels_last(guid)
+    if args.compile:  # as the stages do with run.compile_priors
         from animate124.guidance.compiled import compile_prior_networks
 
-        compile_prior_networks(guid)
+        compile_prior_networks(guid, args.compile_mode)
+    elif args.cuda_graphs:
+        from animate124.guidance.graphs import graph_prior_networks
+
+        graph_prior_networks(guid, enabled=True)
 
 
 def profile_calls(call, path: Path, cuda: bool, n: int = 3) -> None:
@@ -221,16 +256,22 @@ def profile_calls(call, path: Path, cuda: bool, n: int = 3) -> None:
     )
 
 
-def count_flops(call) -> dict:
-    """FLOPs of one call (forward + backward; matmuls and convolutions, as torch's FlopCounterMode counts
-    them), in total and per top-level module."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, depth=1) as counter:
-        call()
-    counts = counter.get_flop_counts()
-    per_module = {k: sum(v.values()) for k, v in counts.items() if k != "Global" and "." not in k}
-    return {"total": counter.get_total_flops(), "per_module": per_module}
+def dense_tflops(device, n: int = 8192, iters: int = 20) -> float:
+    """The card's dense matrix rate: a bf16 ``n³`` matmul timed with CUDA events (TFLOP/s; issue 27's peak)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(iters):
+        a @ b
+    e1.record()
+    torch.cuda.synchronize()
+    del a, b
+    torch.cuda.empty_cache()
+    return iters * 2 * n**3 / (e0.elapsed_time(e1) / 1000) / 1e12
 
 
 def card_rates(device) -> dict:
@@ -285,7 +326,18 @@ def time_calls(call, iters: int, warmup: int, cuda: bool) -> tuple[list[float], 
     return (times if cuda else walls), walls, out
 
 
+def _reference_gradient(guid, call, args, device):
+    """The eager networks' image gradient on a fixed seed (the agreement rule's reference)."""
+    from animate124.guidance.agreement import sds_gradient
+
+    images = torch.rand(call.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    autocast = torch.float16 if args.autocast else None
+    return images, sds_gradient(guid, images, call.views, seed=0, autocast=autocast)
+
+
 def bench_prior(prior: str, args, device) -> dict:
+    from animate124.guidance.flops import call_flops
+
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -298,47 +350,42 @@ def bench_prior(prior: str, args, device) -> dict:
         comp, cn = build_full(prior, Path(args.configs), device, torch.float16, vae_dtype)
     build_s = time.perf_counter() - t_build
     guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint, args.autocast)
-    flops = count_flops(call) if args.flops else None
-    apply_options(guid, args.compile, args.channels_last)
-    if args.vae_attention == "blocked":
-        from animate124.guidance.attention import use_blocked_vae_attention
-
-        use_blocked_vae_attention(getattr(guid, "vae", None))
-    if args.vae_fused_norm:
-        from animate124.guidance.groupnorm import use_fused_vae_norms
-
-        use_fused_vae_norms(getattr(guid, "vae", None))
-    if args.vae_channels_last and getattr(guid, "vae", None) is not None:
-        guid.vae.encoder.to(memory_format=torch.channels_last)
-        if getattr(guid.vae, "quant_conv", None) is not None:
-            guid.vae.quant_conv.to(memory_format=torch.channels_last)
-    if args.cuda_graphs:
-        from animate124.guidance.graphs import graph_prior_networks
-
-        graph_prior_networks(guid, enabled=True)
+    flops = call_flops(guid, call.shape)  # the networks' shapes, on the meta device
+    apply_vae_options(guid, args)
+    reference = _reference_gradient(guid, call, args, device) if args.agreement else None
+    apply_networks(guid, args)
     weights_mb = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
     times, _, grad_sum = time_calls(call, args.iters, args.warmup, cuda)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
     if args.profile:
         profile_calls(call, Path(f"{args.profile}.{prior}.txt"), cuda)
+    median = statistics.median(times)
     res = {
         "prior": prior,
-        "median_ms": statistics.median(times),
+        "median_ms": median,
         "min_ms": min(times),
         "iters": len(times),
         "weights_mb": weights_mb,
         "peak_mb": peak_mb,
         "build_s": build_s,
         "grad_finite": bool(torch.isfinite(torch.tensor(grad_sum))),
+        "flops": flops.as_dict(),
+        "tflop": flops.total / 1e12,
+        "achieved_tflop_s": flops.total / 1e12 / (median / 1e3),
     }
-    if flops is not None:
-        res["flops"] = flops
+    if reference is not None:
+        from animate124.guidance.agreement import compare, sds_gradient
+
+        images, ref = reference
+        autocast = torch.float16 if args.autocast else None
+        a = compare(ref, sds_gradient(guid, images, call.views, seed=0, autocast=autocast))
+        res["grad_cosine"], res["grad_norm_error"] = a.cosine, a.norm_error
     if args.vae_fused_norm:
         from animate124.guidance.groupnorm import fused_norm_calls
 
         res["fused_norm_calls"] = fused_norm_calls(getattr(guid, "vae", None))
-    if args.cuda_graphs:
-        res["graph_replays"] = int(getattr(guid.unet, "replays", 0))
+    res["graph_replays"] = int(getattr(guid.unet, "replays", 0))
+    res["compiled_fell_back"] = bool(getattr(guid.unet, "failed", None))
     del guid, call, comp, cn
     gc.collect()
     if cuda:
@@ -346,15 +393,51 @@ def bench_prior(prior: str, args, device) -> dict:
     return res
 
 
+def calls_record(meta: dict, results: list[dict], dense: float | None) -> dict:
+    """issue 27's ``guidance_calls.json`` form for one variant: ``card``, ``dense_tflops`` and per prior ``ms``,
+    ``tflop``, ``share_of_peak`` (achieved over dense), ``grad_cosine``."""
+    rec: dict = {
+        "card": meta["device"],
+        "dense_tflops": dense,
+        "variant": meta["variant"],
+        "torch": meta["torch"],
+    }
+    for r in results:
+        rec[r["prior"]] = {
+            "ms": round(r["median_ms"], 2),
+            "tflop": round(r["tflop"], 3),
+            "achieved_tflop_s": round(r["achieved_tflop_s"], 1),
+            "share_of_peak": round(r["achieved_tflop_s"] / dense, 4) if dense else None,
+            "grad_cosine": r.get("grad_cosine"),
+            "grad_norm_error": r.get("grad_norm_error"),
+            "peak_mb": round(r["peak_mb"], 1),
+        }
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
+    from guidance_variants import VARIANTS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=str(ROOT / ".." / "shared" / "data" / "hf-configs"))
     p.add_argument("--out", required=True)
     p.add_argument("--priors", default=",".join(PRIORS))
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--variant", choices=tuple(VARIANTS), help="how the UNet/ControlNet run (guidance_variants.py)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets / ControlNet")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--compile-mode", default="default", help="Inductor mode with --compile (run.compile_mode)"
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="UNet/ControlNet and VAE encoder channels-last"
+    )
+    p.add_argument(
+        "--stages", action="store_true",
+        help="the stages' VAE path: --autocast --vae-checkpoint --vae-attention blocked --vae-fused-norm",
+    )  # fmt: skip
     p.add_argument(
         "--autocast", action="store_true",
         help="as the stages run: the VAE in fp32, the forward under fp16 autocast (default: all fp16, no autocast)",
@@ -371,13 +454,19 @@ def main(argv: list[str] | None = None) -> int:
         "--vae-attention", choices=("sdpa", "blocked"), default="sdpa",
         help="the VAE encoder's attention (run.vae_attention; the stages default to blocked)",
     )  # fmt: skip
-    p.add_argument("--flops", action="store_true", help="count the FLOPs of one call (and the card's rates)")
+    p.add_argument("--flops", action="store_true", help="also the card's fp16 matmul and copy rates")
+    p.add_argument("--dense", action="store_true", help="the card's bf16 8192³ matmul rate: share of peak")
+    p.add_argument("--agreement", action="store_true", help="gradient agreement with the eager networks")
+    p.add_argument("--calls-json", default="", help="also write issue 27's guidance_calls.json form here")
     p.add_argument(
         "--profile", default="", help="write a torch.profiler table of 3 calls to PROFILE.<prior>.txt"
     )
     p.add_argument("--tiny", action="store_true", help="tiny factory models on the CPU (smoke test)")
     p.add_argument("--tiny-cache", default=str(Path(tempfile.gettempdir()) / "animate124_bench_tiny"))
     args = p.parse_args(argv)
+    if args.stages:
+        args.autocast = args.vae_checkpoint = args.vae_fused_norm = True
+        args.vae_attention = "blocked"
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
@@ -385,17 +474,23 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not args.tiny:
         p.error("full-size models need CUDA; use --tiny for a CPU smoke test")
     priors = [x.strip() for x in args.priors.split(",") if x.strip()]
-    rates = card_rates(device) if args.flops and device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    rates = card_rates(device) if args.flops and cuda else None
+    dense = dense_tflops(device) if args.dense and cuda else None
+    if dense:
+        print(f"dense bf16 8192³ matmul: {dense:.0f} TFLOP/s", flush=True)
     results = []
     for prior in priors:
         results.append(bench_prior(prior, args, device))
         r = results[-1]
         print(f"{r['prior']:<11} {r['median_ms']:>10.1f} ms  peak {r['peak_mb']:>9.0f} MB", flush=True)
     meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "tiny": args.tiny,
+        "variant": args.variant or "flags",
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
         "channels_last": args.channels_last,
         "vae_checkpoint": args.vae_checkpoint,
         "cuda_graphs": args.cuda_graphs,
@@ -404,22 +499,24 @@ def main(argv: list[str] | None = None) -> int:
         "vae_fused_norm": args.vae_fused_norm,
         "vae_channels_last": args.vae_channels_last,
         "card_rates": rates,
+        "dense_tflops": dense,
         "dtype": "float32" if args.tiny else "float16",
     }
     print(
-        f"\n{'prior':<11} {'median ms':>10} {'min ms':>9} {'weights MB':>11} {'peak MB':>9}  ({meta['device']})"
+        f"\n{'prior':<11} {'median ms':>10} {'min ms':>9} {'peak MB':>9} {'TFLOP':>7} {'TFLOP/s':>8} "
+        f"{'of peak':>8} {'grad cos':>9}  ({meta['device']}, {meta['variant']})"
     )
     for r in results:
-        floor = ""
-        if rates and "flops" in r:
-            r["floor_ms"] = r["flops"]["total"] / (rates["matmul_fp16_tflops"] * 1e12) * 1e3
-            floor = f"  {r['flops']['total'] / 1e12:.2f} TFLOP, matmul floor {r['floor_ms']:.1f} ms"
+        share = f"{r['achieved_tflop_s'] / dense:>8.1%}" if dense else f"{'-':>8}"
+        cos = f"{r['grad_cosine']:>9.6f}" if "grad_cosine" in r else f"{'-':>9}"
         print(
-            f"{r['prior']:<11} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['weights_mb']:>11.0f} "
-            f"{r['peak_mb']:>9.0f}{floor}"
+            f"{r['prior']:<11} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['peak_mb']:>9.0f} "
+            f"{r['tflop']:>7.2f} {r['achieved_tflop_s']:>8.1f} {share} {cos}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    if args.calls_json:
+        Path(args.calls_json).write_text(json.dumps(calls_record(meta, results, dense), indent=1))
     return 0
 
 

@@ -3,6 +3,11 @@ with GradScaler, SD 1.5 UNet/VAE in fp16 weights... as the `invert` stage loads 
 text encoder fp32). Full-size SD 1.5 built from the real configs with random weights.
 
     python benchmarks/bench_invert.py --configs .device/hf-configs --steps 12 --out invert.json
+    python benchmarks/bench_invert.py ... --fused-norm --compile --channels-last --fused-adamw \
+        --calls-json guidance_calls.json          # issue 27: adds invert_minutes (3000 steps) to that record
+
+Also reports the step's exact FLOPs (``guidance/flops.py``: VAE encode, text encoder and UNet forward + backward)
+and the achieved TFLOP/s; with ``--dense`` the share of the card's bf16 8192³ matmul rate.
 """
 
 from __future__ import annotations
@@ -21,9 +26,23 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def main() -> None:
-    from bench_guidance import build_full
+def step_gradient(comp, photo: torch.Tensor, cfg, dev: torch.device) -> torch.Tensor:
+    """The learned vector's gradient after one step (fp16 autocast, as the stage), from a fresh system."""
+    from animate124.guidance.textual_inversion import TextualInversionSystem
 
+    system = TextualInversionSystem(comp, photo, cfg, dev)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.mixed_precision):
+        loss = system.training_step(1, 1.0).losses["mse"]
+    loss.backward()
+    grad = system.vec.grad.detach().clone()
+    system.finish()
+    return grad
+
+
+def main() -> None:
+    from bench_guidance import build_full, dense_tflops
+
+    from animate124.guidance.flops import invert_step_flops
     from animate124.guidance.textual_inversion import TIConfig, train_textual_inversion
 
     ap = argparse.ArgumentParser()
@@ -33,17 +52,49 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--out", type=Path, default=Path("bench_invert.json"))
+    ap.add_argument(
+        "--fused-norm", action="store_true", help="fused VAE group norms (run.vae_fused_norm, on)"
+    )
+    ap.add_argument("--compile", action="store_true", help="the UNet compiled (run.compile_priors=invert)")
+    ap.add_argument("--compile-mode", default="default", help="run.compile_mode")
+    ap.add_argument("--channels-last", action="store_true", help="UNet and VAE encoder channels-last")
+    ap.add_argument("--fused-adamw", action="store_true", help="one fused AdamW kernel (run.fused_adamw)")
+    ap.add_argument("--dense", action="store_true", help="the card's bf16 8192³ matmul rate (share of peak)")
+    ap.add_argument("--calls-json", type=Path, help="add invert_minutes to this guidance_calls.json")
+    ap.add_argument(
+        "--agreement", action="store_true",
+        help="gradient agreement of the options' step with the plain step (the vector's gradient, one step)",
+    )  # fmt: skip
     args = ap.parse_args()
     dev = torch.device("cuda")
     comp, _ = build_full("sd", args.configs, dev, torch.float16)
     comp.vae.float()  # the stage's loaders keep the VAE in fp32
     comp.text_encoder.float()  # and the invert stage trains through an fp32 text encoder (as upstream)
+    if args.fused_norm:
+        from animate124.guidance.groupnorm import use_fused_vae_norms
+
+        use_fused_vae_norms(comp.vae)
+    step_flops = invert_step_flops(comp, args.batch_size, args.resolution)
+    dense = dense_tflops(dev) if args.dense else None
     photo = torch.rand(3, 600, 800)
     cfg = TIConfig(
         placeholder="<bench>", initializer="cat", steps=args.steps, lr=1e-4, batch_size=args.batch_size,
         resolution=args.resolution, augment=True, upstream_aug_range_bug=False, seed=0,
-        checkpoint_every=10**9, mixed_precision=True,
+        checkpoint_every=10**9, mixed_precision=True, compile_unet=args.compile, compile_mode=args.compile_mode,
+        channels_last=args.channels_last, fused_adamw=args.fused_adamw,
     )  # fmt: skip
+    agreement = None
+    if args.agreement:  # the plain step first: channels-last converts the weights in place
+        from dataclasses import replace
+
+        from animate124.guidance.agreement import compare
+
+        plain = replace(cfg, placeholder="<ref>", compile_unet=False, channels_last=False, fused_adamw=False)
+        reference = step_gradient(comp, photo, plain, dev)
+        agreement = compare(reference, step_gradient(comp, photo, replace(cfg, placeholder="<fast>"), dev))
+        print(
+            f"step gradient agreement: cosine {agreement.cosine:.6f}, norm error {agreement.norm_error:.2e}"
+        )
     stamps: list[float] = []
 
     def progress(step: int, total: int, metrics: dict) -> None:
@@ -65,12 +116,33 @@ def main() -> None:
         "steps_timed": len(steady) - 1,
         "s_per_step": s_per_step,
         "paper_3000_steps_min": s_per_step * 3000 / 60,
+        "options": {
+            k: getattr(args, k)
+            for k in ("fused_norm", "compile", "compile_mode", "channels_last", "fused_adamw")
+        },
+        "tflop_per_step": step_flops["total"] / 1e12,
+        "flops": step_flops,
+        "achieved_tflop_s": step_flops["total"] / 1e12 / s_per_step,
+        "dense_tflops": dense,
         "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30,
         "vec_finite": bool(torch.isfinite(vec).all()),
         "vec_norm": float(vec.norm()),
     }
+    if dense:
+        res["share_of_peak"] = res["achieved_tflop_s"] / dense
+    if agreement is not None:
+        res["grad_cosine"], res["grad_norm_error"] = agreement.cosine, agreement.norm_error
     print(json.dumps(res, indent=1))
     args.out.write_text(json.dumps(res, indent=1))
+    if args.calls_json:
+        rec = (
+            json.loads(args.calls_json.read_text()) if args.calls_json.is_file() else {"card": res["device"]}
+        )
+        rec["invert_minutes"] = round(res["paper_3000_steps_min"], 2)
+        rec["invert"] = {
+            k: res[k] for k in ("s_per_step", "tflop_per_step", "achieved_tflop_s", "peak_gib", "options")
+        }
+        args.calls_json.write_text(json.dumps(rec, indent=1))
 
 
 if __name__ == "__main__":

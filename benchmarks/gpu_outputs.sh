@@ -3,8 +3,8 @@
 # (full-size random-weight priors, the same models as gpu_paper_schedule.sh; STEPS='invert static dynamic
 # refine' steps, default '30 300 300 100'), then every output command at its defaults, each through
 # benchmarks/capped_cli.py --record on the allocator capped at CAP_GIB (default 22.35 GiB = 24 x 10^9 bytes, a
-# 24 GB card): render --orbit; render --views 4 --depth --normal; render --stills; export (every frame's mesh and
-# the animated glb); evaluate (full-size random-weight CLIP ViT-L/14); report. Each record holds seconds (the
+# 24 GB card): render --orbit; render --views 4 --depth --normal; render --stills; export --flipbook (every
+# frame's mesh and the flipbook glb); export (one mesh fitted through time: the animated glb); evaluate (full-size random-weight CLIP ViT-L/14); report. Each record holds seconds (the
 # whole command, model loading included), peak allocated / reserved GPU GiB and peak host GiB; they are gathered
 # into OUTDIR/r/outputs_gpu.json (benchmarks/outputs_gpu.py, which also loads the glb with trimesh). The orbit
 # video and the normal video of view 0 come back beside results.tgz for looking at (the glb is over the device
@@ -44,6 +44,7 @@ run_out() {  # name, then the command's arguments
 run_out render_orbit render --orbit
 run_out render_views render --views 4 --depth --normal
 run_out render_stills render --stills
+run_out export_flipbook export --flipbook
 run_out export export
 run_out evaluate evaluate --set models.clip=$W/models/clip
 run_out report report

@@ -31,8 +31,11 @@ What the oracle cannot know is turned off through the config and listed in the J
 baked lighting (guidance renders use albedo shading: ``shading.ambient_range=[1,1]``, textureless rate 0,
 no normal-map warm-up) and the random background colour (``shading.random_background=false``). With fewer
 steps than the paper's, the step-keyed schedules (``static.grid_mask_iters``, ``static.known_iters``) keep
-the paper's fractions of the stage. Everything else is the ``paper`` preset: schedules, regularisers,
-occupancy grid, optimiser and learning rates, precision (fp16 AMP on CUDA), except:
+the paper's fractions of the stage. The static SDS acts at its nominal weight (``static.sds_grad_scale=
+nominal``; the paper divides it by the AMP loss scale, SPEC 11.1): the oracle's pixel-space gradients are not
+SD's, so the balance that weighting reproduces has no meaning for them (``deviations`` says more). Everything
+else is the ``paper`` preset: schedules, regularisers, occupancy grid, optimiser and learning rates, precision
+(fp16 AMP on CUDA), except:
 
 * guidance render size: 256² static, 96² dynamic (paper 128²; ``--render-size``, ``--dynamic-render-size``);
 * the dynamic check starts from a fresh 4D field (D-NeRF has no multi-view capture at t = 0), whose
@@ -113,7 +116,7 @@ PAPER_DYNAMIC_ITERS = 10000
 #: What the oracle cannot know (issue 10) — set through the config, never by editing stage code.
 ORACLE_OVERRIDES: dict[str, dict[str, Any]] = {
     "shading": {"ambient_range": [1.0, 1.0], "random_background": False},
-    "static": {"textureless_rate": 0.0, "normal_warmup_iters": 0},
+    "static": {"textureless_rate": 0.0, "normal_warmup_iters": 0, "sds_grad_scale": "nominal"},
     "dynamic": {"textureless_rate": 0.0},
     "loss": {"depth": 0.0},
 }
@@ -124,6 +127,12 @@ DEVIATIONS_COMMON = [
     "guidance renders use a white background (shading.random_background=false): the oracle cannot know "
     "a random background colour",
     "no depth map (loss.depth=0)",
+    "static SDS at its nominal weight (static.sds_grad_scale=nominal; paper: upstream, each SDS term divided "
+    "by the loss scale 2^16-2^18, as upstream's static stage ran): the oracle's gradients are not SD's. Its "
+    "eps_hat - eps is a pixel-space residual towards the true image (no VAE Jacobian, no latent scaling, no "
+    "prior's own noise) and it is the only supervision of the views other than the reference, so the balance "
+    "against the reference losses that 1/S reproduces for SD means nothing for it; at 1/S the oracle would "
+    "barely move the novel views and the check would measure that, not the stage's SDS path",
     "priors replaced by oracles (tests/oracles.py): pixel space z = 2x-1 instead of VAE latents, same "
     "schedule / timestep draw / SDS weight / surrogate loss",
 ]

@@ -17,7 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("render_orbit", "render_views", "render_stills", "export", "evaluate", "report")
+COMMANDS = (
+    "render_orbit",
+    "render_views",
+    "render_stills",
+    "export_flipbook",
+    "export",
+    "evaluate",
+    "report",
+)
 
 
 def glb_summary(path: Path) -> dict[str, Any]:
@@ -57,11 +65,12 @@ def gather(records: Path, project: Path | None, card: str) -> dict[str, Any]:
             "evaluate": stages.get("evaluate", {}).get("metrics"),
         }
         glbs = sorted((project / "export").rglob("*.glb")) if (project / "export").is_dir() else []
-        if glbs:
+        out["glbs"] = {}
+        for glb in glbs:  # mesh.glb (animated) and flipbook.glb
             try:
-                out["glb"] = glb_summary(glbs[0])
+                out["glbs"][glb.relative_to(project).as_posix()] = glb_summary(glb)
             except Exception as e:  # noqa: BLE001 - a record of what went wrong, not a crash
-                out["glb"] = {"error": f"{type(e).__name__}: {e}"}
+                out["glbs"][glb.relative_to(project).as_posix()] = {"error": f"{type(e).__name__}: {e}"}
     return out
 
 

@@ -65,6 +65,8 @@ def make_zero123(components, **overrides):
         cfg_mode="standard",
         t_range=(0.2, 0.6),
         weight=40.0,
+        c_concat_mode="mode",
+        clip_preprocess="torch",
         checkpoint_encoder=False,
         checkpoint_pixels=CHECKPOINT_PIXELS,
     )

@@ -187,9 +187,15 @@ def _write_log(project: Project, stage: str, steps: int) -> None:
                 "step": s,
                 "time": 1000.0 + s,
                 "loss/rgb": 0.5 * math.exp(-s / 10) + 0.01 * math.sin(s),
-                "loss/sds": 1.0 / (1 + 0.1 * s),
+                "loss/sds": 3000.0 * math.exp(-s / 2),  # 2.5 decades: a log axis
                 "lr": 1e-3,
             }
+            if s == steps:  # a term logged once (as refine's depth/mask/rgb at its reference step)
+                rec["loss/depth"] = 0.25
+            if s % 2 == 0:  # gradient norms per group, every run.grad_stats_every steps
+                rec.update(
+                    {"grad/reference": 0.02 + 0.001 * s, "grad/sd": 4.0 + 0.1 * s, "grad/regularizers": 1e-4}
+                )
             fh.write(json.dumps(rec) + "\n")
 
 
@@ -462,7 +468,18 @@ MEDIA_CHECK_JS = """
                             width: i.naturalWidth})),
     videos: vids.map(v => ({src: v.getAttribute('src'), ok: v.readyState >= 1 && v.duration > 0 && !v.error,
                             duration: v.duration, width: v.videoWidth, error: v.error ? v.error.code : null})),
-    svgs: document.querySelectorAll('svg.loss').length,
+    svgs: document.querySelectorAll('svg.plot').length,
+    // every chart's text (tick labels, titles, legends) must be drawn inside the chart
+    charts: [...document.querySelectorAll('svg.plot')].map(svg => {
+      const box = svg.getBoundingClientRect();
+      const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim());
+      const outside = texts.filter(t => {
+        const r = t.getBoundingClientRect();
+        return r.width === 0 || r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1
+          || r.bottom > box.bottom + 1;
+      }).map(t => t.textContent);
+      return {label: svg.getAttribute('aria-label'), width: box.width, texts: texts.length, outside};
+    }),
     height: document.documentElement.scrollHeight,
   };
 })()

@@ -139,8 +139,12 @@ def test_rows_are_checked_with_run_alls_checks_before_anything_is_written(images
     other = out / "robot"  # a project made from another image
     Project(other).create(images / "bad.png", "0" * 64)
     long_prompt = "a toy is spinning " + " ".join(["and jumping"] * 40)
+    from PIL import Image
+
+    Image.new("RGBA", (256, 256), (255, 0, 0, 0)).save(images / "clear.png")  # alpha with no object
     f = images / "jobs.jsonl"
     rows = [
+        {"image": "clear.png", "prompt": "a toy is spinning"},
         {"image": "toy.png", "prompt": "a toy is spinning"},
         {"image": "bad.png", "prompt": "a cat is jumping"},
         {"image": "toy.png", "prompt": "🐼", "name": "emoji"},
@@ -165,7 +169,20 @@ def test_rows_are_checked_with_run_alls_checks_before_anything_is_written(images
         f"not an image (or an unsupported format): {images / 'bad.png'}",
     )
     assert reasons["emoji"][:2] == ("invalid", "ConfigError") and "which object" in reasons["emoji"][2]
-    assert reasons["long"][:2] == ("invalid", "ConfigError") and "75" in reasons["long"][2]
+    # run-all's pre-flight, word for word: the prompt counted as its prior encodes it, the empty alpha
+    assert reasons["long"][:2] == ("invalid", "InputError")
+    assert reasons["long"][2].startswith("the dynamic prompt with its suffix")
+    assert reasons["clear"][:2] == ("invalid", "InputError") and "no foreground" in reasons["clear"][2]
+    for name, image, prompt in (
+        ("long", "toy.png", long_prompt),
+        ("clear", "clear.png", "a toy is spinning"),
+    ):
+        r = CliRunner().invoke(
+            app,
+            ["run-all", str(images / image), prompt, "-p", str(tmp_path / "solo"), "--preset", "tiny"],
+            env={"COLUMNS": "1000"},
+        )
+        assert r.exit_code == 2 and f"error: {reasons[name][2]}" in r.output, r.output
     assert reasons["badset"][:2] == ("invalid", "ConfigError") and "iterz" in reasons["badset"][2]
     assert reasons["device"][2] == "run.device is the batch's (--device, --gpus-per-run), not a row's"
     assert (
@@ -232,6 +249,29 @@ def test_a_rerun_skips_finished_assets_leaves_failed_ones_and_runs_the_rest(imag
         plan_assets(jobs_mod.read_rows(f), out, make_config, until="dynamic", retry_failed=False)[0].action
         == "up-to-date"
     )
+
+
+def test_a_finished_asset_whose_initializer_the_preflight_replaced_is_up_to_date(images, tmp_path):
+    """'robot' is not one token of the tiny tokenizer: the pre-flight runs invert with "object". Once the
+    task has run, the same row is up to date (the decision does not change the row's key)."""
+    out = tmp_path / "out"
+    f = _csv(images / "jobs.csv", "image,prompt\nrobot.png,a robot is dancing")
+
+    def plan():
+        (a,) = plan_assets(jobs_mod.read_rows(f), out, lambda o, s: make_config(o, [*s, "invert.steps=2"]),
+                           until="invert", retry_failed=False)  # fmt: skip
+        return a
+
+    first = plan()
+    assert first.cfg.invert.initializer == "object" and first.prompts.initializer == "object"
+    assert first.decisions == ("textual-inversion initializer: object ('robot' is not one token of the text "
+                               "encoder, so 'object' is used)",)  # fmt: skip
+    rec = run_asset(first.job("invert"))
+    assert rec["status"] == "done" and [s["stage"] for s in rec["stages"]] == ["preprocess", "invert"]
+    assert Project(first.project).read_manifest()["prompts"]["initializer"] == "object"
+    again = plan()
+    assert again.action == "up-to-date" and again.key == first.key
+    assert again.prompts.initializer == "robot"  # as run-all: invert will not run again
 
 
 def test_models_are_fetched_once_and_offline_is_a_clear_error(images, tmp_path, monkeypatch):

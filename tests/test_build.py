@@ -40,6 +40,8 @@ NOT_VARIED = {
     "run.compile_priors": "compiles the networks of the (recorder) priors; test_guidance_compiled checks it",
     "run.vae_attention": "sets the attention processor of the priors' VAEs; test_guidance_attention checks it",
     "run.vae_fused_norm": "replaces the priors' VAE encoder norms; test_guidance_groupnorm checks wiring and outputs",
+    "run.channels_last": "converts the (recorder) priors' networks; test_guidance_agreement checks wiring and results",
+    "run.prior_precision": "fp8 needs a CUDA GPU of compute capability 8.9; test_guidance_fp8 checks the error here",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
 }
 OUTPUT_SECTIONS = {
@@ -121,7 +123,7 @@ def fingerprint(cfg: Config) -> dict[str, str]:
     fp["models"] = repr((model_cache_dir(cfg), to_dict(cfg.models)))
     reference = ReferenceData(torch.ones(1, 1, 3, 8, 8), torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), None)
     system, _ = build_static_system(cfg, CPU, reference=reference, priors={})
-    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.legacy_sds_scaling))
+    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.sds_grad_scale))
     return fp
 
 
@@ -283,3 +285,266 @@ def test_library_constructors_have_no_defaults_for_configured_values():
     # the occupancy grid's constructor is called with every configured value by the build layer
     occ = build.build_occupancy(resolve_config("tiny"), dynamic=True, device=CPU)
     assert isinstance(occ, OccupancyGrid) and occ.num_slots == resolve_config("tiny").raymarch.time_slots
+
+
+# ------------------------------------------------------------------------------------------------ destinations
+STAGES = ("static", "dynamic", "refine")
+
+
+def built(cfg: Config, monkeypatch) -> dict[str, Any]:
+    """The objects the build layer makes from ``cfg`` (priors and loaders: recorders), by name."""
+    from animate124.engine import runtime
+    from animate124.stages.static import build_static_system
+    from animate124.stages.system import ReferenceData
+
+    monkeypatch.setattr("animate124.models.tiny.ensure_tiny_cache", lambda cache: None)
+    b: dict[str, Any] = {"grid": build.grid_config(cfg.field), "rays": build.ray_settings(cfg)}
+    b["static_field"] = build.build_field(cfg.field, "static", CPU)
+    b["dynamic_field"] = build.build_field(cfg.field, "dynamic", CPU)
+    b["occ_static"] = build.build_occupancy(cfg, dynamic=False, device=CPU)
+    b["occ_dynamic"] = build.build_occupancy(cfg, dynamic=True, device=CPU)
+    b["clip"] = build.clip_settings(cfg)
+    for stage in STAGES:
+        b[f"camera_{stage}"] = build.camera_settings(cfg, stage)
+        b[f"loss_{stage}"] = build.loss_weights(cfg, stage)
+        b[f"sched_{stage}"] = build.stage_schedules(cfg, stage)
+        b[f"trainer_{stage}"] = build.trainer_settings(cfg, stage)
+        opt = build.build_optimizer(cfg, b["static_field"], stage)
+        b[f"optim_{stage}"] = {g["name"]: g["lr"] for g in opt.param_groups} | dict(opt.defaults)
+        b[f"prompt_{stage}"] = build.stage_prompt(cfg, stage)
+    ref = torch.zeros(1, 3, 8, 8)
+    b["sd"] = build.build_sd_guidance(cfg, CPU, "p")
+    b["zero123_static"] = build.build_zero123_guidance(cfg, CPU, "static", ref)
+    b["zero123_dynamic"] = build.build_zero123_guidance(cfg, CPU, "dynamic", ref)
+    b["video"] = build.build_video_guidance(cfg, CPU, "p")
+    b["controlnet"] = build.build_controlnet_guidance(cfg, CPU, "p", ("<t>", torch.zeros(4)))
+    b["preprocess"] = build.preprocess_options(cfg)
+    b["ti"] = build.ti_config(cfg, CPU)
+    b["store"] = runtime.model_store(cfg)
+    reference = ReferenceData(torch.ones(1, 1, 3, 8, 8), torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), None)
+    b["system"], _ = build_static_system(cfg, CPU, reference=reference, priors={})
+    return b
+
+
+def _attr(name: str, *path: str):
+    def get(b: dict[str, Any]) -> Any:
+        v = b[name]
+        for p in path:
+            v = v[p] if isinstance(v, dict) else getattr(v, p)
+        return v
+
+    get.__name__ = ".".join((name, *path))
+    return get
+
+
+def _kw(name: str, key: str):
+    def get(b: dict[str, Any]) -> Any:
+        return b[name].kwargs[key]
+
+    get.__name__ = f"{name}({key}=)"
+    return get
+
+
+def _each(prefix: str, *path: str, stages=STAGES):
+    return [_attr(f"{prefix}_{s}", *path) for s in stages]
+
+
+_PRIORS = ("sd", "zero123_static", "zero123_dynamic", "video", "controlnet")
+#: field -> the places its value must arrive (each getter reads one place from ``built``)
+DESTINATIONS: dict[str, list] = {
+    "run.seed": [lambda b: b["system"].generator.initial_seed(), _attr("ti", "seed"),
+                 lambda b: b["zero123_static"].kwargs["generator"].initial_seed()],
+    "run.precision": [*_each("trainer", "precision")],
+    "run.checkpoint_every": _each("trainer", "checkpoint_every"),
+    "run.log_every": _each("trainer", "log_every"),
+    "run.grad_stats_every": _each("trainer", "grad_stats_every"),
+    "run.tensorboard": [*_each("trainer", "tensorboard"), _attr("ti", "tensorboard")],
+    "run.compile_mode": [_attr("ti", "compile_mode")],
+    "run.fused_adamw": [_attr("ti", "fused_adamw")],
+    "run.profile": [lambda b: b["system"].timers.enabled],
+    "run.trace_steps": [*_each("trainer", "trace_steps"), _attr("ti", "trace_steps")],
+    "run.trace_parts": [*_each("trainer", "trace_parts"), _attr("ti", "trace_parts")],
+    "run.preview_every": _each("trainer", "preview_every"),
+    "run.vae_checkpoint": [_kw(p, "checkpoint_encoder") for p in _PRIORS],
+    "run.vae_checkpoint_pixels": [_kw(p, "checkpoint_pixels") for p in _PRIORS],
+    "models.tiny": [lambda b: b["store"].cache_dir.name == "tiny-models"],
+    "models.cache_dir": [lambda b: str(b["store"].cache_dir).removesuffix("/tiny-models")],
+    "models.video_model": [lambda b: b["video"].args[0].kwargs["which"]],
+    **{f"models.{r}": [lambda b, r=r: b["store"].overrides.get(r)]
+       for r in ("sd", "zero123", "video", "controlnet", "depth", "matting", "segment", "clip")},
+    **{f"preprocess.{k}": [_attr("preprocess", k)]
+       for k in ("framing", "size", "border_ratio", "segment_query", "min_foreground_fraction", "min_side")},
+    **{f"invert.{k}": [_attr("ti", k)]
+       for k in ("placeholder", "initializer", "steps", "lr", "batch_size", "resolution", "augment",
+                 "upstream_aug_range_bug", "checkpoint_every")},
+    **{f"field.{k}": [_attr("grid", k)]
+       for k in ("num_levels", "level_dim", "base_resolution", "desired_resolution", "log2_table_size", "grid_type")},
+    **{f"field.{k}": [_attr("static_field", k), _attr("dynamic_field", k)]
+       for k in ("hidden_dim", "num_layers", "blob_density", "blob_radius", "backend")},
+    "field.time_grid_size": [_attr("dynamic_field", "time_grid_size")],
+    **{f"raymarch.{k}": [_attr("rays", k)]
+       for k in ("max_steps", "min_near", "transmittance_thresh", "normal_eps", "checkpoint_normals",
+                 "checkpoint_field", "live_normals")},
+    "raymarch.metric_step": [_attr("rays", "delta_mode")],
+    "raymarch.chunk": [_attr("rays", "chunk")],
+    "raymarch.occupancy_resolution": [_attr("occ_static", "resolution"), _attr("occ_dynamic", "resolution")],
+    "raymarch.time_slots": [_attr("occ_dynamic", "num_slots")],
+    "raymarch.density_thresh": [_attr("occ_static", "density_thresh"), _attr("occ_dynamic", "density_thresh")],
+    "raymarch.occupancy_decay": [_attr("occ_static", "decay"), _attr("occ_dynamic", "decay")],
+    "raymarch.upstream_times_bug": [_attr("occ_dynamic", "upstream_times_bug")],
+    "raymarch.update_interval": _each("sched", "occupancy", "interval"),
+    **{f"camera.{k}": _each("camera", k)
+       for k in ("radius", "fovy", "uniform_sphere_rate", "polar_range", "azimuth_range", "upstream_sphere_sampling",
+                 "reference_noise")},
+    **{f"camera.{k}": [_attr("clip", k)] for k in ("max_dpolar", "max_dazimuth", "clamp_polar")},
+    "shading.ambient_range": _each("sched", "shading", "ambient_range"),
+    "shading.light_noise": _each("camera", "light_noise"),
+    "shading.random_background": _each("camera", "random_background"),
+    "optim.betas": _each("optim", "betas"),
+    "optim.eps": _each("optim", "eps"),
+    # each stage's groups: the grids at lr · encoder scale, the MLP at lr · mlp scale (lr = the stage's)
+    "optim.encoder_lr_scale": [lambda b, s=s: b[f"optim_{s}"]["encoder"] / b[f"optim_{s}"]["lr"] for s in STAGES],
+    "optim.mlp_lr_scale": [lambda b, s=s: b[f"optim_{s}"]["sigma_net"] / b[f"optim_{s}"]["lr"] for s in STAGES],
+    **{f"loss.{k}": _each("loss", k)
+       for k in ("rgb", "mask", "depth", "entropy", "orientation", "normal_tv", "normal_blur", "time_tv_points",
+                 "time_tv_mode")},
+    "loss.time_tv": _each("loss", "time_tv", stages=("dynamic", "refine")),
+    "static.prompt": [_attr("prompt_static")],
+    "static.prompt_suffix": [_attr("prompt_static")],
+    "static.negative_prompt": [_kw("sd", "negative_prompt")],
+    "static.iters": [_attr("trainer_static", "iters"), _attr("sched_dynamic", "clock", "offset")],
+    "static.render_size": [_attr("camera_static", "render_size")],
+    "static.ref_size": [_attr("camera_static", "ref_size")],
+    "static.known_iters": [_attr("sched_static", "reference", "known_iters")],
+    "static.ref_interval": [_attr("sched_static", "reference", "interval")],
+    "static.sd_weight": [_kw("sd", "weight")],
+    "static.sd_guidance_scale": [_kw("sd", "guidance_scale")],
+    "static.sd_t_range": [_kw("sd", "t_range")],
+    "static.view_dependent_text": [_kw("sd", "view_dependent")],
+    "static.zero123_weight": [_kw("zero123_static", "weight")],
+    "static.zero123_guidance_scale": [_kw("zero123_static", "guidance_scale")],
+    "static.zero123_t_range": [_kw("zero123_static", "t_range")],
+    "static.zero123_c_concat": [_kw("zero123_static", "c_concat_mode")],
+    "static.zero123_clip_preprocess": [_kw("zero123_static", "clip_preprocess")],
+    "static.cfg_mode": [_kw("sd", "cfg_mode")],
+    "static.sds_grad_scale": [_attr("system", "sds_grad_scale")],
+    "static.normal_warmup_iters": [_attr("sched_static", "shading", "normal_until")],
+    "static.grid_mask_iters": [_attr("sched_static", "level_mask", "until")],
+    "static.grid_mask_levels": [_attr("sched_static", "level_mask", "levels")],
+    "static.textureless_rate": [_attr("sched_static", "shading", "textureless_rate")],
+    "static.lr": [_attr("optim_static", "lr")],
+    "static.grad_clip": [_attr("trainer_static", "grad_clip")],
+    "dynamic.prompt": [_attr("prompt_dynamic")],
+    "dynamic.prompt_suffix": [_attr("prompt_dynamic")],
+    "dynamic.negative_prompt": [_kw("video", "negative_prompt")],
+    "dynamic.iters": [_attr("trainer_dynamic", "iters"),
+                      lambda b: b["sched_refine"].clock.offset - b["sched_dynamic"].clock.offset],
+    **{f"dynamic.{k}": [_attr("clip", k)] for k in ("frames", "time_precision", "zero_rate", "dynamic_cam_rate")},
+    "dynamic.render_size": _each("camera", "render_size", stages=("dynamic", "refine")),
+    "dynamic.ref_size": _each("camera", "ref_size", stages=("dynamic", "refine")),
+    "dynamic.ref_interval": _each("sched", "reference", "interval", stages=("dynamic", "refine")),
+    "dynamic.video_weight": [_kw("video", "weight")],
+    "dynamic.video_guidance_scale": [_kw("video", "guidance_scale")],
+    "dynamic.video_t_range": [_kw("video", "t_range")],
+    "dynamic.cfg_mode": [_kw("video", "cfg_mode")],
+    "dynamic.vae_grad_frames": [_kw("video", "vae_grad_frames")],
+    "dynamic.zero123_weight": [_kw("zero123_dynamic", "weight")],
+    "dynamic.zero123_guidance_scale": [_kw("zero123_dynamic", "guidance_scale")],
+    "dynamic.zero123_t_range": [_kw("zero123_dynamic", "t_range")],
+    "dynamic.zero123_c_concat": [_kw("zero123_dynamic", "c_concat_mode")],
+    "dynamic.zero123_clip_preprocess": [_kw("zero123_dynamic", "clip_preprocess")],
+    "dynamic.upstream_view_text": [_kw("video", "upstream_view_text"), _kw("controlnet", "upstream_view_text")],
+    "dynamic.textureless_rate": [_attr("sched_dynamic", "shading", "textureless_rate")],
+    "dynamic.lr": [_attr("optim_dynamic", "lr")],
+    "dynamic.grad_clip": [_attr("trainer_dynamic", "grad_clip")],
+    "refine.prompt": [_attr("prompt_refine")],
+    "refine.prompt_suffix": [_attr("prompt_refine")],
+    "refine.negative_prompt": [_kw("controlnet", "negative_prompt")],
+    "refine.iters": [_attr("trainer_refine", "iters")],
+    "refine.image_size": [_kw("controlnet", "image_size")],
+    "refine.frames": [_kw("controlnet", "frames")],
+    "refine.guidance_scale": [_kw("controlnet", "guidance_scale")],
+    "refine.cfg_mode": [_kw("controlnet", "cfg_mode")],
+    "refine.t_range": [_kw("controlnet", "t_range")],
+    "refine.target": [_kw("controlnet", "target")],
+    "refine.weight": [_kw("controlnet", "weight")],
+    "refine.controlnet_prompt": [_kw("controlnet", "controlnet_prompt")],
+    "refine.textureless_rate": [_attr("sched_refine", "shading", "textureless_rate")],
+    "refine.lr": [_attr("optim_refine", "lr")],
+    "refine.grad_clip": [_attr("trainer_refine", "grad_clip")],
+}  # fmt: skip
+
+
+def _expected(path: str, cfg: Config) -> Any:
+    """What the destinations of ``path`` must hold for ``cfg`` (the value, or the build layer's documented
+    translation of it)."""
+    from animate124.models.store import default_cache_dir
+
+    sec, name = path.split(".")
+    v = getattr(getattr(cfg, sec), name)
+    s = getattr(cfg, sec)
+    special = {
+        "run.precision": lambda: build.precision_of(cfg, CPU),
+        "models.tiny": lambda: v,
+        "models.cache_dir": lambda: str(Path(v).expanduser()) if v else str(default_cache_dir()),
+        "preprocess.size": lambda: v or None,
+        "raymarch.metric_step": lambda: "metric" if v else "upstream",
+        "raymarch.chunk": lambda: v or None,
+        "static.prompt": lambda: v.strip() + s.prompt_suffix,
+        "static.prompt_suffix": lambda: s.prompt.strip() + v,
+        "dynamic.prompt": lambda: v.strip() + s.prompt_suffix,
+        "dynamic.prompt_suffix": lambda: s.prompt.strip() + v,
+        "refine.prompt": lambda: v.strip() + s.prompt_suffix,
+        "refine.prompt_suffix": lambda: s.prompt.strip() + v,
+        "refine.frames": lambda: build.frame_selection(v),
+        "loss.time_tv": lambda: v,
+    }
+    if path.startswith("models.") and path not in special and path != "models.video_model":
+        return v or None
+    return special[path]() if path in special else v
+
+
+def _check_destinations(path: str, b: dict[str, Any], cfg: Config) -> list[str]:
+    want = _expected(path, cfg)
+    bad = []
+    for get in DESTINATIONS[path]:
+        got = get(b)
+        if isinstance(want, float) and isinstance(got, float):
+            ok = got == pytest.approx(want, rel=1e-12)
+        else:
+            ok = got == want
+        if not ok:
+            bad.append(f"{path} -> {get.__name__}: {got!r} != {want!r}")
+    return bad
+
+
+def test_each_field_arrives_at_its_destination(fakes, base_dict, monkeypatch):
+    """Every field the build layer translates (``BUILT_FIELDS``) has named destinations, and each holds the
+    field's value, in the base config and with that field alone changed: a field passed to another
+    field's place (a swap in ``stages/build.py``) fails here, even where both have the same value."""
+    assert set(DESTINATIONS) | NO_DESTINATION.keys() == {p for p, *_ in BUILT_FIELDS}, sorted(
+        {p for p, *_ in BUILT_FIELDS} - set(DESTINATIONS) - NO_DESTINATION.keys()
+    )
+    base_cfg = from_dict(base_dict)
+    base = built(base_cfg, monkeypatch)
+    bad = [m for path in DESTINATIONS for m in _check_destinations(path, base, base_cfg)]
+    assert not bad, bad
+    for path, tp, _f, meta in BUILT_FIELDS:
+        if path not in DESTINATIONS:
+            continue
+        sec, name = path.split(".")
+        value = getattr(getattr(base_cfg, sec), name)
+        for alt in _alternative(path, tp, value, meta):
+            try:
+                cfg = from_dict(deep_merge(base_dict, {sec: {name: alt}}))
+            except ConfigError:
+                continue
+            bad += _check_destinations(path, built(cfg, monkeypatch), cfg)
+            break
+    assert not bad, bad
+
+
+#: translated fields without a single place to read back, each with the reason
+NO_DESTINATION = {
+    "models.offline": "the store also goes offline when HF_HUB_OFFLINE is set, as it is in every test",
+}

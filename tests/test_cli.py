@@ -138,6 +138,15 @@ def test_render_help_says_it_works_as_typed_after_run_all():
     assert "Default: the config the stage was trained with" in text
 
 
+def test_flags_are_shown_as_flags():
+    """A boolean option takes no value: --help shows `--orbit`, not `--orbit <bool>`."""
+    r = invoke("render", "--help")
+    assert r.exit_code == 0 and "--orbit" in r.output and "--gif" in r.output
+    assert "<bool>" not in r.output
+    for cmd in COMMANDS:
+        assert "<bool>" not in invoke(*cmd, "--help").output, cmd
+
+
 def test_version():
     r = invoke("--version")
     assert r.exit_code == 0 and "animate124" in r.output
@@ -292,8 +301,10 @@ def test_out_of_memory_is_a_message_with_the_memory_settings(tmp_path, monkeypat
     monkeypatch.setattr(static, "run_static", oom)
     from animate124.project import Project
 
-    Project(tmp_path / "p").create()
-    r = invoke("static", "-p", str(tmp_path / "p"), "--preset", "tiny")
+    p = Project(tmp_path / "p")
+    p.create()
+    p.update_stage("preprocess", status="done")  # what the pre-flight asks of the static stage
+    r = invoke("static", "-p", str(tmp_path / "p"), "--preset", "tiny", "--prompt", "a toy")
     assert r.exit_code == 1, r.output
     assert "out of GPU memory" in r.output and "--preset low-vram" in r.output
     assert "internal error" not in r.output

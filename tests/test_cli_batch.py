@@ -87,17 +87,10 @@ def test_json_on_failure_names_the_stage_and_the_exit_code(preprocessed, tmp_pat
     assert r.exit_code == 1
     out = json.loads(r.stdout)
     assert out["exit_code"] == 1
-    assert out["stages"] == [
-        {
-            "stage": "refine",
-            "status": "failed",
-            "skipped": False,
-            "resumed": False,
-            "seconds": None,
-            "artifacts": {},
-        }
-    ]
-    assert out["error"]["type"] == "ProjectError" and "'dynamic'" in out["error"]["message"]
+    assert out["stages"] == []  # the pre-flight found it: no stage started
+    err = out["error"]
+    assert err["type"] == "ProjectError" and "'dynamic' (needed by 'refine')" in err["message"]
+    assert "'invert' (needed by 'refine')" in err["message"] and "--from " in err["hint"]
     # usage errors found by the command itself also come back as JSON with exit code 2
     r = invoke("run-all", str(TOY), "🐼", "-p", str(proj), "--json")
     assert r.exit_code == 2 and json.loads(r.stdout)["exit_code"] == 2

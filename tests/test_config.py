@@ -22,7 +22,8 @@ def test_defaults_are_paper_settings():
     assert c.raymarch.max_steps == 1024 and c.raymarch.time_slots == 16
     assert c.run.seed == 3407
     # upstream bugs fixed by default, switch available
-    assert c.static.legacy_sds_scaling is False and c.raymarch.upstream_times_bug is False
+    assert c.raymarch.upstream_times_bug is False
+    assert c.static.sds_grad_scale == "upstream"  # kept: it shaped the published static results (SPEC 11.1)
 
 
 def test_frozen():

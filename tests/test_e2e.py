@@ -133,6 +133,7 @@ def outputs(second_run, shell) -> dict[str, subprocess.CompletedProcess]:
         "render --orbit": shell("render", "--orbit"),
         "render --views 4 --depth --normal": shell("render", "--views", "4", "--depth", "--normal"),
         "export": shell("export"),
+        "export --flipbook": shell("export", "--flipbook"),
         "evaluate": shell("evaluate"),
         "report": shell("report"),
     }
@@ -145,8 +146,9 @@ def test_run_all_runs_every_stage_in_time(first_run, project):
     assert seconds < LIMIT_S, f"run-all took {seconds:.0f} s (limit {LIMIT_S} s)"
     for stage in STAGES:
         assert f"✓ {stage} done in" in out, stage
-    assert "✓ report done in" in out and f"report: {project / 'report.html'}" in out
-    assert f"✓ done: {project}" in out
+    # paths are said relative to the working directory
+    assert "✓ report done in" in out and "report: runs/toy/report.html" in out
+    assert "✓ done: runs/toy (" in out and "project: runs/toy (new)" in out
 
 
 def test_run_all_writes_every_artifact(first_run, project):
@@ -176,6 +178,36 @@ def test_run_all_writes_every_artifact(first_run, project):
     assert "renders/refine/orbit.mp4" in page and PROMPT in page
 
 
+def test_the_4d_stage_logs_show_each_term_on_its_steps(first_run, project):
+    """logs/dynamic.jsonl and logs/refine.jsonl of the run, step by step (the tiny preset logs every step):
+    the reference terms exactly on the reference steps (global step % 4 == 0: static 8 + local step), the
+    video term exactly on the others, Zero123 exactly on the clips that start at t = 0, ControlNet on every
+    refine guidance step, the time TV on every step (SPEC 5.2, 6; zero at the first dynamic step: the 4D field
+    starts as the static one at every time, SPEC 3.1)."""
+    _ok(first_run[0])
+    offsets = {"dynamic": 8, "refine": 16}  # tiny: static 8 steps, dynamic 8, refine 4
+    for stage, offset in offsets.items():
+        recs = [json.loads(x) for x in (project / "logs" / f"{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == list(range(1, len(recs) + 1)) and len(recs) >= 4, stage
+        for r in recs:
+            gs = offset + r["step"]
+            where = f"{stage} step {r['step']} (global {gs})"
+            assert r["global_step"] == gs, where
+            ref = gs % 4 == 0
+            assert r["reference"] == float(ref), where
+            assert {"loss/rgb", "loss/mask"} <= set(r) if ref else not {"loss/rgb", "loss/mask"} & set(r), (
+                where
+            )
+            assert ("loss/video_sds" in r) == (not ref), where
+            assert ("loss/zero123" in r) == (not ref and r["from_zero"] == 1.0), where
+            if stage == "refine":
+                assert ("loss/controlnet" in r) == (not ref), where
+            # every step; 0 at the first dynamic step, whose 64 time grids are still copies of the static grid
+            first = stage == "dynamic" and r["step"] == 1
+            assert "loss/time_tv" in r and (r["loss/time_tv"] == 0 if first else r["loss/time_tv"] > 0), where
+            assert {"loss/entropy", "loss/normal_tv", "loss/normal_blur"} <= set(r), where
+
+
 def test_orbit_video_reads_back_with_the_tiny_settings(first_run, project):
     _ok(first_run[0])
     assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)
@@ -189,7 +221,7 @@ def test_second_run_does_no_work_and_says_so(second_run, project):
     for stage in (*STAGES, "report"):
         assert f"✓ {stage}: up to date" in said, stage
     assert " done in " not in said
-    assert f"✓ up to date: {project} (" in said and f"report: {project / 'report.html'}" in said
+    assert "✓ up to date: runs/toy (" in said and "report: runs/toy/report.html" in said
     _ok(as_json)
     summary = json.loads(as_json.stdout)  # --json: one object on stdout
     assert [s["stage"] for s in summary["stages"]] == [*STAGES, "report"]
@@ -201,7 +233,7 @@ def test_second_run_does_no_work_and_says_so(second_run, project):
 # ------------------------------------------------------------------------------------------ outputs
 def test_render_orbit_as_typed_where_run_all_ran(outputs, project):
     out = _ok(outputs["render --orbit"])
-    assert f"project: {project} stage: refine" in out
+    assert "project: runs/toy (the only project under ./runs) stage: refine (the newest finished)" in out
     assert "✓ render" in out and "orbit.mp4" in out
     assert video_props(project / "renders" / "refine" / "orbit.mp4") == (ORBIT_FRAMES, (SIZE, SIZE), FPS)
 
@@ -218,12 +250,22 @@ def test_render_views_with_depth_and_normal(outputs, project):
             assert video_props(d / f"view_{k:02d}{suffix}.mp4") == (VIEW_FRAMES, (SIZE, SIZE), FPS)
 
 
-def test_export_writes_the_animated_glb_and_the_frames(outputs, project):
+def test_export_writes_the_animated_glb_and_the_flipbook(outputs, project):
+    """`export` after run-all: one mesh with a morph target per frame (the tiny preset's 4), a texture and
+    the turntable; `export --flipbook`: a mesh per frame. The animated file is the smaller one."""
+    from helpers_meshes import read_glb
+
     out = _ok(outputs["export"])
-    assert "✓ export done in" in out and "density level" in out
+    assert "✓ export done in" in out and "density level" in out and "fit error per frame" in out
+    assert "watertight: True" not in out and "glb: runs/toy/export/refine/mesh.glb" in out
     d = project / "export" / "refine"
-    assert (d / "mesh.glb").stat().st_size > 0
+    g = read_glb(d / "mesh.glb")
+    assert len(g["doc"].meshes) == 1 and len(g["frames"]) == 4 and len(g["doc"].animations) == 1
+    assert "texture" in g and (d / "turntable.png").is_file() and (d / "turntable.mp4").is_file()
+    out = _ok(outputs["export --flipbook"])
+    assert "flipbook: 4 meshes" in " ".join(out.split())
     assert len(list((d / "frames").glob("frame_*.ply"))) == 4  # the tiny preset's export.frames
+    assert (d / "flipbook.glb").stat().st_size > 0
 
 
 def test_evaluate_writes_the_metrics(outputs, project):
@@ -236,7 +278,9 @@ def test_evaluate_writes_the_metrics(outputs, project):
 
 def test_report_shows_every_output_and_loads_in_headless_chromium(outputs, project, tmp_path):
     out = _ok(outputs["report"])
-    assert f"report: {project / 'report.html'}" in out
+    assert (
+        "project: runs/toy (the only project under ./runs)" in out and "report: runs/toy/report.html" in out
+    )
     page = (project / "report.html").read_text()
     for ref in ("renders/refine/views_depth.mp4", "export/refine/mesh.glb", "metrics.json"):
         assert ref in page, ref

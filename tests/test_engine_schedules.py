@@ -46,11 +46,60 @@ def test_entropy_ramp_with_cumulative_offsets(paper):
     assert stage_schedules(paper, "refine").entropy.factor(15001) == 1.0
 
 
-def test_level_mask_only_static_until_3000(paper):
+def _upstream_level_masks(iters: int, mask_iters: int, levels: int) -> list[int]:
+    """Upstream's ``train_one_epoch`` order (``nerf/utils.py``): the mask is set from ``global_step``, THEN
+    ``global_step += 1`` and the step trains. Returns the masked level count of each step (index = post-
+    increment global step - 1)."""
+    global_step, out = 0, []
+    while global_step < iters:
+        grid_levels_mask = 0 if global_step > mask_iters else levels
+        global_step += 1
+        out.append(grid_levels_mask)
+    return out
+
+
+def test_level_mask_follows_upstreams_loop_order(paper):
+    """Masked through upstream's counter 3000 inclusive: the post-increment steps 1-3001 (SPEC 4)."""
     m = stage_schedules(paper, "static").level_mask
     assert isinstance(m, LevelMaskSchedule)
-    assert m.max_level(1) == 8 and m.max_level(3000) == 8 and m.max_level(3001) is None
+    upstream = _upstream_level_masks(paper.static.iters, paper.static.grid_mask_iters, 8)
+    ours = [
+        16 - m.max_level(g) if m.max_level(g) is not None else 0 for g in range(1, paper.static.iters + 1)
+    ]
+    assert ours == upstream
+    assert m.max_level(3001) == 8 and m.max_level(3002) is None  # the last masked step, the first free one
     assert stage_schedules(paper, "dynamic").level_mask is None
+
+
+def test_emulated_loss_scale_is_the_grad_scalers_own_schedule(paper):
+    """``LossScaleSchedule`` (static.sds_grad_scale=upstream without a real scaler) against torch's GradScaler
+    with the trainer's settings, stepped 4500 times without an overflow: the scale each step runs with."""
+    from animate124.engine.schedules import GRAD_SCALER
+    from animate124.engine.trainer import Trainer, TrainerSettings
+
+    sched = stage_schedules(paper, "static").loss_scale
+    settings = TrainerSettings(
+        iters=1, device=torch.device("cpu"), precision="fp16", grad_clip=0.0, checkpoint_every=1,
+        log_every=1, preview_every=0,
+    )  # fmt: skip
+    scaler = Trainer(settings).scaler  # the trainer's own scaler (its settings are GRAD_SCALER)
+    assert scaler.get_scale() == GRAD_SCALER["init_scale"] == 2.0**16
+    p = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=0.0)
+    seen = []
+    for _step in range(1, 4501):
+        seen.append(scaler.get_scale())
+        opt.zero_grad()
+        scaler.scale(p.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert [sched.scale(k) for k in range(1, 4501)] == seen
+    assert (sched.scale(2000), sched.scale(2001), sched.scale(4001), sched.scale(5000)) == (
+        2**16,
+        2**17,
+        2**18,
+        2**18,
+    )
 
 
 def test_shading_normal_warmup_then_random(paper):

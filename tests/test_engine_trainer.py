@@ -434,3 +434,177 @@ def test_out_of_memory_again_or_with_nothing_to_save_stops_the_stage(tmp_path):
         with pytest.raises(torch.OutOfMemoryError):
             Trainer(_settings(6)).run(toy, _opt(toy), checkpoint_dir=tmp_path / str(i))
     assert nothing.seen == [1, 2, 3] and again.seen == [1, 2, 3, 3] and later.seen == [1, 2, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- GradScaler
+class Fp16Toy(Toy):
+    """The toy with a hook that can make the weight's gradient inf at chosen steps, and the weights kept
+    after every step."""
+
+    def __init__(self, inf_at: set[int] = frozenset(), grad_scale: float = 1.0) -> None:
+        super().__init__(grad_scale=grad_scale)
+        self.inf_at = set(inf_at)
+        self.step = 0
+        self.weights: list[torch.Tensor] = []
+        self.model.weight.register_hook(lambda g: g * float("inf") if self.step in self.inf_at else g)
+
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
+        self.step = step
+        return super().training_step(step, loss_scale)
+
+    def after_step(self, step: int) -> None:
+        self.weights.append(self.model.weight.detach().clone())
+
+
+def test_grad_scaler_clips_after_unscaling(tmp_path):
+    """fp16 + GradScaler at scale S = 4: the element-wise clip acts on the unscaled gradient (upstream's
+    ``post_train_step``: ``unscale_`` then ``clip_grad_value_``), so an SGD step of lr 1 is clamp(g, ±1)."""
+    t = Fp16Toy(grad_scale=1.0)
+    seen = []
+    t.model.weight.register_hook(lambda g: seen.append(g.detach().clone()) or g)
+    opt = torch.optim.SGD(t.model.parameters(), lr=1.0)
+    w0 = t.model.weight.detach().clone()
+    trainer = Trainer(_settings(1, precision="fp16", grad_clip=1.0))
+    trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": 4.0})
+    trainer.run(t, opt, checkpoint_dir=tmp_path)
+    raw = seen[0].float() / 4.0  # the hook sees the scaled gradient
+    assert raw.abs().max() > 2.0 and raw.abs().min() < 1.0  # some elements clipped, some not
+    assert torch.allclose(w0 - t.model.weight.detach(), raw.clamp(-1.0, 1.0), rtol=1e-3, atol=1e-6)
+
+
+def test_grad_scaler_skips_inf_steps_and_stops_after_the_limit(tmp_path):
+    """An inf gradient skips the step (weights unchanged) and halves the scale; a finite step resets the count;
+    ``max_skipped_steps`` skipped steps in a row stop the stage with a clear error."""
+    t = Fp16Toy(inf_at={3, 4})
+    trainer = Trainer(_settings(6, precision="fp16"))
+    # S = 4: the toy's gradients (about 3) times 2^16 would overflow fp16 on their own
+    trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": 4.0})
+    trainer.run(t, _opt(t), checkpoint_dir=tmp_path / "a", log_path=tmp_path / "a.jsonl")
+    w = t.weights
+    assert torch.equal(w[2], w[1]) and torch.equal(w[3], w[1])  # steps 3 and 4 skipped
+    assert not torch.equal(w[1], w[0]) and not torch.equal(w[4], w[3])  # the others stepped
+    scales = [r["loss_scale"] for r in _log(tmp_path / "a.jsonl")]
+    assert scales == [4.0, 4.0, 2.0, 1.0, 1.0, 1.0]  # after each step's update
+    t = Fp16Toy(inf_at=set(range(1, 100)))
+    with pytest.raises(TrainingDiverged, match="step 5: 5 steps in a row had inf/NaN gradients"):
+        Trainer(_settings(20, precision="fp16", max_skipped_steps=5)).run(
+            t, _opt(t), checkpoint_dir=tmp_path / "b"
+        )
+    assert len(t.weights) == 4 and all(torch.equal(x, t.weights[0]) for x in t.weights)
+
+
+# ---------------------------------------------------------------------------------------------- gradient balance
+class GroupedToy(Toy):
+    """The toy with a third term and loss groups: "data" = fit + extra, "reg" alone (not named)."""
+
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
+        out = super().training_step(step, loss_scale)
+        out.losses["extra"] = 0.5 * self.model.bias.pow(2).sum() + 0.1 * self.model.weight.sum()
+        out.groups = {"data": ["fit", "extra"], "unused": ["nope"]}
+        return out
+
+
+def test_grad_stats_are_each_groups_gradient_norm(tmp_path):
+    """``grad/<group>``: the norm of the gradient of that group's terms alone; ``grad/total``: of all; only
+    on the recorded steps (every 2nd), which are logged even between ``log_every`` steps."""
+    t = GroupedToy()
+    Trainer(_settings(3, grad_stats_every=2, log_every=3)).run(
+        t, _opt(t), checkpoint_dir=tmp_path / "a", log_path=tmp_path / "a.jsonl"
+    )
+    recs = {r["step"]: r for r in _log(tmp_path / "a.jsonl")}
+    assert sorted(recs) == [2, 3] and not any(k.startswith("grad/") for k in recs[3])
+    # the same step 2 again, by hand: replay step 1, then take the gradients of step 2's terms
+    ref = GroupedToy()
+    opt = _opt(ref)
+    Trainer(_settings(1)).run(ref, opt, checkpoint_dir=tmp_path / "b")
+    out = ref.training_step(2, None)
+    params = list(ref.model.parameters())
+
+    def norm(loss: torch.Tensor) -> float:
+        gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return float(torch.cat([g.reshape(-1) for g in gs if g is not None]).norm())
+
+    want = {
+        "grad/data": norm(out.losses["fit"] + out.losses["extra"]),
+        "grad/reg": norm(out.losses["reg"]),
+        "grad/total": norm(sum(out.losses.values())),
+    }
+    got = {k: v for k, v in recs[2].items() if k.startswith("grad/")}
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), k
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_grad_stats_do_not_change_the_run(tmp_path, precision):
+    """With the record on every step the weights are bit for bit those of a run without it (fp16: the
+    norms are of the unscaled gradient, the scaler's state untouched). SGD, not Adam: Adam's update does not
+    change when every gradient is doubled, so it would hide a record that leaks into the step's gradient."""
+    runs = []
+    for every in (0, 1):
+        t = GroupedToy()
+        torch.manual_seed(0)
+        trainer = Trainer(_settings(12, grad_stats_every=every, precision=precision))
+        if precision == "fp16":  # the toy's gradients times 2^16 would overflow fp16: start at S = 4
+            trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": 4.0})
+        opt = torch.optim.SGD(t.model.parameters(), lr=0.05)
+        trainer.run(t, opt, checkpoint_dir=tmp_path / str(every), log_path=tmp_path / f"{every}.jsonl")
+        runs.append(t)
+    for k, v in runs[0].model.state_dict().items():
+        assert torch.equal(v, runs[1].model.state_dict()[k]), k
+    on = _log(tmp_path / "1.jsonl")
+    assert all({"grad/data", "grad/reg", "grad/total"} <= set(r) for r in on)
+    assert all(r["grad/total"] > 0 for r in on)
+    assert [r["loss"] for r in _log(tmp_path / "0.jsonl")] == [r["loss"] for r in on]
+
+
+def test_grad_stats_of_an_overflowing_fp16_step_are_null(tmp_path):
+    """At 2^16 the toy's fp16 gradients overflow: the step is skipped and its norms are written as null
+    (JSON), not as Infinity."""
+    t = GroupedToy()
+    Trainer(_settings(1, grad_stats_every=1, precision="fp16")).run(
+        t, _opt(t), checkpoint_dir=tmp_path, log_path=tmp_path / "l.jsonl"
+    )
+    text = (tmp_path / "l.jsonl").read_text()
+    (rec,) = _log(tmp_path / "l.jsonl")
+    assert rec["loss_scale"] == 2.0**15  # skipped: the scale halved
+    assert rec["grad/total"] is None and rec["grad/data"] is None and "Infinity" not in text
+
+
+def test_grad_stats_out_of_memory_drop_the_record_not_the_run(tmp_path, caplog):
+    """Out of GPU memory while recording the gradient balance: a warning, no record for the rest of the stage,
+    and the training the same as without the record."""
+    booms = {"n": 0}
+
+    class OnceOom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            booms["n"] += 1
+            if booms["n"] == 1:  # the first backward through it: the record's pass of step 2
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return g
+
+    class Toy2(GroupedToy):
+        def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
+            out = super().training_step(step, loss_scale)
+            if step == 2:
+                out.losses["fit"] = OnceOom.apply(out.losses["fit"])
+            return out
+
+    runs = []
+    for every, cls in ((0, GroupedToy), (2, Toy2)):
+        t = cls()
+        with caplog.at_level("WARNING"):
+            Trainer(_settings(6, grad_stats_every=every)).run(
+                t, torch.optim.SGD(t.model.parameters(), lr=0.05), checkpoint_dir=tmp_path / str(every),
+                log_path=tmp_path / f"{every}.jsonl",
+            )  # fmt: skip
+        runs.append(t)
+    assert booms["n"] == 2 and "recording the gradient balance" in caplog.text
+    assert not any(k.startswith("grad/") for r in _log(tmp_path / "2.jsonl") for k in r)  # step 4, 6: off too
+    for k, v in runs[0].model.state_dict().items():
+        assert torch.equal(v, runs[1].model.state_dict()[k]), k

@@ -39,6 +39,38 @@ def test_from_cameras_reads_the_positions_row_major() -> None:
     assert torch.allclose(views.azimuth, expect_az, atol=1e-4)
 
 
+def test_from_cameras_across_the_back_seam() -> None:
+    """Cameras on both sides of azimuth ±180°, rendered cameras as the stages build them: Δazimuth is
+    wrap(φ − φ_ref) in (−180, 180] (181 becomes −179, 190 −170; the same camera written as φ or φ ± 360 gives
+    the same angle), and the Zero123 embedding's sin/cos follow it; also with a reference whose subtraction
+    crosses the seam. A camera exactly on the seam may land on either side by float32 rounding of its
+    position (sin π ≠ 0), so there the angle is compared on the circle."""
+    from animate124.guidance.zero123 import Zero123Guidance
+
+    azimuth = torch.tensor([179.0, 179.99, 180.0, 180.01, 181.0, -179.0, -180.0, 540.0, 190.0, -45.0, 359.0])
+    want = torch.tensor(
+        [179.0, 179.99, 180.0, -179.99, -179.0, -179.0, 180.0, 180.0, -170.0, -45.0, -1.0], dtype=F64
+    )
+    polar = torch.full_like(azimuth, 75.0)
+    views = Views.from_cameras(camera_from_spherical(polar, azimuth, 1.8), 1, len(azimuth))
+    got = views.dazimuth[0]
+    assert bool((got > -180).all() and (got <= 180).all())
+    off_seam = (want.abs() - 180).abs() > 1e-3
+    assert torch.allclose(got[off_seam], want[off_seam], atol=1e-3)
+    assert torch.allclose(wrap_degrees(got - want), torch.zeros_like(want), atol=1e-3)  # on the circle
+    assert torch.allclose(views.dpolar, torch.full((1, len(azimuth)), -15.0, dtype=F64), atol=1e-4)
+    # the embedding T = [rad(Δθ), sin(−rad Δφ), cos(rad Δφ), Δr] of φ and of φ ∓ 360 is the same
+    emb = Zero123Guidance.pose_embedding(views)
+    rad = torch.deg2rad(want)
+    assert torch.allclose(emb[:, 1].double(), torch.sin(-rad), atol=1e-4)
+    assert torch.allclose(emb[:, 2].double(), torch.cos(rad), atol=1e-4)
+    # reference at φ_ref = 170: a camera at −170 is 20° further on, one at 160 is 10° back
+    other = Views.from_cameras(camera_from_spherical(90.0, torch.tensor([-170.0, 160.0, 170.0]), 1.8), 1, 3,
+                               reference=(90.0, 170.0, 1.8))  # fmt: skip
+    assert torch.allclose(other.dazimuth, torch.tensor([[20.0, -10.0, 0.0]], dtype=F64), atol=1e-4)
+    assert torch.allclose(other.azimuth, torch.tensor([[-170.0, 160.0, 170.0]], dtype=F64), atol=1e-4)
+
+
 def test_from_cameras_ignores_the_spherical_attributes() -> None:
     cams = camera_from_spherical(torch.tensor([70.0]), torch.tensor([40.0]), 1.8)
     lying = dataclasses.replace(cams, polar=torch.tensor([0.0]), azimuth=torch.tensor([-99.0]))

@@ -86,13 +86,6 @@ def test_sds_gradient_nan_to_zero_and_half_inputs() -> None:
     assert g.dtype == torch.float32 and torch.equal(g, torch.tensor([0.0, 1.0, 0.0]))
 
 
-def test_legacy_scaling_factor() -> None:
-    assert sds.legacy_sds_scaling_factor(65536.0) == 1 / 65536
-    assert sds.legacy_sds_scaling_factor(1.0) == 1.0
-    with pytest.raises(ConfigError):
-        sds.legacy_sds_scaling_factor(0.0)
-
-
 def test_x0_target_equals_sds_with_sqrt_weight() -> None:
     """½Σ(z − x̂₀)²/n has the gradient of SDS with w = √((1−ᾱ)/ᾱ), λ = 1 (SPEC 6, 11.4)."""
     ac = _alphas()

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from animate124 import losses as L
-from animate124.errors import ConfigError
 
 # 9-tap Gaussian, σ = 1.7 (torchvision's default for kernel 9), normalised; written out by hand from
 # exp(−x²/(2·1.7²)) / 4.2304136 for x = −4…4.
@@ -307,12 +306,3 @@ def test_blur_rejects_images_smaller_than_the_padding() -> None:
 
 
 # --------------------------------------------------------------------------- total
-
-
-def test_total_weighted_sum_skips_zero_weights_and_names_missing() -> None:
-    terms = {"rgb": torch.tensor(2.0), "mask": torch.tensor(3.0), "depth": torch.tensor(float("nan"))}
-    out = L.total(terms, {"rgb": 0.5, "mask": 2.0, "depth": 0.0, "orient": 1.0})
-    assert out.item() == pytest.approx(7.0)
-    assert L.total({"rgb": torch.tensor(2.0)}, {"rgb": 0.0}).item() == 0.0
-    with pytest.raises(ConfigError, match="mask"):
-        L.total(terms, {"rgb": 1.0, "depth": 1.0})

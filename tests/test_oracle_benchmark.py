@@ -48,6 +48,9 @@ def test_smoke_runs_both_stages_and_writes_the_json(shared_data, tmp_path):
     cfg = saved["config"]
     assert cfg["shading"]["ambient_range"] == [1.0, 1.0] and cfg["shading"]["random_background"] is False
     assert cfg["static"]["textureless_rate"] == 0.0 and cfg["static"]["normal_warmup_iters"] == 0
+    # the oracle's gradients are not SD's: its SDS acts at the nominal weight, and the JSON says why
+    assert cfg["static"]["sds_grad_scale"] == "nominal"
+    assert any("sds_grad_scale=nominal" in d for d in saved["static"]["deviations"])
     assert cfg["loss"]["entropy"] == 1e-3 and cfg["static"]["lr"] == 1e-3
 
 

@@ -317,6 +317,9 @@ def oracle_test_config(iters: int):
             "grid_mask_iters": round(0.6 * iters),
             "grid_mask_levels": 3,  # half the levels, as the paper (8 of 16)
             "known_iters": round(0.02 * iters),
+            # as benchmarks/oracle_stages.py: the oracle's gradients are not SD's, so its SDS acts at the
+            # nominal weight (the paper divides SD's by the loss scale, 2^16 here: the oracle would not move)
+            "sds_grad_scale": "nominal",
         },
     }
     return resolve_config("paper", None, opts, [])

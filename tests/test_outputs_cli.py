@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import typer
@@ -124,8 +125,27 @@ def test_export_evaluate_and_report_commands(app, project):
     p = str(project.root)
     res = run(app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5")
     assert res.exit_code == 0, res.output
-    assert "density level" in res.output and (project.export_dir / "dynamic" / "mesh.glb").is_file()
+    text = " ".join(res.output.split())
+    assert "density level" in text and (project.export_dir / "dynamic" / "mesh.glb").is_file()
+    assert "one mesh, 2 frames" in text and "texture" in text and "fit error per frame" in text
+    assert "warning" not in text and not (project.export_dir / "dynamic" / "frames").exists()
+    # a tolerance only an exact fit meets (the reference frame's own surface): the moving frame is named,
+    # with the flipbook as the way out, and the command still succeeds
+    res = run(
+        app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--set", "export.fit_tolerance=0"
+    )
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and re.search(r"does not follow the motion at frame\(s\) (0, )?1:", text), text
+    assert "--flipbook" in text
+    res = run(
+        app, "export", "-p", p, "--flipbook", "--resolution", "24", "--frames", "2", "--texture", "vertex"
+    )
+    assert res.exit_code == 0, res.output
+    assert "flipbook: 2 meshes" in " ".join(res.output.split())
     assert len(list((project.export_dir / "dynamic" / "frames").glob("*.ply"))) == 2
+    assert (project.export_dir / "dynamic" / "flipbook.glb").is_file()
+    res = run(app, "export", "-p", p, "--texture", "uv")
+    assert res.exit_code == 2 and "export.texture" in res.output
     res = run(
         app,
         "export",

@@ -8,6 +8,7 @@ import torch
 from helpers_outputs import ALBEDO, GaussianField, MovingSphereField, SphereField, trained_project
 
 from animate124.render.cameras import camera_from_spherical
+from animate124.render.gltf import save_flipbook_glb
 from animate124.render.mesh import (
     Mesh,
     MeshError,
@@ -16,7 +17,6 @@ from animate124.render.mesh import (
     extract_mesh,
     marching_cubes,
     mesh_stats,
-    save_glb,
     save_mesh,
     silhouette_threshold,
 )
@@ -107,7 +107,7 @@ def test_animated_glb_loads_back_with_one_node_per_frame(tmp_path):
 
     field = MovingSphereField(radius=0.3, amp=0.4)
     meshes = [extract_mesh(field, 100.0, resolution=32, t=t) for t in (0.0, 0.5, 0.999)]
-    path = save_glb(tmp_path / "motion.glb", meshes, fps=4)
+    path = save_flipbook_glb(tmp_path / "motion.glb", meshes, fps=4)
     scene = trimesh.load(path)
     assert len(scene.geometry) == 3
     centres = [g.vertices.mean(axis=0)[0] for _, g in sorted(scene.geometry.items())]
@@ -130,7 +130,7 @@ def test_single_mesh_files(tmp_path):
     import trimesh
 
     mesh = extract_mesh(SphereField(radius=0.5, density=200.0), 100.0, resolution=24)
-    glb = save_glb(tmp_path / "mesh.glb", [mesh])
+    glb = save_flipbook_glb(tmp_path / "mesh.glb", [mesh])
     assert len(trimesh.load(glb).geometry) == 1
     for ext in ("ply", "obj"):
         p = save_mesh(tmp_path / f"mesh.{ext}", mesh)
@@ -140,7 +140,7 @@ def test_single_mesh_files(tmp_path):
     with pytest.raises(MeshError, match="format"):
         save_mesh(tmp_path / "mesh.stl", mesh)
     with pytest.raises(MeshError, match="no meshes"):
-        save_glb(tmp_path / "none.glb", [])
+        save_flipbook_glb(tmp_path / "none.glb", [])
     assert isinstance(mesh, Mesh)
 
 
@@ -150,11 +150,59 @@ def project(tmp_path):
     return trained_project(tmp_path, ("static", "dynamic"))
 
 
-def test_stage_dynamic_sequence_and_glb(project):
+def test_stage_dynamic_animated_mesh_follows_the_ball(project):
+    """The default for a 4D stage: one mesh, a morph target per frame, fitted to the trained field's
+    surface at each frame (the fixture's ball grows from t = 0 to t = 2/3), a texture, the fit error per
+    frame in the manifest, and the turntable pictures."""
+    from helpers_meshes import read_glb
+
+    cfg = project_config(
+        project,
+        "dynamic",
+        options={"export": {"resolution": 32, "frames": 3, "silhouette_size": 32, "texture_size": 128}},
+    )
+    res = run_export_stage(project, cfg, show_progress=False)
+    out = project.export_dir / "dynamic"
+    assert not (out / "frames").exists() and not (out / "flipbook.glb").exists()
+    g = read_glb(out / "mesh.glb")
+    assert len(g["doc"].meshes) == 1 and len(g["frames"]) == 3 and g["texture"].shape == (128, 128, 3)
+    sizes = [np.linalg.norm(x, axis=1).mean() for x in g["frames"]]
+    assert sizes[0] < sizes[1] < sizes[2]
+    # each frame's mean radius is that of the frame's own marching-cubes surface, to a quarter lattice cell
+    field = _trained_field(project, "dynamic")
+    for k, x in enumerate(g["frames"]):
+        ref = extract_mesh(field, res.metrics["threshold"], resolution=32, t=k / 3)
+        assert abs(np.linalg.norm(x, axis=1).mean() - _radii(ref).mean()) < 0.25 * 2.0 / 32
+    m = res.metrics
+    assert m["mode"] == "animated" and m["frames"] == 3 and m["texture"] == "atlas" and m["fit_ok"]
+    assert len(m["fit_error_max"]) == 3 and max(m["fit_error_max"]) < 0.05 and m["reference_time"] == 0.0
+    assert m["glb_bytes"] == (out / "mesh.glb").stat().st_size
+    rec = project.stage_record("export")
+    assert rec["status"] == "done"
+    assert rec["outputs"]["export/dynamic/mesh.glb"]["kind"] == "animated_glb"
+    assert rec["outputs"]["export/dynamic/turntable.png"]["kind"] == "turntable"
+    assert rec["outputs"]["export/dynamic/turntable.mp4"]["kind"] == "turntable_video"
+    import imageio.v3 as iio
+
+    grid = iio.imread(out / "turntable.png")
+    tile = cfg.export.turntable
+    assert grid.shape[0] > 2 * tile and grid.shape[1] > 8 * tile  # two rows of 8 views
+    assert (grid < 200).any(axis=2).mean() > 0.02  # the mesh is drawn, not a blank page
+
+
+def _trained_field(project, stage):
+    from animate124.stages.artifacts import load_trained
+
+    return load_trained(project.artifact(f"{stage}_model"), "cpu").field.eval()
+
+
+def test_stage_dynamic_flipbook_sequence_and_glb(project):
     import trimesh
 
     cfg = project_config(
-        project, "dynamic", options={"export": {"resolution": 32, "frames": 3, "silhouette_size": 32}}
+        project,
+        "dynamic",
+        options={"export": {"resolution": 32, "frames": 3, "silhouette_size": 32, "animated": False}},
     )
     res = run_export_stage(project, cfg, show_progress=False)
     out = project.export_dir / "dynamic"
@@ -163,9 +211,10 @@ def test_stage_dynamic_sequence_and_glb(project):
         "frame_001.ply",
         "frame_002.ply",
     ]
-    assert len(trimesh.load(out / "mesh.glb").geometry) == 3
+    assert len(trimesh.load(out / "flipbook.glb").geometry) == 3
     m = res.metrics
     assert m["threshold_auto"] and m["threshold"] > 0 and m["frames"] == 3 and m["watertight"]
+    assert m["mode"] == "flipbook" and "fit_error_max" not in m
     # the fixture ball grows from t=0 to t=2/3 (its grid tables are 0, 0.015, 0.03, 0.01 over time)
     sizes = [
         np.linalg.norm(trimesh.load(out / "frames" / f"frame_{k:03d}.ply").vertices, axis=1).mean()
@@ -173,14 +222,45 @@ def test_stage_dynamic_sequence_and_glb(project):
     ]
     assert sizes[0] < sizes[1] < sizes[2]
     rec = project.stage_record("export")
-    assert rec["status"] == "done" and "export/dynamic/mesh.glb" in rec["outputs"]
+    assert rec["status"] == "done" and "export/dynamic/flipbook.glb" in rec["outputs"]
+    # a shorter sequence afterwards leaves no stale frames; the earlier outputs stay listed while they exist
+    cfg2 = project_config(
+        project,
+        "dynamic",
+        options={"export": {"resolution": 24, "frames": 2, "silhouette_size": 32, "animated": False}},
+    )
+    run_export_stage(project, cfg2, show_progress=False)
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["frame_000.ply", "frame_001.ply"]
 
 
 def test_stage_static_single_mesh_obj_and_fixed_level(project):
     cfg = project_config(
-        project, "static", options={"export": {"resolution": 24, "threshold": 5.0, "format": "obj"}}
+        project,
+        "static",
+        options={"export": {"resolution": 24, "threshold": 5.0, "format": "obj", "texture": "vertex"}},
     )
     res = run_export_stage(project, cfg, stage="static", show_progress=False)
     out = project.export_dir / "static"
     assert (out / "mesh.obj").is_file() and (out / "mesh.glb").is_file() and not (out / "frames").exists()
     assert res.metrics["threshold"] == 5.0 and not res.metrics["threshold_auto"]
+    assert res.metrics["mode"] == "single" and res.metrics["texture"] == "vertex"
+    assert (out / "turntable.png").is_file()
+
+
+def test_max_faces_caps_the_mesh(project):
+    cfg = project_config(
+        project,
+        "static",
+        options={
+            "export": {
+                "resolution": 48,
+                "threshold": 5.0,
+                "max_faces": 300,
+                "turntable": 0,
+                "texture_size": 64,
+            }
+        },
+    )
+    res = run_export_stage(project, cfg, stage="static", show_progress=False)
+    assert 200 <= res.metrics["faces"] <= 300
+    assert not (project.export_dir / "static" / "turntable.png").exists()

@@ -16,7 +16,10 @@ import pytest
 from helpers_outputs import MEDIA_CHECK_JS, HeadlessChromium, find_chromium, trained_project
 
 from animate124.project import Project
-from animate124.stages.report import loss_curves, run_report_stage, svg_chart, write_report
+from animate124.stages.report import loss_curves, metric_text, run_report_stage, write_report
+from animate124.stages.report_charts import grad_chart, loss_chart, scalar_series, use_log
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 class _Refs(HTMLParser):
@@ -77,13 +80,100 @@ def test_loss_curves_skip_bad_lines_and_non_loss_keys(tmp_path):
     assert loss_curves(tmp_path / "missing.jsonl") == {}
 
 
-def test_svg_chart_is_valid_svg_with_its_points():
-    svg = svg_chart([(0, 1.0), (10, 0.5), (20, 0.25)], "loss <rgb>")
-    root = ET.fromstring(svg)
-    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
-    assert len(lines) == 2 and len(lines[0].get("points").split()) == 3
-    assert "loss &lt;rgb&gt;" in svg
-    ET.fromstring(svg_chart([(5, 2.0)], "one point"))  # a single value still draws
+def chart_svgs(page: str) -> list[ET.Element]:
+    """Every chart of a page, parsed as XML."""
+    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, flags=re.S)]
+
+
+def _text_box(t: ET.Element) -> tuple[float, float, float, float]:
+    """(left, right, top, bottom) of a <text> in user units, measured with the font the SVG names
+    (DejaVu Sans, shipped with matplotlib) from its anchor point and size."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    style = dict(kv.split(":", 1) for kv in (t.get("style") or "").replace(" ", "").split(";") if ":" in kv)
+    size = float(style.get("font-size", "10px").rstrip("px"))
+    weight = style.get("font-weight", "normal")
+    x, y = float(t.get("x", 0)), float(t.get("y", 0))
+    text = "".join(t.itertext())
+    font = FontProperties(family="DejaVu Sans", size=size, weight=weight)
+    width, height, descent = TextToPath().get_text_width_height_descent(text, font, ismath=False)
+    anchor = style.get("text-anchor", "start")
+    left = x - {"start": 0.0, "middle": width / 2, "end": width}[anchor]
+    return left, left + width, y - (height - descent), y + descent
+
+
+def check_chart(svg: ET.Element, series: int) -> None:
+    """The chart has a title and tick labels, all inside its viewBox, and ``series`` drawn series (a
+    line with points, or markers for a single point)."""
+    x0, y0, w, h = (float(v) for v in svg.get("viewBox").split())
+    texts = [t for t in svg.iter(f"{SVG}text") if "".join(t.itertext()).strip()]
+    assert len(texts) >= 5, [("".join(t.itertext())) for t in texts]  # title, >= 2 ticks per axis
+    for t in texts:
+        assert (t.get("transform") or "rotate(-0").startswith("rotate(-0"), t.get("transform")
+        left, right, top, bottom = _text_box(t)
+        label = "".join(t.itertext())
+        assert x0 - 0.5 <= left and right <= x0 + w + 0.5, (label, left, right, w, svg.get("aria-label"))
+        assert y0 - 0.5 <= top and bottom <= y0 + h + 0.5, (label, top, bottom, h, svg.get("aria-label"))
+    groups = [g for g in svg.iter(f"{SVG}g") if re.search(r"-series-", g.get("id", ""))]
+    assert len(groups) == series, [g.get("id") for g in groups]
+    for g in groups:
+        paths = [p for p in g.iter(f"{SVG}path") if len((p.get("d") or "").split()) >= 4]
+        markers = list(g.iter(f"{SVG}use"))
+        assert paths or markers, g.get("id")
+
+
+def test_charts_draw_every_series_with_labels_inside_the_chart(tmp_path):
+    log = tmp_path / "dynamic.jsonl"
+    rows = [{"step": s, "loss/sds": 3330.0 * 0.7**s, "loss/rgb": 0.25 + 0.001 * s} for s in range(1, 30)]
+    rows[5]["loss/zero123"] = 1580.0  # one point
+    for r in rows[::5]:
+        r.update(
+            {"grad/video": 12.0, "grad/zero123": 0.03, "grad/reference": 1.5e-4, "grad/regularizers": 0.0}
+        )
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    losses = scalar_series(log, "loss/")
+    assert use_log([v for _, v in losses["sds"]]) and not use_log([v for _, v in losses["rgb"]])
+    for name, pts in losses.items():
+        svg = ET.fromstring(loss_chart("dynamic", name, pts))
+        check_chart(svg, series=1)
+        assert svg.get("aria-label") == f"dynamic loss {name}"
+    grads = scalar_series(log, "grad/")
+    svg = ET.fromstring(grad_chart("dynamic", grads))
+    check_chart(svg, series=3)  # the all-zero group has nothing to draw on a log axis
+    legend = {"".join(t.itertext()) for t in svg.iter(f"{SVG}text")}
+    assert {"video", "zero123", "reference"} <= legend
+    # the labels of a series of large values are written out (3330, not "33e+03" or "3.33e+03")
+    ticks = {
+        "".join(t.itertext())
+        for t in ET.fromstring(loss_chart("d", "zero123", [(1, 3330.0), (2, 1580.0)])).iter(f"{SVG}text")
+    }
+    assert {"2000", "3000"} <= ticks, ticks
+
+
+def test_charts_are_deterministic_and_ids_are_unique_on_a_page():
+    pts = [(float(s), 1.0 / s) for s in range(1, 20)]
+    a, b = loss_chart("static", "rgb", pts), loss_chart("static", "rgb", pts)
+    assert a == b
+    c = loss_chart("dynamic", "rgb", pts)
+    ids = lambda svg: set(re.findall(r'id="([^"]+)"', svg))  # noqa: E731
+    assert ids(a) and not ids(a) & ids(c)
+
+
+def test_metric_text_keeps_five_digits():
+    assert (
+        metric_text(0.99967) == "0.99967" and metric_text(23.456789) == "23.457" and metric_text(None) == "–"
+    )
+
+
+def test_loss_curves_keep_the_run_that_made_the_result(tmp_path):
+    """A resumed run repeats steps and a forced rerun starts over: the later records win."""
+    log = tmp_path / "s.jsonl"
+    steps = [1, 2, 3, 4, 3, 4, 5, 1, 2]
+    log.write_text("\n".join(json.dumps({"step": s, "loss/rgb": float(i)}) for i, s in enumerate(steps)))
+    assert loss_curves(log) == {"rgb": [(1.0, 7.0), (2.0, 8.0)]}
+    log.write_text("\n".join(json.dumps({"step": s, "loss/rgb": float(i)}) for i, s in enumerate(steps[:7])))
+    assert loss_curves(log) == {"rgb": [(1.0, 0.0), (2.0, 1.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0)]}
 
 
 def test_report_is_self_contained_and_every_link_exists(full_project):
@@ -91,7 +181,8 @@ def test_report_is_self_contained_and_every_link_exists(full_project):
     parser = _Refs()
     parser.feed(page)
     assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
-    assert not re.search(r"url\(|@import|https?://(?!www\.w3\.org/2000/svg)", page)
+    # nothing from the network: only the SVG/XLink namespace names and url(#id) references within the page
+    assert not re.search(r"url\((?!#)|@import|https?://(?!www\.w3\.org/(2000/svg|1999/xlink)\b)", page)
     files = [v for _, _, v in parser.refs if not v.startswith("#")]
     assert files, "the report links no file"
     for ref in files:
@@ -117,7 +208,12 @@ def test_report_is_self_contained_and_every_link_exists(full_project):
         "export/dynamic/mesh.glb",
     ):
         assert text in page
-    assert page.count('class="loss"') == 4  # rgb and sds for static and dynamic
+    # static and dynamic: rgb, sds, depth (one point) and the gradient balance
+    charts = chart_svgs(page)
+    assert len(charts) == 8
+    for svg in charts:
+        check_chart(svg, series=3 if "gradient" in svg.get("aria-label") else 1)
+    assert re.search(r"\b21 more files: ", page) and not re.search(r"\b1 more files", page)
     assert "12.5 s" in page and "1.25 GiB" in page  # the stages' time and peak memory
 
 
@@ -151,10 +247,37 @@ def test_report_loads_in_headless_chromium(full_project, tmp_path):
     silent = [v for v in result["videos"] if not v["ok"]]
     assert not silent, f"videos without a duration: {silent}"
     assert all(v["duration"] > 0 and v["width"] > 0 for v in result["videos"])
-    assert result["svgs"] == 4 and result["height"] > 1500
+    assert result["svgs"] == 8 and result["height"] > 1500
+    for chart in result["charts"]:
+        assert chart["texts"] >= 5 and chart["width"] > 150, chart
+        assert not chart["outside"], f"text drawn outside {chart['label']}: {chart['outside']}"
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
     keep = os.environ.get("ANIMATE124_TEST_ARTIFACTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report.png")
+
+
+def test_renders_are_grouped_in_the_order_the_stages_ran_and_counted_in_words(tmp_path):
+    p = Project(tmp_path / "p")
+    p.create()
+    outputs = {}
+    for stage in ("refine", "dynamic", "static"):
+        for name, kind in (("orbit.mp4", "video"), ("orbit.gif", "gif")):
+            rel = f"renders/{stage}/{name}"
+            (p.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (p.root / rel).write_bytes(b"x")
+            outputs[rel] = {
+                "stage": stage,
+                "kind": kind,
+                "shot": "orbit",
+                "channel": "color",
+                "frames": 8,
+                "fps": 8,
+            }
+    p.update_stage("render", status="done", outputs=outputs)
+    page = write_report(p).read_text()
+    heads = re.findall(r"<h3>(static|dynamic|refine)</h3>", page)
+    assert heads == ["static", "dynamic", "refine"], heads
+    assert page.count("1 more file: per-view videos") == 3 and "1 more files" not in page

@@ -8,12 +8,10 @@ import pytest
 
 from animate124.config import resolve_config
 from animate124.engine.runner import StageResult
-from animate124.errors import ConfigError
+from animate124.errors import ConfigError, InputError
+from animate124.guidance.prompts import check_prompt_length, token_count, token_limit
 from animate124.project import Project
 from animate124.stages.pipeline import (
-    CLIP_MAX_TOKENS,
-    check_prompt_length,
-    count_clip_tokens,
     derive_prompts,
     guess_subject,
     run_pipeline,
@@ -80,20 +78,24 @@ def test_overrides_win():
 
 
 def test_prompt_length():
-    assert count_clip_tokens("a panda is dancing, 8k") == 7  # a panda is dancing , 8 k
-    long = " ".join(["word"] * 500)
-    with pytest.raises(ConfigError, match="tokens long"):
-        check_prompt_length("motion", long)
-    near = " ".join(["word"] * (CLIP_MAX_TOKENS - 2))
-    assert check_prompt_length("motion", near) is None
-    assert "suffix" in check_prompt_length("motion", near, ", high-resolution, 8k, good quality")
+    """One limit (the encoder's positions less its start and end markers: 75 for CLIP) and one wording;
+    without a tokenizer the count is a lower bound and says so."""
+    assert token_count(None, "a panda is dancing, 8k") == 7  # a panda is dancing , 8 k
+    assert token_limit(None) == 75
+    with pytest.raises(InputError, match=r"the motion prompt is at least 500 tokens long; .* at most 75"):
+        check_prompt_length(None, " ".join(["word"] * 500), "motion prompt")
+    check_prompt_length(None, " ".join(["word"] * 75), "motion prompt")
 
-    class Tok:  # an exact tokenizer: two tokens per word
-        def __call__(self, text, add_special_tokens=False):
+    class Tok:  # an exact tokenizer: two tokens per word, 77 positions
+        model_max_length = 77
+
+        def __call__(self, text, add_special_tokens=False, truncation=False):
             return type("E", (), {"input_ids": [0, 0] * len(text.split())})()
 
-    with pytest.raises(ConfigError):
-        check_prompt_length("motion", " ".join(["word"] * 40), tokenizer=Tok())
+    check_prompt_length(Tok(), " ".join(["word"] * 37))
+    with pytest.raises(InputError) as err:
+        check_prompt_length(Tok(), " ".join(["word"] * 38))
+    assert err.value.message == "the prompt is 76 tokens long; the text encoder reads at most 75"
 
 
 def test_pipeline_runs_the_registered_stages_in_order(tmp_path, monkeypatch):

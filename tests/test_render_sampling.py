@@ -14,11 +14,9 @@ from helpers_config import camera_kwargs, frame_time_kwargs, trajectory_kwargs
 
 from animate124.render.cameras import camera_from_spherical
 from animate124.render.sampling import (
-    relative_pose,
     sample_frame_times,
     sample_training_camera,
     sample_trajectory,
-    wrap_degrees,
 )
 
 N_TIMES = 20_000
@@ -148,17 +146,6 @@ def test_branch_mixture_rate():
         p = sample_training_camera(g, **camera_kwargs(uniform_sphere_rate=0.5)).polar.item()
         below45 += p < 45  # only branch A (fixed) gives polar < 45: P = 0.5·(1 − cos 45°)
     assert below45 / n == pytest.approx(0.5 * (1 - math.cos(math.radians(45))), abs=0.045)
-
-
-def test_relative_pose_wrap():
-    dp, da, dr = relative_pose(
-        torch.tensor([90.0, 30.0, 120.0, 90.0]), torch.tensor([190.0, -180.0, 180.0, -45.0]), 1.8
-    )
-    torch.testing.assert_close(dp, torch.tensor([0.0, -60.0, 30.0, 0.0]))
-    torch.testing.assert_close(da, torch.tensor([-170.0, 180.0, 180.0, -45.0]))
-    torch.testing.assert_close(dr, torch.zeros(4))
-    w = wrap_degrees(torch.linspace(-1000, 1000, 2001))
-    assert w.min() > -180 and w.max() <= 180
 
 
 def _draw_trajectories(n: int, **kw):

@@ -1,4 +1,4 @@
-"""Shading formulas (SPEC 3.1 "Shading") and the light-direction sampler."""
+"""Shading formulas (SPEC 3.1 "Shading"); the light the systems draw is tested in test_stages_system."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from animate124.errors import ConfigError
-from animate124.scene.shading import sample_light_dir, shade
+from animate124.scene.shading import shade
 
 ALBEDO = torch.tensor([[0.2, 0.4, 0.6], [1.0, 0.5, 0.0]])
 NORMAL = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
@@ -44,12 +44,3 @@ def test_errors():
         shade(ALBEDO, NORMAL, LIGHT, 0.3, "phong")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         shade(ALBEDO, None, LIGHT, 0.3, "lambertian")
-
-
-def test_sample_light_dir_formula():
-    origin = torch.tensor([0.0, 0.0, 1.8])
-    l1 = sample_light_dir(origin, torch.Generator().manual_seed(5))
-    noise = torch.randn(3, generator=torch.Generator().manual_seed(5))
-    v = origin + noise
-    torch.testing.assert_close(l1, v / v.norm())
-    assert l1.shape == (3,)

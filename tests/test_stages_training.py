@@ -45,6 +45,19 @@ def prepared(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def dynamic_done(prepared, tmp_path_factory) -> Path:
+    """``prepared`` with the static and dynamic stages run at the tiny preset (copied by each test)."""
+    from animate124.stages.dynamic import run_dynamic
+    from animate124.stages.static import run_static
+
+    root = tmp_path_factory.mktemp("stages") / "dynamic_done"
+    p = _copy(prepared, root)
+    run_static(p, tiny(), show_progress=False)
+    run_dynamic(p, tiny(), show_progress=False)
+    return root
+
+
 def _copy(src: Path, dst: Path) -> Project:
     shutil.copytree(src, dst)
     return Project(dst)
@@ -270,3 +283,126 @@ def test_a_step_out_of_gpu_memory_is_run_again_with_the_render_checkpointed(prep
     saving = rec["metrics"]["memory_saving"]
     assert saving["change"].startswith("raymarch.checkpoint_field=1") and saving["step"] >= 1
     assert seen[:3] == [0, 0, 0] and set(seen[3:]) == {1}
+
+
+@pytest.mark.slow
+def test_grad_stats_leave_every_stage_unchanged_and_name_each_loss_group(prepared, tmp_path):
+    """``run.grad_stats_every=1``: every step of static, dynamic and refine also takes the gradient of each
+    loss group through the same graph (the renderer's and grid's backward, the priors' VAE recompute, the
+    time TV), yet every result is bit for bit that of the run without it; each stage's log names its groups.
+    One thread: bit-exact equality needs the same floating-point summation order in both runs."""
+    from animate124.stages.dynamic import run_dynamic
+    from animate124.stages.refine import run_refine
+    from animate124.stages.static import run_static
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    projects = []
+    try:
+        for every in (0, 1):
+            p = _copy(prepared, tmp_path / f"every{every}")
+            cfg = tiny(run={"grad_stats_every": every}, dynamic={"iters": 4}, refine={"iters": 2})
+            for run in (run_static, run_dynamic, run_refine):
+                run(p, cfg, show_progress=False)
+            projects.append(p)
+    finally:
+        torch.set_num_threads(threads)
+    off, on = projects
+    for artifact in ("static_model", "dynamic_model", "refine_model"):
+        a, b = _tensors(off.artifact(artifact)), _tensors(on.artifact(artifact))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (artifact, k)
+    import json
+
+    def groups(p: Project, stage: str) -> tuple[set[str], int]:
+        recs = [json.loads(x) for x in p.log_path(stage).read_text().splitlines()]
+        return {k for r in recs for k in r if k.startswith("grad/")}, sum("grad/total" in r for r in recs)
+
+    assert groups(off, "static") == (set(), 0)
+    keys, n = groups(on, "static")
+    assert keys == {"grad/reference", "grad/regularizers", "grad/sd", "grad/zero123", "grad/total"} and n == 8
+    keys, n = groups(on, "dynamic")
+    assert {
+        "grad/reference",
+        "grad/regularizers",
+        "grad/time_tv",
+        "grad/video",
+        "grad/total",
+    } <= keys and n == 4
+    assert keys <= {
+        "grad/reference",
+        "grad/regularizers",
+        "grad/time_tv",
+        "grad/video",
+        "grad/zero123",
+        "grad/total",
+    }
+    keys, n = groups(on, "refine")
+    assert {
+        "grad/controlnet",
+        "grad/video",
+        "grad/time_tv",
+        "grad/regularizers",
+        "grad/total",
+    } <= keys and n == 2
+
+
+def test_refine_condition_is_an_independent_render_of_the_dynamic_result(dynamic_done, tmp_path, monkeypatch):
+    """The ControlNet condition of a refine step equals a render of the dynamic stage's saved result (loaded
+    here on its own), with the rays, times, shading, light, background and random numbers of that step's
+    trainable render, at the frames ControlNet reads (SPEC 6 step 1) — not a render of the field being
+    refined, nor of another stage's result. The step checked is the second (both are guidance steps), after
+    one update of the trainable field."""
+    from animate124.render.renderer import render
+    from animate124.stages import refine as refine_mod
+    from animate124.stages.artifacts import load_trained
+
+    p = _copy(dynamic_done, tmp_path / "p")
+    cfg = tiny(refine={"iters": 2})
+    calls: list[dict] = []
+    conditions: list[torch.Tensor] = []
+    orig_render, orig_init = refine_mod.RefineSystem.render, refine_mod.RefineSystem.__init__
+
+    def spy_render(self, field, occupancy, cameras, times, **kw):
+        if field is self.field and kw.get("frames") is None:  # the trainable render: its arguments, generator
+            calls.append({"cameras": cameras, "times": times, "state": kw["generator"].get_state(), **kw})
+        return orig_render(self, field, occupancy, cameras, times, **kw)
+
+    def spy_init(self, **kw):
+        orig_init(self, **kw)
+        real = self.controlnet
+
+        def recorder(images, views, **k):
+            conditions.append(views.condition.clone())
+            return real(images, views, **k)
+
+        recorder.frames, recorder.name, recorder.loss_key = real.frames, real.name, real.loss_key
+        self.controlnet = recorder
+
+    monkeypatch.setattr(refine_mod.RefineSystem, "render", spy_render)
+    monkeypatch.setattr(refine_mod.RefineSystem, "__init__", spy_init)
+    refine_mod.run_refine(p, cfg, show_progress=False)
+    clips = [c for c in calls if c["times"] is not None and c["times"].shape[1] > 1]  # the clips, not t = 0
+    assert len(clips) == len(conditions) == 2
+    call, cond = clips[-1], conditions[-1]
+    dyn = load_trained(p.artifact("dynamic_model"), torch.device("cpu"))
+    replay = torch.Generator().set_state(call["state"])
+    r = cfg.raymarch
+    want = render(
+        dyn.field, call["cameras"], call["times"], shading=call["shading"], ambient=call["ambient"],
+        light_dir=call["light_dir"], bg_color=call["bg_color"], occupancy=dyn.occupancy, perturb=True,
+        generator=replay, compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps,
+        min_near=r.min_near, delta_mode="metric" if r.metric_step else "upstream", t_thresh=r.transmittance_thresh,
+    ).rgb  # fmt: skip
+    read = [0, 2]  # tiny: 4 frames, even:2
+    torch.testing.assert_close(cond[:, read], want[:, read], rtol=0, atol=1e-6)
+    assert cond[:, read].abs().sum() > 0 and cond[:, [1, 3]].abs().sum() == 0
+    refined = load_trained(p.artifact("refine_model"), torch.device("cpu"))
+    other = render(
+        refined.field, call["cameras"], call["times"], shading=call["shading"], ambient=call["ambient"],
+        light_dir=call["light_dir"], bg_color=call["bg_color"], occupancy=refined.occupancy, perturb=True,
+        generator=torch.Generator().set_state(call["state"]), compute_normals=True, normal_eps=r.normal_eps,
+        max_steps=r.max_steps, min_near=r.min_near, t_thresh=r.transmittance_thresh,
+    ).rgb  # fmt: skip
+    assert not torch.allclose(other[:, read], want[:, read], atol=1e-4)  # the refined field renders otherwise

@@ -29,7 +29,7 @@ from animate124.batch.jobs import Row
 from animate124.batch.task import FAILED, FINISHED, INVALID, UP_TO_DATE, AssetJob, error_record, read_state
 from animate124.errors import Animate124Error, ConfigError, InputError
 from animate124.project import Project
-from animate124.stages.spec import TRAINING_STAGES, stage_range
+from animate124.stages.spec import stage_range
 
 #: Build a row's config: ``(the command's options, the row's own --set items) -> Config``.
 MakeConfig = Callable[[dict[str, Any], Sequence[str]], Any]
@@ -52,7 +52,7 @@ class Asset:
     key: str = ""
     image_alpha: bool | None = None
     error: dict[str, Any] | None = None
-    warnings: tuple[str, ...] = ()
+    decisions: tuple[str, ...] = ()  # the pre-flight's lines (an initializer replaced by "object")
     previous: dict[str, Any] | None = None
 
     def job(
@@ -91,18 +91,17 @@ def plan_assets(
 ) -> list[Asset]:
     """Check every row and decide what to do with it (see the module docstring)."""
     stages = tuple(s.name for s in stage_range(None, until))
-    tokenizers: dict[Any, Any] = {}
+    tokenizers: dict[Any, Any] = {}  # one of each for all rows
     assets = []
     for row in rows:
         project = Path(out).resolve() / row.name
         asset = Asset(row, row.name, project, state_dir(out) / f"{row.name}.json", INVALID)
         try:
-            _check_row(asset, make_config, tokenizers)
+            _check_row(asset, make_config, stages, tokenizers)
         except Animate124Error as exc:
             asset.error = error_record(exc)
             assets.append(asset)
             continue
-        asset.key = job_key(asset.cfg, _sha(row.image), asset.prompts.as_dict(), stages)
         asset.action = _action(asset, stages, retry_failed)
         assets.append(asset)
     return assets
@@ -110,11 +109,15 @@ def plan_assets(
 
 # --- the checks of run-all, per row --------------------------------------------------------------
 # What `run-all` checks before it starts, with the same functions: the prompts derived (not empty, an
-# object found), the config with the row's --set, the prompt lengths, the image (readable, large enough),
-# the project location and a project made from another image. Nothing here is written.
-def _check_row(asset: Asset, make_config: MakeConfig, tokenizers: dict[Any, Any]) -> None:
-    from animate124.preprocess.image_io import has_alpha, load_image
+# object found), the config with the row's --set, then run-all's pre-flight (stages/preflight.py: the
+# image, a project made from another image, the prompts and their lengths, the textual-inversion
+# initializer, the disk) without its device and model checks: Ray places each run on its device, and the
+# models are fetched right after the checks. Nothing here is written.
+def _check_row(
+    asset: Asset, make_config: MakeConfig, stages: Sequence[str], tokenizers: dict[Any, Any]
+) -> None:
     from animate124.stages.pipeline import derive_prompts
+    from animate124.stages.preflight import preflight, with_initializer
 
     row = asset.row
     if row.problem:
@@ -131,32 +134,22 @@ def _check_row(asset: Asset, make_config: MakeConfig, tokenizers: dict[Any, Any]
         "invert": {"initializer": prompts.initializer},
     }
     cfg = make_config(options, row.sets)
-    asset.warnings = tuple(_check_prompt_lengths(cfg, tokenizers))
-    image = load_image(row.image, min_side=cfg.preprocess.min_side, max_side=None, warn=False)
-    project = Project(asset.project)
-    project.check_location()
-    if project.exists():
-        from animate124.stages.preprocess import check_same_image
-
-        check_same_image(project, row.image, _sha(row.image))
-    asset.cfg, asset.prompts, asset.image_alpha = cfg, prompts, has_alpha(image)
-
-
-def _check_prompt_lengths(cfg: Any, tokenizers: dict[Any, Any]) -> list[str]:
-    """``run-all``'s prompt-length check (errors raise; warnings are returned), one tokenizer per model."""
-    from animate124.stages.pipeline import check_prompt_length, prompt_tokenizer
-
-    which = (cfg.models.tiny, cfg.models.cache_dir, cfg.models.sd)
-    if which not in tokenizers:
-        tokenizers[which] = prompt_tokenizer(cfg)
-    warnings = []
-    for name in TRAINING_STAGES:
-        section = getattr(cfg, name)
-        if section.prompt:
-            w = check_prompt_length(name, section.prompt, section.prompt_suffix, tokenizers[which])
-            if w:
-                warnings.append(w)
-    return warnings
+    checked = preflight(
+        Project(asset.project),
+        cfg,
+        stages,
+        command="run-all",
+        image=row.image,
+        initializer_auto=cfg.invert.initializer == prompts.initializer,
+        device=False,
+        models=False,
+        tokenizers=tokenizers,
+    )
+    asset.cfg, asset.prompts = checked.cfg, with_initializer(prompts, checked)
+    asset.image_alpha, asset.decisions = checked.image_alpha, checked.decisions
+    # the prompts as derived from the row: the initializer the pre-flight chose is in the config, and the
+    # prompts it gives the run depend on whether invert still has to run (they would change the key)
+    asset.key = job_key(checked.cfg, _sha(row.image), prompts.as_dict(), stages)
 
 
 # --- job key and the last record -----------------------------------------------------------------
@@ -198,28 +191,6 @@ def _action(asset: Asset, stages: Sequence[str], retry_failed: bool) -> str:
 
 
 # --- models ----------------------------------------------------------------------------------------
-def needed_roles(cfg: Any, stages: Sequence[str], image_alpha: bool | None) -> list[tuple[str, str | None]]:
-    """``(role, alternative)`` of every pretrained model the ``stages`` load, in a stable order."""
-    video = (("video", None if cfg.models.video_model == "modelscope" else cfg.models.video_model),)
-    zero_dyn = (("zero123", None),) if cfg.dynamic.zero123_weight else ()
-    per_stage: dict[str, tuple[tuple[str, str | None], ...]] = {
-        "preprocess": (("depth", None), *((("segment", None), ("matting", None)) if not image_alpha else ())),
-        "invert": (("sd", None),),
-        "static": (
-            *((("sd", None),) if cfg.static.sd_weight else ()),
-            *((("zero123", None),) if cfg.static.zero123_weight else ()),
-        ),
-        "dynamic": (*video, *zero_dyn),
-        "refine": (*video, *zero_dyn, ("sd", None), ("controlnet", None)),
-    }
-    roles: list[tuple[str, str | None]] = []
-    for stage in stages:
-        for r in per_stage.get(stage, ()):
-            if r not in roles:
-                roles.append(r)
-    return roles
-
-
 def fetch_models(assets: Iterable[Asset], until: str | None, *, progress: bool = False) -> list[str]:
     """Download every model the runs of ``assets`` need that is not cached yet, once, before any task
     starts (the tiny preset's models are built instead); returns the ``role`` names fetched.
@@ -228,6 +199,7 @@ def fetch_models(assets: Iterable[Asset], until: str | None, *, progress: bool =
     command that downloads it (the batch stops before any task starts).
     """
     from animate124.engine.runtime import model_store
+    from animate124.stages.preflight import needed_roles
 
     stages = tuple(s.name for s in stage_range(None, until))
     fetched: list[str] = []

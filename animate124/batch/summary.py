@@ -82,7 +82,7 @@ def asset_record(asset: Asset, rec: dict[str, Any] | None) -> dict[str, Any]:
         "stages": [],
         "report": None,
         "error": asset.error,
-        "warnings": list(asset.warnings),
+        "decisions": list(asset.decisions),  # the pre-flight's lines (e.g. the initializer it chose)
     }
     if rec is not None:
         out.update(

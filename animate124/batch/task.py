@@ -1,7 +1,8 @@
 """One asset of a batch, as one Ray task: ``run-all``'s pipeline on the asset's project, in the worker.
 
-:func:`run_asset` is what the driver hands to Ray. It runs :func:`animate124.stages.pipeline.run_pipeline`
-with the arguments ``run-all`` gives it (:func:`pipeline_arguments`), in the worker process itself, without
+:func:`run_asset` is what the driver hands to Ray. It does what ``run-all`` does (:func:`run_all`): the
+pre-flight of :mod:`animate124.stages.preflight`, then :func:`animate124.stages.pipeline.run_pipeline` with
+the arguments ``run-all`` gives it (:func:`pipeline_arguments`), in the worker process itself, without
 progress bars; the library's log lines and the traceback of an unexpected error go to the asset's
 ``<project>/logs/batch.log`` (the worker's own output is not sent to the driver, whose terminal shows the
 batch's table). Its state goes to ``<out>/.batch/<asset>.json`` (atomically) when it starts, at each stage
@@ -57,20 +58,37 @@ class AssetJob:
     batch_id: str = ""  # which batch started the task (a record of another one is a killed batch's)
 
 
-def pipeline_arguments(job: AssetJob) -> dict[str, Any]:
+def pipeline_arguments(job: AssetJob, prompts: Any) -> dict[str, Any]:
     """The keyword arguments of ``run_pipeline`` for ``job``: those ``run-all`` passes."""
     return {
         "start": None,
         "stop": job.until,
-        "options": {
-            "preprocess": {"image": Path(job.image)},
-            "invert": {"auto_initializer": job.cfg.invert.initializer == job.prompts.initializer},
-        },
-        "prompts": job.prompts,
+        "options": {"preprocess": {"image": Path(job.image)}},
+        "prompts": prompts,
         "force": False,
         "show_progress": False,
         "report": True,
     }
+
+
+def run_all(job: AssetJob, project: Any, **callbacks: Any) -> list[Any]:
+    """What ``run-all`` does once its options are parsed: the pre-flight (here on the node that runs the
+    asset, with the device Ray gave the task and the models as this node sees them), then the pipeline."""
+    from animate124.stages.pipeline import run_pipeline
+    from animate124.stages.preflight import preflight, with_initializer
+    from animate124.stages.spec import stage_range
+
+    stages = tuple(s.name for s in stage_range(None, job.until))
+    checked = preflight(
+        project,
+        job.cfg,
+        stages,
+        command="run-all",
+        image=Path(job.image),
+        initializer_auto=job.cfg.invert.initializer == job.prompts.initializer,
+    )
+    prompts = with_initializer(job.prompts, checked)
+    return run_pipeline(project, checked.cfg, **callbacks, **pipeline_arguments(job, prompts))
 
 
 # --- state files ---------------------------------------------------------------------------------
@@ -150,7 +168,6 @@ def _where() -> dict[str, Any]:
 def run_asset(job: AssetJob) -> dict[str, Any]:
     """Run ``run-all`` on one asset and return its final record (also written to ``job.state_file``)."""
     from animate124.project import Project
-    from animate124.stages.pipeline import run_pipeline
 
     if job.cwd and os.path.isdir(job.cwd):
         os.chdir(job.cwd)  # a fresh worker process per task (max_calls=1): nothing else sees it
@@ -198,7 +215,7 @@ def run_asset(job: AssetJob) -> dict[str, Any]:
         log.info("batch asset %s (row %d): run-all %s", job.name, job.row, job.image)
         try:
             with oom_guard(f"asset {job.name}"):
-                run_pipeline(project, job.cfg, on_start=on_start, on_done=on_done, **pipeline_arguments(job))
+                run_all(job, project, on_start=on_start, on_done=on_done)
             ran = any(not s["skipped"] for s in rec["stages"])
             rec.update(status=DONE if ran else UP_TO_DATE, stage=None)
         except KeyboardInterrupt:

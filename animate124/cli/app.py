@@ -21,18 +21,17 @@ if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in o
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 import typer
-from typer.core import TyperGroup
 
 from animate124 import __version__
 from animate124.cli import batch, outputs, stages
-from animate124.cli.common import EXIT_CODES_HELP, examples
+from animate124.cli.common import EXIT_CODES_HELP, FlagHelpCommand, FlagHelpGroup, examples, flag
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
 from animate124.cli.models import models_app
 from animate124.stages.spec import STAGE_NAMES
 
 
-class _Commands(TyperGroup):
+class _Commands(FlagHelpGroup):
     """Lists the commands in the order a user meets them: the stages and run-all, the output commands
     (render, export, evaluate, report), then the tools (models, config, doctor)."""
 
@@ -51,13 +50,14 @@ app = typer.Typer(
         f"Stages share one project directory: {' -> '.join(STAGE_NAMES)}. "
         "`run-all IMAGE PROMPT` runs them all (in ./runs/<image name> by default) and resumes after an "
         "interruption, renders the orbit video and writes report.html; `render`, `export`, `evaluate` and "
-        "`report` then find that project from -p, else the working directory, else the most recent run. "
+        "`report` then find that project: -p, else the working directory if it is a project, else the only "
+        "(or newest) project under ./runs, else the last project a run started on; each says which. "
         "Nothing asks questions: every command can run unattended in a shell loop."
     ),
     epilog=examples(
         'animate124 run-all image.png "a panda is dancing"',
         "animate124 render --orbit",
-        'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
+        'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, no downloads)',
         "animate124 render --views 4 --depth --normal",
         "animate124 export",
         "animate124 evaluate",
@@ -77,7 +77,7 @@ batch.register(app)
 outputs.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
-app.command("doctor", epilog=DOCTOR_EPILOG)(doctor)
+app.command("doctor", cls=FlagHelpCommand, epilog=DOCTOR_EPILOG)(doctor)
 
 
 def _version_callback(value: bool) -> None:
@@ -90,9 +90,7 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
-        ),
+        flag("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
     """Animate one image into a 4D dynamic scene from a text motion prompt."""

@@ -20,10 +20,12 @@ import typer
 
 from animate124.cli.common import (
     STAGE_OPTIONS,
+    FlagHelpCommand,
     Session,
     StageName,
     build_config,
     examples,
+    flag,
     guarded,
 )
 from animate124.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, Animate124Error
@@ -193,14 +195,14 @@ def batch(
         ),
     ] = None,
     retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Run again the assets that failed in an earlier batch.")
+        bool, flag("--retry-failed", help="Run again the assets that failed in an earlier batch.")
     ] = False,
 ) -> None:
     from animate124.batch.driver import require_ray
 
     require_ray()  # before anything: a clear usage error that says how to install it
     from animate124.batch.jobs import read_rows
-    from animate124.batch.plan import RUN, plan_assets
+    from animate124.batch.plan import RUN, fetch_models, plan_assets
     from animate124.batch.summary import batch_lock
     from animate124.project import fs_error
     from animate124.stages.spec import stage_range
@@ -225,6 +227,14 @@ def batch(
     with batch_lock(out):
         assets = plan_assets(rows, out, make_config, until=until, retry_failed=retry_failed)
         summary_of: dict[str, dict[str, Any]] = {}
+        try:
+            fetched = fetch_models(assets, until, progress=s.show_progress)
+        except BaseException as exc:  # offline, say: no run starts, and batch.json says why
+            s.data = _finish(s, jobs, out, assets, summary_of, _code_of(exc))
+            raise
+        if fetched:  # checked again: the prompts are now counted with the fetched models' tokenizers
+            s.say(f"models fetched: {', '.join(fetched)}")
+            assets = plan_assets(rows, out, make_config, until=until, retry_failed=retry_failed)
         _report_plan(s, assets)
         from animate124.batch.summary import asset_record
 
@@ -270,8 +280,8 @@ def _report_plan(s: BatchSession, assets: Sequence[Any]) -> None:
         if a.action in ("failed", "invalid") and a.error:
             how = "failed earlier (--retry-failed runs it again)" if a.action == "failed" else "invalid"
             s.warn(f"{a.name} (row {a.row.number}) {how}: {a.error['message']}")
-        for w in a.warnings:
-            s.warn(f"{a.name}: {w}")
+        for line in a.decisions:
+            s.say(escape(f"{a.name}: {line}"))
     if not n[RUN]:
         s.say(escape("nothing to run: every asset is up to date or cannot run; no work was done"))
 
@@ -286,14 +296,10 @@ def _run(
     gpus_per_run: float | None,
     cpus_per_run: float | None,
 ) -> bool:
-    """Fetch the models, start Ray, run the tasks with the live table; returns whether Ctrl-C stopped it."""
+    """Start Ray, run the tasks with the live table; returns whether Ctrl-C stopped it."""
     from animate124.batch.driver import placement, run_tasks, start_ray
-    from animate124.batch.plan import fetch_models
     from animate124.batch.summary import asset_record
 
-    fetched = fetch_models(to_run, until, progress=s.show_progress)
-    if fetched:
-        s.say(f"models fetched: {', '.join(fetched)}")
     t0 = time.time()
     ray, started = start_ray(address)
     try:
@@ -376,6 +382,7 @@ def register(app: typer.Typer) -> None:
     """Add ``batch`` to ``app``."""
     app.command(
         "batch",
+        cls=FlagHelpCommand,
         help=(
             "Run run-all on many assets, one project each, as Ray tasks (pip install 'animate124\\[batch]').\n\n"
             "JOBS is a CSV/JSONL file (one row per asset) or a folder of images. Each row becomes "

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import inspect
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +27,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from animate124.config.presets import PRESETS
 from animate124.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
+    EXIT_USAGE,
     Animate124Error,
     ConfigError,
     oom_guard,
@@ -44,6 +45,32 @@ EXIT_CODES_HELP = (
     "memory); 2 usage or config error (bad option, image or prompt; nothing was changed); "
     "130 interrupted by Ctrl-C (progress is saved: run the same command again to resume)."
 )
+
+
+def flag(*decls: str, help: str, **kwargs: Any) -> Any:
+    """A boolean option shown as a flag: ``--orbit``, not ``--orbit <bool>`` (Typer prints the type of every
+    option unless its metavar is set, and a flag takes no value)."""
+    return typer.Option(*decls, help=help, metavar="", **kwargs)
+
+
+class FlagHelpCommand(TyperCommand):
+    """A command whose own ``--help`` is shown as a flag too (Typer gives it a ``<bool>`` type column)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class FlagHelpGroup(TyperGroup):
+    """A command group whose ``--help`` is shown as a flag (see :class:`FlagHelpCommand`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
 
 
 def examples(*lines: str) -> str:
@@ -74,8 +101,9 @@ ProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
-        help="Project directory. Default: the working directory if it is a project, else the most "
-        "recent project (the last one run-all or preprocess worked on).",
+        help="Project directory. Default: the working directory if it is a project, else the only "
+        "project under ./runs (of several, the newest), else the last project a run started on; the "
+        "command prints which one and why.",
         show_default=False,
     ),
 ]
@@ -171,19 +199,17 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         None,
     ),
     "force": (
-        Annotated[bool, typer.Option("--force", help="Run again even when up to date.")],
+        Annotated[bool, flag("--force", help="Run again even when up to date.")],
         False,
     ),
     "quiet": (
-        Annotated[
-            bool, typer.Option("--quiet", "-q", help="No progress bars or details: only the final line.")
-        ],
+        Annotated[bool, flag("--quiet", "-q", help="No progress bars or details: only the final line.")],
         False,
     ),
     "json_output": (
         Annotated[
             bool,
-            typer.Option(
+            flag(
                 "--json",
                 help="Print one JSON summary object on stdout (project, stages with status, skipped, "
                 "seconds and artifacts, exit_code) and nothing else; messages go to stderr.",
@@ -191,7 +217,18 @@ COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
-    "debug": (Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")], False),
+    "verbose": (
+        Annotated[
+            bool,
+            flag(
+                "--verbose",
+                "-v",
+                help="Also show the libraries' warnings (transformers, diffusers, torch) and more details.",
+            ),
+        ],
+        False,
+    ),
+    "debug": (Annotated[bool, flag("--debug", help="Show full tracebacks.")], False),
 }
 #: The common options of a command that runs stages.
 STAGE_OPTIONS = ("preset", "config_file", "sets", "device", "cache_dir", "force", "quiet", "json_output")
@@ -212,6 +249,7 @@ class Common:
     force: bool = False
     quiet: bool = False
     json_output: bool = False
+    verbose: bool = False
     debug: bool = False
 
 
@@ -276,6 +314,26 @@ class Session:
     running: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     stdout: Any = None  # the real stdout (under --json the command's prints go to stderr): for JSON lines
+    #: the project's manifest as it was when the command chose the project (None: no manifest yet); an
+    #: error that would exit 2 ("nothing was changed") exits 1 when the manifest has changed since
+    manifest_before: bytes | None = None
+
+    # project --------------------------------------------------------------------------------------
+    def use_project(self, project: Any, how: str | None = None) -> None:
+        """Work on ``project`` (a :class:`~animate124.project.Project`) and say which one and why: one line,
+        ``project: runs/toy (the only project under ./runs)`` (hidden by --quiet; the final line names it)."""
+        from rich.markup import escape
+
+        self.project = project.root
+        self.manifest_before = _read_bytes(project.manifest_path)
+        why = f" ({how})" if how and how != "-p" else ""
+        self.say(f"project: {escape(display_path(project.root))}{escape(why)}")
+
+    def project_changed(self) -> bool:
+        """Whether the project's manifest differs from when the command chose the project."""
+        if self.project is None:
+            return False
+        return _read_bytes(self.project / "manifest.json") != self.manifest_before
 
     # output ---------------------------------------------------------------------------------------
     def console(self, stderr: bool = False):
@@ -327,7 +385,7 @@ class Session:
         extra = " (resumed)" if result.resumed else ""
         c.print(f"[green]✓[/green] {result.stage} done in {result.seconds:.1f} s{extra}")
         for k, v in result.artifacts.items():
-            c.print(f"    {k}: {escape(str(v))}")
+            c.print(f"    {k}: {escape(display_path(Path(v)))}")
 
     def summary(self, exit_code: int, error: BaseException | None = None) -> dict[str, Any]:
         stages = [
@@ -370,12 +428,28 @@ class Session:
         if not self.results or (len(self.results) == 1 and not self.opts.quiet):
             return
         parts = [f"{r.stage} {'up to date' if r.skipped else f'{r.seconds:.1f} s'}" for r in self.results]
-        where = f" {escape(str(self.project))}" if self.project else ""
-        report = f"; report: {escape(str(self.extra['report']))}" if self.extra.get("report") else ""
+        where = f" {escape(display_path(self.project))}" if self.project else ""
+        report = self.extra.get("report")
+        report = f"; report: {escape(display_path(Path(report)))}" if report else ""
         if all(r.skipped for r in self.results):
             self.console().print(f"[green]✓[/green] up to date:{where} ({', '.join(parts)}){report}")
         else:
             self.console().print(f"[green]✓[/green] done:{where} ({', '.join(parts)}){report}")
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (``runs/toy``), else absolute."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # --- @guarded ----------------------------------------------------------------------------------
@@ -408,10 +482,10 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
 def _run(session: Session, body: Callable[[], Any]) -> Any:
     from rich.markup import escape
 
+    from animate124.cli.logs import configure_logging
+
     opts = session.opts
-    logging.basicConfig(
-        level=logging.DEBUG if opts.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(verbose=opts.verbose, debug=opts.debug)
     code, error = 0, None
     with _stdout_to_stderr(opts.json_output) as stdout:
         session.stdout = stdout
@@ -431,6 +505,8 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
                 )
             else:
                 message, hint, code = _error_lines(exc)
+                if code == EXIT_USAGE and session.project_changed():
+                    code = EXIT_RUNTIME  # exit 2 promises that nothing was changed
                 if opts.debug:
                     raise
                 err.print(f"[bold red]error:[/bold red] {escape(message)}")
@@ -455,7 +531,7 @@ def guarded(
     :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
     CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
     """
-    chosen = (*names, "debug")
+    chosen = (*names, "verbose", "debug")
     unknown = [n for n in chosen if n not in COMMON_OPTIONS]
     if unknown:
         raise ValueError(f"unknown common options: {unknown}")

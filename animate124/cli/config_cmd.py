@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from animate124.cli.common import Session, examples, guarded
+from animate124.cli.common import FlagHelpCommand, FlagHelpGroup, Session, examples, guarded
 
 config_app = typer.Typer(
-    help="Show configuration fields and presets.", no_args_is_help=True, rich_markup_mode="rich"
+    cls=FlagHelpGroup,
+    help="Show configuration fields and presets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 
 
 @config_app.command(
     "show",
+    cls=FlagHelpCommand,
     epilog=examples("animate124 config show --preset fast", "animate124 config show -s static.iters=100"),
 )
 @guarded("preset", "config_file", "sets")
@@ -23,7 +27,7 @@ def config_show(s: Session) -> None:
     s.show(dump_yaml(s.config(check_device=False)), markup=False)
 
 
-@config_app.command("fields", epilog=examples("animate124 config fields"))
+@config_app.command("fields", cls=FlagHelpCommand, epilog=examples("animate124 config fields"))
 @guarded()
 def config_fields(s: Session) -> None:
     """Every config field with its type, default (the paper's value) and help."""
@@ -39,7 +43,7 @@ def config_fields(s: Session) -> None:
     s.show(t)
 
 
-@config_app.command("presets", epilog=examples("animate124 config presets"))
+@config_app.command("presets", cls=FlagHelpCommand, epilog=examples("animate124 config presets"))
 @guarded()
 def config_presets(s: Session) -> None:
     """The presets with their one-line descriptions."""

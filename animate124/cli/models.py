@@ -6,10 +6,20 @@ from typing import Annotated, Any
 
 import typer
 
-from animate124.cli.common import Common, Session, build_config, examples, guarded
+from animate124.cli.common import (
+    Common,
+    FlagHelpCommand,
+    FlagHelpGroup,
+    Session,
+    build_config,
+    examples,
+    flag,
+    guarded,
+)
 from animate124.errors import ConfigError, DownloadError
 
 models_app = typer.Typer(
+    cls=FlagHelpGroup,
     help="List, download, locate and verify the pretrained models.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -43,12 +53,12 @@ def store_for(s: Session, offline: bool = True, tiny: bool = False):
 
 
 @models_app.command(
-    "list", epilog=examples("animate124 models list", "animate124 models list --cache-dir /data/models")
+    "list",
+    cls=FlagHelpCommand,
+    epilog=examples("animate124 models list", "animate124 models list --cache-dir /data/models"),
 )
 @guarded("cache_dir")
-def models_list(
-    s: Session, tiny: Annotated[bool, typer.Option(help="Show the tiny test cache.")] = False
-) -> None:
+def models_list(s: Session, tiny: Annotated[bool, flag(help="Show the tiny test cache.")] = False) -> None:
     """Every model role with its repo id, licence, whether it is cached and its size."""
     from rich.table import Table
 
@@ -72,6 +82,7 @@ def models_list(
 
 @models_app.command(
     "download",
+    cls=FlagHelpCommand,
     epilog=examples(
         "animate124 models download sd",
         "animate124 models download all",
@@ -83,9 +94,7 @@ def models_download(
     s: Session,
     role: RoleArg,
     alternative: AltOpt = None,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Fail at once instead of using the network.")
-    ] = False,
+    offline: Annotated[bool, flag("--offline", help="Fail at once instead of using the network.")] = False,
 ) -> None:
     """Download a role's files (only the ones used) into the cache; resumable, verified afterwards.
 
@@ -106,14 +115,18 @@ def models_download(
         s.show(f"[green]✓[/green] {r}: {path}")
 
 
-@models_app.command("path", epilog=examples("animate124 models path sd"))
+@models_app.command("path", cls=FlagHelpCommand, epilog=examples("animate124 models path sd"))
 @guarded("cache_dir")
 def models_path(s: Session, role: RoleArg, alternative: AltOpt = None) -> None:
     """Print the local directory of a cached role (an error if it is not cached)."""
     s.show(str(store_for(s).resolve(role, alternative=alternative)), markup=False)
 
 
-@models_app.command("verify", epilog=examples("animate124 models verify", "animate124 models verify zero123"))
+@models_app.command(
+    "verify",
+    cls=FlagHelpCommand,
+    epilog=examples("animate124 models verify", "animate124 models verify zero123"),
+)
 @guarded("cache_dir")
 def models_verify(
     s: Session,

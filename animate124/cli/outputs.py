@@ -19,10 +19,13 @@ import typer
 
 from animate124.cli.common import (
     OUTPUT_OPTIONS,
+    FlagHelpCommand,
     ProjectOpt,
     Session,
     SourceStageOpt,
+    display_path,
     examples,
+    flag,
     guarded,
 )
 from animate124.errors import ConfigError
@@ -36,17 +39,17 @@ def _put(d: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 
 def _source(s: Session, project: Path | None, stage: str | None):
-    """(project, trained stage) of an output command, checked before any work."""
-    from rich.markup import escape
-
-    from animate124.project import find_project
+    """(project, trained stage) of an output command, checked before any work; says both in one line."""
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.outputs import source_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
+    s.use_project(proj, found.how)
     proj.require()
-    s.project = proj.root
     src = source_stage(proj, stage)
-    s.say(f"project: {escape(str(proj.root))}  stage: [bold]{src}[/bold]")
+    s.say(f"stage: [bold]{src}[/bold]" + ("" if stage else " (the newest finished)"))
+    remember_project(proj)  # remembered when the work starts, like a run
     return proj, src
 
 
@@ -57,7 +60,7 @@ def render(
     project: ProjectOpt = None,
     stage: SourceStageOpt = None,
     orbit: Annotated[
-        bool, typer.Option("--orbit", help="The camera circles the object while the motion plays.")
+        bool, flag("--orbit", help="The camera circles the object while the motion plays.")
     ] = False,
     views: Annotated[
         int | None,
@@ -67,7 +70,7 @@ def render(
             show_default=False,
         ),
     ] = None,
-    stills: Annotated[bool, typer.Option("--stills", help="Also write every frame as PNG.")] = False,
+    stills: Annotated[bool, flag("--stills", help="Also write every frame as PNG.")] = False,
     time: Annotated[
         float | None,
         typer.Option(
@@ -77,14 +80,14 @@ def render(
         ),
     ] = None,
     depth: Annotated[
-        bool, typer.Option("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
+        bool, flag("--depth", help="Depth videos (colour-mapped, near/far fixed per video).")
     ] = False,
-    normal: Annotated[bool, typer.Option("--normal", help="Normal-map videos.")] = False,
-    opacity: Annotated[bool, typer.Option("--opacity", help="Opacity (alpha) videos.")] = False,
+    normal: Annotated[bool, flag("--normal", help="Normal-map videos.")] = False,
+    opacity: Annotated[bool, flag("--opacity", help="Opacity (alpha) videos.")] = False,
     rgba: Annotated[
-        bool, typer.Option("--rgba", help="PNG frames with a transparent background (implies PNGs).")
+        bool, flag("--rgba", help="PNG frames with a transparent background (implies PNGs).")
     ] = False,
-    gif: Annotated[bool, typer.Option("--gif", help="GIFs beside the MP4s.")] = False,
+    gif: Annotated[bool, flag("--gif", help="GIFs beside the MP4s.")] = False,
     size: Annotated[
         int | None, typer.Option("--size", help="Frame size in pixels (square).", show_default=False)
     ] = None,
@@ -114,7 +117,6 @@ def render(
     ] = None,
 ) -> None:
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.render.outputs import parse_background
     from animate124.stages.render import RENDER_STAGE, run_render_stage
 
@@ -167,13 +169,12 @@ def render(
             force=s.opts.force,
             show_progress=s.show_progress,
         )
-    remember_project(proj)
     s.stage_done(result)
     if result.skipped:  # say where the files are
         from rich.markup import escape
 
         for name, path in result.artifacts.items():
-            s.say(f"    {escape(name)}: {escape(path)}")
+            s.say(f"    {escape(name)}: {escape(display_path(Path(path)))}")
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -182,8 +183,16 @@ def export(
     s: Session,
     project: ProjectOpt = None,
     stage: SourceStageOpt = None,
+    animated: Annotated[
+        bool | None,
+        flag(
+            "--animated/--flipbook",
+            help="4D stages: one mesh whose vertices follow the motion (default), or a separate mesh per frame.",
+            show_default=False,
+        ),
+    ] = None,
     frames: Annotated[
-        int | None, typer.Option("--frames", help="Meshes over the motion (4D stages).", show_default=False)
+        int | None, typer.Option("--frames", help="Frames over the motion (4D stages).", show_default=False)
     ] = None,
     threshold: Annotated[
         float | None,
@@ -202,31 +211,50 @@ def export(
             "--decimate", help="Keep this fraction of the triangles, e.g. 0.25.", show_default=False
         ),
     ] = None,
+    max_faces: Annotated[
+        int | None,
+        typer.Option(
+            "--max-faces", help="At most this many triangles per mesh (0: no limit).", show_default=False
+        ),
+    ] = None,
+    texture: Annotated[
+        str | None,
+        typer.Option(
+            "--texture",
+            help="Colour of the .glb: atlas (baked texture) or vertex (colours).",
+            show_default=False,
+        ),
+    ] = None,
     format_: Annotated[
-        str | None, typer.Option("--format", help="Per-frame mesh files: ply or obj.", show_default=False)
+        str | None,
+        typer.Option("--format", help="Mesh files beside the .glb: ply or obj.", show_default=False),
     ] = None,
     fps: Annotated[
         int | None, typer.Option("--fps", help="Playback rate of the animated .glb.", show_default=False)
     ] = None,
 ) -> None:
-    """Export meshes (marching cubes, albedo vertex colours) into <project>/export/<stage>/.
+    """Export meshes (marching cubes on the density, the albedo as a texture) into <project>/export/<stage>/.
 
-    A 4D stage gives frames/frame_NNN.ply (or .obj) and one animated mesh.glb (one node per frame, for
-    glTF viewers and Blender); the static stage gives mesh.ply and mesh.glb.
+    A 4D stage gives mesh.glb: ONE mesh whose vertices are fitted to the surface of every frame, stored
+    as glTF morph targets with an animation (Blender, game engines and web viewers play it), with the
+    fit error of each frame; --flipbook instead writes frames/frame_NNN.ply (or .obj) and flipbook.glb,
+    a separate mesh per frame. The static stage gives mesh.glb and mesh.ply. Each export also draws the
+    exported mesh: turntable.png and turntable.mp4.
     """
-    from rich.markup import escape
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.export import EXPORT_STAGE, run_export_stage
 
     if threshold is not None and threshold < 0:
         raise ConfigError(f"--threshold {threshold} is negative", hint="a density level > 0, or 0 for auto")
     opts: dict[str, Any] = {}
+    _put(opts, "export", "animated", animated)
     _put(opts, "export", "frames", frames)
     _put(opts, "export", "threshold", threshold)
     _put(opts, "export", "resolution", resolution)
     _put(opts, "export", "decimate", decimate)
+    _put(opts, "export", "max_faces", max_faces)
+    _put(opts, "export", "texture", texture)
     _put(opts, "export", "format", format_)
     _put(opts, "export", "fps", fps)
     proj, src = _source(s, project, stage)
@@ -237,15 +265,55 @@ def export(
         hint="lower --resolution, or --set export.silhouette_size=32",
     ):
         result = run_export_stage(proj, cfg, stage=src, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
+    _say_export(s, m, display_path(proj.root / m["glb"]))
+    keys = ("mode", "frames", "threshold", "faces_mean", "watertight", "glb_bytes", "fit_error_max", "fit_ok")
+    s.extra["export"] = {k: m[k] for k in keys if k in m}
+
+
+def _say_export(s: Session, m: dict[str, Any], glb: str) -> None:
+    """The export's summary lines: what was written, and for an animated mesh the fit error per frame."""
+    from rich.markup import escape
+
     how = "auto" if m.get("threshold_auto") else "given"
+    level = f"density level {m['threshold']:.4g} ({how})"
+    size = f"{m.get('glb_bytes', 0) / 1e6:.2f} MB"
+    closed = "watertight" if m["watertight"] else "not watertight (open at the grid's edge or holes)"
+    if m.get("mode") == "flipbook":
+        s.say(
+            f"    flipbook: {m['frames']} meshes, ~{m['faces_mean']} triangles each, {level}, {closed} ({size})"
+        )
+        s.say(f"    glb: {escape(glb)}")
+        return
+    colour = f"{m['texture_size']}² texture" if m.get("texture") == "atlas" else "vertex colours"
+    what = f"one mesh, {m['frames']} frames" if m.get("mode") == "animated" else "one mesh"
     s.say(
-        f"    {m['frames']} mesh(es), density level {m['threshold']:.4g} ({how}), ~{m['faces_mean']} "
-        f"triangles, watertight: {m['watertight']}: {escape(str(proj.root / m['glb']))}"
+        f"    {what}, {m['vertices']} vertices / {m['faces']} triangles, {colour}, {level}, {closed} ({size})"
     )
-    s.extra["export"] = {k: m[k] for k in ("frames", "threshold", "faces_mean", "watertight") if k in m}
+    s.say(f"    glb: {escape(glb)}")
+    if m.get("mode") != "animated":
+        return
+    worst = m["fit_error_max"]
+    if len(worst) <= 32:
+        per = " ".join(f"{100 * w:.1f}" for w in worst)
+        s.say(
+            f"    fit error per frame (largest distance, % of the object's size {m['object_size']:.3g}): {per}"
+        )
+    else:
+        k = max(range(len(worst)), key=worst.__getitem__)
+        s.say(
+            f"    fit error (largest distance, % of the object's size): worst {100 * worst[k]:.1f} at frame {k}, "
+            f"mean over frames {100 * sum(m['fit_error_mean']) / len(worst):.2f}"
+        )
+    if not m["fit_ok"]:
+        over = m["fit_frames_over"]
+        shown = ", ".join(str(k) for k in over[:12]) + (" …" if len(over) > 12 else "")
+        s.warn(
+            f"one mesh does not follow the motion at frame(s) {shown}: their surface is more than "
+            f"{100 * m['fit_tolerance']:.3g} % of the object's size away (parts that split, merge or appear). "
+            "`animate124 export --flipbook` writes a separate mesh per frame."
+        )
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -285,7 +353,6 @@ def evaluate(
     from rich.table import Table
 
     from animate124.errors import oom_guard
-    from animate124.project import remember_project
     from animate124.stages.evaluate import EVALUATE_STAGE, METRIC_NAMES, run_evaluate_stage
 
     opts: dict[str, Any] = {}
@@ -301,7 +368,6 @@ def evaluate(
         hint="lower --size, or --set evaluate.ref_size=128",
     ):
         result = run_evaluate_stage(proj, cfg, stage=src, prompt=prompt, show_progress=s.show_progress)
-    remember_project(proj)
     s.stage_done(result)
     m = result.metrics
     table = Table(title=f"{escape(proj.root.name)} · {src} · CLIP {escape(str(m['clip_model']))}")
@@ -326,25 +392,27 @@ def report(s: Session, project: ProjectOpt = None) -> None:
     """
     from rich.markup import escape
 
-    from animate124.project import find_project, remember_project
+    from animate124.project import remember_project, resolve_project
     from animate124.stages.report import REPORT_STAGE, run_report_stage
 
-    proj = find_project(project)
+    found = resolve_project(project)
+    proj = found.project
+    s.use_project(proj, found.how)
     proj.require()
-    s.project = proj.root
+    remember_project(proj)
     s.stage_started(REPORT_STAGE)
     result = run_report_stage(proj, force=s.opts.force)
-    remember_project(proj)
     s.stage_done(result)
     s.extra["report"] = result.artifacts["report"]
     if result.skipped:
-        s.say(f"report: {escape(result.artifacts['report'])}")
+        s.say(f"report: {escape(display_path(Path(result.artifacts['report'])))}")
 
 
 _RENDER_HELP = (
     "Videos and frames of the newest trained stage (or --stage), into <project>/renders/<stage>/.\n\n"
-    "Without -p the project is the working directory if it is one, else the most recent project "
-    "(the last one run-all worked on), so `animate124 render --orbit` works as typed right after "
+    "Without -p the project is the working directory if it is one, else the only project under "
+    "./runs (of several, the newest), else the last project a run started on; the first line says "
+    "which and why, so `animate124 render --orbit` works as typed right after "
     "`animate124 run-all IMAGE PROMPT` in the same directory. Without --orbit or --views it renders "
     "the orbit. Sizes and counts default to the config the stage was trained with. Colours are the "
     "field's true colours (no contrast stretching); MP4s are H.264 and play in browsers; --gif adds "
@@ -356,6 +424,7 @@ def register(app: typer.Typer) -> None:
     """Add ``render``, ``export``, ``evaluate`` and ``report`` to ``app``."""
     app.command(
         "render",
+        cls=FlagHelpCommand,
         help=_RENDER_HELP,
         epilog=examples(
             "animate124 render --orbit",
@@ -366,18 +435,23 @@ def register(app: typer.Typer) -> None:
     )(render)
     app.command(
         "export",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 export",
-            "animate124 export --frames 32 --decimate 0.25",
-            "animate124 export --stage static --format obj --threshold 15",
+            "animate124 export --frames 32 --max-faces 10000",
+            "animate124 export --flipbook --decimate 0.25",
+            "animate124 export --stage static --format obj --threshold 15 --texture vertex",
         ),
     )(export)
     app.command(
         "evaluate",
+        cls=FlagHelpCommand,
         epilog=examples(
             "animate124 evaluate",
             "animate124 evaluate --stage dynamic --views 8",
             "animate124 evaluate --clip-model /models/clip-vit-large-patch14",
         ),
     )(evaluate)
-    app.command("report", epilog=examples("animate124 report", "animate124 report -p runs/panda"))(report)
+    app.command(
+        "report", cls=FlagHelpCommand, epilog=examples("animate124 report", "animate124 report -p runs/panda")
+    )(report)

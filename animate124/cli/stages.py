@@ -14,10 +14,12 @@ import typer
 
 from animate124.cli.common import (
     STAGE_OPTIONS,
+    FlagHelpCommand,
     ImageProjectOpt,
     ProjectOpt,
     Session,
     StageName,
+    display_path,
     examples,
     guarded,
 )
@@ -34,28 +36,27 @@ def stage_help(name: str, details: str = "") -> str:
     return f"{text}\n\n{details}" if details else text
 
 
-def _check_prompts(s: Session, cfg: Any, names: tuple[str, ...]) -> None:
-    """Refuse a prompt past the text encoder's 75 tokens; warn when only its suffix is cut off."""
-    from animate124.stages.pipeline import check_prompt_length, prompt_tokenizer
-
-    texts = {n: getattr(cfg, n) for n in names if getattr(cfg, n).prompt}
-    if not texts:
-        return
-    tok = prompt_tokenizer(cfg)
-    for name, section in texts.items():
-        warning = check_prompt_length(name, section.prompt, section.prompt_suffix, tok)
-        if warning:
-            s.warn(warning)
-
-
 def _found_project(s: Session, explicit: Path | None):
-    from animate124.project import find_project
+    """The project of a stage command (:func:`~animate124.project.resolve_project`), said in one line."""
+    from animate124.project import resolve_project
 
-    proj = find_project(explicit)
-    s.project = proj.root
-    if explicit is None:
-        s.say(f"project: {proj.root}")
-    return proj
+    found = resolve_project(explicit)
+    s.use_project(found.project, found.how)
+    return found.project
+
+
+def _preflight(s: Session, proj: Any, cfg: Any, stages: tuple[str, ...], **kwargs: Any) -> Any:
+    """Every check before the first stage runs (:func:`~animate124.stages.preflight.preflight`); prints
+    its decisions (one line each) and remembers the project (a run starts now). Returns the config to
+    run with (the initializer it decided is in it)."""
+    from animate124.project import remember_project
+    from animate124.stages.preflight import preflight
+
+    checked = preflight(proj, cfg, stages, command=s.command, force=s.opts.force, **kwargs)
+    for line in checked.decisions:
+        s.say(line)
+    remember_project(proj)
+    return checked
 
 
 # --- preprocess ------------------------------------------------------------------------------------
@@ -65,17 +66,16 @@ def preprocess(
     image: Annotated[Path, typer.Argument(help="Input image (PNG, JPEG, WebP; with or without alpha).")],
     project: ImageProjectOpt = None,
 ) -> None:
-    from animate124.project import Project, default_project_for_image, remember_project
+    from animate124.project import Project, default_project_for_image
     from animate124.stages.preprocess import run_preprocess
 
-    cfg = s.config()
+    cfg = s.config(check_device=False)  # the pre-flight checks the device
     proj = Project(project or default_project_for_image(image))
-    s.project = proj.root
-    s.say(f"project: {proj.root}")
+    proj.check_location()
+    s.use_project(proj, "new" if not proj.exists() else None)
+    _preflight(s, proj, cfg, ("preprocess",), image=image)
     s.stage_started(get_stage("preprocess"))
-    result = run_preprocess(proj, cfg, image, force=s.opts.force)
-    remember_project(proj)
-    s.stage_done(result)
+    s.stage_done(run_preprocess(proj, cfg, image, force=s.opts.force))
 
 
 # --- invert ----------------------------------------------------------------------------------------
@@ -94,7 +94,6 @@ def invert(
     placeholder: Annotated[str | None, typer.Option(help="The new token's text.", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.", show_default=False)] = None,
 ) -> None:
-    from animate124.project import remember_project
     from animate124.stages.invert import run_invert
 
     proj = _found_project(s, project)
@@ -108,12 +107,11 @@ def invert(
         inv["placeholder"] = placeholder
     if steps is not None:
         inv["steps"] = steps
-    cfg = s.config({"invert": inv} if inv else None)
+    cfg = s.config({"invert": inv} if inv else None, check_device=False)
     auto = not initializer and cfg.invert.initializer == recorded.get("initializer")
+    cfg = _preflight(s, proj, cfg, ("invert",), initializer_auto=auto).cfg
     s.stage_started(get_stage("invert"))
-    result = run_invert(proj, cfg, force=s.opts.force, show_progress=s.show_progress, auto_initializer=auto)
-    remember_project(proj)
-    s.stage_done(result)
+    s.stage_done(run_invert(proj, cfg, force=s.opts.force, show_progress=s.show_progress))
 
 
 # --- static, dynamic, refine -----------------------------------------------------------------------
@@ -145,8 +143,6 @@ def _training_command(stage: str):
             typer.Option("--prompt", help="The stage's text prompt.", show_default=False),
         ] = None,
     ) -> None:
-        from animate124.project import remember_project
-
         proj = _found_project(s, project)
         if prompt is not None and not prompt.strip():
             raise ConfigError(f"the {stage} prompt is empty", hint="give a short description in quotes")
@@ -156,11 +152,10 @@ def _training_command(stage: str):
         options = {n: {"prompt": recorded[n]} for n in ("static", "dynamic", "refine") if recorded.get(n)}
         if prompt:
             options[stage] = {"prompt": prompt.strip()}
-        cfg = s.config(options or None)
-        _check_prompts(s, cfg, (stage,))
+        cfg = s.config(options or None, check_device=False)
+        cfg = _preflight(s, proj, cfg, (stage,)).cfg
         s.stage_started(get_stage(stage))
         result = get_stage(stage).run_function()(proj, cfg, force=s.opts.force, show_progress=s.show_progress)
-        remember_project(proj)
         s.stage_done(result)
 
     command.__name__ = command.__qualname__ = stage
@@ -209,10 +204,9 @@ def run_all(
         ),
     ] = None,
 ) -> None:
-    from animate124.preprocess.image_io import load_image
-    from animate124.project import Project, default_project_for_image, remember_project
+    from animate124.project import Project, default_project_for_image
     from animate124.stages.pipeline import derive_prompts, run_pipeline
-    from animate124.stages.preprocess import check_same_image
+    from animate124.stages.preflight import with_initializer
 
     prompts = derive_prompts(
         prompt, subject=subject, static_prompt=static_prompt, refine_prompt=refine_prompt
@@ -223,47 +217,54 @@ def run_all(
         "refine": {"prompt": prompts.refine},
         "invert": {"initializer": prompts.initializer},
     }
-    cfg = s.config(options)
-    _check_prompts(s, cfg, TRAINING_STAGES)
-    stage_range(from_, until)  # --from after --until is a usage error, found before any work
+    cfg = s.config(options, check_device=False)  # the pre-flight checks the device
+    stages = tuple(st.name for st in stage_range(from_, until))  # --from after --until: a usage error
     proj = Project(project or default_project_for_image(image))
-    s.project = proj.root
-    s.extra = {"image": str(image), "prompts": prompts.as_dict()}
-    load_image(image, min_side=cfg.preprocess.min_side, max_side=None)
     proj.check_location()
-    if proj.exists():
-        from animate124.fileio import file_sha256
-
-        check_same_image(proj, image, file_sha256(image), force=s.opts.force)
-    s.say(f"project: {proj.root}")
-    s.say(f"subject: {prompts.subject} (textual-inversion initializer: {prompts.initializer})")
+    s.extra = {"image": str(image), "prompts": prompts.as_dict()}
+    s.use_project(proj, "new" if not proj.exists() else None)
+    checked = _preflight(
+        s,
+        proj,
+        cfg,
+        stages,
+        image=image,
+        initializer_auto=cfg.invert.initializer == prompts.initializer,
+    )
+    cfg = checked.cfg
+    prompts = with_initializer(prompts, checked)  # recorded: `invert` reuses it
+    s.extra["prompts"] = prompts.as_dict()
+    same = prompts.initializer == prompts.subject
+    init = "" if same else f" · textual-inversion initializer: {prompts.initializer}"
+    s.say(f"subject: {prompts.subject}{init}")
     for name in TRAINING_STAGES:
         s.say(f"{name} prompt: {getattr(prompts, name)}")
-    try:
-        results = run_pipeline(
-            proj,
-            cfg,
-            start=from_,
-            stop=until,
-            options={
-                "preprocess": {"image": image},
-                "invert": {"auto_initializer": cfg.invert.initializer == prompts.initializer},
-            },
-            prompts=prompts,
-            force=s.opts.force,
-            show_progress=s.show_progress,
-            on_start=s.stage_started,
-            on_done=s.stage_done,
-            report=True,
-        )
-        report = next((r for r in results if r.stage == "report"), None)
-        if report is not None:
-            s.extra["report"] = report.artifacts["report"]
-            if report.skipped:
-                s.say(f"report: {report.artifacts['report']}")
-    finally:
-        if proj.exists():
-            remember_project(proj)
+    s.say(_plan_line(stages, checked.will_run))
+    results = run_pipeline(
+        proj,
+        cfg,
+        start=from_,
+        stop=until,
+        options={"preprocess": {"image": image}},
+        prompts=prompts,
+        force=s.opts.force,
+        show_progress=s.show_progress,
+        on_start=s.stage_started,
+        on_done=s.stage_done,
+        report=True,
+    )
+    report = next((r for r in results if r.stage == "report"), None)
+    if report is not None:
+        s.extra["report"] = report.artifacts["report"]
+        if report.skipped:
+            s.say(f"report: {display_path(Path(report.artifacts['report']))}")
+
+
+def _plan_line(stages: tuple[str, ...], will_run: tuple[str, ...]) -> str:
+    """One line: which stages run and which are up to date."""
+    done = [n for n in stages if n not in will_run]
+    todo = ", ".join(will_run) or "nothing"
+    return f"to run: {todo}" + (f" (up to date: {', '.join(done)})" if done else "")
 
 
 # --- registration ----------------------------------------------------------------------------------
@@ -271,6 +272,7 @@ def register(app: typer.Typer) -> None:
     """Add the stage commands and run-all to ``app``, in the registry's order."""
     app.command(
         "preprocess",
+        cls=FlagHelpCommand,
         help=stage_help(
             "preprocess",
             "Creates the project (default ./runs/<image name>) and writes the cut-out image (rgba.png), "
@@ -285,6 +287,7 @@ def register(app: typer.Typer) -> None:
     )(preprocess)
     app.command(
         "invert",
+        cls=FlagHelpCommand,
         help=stage_help(
             "invert",
             "The token stands for the object as <token> in the refine prompt. Trains on the original "
@@ -299,14 +302,18 @@ def register(app: typer.Typer) -> None:
     )(invert)
     for stage in TRAINING_STAGES:
         details, lines = _TRAINING[stage]
-        app.command(stage, help=stage_help(stage, details), epilog=examples(*lines))(_training_command(stage))
+        app.command(stage, cls=FlagHelpCommand, help=stage_help(stage, details), epilog=examples(*lines))(
+            _training_command(stage)
+        )
     app.command(
         "run-all",
+        cls=FlagHelpCommand,
         help=(
             f"Run every stage ({_ORDER}) on IMAGE with the motion PROMPT.\n\n"
-            "The project goes to ./runs/<image name> unless -p is given, and becomes the most recent "
-            "project, which `animate124 render` and the single-stage commands use when run without -p. "
-            "The other stages' prompts are derived from PROMPT and printed first. A stage already done "
+            "The project goes to ./runs/<image name> unless -p is given; from that directory the other "
+            "commands find it without -p. Everything is checked before the first stage runs (image, "
+            "prompts, device, models, disk, the stages --from needs), so a mistake fails in seconds with "
+            "nothing written. The other stages' prompts are derived from PROMPT and printed first. A stage already done "
             "with the same config and inputs is skipped and says so; an interrupted stage resumes. "
             "The last stage renders the orbit video (renders/<stage>/orbit.mp4); then run-all writes "
             '<project>/report.html and prints its path (also in the --json summary as "report"). '
@@ -316,7 +323,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             'animate124 run-all image.png "a panda is dancing"',
             'animate124 run-all fox.jpg "a fox maneuvering a game controller" -p runs/fox',
-            'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, under a minute)',
+            'animate124 run-all toy.png "a toy is spinning" --preset tiny   (CPU smoke run, no downloads)',
             'animate124 run-all cat.png "a cat is dancing" --quiet --json >> results.jsonl',
         ),
     )(run_all)

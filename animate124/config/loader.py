@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import types
 import typing
@@ -20,8 +21,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from animate124.config.schema import RENAMED_SECTIONS, SCHEMA_VERSION, Config
+from animate124.config.schema import RENAMED_SECTIONS, REPLACED_FIELDS, SCHEMA_VERSION, Config
 from animate124.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 
@@ -134,6 +137,32 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
     return cls(**kwargs)
 
 
+def _replace_old_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Read the fields of earlier versions (``REPLACED_FIELDS``) as their replacements, with a warning; an
+    old field that contradicts its replacement given beside it is an error."""
+    for (sec, old), (new, values) in REPLACED_FIELDS.items():
+        section = data.get(sec)
+        if not isinstance(section, Mapping) or old not in section:
+            continue
+        section = dict(section)
+        value = section.pop(old)
+        if value not in values:
+            raise ConfigError(
+                f"{sec}.{old}: {value!r} is not one of {', '.join(repr(v) for v in values)}",
+                hint=f"{sec}.{old} is replaced by {sec}.{new}; set that instead",
+            )
+        mapped = values[value]
+        if new in section and section[new] != mapped:
+            raise ConfigError(
+                f"{sec}.{old}={value!r} (read as {sec}.{new}={mapped!r}) contradicts {sec}.{new}={section[new]!r}",
+                hint=f"{sec}.{old} is replaced by {sec}.{new}; drop the old key",
+            )
+        section[new] = mapped
+        log.warning("%s.%s=%r is deprecated; read as %s.%s=%r", sec, old, value, sec, new, mapped)
+        data[sec] = section
+    return data
+
+
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a (partial) nested dict and return the frozen :class:`Config`."""
     data = dict(data)
@@ -142,7 +171,7 @@ def from_dict(data: Mapping[str, Any]) -> Config:
         raise ConfigError(
             f"config schema_version {version} is not supported (this version reads {SCHEMA_VERSION})"
         )
-    return _build(Config, data, "")
+    return _build(Config, _replace_old_fields(data), "")
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

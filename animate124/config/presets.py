@@ -54,7 +54,13 @@ def low_vram() -> dict[str, Any]:
 def tiny() -> dict[str, Any]:
     """Tiny random models, tiny renders, a few steps: every stage runs on a CPU in seconds (tests, smoke runs)."""
     return {
-        "run": {"device": "cpu", "precision": "fp32", "checkpoint_every": 5, "log_every": 1},
+        "run": {
+            "device": "cpu",
+            "precision": "fp32",
+            "checkpoint_every": 5,
+            "log_every": 1,
+            "grad_stats_every": 0,
+        },
         "models": {"tiny": True},
         "invert": {"steps": 10, "batch_size": 2, "resolution": 64, "checkpoint_every": 5},
         "field": {
@@ -79,7 +85,15 @@ def tiny() -> dict[str, Any]:
         "dynamic": {"iters": 8, "frames": 4, "render_size": 16, "time_precision": 16},
         "refine": {"iters": 4, "image_size": 64},
         "render": {"size": 32, "views": 2, "frames": 4, "orbit_frames": 8, "fps": 8},
-        "export": {"resolution": 48, "frames": 4, "silhouette_size": 32, "silhouette_views": 4},
+        "export": {
+            "resolution": 48,
+            "frames": 4,
+            "silhouette_size": 32,
+            "silhouette_views": 4,
+            "texture_size": 256,
+            "fit_iters": 40,
+            "turntable": 96,
+        },
         "evaluate": {"size": 32, "frames": 4, "views": 2, "ref_size": 64},
     }
 

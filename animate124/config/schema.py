@@ -3,8 +3,10 @@
 Every section is a frozen dataclass; every field carries a one-line ``help`` (used by
 ``animate124 config show`` and the docs). The defaults are the *paper* settings: SPEC.md section 12
 (the effective values the upstream scripts run), with the upstream bugs of SPEC section 11 fixed.
-Each fix has a switch so that the paper's exact behaviour can be reproduced; the switch names start
-with ``upstream_`` or ``legacy_``.
+Each fix has a switch so that the paper's exact behaviour can be reproduced (most are named
+``upstream_*``; the others take the value ``upstream``). One bug is kept by default because it shaped the
+published results and nobody here can measure its fix with real weights: the static stage's SDS strength
+(``static.sds_grad_scale``, SPEC 11.1).
 
 Presets (``presets.py``) are override dictionaries on top of these defaults.
 """
@@ -15,14 +17,25 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Literal
 
+from animate124.config.fields import opt
+
+# the output commands' sections live in output_sections.py (re-exported here: one schema)
+from animate124.config.output_sections import EvaluateConfig as EvaluateConfig
+from animate124.config.output_sections import ExportConfig as ExportConfig
+from animate124.config.output_sections import RenderConfig as RenderConfig
+
 SCHEMA_VERSION = 2
 
 
-def opt(default, help: str, **kw):  # noqa: A002 - "help" reads best here
-    """A dataclass field with its one-line help text."""
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("mutable defaults are not allowed; use tuples")
-    return dc_field(default=default, metadata={"help": help, **kw})
+ZERO123_C_CONCAT_HELP = (
+    "Zero123's image latent of the reference: mode = the VAE posterior's mean (original Zero123, SPEC 11.14); "
+    "sample = one posterior sample drawn with run.seed (upstream Animate124)."
+)
+ZERO123_CLIP_HELP = (
+    "Zero123's CLIP preprocessing of the reference: torch = bicubic antialiased resize and CLIP normalisation "
+    "in torch; processor = upstream's: the model's CLIPImageProcessor (PIL) fed (255 * image) truncated to "
+    "integers (SPEC 3.8, 11.14)."
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,15 @@ class RunConfig:
         500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True
     )
     log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
+    grad_stats_every: int = opt(
+        100,
+        "Every N steps also log the gradient balance: grad/<group> in the stage's JSONL log, the norm of the "
+        "gradient each loss group alone (reference, each prior, regularizers, time_tv) puts on the field, and "
+        "grad/total; report.html plots it. Costs one more backward pass per group on those steps only; the "
+        "training is the same bit for bit (0 = off).",
+        min=0,
+        nohash=True,
+    )
     profile: bool = opt(
         False,
         "Time each part of a training step (render, priors, optimizer) with device syncs; a bit slower.",
@@ -110,13 +132,46 @@ class RunConfig:
         "removes per-kernel launch overhead; CUDA only).",
         nohash=True,
     )
+    tensorboard: bool = opt(
+        False,
+        "Also write the training scalars (the same as logs/<stage>.jsonl) as TensorBoard event files under "
+        "<project>/logs/tb/<stage> (`tensorboard --logdir <project>/logs/tb`). Needs the tensorboard package: "
+        "pip install 'animate124[tensorboard]'.",
+        nohash=True,
+    )
     compile_priors: str = opt(
         "",
         "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
-        "controlnet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
+        "controlnet, invert = the textual inversion's UNet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
         "236 ms), the same network up to floating-point rounding; compiling takes 1-3 min per network on first "
         "use, cached under the model cache (BENCHMARKS.md §8.9). Off in paper (not bit-identical).",
         nohash=True,
+    )
+    compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = opt(
+        "default",
+        "Inductor mode for run.compile_priors: default, max-autotune (also tries Triton matmul/convolution "
+        "templates and replays from CUDA graphs; compiles for longer), max-autotune-no-cudagraphs, "
+        "reduce-overhead.",
+        nohash=True,
+    )
+    channels_last: str = opt(
+        "",
+        "Priors whose UNet/ControlNet and VAE encoder keep their convolutions in channels-last layout "
+        "(comma-separated from sd, zero123, video, controlnet, invert = the textual inversion's UNet and VAE, or "
+        "all): no NCHW/NHWC transposes around cuDNN's fp16 convolutions; the same network up to summation "
+        "order. Pays mostly with run.compile_priors (eager group norms are slow on NHWC).",
+        nohash=True,
+    )
+    fused_adamw: bool = opt(
+        False,
+        "Textual inversion's AdamW step as one fused kernel on CUDA (the same update up to rounding).",
+        nohash=True,
+    )
+    prior_precision: Literal["fp16", "fp8"] = opt(
+        "fp16",
+        "Precision of the priors' UNet/ControlNet matrix products: fp16, or fp8 (e4m3 with row-wise scales, "
+        "linear and 1×1 layers; needs a CUDA GPU of compute capability >= 8.9; lower precision than the paper's: "
+        "an opt-in with its own record, never in a preset).",
     )
 
 
@@ -342,11 +397,18 @@ class StaticConfig:
     zero123_weight: float = opt(40.0, "Zero123 SDS weight at 180 degrees from the reference (angle-scaled).")
     zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
     zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    zero123_c_concat: Literal["mode", "sample"] = opt("mode", ZERO123_C_CONCAT_HELP)
+    zero123_clip_preprocess: Literal["torch", "processor"] = opt("torch", ZERO123_CLIP_HELP)
     cfg_mode: Literal["upstream", "standard"] = opt(
         "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
     )
-    legacy_sds_scaling: bool = opt(
-        False, "Emulate upstream's static-stage SDS that bypasses AMP loss scaling (SPEC 11.1)."
+    sds_grad_scale: Literal["upstream", "nominal"] = opt(
+        "upstream",
+        "Strength of the SD and Zero123 SDS terms against the reference losses and regularisers. upstream = "
+        "as the paper's static stage ran: its SDS bypassed the AMP GradScaler and was then divided by the loss "
+        "scale S (SPEC 11.1), so each SDS term is weighted 1/S: the real S under fp16, else the scaler's "
+        "schedule without overflows, 2^16 * 2^floor((step-1)/2000). nominal = the weights as written (the "
+        "fix; not measured with real weights).",
     )
     normal_warmup_iters: int = opt(1000, "SDS steps before this use normal-map shading.", min=0)
     grid_mask_iters: int = opt(3000, "Mask the finest grid levels until this step (inclusive).", min=0)
@@ -381,6 +443,8 @@ class DynamicConfig:
     zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.")
     zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
     zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    zero123_c_concat: Literal["mode", "sample"] = opt("mode", ZERO123_C_CONCAT_HELP)
+    zero123_clip_preprocess: Literal["torch", "processor"] = opt("torch", ZERO123_CLIP_HELP)
     upstream_view_text: bool = opt(
         False, "Reproduce SPEC 11.6: view-dependent prompts for static-camera clips."
     )
@@ -426,70 +490,6 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
-class RenderConfig:
-    """SPEC section 7 (fixed): output videos and frames of `animate124 render`."""
-
-    size: int = opt(400, "Output resolution (square frames, pixels).", min=8, max=4096)
-    views: int = opt(10, "Fixed views around the object.", min=1, max=64)
-    frames: int = opt(64, "Time steps per view (t = k/frames).", min=1, max=10_000)
-    orbit_frames: int = opt(
-        120, "Frames of the orbit video (camera and time move together).", min=2, max=10_000
-    )
-    orbit_loops: int = opt(1, "Times the motion plays during one orbit of the camera.", min=1)
-    fps: int = opt(25, "Video frame rate.", min=1, max=240)
-    polar: float = opt(
-        90.0, "Camera polar angle in degrees (90 = level; the CLI's --elevation is 90 - polar)."
-    )
-    radius: float = opt(1.8, "Camera distance.", min=0.1)
-    fovy: float = opt(40.0, "Vertical field of view in degrees.", min=1.0, max=170.0)
-    background: str = opt("white", "Background: white, black, a #rrggbb colour or r,g,b in 0..1.")
-    depth_colormap: Literal["turbo", "viridis"] = opt(
-        "turbo", "Colour map of depth videos (near/far fixed over the whole video)."
-    )
-    ray_chunk: int = opt(
-        32768, "Rays rendered per call: bounds the memory of large renders on a CPU or a small GPU.", min=64
-    )
-    sample_chunk: int = opt(
-        131072,
-        "Samples per field call in output renders (bounds memory; 0 = all samples of a ray chunk).",
-        min=0,
-    )
-    quality: int = opt(8, "MP4 quality, 0-10 (imageio's scale; 8 as upstream).", min=0, max=10)
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """`animate124 export`: meshes from the field by marching cubes on the density."""
-
-    resolution: int = opt(256, "Marching-cubes grid cells per axis over the scene box.", min=16, max=1024)
-    threshold: float = opt(
-        0.0,
-        "Density iso-level; 0 = auto: the level whose silhouette matches the rendered one (opacity 0.5).",
-        min=0.0,
-    )
-    frames: int = opt(16, "Meshes over the motion of a 4D field (t = k/frames).", min=1, max=1024)
-    fps: int = opt(8, "Playback rate of the animated .glb.", min=1, max=240)
-    decimate: float = opt(
-        1.0, "Keep this fraction of the triangles (quadric decimation); 1 = no decimation.", min=0.01, max=1.0
-    )
-    format: Literal["ply", "obj"] = opt("ply", "File format of the per-frame mesh sequence.")
-    silhouette_views: int = opt(8, "Views used to choose the auto threshold.", min=1, max=64)
-    silhouette_size: int = opt(64, "Resolution of those silhouette renders.", min=8, max=512)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """`animate124 evaluate`: CLIP and reference-view metrics of a trained stage."""
-
-    frames: int = opt(16, "Time steps rendered per view (t = k/frames).", min=2, max=1024)
-    views: int = opt(4, "Views around the object for CLIP-T (the reference view is one of them).", min=1)
-    size: int = opt(
-        224, "Render resolution of the CLIP metrics (CLIP resizes to its own input size).", min=16
-    )
-    ref_size: int = opt(256, "Render resolution of the reference-view PSNR/SSIM.", min=16, max=2048)
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -513,3 +513,9 @@ class Config:
 
 #: Section names of earlier versions -> their new names (reading an old name is an error naming the new).
 RENAMED_SECTIONS: dict[str, str] = {"scene": "field", "renderer": "raymarch"}
+
+#: Fields of earlier versions read as a new field: (section, old key) -> (new key, old value -> new value).
+#: A config saved by an earlier version (a project's ``config/<stage>.yaml``) keeps its meaning.
+REPLACED_FIELDS: dict[tuple[str, str], tuple[str, dict[object, object]]] = {
+    ("static", "legacy_sds_scaling"): ("sds_grad_scale", {True: "upstream", False: "nominal"}),
+}

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,9 +54,17 @@ class StageContext:
     config_hash: str = ""
 
 
-def stage_hash(project: Project, spec: StageInfo, cfg: Config, extra_hash: str = "") -> str:
-    """Hash of the stage's config sections, ``extra_hash`` and the hashes of the stages it requires."""
-    upstream = [project.stage_record(s).get("config_hash", "") for s in spec.requires]
+def stage_hash(
+    project: Project,
+    spec: StageInfo,
+    cfg: Config,
+    extra_hash: str = "",
+    upstream_hashes: Mapping[str, str] | None = None,
+) -> str:
+    """Hash of the stage's config sections, ``extra_hash`` and the hashes of the stages it requires (as
+    recorded in the manifest, or as given in ``upstream_hashes``: what a planned run will record)."""
+    given = upstream_hashes or {}
+    upstream = [given.get(s) or project.stage_record(s).get("config_hash", "") for s in spec.requires]
     blob = "|".join([config_hash(cfg, spec.sections), extra_hash, *upstream])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -23,7 +23,19 @@ __all__ = [
     "ShadingSchedule",
     "ShadingChoice",
     "Every",
+    "GRAD_SCALER",
+    "LossScaleSchedule",
 ]
+
+#: torch's GradScaler defaults, which upstream's trainer used (``torch.cuda.amp.GradScaler(enabled=fp16)``)
+#: and ours uses too (``engine/trainer.py``): start at 2¹⁶, halve on an overflow, double after 2000 steps
+#: in a row without one.
+GRAD_SCALER: dict[str, float | int] = {
+    "init_scale": 2.0**16,
+    "growth_factor": 2.0,
+    "backoff_factor": 0.5,
+    "growth_interval": 2000,
+}
 
 
 @dataclass(frozen=True)
@@ -76,15 +88,18 @@ class EntropyRamp:
 
 @dataclass(frozen=True)
 class LevelMaskSchedule:
-    """Coarse-to-fine grid masking (SPEC 3.1): while ``global_step <= until`` the finest ``levels``
-    of ``num_levels`` give zero features. Returns the first masked level, or None (no masking)."""
+    """Coarse-to-fine grid masking (SPEC 3.1, 4): the finest ``levels`` of ``num_levels`` give zero
+    features while upstream's step counter is at most ``until``. Upstream sets the mask before it increments
+    its counter (``nerf/utils.py`` ``train_one_epoch``: ``if global_step > grid_levels_mask_iters`` runs
+    before ``global_step += 1``), so the step with our (post-increment) global step ``g`` is masked iff
+    ``g − 1 <= until``: at paper settings steps 1-3001. Returns the first masked level, or None."""
 
     until: int
     levels: int
     num_levels: int
 
     def max_level(self, global_step: int) -> int | None:
-        if self.levels <= 0 or global_step > self.until:
+        if self.levels <= 0 or global_step - 1 > self.until:
             return None
         return max(0, self.num_levels - self.levels)
 
@@ -130,3 +145,22 @@ class Every:
 
     def due(self, global_step: int) -> bool:
         return (global_step - 1) % self.interval == 0
+
+
+@dataclass(frozen=True)
+class LossScaleSchedule:
+    """The loss scale of a GradScaler that never overflows (``GRAD_SCALER``'s settings), by training step.
+
+    The scaler doubles its scale after ``growth_interval`` successful steps in a row, so during step k
+    (1-based, k − 1 successful steps before it) the scale is ``init · growth^⌊(k − 1)/interval⌋``: at paper
+    settings 2¹⁶ for steps 1-2000, 2¹⁷ for 2001-4000, 2¹⁸ for 4001-5000. The static stage divides its SDS
+    terms by it when there is no real scaler (``static.sds_grad_scale=upstream`` in bf16/fp32, SPEC 11.1).
+    """
+
+    init_scale: float
+    growth_factor: float
+    growth_interval: int
+
+    def scale(self, step: int) -> float:
+        """The scale during local training step ``step`` (1-based; the scaler is new in every stage)."""
+        return float(self.init_scale * self.growth_factor ** ((step - 1) // self.growth_interval))

@@ -21,6 +21,11 @@ T = TypeVar("T")
 __all__ = ["StepTracer", "Timers", "kept_for_backward"]
 
 
+def _sig(x: float, digits: int = 6) -> float:
+    """``x`` to ``digits`` significant digits (a tiny model's TFLOP are 1e-4, a full-size call's tens)."""
+    return float(f"{x:.{digits}g}")
+
+
 class Timers:
     """Accumulate seconds per name: ``with timers("render"): ...``.
 
@@ -28,6 +33,9 @@ class Timers:
     while it ran and its rise over what was allocated when it began (:meth:`memory_summary`). That needs
     the allocator's peak counter reset at each part's start; the peaks of the enclosing parts and of the
     whole run are folded in before every reset, so :meth:`peak_memory` still gives the run's true peak.
+
+    A part may also be told the work it does (:meth:`add_flops`: the priors' exactly counted matrix FLOPs,
+    ``guidance/flops.py``), so that :meth:`flops_summary` gives its achieved rate against the card's.
     """
 
     def __init__(self, enabled: bool = False, device: torch.device | None = None) -> None:
@@ -38,6 +46,7 @@ class Timers:
         self.calls: dict[str, int] = defaultdict(int)
         self.peak_bytes: dict[str, int] = defaultdict(int)
         self.rise_bytes: dict[str, int] = defaultdict(int)
+        self.flops: dict[str, float] = defaultdict(float)
         self._open: list[list[int]] = []  # [allocated at entry, running peak] of each part now open
         self._overall = [0, 0]  # allocated, reserved peaks folded in before each reset
 
@@ -79,6 +88,27 @@ class Timers:
             return {}
         return {name: 1000.0 * s / steps for name, s in sorted(self.seconds.items())}
 
+    def add_flops(self, name: str, flops: float) -> None:
+        """Count ``flops`` as work done inside part ``name`` (nothing unless enabled)."""
+        if self.enabled:
+            self.flops[name] += float(flops)
+
+    def flops_summary(self, steps: int) -> dict[str, dict[str, float]]:
+        """name -> {"tflop_per_step": the counted work per training step, "tflop_per_call": per call of the
+        part, "tflop_s": the achieved rate, counted FLOPs over the part's measured time}, for the parts that
+        were told their work (:meth:`add_flops`); empty when disabled."""
+        if not self.enabled or steps <= 0:
+            return {}
+        out = {}
+        for name, flops in sorted(self.flops.items()):
+            seconds, calls = self.seconds.get(name, 0.0), self.calls.get(name, 0)
+            out[name] = {
+                "tflop_per_step": _sig(flops / steps / 1e12),
+                "tflop_per_call": _sig(flops / calls / 1e12) if calls else 0.0,
+                "tflop_s": _sig(flops / seconds / 1e12) if seconds > 0 else 0.0,
+            }
+        return out
+
     def memory_summary(self) -> dict[str, dict[str, float]]:
         """name -> {"peak_gib": highest allocated while the part ran, "rise_gib": its largest rise over the
         allocation at the part's start}; empty unless measuring on CUDA."""
@@ -113,6 +143,7 @@ class Timers:
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
+        self.flops.clear()
         self.reset_memory()
 
 

@@ -20,12 +20,19 @@ the step again; the rest of the stage keeps the saver on (``metrics.memory_savin
 and how many retries). Each further failure turns on the next saver. The retried step draws the same random
 numbers, so it is the step the plain path would have taken had it fit. A system with nothing left to turn on
 stops the stage as before.
+
+Gradient balance (``TrainerSettings.grad_stats_every`` = ``run.grad_stats_every``): every N-th step also
+writes ``grad/<group>`` to the JSONL log, the norm of the gradient each loss group alone puts on the trained
+parameters (groups from ``StepOutput.groups``; the NeRF stages: ``reference``, one per prior, ``regularizers``,
+``time_tv``), and ``grad/total``, the norm of the step's whole gradient; see :meth:`Trainer._group_grad_norms`.
+Other steps pay nothing.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +50,7 @@ from animate124.engine.checkpoint import (
     set_rng_state,
 )
 from animate124.engine.scalars import ScalarLog
+from animate124.engine.schedules import GRAD_SCALER
 from animate124.engine.timing import StepTracer, Timers
 from animate124.errors import Animate124Error, ProjectError, is_cuda_oom
 
@@ -59,10 +67,21 @@ class TrainingDiverged(Animate124Error):
 
 @dataclass
 class StepOutput:
-    """What one training step returns: weighted loss terms (summed for the backward) and diagnostics."""
+    """What one training step returns: weighted loss terms (summed for the backward), diagnostics, and
+    which terms form one loss group for the gradient-balance record (group -> term names; every term not
+    named there is a group of its own)."""
 
     losses: dict[str, torch.Tensor]
     scalars: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def loss_groups(self) -> dict[str, list[str]]:
+        """Every term in exactly one group: ``groups`` (restricted to this step's terms), then the rest alone."""
+        out = {g: [n for n in names if n in self.losses] for g, names in self.groups.items()}
+        out = {g: names for g, names in out.items() if names}
+        grouped = {n for names in out.values() for n in names}
+        out.update({n: [n] for n in self.losses if n not in grouped})
+        return out
 
 
 class TrainingSystem(Protocol):
@@ -72,7 +91,9 @@ class TrainingSystem(Protocol):
 
     def before_step(self, step: int) -> None: ...
 
-    def training_step(self, step: int, loss_scale: float) -> StepOutput: ...
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
+        """``loss_scale``: the GradScaler's current scale, None when the step runs without one."""
+        ...
 
     def after_step(self, step: int) -> None: ...
 
@@ -99,9 +120,11 @@ class TrainerSettings:
     config_hash: str = ""
     label: str = "train"
     max_skipped_steps: int = 200
+    grad_stats_every: int = 0
     trace_steps: int = 0
     trace_after: int = 10
     trace_parts: str = "all"
+    tensorboard: bool = False  # also write the scalars as TensorBoard events (<log dir>/tb/<stage>)
 
 
 @dataclass
@@ -145,9 +168,13 @@ class Trainer:
         if settings.precision not in ("fp32", "fp16", "bf16"):
             raise ProjectError(f"unknown precision {settings.precision!r}")
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.precision)
-        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            settings.device.type, enabled=settings.precision == "fp16", **GRAD_SCALER
+        )
         #: set once a step ran out of memory and was run again with the system's savers on
         self.memory_saving: dict[str, Any] | None = None
+        #: set when recording the gradient balance ran out of GPU memory (the record stops, training goes on)
+        self._grad_stats_off = False
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, directory: Path, step: int, system: TrainingSystem, opt: torch.optim.Optimizer) -> None:
@@ -232,15 +259,75 @@ class Trainer:
             self.s.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             out = system.training_step(
-                step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                step, float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
             )
         total = sum(out.losses.values())
         names = list(out.losses)
         loss_values = torch.stack([out.losses[n].detach().float().reshape(()) for n in names])
+        if self.grad_stats_due(step):
+            with system.timers("grad_stats"):
+                out.scalars.update(self._group_grad_norms(out, optimizer))
         with system.timers("backward"):
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         return out, names, loss_values
+
+    # ------------------------------------------------------------------ gradient balance
+    def grad_stats_due(self, step: int) -> bool:
+        """Whether step ``step`` records the gradient-balance norms (``run.grad_stats_every``)."""
+        every = self.s.grad_stats_every
+        return every > 0 and step % every == 0 and not self._grad_stats_off
+
+    def _group_grad_norms(self, out: StepOutput, optimizer: torch.optim.Optimizer) -> dict[str, float | None]:
+        """``grad/<group>``: the L2 norm, over every trained parameter, of the gradient of one loss group alone
+        (``StepOutput.loss_groups``), as the optimizer would see it (after unscaling, before clipping).
+
+        One ``autograd.grad`` per group through the step's retained graph, before the step's own backward:
+        nothing is accumulated into ``.grad`` and nothing random is drawn, so the step that follows is the
+        one a run without the record takes (bit for bit, ``tests/test_engine_trainer.py``). A non-finite norm
+        (an fp16 overflow) is written as null. Out of GPU memory here, the record is dropped for the rest of
+        the stage with a warning and the step goes on."""
+        params = [p for p in _params(optimizer) if p.requires_grad]
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        groups = out.loss_groups()
+        norms: list[torch.Tensor] = []
+        try:
+            for terms in groups.values():
+                loss = sum(out.losses[n] for n in terms)
+                if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+                    norms.append(torch.zeros((), device=self.s.device))
+                    continue
+                grads = torch.autograd.grad(
+                    self.scaler.scale(loss), params, retain_graph=True, allow_unused=True
+                )
+                parts = [torch.linalg.vector_norm(g.float()) for g in grads if g is not None]
+                norms.append(
+                    torch.linalg.vector_norm(torch.stack(parts))
+                    if parts
+                    else torch.zeros((), device=self.s.device)
+                )
+                del grads, parts
+            values = (torch.stack([n.to(self.s.device) for n in norms]) / scale).tolist()
+        except Exception as exc:
+            if not is_cuda_oom(exc):
+                raise
+            self._grad_stats_off = True
+            log.warning(
+                "%s: out of GPU memory while recording the gradient balance; run.grad_stats_every is off for "
+                "the rest of the stage (the training is unchanged)",
+                self.s.label,
+            )
+            return {}
+        return {f"grad/{g}": (v if math.isfinite(v) else None) for g, v in zip(groups, values, strict=True)}
+
+    @staticmethod
+    def _total_grad_norm(params: list[torch.Tensor]) -> float | None:
+        """``grad/total``: the L2 norm of the step's whole gradient (after unscaling, before clipping)."""
+        parts = [torch.linalg.vector_norm(p.grad.float()) for p in params if p.grad is not None]
+        if not parts:
+            return 0.0
+        v = float(torch.linalg.vector_norm(torch.stack(parts)))
+        return v if math.isfinite(v) else None
 
     def _check_losses(self, step: int, names: list[str], stacked: torch.Tensor) -> dict[str, float]:
         """The step's loss values as floats; TrainingDiverged (before the optimizer step) if one is not finite."""
@@ -280,7 +367,7 @@ class Trainer:
         s = self.s
         dev = s.device
         start = self._restore(Path(checkpoint_dir), system, optimizer)
-        scalar_log = ScalarLog(log_path) if log_path is not None else None
+        scalar_log = ScalarLog(log_path, tensorboard=s.tensorboard) if log_path is not None else None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             system.timers.reset_memory()
@@ -313,6 +400,9 @@ class Trainer:
                         self.scaler.unscale_(optimizer)
                     else:
                         self._check_grads(step, optimizer)
+                    recorded = any(k.startswith("grad/") for k in out.scalars)
+                    if recorded:
+                        out.scalars["grad/total"] = self._total_grad_norm(params)
                     if s.grad_clip > 0:
                         torch.nn.utils.clip_grad_value_(params, s.grad_clip)
                     if self.scaler.is_enabled():
@@ -336,7 +426,7 @@ class Trainer:
                 if now - t_window > 2.0 or step == s.iters:
                     it_s = steps_window / max(now - t_window, 1e-9)
                     t_window, steps_window = now, 0
-                if scalar_log is not None and (step % s.log_every == 0 or step == s.iters):
+                if scalar_log is not None and (step % s.log_every == 0 or step == s.iters or recorded):
                     rec = {**{f"loss/{k}": v for k, v in values.items()}, "loss": last["loss"]}
                     rec.update(out.scalars)
                     rec["it_s"] = round(it_s, 3)
@@ -368,6 +458,9 @@ class Trainer:
         parts = system.timers.summary(done)
         if parts:
             metrics["ms_per_step"] = {k: round(v, 2) for k, v in parts.items()}
+        work = system.timers.flops_summary(done)
+        if work:
+            metrics["flops_by_part"] = work
         if dev.type == "cuda":
             alloc, reserved = system.timers.peak_memory(dev)  # the parts' peak resets folded in
             metrics["peak_allocated_gib"] = round(alloc / 2**30, 3)

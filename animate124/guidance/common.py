@@ -1,8 +1,8 @@
 """Helpers shared by the diffusion priors: freezing, dtype/device, VAE encoding, resizing, timesteps
-and noise, and the text-CFG SDS step of the SD and video priors.
+and noise.
 
-Plain functions, no state: the call interface and its types live in ``interface.py``, the formulas in
-``sds.py``. The VAE *encoder* runs with grad so the SDS gradient reaches the rendered images
+Plain functions, no state: the priors' shared base lives in ``base.py``, the call interface and its types in
+``interface.py``, the formulas in ``sds.py``. The VAE *encoder* runs with grad so the SDS gradient reaches the rendered images
 (SPEC 3.7-2); the UNet runs under ``torch.no_grad()``.
 """
 
@@ -10,29 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
-from animate124.guidance.interface import GuidanceOutput, Views
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler
-
-
-class TextSDSPrior(Protocol):
-    """What :func:`text_sds_output` reads of a text-conditioned prior (SD, video)."""
-
-    unet: torch.nn.Module
-    alphas_cumprod: torch.Tensor
-    guidance_scale: float
-    cfg_mode: str
-    weight: float
-    loss_key: str
-
-    def text_embeddings(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 log = logging.getLogger(__name__)
@@ -350,72 +336,6 @@ def as_timesteps(t: torch.Tensor | int | Iterable[int], n: int) -> torch.Tensor:
     if tt.numel() != n:
         raise InputError(f"expected {n} timesteps, got {tt.numel()}")
     return tt
-
-
-def text_cfg_sds(
-    unet: torch.nn.Module,
-    alphas_cumprod: torch.Tensor,
-    z: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-    neg: torch.Tensor,
-    pos: torch.Tensor,
-    guidance_scale: float,
-    cfg_mode: str,
-    weight: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text-conditioned SDS shared by the SD and video priors (SPEC 3.7 steps 3-6).
-
-    ``z_t = add_noise(sg(z), ε, t)``; one UNet call on ``[z_t, z_t]`` with ``[neg, pos]`` context;
-    ``ε̃ = cfg(ε_u, ε_c, s, mode)``; ``g = λ·(1 − ᾱ_t)·(ε̃ − ε)``; returns
-    ``(0.5·‖z − sg(z − g)‖² / B, g, w)`` so that ∂loss/∂z = g / B (the surrogate of SPEC 11.1).
-    Works for image latents ``[B, 4, h, w]`` and video latents ``[B, 4, F, h, w]`` alike.
-    """
-    from animate124.guidance import sds
-
-    udtype = module_dtype(unet)
-    with torch.no_grad():
-        zt = sds.add_noise(alphas_cumprod, z.detach(), noise, t).to(udtype)
-        t_dev = t.to(z.device)
-        eps = unet(
-            torch.cat([zt, zt]),
-            torch.cat([t_dev, t_dev]),
-            encoder_hidden_states=torch.cat([neg, pos]).to(udtype),
-        ).sample
-        eps_u, eps_c = eps.chunk(2)
-        eps_hat = sds.cfg(eps_u.float(), eps_c.float(), guidance_scale, cfg_mode)
-    w = sds.w_one_minus_alpha_bar(alphas_cumprod, t)
-    g = sds.sds_gradient(eps_hat, noise, w, weight)
-    return sds.sds_surrogate_loss(z, g), g, w
-
-
-def text_sds_output(
-    prior: TextSDSPrior, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, views: Views, **extra: float
-) -> GuidanceOutput:
-    """The text-conditioned SDS of ``prior`` (SD or video) on latents ``z`` as a :class:`GuidanceOutput`:
-    :func:`text_cfg_sds` with the prior's embeddings for ``views``, scale, CFG form and weight; the
-    diagnostics are the mean t, the mean weight w(t), ‖g‖ (a 0-dim device tensor: reading it would stall the
-    GPU queue every step, so the log converts it when it writes) and ``extra``."""
-    neg, pos = prior.text_embeddings(views)
-    loss, g, w = text_cfg_sds(
-        prior.unet,
-        prior.alphas_cumprod,
-        z,
-        noise,
-        t,
-        neg,
-        pos,
-        prior.guidance_scale,
-        prior.cfg_mode,
-        prior.weight,
-    )
-    diagnostics = {
-        "t": float(t.float().mean()),
-        "w": float(w.mean()),
-        "grad_norm": g.detach().norm(),
-        **extra,
-    }
-    return GuidanceOutput(losses={prior.loss_key: loss}, diagnostics=diagnostics)
 
 
 def timesteps_and_noise(

@@ -1,4 +1,5 @@
-"""``torch.compile`` of the priors' no-grad networks (``run.compile_priors``; issue 12).
+"""``torch.compile`` of the priors' no-grad networks (``run.compile_priors``; issue 12), and of the textual
+inversion's UNet with its backward (the name ``invert``; issue 27), in Inductor's ``run.compile_mode``.
 
 Every SDS step calls a prior's UNet (and ControlNet) forward under ``torch.no_grad`` with inputs of fixed
 shapes (SPEC 3.7 step 4, 5.2, 6). Compiled with TorchInductor, the call's group norms, casts, SiLUs, residual
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "COMPILABLE",
+    "COMPILE_MODES",
     "CompiledCall",
     "parse_compile",
     "compile_prior_networks",
@@ -44,8 +46,12 @@ __all__ = [
     "is_compiled",
 ]
 
-#: priors whose networks may be compiled (``run.compile_priors`` names; ``all`` = every one)
-COMPILABLE = ("sd", "zero123", "video", "controlnet")
+#: what ``run.compile_priors`` may name (``all`` = every one): the priors, whose no-grad networks are compiled, and
+#: ``invert``, the textual inversion's UNet (forward and backward)
+COMPILABLE = ("sd", "zero123", "video", "controlnet", "invert")
+#: ``run.compile_mode``: Inductor's modes ("max-autotune" also tries Triton matmul / convolution templates and
+#: replays the compiled graph from CUDA graphs; "-no-cudagraphs" without the graphs)
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 def parse_compile(value: str) -> tuple[str, ...]:
@@ -73,9 +79,11 @@ class CompiledCall(NetworkWrapper):
     for good. Out-of-memory errors propagate (the trainer's retry handles them). Attribute access goes to the
     wrapped module (:class:`~animate124.guidance.graphs.NetworkWrapper`); ``eager`` is that module."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, mode: str = "default") -> None:
         super().__init__(module)
-        self.__dict__["compiled"] = torch.compile(module, dynamic=False)
+        self.__dict__["mode"] = mode
+        kw = {} if mode == "default" else {"mode": mode}
+        self.__dict__["compiled"] = torch.compile(module, dynamic=False, **kw)
         self.__dict__["failed"] = None  # the error that sent it back to eager
 
     def __repr__(self) -> str:
@@ -101,15 +109,16 @@ def is_compiled(module: Any) -> bool:
     return isinstance(module, CompiledCall)
 
 
-def compile_prior_networks(prior: Any) -> int:
-    """Wrap the prior's no-grad networks (``unet``, ``controlnet``) in :class:`CompiledCall` (static shapes);
-    returns how many. A network replayed from CUDA graphs is unwrapped first; one compiled already is kept."""
+def compile_prior_networks(prior: Any, mode: str = "default") -> int:
+    """Wrap the prior's no-grad networks (``unet``, ``controlnet``) in :class:`CompiledCall` (static shapes,
+    Inductor ``mode``: ``run.compile_mode``); returns how many. A network replayed from CUDA graphs is unwrapped
+    first; one compiled already is kept."""
     done = 0
     for name in NETWORK_ATTRS:
         net = getattr(prior, name, None)
         if net is None or is_compiled(net):
             continue
-        setattr(prior, name, CompiledCall(eager_module(net)))
+        setattr(prior, name, CompiledCall(eager_module(net), mode))
         done += 1
     if done:
         log.info("%s: %d network(s) compiled on first call (cached under %s)", type(prior).__name__, done,

@@ -25,20 +25,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from animate124.errors import ConfigError, InputError
 from animate124.guidance import sds
-from animate124.guidance.common import (
-    alphas_cumprod_of,
-    check_images,
-    encode_latents,
-    freeze,
-    maybe_enable_xformers,
-    module_dtype,
-    num_train_timesteps_of,
-    resize,
-    timesteps_and_noise,
-)
+from animate124.guidance.base import Gen, Noise, Steps, TextPrior
+from animate124.guidance.common import module_dtype, resize
 from animate124.guidance.interface import GuidanceOutput, Views
 from animate124.guidance.prompts import PromptSet
 
@@ -93,7 +85,7 @@ def select_frames(num_frames: int, frames: str | Sequence[int]) -> list[int]:
     return list(spec)
 
 
-class ControlNetGuidance:
+class ControlNetGuidance(TextPrior):
     """ControlNet v1.1 tile + SD 1.5 (+ textual-inversion token) guidance (SPEC 6); implements
     ``TextGuidance``.
 
@@ -144,24 +136,26 @@ class ControlNetGuidance:
     ) -> None:
         if target not in ("x0", "sds"):
             raise ConfigError(f"unknown ControlNet target {target!r}", "use 'x0' or 'sds'")
-        self.vae = sd_components.vae
-        self.unet = sd_components.unet
-        self.scheduler = sd_components.scheduler
         self.controlnet = controlnet
-        freeze(self.vae, self.unet, sd_components.text_encoder, self.controlnet)
-        maybe_enable_xformers([self.unet, self.vae, self.controlnet], use_xformers)
-        self.checkpoint_encoder = bool(checkpoint_encoder)
-        self.checkpoint_pixels = int(checkpoint_pixels)
+        super().__init__(
+            vae=sd_components.vae,
+            unet=sd_components.unet,
+            scheduler=sd_components.scheduler,
+            frozen=(sd_components.text_encoder, controlnet),
+            guidance_scale=guidance_scale,
+            cfg_mode=cfg_mode,
+            t_range=t_range,
+            weight=weight,
+            latent_mode=latent_mode,
+            use_xformers=use_xformers,
+            checkpoint_encoder=checkpoint_encoder,
+            checkpoint_pixels=checkpoint_pixels,
+        )
         self.image_size = int(image_size)
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self.t_range = (float(t_range[0]), float(t_range[1]))
         self.conditioning_scale = float(conditioning_scale)
         self.target = target
-        self.weight = float(weight)
         self.frames = parse_frame_spec(frames)
         self.upstream_view_text = bool(upstream_view_text)
-        self.latent_sample = latent_mode == "sample"
         self.text = PromptSet(
             sd_components.tokenizer,
             sd_components.text_encoder,
@@ -172,20 +166,11 @@ class ControlNetGuidance:
         )
         self.controlnet_prompt = controlnet_prompt
         self._cn_pos = self.text.encode(controlnet_prompt)
-        self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
-        self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
-
-    @property
-    def prompt(self) -> str:
-        return self.text.prompt
-
-    def set_prompt(self, prompt: str) -> None:
-        """Encode and cache the UNet prompt; InputError if too long or if ``<token>`` has no learned token."""
-        self.text.set_prompt(prompt)
 
     def add_learned_token(self, token: str, vector: torch.Tensor) -> None:
-        """Load the textual-inversion vector; ``<token>`` in the prompt then means ``token``."""
-        self.text.add_learned_token(token, vector)
+        """Load the textual-inversion vector; ``<token>`` in the prompt then means ``token`` (the ControlNet's
+        own prompt is encoded again with it)."""
+        super().add_learned_token(token, vector)
         self._cn_pos = self.text.encode(self.controlnet_prompt)
 
     def text_embeddings(
@@ -198,24 +183,12 @@ class ControlNetGuidance:
             pos = self.text.positive(n, views.azimuth[0, idx])
         return self.text.negative(n), pos, self._cn_pos.expand(n, -1, -1)
 
-    def __call__(
-        self,
-        images: torch.Tensor,
-        views: Views,
-        *,
-        step: int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | int | None = None,
-    ) -> GuidanceOutput:
-        """Refinement loss on ``images [1, F, 3, H, W]`` given the frozen render ``views.condition``
-        (same shape; ``step`` unused).
+    def selected_frames(self, num_frames: int) -> list[int]:
+        """The frames of a ``num_frames`` clip the loss reads (:func:`select_frames` with ``frames``)."""
+        return select_frames(num_frames, self.frames)
 
-        ``noise`` ``[n, 4, h, w]`` (n selected frames) and ``t`` (one value) may be injected.
-        Draw order from ``generator``: posterior sample, t, ε. Returns ``losses["controlnet"]`` (fp32).
-        """
-        b, f = check_images(images)
-        views.check(images)
+    def check_call(self, images: Tensor, views: Views) -> tuple[int, int]:
+        b, f = super().check_call(images, views)
         condition = views.condition
         if condition is None or condition.shape != images.shape:
             raise InputError(
@@ -225,19 +198,21 @@ class ControlNetGuidance:
             )
         if b != 1:
             raise InputError(f"ControlNet guidance takes one clip (B=1), got B={b}")
-        idx = select_frames(f, self.frames)
+        return b, f
+
+    def guide(
+        self, images: Tensor, views: Views, *, generator: Gen, noise: Noise, t: Steps
+    ) -> GuidanceOutput:
+        """Refinement loss on ``images [1, F, 3, H, W]`` given the frozen render ``views.condition`` (same
+        shape): ``noise`` ``[n, 4, h, w]`` (n selected frames) and ``t`` (one value) may be injected.
+        Draw order from ``generator``: posterior sample, t, ε. Returns ``losses["controlnet"]`` (fp32)."""
+        condition = views.condition
+        assert condition is not None  # check_call
+        idx = self.selected_frames(views.frames)
         n = len(idx)
         size = (self.image_size, self.image_size)
-        x = resize(images[0, idx].to(module_dtype(self.vae)), size)
-        z = encode_latents(
-            self.vae,
-            x,
-            sample=self.latent_sample,
-            generator=generator,
-            checkpoint=self.checkpoint_encoder,
-            checkpoint_pixels=self.checkpoint_pixels,
-        )
-        t, noise = timesteps_and_noise(z, t, noise, 1, self.t_range, self.num_train_timesteps, generator)
+        z = self.encode(self.vae_input(images[0, idx], size), generator)
+        t, noise = self.draw(z, t, noise, 1, generator)
         t = t.expand(n).clone()  # one t shared by the frames (SPEC 6)
 
         udtype = module_dtype(self.unet)
@@ -256,15 +231,13 @@ class ControlNetGuidance:
                 conditioning_scale=self.conditioning_scale,
                 return_dict=False,
             )
-            eps = self.unet(
+            eps_hat = self.guided_noise(
                 x2.to(udtype),
                 t2,
-                encoder_hidden_states=torch.cat([neg, pos]).to(udtype),
+                torch.cat([neg, pos]).to(udtype),
                 down_block_additional_residuals=[d.to(udtype) for d in down],
                 mid_block_additional_residual=mid.to(udtype),
-            ).sample
-            eps_u, eps_c = eps.chunk(2)
-            eps_hat = sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
+            )
         if self.target == "x0":
             loss = sds.x0_target_loss(z, zt, eps_hat, self.alphas_cumprod, t)
             w = sds.w_x0_target(self.alphas_cumprod, t)

@@ -16,6 +16,7 @@ Overhead/bottom prompts are never used upstream.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -82,20 +83,40 @@ def replace_token(prompt: str, placeholder: str | None) -> str:
     return prompt.replace(TOKEN_TAG, placeholder)
 
 
-def token_count(tokenizer: CLIPTokenizer, prompt: str) -> int:
-    """Number of tokens of ``prompt`` including the start/end tokens (no truncation)."""
-    return len(tokenizer(prompt, truncation=False).input_ids)
+#: CLIP's pre-tokenizer (letter runs, single digits, punctuation runs): every piece is at least one BPE token.
+_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE | re.UNICODE)
+#: CLIP's text encoders read 77 positions: the start marker, 75 tokens of text, the end marker.
+CLIP_POSITIONS = 77
 
 
-def check_prompt_length(tokenizer: CLIPTokenizer, prompt: str) -> None:
-    """Raise InputError if ``prompt`` does not fit the tokenizer's limit (77 tokens for CLIP)."""
-    limit = int(getattr(tokenizer, "model_max_length", 77))
+def token_count(tokenizer: CLIPTokenizer | None, prompt: str) -> int:
+    """Tokens of ``prompt`` between the start and end markers (no truncation); without a tokenizer, a lower
+    bound (CLIP's pre-tokenizer pieces)."""
+    if tokenizer is None:
+        return len(_CLIP_PIECES.findall(prompt))
+    return len(tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids)
+
+
+def token_limit(tokenizer: CLIPTokenizer | None) -> int:
+    """Tokens of text the encoder reads: its positions less the start and end markers (75 for CLIP)."""
+    return int(getattr(tokenizer, "model_max_length", CLIP_POSITIONS) or CLIP_POSITIONS) - 2
+
+
+def check_prompt_length(tokenizer: CLIPTokenizer | None, prompt: str, what: str = "prompt") -> None:
+    """Raise InputError when ``prompt`` is longer than the text encoder reads (the rest would be cut off).
+
+    The one wording of this limit, used by the pre-flight (before any work, with the tokenizer of the
+    model that reads the prompt) and by the priors themselves: "the static prompt is 80 tokens long; the
+    text encoder reads at most 75". Without a tokenizer the count is a lower bound ("at least 80").
+    """
     n = token_count(tokenizer, prompt)
+    limit = token_limit(tokenizer)
     if n > limit:
-        raise InputError(
-            f"the prompt is {n} tokens long; the text encoder takes at most {limit} (prompt: {prompt[:60]!r}...)",
-            "shorten the prompt",
-        )
+        how = "" if tokenizer is not None else "at least "
+        hint = "shorten it to one sentence (about 40 words at most); the rest would be cut off"
+        if getattr(tokenizer, "vocab_size", 1 << 30) < 1000:  # the tiny models' byte-level vocabulary
+            hint = "shorten it: the tiny models' tokenizer spells most words letter by letter"
+        raise InputError(f"the {what} is {how}{n} tokens long; the text encoder reads at most {limit}", hint)
 
 
 def add_learned_token(

@@ -1,4 +1,4 @@
-"""Score Distillation Sampling maths as pure functions (SPEC 3.7, 3.8, 6, 11.1, 11.3, 11.4).
+"""Score Distillation Sampling maths as pure functions (SPEC 3.7, 3.8, 6, 11.3, 11.4).
 
 Each prior only computes its noise prediction; the timestep draw, classifier-free guidance, the
 weighting, the gradient and the loss that injects it live here, once.
@@ -111,9 +111,9 @@ def sds_surrogate_loss(latents: torch.Tensor, grad: torch.Tensor, reduction: str
 
     ``L = ½·‖z − sg(z − g)‖² / N`` with N = ``latents.shape[0]`` (``reduction="batch"``), so
     ``∂L/∂z = g / N``; ``reduction="sum"`` drops the ``/N``. Being an ordinary loss it goes through the
-    AMP GradScaler like every other term, which fixes SPEC 11.1 (upstream's static stage pushed
-    ``z.backward(g)`` past the scaler). To emulate upstream's static-stage weighting instead, multiply
-    this loss by :func:`legacy_sds_scaling_factor`. Returned in fp32.
+    AMP GradScaler like every other term (upstream's static stage pushed ``z.backward(g)`` past the scaler
+    instead, SPEC 11.1; ``StaticSystem`` reproduces that weighting with a factor 1/S on this loss, see
+    ``static.sds_grad_scale``). Returned in fp32.
     """
     z = latents.float()
     target = (z - grad.float()).detach()
@@ -123,20 +123,6 @@ def sds_surrogate_loss(latents: torch.Tensor, grad: torch.Tensor, reduction: str
     if reduction == "sum":
         return loss
     raise ConfigError(f"unknown reduction {reduction!r}", "use 'batch' or 'sum'")
-
-
-def legacy_sds_scaling_factor(loss_scale: float) -> float:
-    """Factor that emulates upstream's static-stage SDS weighting (``legacy_sds_scaling``, SPEC 11.1).
-
-    Upstream's legacy path ran ``z.backward(g)`` outside the GradScaler, then ``scaler.unscale_()``
-    divided every gradient by the loss scale, so SD and Zero123 acted with an effective weight
-    ``nominal / loss_scale`` (2¹⁶ at the start, dynamic afterwards). Multiplying the surrogate loss by
-    ``1 / loss_scale`` (the caller passes ``scaler.get_scale()``, 1.0 without AMP) reproduces that. The
-    stage decides whether to apply it; the default is not to (the fix).
-    """
-    if loss_scale <= 0:
-        raise ConfigError(f"loss_scale must be positive, got {loss_scale}")
-    return 1.0 / float(loss_scale)
 
 
 def x0_target_loss(

@@ -19,20 +19,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
-from animate124.guidance.common import (
-    alphas_cumprod_of,
-    check_images,
-    encode_latents,
-    freeze,
-    maybe_enable_xformers,
-    module_dtype,
-    num_train_timesteps_of,
-    resize,
-    text_sds_output,
-    timesteps_and_noise,
-    vae_scale_factor,
-)
+from animate124.guidance.base import Gen, Noise, Steps, TextPrior
+from animate124.guidance.common import vae_scale_factor
 from animate124.guidance.interface import GuidanceOutput, Views
 from animate124.guidance.prompts import PromptSet
 
@@ -42,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class StableDiffusionGuidance:
+class StableDiffusionGuidance(TextPrior):
     """SD 1.5 score distillation on rendered images (SPEC 3.7); implements ``TextGuidance``.
 
     Args:
@@ -85,20 +75,22 @@ class StableDiffusionGuidance:
         checkpoint_pixels: int,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
-        self.vae = components.vae
-        self.unet = components.unet
-        self.scheduler = components.scheduler
-        freeze(self.vae, self.unet, components.text_encoder)
-        maybe_enable_xformers([self.unet, self.vae], use_xformers)
-        self.checkpoint_encoder = bool(checkpoint_encoder)
-        self.checkpoint_pixels = int(checkpoint_pixels)
+        super().__init__(
+            vae=components.vae,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            frozen=(components.text_encoder,),
+            guidance_scale=guidance_scale,
+            cfg_mode=cfg_mode,
+            t_range=t_range,
+            weight=weight,
+            latent_mode=latent_mode,
+            use_xformers=use_xformers,
+            checkpoint_encoder=checkpoint_encoder,
+            checkpoint_pixels=checkpoint_pixels,
+        )
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self.t_range = (float(t_range[0]), float(t_range[1]))
-        self.weight = float(weight)
         self.view_dependent = bool(view_dependent)
-        self.latent_sample = latent_mode == "sample"
         self.text = PromptSet(
             components.tokenizer,
             components.text_encoder,
@@ -107,21 +99,6 @@ class StableDiffusionGuidance:
             view_text=self.view_dependent,
             learned_token=learned_token,
         )
-        self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
-        self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
-
-    @property
-    def prompt(self) -> str:
-        return self.text.prompt
-
-    def set_prompt(self, prompt: str) -> None:
-        """Encode and cache the prompt (and its view variants); InputError if too long or if it holds
-        ``<token>`` without a learned token."""
-        self.text.set_prompt(prompt)
-
-    def add_learned_token(self, token: str, vector: torch.Tensor) -> None:
-        """Load a textual-inversion vector; ``<token>`` in prompts then means ``token``."""
-        self.text.add_learned_token(token, vector)
 
     def text_embeddings(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
         """``(neg, pos)`` ``[B·T, 77, D]``: the plain negative, the positive per absolute azimuth."""
@@ -129,33 +106,12 @@ class StableDiffusionGuidance:
         az = views.azimuth.reshape(n) if self.view_dependent else None
         return self.text.negative(n), self.text.positive(n, az)
 
-    def __call__(
-        self,
-        images: torch.Tensor,
-        views: Views,
-        *,
-        step: int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | int | None = None,
+    def guide(
+        self, images: Tensor, views: Views, *, generator: Gen, noise: Noise, t: Steps
     ) -> GuidanceOutput:
-        """SDS on ``images [B, T, 3, H, W]`` in [0, 1] seen from ``views`` (``step`` unused).
-
-        ``noise`` ``[B·T, 4, h, w]`` and ``t`` (int or ``[B·T]``) may be injected.
-        Returns ``losses["sds"]`` (fp32 scalar, ∂/∂z = g/(B·T)) and diagnostics (t, w, |g|).
-        """
-        b, tt = check_images(images)
-        views.check(images)
-        n = b * tt
-        x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
-        z = encode_latents(
-            self.vae,
-            x,
-            sample=self.latent_sample,
-            generator=generator,
-            checkpoint=self.checkpoint_encoder,
-            checkpoint_pixels=self.checkpoint_pixels,
-        )
-        t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
-
-        return text_sds_output(self, z, noise, t, views)
+        """SDS on ``images [B, T, 3, H, W]``: ``noise`` ``[B·T, 4, h, w]`` and ``t`` (int or ``[B·T]``) may be
+        injected. Returns ``losses["sds"]`` (fp32 scalar, ∂/∂z = g/(B·T)) and diagnostics (t, w, |g|)."""
+        n = views.batch * views.frames
+        z = self.encode(self.vae_input(images, (self.image_size,) * 2), generator)
+        t, noise = self.draw(z, t, noise, n, generator)
+        return self.text_sds_output(z, noise, t, *self.text_embeddings(views))

@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,11 @@ class TIConfig:
     eps: float = 1e-8
     trace_steps: int = 0  # run.trace_steps: torch.profiler table of this many steps (after 10)
     trace_parts: str = "all"  # run.trace_parts
+    tensorboard: bool = False  # run.tensorboard
+    compile_unet: bool = False  # run.compile_priors names "invert": the UNet (forward + backward) compiled
+    compile_mode: str = "default"  # run.compile_mode
+    channels_last: bool = False  # run.channels_last names "invert": UNet and VAE encoder in channels-last
+    fused_adamw: bool = False  # run.fused_adamw: one fused AdamW kernel (CUDA)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -407,16 +412,43 @@ class TextualInversionSystem:
         self.scale = latent_scaling(components.vae)
         self.base = base_image(image.to(device), cfg.resolution, cfg.augment)
         self.max_len = int(getattr(components.tokenizer, "model_max_length", 77))
+        self.unet = self._fast_unet(components, cfg, device)
         self._handle = components.text_encoder.get_input_embeddings().register_forward_hook(self._inject)
+
+    @staticmethod
+    def _fast_unet(components: SDComponents, cfg: TIConfig, device: torch.device) -> Any:
+        """The UNet as the step calls it: channels-last (with the VAE encoder) and compiled when asked (issue 27;
+        the same network up to summation order, ``guidance/agreement.py``). Compiled only on CUDA: on the CPU,
+        Inductor's C++ code for this UNet's backward to its text context gives a wrong gradient in torch 2.13
+        (``tests/test_guidance_agreement.py``), so the step runs eager there, with a warning."""
+        unet = components.unet
+        if cfg.channels_last:
+            from animate124.guidance.layout import channels_last_
+
+            channels_last_(unet)
+            channels_last_(components.vae.encoder)
+        if cfg.compile_unet and device.type != "cuda":
+            log.warning(
+                "run.compile_priors=invert: the inversion's UNet is compiled on CUDA only; it runs eager here"
+            )
+        elif cfg.compile_unet:
+            from animate124.guidance.compiled import CompiledCall
+
+            return CompiledCall(unet, cfg.compile_mode)
+        return unet
 
     def _inject(self, _mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         mask = (args[0] == self.token_id)[..., None]
         return torch.where(mask, self.vec.to(out.dtype), out)
 
     def optimizer(self) -> torch.optim.Optimizer:
-        """AdamW β (0.9, 0.999), weight decay 1e-2, eps 1e-8, constant lr (SPEC 2)."""
+        """AdamW β (0.9, 0.999), weight decay 1e-2, eps 1e-8, constant lr (SPEC 2); one fused kernel on CUDA with
+        ``fused_adamw``."""
         c = self.cfg
-        return torch.optim.AdamW([self.vec], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+        fused = {"fused": True} if c.fused_adamw and self.vec.device.type == "cuda" else {}
+        return torch.optim.AdamW(
+            [self.vec], lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fused
+        )
 
     # trainer hooks
     def before_step(self, step: int) -> None:
@@ -438,7 +470,7 @@ class TextualInversionSystem:
         with torch.no_grad():
             self.vec.copy_(tensors["vector"].to(self.vec.device, self.vec.dtype))
 
-    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
         cfg, c, gen, dev = self.cfg, self.c, self.gen, self.device
         pix = torch.stack([training_pixels(self.base, cfg, gen) for _ in range(cfg.batch_size)])
         idx = torch.randint(0, len(cfg.templates), (cfg.batch_size,), generator=gen).tolist()
@@ -458,7 +490,7 @@ class TextualInversionSystem:
         with torch.autocast(dev.type, enabled=False):  # the text encoder runs in fp32, as upstream
             ehs = c.text_encoder(ids.input_ids.to(dev))[0]
         udtype = module_dtype(c.unet)
-        pred = c.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
+        pred = self.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
         return StepOutput({"mse": F.mse_loss(pred.float(), target.float())})
 
     def finish(self) -> torch.Tensor:
@@ -510,6 +542,7 @@ def train_textual_inversion(
         label="invert",
         trace_steps=cfg.trace_steps,
         trace_parts=cfg.trace_parts,
+        tensorboard=cfg.tensorboard,
     )
     try:
         result = Trainer(settings).run(

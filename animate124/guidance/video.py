@@ -22,22 +22,15 @@ import logging
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from animate124.errors import InputError
+from animate124.guidance.base import Gen, Noise, Steps, TextPrior
 from animate124.guidance.common import (
-    alphas_cumprod_of,
-    check_images,
     encoder_moments,
-    freeze,
     latent_scaling,
-    maybe_enable_xformers,
-    module_dtype,
-    num_train_timesteps_of,
     posterior,
     randn_like,
-    resize,
-    text_sds_output,
-    timesteps_and_noise,
     vae_scale_factor,
 )
 from animate124.guidance.interface import GuidanceOutput, Views
@@ -49,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class VideoGuidance:
+class VideoGuidance(TextPrior):
     """Video-diffusion SDS on a rendered clip (SPEC 3.7, 5.2); implements ``TextGuidance``.
 
     Args:
@@ -93,25 +86,27 @@ class VideoGuidance:
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
     ) -> None:
-        self.vae = components.vae
-        self.unet = components.unet
-        self.scheduler = components.scheduler
-        freeze(self.vae, self.unet, components.text_encoder)
-        maybe_enable_xformers([self.unet, self.vae], use_xformers)
-        self.checkpoint_encoder = bool(checkpoint_encoder)
-        self.checkpoint_pixels = int(checkpoint_pixels)
+        super().__init__(
+            vae=components.vae,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            frozen=(components.text_encoder,),
+            guidance_scale=guidance_scale,
+            cfg_mode=cfg_mode,
+            t_range=t_range,
+            weight=weight,
+            latent_mode=latent_mode,
+            use_xformers=use_xformers,
+            checkpoint_encoder=checkpoint_encoder,
+            checkpoint_pixels=checkpoint_pixels,
+        )
         size = components.native_size if image_size is None else image_size
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self.t_range = (float(t_range[0]), float(t_range[1]))
-        self.weight = float(weight)
         if vae_grad_frames < 0:
             raise InputError(f"vae_grad_frames must be >= 0 (0 = all frames), got {vae_grad_frames}")
         self.vae_grad_frames = int(vae_grad_frames)
         self.encode_chunk = max(1, int(encode_chunk))
         self.upstream_view_text = bool(upstream_view_text)
-        self.latent_sample = latent_mode == "sample"
         self.text = PromptSet(
             components.tokenizer,
             components.text_encoder,
@@ -119,17 +114,6 @@ class VideoGuidance:
             negative_prompt=negative_prompt,
             view_text=self.upstream_view_text,
         )
-        self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
-        self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
-
-    @property
-    def prompt(self) -> str:
-        return self.text.prompt
-
-    def set_prompt(self, prompt: str) -> None:
-        """Encode and cache the prompt (and its view variants with ``upstream_view_text``); InputError
-        if too long."""
-        self.text.set_prompt(prompt)
 
     def grad_frame_mask(self, frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Bool ``[F]``: which frames are encoded with grad (all, or ``vae_grad_frames`` random ones).
@@ -157,7 +141,7 @@ class VideoGuidance:
         """
         b, f = images.shape[:2]
         n = b * f
-        x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), self.image_size)
+        x = self.vae_input(images, self.image_size)
         mask = (grad_mask if grad_mask is not None else torch.ones(f, dtype=torch.bool)).repeat(b)
         fac = vae_scale_factor(self.vae)
         lat_shape = (n, int(self.vae.config.latent_channels), x.shape[-2] // fac, x.shape[-1] // fac)
@@ -195,26 +179,16 @@ class VideoGuidance:
             pos = torch.where(static, pos_views, pos)
         return neg, pos
 
-    def __call__(
-        self,
-        images: torch.Tensor,
-        views: Views,
-        *,
-        step: int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | int | None = None,
+    def guide(
+        self, images: Tensor, views: Views, *, generator: Gen, noise: Noise, t: Steps
     ) -> GuidanceOutput:
-        """SDS on clips ``[B, F, 3, H, W]`` in [0, 1] (``step`` unused); ``noise [B, 4, F, h, w]`` and
-        ``t [B]`` injectable.
+        """SDS on clips ``[B, F, 3, H, W]``: ``noise [B, 4, F, h, w]`` and ``t [B]`` injectable.
 
         Draw order from ``generator``: grad-frame choice (if ``vae_grad_frames`` selects), posterior
         samples, t, ε. Returns ``losses["video_sds"]`` (fp32, ∂/∂z = g/B).
         """
-        b, f = check_images(images)
-        views.check(images)
-        mask = self.grad_frame_mask(f, generator)
+        mask = self.grad_frame_mask(views.frames, generator)
         z = self.encode_clip(images, generator, mask)
-        t, noise = timesteps_and_noise(z, t, noise, b, self.t_range, self.num_train_timesteps, generator)
-
-        return text_sds_output(self, z, noise, t, views, grad_frames=float(mask.sum()))
+        t, noise = self.draw(z, t, noise, views.batch, generator)
+        neg, pos = self.text_embeddings(views)
+        return self.text_sds_output(z, noise, t, neg, pos, grad_frames=float(mask.sum()))

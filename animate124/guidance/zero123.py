@@ -2,13 +2,14 @@
 
 Reference conditioning, computed once from the white-composited reference RGB ``[1, 3, H, W]``:
 
-* CLIP image embedding ``[1, 1, D]`` (``image_embeds`` of CLIPVisionModelWithProjection). We do the
-  CLIP preprocessing in torch instead of the PIL CLIPImageProcessor: bicubic resize (antialiased) of
+* CLIP image embedding ``[1, 1, D]`` (``image_embeds`` of CLIPVisionModelWithProjection). By default
+  (``clip_preprocess="torch"``) the CLIP preprocessing runs in torch: bicubic resize (antialiased) of
   the image to the encoder's ``image_size`` (224 for the real model; the reference is square, so
   the processor's "shortest edge 224 + centre crop 224" is the same resize), clamp to [0, 1], then
   normalise with the CLIP mean (0.48145466, 0.4578275, 0.40821073) and std
-  (0.26862954, 0.26130258, 0.27577711). Upstream fed an int 0..255 tensor to the PIL processor;
-  the difference is the resampling kernel only (SPEC 11.14).
+  (0.26862954, 0.26130258, 0.27577711). Upstream (``clip_preprocess="processor"``) fed ``(255·x).int()``
+  (truncated, not rounded) to the model's PIL ``CLIPImageProcessor``: PIL's bicubic resize of 8-bit
+  pixels, then the same normalisation (SPEC 3.8, 11.14).
 * ``c_concat = VAE.encode(2x − 1)`` posterior MODE, unscaled (no 0.18215), at the Zero123 input size
   (original Zero123 uses the mode; upstream Animate124 sampled: ``c_concat_mode="sample"``).
 
@@ -29,27 +30,17 @@ unconditional branch uses zeros after the projection and a zero ``c_concat``; th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from animate124.errors import InputError
 from animate124.guidance import sds
-from animate124.guidance.common import (
-    alphas_cumprod_of,
-    check_images,
-    encode_latents,
-    freeze,
-    maybe_enable_xformers,
-    module_device,
-    module_dtype,
-    num_train_timesteps_of,
-    resize,
-    timesteps_and_noise,
-    vae_scale_factor,
-)
+from animate124.guidance.base import DiffusionPrior, Gen, Noise, Steps
+from animate124.guidance.common import encode_latents, module_device, module_dtype, resize, vae_scale_factor
 from animate124.guidance.interface import REFERENCE_CAMERA, GuidanceOutput, Views
 
 if TYPE_CHECKING:
@@ -69,6 +60,7 @@ __all__ = [
     "camera_embedding",
     "camera_position",
     "clip_preprocess",
+    "clip_processor_pixels",
 ]
 
 
@@ -131,6 +123,13 @@ def angle_weight(
     return scale * torch.rad2deg(torch.arccos(cos)) / 180.0
 
 
+def clip_processor_pixels(processor: Callable[..., Any], x01: torch.Tensor) -> torch.Tensor:
+    """Upstream's CLIP preprocessing (``pipeline_zero1to3._encode_image`` on ``(x*255).int()``): the model's
+    ``CLIPImageProcessor`` fed ``[N, 3, H, W]`` in [0, 1] as integers 0..255, truncated -> ``[N, 3, S, S]``."""
+    pixels = (x01.detach().float().cpu() * 255).int()
+    return processor(images=pixels, return_tensors="pt").pixel_values
+
+
 def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
     """Torch CLIP preprocessing of square ``[N, 3, H, W]`` in [0, 1]: bicubic antialiased resize to
     ``size``, clamp, normalise with CLIP mean/std (see the module docstring)."""
@@ -143,7 +142,7 @@ def clip_preprocess(x01: torch.Tensor, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-class Zero123Guidance:
+class Zero123Guidance(DiffusionPrior):
     """Zero123-XL novel-view SDS (SPEC 3.8); implements ``Guidance`` (no prompt: image-conditioned).
 
     Args:
@@ -157,7 +156,9 @@ class Zero123Guidance:
             :meth:`set_reference`).
         angle_weighting: use the angle weight (upstream ``zero123_grad_scale angle``), else λ.
         image_size: Zero123 input size; None = ``unet.sample_size × VAE factor`` (256 for Zero123-XL).
-        c_concat_mode: ``"mode"`` (default, original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
+        c_concat_mode: ``"mode"`` (original Zero123, SPEC 11.14) or ``"sample"`` (upstream).
+        clip_preprocess: ``"torch"`` (:func:`clip_preprocess`) or ``"processor"`` (upstream:
+            :func:`clip_processor_pixels` with ``components.image_processor``).
         latent_mode: posterior ``"sample"`` (upstream) or ``"mode"`` for the render latents.
         use_xformers: xformers attention if installed.
         checkpoint_encoder: recompute the VAE encoder in backward image by image instead of keeping
@@ -179,32 +180,44 @@ class Zero123Guidance:
         reference: torch.Tensor | None = None,
         angle_weighting: bool = True,
         image_size: int | None = None,
-        c_concat_mode: str = "mode",
+        c_concat_mode: str,
+        clip_preprocess: str,
         latent_mode: str = "sample",
         use_xformers: bool = False,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.vae = components.vae
-        self.unet = components.unet
         self.image_encoder = components.image_encoder
         self.projection = components.projection
-        self.scheduler = components.scheduler
-        freeze(self.vae, self.unet, self.image_encoder, self.projection)
-        maybe_enable_xformers([self.unet, self.vae], use_xformers)
-        self.checkpoint_encoder = bool(checkpoint_encoder)
-        self.checkpoint_pixels = int(checkpoint_pixels)
+        super().__init__(
+            vae=components.vae,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            frozen=(self.image_encoder, self.projection),
+            guidance_scale=guidance_scale,
+            cfg_mode=cfg_mode,
+            t_range=t_range,
+            weight=weight,
+            latent_mode=latent_mode,
+            use_xformers=use_xformers,
+            checkpoint_encoder=checkpoint_encoder,
+            checkpoint_pixels=checkpoint_pixels,
+        )
+        self.image_processor = components.image_processor
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_mode = cfg_mode
-        self.t_range = (float(t_range[0]), float(t_range[1]))
-        self.weight = float(weight)
         self.angle_weighting = bool(angle_weighting)
+        if c_concat_mode not in ("mode", "sample"):
+            raise InputError(f"c_concat_mode must be 'mode' or 'sample', got {c_concat_mode!r}")
+        if clip_preprocess not in ("torch", "processor"):
+            raise InputError(f"clip_preprocess must be 'torch' or 'processor', got {clip_preprocess!r}")
+        if clip_preprocess == "processor" and self.image_processor is None:
+            raise InputError(
+                "clip_preprocess='processor' needs the model's feature_extractor/preprocessor_config.json",
+                "use a Zero123 folder with its feature_extractor, or clip_preprocess='torch'",
+            )
         self.c_concat_mode = c_concat_mode
-        self.latent_sample = latent_mode == "sample"
-        self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
-        self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
+        self.clip_preprocess = clip_preprocess
         self.clip_embeds: torch.Tensor | None = None  # [1, 1, D]
         self.c_concat: torch.Tensor | None = None  # [1, 4, h, w], unscaled
         if reference is not None:
@@ -218,8 +231,12 @@ class Zero123Guidance:
         if reference.ndim != 4 or reference.shape[:2] != (1, 3):
             raise InputError(f"the Zero123 reference must be [1, 3, H, W], got {tuple(reference.shape)}")
         enc_dtype = module_dtype(self.image_encoder)
-        size = int(self.image_encoder.config.image_size)
-        pix = clip_preprocess(reference.to(module_device(self.image_encoder)), size).to(enc_dtype)
+        enc_device = module_device(self.image_encoder)
+        if self.clip_preprocess == "processor":
+            pix = clip_processor_pixels(self.image_processor, reference).to(enc_device, enc_dtype)
+        else:
+            size = int(self.image_encoder.config.image_size)
+            pix = clip_preprocess(reference.to(enc_device), size).to(enc_dtype)
         embeds = self.image_encoder(pixel_values=pix).image_embeds[:, None].detach()
         self.clip_embeds = embeds.to(module_device(self.projection))  # the encoder may be parked elsewhere
         ref = resize(reference.to(module_device(self.vae)).float(), (self.image_size,) * 2)
@@ -251,38 +268,19 @@ class Zero123Guidance:
         lam = self.weight * angle / 180.0 if self.angle_weighting else torch.full((n,), self.weight)
         return lam, angle
 
-    def __call__(
-        self,
-        images: torch.Tensor,
-        views: Views,
-        *,
-        step: int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        t: torch.Tensor | int | None = None,
-    ) -> GuidanceOutput:
-        """SDS on ``images [B, T, 3, H, W]`` seen from ``views`` (relative poses; ``step`` unused).
-
-        ``noise`` ``[B·T, 4, h, w]`` and ``t`` (int or ``[B·T]``) may be injected.
-        Returns ``losses["zero123"]`` (fp32, ∂/∂z = g/(B·T)).
-        """
+    def check_call(self, images: Tensor, views: Views) -> tuple[int, int]:
         if self.c_concat is None:
             raise InputError("Zero123 guidance has no reference image", "call set_reference(image) first")
-        b, tt = check_images(images)
-        views.check(images)
-        n = b * tt
+        return super().check_call(images, views)
 
-        x = resize(images.reshape(n, *images.shape[2:]).to(module_dtype(self.vae)), (self.image_size,) * 2)
-        z = encode_latents(
-            self.vae,
-            x,
-            sample=self.latent_sample,
-            generator=generator,
-            checkpoint=self.checkpoint_encoder,
-            checkpoint_pixels=self.checkpoint_pixels,
-        )
-        t, noise = timesteps_and_noise(z, t, noise, n, self.t_range, self.num_train_timesteps, generator)
-
+    def guide(
+        self, images: Tensor, views: Views, *, generator: Gen, noise: Noise, t: Steps
+    ) -> GuidanceOutput:
+        """SDS on ``images [B, T, 3, H, W]`` seen from ``views`` (relative poses): ``noise`` ``[B·T, 4, h, w]``
+        and ``t`` (int or ``[B·T]``) may be injected. Returns ``losses["zero123"]`` (fp32, ∂/∂z = g/(B·T))."""
+        n = views.batch * views.frames
+        z = self.encode(self.vae_input(images, (self.image_size,) * 2), generator)
+        t, noise = self.draw(z, t, noise, n, generator)
         udtype = module_dtype(self.unet)
         with torch.no_grad():
             c = self.conditioning(views).to(device=z.device, dtype=udtype)
@@ -290,11 +288,7 @@ class Zero123Guidance:
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t).to(udtype)
             x_in = torch.cat([torch.cat([zt, zt]), torch.cat([torch.zeros_like(cc), cc])], dim=1)
             t_dev = t.to(z.device)
-            eps = self.unet(
-                x_in, torch.cat([t_dev, t_dev]), encoder_hidden_states=torch.cat([torch.zeros_like(c), c])
-            ).sample
-            eps_u, eps_c = eps.chunk(2)
-            eps_hat = sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
+            eps_hat = self.guided_noise(x_in, torch.cat([t_dev, t_dev]), torch.cat([torch.zeros_like(c), c]))
         lam, angle = self.angle_weights(views)
         w = sds.w_one_minus_alpha_bar(self.alphas_cumprod, t)
         g = sds.sds_gradient(eps_hat, noise, lam * w, 1.0)

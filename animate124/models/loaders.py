@@ -73,6 +73,8 @@ class Zero123Components:
     projection: torch.nn.Linear
     scheduler: DDIMScheduler
     layout: str
+    #: the folder's ``CLIPImageProcessor`` (PIL), for upstream's CLIP preprocessing; None without the file
+    image_processor: Any = None
 
 
 @dataclass
@@ -327,6 +329,7 @@ def load_zero123(
         unet = _diffusers(UNet2DConditionModel, root, "unet", dtype)
         image_encoder = _transformers(CLIPVisionModelWithProjection, root, "image_encoder", dtype)
         scheduler = _scheduler(root)
+        image_processor = _clip_image_processor(root / "feature_extractor")
     emb = image_encoder.config.projection_dim
     if projection.out_features != emb or unet.config.cross_attention_dim != emb:
         raise ModelNotFoundError(
@@ -336,8 +339,20 @@ def load_zero123(
         )
     return Zero123Components(
         _freeze(vae, device), _freeze(unet, device), _freeze(image_encoder, device), _freeze(projection, device),
-        scheduler, layout,
+        scheduler, layout, image_processor,
     )  # fmt: skip
+
+
+def _clip_image_processor(folder: Path) -> Any:
+    """The PIL ``CLIPImageProcessor`` of ``folder`` (upstream's; transformers 5 names it
+    ``CLIPImageProcessorPil``), or None when the folder has no ``preprocessor_config.json``."""
+    if not (folder / "preprocessor_config.json").is_file():
+        return None
+    try:
+        from transformers import CLIPImageProcessorPil as Processor  # transformers >= 5
+    except ImportError:  # transformers 4: CLIPImageProcessor is the PIL one
+        from transformers import CLIPImageProcessor as Processor
+    return Processor.from_pretrained(str(folder))
 
 
 def load_video(

@@ -1,7 +1,7 @@
 """Meshes from a radiance field: marching cubes on the density, vertex colours from the albedo, glTF.
 
 Libraries: PyMCubes (marching cubes), fast-simplification (quadric decimation), trimesh (PLY/OBJ
-files, mesh checks), pygltflib (the animated ``.glb`` container).
+files, mesh checks).
 
 **Which density level is the surface.** A NeRF has no surface, only density σ; what the renders
 show as the object's outline is where a pixel's opacity ``1 − exp(−∫σ ds)`` crosses 0.5 (the
@@ -18,9 +18,8 @@ inside the occupancy grid's occupied cells (dilated by one cell): the renderer s
 so the mesh shows what the renders show, and the field is evaluated at a fraction of the points.
 The lattice is padded with one layer of empty points, so the surface is always closed.
 
-An animated ``.glb`` holds one mesh node per frame under a root node; an animation with STEP
-interpolation sets a frame's scale to 1 while it is shown and 0 otherwise (glTF viewers and Blender's
-importer play it; the static scene shows frame 0).
+The ``.glb`` files are written by :mod:`animate124.render.gltf`: one mesh whose vertices move (morph
+targets; :mod:`animate124.render.tracking` fits them), or a flipbook of one mesh per frame.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ __all__ = [
     "vertex_colors",
     "extract_mesh",
     "save_mesh",
-    "save_glb",
+    "vertex_normals",
     "mesh_stats",
     "to_trimesh",
 ]
@@ -205,12 +204,17 @@ def _signed_volume(v: np.ndarray, f: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def decimate(vertices: np.ndarray, faces: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
-    """Quadric decimation keeping about ``keep`` (0, 1] of the triangles (1: unchanged)."""
-    if keep >= 1.0 or len(faces) < 64:
-        return vertices, faces
+def decimate(
+    vertices: np.ndarray, faces: np.ndarray, keep: float, max_faces: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric decimation keeping about ``keep`` (0, 1] of the triangles (1: unchanged), and at most
+    about ``max_faces`` of them (0: no limit)."""
     if keep <= 0.0:
         raise MeshError(f"decimation fraction {keep} must be in (0, 1]")
+    if max_faces > 0:
+        keep = min(keep, max_faces / max(len(faces), 1))
+    if keep >= 1.0 or len(faces) < 64:
+        return vertices, faces
     import fast_simplification
 
     v, f = fast_simplification.simplify(
@@ -244,11 +248,13 @@ def extract_mesh(
     t: float | None = None,
     occupancy: Any = None,
     keep: float = 1.0,
+    max_faces: int = 0,
 ) -> Mesh:
-    """Marching cubes at ``threshold`` (+ optional decimation) with albedo vertex colours, at time ``t``."""
+    """Marching cubes at ``threshold`` (+ optional decimation: :func:`decimate`) with albedo vertex
+    colours, at time ``t``."""
     vol = density_volume(field, resolution, t=t, occupancy=occupancy)
     v, f = marching_cubes(vol, threshold, float(field.bound))
-    v, f = decimate(v, f, keep)
+    v, f = decimate(v, f, keep, max_faces)
     return Mesh(v, f, vertex_colors(field, v, t), t)
 
 
@@ -274,118 +280,15 @@ def save_mesh(path: Path, mesh: Mesh) -> Path:
     return path
 
 
-def _vertex_normals(mesh: Mesh) -> np.ndarray:
-    v, f = mesh.vertices.astype(np.float64), mesh.faces
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals ``[V,3]`` float32 (0 for a vertex of no triangle's area)."""
+    v = vertices.astype(np.float64)
+    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
     vn = np.zeros_like(v)
     for k in range(3):
-        np.add.at(vn, f[:, k], fn)
+        np.add.at(vn, faces[:, k], fn)
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     return (vn / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
-def save_glb(path: Path, meshes: Sequence[Mesh], fps: float = 8.0, name: str = "animate124") -> Path:
-    """One ``.glb``: a single mesh, or one node per frame played in turn (module docstring)."""
-    import pygltflib as gl
-
-    if not meshes:
-        raise MeshError("no meshes to write")
-    blob = bytearray()
-    views: list[Any] = []
-    accessors: list[Any] = []
-
-    def add(
-        arr: np.ndarray,
-        comp: int,
-        typ: str,
-        target: int | None,
-        *,
-        minmax: bool = False,
-        normalized: bool = False,
-    ) -> int:
-        while len(blob) % 4:
-            blob.append(0)
-        data = np.ascontiguousarray(arr).tobytes()
-        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data), target=target))
-        blob.extend(data)
-        acc = gl.Accessor(
-            bufferView=len(views) - 1,
-            componentType=comp,
-            count=int(arr.shape[0]),
-            type=typ,
-            normalized=normalized or None,
-        )
-        if minmax:
-            flat = arr.reshape(arr.shape[0], -1)
-            acc.min = [float(x) for x in flat.min(axis=0)]
-            acc.max = [float(x) for x in flat.max(axis=0)]
-        accessors.append(acc)
-        return len(accessors) - 1
-
-    material = gl.Material(
-        name="albedo",
-        pbrMetallicRoughness=gl.PbrMetallicRoughness(
-            baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0
-        ),
-        doubleSided=True,
-    )
-    gmeshes, nodes = [], [gl.Node(name=name, children=[])]
-    animated = len(meshes) > 1
-    for i, m in enumerate(meshes):
-        attrs = gl.Attributes(
-            POSITION=add(m.vertices.astype(np.float32), gl.FLOAT, gl.VEC3, gl.ARRAY_BUFFER, minmax=True),
-            NORMAL=add(_vertex_normals(m), gl.FLOAT, gl.VEC3, gl.ARRAY_BUFFER),
-        )
-        if m.colors is not None:
-            rgba = np.concatenate([m.colors, np.full((len(m.colors), 1), 255, np.uint8)], axis=1)
-            attrs.COLOR_0 = add(rgba, gl.UNSIGNED_BYTE, gl.VEC4, gl.ARRAY_BUFFER, normalized=True)
-        idx = add(m.faces.astype(np.uint32).reshape(-1), gl.UNSIGNED_INT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)
-        gmeshes.append(
-            gl.Mesh(
-                name=f"frame_{i:03d}", primitives=[gl.Primitive(attributes=attrs, indices=idx, material=0)]
-            )
-        )
-        node = gl.Node(name=f"frame_{i:03d}" if animated else name, mesh=i)
-        if animated:
-            node.scale = [1.0, 1.0, 1.0] if i == 0 else [0.0, 0.0, 0.0]
-            node.extras = {"time": m.time}
-        nodes.append(node)
-        nodes[0].children.append(len(nodes) - 1)
-    animations = []
-    if animated:
-        n = len(meshes)
-        keys = np.arange(n + 1, dtype=np.float32) / float(fps)  # the last frame lasts 1/fps too
-        inp = add(keys, gl.FLOAT, gl.SCALAR, None, minmax=True)
-        samplers, channels = [], []
-        for i in range(n):
-            on = np.zeros((n + 1, 3), np.float32)
-            on[i] = 1.0
-            if i == n - 1:
-                on[n] = 1.0
-            samplers.append(
-                gl.AnimationSampler(input=inp, output=add(on, gl.FLOAT, gl.VEC3, None), interpolation="STEP")
-            )
-            channels.append(
-                gl.AnimationChannel(sampler=i, target=gl.AnimationChannelTarget(node=i + 1, path="scale"))
-            )
-        animations.append(gl.Animation(name="motion", samplers=samplers, channels=channels))
-    doc = gl.GLTF2(
-        asset=gl.Asset(generator="animate124", version="2.0"),
-        scene=0,
-        scenes=[gl.Scene(nodes=[0])],
-        nodes=nodes,
-        meshes=gmeshes,
-        materials=[material],
-        accessors=accessors,
-        bufferViews=views,
-        buffers=[gl.Buffer(byteLength=len(blob))],
-        animations=animations,
-    )
-    doc.set_binary_blob(bytes(blob))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(b"".join(doc.save_to_bytes()))
-    return path
 
 
 def mesh_stats(mesh: Mesh) -> dict[str, Any]:

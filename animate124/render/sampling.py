@@ -27,8 +27,6 @@ __all__ = [
     "CameraSample",
     "Trajectory",
     "sample_training_camera",
-    "relative_pose",
-    "wrap_degrees",
     "sample_trajectory",
     "sample_frame_times",
 ]
@@ -126,25 +124,6 @@ def sample_training_camera(
     polar, azimuth = polar.cpu(), azimuth.cpu()
     cams = camera_from_spherical(polar, azimuth, r, fovy, height, width, device)
     return CameraSample(cams.polar, cams.azimuth, cams.radius, cams)
-
-
-def wrap_degrees(x: Tensor) -> Tensor:
-    """Wrap angles to (−180, 180]: ``180 − ((180 − x) mod 360)``."""
-    return 180.0 - torch.remainder(180.0 - x, 360.0)
-
-
-def relative_pose(
-    polar: Tensor | float,
-    azimuth: Tensor | float,
-    radius: Tensor | float,
-    ref: tuple[float, float, float] = (90.0, 0.0, 1.8),
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Pose relative to the reference view for Zero123 (SPEC §3.3): Δpolar = θ−θ_ref,
-    Δazimuth = wrap(φ−φ_ref) ∈ (−180, 180], Δradius = r − r_ref."""
-    p, a, r = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float32) for v in (polar, azimuth, radius))
-    )
-    return p - ref[0], wrap_degrees(a - ref[1]), r - ref[2]
 
 
 def sample_trajectory(

@@ -7,7 +7,9 @@ With ambient ratio ``k`` and light direction ``l``:
 * ``textureless``: ``c = (k + (1−k)·max(0, n·l))·[1,1,1]``
 * ``normal``:      ``c = (n + 1)/2``
 
-``l = normalize(camera_origin + N(0, I₃))``, one draw per render call shared by all rays.
+The light direction ``l = normalize(camera_origin_f + n)``, one ``n ~ N(0, I₃)`` per render call shared by all
+rays and frames (each frame of a moving-camera clip lit from its own camera), is drawn by the training
+systems (``stages/system.py``, ``NerfSystem.light_for``).
 """
 
 from __future__ import annotations
@@ -54,10 +56,3 @@ def shade(
     if mode == "textureless":
         return lambert.expand(-1, 3)
     return albedo * lambert
-
-
-def sample_light_dir(camera_origin: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``normalize(camera_origin + N(0, I₃))``, ``[3]`` (SPEC 3.1, ``dnerf/utils.py:208``)."""
-    o = camera_origin.reshape(3)
-    noise = torch.randn(3, generator=generator, device=o.device if generator is None else generator.device)
-    return _normalize(o + noise.to(device=o.device, dtype=o.dtype))

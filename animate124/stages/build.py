@@ -18,9 +18,11 @@ import torch
 from animate124.config.schema import Config, FieldConfig
 from animate124.engine.runtime import resolve_device
 from animate124.engine.schedules import (
+    GRAD_SCALER,
     EntropyRamp,
     Every,
     LevelMaskSchedule,
+    LossScaleSchedule,
     ReferenceSchedule,
     ShadingSchedule,
     StepClock,
@@ -80,7 +82,11 @@ def preprocess_options(cfg: Config) -> dict[str, Any]:
 
 
 def ti_config(cfg: Config, device: torch.device) -> Any:
-    """``invert`` section (+ ``run.seed``, ``run.precision``) -> the textual inversion's settings."""
+    """``invert`` section (+ ``run.seed``, ``run.precision`` and the speed options ``run.compile_priors`` /
+    ``run.channels_last`` naming ``invert``, ``run.compile_mode``, ``run.fused_adamw``) -> the textual
+    inversion's settings."""
+    from animate124.guidance.compiled import parse_compile
+    from animate124.guidance.layout import parse_channels_last
     from animate124.guidance.textual_inversion import TIConfig
 
     c = cfg.invert
@@ -98,6 +104,11 @@ def ti_config(cfg: Config, device: torch.device) -> Any:
         mixed_precision=precision_of(cfg, device) == "fp16",
         trace_steps=cfg.run.trace_steps,
         trace_parts=cfg.run.trace_parts,
+        tensorboard=cfg.run.tensorboard,
+        compile_unet="invert" in parse_compile(cfg.run.compile_priors),
+        compile_mode=cfg.run.compile_mode,
+        channels_last="invert" in parse_channels_last(cfg.run.channels_last),
+        fused_adamw=cfg.run.fused_adamw,
     )
 
 
@@ -256,6 +267,11 @@ def stage_schedules(cfg: Config, stage: str) -> Schedules:
         shading=shading,
         level_mask=mask,
         occupancy=Every(cfg.raymarch.update_interval),
+        loss_scale=LossScaleSchedule(
+            float(GRAD_SCALER["init_scale"]),
+            float(GRAD_SCALER["growth_factor"]),
+            int(GRAD_SCALER["growth_interval"]),
+        ),
     )
 
 
@@ -288,6 +304,8 @@ def trainer_settings(cfg: Config, stage: str, config_hash: str = "") -> TrainerS
         label=stage,
         trace_steps=cfg.run.trace_steps,
         trace_parts=cfg.run.trace_parts,
+        tensorboard=cfg.run.tensorboard,
+        grad_stats_every=cfg.run.grad_stats_every,
     )
 
 
@@ -314,13 +332,15 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
     and VAE decoder parked on the CPU when ``run.park_encoders``, its VAE encoder's attention blocked when
     ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm`` (all five:
-    the same function); or its networks compiled when ``name`` is in ``run.compile_priors`` (the same up to
-    rounding, so off in paper)."""
+    the same function); its convolutions channels-last when ``name`` is in ``run.channels_last``, or its networks
+    compiled (``run.compile_mode``) when ``name`` is in ``run.compile_priors`` (the same up to rounding, so off in
+    paper); its UNet/ControlNet products in fp8 with ``run.prior_precision=fp8`` (lower precision, opt-in)."""
     from animate124.guidance.attention import use_blocked_vae_attention
     from animate124.guidance.common import park_encoders
     from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
     from animate124.guidance.groupnorm import use_fused_vae_norms
+    from animate124.guidance.layout import parse_channels_last, use_channels_last
     from animate124.guidance.offload import offload_prior_networks, parse_offload
 
     if cfg.run.park_encoders:
@@ -329,6 +349,12 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
         use_blocked_vae_attention(getattr(prior, "vae", None))
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
+    if cfg.run.prior_precision == "fp8":
+        from animate124.guidance.fp8 import use_fp8
+
+        use_fp8(prior)  # ConfigError off a CUDA GPU of compute capability 8.9+
+    if name in parse_channels_last(cfg.run.channels_last):
+        use_channels_last(prior)
     compile_it = name in parse_compile(cfg.run.compile_priors)
     if name in parse_offload(cfg.run.offload_priors):
         if compile_it:
@@ -340,7 +366,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
         from animate124.engine.runtime import model_cache_dir
 
         use_compile_cache(model_cache_dir(cfg))
-        compile_prior_networks(prior)  # compiled: no CUDA graph either
+        compile_prior_networks(prior, cfg.run.compile_mode)  # compiled: no CUDA graph either
         return prior
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
 
@@ -389,7 +415,11 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             cfg_mode="standard",  # Zero123 uses the standard CFG form upstream (SPEC 3.8); not a setting
             t_range=sec.zero123_t_range,
             weight=sec.zero123_weight,
+            c_concat_mode=sec.zero123_c_concat,
+            clip_preprocess=sec.zero123_clip_preprocess,
             reference=reference.to(device),
+            # upstream drew its c_concat sample from torch's global generator; ours is seeded by run.seed
+            generator=torch.Generator().manual_seed(cfg.run.seed),
             **_encoder_options(cfg),
         ),
         "zero123",

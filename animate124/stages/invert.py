@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace as dc_replace
 from typing import Any
 
 from animate124.config.loader import replace as cfg_replace
@@ -12,7 +11,6 @@ from animate124.engine.interrupt import graceful_interrupt
 from animate124.engine.progress import rich_progress
 from animate124.engine.runner import StageContext, StageResult, run_stage
 from animate124.engine.runtime import model_store, resolve_device
-from animate124.errors import InputError
 from animate124.fileio import atomic_path, file_sha256
 from animate124.preprocess.image_io import load_photo
 from animate124.project import Project
@@ -29,12 +27,11 @@ def run_invert(
     *,
     force: bool = False,
     show_progress: bool = True,
-    auto_initializer: bool = False,
 ) -> StageResult:
     """Train (or resume) the token and write ``<project>/invert/learned_embeds.safetensors``.
 
-    ``auto_initializer``: the initializer word was guessed from the prompt; if it is not a single
-    token, fall back to "object" instead of failing.
+    The initializer must be one token (InputError otherwise); the pre-flight of the CLI decides the word
+    (:func:`animate124.stages.preflight.decide_initializer`) before any stage runs.
     """
     project.require()
     src = source_image(project)
@@ -55,6 +52,11 @@ def run_invert(
             use_fused_vae_norms(comps.vae)  # the same function (BENCHMARKS.md §8.8)
         c = cfg.invert
         ti = ti_config(cfg, device)
+        if ti.compile_unet:  # run.compile_priors names invert: Inductor's caches under the model cache
+            from animate124.engine.runtime import model_cache_dir
+            from animate124.guidance.compiled import use_compile_cache
+
+            use_compile_cache(model_cache_dir(cfg))
         photo = load_photo(src)
         train_metrics: dict = {}
         ckpt = project.stage("invert").checkpoints
@@ -74,14 +76,7 @@ def run_invert(
                     metrics=train_metrics,
                 )
 
-            try:
-                vec = train(ti)
-            except InputError:
-                if not (auto_initializer and c.initializer != "object"):
-                    raise
-                log.warning("initializer %r is not one token; using 'object'", c.initializer)
-                ti = dc_replace(ti, initializer="object")
-                vec = train(ti)
+            vec = train(ti)
         if stop.requested:
             return {}  # graceful_interrupt raises KeyboardInterrupt on exit; the runner marks it interrupted
         with atomic_path(project.learned_embeds) as tmp:

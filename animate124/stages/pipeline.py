@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 TOKEN = "<token>"
 STATIC_TEMPLATE = "a high-resolution DSLR image of {}"
-#: CLIP's text encoders read 77 tokens, two of which are the start and end markers.
-CLIP_MAX_TOKENS = 75
 
 _DETERMINERS = {
     "a", "an", "the", "one", "two", "three", "four", "five", "some", "several", "many", "my", "your",
@@ -57,8 +55,6 @@ _VERBS = {
     "flap", "swing", "sway", "float", "explode", "burn", "melt", "grow", "open", "close", "wag",
 }  # fmt: skip
 _TOKEN_RE = re.compile(r"[^\W_][\w'-]*|[^\w\s]", re.UNICODE)
-# CLIP's pre-tokenizer (letters runs, single digits, punctuation runs): every piece is >= 1 BPE token.
-_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE | re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -206,49 +202,6 @@ def derive_prompts(
         subject=subj,
         initializer=_head_noun(subj),
     )
-
-
-# --- prompt length ---------------------------------------------------------------------------------
-def count_clip_tokens(text: str, tokenizer: Any = None) -> int:
-    """Tokens of ``text`` without the start/end markers: exact with a CLIP ``tokenizer``, else a lower
-    bound (CLIP's pre-tokenizer pieces; each one is at least one BPE token)."""
-    if tokenizer is not None:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
-    return len(_CLIP_PIECES.findall(text))
-
-
-def check_prompt_length(name: str, text: str, suffix: str = "", tokenizer: Any = None) -> str | None:
-    """Raise ConfigError when ``text`` alone is past CLIP's 75 tokens (the rest would be dropped
-    silently); return a warning when only the appended ``suffix`` is cut off; else None."""
-    n = count_clip_tokens(text, tokenizer)
-    how = "" if tokenizer is not None else "at least "
-    if n > CLIP_MAX_TOKENS:
-        raise ConfigError(
-            f"the {name} prompt is {how}{n} tokens long; the text encoder reads only {CLIP_MAX_TOKENS}",
-            hint="shorten it to one sentence (about 50 words at most); the rest would be ignored",
-        )
-    if suffix and count_clip_tokens(text + suffix, tokenizer) > CLIP_MAX_TOKENS:
-        return (
-            f"the {name} prompt plus its suffix {suffix!r} is past {CLIP_MAX_TOKENS} tokens: "
-            "the end of the suffix is cut off"
-        )
-    return None
-
-
-def prompt_tokenizer(cfg: Config) -> Any:
-    """The SD role's CLIP tokenizer when the real model is cached (exact counts), else None."""
-    if cfg.models.tiny:  # the tiny vocabulary is not CLIP's: its counts mean nothing
-        return None
-    try:
-        from animate124.engine.runtime import model_store
-
-        folder = model_store(cfg).resolve("sd") / "tokenizer"
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(str(folder))
-    except Exception as exc:  # noqa: BLE001 - optional: fall back to the lower bound
-        log.debug("no CLIP tokenizer for prompt lengths (%s); using a lower bound", exc)
-        return None
 
 
 # --- run-all ---------------------------------------------------------------------------------------

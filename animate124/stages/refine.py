@@ -91,7 +91,7 @@ class RefineSystem(DynamicSystem):
                 cond[:, read] = part
         views = self.clip_views(out, clip, condition=cond)
         terms, diag = self.clip_terms(gs, out, clip, views)
-        with self.timers("controlnet"):
+        with self.prior_part("controlnet", self.controlnet, out.rgb):
             g = self.controlnet(out.rgb, views, step=gs, generator=self.generator)
         terms.update(g.losses)
         diag.update({f"controlnet/{k}": v for k, v in g.diagnostics.items()})

@@ -11,6 +11,7 @@ from animate124.engine.schedules import (
     EntropyRamp,
     Every,
     LevelMaskSchedule,
+    LossScaleSchedule,
     ReferenceSchedule,
     ShadingSchedule,
     StepClock,
@@ -122,3 +123,5 @@ class Schedules:
     shading: ShadingSchedule
     level_mask: LevelMaskSchedule | None
     occupancy: Every
+    #: the GradScaler's scale by step when the stage runs without one (``static.sds_grad_scale=upstream``)
+    loss_scale: LossScaleSchedule

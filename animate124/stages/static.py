@@ -50,7 +50,7 @@ def build_static_system(
     occupancy = build_occupancy(cfg, dynamic=False, device=device)
     system = StaticSystem(
         priors=priors,
-        legacy_sds_scaling=cfg.static.legacy_sds_scaling,
+        sds_grad_scale=cfg.static.sds_grad_scale,
         camera_sampler=camera_sampler,
         field=field,
         occupancy=occupancy,

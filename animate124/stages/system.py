@@ -15,9 +15,10 @@ every step (SPEC 3.4-3.6).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,10 @@ from animate124.stages.settings import (
 )
 
 log = logging.getLogger(__name__)
+
+#: the loss terms of a reference step (SPEC 3.5) and the regularisers of every step (SPEC 3.6)
+REFERENCE_TERMS = ("rgb", "mask", "depth")
+REGULARIZER_TERMS = ("entropy", "orientation", "normal_tv", "normal_blur")
 
 __all__ = [
     "RaySettings",
@@ -159,6 +164,21 @@ class NerfSystem:
 
     def global_step(self, step: int) -> int:
         return self.schedules.clock.global_step(step)
+
+    @contextlib.contextmanager
+    def prior_part(self, name: str, prior: Guidance, images: Tensor) -> Iterator[None]:
+        """``self.timers(name)`` around one call of ``prior`` on ``images``. With ``run.profile`` the call's
+        exact FLOPs are counted too (``guidance/flops.py``, once per shape): its forward (UNet on the CFG batch,
+        VAE encoder) as the work of part ``name``, the VAE encoder's backward and recompute as work of the
+        step's ``backward`` part (``metrics.flops_by_part``)."""
+        count = getattr(prior, "call_flops", None)
+        if self.timers.enabled and count is not None:
+            flops = count(images.shape)
+            if flops is not None:
+                self.timers.add_flops(name, flops.forward)
+                self.timers.add_flops("backward", flops.backward)
+        with self.timers(name):
+            yield
 
     def before_step(self, step: int) -> None:
         gs = self.global_step(step)
@@ -291,23 +311,38 @@ class NerfSystem:
         return terms
 
     def guidance_step(self, gs: int, loss_scale: float) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """The guidance terms of global step ``gs``; ``loss_scale``: the GradScaler's scale S of this step
+        (the real one under fp16, else the no-overflow schedule :class:`LossScaleSchedule`)."""
         raise NotImplementedError
 
     def extra_terms(self, gs: int) -> dict[str, Tensor]:
         return {}
 
-    def training_step(self, step: int, loss_scale: float) -> StepOutput:
+    def loss_groups(self) -> dict[str, list[str]]:
+        """Loss group -> term names, for the trainer's gradient-balance record: the reference losses, each
+        prior's term (named after the prior), the regularisers, the time TV."""
+        groups: dict[str, list[str]] = {
+            "reference": list(REFERENCE_TERMS),
+            "regularizers": list(REGULARIZER_TERMS),
+            "time_tv": ["time_tv"],
+        }
+        for prior in self.guidance_priors():
+            groups[prior.name] = [prior.loss_key]
+        return groups
+
+    def training_step(self, step: int, loss_scale: float | None) -> StepOutput:
         gs = self.global_step(step)
         scalars: dict[str, float] = {"global_step": float(gs)}
         if self.schedules.reference.is_reference(gs):
             terms = self.reference_step(gs)
             scalars["reference"] = 1.0
         else:
-            terms, diag = self.guidance_step(gs, loss_scale)
+            scale = loss_scale if loss_scale is not None else self.schedules.loss_scale.scale(step)
+            terms, diag = self.guidance_step(gs, scale)
             scalars.update(diag)
             scalars["reference"] = 0.0
         terms.update(self.extra_terms(gs))
-        return StepOutput(losses=terms, scalars=scalars)
+        return StepOutput(losses=terms, scalars=scalars, groups=self.loss_groups())
 
     # ---------------------------------------------------------------- previews
     def preview_frames(self) -> Tensor:
@@ -348,19 +383,29 @@ class NerfSystem:
 
 
 class StaticSystem(NerfSystem):
-    """Static stage (SPEC 4): SD 1.5 + Zero123-XL SDS on the same 128² render."""
+    """Static stage (SPEC 4): SD 1.5 + Zero123-XL SDS on the same 128² render.
+
+    ``sds_grad_scale="upstream"`` (``static.sds_grad_scale``, SPEC 11.1) weights each SDS term by 1/S, S the
+    loss scale of the step. Upstream pushed ``z.backward(g)`` past the GradScaler and ``unscale_`` then
+    divided every gradient by S, so its SDS reached the field as g/S beside the unscaled reference losses and
+    regularisers. Here the SDS surrogate loss times 1/S goes through the scaler like the other terms
+    (× S in backward, ÷ S in ``unscale_``): the field gets g/S, and under fp16 the latents get g, as
+    upstream's. ``"nominal"``: the weights as written.
+    """
 
     def __init__(
         self,
         *,
         priors: Mapping[str, Guidance],
-        legacy_sds_scaling: bool,
+        sds_grad_scale: str,
         camera_sampler: CameraSampler | None = None,
         **kw,
     ) -> None:
         super().__init__(**kw)
+        if sds_grad_scale not in ("upstream", "nominal"):
+            raise ValueError(f"sds_grad_scale must be 'upstream' or 'nominal', got {sds_grad_scale!r}")
         self.priors = dict(priors)
-        self.legacy_sds_scaling = legacy_sds_scaling
+        self.sds_grad_scale = sds_grad_scale
         self.camera_sampler = camera_sampler or self.random_camera
 
     def guidance_priors(self) -> list[Guidance]:
@@ -392,12 +437,14 @@ class StaticSystem(NerfSystem):
         views = Views.from_cameras(cams, 1, 1)
         terms: dict[str, Tensor] = {}
         diag: dict[str, float] = {"ambient": shade.ambient}
-        legacy = 1.0 / loss_scale if self.legacy_sds_scaling else 1.0
+        factor = 1.0 / loss_scale if self.sds_grad_scale == "upstream" else 1.0
+        if self.sds_grad_scale == "upstream":
+            diag["sds_loss_scale"] = float(loss_scale)
         for name, prior in self.priors.items():
-            with self.timers(name):
+            with self.prior_part(name, prior, out.rgb):
                 g = prior(out.rgb, views, step=gs, generator=self.generator)
             for k, v in g.losses.items():
-                terms[k] = v * legacy if legacy != 1.0 else v
+                terms[k] = v * factor if factor != 1.0 else v
             diag.update({f"{name}/{k}": v for k, v in g.diagnostics.items()})
         terms.update(self.regularizers(out, gs))
         return terms, diag
@@ -500,12 +547,12 @@ class DynamicSystem(NerfSystem):
         terms: dict[str, Tensor] = {}
         diag = {"from_zero": float(from_zero), "static_camera": float(clip.static_camera)}
         diag["samples"] = float(out.num_samples)  # how full the scene is: the render's cost and memory
-        with self.timers("video"):
+        with self.prior_part("video", self.video, out.rgb):
             g = self.video(out.rgb, views, step=gs, generator=self.generator)
         terms.update(g.losses)
         diag.update({f"video/{k}": v for k, v in g.diagnostics.items()})
         if from_zero and self.zero123 is not None:
-            with self.timers("zero123"):
+            with self.prior_part("zero123", self.zero123, out.rgb[:, :1]):
                 z = self.zero123(out.rgb[:, :1], views.select_frames([0]), step=gs, generator=self.generator)
             terms.update(z.losses)
             diag.update({f"zero123/{k}": v for k, v in z.diagnostics.items()})

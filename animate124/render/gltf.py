@@ -1,0 +1,299 @@
+"""Binary glTF 2.0 (``.glb``) files of the exported meshes, written with pygltflib.
+
+Two layouts:
+
+* :func:`save_animated_glb`: **one mesh** whose vertices move. The base positions are one frame's (the
+  reference frame); every frame k is a morph target holding ``positions_k − base`` and
+  ``normals_k − base normals``, and one animation drives the mesh's morph weights: at key k (time
+  ``k/fps``) weight k is 1 and the others 0, STEP (hold) or LINEAR (blend to the next frame); a last
+  key at ``N/fps`` holds the last frame for one frame's time, as the flipbook and the videos do. With
+  one frame there are no targets and no animation (a static mesh). The surface colour is a baked
+  texture (``TEXCOORD_0`` + a PNG in the file, ``baseColorTexture``) or vertex colours (``COLOR_0``).
+  ``mesh.extras.targetNames`` names the targets ``frame_000``… (Blender's importer makes them shape
+  keys of those names).
+* :func:`save_flipbook_glb`: one mesh node per frame under a root node; an animation with STEP
+  interpolation sets a frame's scale to 1 while it is shown and 0 otherwise (the static scene shows
+  frame 0). Every frame has its own topology, so the file grows by a whole mesh per frame.
+
+Spec points kept (glTF 2.0, checked by the Khronos validator in the tests): POSITION accessors, those of
+morph targets included, carry ``min``/``max``; normals are unit length; vertex attributes are 4-byte
+aligned; ``COLOR_0`` is *linear* (the albedo, which is sRGB-encoded like the images it was trained on, is
+decoded), while the base-colour texture is sRGB, as the spec says for each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animate124.fileio import atomic_path
+
+__all__ = ["AnimatedMesh", "save_animated_glb", "save_flipbook_glb", "srgb_to_linear"]
+
+
+@dataclass
+class AnimatedMesh:
+    """What :func:`save_animated_glb` writes.
+
+    ``positions [N,V,3]`` float32 (N frames of the same ``faces [F,3]``), ``normals [N,V,3]`` unit
+    vectors, ``base`` the frame whose positions are the mesh's own; ``uv [V,2]`` in [0,1] (glTF
+    convention: (0,0) is the image's top-left) with ``texture_png`` (PNG bytes), or ``colors [V,3]``
+    uint8 sRGB albedo; ``times [N]`` of the frames (kept in ``extras``).
+    """
+
+    positions: np.ndarray
+    normals: np.ndarray
+    faces: np.ndarray
+    base: int = 0
+    uv: np.ndarray | None = None
+    texture_png: bytes | None = None
+    colors: np.ndarray | None = None
+    times: Sequence[float] | None = None
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0,1] -> linear values (IEC 61966-2-1)."""
+    c = np.asarray(c, np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+class _Builder:
+    """One binary buffer, its views and accessors (each view 4-byte aligned)."""
+
+    def __init__(self) -> None:
+        import pygltflib as gl
+
+        self.gl = gl
+        self.blob = bytearray()
+        self.views: list[Any] = []
+        self.accessors: list[Any] = []
+
+    def view(self, data: bytes, target: int | None = None) -> int:
+        while len(self.blob) % 4:
+            self.blob.append(0)
+        self.views.append(
+            self.gl.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data), target=target)
+        )
+        self.blob.extend(data)
+        return len(self.views) - 1
+
+    def accessor(
+        self,
+        arr: np.ndarray,
+        comp: int,
+        typ: str,
+        target: int | None = None,
+        *,
+        minmax: bool = False,
+        normalized: bool = False,
+    ) -> int:
+        arr = np.ascontiguousarray(arr)
+        acc = self.gl.Accessor(
+            bufferView=self.view(arr.tobytes(), target),
+            componentType=comp,
+            count=int(arr.shape[0]),
+            type=typ,
+            normalized=normalized or None,
+        )
+        if minmax:
+            flat = arr.reshape(arr.shape[0], -1)
+            acc.min = [float(x) for x in flat.min(axis=0)]
+            acc.max = [float(x) for x in flat.max(axis=0)]
+        self.accessors.append(acc)
+        return len(self.accessors) - 1
+
+    def vec3(self, arr: np.ndarray, minmax: bool = False) -> int:
+        gl = self.gl
+        return self.accessor(arr.astype(np.float32), gl.FLOAT, gl.VEC3, gl.ARRAY_BUFFER, minmax=minmax)
+
+    def colors(self, rgb: np.ndarray) -> int:
+        """``COLOR_0`` from sRGB uint8 albedo: linear, normalized unsigned short RGBA (4-byte aligned)."""
+        gl = self.gl
+        lin = srgb_to_linear(rgb.astype(np.float64) / 255.0)
+        rgba = np.concatenate([lin, np.ones((len(lin), 1))], axis=1)
+        q = np.round(rgba * 65535.0).astype(np.uint16)
+        return self.accessor(q, gl.UNSIGNED_SHORT, gl.VEC4, gl.ARRAY_BUFFER, normalized=True)
+
+    def indices(self, faces: np.ndarray) -> int:
+        gl = self.gl
+        flat = faces.astype(np.uint32).reshape(-1)
+        return self.accessor(flat, gl.UNSIGNED_INT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)
+
+    def save(self, path: Path, **doc: Any) -> Path:
+        gl = self.gl
+        gltf = gl.GLTF2(
+            asset=gl.Asset(generator="animate124", version="2.0"),
+            scene=0,
+            accessors=self.accessors,
+            bufferViews=self.views,
+            buffers=[gl.Buffer(byteLength=len(self.blob))],
+            **doc,
+        )
+        gltf.set_binary_blob(bytes(self.blob))
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(gltf.save_to_bytes()))
+        return path
+
+
+def _unit(n: np.ndarray) -> np.ndarray:
+    """Unit vectors; a zero vector (a vertex of no triangle's area) becomes +z, as glTF wants unit normals."""
+    n = np.asarray(n, np.float64)
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    out = np.where(norm > 1e-12, n / np.where(norm > 1e-12, norm, 1.0), [0.0, 0.0, 1.0])
+    return out.astype(np.float32)
+
+
+def _material(gl: Any, texture: int | None) -> Any:
+    pbr = gl.PbrMetallicRoughness(
+        baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0
+    )
+    if texture is not None:
+        pbr.baseColorTexture = gl.TextureInfo(index=texture)
+    return gl.Material(name="albedo", pbrMetallicRoughness=pbr, doubleSided=True)
+
+
+def _key_times(n: int, fps: float) -> np.ndarray:
+    """Keys at ``k/fps`` for the n frames plus one at ``n/fps`` (the last frame lasts 1/fps too)."""
+    return np.arange(n + 1, dtype=np.float32) / float(fps)
+
+
+def save_animated_glb(
+    path: Path,
+    mesh: AnimatedMesh,
+    *,
+    fps: float = 8.0,
+    interpolation: str = "LINEAR",
+    name: str = "animate124",
+) -> Path:
+    """One mesh with one morph target per frame and an animation of its weights (module docstring)."""
+    from animate124.render.mesh import MeshError
+
+    b = _Builder()
+    gl = b.gl
+    pos, nrm, faces = mesh.positions, mesh.normals, mesh.faces
+    if pos.ndim != 3 or pos.shape[0] < 1 or pos.shape[2] != 3 or nrm.shape != pos.shape:
+        raise MeshError(f"positions/normals must be [N,V,3] alike, got {pos.shape} and {nrm.shape}")
+    if (mesh.uv is None) != (mesh.texture_png is None):
+        raise MeshError("a texture needs both uv and the PNG")
+    if interpolation not in ("LINEAR", "STEP"):
+        raise MeshError(f"interpolation {interpolation!r} is not LINEAR or STEP")
+    n = pos.shape[0]
+    base = int(mesh.base)
+    base_pos = pos[base].astype(np.float32)
+    base_nrm = _unit(nrm[base])
+    attrs = gl.Attributes(POSITION=b.vec3(base_pos, minmax=True), NORMAL=b.vec3(base_nrm))
+    textures: list[Any] = []
+    images: list[Any] = []
+    samplers: list[Any] = []
+    if mesh.uv is not None and mesh.texture_png is not None:
+        uv = mesh.uv.astype(np.float32)
+        attrs.TEXCOORD_0 = b.accessor(uv, gl.FLOAT, gl.VEC2, gl.ARRAY_BUFFER)
+        images.append(gl.Image(bufferView=b.view(mesh.texture_png), mimeType="image/png", name="albedo"))
+        samplers.append(
+            gl.Sampler(
+                magFilter=gl.LINEAR,
+                minFilter=gl.LINEAR_MIPMAP_LINEAR,
+                wrapS=gl.CLAMP_TO_EDGE,
+                wrapT=gl.CLAMP_TO_EDGE,
+            )
+        )
+        textures.append(gl.Texture(source=0, sampler=0))
+    elif mesh.colors is not None:
+        attrs.COLOR_0 = b.colors(mesh.colors)
+    targets = []
+    if n > 1:
+        for k in range(n):
+            dp = (pos[k].astype(np.float64) - base_pos).astype(np.float32)
+            dn = (_unit(nrm[k]).astype(np.float64) - base_nrm).astype(np.float32)
+            targets.append(gl.Attributes(POSITION=b.vec3(dp, minmax=True), NORMAL=b.vec3(dn)))
+    prim = gl.Primitive(attributes=attrs, indices=b.indices(faces), material=0, targets=targets or None)
+    extras: dict[str, Any] = {"frames": n, "base_frame": base}
+    if n > 1:
+        extras["targetNames"] = [f"frame_{k:03d}" for k in range(n)]
+    if mesh.times is not None:
+        extras["times"] = [float(t) for t in mesh.times]
+    gmesh = gl.Mesh(name=name, primitives=[prim], extras=extras)
+    if n > 1:
+        gmesh.weights = [1.0 if k == base else 0.0 for k in range(n)]
+    animations = []
+    if n > 1:
+        keys = _key_times(n, fps)
+        w = np.zeros((n + 1, n), np.float32)
+        w[np.arange(n), np.arange(n)] = 1.0
+        w[n, n - 1] = 1.0
+        sampler = gl.AnimationSampler(
+            input=b.accessor(keys, gl.FLOAT, gl.SCALAR, minmax=True),
+            output=b.accessor(w.reshape(-1), gl.FLOAT, gl.SCALAR),
+            interpolation=interpolation,
+        )
+        channel = gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(node=0, path="weights"))
+        animations.append(gl.Animation(name="motion", samplers=[sampler], channels=[channel]))
+    return b.save(
+        path,
+        scenes=[gl.Scene(nodes=[0])],
+        nodes=[gl.Node(name=name, mesh=0)],
+        meshes=[gmesh],
+        materials=[_material(gl, 0 if textures else None)],
+        textures=textures,
+        images=images,
+        samplers=samplers,
+        animations=animations,
+    )
+
+
+def save_flipbook_glb(path: Path, meshes: Sequence[Any], fps: float = 8.0, name: str = "animate124") -> Path:
+    """One node per :class:`~animate124.render.mesh.Mesh`, shown in turn (module docstring); one mesh: a
+    plain scene with that mesh."""
+    from animate124.render.mesh import MeshError, vertex_normals
+
+    if not meshes:
+        raise MeshError("no meshes to write")
+    b = _Builder()
+    gl = b.gl
+    gmeshes, nodes = [], [gl.Node(name=name, children=[])]
+    animated = len(meshes) > 1
+    for i, m in enumerate(meshes):
+        attrs = gl.Attributes(
+            POSITION=b.vec3(m.vertices, minmax=True),
+            NORMAL=b.vec3(_unit(vertex_normals(m.vertices, m.faces))),
+        )
+        if m.colors is not None:
+            attrs.COLOR_0 = b.colors(m.colors)
+        prim = gl.Primitive(attributes=attrs, indices=b.indices(m.faces), material=0)
+        gmeshes.append(gl.Mesh(name=f"frame_{i:03d}", primitives=[prim]))
+        node = gl.Node(name=f"frame_{i:03d}" if animated else name, mesh=i)
+        if animated:
+            node.scale = [1.0, 1.0, 1.0] if i == 0 else [0.0, 0.0, 0.0]
+            node.extras = {"time": m.time}
+        nodes.append(node)
+        nodes[0].children.append(len(nodes) - 1)
+    animations = []
+    if animated:
+        n = len(meshes)
+        inp = b.accessor(_key_times(n, fps), gl.FLOAT, gl.SCALAR, minmax=True)
+        samplers, channels = [], []
+        for i in range(n):
+            on = np.zeros((n + 1, 3), np.float32)
+            on[i] = 1.0
+            if i == n - 1:
+                on[n] = 1.0
+            samplers.append(
+                gl.AnimationSampler(input=inp, output=b.accessor(on, gl.FLOAT, gl.VEC3), interpolation="STEP")
+            )
+            channels.append(
+                gl.AnimationChannel(sampler=i, target=gl.AnimationChannelTarget(node=i + 1, path="scale"))
+            )
+        animations.append(gl.Animation(name="motion", samplers=samplers, channels=channels))
+    return b.save(
+        path,
+        scenes=[gl.Scene(nodes=[0])],
+        nodes=nodes,
+        meshes=gmeshes,
+        materials=[_material(gl, None)],
+        animations=animations,
+    )

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One GPU call for issue 27: the priors' calls and the textual inversion at the speed of the hardware.
+# Each bench run measures the card's dense bf16 8192³ matmul rate, then per prior one guidance call as the stages
+# make it (bench_guidance.py --stages: fp16 networks, fp32 VAE under fp16 autocast, VAE recompute, blocked
+# attention, fused norms) run as VARIANT, with its exact FLOPs, achieved TFLOP/s, share of peak and the gradient
+# agreement with the eager networks (cosine, norm error); then the GPU agreement tests; then textual inversion
+# steps; and merges everything into $OUT/guidance_calls.json (benchmarks/guidance_calls.py).
+# Usage (repository root, on the CUDA machine): bash benchmarks/gpu_priors.sh OUTDIR
+#   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
+#   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (guidance_variants.py: eager graphs
+#       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile)
+#   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
+#   INVERT_RUNS='base fast'         base = the stage's defaults; fast = + compile, channels-last, fused AdamW
+#   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
+# Compiling costs 1-3 minutes per network at full size (max-autotune more); Inductor's cache is kept under
+# /tmp/a124/inductor for the machine's lifetime, so a later call on the same warm machine reuses it.
+# Expects .device/wheels (diffusers and friends) and .device/hf-configs (the real model configs), as gpu_speed.sh.
+set -uo pipefail
+FINAL="${1:-priors-out}"
+. benchmarks/gpu_common.sh
+CFG=.device/hf-configs
+PARTS="${PARTS:-bench tests invert}"
+PRIORS="${PRIORS:-sd,zero123,video,controlnet}"
+VARIANTS="${VARIANTS:-graphs compile}"
+BUDGET="${BUDGET:-540}"
+export TORCHINDUCTOR_CACHE_DIR=$W/inductor A124_HF_CONFIGS=$PWD/$CFG
+mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+
+if [[ " $PARTS " == *" bench "* ]]; then
+  for v in $VARIANTS; do
+    L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
+    el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
+    timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$v" \
+      --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$v.json" \
+      --calls-json "$OUT/calls_$v.json" > "$OUT/guidance_$v.log" 2>&1; echo "exit $?"
+    grep -v "should be kept in float32" "$OUT/guidance_$v.log" | tail -7
+  done
+fi
+
+if [[ " $PARTS " == *" tests "* ]]; then
+  L=$(left)
+  if [ "$L" -gt 60 ]; then
+    el "GPU tests: gradient agreement at full size (${A124_GPU_AGREEMENT:-graphs,channels_last,fp8}), FLOP counter"
+    timeout "$L" python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/test_guidance_agreement.py \
+      > "$OUT/agreement_tests.log" 2>&1; echo "exit $?"
+    grep -E "cosine|passed|failed|skipped" "$OUT/agreement_tests.log" | tail -16
+  else el "no time left for the GPU tests"; fi
+fi
+
+if [[ " $PARTS " == *" invert "* ]]; then
+  for run in ${INVERT_RUNS:-base fast}; do
+    case $run in
+      base) f="--fused-norm" ;;
+      fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
+      *) f="$run" ;;
+    esac
+    L=$(left); [ "$L" -gt 60 ] || { el "no time left for invert $run"; continue; }
+    el "textual inversion, ${INVERT_STEPS:-12} steps, $run ($f)"
+    timeout "$L" python3 benchmarks/bench_invert.py --configs $CFG --steps "${INVERT_STEPS:-12}" --dense $f \
+      --out "$OUT/invert_$run.json" > "$OUT/invert_$run.log" 2>&1; echo "exit $?"
+    grep -E '"(s_per_step|paper_3000_steps_min|achieved_tflop_s|share_of_peak|peak_gib|grad_cosine)"' "$OUT/invert_$run.json" 2>/dev/null
+  done
+fi
+
+el "guidance_calls.json"
+python3 benchmarks/guidance_calls.py "$OUT"/calls_*.json --invert "$OUT"/invert_*.json --out "$OUT/guidance_calls.json"
+el "done"
