@@ -208,13 +208,34 @@ def test_report_is_self_contained_and_every_link_exists(full_project):
         "export/dynamic/mesh.glb",
     ):
         assert text in page
-    # static and dynamic: rgb, sds, depth (one point) and the gradient balance
+    # static and dynamic: rgb, sds, depth (one point) and the gradient balance; the animated mesh's fit
     charts = chart_svgs(page)
-    assert len(charts) == 8
+    assert len(charts) == 9
     for svg in charts:
-        check_chart(svg, series=3 if "gradient" in svg.get("aria-label") else 1)
+        label = svg.get("aria-label")
+        check_chart(svg, series=3 if "gradient" in label or "fit error" in label else 1)
+    assert [c.get("aria-label") for c in charts][-1] == "dynamic animated mesh fit error"
+    # the exported mesh drawn (turntable picture and video) and how well one mesh follows the motion
+    assert {"export/dynamic/turntable.png", "export/dynamic/turntable.mp4"} <= srcs
+    m = full_project.read_manifest()["stages"]["export"]["metrics"]
+    worst = 100 * max(m["fit_error_max"])
+    assert m["fit_ok"] and f"surface is {worst:.2g} % of the object" in page
+    assert "follows 2 frames" in page and "within the tolerance of 5 %" in page
     assert re.search(r"\b21 more files: ", page) and not re.search(r"\b1 more files", page)
     assert "12.5 s" in page and "1.25 GiB" in page  # the stages' time and peak memory
+
+
+def test_report_says_when_one_mesh_does_not_follow_the_motion(full_project, tmp_path):
+    """The export's fit verdict reaches the page: frames over the tolerance are counted, not hidden."""
+    root = tmp_path / "p"
+    shutil.copytree(full_project.root, root)
+    project = Project(root)
+    manifest = project.read_manifest()
+    m = manifest["stages"]["export"]["metrics"]
+    m.update(fit_ok=False, fit_frames_over=[1], fit_tolerance=0.001)
+    project.write_manifest(manifest)
+    page = write_report(project).read_text()
+    assert "over at 1 frame(s) of the tolerance of 0.1 %" in page and "within the tolerance" not in page
 
 
 def test_report_of_a_new_project_says_what_is_missing(tmp_path):
@@ -241,13 +262,13 @@ def test_report_loads_in_headless_chromium(full_project, tmp_path):
         shot = browser.screenshot(session, tmp_path / "report.png")
     finally:
         browser.close()
-    assert len(result["images"]) >= 6 and len(result["videos"]) >= 7
+    assert len(result["images"]) >= 7 and len(result["videos"]) >= 8  # the turntable picture and video too
     broken = [i["src"] for i in result["images"] if not i["ok"]]
     assert not broken, f"images that did not load: {broken}"
     silent = [v for v in result["videos"] if not v["ok"]]
     assert not silent, f"videos without a duration: {silent}"
     assert all(v["duration"] > 0 and v["width"] > 0 for v in result["videos"])
-    assert result["svgs"] == 8 and result["height"] > 1500
+    assert result["svgs"] == 9 and result["height"] > 1500  # 8 loss/gradient charts, 1 mesh fit
     for chart in result["charts"]:
         assert chart["texts"] >= 5 and chart["width"] > 150, chart
         assert not chart["outside"], f"text drawn outside {chart['label']}: {chart['outside']}"

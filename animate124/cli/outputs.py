@@ -267,15 +267,14 @@ def export(
         result = run_export_stage(proj, cfg, stage=src, show_progress=s.show_progress)
     s.stage_done(result)
     m = result.metrics
-    _say_export(s, m, display_path(proj.root / m["glb"]))
+    _say_export(s, m)
     keys = ("mode", "frames", "threshold", "faces_mean", "watertight", "glb_bytes", "fit_error_max", "fit_ok")
     s.extra["export"] = {k: m[k] for k in keys if k in m}
 
 
-def _say_export(s: Session, m: dict[str, Any], glb: str) -> None:
-    """The export's summary lines: what was written, and for an animated mesh the fit error per frame."""
-    from rich.markup import escape
-
+def _say_export(s: Session, m: dict[str, Any]) -> None:
+    """The export's summary lines (the .glb's path is the stage's artifact line): what was written, and for an
+    animated mesh the fit error per frame."""
     how = "auto" if m.get("threshold_auto") else "given"
     level = f"density level {m['threshold']:.4g} ({how})"
     size = f"{m.get('glb_bytes', 0) / 1e6:.2f} MB"
@@ -284,21 +283,19 @@ def _say_export(s: Session, m: dict[str, Any], glb: str) -> None:
         s.say(
             f"    flipbook: {m['frames']} meshes, ~{m['faces_mean']} triangles each, {level}, {closed} ({size})"
         )
-        s.say(f"    glb: {escape(glb)}")
         return
     colour = f"{m['texture_size']}² texture" if m.get("texture") == "atlas" else "vertex colours"
     what = f"one mesh, {m['frames']} frames" if m.get("mode") == "animated" else "one mesh"
     s.say(
         f"    {what}, {m['vertices']} vertices / {m['faces']} triangles, {colour}, {level}, {closed} ({size})"
     )
-    s.say(f"    glb: {escape(glb)}")
     if m.get("mode") != "animated":
         return
     worst = m["fit_error_max"]
     if len(worst) <= 32:
         per = " ".join(f"{100 * w:.1f}" for w in worst)
         s.say(
-            f"    fit error per frame (largest distance, % of the object's size {m['object_size']:.3g}): {per}"
+            f"    fit error per frame (largest distance, % of the object's size of {m['object_size']:.3g} units): {per}"
         )
     else:
         k = max(range(len(worst)), key=worst.__getitem__)

@@ -293,7 +293,30 @@ def _meshes(project: Project, manifest: dict[str, Any]) -> dict[str, Any] | None
             f"Last export: {m.get('stage')}, density level {_fmt_num(m.get('threshold'))} ({how}), "
             f"grid {m.get('resolution')}³, {closed}."
         )
-    return {"note": note, "rows": rows}
+        if m.get("mode") == "animated" and m.get("fit_error_max"):
+            worst = max(m["fit_error_max"])
+            verdict = (
+                "within" if m.get("fit_ok") else f"over at {len(m.get('fit_frames_over') or [])} frame(s) of"
+            )
+            note += (
+                f" One mesh of {m.get('vertices')} vertices / {m.get('faces')} triangles follows "
+                f"{m.get('frames')} frames; its largest distance from a frame's surface is "
+                f"{100 * worst:.2g} % of the object's size, {verdict} the tolerance of "
+                f"{100 * float(m.get('fit_tolerance', 0)):.3g} %."
+            )
+    figs = []
+    for key, title, video in (("turntable_png", "turntable", False), ("turntable_mp4", "turntable", True)):
+        rel = m.get(key)
+        if rel and (project.root / rel).is_file():
+            figs.append(_figure(project, project.root / rel, title, rel, video=video))
+    chart = None
+    if m.get("mode") == "animated" and m.get("fit_error_max"):
+        from animate124.stages.report_charts import fit_chart
+
+        chart = fit_chart(
+            str(m.get("stage")), m.get("fit_error_mean") or [], m["fit_error_max"], m.get("fit_tolerance", 0)
+        )
+    return {"note": note, "rows": rows, "figs": figs, "chart": chart}
 
 
 def _metrics(project: Project) -> dict[str, Any] | None:
@@ -381,6 +404,9 @@ def report_page(project: Project) -> str:
     for t in training:  # the charts are SVG made here, not text to escape
         t["charts"] = [Markup(c) for c in t["charts"]]
         t["grad"] = Markup(t["grad"]) if t["grad"] else ""
+    meshes = _meshes(project, manifest)
+    if meshes and meshes["chart"]:
+        meshes["chart"] = Markup(meshes["chart"])
     return _template().render(
         name=project.root.name,
         prompt=prompt,
@@ -396,7 +422,7 @@ def report_page(project: Project) -> str:
         renders=_renders(project, manifest),
         metrics=_metrics(project),
         training=training,
-        meshes=_meshes(project, manifest),
+        meshes=meshes,
         configs=_configs(project),
         versions=_versions(manifest),
         written_on=_WRITTEN_ON,

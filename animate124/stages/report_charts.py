@@ -104,7 +104,7 @@ class _TickLabels:
         return _F()
 
 
-def _figure(title: str, width: float = 3.6):
+def _figure(title: str, width: float = 3.6, xlabel: str = "step"):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, 2.15), dpi=100)
@@ -112,7 +112,7 @@ def _figure(title: str, width: float = 3.6):
     ax.set_title(title, loc="left", fontsize=9.5, fontweight="bold", color=_INK, pad=6)
     ax.tick_params(which="both", labelsize=7.5, colors=_MUTED, length=2.5)
     ax.tick_params(which="minor", length=1.5)
-    ax.set_xlabel("step", fontsize=7.5, color=_MUTED, labelpad=2)
+    ax.set_xlabel(xlabel, fontsize=7.5, color=_MUTED, labelpad=2)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     for side in ("left", "bottom"):
@@ -215,3 +215,27 @@ def grad_chart(stage: str, series: Mapping[str, Points]) -> str:
         labelcolor=_INK,
     )
     return _svg(fig, f"{_slug(stage)}-grad", f"{stage} gradient balance")
+
+
+def fit_chart(stage: str, mean: Sequence[float], worst: Sequence[float], tolerance: float) -> str:
+    """How far the animated mesh is from each frame's surface (``export`` metrics ``fit_error_mean`` and
+    ``fit_error_max``, fractions of the object's size) in per cent, with ``export.fit_tolerance`` dashed."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _figure(
+        "animated mesh: distance to each frame's surface (% of size)", width=7.4, xlabel="frame"
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _plot(ax, [(k, 100 * v) for k, v in enumerate(worst)], PALETTE[1], label="largest")
+    _plot(ax, [(k, 100 * v) for k, v in enumerate(mean)], PALETTE[0], label="mean")
+    ax.axhline(
+        100 * tolerance,
+        color=_MUTED,
+        linewidth=1.0,
+        linestyle="--",
+        label="tolerance",
+        gid="series-tolerance",
+    )
+    ax.set_ylim(0, max(100 * tolerance, *(100 * v for v in worst)) * 1.08)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), labelcolor=_INK)
+    return _svg(fig, f"{_slug(stage)}-fit", f"{stage} animated mesh fit error")
