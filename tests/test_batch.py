@@ -441,6 +441,21 @@ def test_summary_exit_code_and_the_index_page(images, tmp_path):
     assert "not an image" in page and "a toy is spinning" in page and "<b>" not in page
 
 
+def test_the_ray_tests_skip_without_ray_and_say_how_to_install_it(without_ray):
+    """The README's test command where Ray is not installed: the batch's Ray tests skip, naming the extra."""
+    import os
+    import subprocess
+
+    path = os.pathsep.join(p for p in (without_ray, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    tests = ["tests/test_batch_ray.py", "tests/test_batch.py::test_where_runs_go"]  # (a skip alone exits 5)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0 and "1 passed, 1 skipped" in r.stdout, r.stdout + r.stderr
+    assert 'Ray is not installed: pip install "animate124[batch]"' in r.stdout
+
+
 def test_batch_without_ray_says_how_to_install_it(images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
     r = CliRunner().invoke(app, ["batch", str(images), "--prompt", "a toy", "--out", str(tmp_path / "o")])

@@ -6,7 +6,7 @@ whose driver is killed with SIGKILL mid-training, then run again, ends with the 
 uninterrupted one (``torch.equal``); the index page loads in headless Chromium; two Ray tasks building the
 tiny model cache at once share it. No Ray process of a batch is left once it has ended.
 
-Skipped when Ray is not installed (``pip install "animate124[batch]"``; the dev extra has it).
+Skipped when Ray is not installed (``pip install "animate124[batch]"``; ``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "animate124[batch]"')
 import torch  # noqa: E402
 from helpers_outputs import MEDIA_CHECK_JS, HeadlessChromium, find_chromium  # noqa: E402
 
