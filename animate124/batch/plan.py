@@ -1,8 +1,9 @@
 """Before any task starts: each row checked, its config and job key, what a rerun does with it, the models.
 
-:func:`plan_assets` turns the rows into :class:`Asset` s. A row that fails the checks is ``invalid`` with a
-one-line reason and never runs; the others get their resolved config, their derived prompts and a job key
-(the config, the image's content and the prompts), and an action from the record the last batch left in
+:func:`plan_assets` turns the rows into :class:`Asset` s. Each row goes through ``run-all``'s pre-flight
+(:mod:`animate124.stages.preflight`) except its device and model checks. A row that fails is ``invalid`` with a
+one-line reason and never runs; the others get their resolved config, their prompts and a job key (the
+config, the image's content and the prompts derived from the row), and an action from the record the last batch left in
 ``<out>/.batch/<asset>.json``:
 
 - ``run``: no record, another key, or a record that is not finished (interrupted, killed with the driver,
@@ -11,7 +12,8 @@ one-line reason and never runs; the others get their resolved config, their deri
 - ``failed``: failed with the same key: no task unless ``--retry-failed`` (its recorded error is reported
   again).
 
-:func:`fetch_models` then downloads, once and before the tasks start, the models the runs need.
+:func:`fetch_models` then downloads, once and before the tasks start, the models the runs need (after which
+the CLI plans again: the prompts are then counted with the fetched models' tokenizers).
 """
 
 from __future__ import annotations
