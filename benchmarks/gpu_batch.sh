@@ -14,11 +14,12 @@
 #                                           #    .device/ray/call2 (part 2, MANIFEST, Ray's dependencies)
 # Then two device calls, the second AT ONCE after the first (the machine keeps /tmp only while it is warm,
 # 30 s after a call):
-#   call 1: run(command="bash benchmarks/gpu_batch.sh $OUT", carry=[".device/ray/call1", ".device/hf-configs"],
-#               timeout_s=600)
+#   call 1: run(command="CALL=1 bash benchmarks/gpu_batch.sh $OUT",
+#               carry=[".device/ray/call1", ".device/hf-configs"], timeout_s=600)
 #           keeps part 1 in /tmp/a124/ray, installs diffusers & co., builds the random-weight models, runs an
 #           untimed warm-up run-all (2 steps a stage: CUDA, Triton's kernel cache, the page cache); ~4 min
-#   call 2: run(command="LIMIT=570 bash benchmarks/gpu_batch.sh $OUT", carry=[".device/ray/call2"], timeout_s=600)
+#   call 2: run(command="CALL=2 LIMIT=570 bash benchmarks/gpu_batch.sh $OUT", carry=[".device/ray/call2"],
+#               timeout_s=600)
 #           joins the wheel (sha256 checked), installs Ray (pip, offline: only the missing dependencies), runs
 #           and times the three parts and writes r/batch_gpu.json (in results.tgz); ~8 min
 # A part that did not fit is started again from scratch by the same call 2 command (no carry needed then,
@@ -26,8 +27,7 @@
 #   python benchmarks/batch_gpu.py report <files_at>/results.tgz     # -> benchmarks/results/batch_gpu.json,
 #                                                                    #    raw files, BENCHMARKS.md §12
 # A rehearsal on a CPU (the tiny preset, no installs; the wheel joined and checked but not installed):
-#   DRY_CPU=/tmp/dry bash benchmarks/gpu_batch.sh /tmp/dry/out1 (carry = .device/ray/call1 present), then
-#   mv .device/ray/call1 elsewhere, DRY_CPU=/tmp/dry bash benchmarks/gpu_batch.sh /tmp/dry/out2
+#   for c in 1 2; do CALL=$c DRY_CPU=/tmp/dry STEPS='2 4 2 2' bash benchmarks/gpu_batch.sh /tmp/dry/out$c; done
 set -uo pipefail
 FINAL="${1:-batch-out}"
 . benchmarks/gpu_common.sh
@@ -45,13 +45,16 @@ cp -n examples/toy.png $D/in/toy.png; cp -n examples/toy.png $D/in/toy2.png
 printf 'image,prompt\ntoy.png,a toy is spinning\ntoy2.png,a toy is jumping\n' > $D/in/jobs.csv
 
 # --- call 1: keep part 1, install what animate124 needs, build the models, warm up ------------------------
-if [ -d .device/ray/call1 ]; then
+case "${CALL:-}" in 1|2) ;; *) el "CALL=1 or CALL=2: see the header"; exit 2 ;; esac
+if [ "$CALL" = 1 ]; then
+  [ -d .device/ray/call1 ] || { el "call 1 carries .device/ray/call1 (bash benchmarks/fetch_ray_wheel.sh makes it)"; exit 1; }
   cp .device/ray/call1/*.part1 $R/ && el "kept $(ls .device/ray/call1/*.part1) in $R"
   $PIP install -q --no-deps .device/ray/call1/wheels/*.whl 2>&1 | tail -2
   random_models
-  (cd $D/in && $A124 run-all toy.png "a toy is spinning" -p $D/warmup --until refine $MODEL_SETS \
-     --set invert.steps=2 --set static.iters=2 --set dynamic.iters=2 --set refine.iters=2 -q > "$OUT/warmup.log" 2>&1)
-  el "warm-up run-all: exit $?; $(tail -1 "$OUT/warmup.log")"
+  [ -f $D/.warm ] || (cd $D/in && $A124 run-all toy.png "a toy is spinning" -p $D/warmup --until refine $MODEL_SETS \
+     --set invert.steps=2 --set static.iters=2 --set dynamic.iters=2 --set refine.iters=2 -q > "$OUT/warmup.log" 2>&1 &&
+     touch $D/.warm)
+  el "warm-up run-all: $([ -f $D/.warm ] && echo done || echo FAILED); $(tail -1 "$OUT/warmup.log" 2>/dev/null)"
   el "call 1 done: make call 2 now (carry .device/ray/call2), within 30 s"
   exit 0
 fi
