@@ -19,7 +19,8 @@ from collections.abc import Iterator
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM (cluster schedulers, Ray and `kill` send it on preemption)
 
 #: The settings that lower GPU memory, named in every out-of-memory message.
 MEMORY_HINT = (
@@ -61,6 +62,18 @@ class ProjectError(Animate124Error):
 
 class ProjectLockedError(ProjectError):
     """Another live process holds the project lock."""
+
+
+class DamagedFileError(ProjectError):
+    """A file the tool reads is missing, unreadable or damaged; ``path`` names it (see ``readers``)."""
+
+    def __init__(self, message: str, hint: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.path = path
+
+
+class DiskFullError(ProjectError):
+    """A write failed because the file system (or the user's quota) is full."""
 
 
 class ModelNotFoundError(Animate124Error):

@@ -9,11 +9,17 @@ torn one. Files get mode ``0644`` minus the umask (``tempfile.mkstemp`` alone wo
 :func:`file_lock` serialises processes that build or download into a shared directory (the model
 cache): ``fcntl.flock`` on a lock file, released by the kernel when its holder dies, so a killed
 process never leaves a stale lock behind.
+
+A write that fails because the file system is full raises :class:`~animate124.errors.DiskFullError`
+naming the file, however the writing library words it (numpy says "1048576 requested and 131040
+written", safetensors wraps the OS error in its own type): the free space is measured while the torn
+temporary file still holds its blocks. :func:`ensure_space` refuses a write of known size up front.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from animate124.errors import Animate124Error, DiskFullError
+
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
@@ -29,7 +37,62 @@ __all__ = [
     "atomic_path",
     "file_lock",
     "file_sha256",
+    "free_bytes",
+    "ensure_space",
 ]
+
+#: Below this many free bytes after a failed write, the file system is taken to be full.
+FULL_BELOW = 1 << 20
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    """Bytes the current user may still write on the file system of ``directory`` (None if unknown)."""
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows) or a vanished folder
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _disk_full(path: Path, needed: int | None = None, free: int | None = None) -> DiskFullError:
+    free = free_bytes(path.parent) if free is None else free
+    left = f"{_mib(free)} free" if free is not None else "no space left"
+    need = f"; it needs {_mib(needed)}" if needed else ""
+    return DiskFullError(
+        f"the disk is full: cannot write {path} ({left} on its file system{need})",
+        hint="free some space there (or move the project with -p to another disk) and run the same command "
+        "again: finished stages and the last checkpoint are kept",
+    )
+
+
+def ensure_space(path: str | Path, needed: int, margin: int = 16 << 20) -> None:
+    """Raise DiskFullError before writing ``needed`` bytes to ``path`` when they (plus ``margin``) do not fit."""
+    path = Path(path)
+    free = free_bytes(path.parent)
+    if free is not None and free < needed + margin:
+        raise _disk_full(path, needed, free)
+
+
+def _is_full(exc: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed for lack of space: the OS said so, or (for libraries that word it
+    their own way) the file system has next to nothing left while the torn temporary file still exists."""
+    if isinstance(exc, Animate124Error):
+        return False
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # libraries written in Rust (safetensors) remove their torn file and report the OS error in their own
+    # exception type, as Rust's io::Error prints it
+    if any(f"(os error {code})" in str(exc) for code in (errno.ENOSPC, errno.EDQUOT)):
+        return True
+    free = free_bytes(directory)
+    return free is not None and free < FULL_BELOW
 
 
 def _umask() -> int:
@@ -55,9 +118,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         _chmod_default(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _is_full(exc, path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise _disk_full(path, len(data)) from exc
         raise
 
 
@@ -83,6 +149,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _chmod_default(tmp)
         os.replace(tmp, path)
+    except Exception as exc:
+        if _is_full(exc, path.parent):
+            raise _disk_full(path) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

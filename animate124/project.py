@@ -16,6 +16,13 @@ Layout (all stages share it; stages find their inputs here, never through user-t
       config/<stage>.yaml        the resolved config of the stage's last run (schema version inside)
       logs/<stage>.jsonl         scalars, one JSON object per line
 
+Every file a stage produced is recorded in its manifest record with its size and sha256
+(``stages.<stage>.files``), and the files of the stages it read with their sha256 (``inputs``). A stage
+is up to date only while its files are there and match (:meth:`Project.stage_problems`); a stage whose
+inputs were made again with other content is stale. Records written before the hashes existed (no
+``files``) are checked by reading the files' structure (:func:`animate124.readers.check_file`: headers
+against file sizes, images decoded); they get hashes the next time the stage runs.
+
 Every write of a file that another process may read (manifest, configs, final artifacts) goes
 through :func:`atomic_write_bytes`: a temporary file in the same directory, fsync, then
 ``os.replace``, so a crash or SIGKILL leaves either the old file or the new one, never a torn one.
@@ -34,8 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from animate124.errors import ProjectError, ProjectLockedError
-from animate124.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from animate124.errors import DiskFullError, ProjectError, ProjectLockedError
+from animate124.fileio import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+)
 
 __all__ = [
     "Project",
@@ -75,7 +88,14 @@ def now_iso() -> str:
 
 
 def fs_error(exc: OSError, path: Path, doing: str) -> ProjectError:
-    """A ProjectError that says in words why ``doing`` failed on ``path`` (permissions, a file in the way)."""
+    """A ProjectError that says in words why ``doing`` failed on ``path`` (permissions, a file in the way,
+    a full disk)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"cannot {doing} {path}: the disk is full",
+            hint="free some space there (or move the project with -p to another disk) and run the same "
+            "command again: finished stages and the last checkpoint are kept",
+        )
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
         return ProjectError(
@@ -139,6 +159,9 @@ class Project:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
+        # sha256 of files already hashed by this object, keyed by (path, size, mtime, inode): the checks of
+        # one command hash each artifact once
+        self._hashes: dict[tuple[str, int, int, int], str] = {}
 
     # --- paths -------------------------------------------------------------------------------
     manifest_path = _Child("manifest.json")
@@ -243,18 +266,25 @@ class Project:
 
     # --- manifest ----------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
+        from animate124.readers import read_json
+
         self.require()
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        data = read_json(
+            self.manifest_path,
+            "project manifest",
+            hint="restore it from a backup, or start a new project (-p NEW_DIR); the stage outputs are intact",
+            error=ProjectError,
+        )
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
             raise ProjectError(
-                f"cannot read {self.manifest_path}: {exc}",
-                hint="the file is corrupt; restore it or start a new project",
-            ) from exc
+                f"project manifest {self.manifest_path} is damaged (not a manifest object)",
+                hint="restore it from a backup, or start a new project (-p NEW_DIR)",
+            )
         if data.get("manifest_version") != MANIFEST_VERSION:
             raise ProjectError(
                 f"{self.manifest_path}: unsupported manifest_version {data.get('manifest_version')}"
             )
+        data.setdefault("stages", {})
         return data
 
     def write_manifest(self, data: dict[str, Any]) -> None:
@@ -275,20 +305,125 @@ class Project:
         self.write_manifest(m)
         return rec
 
+    # --- artifact records -----------------------------------------------------------------------
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the project root with forward slashes (as the manifest stores it)."""
+        p = Path(path)
+        p = p if p.is_absolute() else self.root / p
+        try:
+            return p.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+    def sha256(self, path: str | Path) -> str:
+        """sha256 of a file, computed once per content version for this object."""
+        p = Path(path)
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(p)
+        return self._hashes[key]
+
+    def file_records(self, paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+        """``{relative path: {"size", "sha256"}}`` of the files among ``paths`` (what a stage produced)."""
+        out: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            p = Path(path)
+            p = p if p.is_absolute() else self.root / p
+            if p.is_file():
+                out[self.relative(p)] = {"size": p.stat().st_size, "sha256": self.sha256(p)}
+        return out
+
+    def file_problem(self, rel: str, expected: dict[str, Any] | None) -> str | None:
+        """What is wrong with the recorded file ``rel``, as the end of a sentence that starts with its name
+        (None when it matches ``expected`` = ``{"size", "sha256"}``; without ``expected``, an older record,
+        when it reads as what its suffix says)."""
+        from animate124.readers import check_file, diagnose, unreadable_phrase
+
+        path = self.root / rel
+        if not expected:
+            return check_file(path)
+        why = diagnose(path)
+        if why is not None:
+            return unreadable_phrase(why)
+        size = path.stat().st_size
+        if size != expected.get("size"):
+            cut = "truncated: " if size < expected.get("size", 0) else ""
+            return f"is damaged ({cut}{size} bytes, {expected.get('size')} when it was made)"
+        try:
+            digest = self.sha256(path)
+        except OSError as exc:
+            return f"cannot be read: {exc.strerror or exc}"
+        if digest != expected.get("sha256"):
+            return "is damaged (its content changed since it was made: sha256 differs)"
+        return None
+
+    def stage_problems(self, stage: str, rec: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """``(file, what is wrong)`` per missing or damaged file of ``stage``'s record ("does not exist",
+        "is damaged (...)"; read as one sentence)."""
+        rec = self.stage_record(stage) if rec is None else rec
+        files: dict[str, Any] = rec.get("files") or {}
+        if not files:  # a record from before the hashes: its artifacts, by structure
+            files = {self.relative(p): None for p in (rec.get("artifacts") or {}).values()}
+        problems = []
+        for rel, expected in files.items():
+            problem = self.file_problem(rel, expected)
+            if problem:
+                problems.append((rel, problem))
+        return problems
+
+    def inputs_of(self, requires: Iterable[str]) -> dict[str, str]:
+        """``{relative path: sha256}`` of the recorded files of the stages in ``requires`` (what a stage
+        reads); empty entries for records from before the hashes."""
+        out: dict[str, str] = {}
+        for need in requires:
+            for rel, rec in (self.stage_record(need).get("files") or {}).items():
+                out[rel] = rec.get("sha256", "")
+        return out
+
+    def changed_inputs(
+        self, stage: str, requires: Iterable[str], rec: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Files the stage read that were made again with other content since it ran (by the manifest)."""
+        rec = self.stage_record(stage) if rec is None else rec
+        before = rec.get("inputs")
+        if not before:
+            return []
+        now = self.inputs_of(requires)
+        return sorted(rel for rel, sha in now.items() if rel in before and before[rel] != sha and sha)
+
     def is_done(self, stage: str, config_hash: str | None = None) -> bool:
         rec = self.stage_record(stage) if self.exists() else {}
         if rec.get("status") != "done":
             return False
         return config_hash is None or rec.get("config_hash") == config_hash
 
+    def redo_command(self, stage: str) -> str:
+        """The command that runs ``stage`` on this project (preprocess: from the project's copy of its image)."""
+        if stage != "preprocess":
+            return f"animate124 {stage} -p {self.root}"
+        copies = sorted(self.input_dir.glob("source.*")) if self.input_dir.is_dir() else []
+        image = str(copies[0]) if copies else "IMAGE"
+        return f"animate124 preprocess {image} -p {self.root}"
+
     def check_requirements(self, stage: str, requires: Iterable[str]) -> None:
-        """Raise a ProjectError naming the earlier stage (of ``requires``) that has not finished."""
+        """Raise a ProjectError naming the earlier stage (of ``requires``) that has not finished, or the
+        file of it that is missing or damaged (checked before the stage changes anything)."""
         self.require()
         for need in requires:
             if not self.is_done(need):
                 raise ProjectError(
                     f"stage '{stage}' needs stage '{need}', which has not finished in {self.root}",
-                    hint=f"run `animate124 {need}{' IMAGE' if need == 'preprocess' else ''} -p {self.root}` first",
+                    hint=f"run `{self.redo_command(need)}` first",
+                )
+            problems = self.stage_problems(need)
+            if problems:
+                rel, what = problems[0]
+                more = f" (and {len(problems) - 1} more of its files)" if len(problems) > 1 else ""
+                raise ProjectError(
+                    f"stage '{stage}' needs {rel}, which {what}{more}",
+                    hint=f"run `{self.redo_command(need)}` to make it again (`animate124 run-all` does it "
+                    "for you); nothing was changed",
                 )
 
     # --- lock ----------------------------------------------------------------------------------

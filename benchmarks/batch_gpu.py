@@ -10,7 +10,7 @@ checks, Ray), and where each task ran (its ``CUDA_VISIBLE_DEVICES``, CPU threads
 
 ``report RESULTS.tgz``, here: unpacks what the device call returned, copies the result JSON to
 ``benchmarks/results/batch_gpu.json`` and the raw files to ``benchmarks/results/<date>-<card>-issue28/``, and
-writes the numbers into BENCHMARKS.md between the ``batch-gpu`` markers of §12 (and prints them).
+writes the numbers into BENCHMARKS.md between the ``batch-gpu`` markers of §13 (and prints them).
 
     python benchmarks/batch_gpu.py summarize /tmp/a124/batchbench --card "NVIDIA H100" --steps "10 60 30 10" \\
         --out r/batch_gpu.json

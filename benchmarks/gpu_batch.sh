@@ -25,7 +25,7 @@
 # A part that did not fit is started again from scratch by the same call 2 command (no carry needed then,
 # while the machine is warm); a machine that went back needs both calls again. Back here:
 #   python benchmarks/batch_gpu.py report <files_at>/results.tgz     # -> benchmarks/results/batch_gpu.json,
-#                                                                    #    raw files, BENCHMARKS.md §12
+#                                                                    #    raw files, BENCHMARKS.md §13
 # A rehearsal on a CPU (the tiny preset, no installs; the wheel joined and checked but not installed):
 #   for c in 1 2; do CALL=$c DRY_CPU=/tmp/dry STEPS='2 4 2 2' bash benchmarks/gpu_batch.sh /tmp/dry/out$c; done
 set -uo pipefail

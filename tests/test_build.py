@@ -43,6 +43,7 @@ NOT_VARIED = {
     "run.channels_last": "converts the (recorder) priors' networks; test_guidance_agreement checks wiring and results",
     "run.prior_precision": "fp8 needs a CUDA GPU of compute capability 8.9; test_guidance_fp8 checks the error here",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",
+    "run.deterministic": "read by engine/runner.py around every stage; test_trust and test_reproducible check it",
 }
 OUTPUT_SECTIONS = {
     "render": "animate124/stages/render.py",

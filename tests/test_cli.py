@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -56,13 +57,16 @@ def invoke(*args: str, cwd: Path | None = None):
 
 
 def test_top_help_is_fast():
-    t0 = time.perf_counter()
+    # CPU seconds of the child, not wall time: a loaded machine (CI neighbours) stretches the wall clock,
+    # importing torch does not fit in 1.5 CPU seconds on any machine this runs on
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [sys.executable, "-m", "animate124.cli.app", "--help"], capture_output=True, text=True
     )
-    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert out.returncode == 0 and "run-all" in out.stdout
-    assert dt < 1.5, f"--help took {dt:.2f} s"
+    assert cpu < 1.5, f"--help took {cpu:.2f} CPU seconds"
     # and neither the app nor any command's help imports the heavy libraries
     probe = subprocess.run(
         [
@@ -94,7 +98,13 @@ def test_app_help_documents_exit_codes():
     r = invoke("--help")
     assert r.exit_code == 0
     text = " ".join(r.output.split())
-    for code in ("0 success", "1 runtime error", "2 usage or config error", "130 interrupted"):
+    for code in (
+        "0 success",
+        "1 runtime error",
+        "2 usage or config error",
+        "130 interrupted",
+        "143 by SIGTERM",
+    ):
         assert code in text, code
 
 
@@ -392,7 +402,8 @@ def test_preprocess_cli_on_upstream_example(name, shared_data, tmp_path):
 
 
 def test_invert_interrupt_and_resume(tmp_path):
-    """Ctrl-C during `invert` checkpoints and exits 130; the same command then resumes and finishes."""
+    """Ctrl-C during `invert --force` checkpoints and exits 130 and says that the command without --force
+    resumes; it does, and the log has each step once."""
     import signal
 
     proj = tmp_path / "p"
@@ -413,7 +424,9 @@ def test_invert_interrupt_and_resume(tmp_path):
         "-s",
         "invert.checkpoint_every=2",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ckpt = proj / "invert" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(ckpt.glob("ckpt-*.json")):
@@ -421,7 +434,9 @@ def test_invert_interrupt_and_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "interrupted" in err
+    assert "interrupted" in err and "run the same command again without --force to resume" in " ".join(
+        err.split()
+    )
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "interrupted"
     done_before = load_latest_checkpoint(ckpt).step
@@ -432,6 +447,8 @@ def test_invert_interrupt_and_resume(tmp_path):
     assert "resumed" in r.stdout
     rec = json.loads((proj / "manifest.json").read_text())["stages"]["invert"]
     assert rec["status"] == "done" and (proj / "invert" / "learned_embeds.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (proj / "logs" / "invert.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))
 
 
 def test_the_cli_asks_for_expandable_cuda_segments_unless_the_user_set_the_allocator():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers_outputs import ALBEDO, GaussianField, MovingSphereField, SphereField, trained_project
 
+from animate124.errors import ConfigError
 from animate124.render.cameras import camera_from_spherical
 from animate124.render.gltf import save_flipbook_glb
 from animate124.render.mesh import (
@@ -264,3 +265,26 @@ def test_max_faces_caps_the_mesh(project):
     res = run_export_stage(project, cfg, stage="static", show_progress=False)
     assert 200 <= res.metrics["faces"] <= 300
     assert not (project.export_dir / "static" / "turntable.png").exists()
+
+
+def test_a_missing_mesh_package_is_found_before_any_work(project, monkeypatch):
+    """The atlas's xatlas (or any mesh package) missing: a usage error naming it, before the field loads,
+    and nothing written; the flipbook, which needs no atlas, is not stopped by it."""
+    import importlib.util
+
+    import animate124.stages.export as export_stage
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "xatlas" else real(n, *a))
+    loaded = []
+    monkeypatch.setattr("animate124.stages.artifacts.load_trained", lambda *a, **k: loaded.append(a))
+    before = sorted(p.relative_to(project.root) for p in project.root.rglob("*"))
+    cfg = project_config(project, "dynamic", options={"export": {"resolution": 24, "frames": 2}})
+    with pytest.raises(ConfigError, match="export needs xatlas") as err:
+        run_export_stage(project, cfg, stage="dynamic", show_progress=False)
+    assert "export.texture=vertex" in err.value.hint and not loaded
+    assert sorted(p.relative_to(project.root) for p in project.root.rglob("*")) == before
+    flip = project_config(project, "dynamic", options={"export": {"animated": False}})
+    export_stage.check_export_packages(flip.export, "dynamic")  # no atlas in a flipbook
+    with pytest.raises(ConfigError, match="export needs xatlas"):
+        export_stage.check_export_packages(flip.export, "static")  # a static mesh is one textured mesh

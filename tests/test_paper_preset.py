@@ -41,6 +41,7 @@ PAPER: dict[str, tuple[object, str]] = {
     "run.fused_adamw": (False, "impl (off: not bit-identical)"),
     "run.prior_precision": ("fp16", "SPEC 3.9/12: fp16 priors (-O); fp8 is an opt-in, lower precision"),
     "run.tensorboard": (False, "impl (logging only)"),
+    "run.deterministic": ("auto", "impl (fixed summation order; on on the CPU, off on a GPU)"),
     # models
     "models.tiny": (False, "impl"),
     "models.cache_dir": ("", "impl"),

@@ -117,12 +117,15 @@ def test_run_stage_bookkeeping(tmp_path):
 
     def body(ctx):
         calls.append(ctx.resume)
+        (p.root / "x").write_bytes(b"result")
         return {"artifacts": {"x": p.root / "x"}, "metrics": {"m": 1.0}}
 
     r = run_stage(p, get_stage("preprocess"), cfg, body)
     assert not r.skipped and calls == [False]
     rec = p.stage_record("preprocess")
     assert rec["status"] == "done" and rec["metrics"] == {"m": 1.0} and "torch" in rec["versions"]
+    sha = __import__("hashlib").sha256(b"result").hexdigest()
+    assert rec["files"] == {"x": {"size": 6, "sha256": sha}}
     assert p.config_path("preprocess").is_file()
     # same config: no-op
     assert run_stage(p, get_stage("preprocess"), cfg, body).skipped and len(calls) == 1

@@ -102,16 +102,9 @@ _RUN_SCRIPT = textwrap.dedent(
 )
 
 
-# Every run of a comparison happens in a subprocess with one thread: bit-exact equality of weights needs
-# the same floating-point summation order, which depends on the thread count.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _run(stage: str, project: Project) -> None:
-    r = subprocess.run(
-        [sys.executable, "-c", _RUN_SCRIPT, stage, str(project.root)], env=ENV, capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+# The default thread count: a run sums in a fixed order at any thread count (run.deterministic; the static
+# and dynamic stages' exact resume is tests/test_reproducible.py).
+ENV = dict(os.environ)
 
 
 def _run_killed(stage: str, project: Project, env: dict[str, str] = ENV) -> int:
@@ -144,32 +137,6 @@ def _kill_cfg(stage: str) -> object:
         refine={"prompt": "a <token> is spinning", "iters": 9},
         run={"checkpoint_every": 3},
     )
-
-
-def test_static_killed_with_sigkill_resumes_to_the_same_weights(prepared, tmp_path):
-    ref = _copy(prepared, tmp_path / "ref")
-    _run("static", ref)
-
-    p = _copy(prepared, tmp_path / "killed")
-    killed_at = _run_killed("static", p)
-    assert 0 < killed_at < 12
-    assert p.stage_record("static")["status"] == "running"  # the manifest still says what happened
-    _run("static", p)
-    rec = p.stage_record("static")
-    assert rec["status"] == "done" and rec["metrics"]["resumed_from_step"] == killed_at
-    assert rec["metrics"]["steps"] == 12
-    a, b = _tensors(ref.artifact("static_model")), _tensors(p.artifact("static_model"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    # the same losses at the same steps as the uninterrupted run
-    import json
-
-    la = [json.loads(x) for x in ref.log_path("static").read_text().splitlines()]
-    lb = [json.loads(x) for x in p.log_path("static").read_text().splitlines()]
-    by_step = {r["step"]: r for r in lb}  # the killed run may have logged a few steps twice
-    for rec in la:
-        assert by_step[rec["step"]]["loss"] == rec["loss"], rec["step"]
 
 
 def test_refine_frozen_copy_is_the_dynamic_result_after_a_resume(prepared, tmp_path, monkeypatch):

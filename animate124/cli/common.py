@@ -43,7 +43,8 @@ from animate124.stages.spec import STAGE_NAMES, TRAINING_STAGES
 EXIT_CODES_HELP = (
     "[bold]Exit codes[/bold]: 0 success; 1 runtime error (a stage failed, a model is missing, out of "
     "memory); 2 usage or config error (bad option, image or prompt; nothing was changed); "
-    "130 interrupted by Ctrl-C (progress is saved: run the same command again to resume)."
+    "130 interrupted by Ctrl-C, 143 by SIGTERM (progress is saved: run the same command again, without "
+    "--force, to resume)."
 )
 
 
@@ -90,6 +91,19 @@ def parse_device(value: str) -> str:
     return value
 
 
+def parse_project_dir(value: str) -> Path:
+    """``-p DIR``: an empty value is refused (it would make the working directory a project)."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; name a project directory, e.g. -p runs/panda")
+    from animate124.config.validation import check_text
+
+    try:
+        check_text("-p", value)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("-p: ")) from None
+    return Path(value)
+
+
 PresetName = Literal[tuple(PRESETS)]
 StageName = Literal[STAGE_NAMES]
 TrainedStageName = Literal[TRAINING_STAGES]
@@ -101,6 +115,8 @@ ProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
+        parser=parse_project_dir,
+        metavar="DIR",
         help="Project directory. Default: the working directory if it is a project, else the only "
         "project under ./runs (of several, the newest), else the last project a run started on; the "
         "command prints which one and why.",
@@ -121,6 +137,8 @@ ImageProjectOpt = Annotated[
     typer.Option(
         "--project",
         "-p",
+        parser=parse_project_dir,
+        metavar="DIR",
         help="Project directory, created if missing (default: ./runs/<image name>).",
         show_default=False,
     ),
@@ -453,6 +471,25 @@ def display_path(path: Path) -> str:
 
 
 # --- @guarded ----------------------------------------------------------------------------------
+def printable(text: str) -> str:
+    """``text`` with anything a terminal cannot show (bytes that were not UTF-8) as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def interrupted_line(exc: BaseException, force: bool) -> str:
+    """What to tell the user after Ctrl-C or SIGTERM: what stopped the run and the command that resumes."""
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    again = (
+        "run the same command again without --force to resume (with --force it starts over)"
+        if force
+        else "run the same command again to resume"
+    )
+    return f"[yellow]{what}[/yellow]: progress is saved; {again}."
+
+
 def _error_lines(exc: BaseException) -> tuple[str, str | None, int]:
     """(message, hint, exit code) for anything a command body raised."""
     if isinstance(exc, Animate124Error):
@@ -483,6 +520,7 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     from rich.markup import escape
 
     from animate124.cli.logs import configure_logging
+    from animate124.engine.interrupt import terminate_like_interrupt
 
     opts = session.opts
     configure_logging(verbose=opts.verbose, debug=opts.debug)
@@ -490,7 +528,7 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     with _stdout_to_stderr(opts.json_output) as stdout:
         session.stdout = stdout
         try:
-            with oom_guard(f"`animate124 {session.command}`"):
+            with terminate_like_interrupt(), oom_guard(f"`animate124 {session.command}`"):
                 out = body()
         except typer.Exit as exc:
             code = exc.exit_code
@@ -498,20 +536,18 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
         except (KeyboardInterrupt, Exception) as exc:
             error = exc
             err = session.console(stderr=True)
-            if isinstance(exc, KeyboardInterrupt):
-                code = EXIT_INTERRUPTED
-                err.print(
-                    "[yellow]interrupted[/yellow]: progress is saved; run the same command again to resume."
-                )
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C (130) or SIGTERM (143)
+                code = 128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128)
+                err.print(interrupted_line(exc, opts.force))
             else:
                 message, hint, code = _error_lines(exc)
                 if code == EXIT_USAGE and session.project_changed():
                     code = EXIT_RUNTIME  # exit 2 promises that nothing was changed
                 if opts.debug:
                     raise
-                err.print(f"[bold red]error:[/bold red] {escape(message)}")
+                err.print(f"[bold red]error:[/bold red] {escape(printable(message))}")
                 if hint:
-                    err.print(f"[yellow]hint:[/yellow] {escape(hint)}")
+                    err.print(f"[yellow]hint:[/yellow] {escape(printable(hint))}")
             raise typer.Exit(code) from None
         finally:
             if opts.json_output:

@@ -43,6 +43,7 @@ class _ConsoleHandler(logging.Handler):
             text = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not end the command
             text = str(record.msg)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # bytes that were not UTF-8
         ours = record.name == _OWN or record.name.startswith(_OWN + ".")
         level = record.levelname.lower()
         colour = {"warning": "yellow", "error": "red", "critical": "red"}.get(level, "dim")

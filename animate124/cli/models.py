@@ -125,21 +125,28 @@ def models_path(s: Session, role: RoleArg, alternative: AltOpt = None) -> None:
 @models_app.command(
     "verify",
     cls=FlagHelpCommand,
-    epilog=examples("animate124 models verify", "animate124 models verify zero123"),
+    epilog=examples(
+        "animate124 models verify", "animate124 models verify zero123", "animate124 models verify --tiny"
+    ),
 )
 @guarded("cache_dir")
 def models_verify(
     s: Session,
     role: Annotated[str | None, typer.Argument(help="Role to check (default: every cached role).")] = None,
     alternative: AltOpt = None,
+    tiny: Annotated[bool, flag(help="Check the tiny test cache (the tiny preset's models).")] = False,
 ) -> None:
-    """Check the cached files of a role (or of every cached role): required files present, sizes and hashes.
+    """Check the cached files of a role (or of every cached role): required files present and readable,
+    sizes against their headers, and sha256 (of every LFS blob, and the registry's expected hashes of the
+    pinned files).
 
     Exits with 1 when a role has a problem.
     """
     from animate124.models.registry import ROLES
 
-    store = store_for(s)
+    if role is not None and role not in ROLES:
+        raise ConfigError(f"unknown model role {role!r}", hint=f"choose one of: {', '.join(ROLES)}")
+    store = store_for(s, tiny=tiny)
     roles = [role] if role else [r for r in ROLES if store.is_cached(r)]
     bad = 0
     for r in roles:

@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from animate124.config.schema import RENAMED_SECTIONS, REPLACED_FIELDS, SCHEMA_VERSION, Config
+from animate124.config.validation import MAX_INT, check_number, check_text
 from animate124.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(
                 f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}",
@@ -72,8 +75,9 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        elem = {k: v for k, v in meta.items() if k in ("min", "max")}  # bounds apply to each element
         out = tuple(
-            _coerce(f"{path}[{i}]", a, v, {}) for i, (a, v) in enumerate(zip(args, value, strict=True))
+            _coerce(f"{path}[{i}]", a, v, elem) for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
         if len(out) == 2 and all(isinstance(x, (int, float)) for x in out) and out[0] > out[1]:
             raise ConfigError(f"{path}: range {list(out)} has low > high")
@@ -94,14 +98,17 @@ def _coerce(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         value = float(value)
-    elif tp is str and not isinstance(value, str):
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        check_text(path, value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and value < lo:
-            raise ConfigError(f"{path}: {value!r} is below the minimum {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{path}: {value!r} is above the maximum {hi}")
+        if tp is int and hi is None:
+            hi = MAX_INT
+        if tp is int and lo is None:
+            lo = -MAX_INT
+        check_number(path, value, lo, hi)
         if meta.get("power_of_two") and (int(value) <= 0 or int(value) & (int(value) - 1)):
             raise ConfigError(f"{path}: {value!r} is not a power of two")
     return value
@@ -112,7 +119,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     renamed = [k for k in unknown if not path and k in RENAMED_SECTIONS]
     if renamed:
         old = renamed[0]
@@ -131,7 +138,8 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
         sub = f"{path}.{name}" if path else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data.get(name, {}), sub)
+            section = data.get(name)
+            kwargs[name] = _build(tp, {} if section is None else section, sub)
         elif name in data:
             kwargs[name] = _coerce(sub, tp, data[name], f.metadata)
     return cls(**kwargs)
@@ -178,6 +186,8 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     """Recursive dict merge: values of ``over`` win; nested mappings merge."""
     out = dict(base)
     for k, v in over.items():
+        if v is None and isinstance(out.get(k), Mapping):  # "section:" with nothing under it changes nothing
+            continue
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = deep_merge(out[k], v)
         else:
@@ -213,17 +223,26 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (a nested mapping of overrides)."""
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML config file (a nested mapping of overrides); every problem is a ConfigError naming it."""
+    from animate124.readers import read_bytes
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+    raw = read_bytes(p, what, error=ConfigError, hint="pass a YAML file of config overrides with -c FILE")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            hint="save it as UTF-8 (YAML files are UTF-8)",
+        ) from exc
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{what} {p} is not valid YAML: {detail}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must contain a mapping at the top level")
+        raise ConfigError(f"{what} {p} must contain a mapping at the top level")
     return data
 
 

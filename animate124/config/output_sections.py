@@ -21,21 +21,28 @@ class RenderConfig:
     orbit_loops: int = opt(1, "Times the motion plays during one orbit of the camera.", min=1)
     fps: int = opt(25, "Video frame rate.", min=1, max=240)
     polar: float = opt(
-        90.0, "Camera polar angle in degrees (90 = level; the CLI's --elevation is 90 - polar)."
+        90.0,
+        "Camera polar angle in degrees (90 = level; the CLI's --elevation is 90 - polar).",
+        min=0.0,
+        max=180.0,
     )
-    radius: float = opt(1.8, "Camera distance.", min=0.1)
+    radius: float = opt(1.8, "Camera distance.", min=0.1, max=100.0)
     fovy: float = opt(40.0, "Vertical field of view in degrees.", min=1.0, max=170.0)
     background: str = opt("white", "Background: white, black, a #rrggbb colour or r,g,b in 0..1.")
     depth_colormap: Literal["turbo", "viridis"] = opt(
         "turbo", "Colour map of depth videos (near/far fixed over the whole video)."
     )
     ray_chunk: int = opt(
-        32768, "Rays rendered per call: bounds the memory of large renders on a CPU or a small GPU.", min=64
+        32768,
+        "Rays rendered per call: bounds the memory of large renders on a CPU or a small GPU.",
+        min=64,
+        max=2**26,
     )
     sample_chunk: int = opt(
         131072,
         "Samples per field call in output renders (bounds memory; 0 = all samples of a ray chunk).",
         min=0,
+        max=2**30,
     )
     quality: int = opt(8, "MP4 quality, 0-10 (imageio's scale; 8 as upstream).", min=0, max=10)
 
@@ -56,7 +63,10 @@ class ExportConfig:
         1.0, "Keep this fraction of the triangles (quadric decimation); 1 = no decimation.", min=0.01, max=1.0
     )
     max_faces: int = opt(
-        20000, "At most this many triangles per exported mesh (quadric decimation); 0 = no limit.", min=0
+        20000,
+        "At most this many triangles per exported mesh (quadric decimation); 0 = no limit.",
+        min=0,
+        max=2**26,
     )
     format: Literal["ply", "obj"] = opt(
         "ply", "File format of the per-frame mesh sequence (flipbook) or mesh."
@@ -101,8 +111,10 @@ class EvaluateConfig:
     """`animate124 evaluate`: CLIP and reference-view metrics of a trained stage."""
 
     frames: int = opt(16, "Time steps rendered per view (t = k/frames).", min=2, max=1024)
-    views: int = opt(4, "Views around the object for CLIP-T (the reference view is one of them).", min=1)
+    views: int = opt(
+        4, "Views around the object for CLIP-T (the reference view is one of them).", min=1, max=64
+    )
     size: int = opt(
-        224, "Render resolution of the CLIP metrics (CLIP resizes to its own input size).", min=16
+        224, "Render resolution of the CLIP metrics (CLIP resizes to its own input size).", min=16, max=2048
     )
     ref_size: int = opt(256, "Render resolution of the reference-view PSNR/SSIM.", min=16, max=2048)

@@ -42,15 +42,23 @@ ZERO123_CLIP_HELP = (
 class RunConfig:
     """Run-wide settings."""
 
-    seed: int = opt(3407, "Random seed (upstream uses 3407).")
+    seed: int = opt(3407, "Random seed (upstream uses 3407).", min=0, max=2**32 - 1)
     device: str = opt("auto", "Device: auto, cpu, cuda or cuda:N.", nohash=True)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = opt(
         "auto", "Mixed precision for the NeRF and priors: auto = fp16 on CUDA, fp32 on CPU."
     )
-    checkpoint_every: int = opt(
-        500, "Save a resumable checkpoint every N steps of a training stage.", nohash=True
+    deterministic: Literal["auto", "on", "off"] = opt(
+        "auto",
+        "Sum gradients in a fixed order, so that two runs with the same seed on the same machine and thread count "
+        "give identical tensors (and an interrupted run resumes to the same bytes): PyTorch's deterministic "
+        "algorithms, and on a GPU the torch grid encoder instead of the Triton one (slower). auto = on on the "
+        "CPU (where it costs little), off on a GPU.",
+        nohash=True,
     )
-    log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", nohash=True)
+    checkpoint_every: int = opt(
+        500, "Save a resumable checkpoint every N steps of a training stage.", min=1, nohash=True
+    )
+    log_every: int = opt(10, "Write scalars to the project's JSONL log every N steps.", min=1, nohash=True)
     grad_stats_every: int = opt(
         100,
         "Every N steps also log the gradient balance: grad/<group> in the stage's JSONL log, the norm of the "
@@ -96,6 +104,7 @@ class RunConfig:
         "image above it is recomputed alone, block by block). Lower = less memory, the same gradients.",
         min=1,
         nohash=True,
+        max=2**31 - 1,
     )
     vae_attention: Literal["blocked", "sdpa"] = opt(
         "blocked",
@@ -208,7 +217,9 @@ class PreprocessConfig:
     framing: Literal["pad", "recenter"] = opt(
         "pad", "pad = upstream (pad to a square, no recentring); recenter = centre the object with a margin."
     )
-    size: int = opt(0, "Output side in pixels (0 = keep the input's long side, as upstream).")
+    size: int = opt(
+        0, "Output side in pixels (0 = keep the input's long side, as upstream).", min=0, max=8192
+    )
     border_ratio: float = opt(0.2, "Margin around the object when framing = recenter.", min=0.0, max=0.9)
     segment_query: str = opt(
         "the main object", "Text query for the coarse foreground segmenter (images without alpha)."
@@ -216,7 +227,7 @@ class PreprocessConfig:
     min_foreground_fraction: float = opt(
         0.001, "Fail when less than this fraction of pixels is foreground.", min=0.0, max=1.0
     )
-    min_side: int = opt(64, "Reject images whose short side is below this many pixels.", min=1)
+    min_side: int = opt(64, "Reject images whose short side is below this many pixels.", min=1, max=8192)
 
 
 @dataclass(frozen=True)
@@ -229,8 +240,8 @@ class InvertConfig:
     )
     steps: int = opt(3000, "Training steps (upstream 3000).", min=1)
     lr: float = opt(1e-4, "AdamW learning rate, constant (upstream 1e-4).", min=0.0)
-    batch_size: int = opt(16, "Images per step (upstream 16).", min=1)
-    resolution: int = opt(512, "Training resolution (SD 1.5: 512).", min=8)
+    batch_size: int = opt(16, "Images per step (upstream 16).", min=1, max=1024)
+    resolution: int = opt(512, "Training resolution (SD 1.5: 512).", min=8, max=2048)
     augment: bool = opt(
         True, "Upstream's augmentation chain (rotation, crops, jitter, grayscale, blur, flip)."
     )
@@ -247,16 +258,16 @@ class FieldConfig:
     grid_type: Literal["tiled", "hash"] = opt(
         "tiled", "tiled = upstream modulo-wrapped grid; hash = instant-ngp hash."
     )
-    num_levels: int = opt(16, "Grid levels.", min=2)
-    level_dim: int = opt(2, "Features per level (a power of two).", min=1, power_of_two=True)
-    base_resolution: int = opt(16, "Coarsest grid resolution.", min=2)
-    desired_resolution: int = opt(2048, "Finest grid resolution.", min=2)
+    num_levels: int = opt(16, "Grid levels.", min=2, max=32)
+    level_dim: int = opt(2, "Features per level (a power of two).", min=1, power_of_two=True, max=8)
+    base_resolution: int = opt(16, "Coarsest grid resolution.", min=2, max=2**16)
+    desired_resolution: int = opt(2048, "Finest grid resolution.", min=2, max=2**16)
     log2_table_size: int = opt(16, "log2 of the per-level table size (upstream tiled: 16).", min=4, max=24)
-    hidden_dim: int = opt(64, "MLP hidden width.", min=1)
-    num_layers: int = opt(2, "MLP layers.", min=1)
+    hidden_dim: int = opt(64, "MLP hidden width.", min=1, max=4096)
+    num_layers: int = opt(2, "MLP layers.", min=1, max=16)
     blob_density: float = opt(10.0, "Gaussian density blob amplitude added to the density logit.")
     blob_radius: float = opt(0.2, "Gaussian density blob radius.", min=1e-6)
-    time_grid_size: int = opt(64, "Number of time grids in the 4D field.", min=1)
+    time_grid_size: int = opt(64, "Number of time grids in the 4D field.", min=1, max=1024)
     backend: Literal["auto", "torch", "triton", "tcnn"] = opt(
         "auto", "Grid encoder implementation: auto = Triton on CUDA, torch otherwise.", nohash=True
     )
@@ -266,17 +277,19 @@ class FieldConfig:
 class RaymarchConfig:
     """SPEC 3.2: occupancy-grid ray marching and compositing (training and output renders)."""
 
-    max_steps: int = opt(1024, "Samples per ray at most (dt = 2*sqrt(3)/max_steps).", min=8)
+    max_steps: int = opt(1024, "Samples per ray at most (dt = 2*sqrt(3)/max_steps).", min=8, max=2**16)
     min_near: float = opt(0.2, "Rays start at least this far from the camera.", min=0.0)
-    transmittance_thresh: float = opt(1e-4, "Stop compositing a ray once its transmittance falls below this.")
-    occupancy_resolution: int = opt(128, "Occupancy grid resolution per axis.", min=8)
-    time_slots: int = opt(16, "Occupancy time slots in the 4D stages.", min=1)
+    transmittance_thresh: float = opt(
+        1e-4, "Stop compositing a ray once its transmittance falls below this.", min=0.0, max=1.0
+    )
+    occupancy_resolution: int = opt(128, "Occupancy grid resolution per axis.", min=8, max=1024)
+    time_slots: int = opt(16, "Occupancy time slots in the 4D stages.", min=1, max=1024)
     density_thresh: float = opt(10.0, "Occupancy density threshold (capped by the grid mean).", min=0.0)
     occupancy_decay: float = opt(
         0.95, "Decay of the occupancy grid's running max per update.", min=0.0, max=1.0
     )
     update_interval: int = opt(16, "Refresh the occupancy grid every N steps.", min=1)
-    normal_eps: float = opt(0.01, "Finite-difference step of the density normals.", min=1e-6)
+    normal_eps: float = opt(0.01, "Finite-difference step of the density normals.", min=1e-6, max=1.0)
     metric_step: bool = opt(
         True, "Integrate alpha with the metric step dt*|d| (False = upstream's dt in ray-parameter units)."
     )
@@ -318,22 +331,30 @@ class RaymarchConfig:
 class CameraConfig:
     """SPEC 3.3-3.4: training cameras, the reference view and moving-camera clips."""
 
-    radius: float = opt(1.8, "Camera distance from the origin (training and reference).", min=0.1)
+    radius: float = opt(1.8, "Camera distance from the origin (training and reference).", min=0.1, max=100.0)
     fovy: float = opt(40.0, "Vertical field of view in degrees.", min=1.0, max=170.0)
     uniform_sphere_rate: float = opt(
         0.5, "Probability of drawing a training camera from the upper hemisphere.", min=0.0, max=1.0
     )
-    polar_range: tuple[float, float] = opt((45.0, 135.0), "Polar range (degrees) of the other cameras.")
-    azimuth_range: tuple[float, float] = opt((-180.0, 180.0), "Azimuth range (degrees).")
+    polar_range: tuple[float, float] = opt(
+        (45.0, 135.0), "Polar range (degrees) of the other cameras.", min=0.0, max=180.0
+    )
+    azimuth_range: tuple[float, float] = opt(
+        (-180.0, 180.0), "Azimuth range (degrees).", min=-360.0, max=360.0
+    )
     upstream_sphere_sampling: bool = opt(
         False,
         "Reproduce upstream's corner-biased hemisphere directions (SPEC 11.12); default: area-uniform.",
     )
     reference_noise: float = opt(
-        1e-3, "Std of the one random offset added to every reference-view ray origin and direction."
+        1e-3, "Std of the one random offset added to every reference-view ray origin and direction.", min=0.0
     )
-    max_dpolar: float = opt(45.0, "Moving-camera clips: largest polar change over the clip (degrees).")
-    max_dazimuth: float = opt(90.0, "Moving-camera clips: largest azimuth change over the clip (degrees).")
+    max_dpolar: float = opt(
+        45.0, "Moving-camera clips: largest polar change over the clip (degrees).", min=0.0, max=180.0
+    )
+    max_dazimuth: float = opt(
+        90.0, "Moving-camera clips: largest azimuth change over the clip (degrees).", min=0.0, max=360.0
+    )
     clamp_polar: bool = opt(
         True, "Keep moving cameras off the poles (False = upstream, which can cross them; SPEC 11.12)."
     )
@@ -343,7 +364,9 @@ class CameraConfig:
 class ShadingConfig:
     """SPEC 3.1: shading of guidance renders (reference renders use ambient 1 and a white background)."""
 
-    ambient_range: tuple[float, float] = opt((0.1, 1.0), "Ambient ratio k ~ U[lo, hi] on guidance steps.")
+    ambient_range: tuple[float, float] = opt(
+        (0.1, 1.0), "Ambient ratio k ~ U[lo, hi] on guidance steps.", min=0.0, max=1.0
+    )
     light_noise: float = opt(1.0, "Light direction = normalize(camera position + N(0, I) * this).", min=0.0)
     random_background: bool = opt(
         True, "One random background colour per guidance step (False: white, as the reference)."
@@ -354,7 +377,7 @@ class ShadingConfig:
 class OptimConfig:
     """SPEC 3.9: Adam with two parameter groups, mixed precision."""
 
-    betas: tuple[float, float] = opt((0.9, 0.99), "Adam betas.")
+    betas: tuple[float, float] = opt((0.9, 0.99), "Adam betas.", min=0.0, max=0.9999)
     eps: float = opt(1e-15, "Adam epsilon.", min=0.0)
     encoder_lr_scale: float = opt(10.0, "Grid learning rate = stage lr * this.", min=0.0)
     mlp_lr_scale: float = opt(1.0, "MLP learning rate = stage lr * this.", min=0.0)
@@ -364,14 +387,14 @@ class OptimConfig:
 class LossConfig:
     """SPEC 3.5-3.6: reconstruction losses and regularisers."""
 
-    rgb: float = opt(5.0, "Masked RGB MSE weight on reference steps.")
-    mask: float = opt(0.5, "Opacity MSE weight on reference steps.")
-    depth: float = opt(0.01, "Pearson depth loss weight on reference steps.")
-    entropy: float = opt(1e-3, "Entropy of rendering weights (ramped by min(1, 2*step/iters)).")
-    orientation: float = opt(1e-2, "Orientation loss weight.")
-    normal_tv: float = opt(0.5, "TV of the composited normal image.")
-    normal_blur: float = opt(0.5, "MSE between the normal image and its 9x9 Gaussian blur.")
-    time_tv: float = opt(0.1, "Time TV between neighbouring time grids (4D stages).")
+    rgb: float = opt(5.0, "Masked RGB MSE weight on reference steps.", min=0.0)
+    mask: float = opt(0.5, "Opacity MSE weight on reference steps.", min=0.0)
+    depth: float = opt(0.01, "Pearson depth loss weight on reference steps.", min=0.0)
+    entropy: float = opt(1e-3, "Entropy of rendering weights (ramped by min(1, 2*step/iters)).", min=0.0)
+    orientation: float = opt(1e-2, "Orientation loss weight.", min=0.0)
+    normal_tv: float = opt(0.5, "TV of the composited normal image.", min=0.0)
+    normal_blur: float = opt(0.5, "MSE between the normal image and its 9x9 Gaussian blur.", min=0.0)
+    time_tv: float = opt(0.1, "Time TV between neighbouring time grids (4D stages).", min=0.0)
     time_tv_points: int = opt(100_000, "Random points per step for the time TV (points form).", min=1)
     time_tv_mode: Literal["points", "table"] = opt(
         "points", "points = upstream's TV on random points (SPEC 3.6); table = TV on the grid tables."
@@ -386,17 +409,21 @@ class StaticConfig:
     prompt_suffix: str = opt(", 8k, good quality", "Appended to the static prompt (upstream script).")
     negative_prompt: str = opt("", "Negative prompt of SD guidance (upstream: empty).")
     iters: int = opt(5000, "Training steps.", min=1)
-    render_size: int = opt(128, "SDS render resolution.", min=8)
-    ref_size: int = opt(192, "Reference-view render resolution.", min=8)
+    render_size: int = opt(128, "SDS render resolution.", min=8, max=4096)
+    ref_size: int = opt(192, "Reference-view render resolution.", min=8, max=4096)
     known_iters: int = opt(100, "Every step before this is a reference step.", min=0)
     ref_interval: int = opt(4, "Afterwards every N-th step is a reference step.", min=1)
-    sd_weight: float = opt(1.0, "SD SDS weight.")
-    sd_guidance_scale: float = opt(100.0, "SD CFG scale.")
-    sd_t_range: tuple[float, float] = opt((0.2, 0.6), "SD timestep range (fractions of 1000).")
+    sd_weight: float = opt(1.0, "SD SDS weight.", min=0.0)
+    sd_guidance_scale: float = opt(100.0, "SD CFG scale.", min=0.0)
+    sd_t_range: tuple[float, float] = opt(
+        (0.2, 0.6), "SD timestep range (fractions of 1000).", min=0.0, max=1.0
+    )
     view_dependent_text: bool = opt(True, "Interpolate front/side/back view prompts by azimuth (SPEC 3.7-7).")
-    zero123_weight: float = opt(40.0, "Zero123 SDS weight at 180 degrees from the reference (angle-scaled).")
-    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
-    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    zero123_weight: float = opt(
+        40.0, "Zero123 SDS weight at 180 degrees from the reference (angle-scaled).", min=0.0
+    )
+    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).", min=0.0)
+    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.", min=0.0, max=1.0)
     zero123_c_concat: Literal["mode", "sample"] = opt("mode", ZERO123_C_CONCAT_HELP)
     zero123_clip_preprocess: Literal["torch", "processor"] = opt("torch", ZERO123_CLIP_HELP)
     cfg_mode: Literal["upstream", "standard"] = opt(
@@ -412,7 +439,7 @@ class StaticConfig:
     )
     normal_warmup_iters: int = opt(1000, "SDS steps before this use normal-map shading.", min=0)
     grid_mask_iters: int = opt(3000, "Mask the finest grid levels until this step (inclusive).", min=0)
-    grid_mask_levels: int = opt(8, "How many of the finest levels are masked.", min=0)
+    grid_mask_levels: int = opt(8, "How many of the finest levels are masked.", min=0, max=32)
     textureless_rate: float = opt(0.2, "Probability of textureless shading on SDS steps.", min=0.0, max=1.0)
     lr: float = opt(1e-3, "Base learning rate (grids use lr * optim.encoder_lr_scale).", min=0.0)
     grad_clip: float = opt(0.0, "Element-wise gradient clip (0 = none, as upstream static).", min=0.0)
@@ -426,23 +453,25 @@ class DynamicConfig:
     prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the motion prompt.")
     negative_prompt: str = opt("", "Negative prompt of the video prior (upstream: empty).")
     iters: int = opt(10000, "Training steps.", min=1)
-    frames: int = opt(16, "Frames per training clip.", min=1)
-    render_size: int = opt(128, "Render resolution per frame.", min=8)
-    ref_size: int = opt(192, "Reference-view render resolution (t = 0).", min=8)
+    frames: int = opt(16, "Frames per training clip.", min=1, max=256)
+    render_size: int = opt(128, "Render resolution per frame.", min=8, max=4096)
+    ref_size: int = opt(192, "Reference-view render resolution (t = 0).", min=8, max=4096)
     ref_interval: int = opt(4, "Every N-th step is a reference step.", min=1)
     time_precision: int = opt(256, "Time quantisation of the frame sampler (SPEC 5.1).", min=1)
     zero_rate: float = opt(0.2, "Probability a clip starts at t=0.", min=0.0, max=1.0)
     dynamic_cam_rate: float = opt(0.9, "Probability of a moving camera over the clip.", min=0.0, max=1.0)
-    video_weight: float = opt(1.0, "Video SDS weight.")
-    video_guidance_scale: float = opt(100.0, "Video CFG scale.")
-    video_t_range: tuple[float, float] = opt((0.02, 0.98), "Video timestep range.")
+    video_weight: float = opt(1.0, "Video SDS weight.", min=0.0)
+    video_guidance_scale: float = opt(100.0, "Video CFG scale.", min=0.0)
+    video_t_range: tuple[float, float] = opt((0.02, 0.98), "Video timestep range.", min=0.0, max=1.0)
     cfg_mode: Literal["upstream", "standard"] = opt(
         "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
     )
-    vae_grad_frames: int = opt(0, "Back-propagate the VAE encoder through only k frames (0 = all).", min=0)
-    zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.")
-    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).")
-    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.")
+    vae_grad_frames: int = opt(
+        0, "Back-propagate the VAE encoder through only k frames (0 = all).", min=0, max=256
+    )
+    zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.", min=0.0)
+    zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).", min=0.0)
+    zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.", min=0.0, max=1.0)
     zero123_c_concat: Literal["mode", "sample"] = opt("mode", ZERO123_C_CONCAT_HELP)
     zero123_clip_preprocess: Literal["torch", "processor"] = opt("torch", ZERO123_CLIP_HELP)
     upstream_view_text: bool = opt(
@@ -464,19 +493,19 @@ class RefineConfig:
     prompt_suffix: str = opt(", high-resolution, 8k, good quality", "Appended to the refinement prompt.")
     negative_prompt: str = opt("", "Negative prompt of ControlNet guidance (upstream: empty).")
     iters: int = opt(5000, "Training steps.", min=1)
-    image_size: int = opt(1024, "ControlNet input resolution (upstream 1024).", min=64)
+    image_size: int = opt(1024, "ControlNet input resolution (upstream 1024).", min=64, max=4096)
     frames: str = opt(
         "even:2", "Frames per step given to ControlNet: 'even:N' (N evenly spaced), 'all', or '0,8'."
     )
-    guidance_scale: float = opt(7.5, "ControlNet CFG scale.")
+    guidance_scale: float = opt(7.5, "ControlNet CFG scale.", min=0.0)
     cfg_mode: Literal["upstream", "standard"] = opt(
         "upstream", "upstream = eps_c + s(eps_c - eps_u) (= standard CFG with s+1, SPEC 11.3)."
     )
-    t_range: tuple[float, float] = opt((0.2, 0.8), "ControlNet timestep range.")
+    t_range: tuple[float, float] = opt((0.2, 0.8), "ControlNet timestep range.", min=0.0, max=1.0)
     target: Literal["x0", "sds"] = opt(
         "x0", "x0 = upstream one-step x0 target (--grad_dyn); sds = standard SDS."
     )
-    weight: float = opt(1.0, "ControlNet SDS weight (ignored by the x0 target, as upstream).")
+    weight: float = opt(1.0, "ControlNet SDS weight (ignored by the x0 target, as upstream).", min=0.0)
     controlnet_prompt: str = opt("best quality, high resolution", "Text given to ControlNet itself.")
     frozen_frames: Literal["read", "all"] = opt(
         "read",

@@ -8,7 +8,13 @@ Layout in a stage's ``checkpoints/`` directory::
 Both files are written atomically (``fileio``), the tensors first: a JSON file is only ever present
 for a complete pair, so a SIGKILL at any moment leaves the previous checkpoint loadable. After a new
 checkpoint is complete the older ones are deleted (the newest is kept; the stage result is a separate
-file, ``<stage>/model.safetensors``).
+file, ``<stage>/model.safetensors``). A checkpoint that does not fit on the disk is refused before
+anything is written (the previous one stays).
+
+A damaged pair (truncated, overwritten, not JSON) found when resuming is set aside: both files are
+renamed to ``*.corrupt`` with a warning, and the stage resumes from an older complete pair if there is
+one, else starts over. It never blocks the stage, and nothing is deleted that a person might want to
+look at.
 
 Optimizer state is flattened to ``optim/<param index>/<key>`` tensors plus the JSON param groups, so
 ``torch.optim.Optimizer.load_state_dict`` restores it exactly (including Adam's ``step`` counters).
@@ -16,7 +22,6 @@ Optimizer state is flattened to ``optim/<param index>/<key>`` tensors plus the J
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -28,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from animate124.errors import ProjectError
-from animate124.fileio import atomic_path, atomic_write_json
+from animate124.errors import DamagedFileError, ProjectError
+from animate124.fileio import atomic_path, atomic_write_json, ensure_space
+from animate124.readers import read_json, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     st_path, js_path = _paths(directory, step)
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    ensure_space(st_path, sum(v.numel() * v.element_size() for v in clean.values()) + (1 << 20))
     with atomic_path(st_path) as tmp:
         save_file(clean, str(tmp))
     atomic_write_json(js_path, {"step": step, **state})
@@ -152,23 +159,38 @@ def save_checkpoint(
     return js_path
 
 
-def load_latest_checkpoint(directory: Path) -> Checkpoint | None:
-    """The newest complete checkpoint in ``directory`` (None when there is none)."""
-    from safetensors.torch import load_file
+def _set_aside(paths: tuple[Path, ...]) -> list[str]:
+    """Rename the files of a damaged checkpoint to ``<name>.corrupt``; returns the new names."""
+    moved = []
+    for p in paths:
+        if p.exists():
+            target = p.with_name(p.name + ".corrupt")
+            p.replace(target)
+            moved.append(target.name)
+    return moved
 
+
+def load_latest_checkpoint(directory: Path) -> Checkpoint | None:
+    """The newest complete checkpoint in ``directory`` (None when there is none); damaged ones are set
+    aside as ``*.corrupt`` with a warning (module docstring)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
     found = sorted((int(m.group(1)), p) for p in directory.glob("ckpt-*.json") if (m := _NAME.search(p.name)))
-    for step, js in reversed(found):
+    for i, (step, js) in enumerate(reversed(found)):
         st = js.with_suffix(".safetensors")
         if not st.is_file():
             continue
         try:
-            state = json.loads(js.read_text())
-            tensors = load_file(str(st))
-        except (OSError, ValueError) as exc:  # a damaged pair: fall back to an older one
-            log.warning("skipping unreadable checkpoint %s: %s", js, exc)
+            state = read_json(js, "checkpoint")
+            if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+                raise DamagedFileError(f"checkpoint {js} is damaged (not a checkpoint state)", path=str(js))
+            tensors, _ = read_safetensors(st, "checkpoint")
+        except DamagedFileError as exc:
+            moved = _set_aside((js, st))
+            older = len(found) - 1 - i
+            then = "resuming from the previous checkpoint" if older else "the stage starts over"
+            log.warning("%s; set aside as %s: %s", exc.message, " and ".join(moved), then)
             continue
         return Checkpoint(step=step, tensors=tensors, state=state)
     return None

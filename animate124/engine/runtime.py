@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from animate124.config.schema import Config
@@ -51,6 +53,43 @@ def resolve_device(name: str):
                 hint=f"use cuda:0 .. cuda:{count - 1}, or auto",
             )
     return dev
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(cfg: Config) -> Iterator[bool]:
+    """Within the block, PyTorch's deterministic algorithms when ``run.deterministic`` asks for them
+    (``auto``: on the CPU); yields whether they are on. The previous settings come back afterwards.
+
+    What it fixes: reductions whose order depends on thread scheduling, chiefly ``index_put_`` with
+    ``accumulate=True`` (the backward of a plain ``tensor[index]`` gather) on a multi-threaded CPU, and
+    atomics on a GPU (cuDNN's algorithm choice, the grid encoder's Triton backward: ``auto`` grids run the
+    torch encoder). Operations without a deterministic implementation warn instead of failing. With the
+    same seed, machine and thread count, two runs then give identical tensors. The hot gathers of the
+    field and the renderer already differentiate to ``index_add_`` (fixed order on the CPU, and faster),
+    so on the CPU this mode costs little.
+    """
+    import torch
+
+    mode = cfg.run.deterministic
+    device = resolve_device(cfg.run.device)
+    on = mode == "on" or (mode == "auto" and device.type == "cpu")
+    if not on:
+        yield False
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if device.type == "cuda":  # cuBLAS reads this when its first handle is made (the stage's first matmul)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield True
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 def model_cache_dir(cfg: Config) -> Path:

@@ -367,7 +367,11 @@ class Trainer:
         s = self.s
         dev = s.device
         start = self._restore(Path(checkpoint_dir), system, optimizer)
-        scalar_log = ScalarLog(log_path, tensorboard=s.tensorboard) if log_path is not None else None
+        scalar_log = (
+            ScalarLog(log_path, resume_from=start, tensorboard=s.tensorboard)
+            if log_path is not None
+            else None
+        )
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             system.timers.reset_memory()
@@ -451,8 +455,9 @@ class Trainer:
         metrics: dict[str, Any] = {
             "steps": step,
             "it_s": round(done / seconds, 3) if seconds > 0 and done else 0.0,
-            "final_losses": {k: round(v, 6) for k, v in last.items()},
         }
+        if last:  # a run resumed at its last step trains nothing and knows no losses
+            metrics["final_losses"] = {k: round(v, 6) for k, v in last.items()}
         if self.memory_saving is not None:
             metrics["memory_saving"] = dict(self.memory_saving)
         parts = system.timers.summary(done)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from animate124.errors import ModelNotFoundError
+from animate124.errors import Animate124Error, ModelNotFoundError
 from animate124.models.registry import download_command
 from animate124.models.store import ModelStore, projection_folder
 
@@ -174,11 +174,19 @@ def _variant(folder: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _wrap_missing(role: str, root: Path, alternative: str | None = None) -> Iterator[None]:
-    """Turn the libraries' OSError for missing/unreadable files into a ModelNotFoundError."""
+def _loading(store: ModelStore, role: str, root: Path, alternative: str | None = None) -> Iterator[None]:
+    """Explain a failed load: a missing, unreadable or damaged file of the model names that file and what
+    to do (``ModelStore.damage``); the libraries' other OSErrors become a ModelNotFoundError."""
     try:
         yield
-    except OSError as err:
+    except Animate124Error:
+        raise
+    except Exception as err:
+        damaged = store.damage(role, root, alternative)
+        if damaged is not None:
+            raise damaged from err
+        if not isinstance(err, OSError):
+            raise
         raise ModelNotFoundError(
             f"cannot load model for role {role!r} from {root}: {str(err).splitlines()[0] if str(err) else err}",
             hint=f"run `{download_command(role, alternative)}`, or `animate124 models verify {role}`",
@@ -248,7 +256,7 @@ def load_sd(
     from transformers import CLIPTextModel
 
     root = store.resolve("sd")
-    with quiet_libraries(), _wrap_missing("sd", root):
+    with quiet_libraries(), _loading(store, "sd", root):
         vae = _diffusers(AutoencoderKL, root, "vae", _vae_dtype(dtype, vae_dtype))
         unet = _diffusers(UNet2DConditionModel, root, "unet", dtype)
         text_encoder = _transformers(CLIPTextModel, root, "text_encoder", dtype)
@@ -322,7 +330,7 @@ def load_zero123(
     from transformers import CLIPVisionModelWithProjection
 
     root = store.resolve("zero123")
-    with quiet_libraries(), _wrap_missing("zero123", root):
+    with quiet_libraries(), _loading(store, "zero123", root):
         layout = detect_zero123_layout(root)
         projection = projection_from_state(read_projection_state(projection_folder(root)), dtype)
         vae = _diffusers(AutoencoderKL, root, "vae", _vae_dtype(dtype, vae_dtype))
@@ -369,7 +377,7 @@ def load_video(
         raise ConfigError(f"unknown video model {which!r}", hint=f"one of {', '.join(VIDEO_NATIVE_SIZE)}")
     alternative = None if which == "modelscope" else which
     root = store.resolve("video", alternative)
-    with quiet_libraries(), _wrap_missing("video", root, alternative):
+    with quiet_libraries(), _loading(store, "video", root, alternative):
         vae = _diffusers(AutoencoderKL, root, "vae", _vae_dtype(dtype, vae_dtype))
         unet = _diffusers(UNet3DConditionModel, root, "unet", dtype)
         text_encoder = _transformers(CLIPTextModel, root, "text_encoder", dtype)
@@ -388,7 +396,7 @@ def load_controlnet(
     from diffusers import ControlNetModel
 
     root = store.resolve("controlnet")
-    with quiet_libraries(), _wrap_missing("controlnet", root):
+    with quiet_libraries(), _loading(store, "controlnet", root):
         model = _diffusers(ControlNetModel, root, "", dtype)
     return _freeze(model, device)
 
@@ -400,7 +408,7 @@ def load_depth(
     from transformers import AutoModelForDepthEstimation
 
     root = store.resolve("depth")
-    with quiet_libraries(), _wrap_missing("depth", root):
+    with quiet_libraries(), _loading(store, "depth", root):
         model = _transformers(AutoModelForDepthEstimation, root, "", dtype)
     cfg_type = getattr(model.config, "model_type", "dpt")
     kind = "depth_anything" if cfg_type == "depth_anything" else "dpt"
@@ -430,10 +438,10 @@ def load_matting(
     seg_root = store.resolve("segment")
     mat_root = store.resolve("matting")
     with quiet_libraries():
-        with _wrap_missing("segment", seg_root):
+        with _loading(store, "segment", seg_root):
             segmenter = _transformers(CLIPSegForImageSegmentation, seg_root, "", dtype)
             tokenizer = _tokenizer(seg_root, "")
-        with _wrap_missing("matting", mat_root):
+        with _loading(store, "matting", mat_root):
             matte = _transformers(VitMatteForImageMatting, mat_root, "", dtype)
     seg_pre = _read_json(seg_root / "preprocessor_config.json")
     mat_pre = _read_json(mat_root / "preprocessor_config.json")
@@ -460,7 +468,7 @@ def load_clip(
     from transformers import CLIPModel
 
     root = store.resolve("clip")
-    with quiet_libraries(), _wrap_missing("clip", root):
+    with quiet_libraries(), _loading(store, "clip", root):
         model = _transformers(CLIPModel, root, "", dtype)
         tokenizer = _tokenizer(root, "")
     return _freeze(model, device), tokenizer

@@ -65,6 +65,10 @@ class RoleSpec:
     components: tuple[tuple[str, str], ...] = ()
     auto_weights: bool = False
     gated: bool = False
+    #: Expected sha256 of files of the revision (repo-relative path -> hex), from the team's offline copies
+    #: of the Hub repos (``shared/data/hf-configs/*/_file_manifest.json``, SOURCES.md); checked by
+    #: ``animate124 models verify`` and after every download. Only hashes someone has seen are listed.
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def repo_ids(self) -> tuple[str, ...]:
@@ -98,7 +102,9 @@ def pick_weight_files(files: Iterable[str], ignore_patterns: Iterable[str] = ())
 
 # --------------------------------------------------------------------------------------------------
 # Default repos (hf-layouts.md). Revisions: a full 40-hex commit where the notes give one that exists
-# in that very repo; otherwise "main" (noted per entry).
+# in that very repo (hf-layouts.md, hf-configs/SOURCES.md); otherwise "main" (noted per entry), and then,
+# where the notes give them, the expected sha256 of the weight files (checked after every download).
+# Nothing here is guessed: a role without a known commit or hash says so.
 
 _SD_TOKENIZER = (
     "tokenizer/vocab.json",
@@ -144,6 +150,13 @@ SD = RoleSpec(
         ("scheduler", "scheduler"),
     ),
     gated=True,
+    # runwayml's files at 1d0c4ebf (hf-configs/stable-diffusion-v1-5--…/_file_manifest.json); the re-hosted
+    # repo carries the same files (SOURCES.md, source C). Weights only: configs may have gained commits.
+    file_sha256={
+        "text_encoder/model.fp16.safetensors": "77795e2023adcf39bc29a884661950380bd093cf0750a966d473d1718dc9ef4e",
+        "unet/diffusion_pytorch_model.fp16.safetensors": "c83908253f9a64d08c25fc90874c9c8aef9a329ce1ca5fb909d73b0c83d1ea21",
+        "vae/diffusion_pytorch_model.fp16.safetensors": "4fbcf0ebe55a0984f5a5e00d8c4521d52359af7229bb4d81890039d2aa16dd7c",
+    },
 )
 
 _ZERO123_META = (
@@ -166,7 +179,7 @@ _ZERO123_LICENCE = dict(licence="MIT", licence_note="MIT (Zero123 / Zero123-XL w
 ZERO123 = RoleSpec(
     role="zero123",
     repo_id="ashawkey/zero123-xl-diffusers",
-    revision="main",  # main = 10e9e8e… per hf-layouts.md; only the short hash is known
+    revision="10e9e8e75adaa3bf77f5ac9c381419016fed68c7",  # main, 2023-11-08 (hf-configs/SOURCES.md)
     allow_patterns=(
         *_ZERO123_META,
         "clip_camera_projection/config.json",
@@ -193,7 +206,7 @@ ZERO123 = RoleSpec(
 ZERO123_BENNYGUO = RoleSpec(
     role="zero123",
     repo_id="bennyguo/zero123-xl-diffusers",
-    revision="main",  # main = ae385ed… (short hash only)
+    revision="ae385edfaf74c677408f96bd04b513483bd326ac",  # main, 2023-08-25 (hf-configs/SOURCES.md)
     allow_patterns=(
         *_ZERO123_META,
         "clip_camera_projection/config.json",
@@ -214,7 +227,7 @@ ZERO123_BENNYGUO = RoleSpec(
 ZERO123_KXIC = RoleSpec(
     role="zero123",
     repo_id="kxic/zero123-xl",
-    revision="main",  # main = 7d8aec2… (short hash only)
+    revision="7d8aec2223b93e84eb26893d1e732e013523474b",  # main, 2023-08-02 (hf-configs/SOURCES.md)
     allow_patterns=(
         *_ZERO123_META,
         "cc_projection/config.json",
@@ -288,13 +301,21 @@ VIDEO = RoleSpec(
     dtype_note="variant='fp16' safetensors",
     approx_size_bytes=680_821_102 + 2_822_650_226 + 167_335_350 + 1_600_000,
     components=_VIDEO_COMPONENTS,
+    # hf-configs/ali-vilab--text-to-video-ms-1.7b/_file_manifest.json (the pinned commit)
+    file_sha256={
+        "text_encoder/model.fp16.safetensors": "6ab158327d06ce861b5c78843672c78433ea82fcf03f142097ba204b81251cd2",
+        "unet/diffusion_pytorch_model.fp16.safetensors": "f972e78d39735baa09aab1cf60dd19f213e32f1c5a89382385e1a7f647b2e537",
+        "vae/diffusion_pytorch_model.fp16.safetensors": "c8b011e5a18c53888d51a81aa28223ddec87b450c14dc9650d9c3ebbcd17624e",
+    },
     **_NC,
 )
 
 VIDEO_ZEROSCOPE = RoleSpec(
     role="video",
     repo_id="cerspense/zeroscope_v2_576w",
-    revision="main",  # commit hashes seen only as short ids
+    # commit hashes seen only as short ids (the original upload 7348728…'s model_index does not load in
+    # diffusers); the UNet's sha256 is on its Hub blob page (hf-configs/SOURCES.md)
+    revision="main",
     allow_patterns=(
         *_VIDEO_META,
         "text_encoder/pytorch_model.bin",
@@ -302,6 +323,9 @@ VIDEO_ZEROSCOPE = RoleSpec(
         "vae/diffusion_pytorch_model.bin",
     ),
     ignore_patterns=("zs2_576w/*",),
+    file_sha256={
+        "unet/diffusion_pytorch_model.bin": "42b51ea486109b7479366e01aae7e267a81bb750c13eb5c6b765a3d5bc7987c9"
+    },
     description="zeroscope v2 576w (ModelScope fine-tune at 576x320)",
     dtype_note="fp16 weights under the default .bin names; variant must be None",
     approx_size_bytes=3_700_000_000,
@@ -312,7 +336,7 @@ VIDEO_ZEROSCOPE = RoleSpec(
 CONTROLNET = RoleSpec(
     role="controlnet",
     repo_id="lllyasviel/control_v11f1e_sd15_tile",
-    revision="main",  # main = 3f87770… (short hash only)
+    revision="main",  # main = 3f87770… (short hash only; the known sha256 is of the original .pth, not this .bin)
     allow_patterns=("config.json", "diffusion_pytorch_model.bin"),
     ignore_patterns=("images/*", "*.png"),
     licence="OpenRAIL",
@@ -393,6 +417,8 @@ CLIP = RoleSpec(
     description="CLIP ViT-L/14 (evaluation metrics: CLIP score, image-image similarity)",
     approx_size_bytes=1_710_540_580 + 4_000_000,
     components=(("", "model"), ("", "tokenizer")),
+    # hf-configs/openai--clip-vit-large-patch14/_file_manifest.json (the pinned commit)
+    file_sha256={"model.safetensors": "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb"},
 )
 
 ROLES: dict[str, RoleSpec] = {
@@ -432,7 +458,7 @@ def spec_for(role: str, repo_id: str, revision: str | None = None) -> RoleSpec:
     base = get_role(role)
     spec = KNOWN_REPOS.get(repo_id)
     if spec is None and repo_id in base.aliases:
-        spec = replace(base, repo_id=repo_id, aliases=(), revision="main")
+        spec = replace(base, repo_id=repo_id, aliases=(), revision="main", file_sha256={})
     if spec is None:
         meta = tuple(p for p in base.allow_patterns if posixpath.basename(p) not in WEIGHT_FILE_NAMES)
         spec = replace(
@@ -442,12 +468,13 @@ def spec_for(role: str, repo_id: str, revision: str | None = None) -> RoleSpec:
             revision="main",
             allow_patterns=meta,
             auto_weights=True,
+            file_sha256={},
             description=f"{base.description} (override)",
         )
     if spec.role != role:
         spec = replace(spec, role=role)
-    if revision:
-        spec = replace(spec, revision=revision)
+    if revision and revision != spec.revision:  # another revision: the known hashes may not apply
+        spec = replace(spec, revision=revision, file_sha256={})
     return spec
 
 

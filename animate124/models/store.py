@@ -21,14 +21,11 @@ This module imports only huggingface_hub (lazily) and the standard library, so t
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import socket
-import struct
 import time
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +96,16 @@ def _looks_like_path(value: str) -> bool:
 
 def _repo_folder(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")
+
+
+#: The file :func:`animate124.models.tiny.build_tiny_cache` writes last into a cache of tiny random models.
+TINY_MARKER = "animate124-tiny-cache.json"
+
+
+def is_tiny_cache(cache_dir: Path) -> bool:
+    """True when ``cache_dir`` was written by :func:`animate124.models.tiny.build_tiny_cache` (here, not in
+    tiny.py, so that the store can ask without importing the factory)."""
+    return (Path(cache_dir) / TINY_MARKER).is_file()
 
 
 class ModelStore:
@@ -267,7 +274,7 @@ class ModelStore:
         src = self.source(role, alternative)
         if src.local_dir is not None:
             return self.resolve(role, alternative)
-        if self.is_cached(role, alternative):
+        if self._whole(role, alternative):
             return self.resolve(role, alternative)
         if self.offline:
             raise DownloadError(
@@ -278,9 +285,28 @@ class ModelStore:
 
         lock = self.cache_dir / ".locks" / f"{role}{'-' + alternative if alternative else ''}.lock"
         with file_lock(lock):
-            if self.is_cached(role, alternative):  # another process finished it while we waited
+            if self._whole(role, alternative, repair=True):  # another process finished it while we waited
                 return self.resolve(role, alternative)
             return self._download(src, role, progress)
+
+    def _whole(self, role: str, alternative: str | None, repair: bool = False) -> bool:
+        """Cached with every file whole (structure only; ``verify`` also hashes). ``repair``: remove the
+        damaged files (the snapshot's link and its blob) so that the download fetches them again."""
+        if not self.is_cached(role, alternative):
+            return False
+        folder = self.resolve(role, alternative)
+        damaged = folder_problems(folder)
+        if not damaged:
+            return True
+        if repair:
+            for rel, what in damaged:
+                f = folder / rel
+                log.warning("%s %s: fetching it again", f, what)
+                target = Path(os.path.realpath(f))
+                for p in {f, target}:
+                    if p.is_relative_to(self.hub_dir):
+                        p.unlink(missing_ok=True)
+        return False
 
     def _download(self, src: Source, role: str, progress: bool) -> Path:
         spec = src.spec
@@ -328,33 +354,70 @@ class ModelStore:
     def verify(self, role: str, alternative: str | None = None, hashes: bool = True) -> list[str]:
         """Problems with the cached files of ``role`` (empty list = ok).
 
-        Checks: required components present for the detected layout; safetensors headers agree with
-        the file size (truncation); ``.bin`` files are complete zip archives; and, for files stored as
-        ``blobs/<sha256>`` (LFS files in a real HF cache), the sha256 of the content (``hashes``)."""
+        Checks: required components present for the detected layout; every file readable, safetensors
+        headers agree with the file size (truncation), ``.bin`` files are complete zip archives, JSON
+        configs parse; and with ``hashes``: the registry's expected sha256 of the files it knows
+        (``RoleSpec.file_sha256``, checked only for the revision it belongs to) and, for files stored as
+        ``blobs/<sha256>`` (LFS files in a real HF cache), the sha256 of the content."""
         src = self.source(role, alternative)
         folder = src.local_dir or self._snapshot(src.spec)
         if folder is None:
             return [f"{role}: not cached ({src.spec.repo_id}); run `{download_command(role, alternative)}`"]
         problems = [f"{role}: missing {m}" for m in missing_components(folder, src.spec)]
+        problems += [f"{role}: {rel} {what}" for rel, what in folder_problems(folder)]
+        if not hashes:
+            return problems
+        expected = src.spec.file_sha256 if src.local_dir is None and self._pinned(src.spec, folder) else {}
         for f in sorted(folder.rglob("*")):
             if not f.is_file():
-                if f.is_symlink():
-                    problems.append(f"{role}: broken link {f.relative_to(folder)}")
                 continue
             rel = f.relative_to(folder).as_posix()
-            if f.name.endswith(".safetensors"):
-                problem = _check_safetensors(f)
-                if problem:
-                    problems.append(f"{role}: {rel}: {problem}")
-            elif f.name.endswith(".bin") and f.name in WEIGHT_FILE_NAMES:
-                problem = _check_torch_zip(f)
-                if problem:
-                    problems.append(f"{role}: {rel}: {problem}")
-            if hashes and f.is_symlink():
-                blob = Path(os.path.realpath(f)).name
-                if _HEX64.fullmatch(blob) and _sha256(f) != blob:
-                    problems.append(f"{role}: {rel}: sha256 mismatch (blob {blob[:12]}…)")
+            want = expected.get(rel)
+            blob = Path(os.path.realpath(f)).name if f.is_symlink() else ""
+            if not want and not _HEX64.fullmatch(blob):
+                continue
+            try:
+                got = _sha256(f)
+            except OSError as err:
+                problems.append(f"{role}: {rel} cannot be read: {err.strerror or err}")
+                continue
+            if want and got != want:
+                problems.append(f"{role}: {rel}: sha256 {got[:12]}… is not the expected {want[:12]}…")
+            elif _HEX64.fullmatch(blob) and got != blob:
+                problems.append(f"{role}: {rel}: sha256 mismatch (blob {blob[:12]}…)")
         return problems
+
+    def _pinned(self, spec: RoleSpec, folder: Path) -> bool:
+        """Whether ``folder`` is the snapshot of the revision ``spec.file_sha256`` describes: the pinned
+        commit itself, or (for a role pinned only by its files' hashes) any snapshot of that repo. The
+        tiny factory's models are never held to the real files' hashes."""
+        if not spec.file_sha256 or is_tiny_cache(self.cache_dir):
+            return False
+        return not _HEX40.fullmatch(spec.revision) or folder.name == spec.revision
+
+    def damaged_hint(self, role: str, alternative: str | None = None) -> str:
+        """What to do about a damaged file of ``role``'s model (the tiny models are rebuilt, real ones
+        downloaded again)."""
+        if is_tiny_cache(self.cache_dir):
+            return (
+                f"the tiny test models are random and built on first use: delete {self.cache_dir} and run the "
+                "command again to rebuild them (`animate124 models verify --tiny` checks them)"
+            )
+        cmd = download_command(role, alternative)
+        return f"run `{cmd}` to fetch the damaged files again (`animate124 models verify {role}` lists them)"
+
+    def damage(self, role: str, folder: Path, alternative: str | None = None) -> ModelNotFoundError | None:
+        """A ModelNotFoundError naming the first missing, unreadable or damaged file of ``role``'s model
+        in ``folder`` (None when its files look whole): what a failed load is explained with."""
+        found = folder_problems(folder)
+        if not found:
+            return None
+        rel, what = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return ModelNotFoundError(
+            f"model file {folder / rel} of role {role!r} {what}{more}",
+            hint=self.damaged_hint(role, alternative),
+        )
 
 
 # ---------------------------------------------------------------------- helpers (no torch)
@@ -419,40 +482,24 @@ def missing_components(root: Path, spec: RoleSpec) -> list[str]:
     return missing
 
 
-def _check_safetensors(path: Path) -> str | None:
-    """Header parse + size check: 8-byte little-endian header length, JSON header, data offsets."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                return "truncated (no header)"
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8:
-                return f"truncated header ({size} bytes)"
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError) as err:
-        return f"unreadable safetensors ({err})"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    expected = 8 + n + end
-    if expected != size:
-        return f"size {size} != {expected} declared by its header"
-    return None
+def folder_problems(folder: Path) -> list[tuple[str, str]]:
+    """``(relative path, what is wrong)`` for every file of a model folder that is unreadable or damaged
+    (:func:`animate124.readers.check_file`: safetensors and ``.bin`` archives against their sizes, JSON
+    configs parsed; broken links)."""
+    from animate124.readers import check_file
 
-
-def _check_torch_zip(path: Path) -> str | None:
-    """torch >= 1.6 pickles are zip archives; a truncated download loses the central directory.
-    Legacy (pre-zip) pickles, which start with a pickle protocol byte, cannot be checked cheaply."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as zf:
-            zf.infolist()
-    except (zipfile.BadZipFile, OSError) as err:
-        return f"not a complete torch archive ({err})"
-    return None
+    out: list[tuple[str, str]] = []
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder).as_posix()
+        if f.is_symlink() and not f.exists():
+            out.append((rel, "is a broken link"))
+            continue
+        if not f.is_file() or not (f.suffix in (".safetensors", ".json") or f.name in WEIGHT_FILE_NAMES):
+            continue
+        problem = check_file(f)
+        if problem:
+            out.append((rel, problem))
+    return out
 
 
 def _sha256(path: Path) -> str:

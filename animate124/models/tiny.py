@@ -26,11 +26,12 @@ from typing import Any
 
 from animate124.fileio import atomic_write_text, file_lock
 from animate124.models.registry import KNOWN_REPOS, ROLES, get_role
+from animate124.models.store import TINY_MARKER as TINY_MARKER
+from animate124.models.store import is_tiny_cache as is_tiny_cache
 from animate124.models.tiny_tokenizer import write_json, write_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-TINY_MARKER = "animate124-tiny-cache.json"
 BUILD_LOCK = ".animate124-tiny-build.lock"
 TINY_WIDTH = 32
 ZERO123_LAYOUTS = ("ashawkey", "bennyguo", "kxic", "yuyang")
@@ -533,13 +534,34 @@ def ensure_tiny_cache(cache_dir: Path, *, zero123_layout: str = "ashawkey", seed
     loop): the first builds under the lock, the others wait for it and then find the marker.
     """
     cache_dir = Path(cache_dir)
-    if is_tiny_cache(cache_dir):
+    if is_tiny_cache(cache_dir) and not _stale_roles(cache_dir):
         return cache_dir
     with file_lock(cache_dir / BUILD_LOCK):
         if not is_tiny_cache(cache_dir):
             log.info("building tiny random models in %s", cache_dir)
             _build_tiny_cache_locked(cache_dir, None, zero123_layout, seed, True)
+        elif stale := _stale_roles(cache_dir):  # the registry pinned another revision since the build
+            log.info("rebuilding the tiny models of %s in %s (new revisions)", ", ".join(stale), cache_dir)
+            _build_tiny_cache_locked(cache_dir, stale, zero123_layout, seed, False)
     return cache_dir
+
+
+def _stale_roles(cache_dir: Path) -> list[str]:
+    """Roles whose registry revision has no snapshot in the tiny cache (built before a revision was pinned)."""
+    import re
+
+    hub = cache_dir / "hub"
+    stale = []
+    for role, spec in ROLES.items():
+        repo = hub / ("models--" + spec.repo_id.replace("/", "--"))
+        if re.fullmatch(r"[0-9a-f]{40}", spec.revision):
+            commit = spec.revision
+        else:
+            ref = repo / "refs" / spec.revision
+            commit = ref.read_text().strip() if ref.is_file() else ""
+        if not commit or not (repo / "snapshots" / commit).is_dir():
+            stale.append(role)
+    return stale
 
 
 def _build_tiny_cache_locked(
@@ -568,8 +590,3 @@ def _build_tiny_cache_locked(
     info = {"tiny": True, "seed": seed, "zero123_layout": zero123_layout, "repos": {**old, **written}}
     atomic_write_text(marker, json.dumps(info, indent=2, sort_keys=True) + "\n")
     log.info("tiny model cache written to %s (%d repos)", cache_dir, len(written))
-
-
-def is_tiny_cache(cache_dir: Path) -> bool:
-    """True when ``cache_dir`` was written by :func:`build_tiny_cache`."""
-    return (Path(cache_dir) / TINY_MARKER).is_file()

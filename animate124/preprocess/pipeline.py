@@ -340,9 +340,12 @@ def load_reference(
     * ``zero123_rgb[3,Z,Z]``: RGBA area-resized to ``zero123_size`` (256), white-composited.
     Also returns ``alpha[1,S,S]``. All float32 on the CPU.
     """
+    from animate124.errors import ProjectError
+    from animate124.readers import read_image
+
     rgba_path, depth_path = _resolve_reference_paths(source)
-    img = Image.open(rgba_path)
-    img.load()
+    redo = "run `animate124 preprocess` on the project's image again (`animate124 run-all` does it for you)"
+    img = read_image(rgba_path, "reference image", hint=redo, error=ProjectError)
     rgba_u8 = torch.from_numpy(np.asarray(img.convert("RGBA"), dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def composite(hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,8 +365,7 @@ def load_reference(
         "depth_masked": None,
     }
     if depth_path is not None:
-        dimg = Image.open(depth_path)
-        dimg.load()
+        dimg = read_image(depth_path, "reference depth", hint=redo, error=ProjectError)
         darr = np.asarray(dimg)
         if darr.ndim == 3:  # upstream keeps the first channel of a multi-channel depth image
             darr = darr[..., 0]

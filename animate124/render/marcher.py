@@ -242,7 +242,8 @@ def composite(
     first = torch.cumsum(counts, 0) - counts  # index of each ray's first sample
     cs = torch.cumsum(s.double(), 0)
     excl = cs - s.double()
-    excl_ray = (excl - excl[first[ray_indices]]).clamp_min(0.0)
+    # index_select, not excl[...]: its backward (index_add) sums in a fixed order on the CPU
+    excl_ray = (excl - excl.index_select(0, first[ray_indices])).clamp_min(0.0)
     trans = torch.exp(-excl_ray).float()
     alpha = -torch.expm1(-s)
     w = alpha * trans

@@ -132,7 +132,9 @@ def _eval_field(
     """σ and albedo of the samples, ``chunk`` at a time. ``keep`` > 0 (``raymarch.checkpoint_field``): under
     grad, the grid and MLP activations of the first ``keep`` samples are kept for backward as usual and those
     of the rest are re-run in backward instead (:func:`_pieces`): the same values and gradients, at most
-    ``keep`` samples' activations held, and the recompute costs only the samples beyond ``keep``."""
+    ``keep`` samples' activations held, and the recompute costs only the samples beyond ``keep``. With a
+    ``chunk``, ``keep`` is rounded down to a multiple of it, so that every field call sees the same samples as
+    without ``keep`` (a CPU matmul's rounding of a row can depend on where the row sits in its batch)."""
 
     def one(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> tuple[Tensor, Tensor]:
         out = field(xi, ti, **kw)
@@ -140,14 +142,17 @@ def _eval_field(
 
     n = x.shape[0]
     if 0 < keep < n and torch.is_grad_enabled():  # the first ``keep`` samples as they are, the rest re-run
-        parts = [
-            *_pieces(
+        keep = keep // chunk * chunk if chunk else keep
+        parts = (
+            _pieces(
                 one, x[:keep], None if t is None else t[:keep], chunk, _sliced(runs, 0, keep), False, False
-            ),
-            *_pieces(
-                one, x[keep:], None if t is None else t[keep:], chunk, _sliced(runs, keep, n), True, False
-            ),
-        ]
+            )
+            if keep
+            else []
+        )
+        parts += _pieces(
+            one, x[keep:], None if t is None else t[keep:], chunk, _sliced(runs, keep, n), True, False
+        )
     else:
         parts = _pieces(one, x, t, chunk, runs, checkpoint=False, pieces_without_grad=False)
     if len(parts) == 1:

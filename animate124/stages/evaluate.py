@@ -78,6 +78,7 @@ def run_evaluate_stage(
     """Compute the metrics of ``stage`` (default: the newest finished one); see the module docstring."""
     import torch
 
+    from animate124.config.validation import check_text
     from animate124.engine.progress import rich_progress
     from animate124.engine.runtime import model_store, resolve_device
     from animate124.models.loaders import load_clip
@@ -88,7 +89,7 @@ def run_evaluate_stage(
     from animate124.stages.artifacts import load_trained
 
     src = source_stage(project, stage)
-    text = prompt.strip() if prompt and prompt.strip() else evaluation_prompt(cfg)
+    text = check_text("--prompt", prompt).strip() if prompt and prompt.strip() else evaluation_prompt(cfg)
     if not project.rgba.is_file():
         from animate124.errors import ProjectError
 

@@ -100,6 +100,26 @@ def _turntable(
     }
 
 
+def check_export_packages(e: ExportConfig, src: str) -> None:
+    """Every package this export will use, found before any work (a missing one is a ConfigError naming all
+    of them; they are dependencies of the package, so only a partial install lacks them)."""
+    import importlib.util
+
+    flipbook = src != "static" and not e.animated
+    needed = {"mcubes": "PyMCubes", "trimesh": "trimesh", "pygltflib": "pygltflib", "scipy": "scipy"}
+    if e.max_faces > 0 or e.decimate < 1.0:
+        needed["fast_simplification"] = "fast-simplification"
+    if e.texture == "atlas" and not flipbook:
+        needed["xatlas"] = "xatlas"
+    missing = [pip for module, pip in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        extra = " (or --set export.texture=vertex)" if missing == ["xatlas"] else ""
+        raise ConfigError(
+            f"export needs {', '.join(missing)}, not installed",
+            hint=f"pip install {' '.join(missing)}{extra}",
+        )
+
+
 def run_export_stage(
     project: Project, cfg: Config, *, stage: str | None = None, show_progress: bool = True, **_: object
 ) -> StageResult:
@@ -113,6 +133,7 @@ def run_export_stage(
     e = cfg.export
     if e.format not in ("ply", "obj"):  # pragma: no cover - the schema's Literal already checks it
         raise ConfigError(f"export.format {e.format!r} is not ply or obj")
+    check_export_packages(e, src)
     device = resolve_device(cfg.run.device)
 
     def body(ctx: Any) -> dict[str, Any]:

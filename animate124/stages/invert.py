@@ -37,6 +37,8 @@ def run_invert(
     src = source_image(project)
 
     def body(ctx: StageContext) -> dict:
+        import torch
+
         from animate124.guidance.textual_inversion import (
             save_learned_embeds,
             train_textual_inversion,
@@ -44,6 +46,7 @@ def run_invert(
         from animate124.models.loaders import load_sd
 
         device = resolve_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)  # the process-wide generator too: runs and resumes are reproducible
         comps = load_sd(model_store(cfg), device=device, dtype=prior_dtype(cfg, device))
         comps.text_encoder.float()  # the token is trained through an fp32 text encoder, as upstream (SPEC 2)
         if cfg.run.vae_fused_norm:

@@ -58,11 +58,13 @@ def source_stage(project: Project, stage: str | None = None) -> str:
                 f"nothing to work on in {project.root}: no training stage has finished",
                 hint="run `animate124 run-all IMAGE PROMPT` (or `animate124 static`) first",
             )
-    model = project.artifact(f"{found}_model")
-    if not model.is_file():
+    damaged = project.stage_problems(found)
+    if damaged:
+        rel, what = damaged[0]
         raise ProjectError(
-            f"stage '{found}' is marked done but {model} is missing",
-            hint=f"run `animate124 {found} --force -p {project.root}` to train it again",
+            f"stage '{found}' is marked done but {rel} {what}",
+            hint=f"run `{project.redo_command(found)}` to make it again (it resumes from its last checkpoint "
+            "when there is one); nothing was changed",
         )
     return found
 
@@ -82,16 +84,38 @@ def project_config(
 
     data: dict[str, Any]
     saved = project.config_path(stage) if stage else None
-    if preset is None and saved is not None and saved.is_file():
-        data = load_yaml(saved)
+    trained = _saved_config(project, saved) if saved is not None and saved.is_file() else {}
+    if preset is None and trained:
+        data = trained
     else:
         data = preset_overrides(preset or "paper")
+        # the prompts describe the project, not the settings: a preset keeps the ones it was trained with
+        for section in PROMPT_SECTIONS:
+            prompt = (trained.get(section) or {}).get("prompt")
+            if isinstance(prompt, str) and prompt:
+                data = deep_merge(data, {section: {"prompt": prompt}})
     if config_file:
         data = deep_merge(data, load_yaml(config_file))
     if options:
         data = deep_merge(data, dict(options))
     data = deep_merge(data, parse_set(list(sets)))
     return from_dict(data)
+
+
+#: The config sections whose ``prompt`` an output command keeps from the trained stage under ``--preset``.
+PROMPT_SECTIONS = ("static", "dynamic", "refine")
+
+
+def _saved_config(project: Project, path: Path) -> dict[str, Any]:
+    """The stage's saved config (``config/<stage>.yaml``); a damaged one is an error naming it."""
+    from animate124.config.loader import load_yaml
+
+    try:
+        return load_yaml(path, "the project's saved config")
+    except ConfigError as exc:
+        raise ProjectError(
+            exc.message, hint=f"pass --preset NAME to work without it, or run `animate124 {path.stem}` again"
+        ) from exc
 
 
 def run_output_stage(

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from animate124.config.schema import Config
+from animate124.config.validation import check_text
 from animate124.errors import ConfigError
 from animate124.project import Project
 from animate124.stages.spec import STAGE_NAMES, stage_range
@@ -157,6 +158,14 @@ def derive_prompts(
     prompt that contains ``<token>`` needs it (``<token>`` means nothing to the video model).
     Raises ConfigError with a hint when the object cannot be found.
     """
+    check_text("the motion prompt", motion)
+    for name, text in (
+        ("--subject", subject),
+        ("--static-prompt", static_prompt),
+        ("--refine-prompt", refine_prompt),
+    ):
+        if text is not None:
+            check_text(name, text)
     motion = " ".join(motion.split())
     if not motion:
         raise ConfigError(

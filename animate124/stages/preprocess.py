@@ -88,7 +88,8 @@ def run_preprocess(
 
         for old in project.input_dir.glob("source.*") if project.input_dir.exists() else []:
             old.unlink()
-        with atomic_path(project.input_dir / f"source{image.suffix.lower()}") as tmp:
+        source = project.input_dir / f"source{image.suffix.lower()}"
+        with atomic_path(source) as tmp:
             shutil.copyfile(image, tmp)
         project.set_source(image.resolve(), sha)
         device = resolve_device(cfg.run.device)
@@ -108,6 +109,7 @@ def run_preprocess(
         )
         return {
             "artifacts": {
+                "source": source,  # invert trains on it: recorded (and checked) like the stage's outputs
                 "rgba": res.rgba_path,
                 "depth": res.depth_path,
                 "depth_npy": res.depth_npy_path,

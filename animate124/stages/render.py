@@ -8,7 +8,8 @@ is), merged with the files of earlier renders that still exist.
 
 A render is skipped when the same request (shots, channels, options) has already been rendered from
 the same trained result with the same ``render`` and ``raymarch`` settings and its files are all still
-there (``stages.render.requests`` in the manifest: request hash -> files); ``force`` renders again.
+there with the size and sha256 recorded when they were written (``stages.render.requests`` in the
+manifest: request hash -> files and hashes); ``force`` renders again.
 A skipped render writes nothing. Files a new render overwrites are dropped from the other requests, so
 that an older request whose video was replaced renders again.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time as _time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 RENDER_STAGE = OutputStage("render", ("render", "raymarch"))
+
+log = logging.getLogger(__name__)
 
 
 def latest_trained_stage(project: Project) -> str:
@@ -91,15 +95,17 @@ def _describe(project: Project, f: OutputFile, stage: str) -> dict[str, Any]:
 
 
 def render_request_key(project: Project, cfg: Config, src: str, request: dict[str, Any]) -> str:
-    """Hash of one render request: the trained result of ``src`` (its config hash and when it finished),
-    the ``render`` and ``raymarch`` settings and the request's own options."""
+    """Hash of one render request: the trained result of ``src`` (the sha256 of its model file; for a record
+    from before the hashes, its config hash and when it finished), the ``render`` and ``raymarch`` settings
+    and the request's own options. A stage redone to the same bytes keeps its renders up to date."""
     from animate124.config.loader import config_hash
 
     rec = project.stage_record(src)
+    model = (rec.get("files") or {}).get(f"{src}/model.safetensors", {}).get("sha256")
     blob = json.dumps(
         {
             "stage": src,
-            "trained": [rec.get("config_hash"), rec.get("finished")],
+            "trained": model or [rec.get("config_hash"), rec.get("finished")],
             "settings": config_hash(cfg, RENDER_STAGE.sections),
             "request": request,
         },
@@ -114,8 +120,12 @@ def _up_to_date(project: Project, key: str) -> StageResult | None:
     done = (rec.get("requests") or {}).get(key)
     if rec.get("status") != "done" or not done or not done.get("files"):
         return None
-    if not all((project.root / f).exists() for f in done["files"]):
-        return None
+    hashes = done.get("hashes") or {}
+    for f in done["files"]:  # requests recorded before the hashes: the files' structure
+        problem = project.file_problem(f, hashes.get(f))
+        if problem:
+            log.warning("%s %s: the render will be made again", f, problem)
+            return None
     metrics = {**done.get("metrics", {}), "files": list(done["files"])}
     return StageResult("render", skipped=True, artifacts=_artifacts(project, done["files"]), metrics=metrics)
 
@@ -247,7 +257,7 @@ def run_render_stage(
         if near_far:
             metrics["depth_near"], metrics["depth_far"] = near_far["near"], near_far["far"]
         kept = {k: v for k, v in metrics.items() if k != "files"}
-        requests[key] = {"files": written, "metrics": kept}
+        requests[key] = {"files": written, "hashes": project.file_records(written), "metrics": kept}
         project.update_stage("render", outputs=outputs, requests=requests)
         return {"artifacts": artifacts, "metrics": metrics}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import urllib.parse
 from pathlib import Path
@@ -33,6 +34,8 @@ from animate124.project import Project, atomic_write_text
 from animate124.stages.outputs import OutputStage
 from animate124.stages.report_charts import PALETTE, grad_chart, loss_chart, scalar_series
 from animate124.stages.spec import TRAINING_STAGES
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_STAGE", "write_report", "report_page", "run_report_stage", "loss_curves", "metric_text"]
 
@@ -80,8 +83,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):  # a damaged file shows as missing; the page still renders
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -324,8 +327,10 @@ def _metrics(project: Project) -> dict[str, Any] | None:
 
     path = project.artifact("metrics")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # missing, not UTF-8 or not JSON: the page says there are no metrics
+        return None
+    if not isinstance(data, dict):
         return None
     big = ("clip_i", "clip_t", "temporal_consistency", "psnr_masked", "ssim_masked")
     return {
@@ -346,7 +351,7 @@ def _metrics(project: Project) -> dict[str, Any] | None:
 
 def _configs(project: Project) -> list[dict[str, str]]:
     return [
-        {"stage": stage, "name": p.name, "text": p.read_text()}
+        {"stage": stage, "name": p.name, "text": p.read_bytes().decode("utf-8", "replace")}
         for stage in _STAGES
         if (p := project.config_path(stage)).is_file()
     ]
@@ -462,7 +467,10 @@ def run_report_stage(project: Project, cfg: Any = None, *, force: bool = False, 
     rec = project.stage_record("report")
     artifacts = {"report": str(path)}
     if not force and rec.get("content_hash") == digest and path.is_file():
-        return StageResult("report", skipped=True, artifacts=artifacts)
+        damaged = project.stage_problems("report", rec)
+        if not damaged:
+            return StageResult("report", skipped=True, artifacts=artifacts)
+        log.warning("%s %s: the report will be written again", *damaged[0])
     with project.lock():
         atomic_write_text(path, _stamp(page))
         seconds = round(time.perf_counter() - t0, 3)
@@ -473,5 +481,6 @@ def run_report_stage(project: Project, cfg: Any = None, *, force: bool = False, 
             seconds=seconds,
             content_hash=digest,
             artifacts=artifacts,
+            files=project.file_records([path]),
         )
     return StageResult("report", skipped=False, artifacts=artifacts, seconds=seconds)

@@ -33,20 +33,22 @@ _INK, _MUTED, _GRID = "#1d2330", "#667085", "#e9ecf1"
 def scalar_series(path: Path, prefix: str) -> dict[str, list[tuple[float, float]]]:
     """``<prefix><name>`` -> [(step, value)] from a JSONL log (bad lines and non-finite values skipped).
 
-    The log is appended to by every run of the stage: a step at or before the last one kept (a resume
-    from a checkpoint, a rerun with --force) replaces the points from there on, so the curve is the run
-    that made the stage's result."""
+    A resumed run cuts its log back to its checkpoint (engine/scalars.py), but logs of earlier versions
+    hold every run of the stage: a step at or before the last one kept (a resume from a checkpoint, a rerun
+    with --force) replaces the points from there on, so the curve is the run that made the stage's result.
+    A damaged log (bytes that are not UTF-8, torn lines) gives the points that can be read."""
     series: dict[str, list[tuple[float, float]]] = {}
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_bytes().decode("utf-8", "replace").splitlines()
     except OSError:
         return series
     for line in lines:
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
+        step_ok = isinstance(rec, dict) and isinstance(rec.get("step"), (int, float))
+        if not step_ok or not math.isfinite(rec["step"]):
             continue
         step = float(rec["step"])
         for k, v in rec.items():

@@ -29,8 +29,15 @@ TimeTVMode = Literal["points", "table"]
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> str:
-    """``auto`` -> triton on CUDA when importable, else torch (SPEC 3.1 speed note)."""
+    """``auto`` -> triton on CUDA when importable, else torch (SPEC 3.1 speed note).
+
+    Under ``torch.use_deterministic_algorithms(True)`` (``run.deterministic``) ``auto`` is torch: the Triton
+    backward adds the table gradients with atomics, in an order that changes from run to run; the torch
+    encoder's gather differentiates to ``index_add_``, which PyTorch then runs in a fixed order.
+    """
     if backend == "auto":
+        if torch.are_deterministic_algorithms_enabled():
+            return "torch"
         return "triton" if launch.is_available(device) else "torch"
     if backend == "triton" and not launch.is_available(device):
         raise ConfigError(
