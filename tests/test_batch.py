@@ -441,6 +441,42 @@ def test_summary_exit_code_and_the_index_page(images, tmp_path):
     assert "not an image" in page and "a toy is spinning" in page and "<b>" not in page
 
 
+def test_sigterm_stops_the_batch_as_ctrl_c_does_and_exits_143(images, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler's preemption) while the tasks run: the driver's wait ends as after Ctrl-C (the
+    runs are cancelled and checkpoint: test_batch_ray.py), batch.json records it, the exit code is 143."""
+    pytest.importorskip("ray", reason='Ray is not installed: pip install "animate124[batch]"')
+    import signal
+
+    from animate124.batch import driver
+    from animate124.engine.interrupt import Interrupted
+
+    class NoRay:  # what the CLI asks of Ray before the tasks (the tasks themselves are run_tasks's)
+        down = False
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def shutdown(self):
+            self.down = True
+
+    ray = NoRay()
+
+    def terminated(*args, **kwargs):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(driver, "start_ray", lambda address: (ray, True))
+    monkeypatch.setattr(driver, "run_tasks", terminated)
+    f = _csv(images / "jobs.csv", "image,prompt\ntoy.png,a toy is spinning\nbad.png,a cat is jumping")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["batch", str(f), "--out", str(out), "--preset", "tiny", "--json"])
+    assert r.exit_code == 143, r.output
+    assert "stopped by SIGTERM: progress is saved; run the same command again to resume" in r.output
+    data = json.loads((out / "batch.json").read_text())
+    assert data["exit_code"] == 143 and ray.down
+    assert {a["asset"]: a["status"] for a in data["assets"]} == {"toy": "not-started", "bad": "invalid"}
+    assert json.loads(r.stdout.splitlines()[-1])["exit_code"] == 143  # --json: the summary last
+
+
 def test_the_ray_tests_skip_without_ray_and_say_how_to_install_it(without_ray):
     """The README's test command where Ray is not installed: the batch's Ray tests skip, naming the extra."""
     import os

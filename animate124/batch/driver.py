@@ -227,8 +227,9 @@ def run_tasks(
     """Run one Ray task per job and return ``{asset name: final record}``.
 
     ``on_update`` gets the running and queued assets' progress every ``poll_s`` seconds; ``on_result``
-    each asset's record when its task ends. On KeyboardInterrupt (Ctrl-C) the tasks are cancelled and
-    given ``grace_s`` seconds to checkpoint (see the module docstring), then KeyboardInterrupt is raised.
+    each asset's record when its task ends. On KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI raises it)
+    the tasks are cancelled and given ``grace_s`` seconds to checkpoint (see the module docstring), then
+    the same exception is raised again.
     """
     remote = ray.remote(max_calls=1)(run_asset)
     refs: dict[Any, Asset] = {}

@@ -34,8 +34,8 @@ EXIT_HELP = (
     "[bold]Exit codes[/bold]: 0 every asset finished (done or up to date); 3 some asset failed, was "
     "invalid or was not started (the others finished; batch.json and the table say which and why); "
     "1 the batch itself failed (Ray, models, the output folder); 2 usage error (bad option, jobs file, "
-    "or Ray not installed), nothing started; 130 interrupted by Ctrl-C (the runs checkpointed: run the "
-    "same command again to resume)."
+    "or Ray not installed), nothing started; 130 interrupted by Ctrl-C, 143 by SIGTERM (the runs "
+    "checkpointed: run the same command again to resume)."
 )
 
 
@@ -244,22 +244,24 @@ def batch(
                 s.emit(summary_of[a.name])
         to_run = [a for a in assets if a.action == RUN]
         try:
-            stopped = bool(to_run) and _run(
-                s, to_run, summary_of, base, until, address, gpus_per_run, cpus_per_run
+            stopped = (
+                _run(s, to_run, summary_of, base, until, address, gpus_per_run, cpus_per_run)
+                if to_run
+                else None
             )
         except BaseException as exc:  # the summary still says what happened, with the command's code
             s.data = _finish(s, jobs, out, assets, summary_of, _code_of(exc))
             raise
-        s.data = _finish(s, jobs, out, assets, summary_of, EXIT_INTERRUPTED if stopped else None)
-    if stopped:
-        raise KeyboardInterrupt
+        s.data = _finish(s, jobs, out, assets, summary_of, _code_of(stopped) if stopped else None)
+    if stopped:  # the runs have checkpointed: the CLI says so and exits 130 (Ctrl-C) or 143 (SIGTERM)
+        raise stopped
     if s.data["exit_code"]:
         raise typer.Exit(s.data["exit_code"])
 
 
 def _code_of(exc: BaseException) -> int:
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (engine.interrupt.Interrupted): 128 + signal
+        return 128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128)
     if isinstance(exc, typer.Exit):
         return exc.exit_code
     return exc.exit_code if isinstance(exc, Animate124Error) else EXIT_RUNTIME
@@ -295,8 +297,9 @@ def _run(
     address: str | None,
     gpus_per_run: float | None,
     cpus_per_run: float | None,
-) -> bool:
-    """Start Ray, run the tasks with the live table; returns whether Ctrl-C stopped it."""
+) -> KeyboardInterrupt | None:
+    """Start Ray, run the tasks with the live table; returns the Ctrl-C (or SIGTERM) that stopped it, after
+    the runs checkpointed (see :func:`animate124.batch.driver.run_tasks`), or None."""
     from animate124.batch.driver import placement, run_tasks, start_ray
     from animate124.batch.summary import asset_record
 
@@ -326,20 +329,20 @@ def _run(
             try:
                 with Live(table, console=console, refresh_per_second=2, transient=False):
                     run_tasks(ray, jobs, where, on_update=table.update, on_result=on_result)
-            except KeyboardInterrupt:
-                return True
+            except KeyboardInterrupt as exc:
+                return exc
             finally:
                 if not console.is_terminal:  # rich leaves the last line of the table open there
                     console.line()
         else:
             try:
                 run_tasks(ray, jobs, where, on_result=on_result)
-            except KeyboardInterrupt:
-                return True
+            except KeyboardInterrupt as exc:
+                return exc
     finally:
         if started:
             ray.shutdown()
-    return False
+    return None
 
 
 def _finish(
