@@ -9,7 +9,7 @@
 # run-all toy2, so that a drift of the machine falls on both sides.
 #
 # The GPU machine has no Ray and cannot download it; one call carries at most 64 MiB, the Ray wheel is 76 MiB.
-# Here, once, from the repository root (the venv with Ray, or RAY_VERSION=2.60.0):
+# Here, once, from the root of the checkout the device calls send (the venv with Ray, or RAY_VERSION=2.60.0):
 #   bash benchmarks/fetch_ray_wheel.sh      # -> .device/ray/call1 (part 1 of the wheel, diffusers & co.)
 #                                           #    .device/ray/call2 (part 2, MANIFEST, Ray's dependencies)
 # Then two device calls, the second AT ONCE after the first (the machine keeps /tmp only while it is warm,
@@ -17,11 +17,12 @@
 #   call 1: run(command="CALL=1 bash benchmarks/gpu_batch.sh $OUT",
 #               carry=[".device/ray/call1", ".device/hf-configs"], timeout_s=600)
 #           keeps part 1 in /tmp/a124/ray, installs diffusers & co., builds the random-weight models, runs an
-#           untimed warm-up run-all (2 steps a stage: CUDA, Triton's kernel cache, the page cache); ~4 min
+#           untimed warm-up run-all (2 steps a stage: CUDA, Triton's kernel cache, the page cache);
+#           estimated 3-5 min
 #   call 2: run(command="CALL=2 LIMIT=570 bash benchmarks/gpu_batch.sh $OUT", carry=[".device/ray/call2"],
 #               timeout_s=600)
 #           joins the wheel (sha256 checked), installs Ray (pip, offline: only the missing dependencies), runs
-#           and times the three parts and writes r/batch_gpu.json (in results.tgz); ~8 min
+#           and times the three parts and writes r/batch_gpu.json (in results.tgz); estimated 6-9 min
 # A part that did not fit is started again from scratch by the same call 2 command (no carry needed then,
 # while the machine is warm); a machine that went back needs both calls again. Back here:
 #   python benchmarks/batch_gpu.py report <files_at>/results.tgz     # -> benchmarks/results/batch_gpu.json,
