@@ -61,3 +61,15 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     from animate124.models.testing import tiny_store
 
     return tiny_store(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="session")
+def without_ray(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder that, first on a subprocess's PYTHONPATH, makes ``import ray`` fail as it does where Ray is
+    not installed (the README's set-up installs no Ray; CI installs it for the batch tests)."""
+    root = tmp_path_factory.mktemp("without-ray")
+    (root / "ray").mkdir()
+    (root / "ray" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'ray\' (hidden by the tests)", name="ray")\n'
+    )
+    return str(root)

@@ -29,6 +29,7 @@ COMMANDS = [
     ["dynamic"],
     ["refine"],
     ["run-all"],
+    ["batch"],
     ["render"],
     ["export"],
     ["evaluate"],
@@ -75,14 +76,14 @@ def test_top_help_is_fast():
             "from typer.testing import CliRunner\n"
             "from animate124.cli.app import app\n"
             "for cmd in (['run-all'], ['invert'], ['render'], ['export'], ['evaluate'], ['report'],\n"
-            "            ['models', 'list'], ['config', 'show']):\n"
+            "            ['models', 'list'], ['config', 'show'], ['batch']):\n"
             "    assert CliRunner().invoke(app, [*cmd, '--help']).exit_code == 0\n"
-            "print(*(m in sys.modules for m in ('torch', 'diffusers', 'transformers')))",
+            "print(*(m in sys.modules for m in ('torch', 'diffusers', 'transformers', 'ray')))",
         ],
         capture_output=True,
         text=True,
     )
-    assert probe.stdout.split() == ["False", "False", "False"], probe.stderr
+    assert probe.stdout.split() == ["False", "False", "False", "False"], probe.stderr
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
@@ -130,6 +131,7 @@ def test_help_lists_stages_then_outputs_then_tools():
     assert listed == [
         *[n for n in STAGE_NAMES if n != "render"],
         "run-all",
+        "batch",
         "render",
         "export",
         "evaluate",

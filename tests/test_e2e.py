@@ -7,6 +7,9 @@ so. Then, in the same project and from the same directory, the output commands r
 ``render --orbit``, ``render --views 4 --depth --normal``, ``export``, ``evaluate``, ``report`` — and
 the report loads in headless Chromium (every image and video, videos with a duration).
 
+The commands run without Ray, as after the README's set-up (CI installs Ray for the batch tests): they
+must not need it, and ``animate124 batch`` says how to install it.
+
 One run-all is shared by the whole module (fixtures in order: ``first_run`` -> ``second_run`` ->
 ``outputs``).
 """
@@ -45,12 +48,13 @@ def _command() -> list[str]:
 
 
 class Shell:
-    """Runs ``animate124 ...`` in one working directory with its own "most recent project" state."""
+    """Runs ``animate124 ...`` in one working directory with its own "most recent project" state, and
+    without Ray (the README's set-up installs none: ``hide`` is a folder that makes ``import ray`` fail)."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, hide: str = "") -> None:
         self.cwd = cwd
         # the command imports this checkout, as the tests do (an editable install elsewhere must not win)
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        path = os.pathsep.join(p for p in (hide, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         self.env = {
             **os.environ,
             "PYTHONPATH": path,
@@ -93,11 +97,25 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def shell(tmp_path_factory) -> Shell:
+def shell(tmp_path_factory, without_ray) -> Shell:
     work = tmp_path_factory.mktemp("e2e")
     (work / "examples").mkdir()
     shutil.copy(REPO / "examples" / "toy.png", work / "examples" / "toy.png")
-    return Shell(work)
+    return Shell(work, hide=without_ray)
+
+
+def test_without_ray_batch_says_how_to_install_it(shell):
+    """The README's set-up (no Ray): this module's commands run without it, and `batch` names the extra."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ray"], env=shell.env, capture_output=True, text=True
+    )
+    assert probe.returncode == 1 and "No module named 'ray'" in probe.stderr  # the shell has no Ray
+    (shell.cwd / "jobs.csv").write_text("image,prompt\nexamples/toy.png,a toy is spinning\n")
+    r = shell("batch", "jobs.csv", "--out", "batch-runs", "--preset", "tiny", timeout=60)
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "`animate124 batch` needs Ray, which is not installed" in said
+    assert 'pip install "animate124[batch]"' in said and not (shell.cwd / "batch-runs").exists()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in o
 import typer
 
 from animate124 import __version__
-from animate124.cli import outputs, stages
+from animate124.cli import batch, outputs, stages
 from animate124.cli.common import EXIT_CODES_HELP, FlagHelpCommand, FlagHelpGroup, examples, flag
 from animate124.cli.config_cmd import config_app
 from animate124.cli.doctor import DOCTOR_EPILOG, doctor
@@ -73,6 +73,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stages.register(app)
+batch.register(app)
 outputs.register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")

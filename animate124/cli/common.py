@@ -328,6 +328,7 @@ class Session:
     results: list[Any] = field(default_factory=list)
     running: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stdout: Any = None  # the real stdout (under --json the command's prints go to stderr): for JSON lines
     #: the project's manifest as it was when the command chose the project (None: no manifest yet); an
     #: error that would exit 2 ("nothing was changed") exits 1 when the manifest has changed since
     manifest_before: bytes | None = None
@@ -522,6 +523,7 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     configure_logging(verbose=opts.verbose, debug=opts.debug)
     code, error = 0, None
     with _stdout_to_stderr(opts.json_output) as stdout:
+        session.stdout = stdout
         try:
             with terminate_like_interrupt(), oom_guard(f"`animate124 {session.command}`"):
                 out = body()
@@ -553,9 +555,12 @@ def _run(session: Session, body: Callable[[], Any]) -> Any:
     return out
 
 
-def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guarded(
+    *names: str, session_type: type[Session] = Session
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a command from ``fn(session, ...)``: add the common options ``names`` (and ``--debug``)
-    to its parameters, build the :class:`Session`, and map errors to messages and exit codes:
+    to its parameters, build the :class:`Session` (``session_type``: a subclass with its own summary),
+    and map errors to messages and exit codes:
     :class:`~animate124.errors.Animate124Error` -> its ``exit_code`` (2 usage/config, 1 runtime),
     CUDA out of memory -> 1 with the memory settings, KeyboardInterrupt -> 130, anything else -> 1.
     """
@@ -580,7 +585,7 @@ def guarded(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def command(**kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in chosen}
             values["sets"] = tuple(values.get("sets") or ())
-            session = Session(command=fn.__name__.replace("_", "-"), opts=Common(**values))
+            session = session_type(command=fn.__name__.replace("_", "-"), opts=Common(**values))
             return _run(session, lambda: fn(session, **kwargs))
 
         command.__signature__ = sig.replace(parameters=[*own, *common_params])

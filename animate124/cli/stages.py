@@ -205,10 +205,9 @@ def run_all(
         ),
     ] = None,
 ) -> None:
-    from dataclasses import replace
-
     from animate124.project import Project, default_project_for_image
     from animate124.stages.pipeline import derive_prompts, run_pipeline
+    from animate124.stages.preflight import with_initializer
 
     prompts = derive_prompts(
         prompt, subject=subject, static_prompt=static_prompt, refine_prompt=refine_prompt
@@ -234,9 +233,8 @@ def run_all(
         initializer_auto=cfg.invert.initializer == prompts.initializer,
     )
     cfg = checked.cfg
-    if cfg.invert.initializer != prompts.initializer and "invert" in checked.will_run:
-        prompts = replace(prompts, initializer=cfg.invert.initializer)  # recorded: `invert` reuses it
-        s.extra["prompts"] = prompts.as_dict()
+    prompts = with_initializer(prompts, checked)  # recorded: `invert` reuses it
+    s.extra["prompts"] = prompts.as_dict()
     same = prompts.initializer == prompts.subject
     init = "" if same else f" · textual-inversion initializer: {prompts.initializer}"
     s.say(f"subject: {prompts.subject}{init}")

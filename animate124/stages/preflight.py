@@ -18,6 +18,8 @@ they will run. It checks, in this order, and raises the first problem (nothing i
    checkpoints, occupancy grids, previews).
 
 Stages that are up to date are left out of 3-7 (a finished project needs neither models nor disk).
+``animate124 batch`` runs it on every row before any task starts with 5 (the device is the one Ray gives
+each task) and 6 (it fetches the models the rows need right after) left out, and each task runs it whole.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ class Checked:
     will_run: tuple[str, ...]
     decisions: tuple[str, ...] = ()
     disk_bytes: int = 0
+    image_alpha: bool | None = None  # the input image has an alpha channel (None: no image checked)
+
+
+def with_initializer(prompts: Any, checked: Checked) -> Any:
+    """``prompts`` (:class:`~animate124.stages.pipeline.Prompts`) with the textual-inversion initializer the
+    pre-flight decided, when the invert stage will run (the project records it and ``invert`` reuses it)."""
+    word = checked.cfg.invert.initializer
+    if word == prompts.initializer or "invert" not in checked.will_run:
+        return prompts
+    from dataclasses import replace
+
+    return replace(prompts, initializer=word)
 
 
 # --- which stages will run -----------------------------------------------------------------------
@@ -193,13 +207,25 @@ def _prompt_texts(cfg: Config, stage: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def check_prompts(cfg: Config, stages: Sequence[str], token_ready: bool) -> None:
+def _tokenizer(cfg: Config, role: str, tokenizers: dict[Any, Any] | None) -> Any:
+    """:func:`tokenizer_for`, kept in ``tokenizers`` (per role and models section) when one is given."""
+    if tokenizers is None:
+        return tokenizer_for(cfg, role)
+    key = (role, cfg.models)
+    if key not in tokenizers:
+        tokenizers[key] = tokenizer_for(cfg, role)
+    return tokenizers[key]
+
+
+def check_prompts(
+    cfg: Config, stages: Sequence[str], token_ready: bool, tokenizers: dict[Any, Any] | None = None
+) -> None:
     """Raise ConfigError for an empty prompt or ``<token>`` where no learned token will exist, and
     InputError for a text longer than its text encoder reads (the wording of
     :func:`animate124.guidance.prompts.check_prompt_length`, counted with the reading model's tokenizer)."""
     from animate124.guidance.prompts import check_prompt_length
 
-    tokenizers: dict[str, Any] = {}
+    tokenizers = {} if tokenizers is None else tokenizers
     for stage in stages:
         for section in dict.fromkeys(
             s for s in ("static", "dynamic", "refine") if s == stage or (stage == "refine" and s == "dynamic")
@@ -223,17 +249,17 @@ def check_prompts(cfg: Config, stages: Sequence[str], token_ready: bool) -> None
                     else f"remove {TOKEN} from it",
                 )
         for what, text, role in _prompt_texts(cfg, stage):
-            if role not in tokenizers:
-                tokenizers[role] = tokenizer_for(cfg, role)
-            check_prompt_length(tokenizers[role], text, what)
+            check_prompt_length(_tokenizer(cfg, role, tokenizers), text, what)
 
 
-def decide_initializer(cfg: Config, word: str, auto: bool) -> tuple[str, str | None]:
+def decide_initializer(
+    cfg: Config, word: str, auto: bool, tokenizers: dict[Any, Any] | None = None
+) -> tuple[str, str | None]:
     """The textual-inversion initializer and, when it was replaced, the line that says so.
 
     ``auto``: the word was derived from the prompt; if SD's tokenizer splits it, "object" is used (the
     word's own embedding does not exist). A word the user typed must be one token (ConfigError)."""
-    tok = tokenizer_for(cfg, "sd")
+    tok = _tokenizer(cfg, "sd", tokenizers)
     if tok is None:
         return word, None
     if len(tok.encode(word, add_special_tokens=False)) == 1:
@@ -368,11 +394,17 @@ def preflight(
     image: Path | None = None,
     initializer_auto: bool = False,
     force: bool = False,
+    device: bool = True,
+    models: bool = True,
+    tokenizers: dict[Any, Any] | None = None,
 ) -> Checked:
     """Every check before ``stages`` run (see the module docstring); raises the first problem found.
 
     ``image``: the input image of a run that starts with preprocess. ``initializer_auto``: the
     textual-inversion initializer in ``cfg`` was derived from the prompt (it may be replaced by "object").
+    ``device=False`` / ``models=False`` leave out the device and model checks (for a caller that checks them
+    elsewhere: ``animate124 batch``); without the models cached the prompt lengths are lower bounds.
+    ``tokenizers``: a dict that keeps the tokenizers between calls (a batch checks many rows).
     """
     from animate124.engine.runtime import resolve_devices
     from animate124.fileio import file_sha256
@@ -393,7 +425,7 @@ def preflight(
             check_same_image(project, image, sha, force=force)
     decisions: list[str] = []
     if "invert" in stages:
-        initializer, line = decide_initializer(cfg, cfg.invert.initializer, initializer_auto)
+        initializer, line = decide_initializer(cfg, cfg.invert.initializer, initializer_auto, tokenizers)
         if line:
             from animate124.config.loader import replace
 
@@ -401,13 +433,17 @@ def preflight(
             decisions.append(f"textual-inversion initializer: {initializer} ({line})")
     will_run = planned_runs(project, cfg, stages, sha, force)
     token_ready = "invert" in stages or (project.exists() and project.is_done("invert"))
-    check_prompts(cfg, [s for s in will_run if s in TRAINING_STAGES], token_ready)
-    resolve_devices(cfg)  # run.device, or every one of run.devices
+    check_prompts(cfg, [s for s in will_run if s in TRAINING_STAGES], token_ready, tokenizers)
+    if device:
+        resolve_devices(cfg)  # run.device, or every one of run.devices
     if cfg.run.tensorboard and any(s in will_run for s in ("invert", *TRAINING_STAGES)):
         from animate124.engine.scalars import check_tensorboard
 
         check_tensorboard()
-    check_models(cfg, [s for s in will_run if s != "render"], alpha)
+    if models:
+        check_models(cfg, [s for s in will_run if s != "render"], alpha)
     needed = output_bytes(cfg, will_run)
     check_disk(project, needed)
-    return Checked(cfg=cfg, will_run=will_run, decisions=tuple(decisions), disk_bytes=needed)
+    return Checked(
+        cfg=cfg, will_run=will_run, decisions=tuple(decisions), disk_bytes=needed, image_alpha=alpha
+    )
