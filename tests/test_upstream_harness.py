@@ -195,6 +195,11 @@ def test_the_patch_applier_matches_context_exactly(tmp_path: Path) -> None:
     assert (src / "b.sh").read_text() == "x \\\n  --other\n"
     with pytest.raises(prep.PatchError, match="does not match"):  # applied twice: the context is gone
         prep.apply_patch(src, patch)
+    # a patch whose trailing whitespace an editor stripped still applies, and keeps the source's own lines
+    (src / "c.py").write_text("a = 1\n    \nb = 2\n")
+    stripped = "--- a/c.py\n+++ b/c.py\n@@ -1,3 +1,3 @@\n a = 1\n\n-b = 2\n+b = 3\n"
+    prep.apply_patch(src, stripped)
+    assert (src / "c.py").read_text() == "a = 1\n    \nb = 3\n"
 
 
 def test_rebase_moves_an_upstream_checkpoint_to_the_papers_step(tmp_path: Path) -> None:

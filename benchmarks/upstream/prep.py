@@ -1,8 +1,9 @@
 """Small steps of the upstream harness that need no GPU: apply ``offline.patch``, move a checkpoint's step.
 
 ``apply`` applies a unified diff (as ``git diff`` writes it: no renames, no binary files) to a source tree,
-matching every hunk's context exactly (no fuzz), so that a changed upstream fails loudly instead of being
-patched somewhere else. It needs neither git nor patch (the GPU machine may have neither).
+matching every hunk's context and removed lines exactly where the hunk says (no fuzz, no search; only trailing
+whitespace is not compared), so that a changed upstream fails loudly instead of being patched somewhere else.
+It needs neither git nor patch (the GPU machine may have neither).
 
 ``rebase`` sets the global step and epoch stored in an upstream NeRF checkpoint. Upstream's stages run on
 one cumulative step counter (SPEC 0): the dynamic stage starts at the static checkpoint's step 5000 and the
@@ -75,11 +76,20 @@ def apply_patch(src: Path, patch_text: str) -> list[str]:
                 raise PatchError(f"{rel}: bad hunk header {hunk[0]!r}")
             start = int(m.group(1)) - 1 + offset if int(m.group(2) or 1) else int(m.group(1)) + offset
             old = [h[1:] for h in hunk[1:] if h[:1] in (" ", "-")]
-            new = [h[1:] for h in hunk[1:] if h[:1] in (" ", "+")]
-            if lines[start : start + len(old)] != old:
+            here = lines[start : start + len(old)]
+            # trailing whitespace is not compared (an editor may strip it from the patch file)
+            if [x.rstrip() for x in here] != [x.rstrip() for x in old]:
                 raise PatchError(
                     f"{rel}: hunk {hunk[0]} does not match the source (is this upstream d546941?)"
                 )
+            new, i = [], 0
+            for h in hunk[1:]:
+                if h[0] == "+":
+                    new.append(h[1:])
+                else:  # context keeps the source's own line; a removed line is dropped
+                    if h[0] == " ":
+                        new.append(here[i])
+                    i += 1
             lines[start : start + len(old)] = new
             offset += len(new) - len(old)
         path.write_text("\n".join(lines) + ("\n" if keep_newline else ""))
