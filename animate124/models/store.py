@@ -66,6 +66,16 @@ class Source:
         return str(self.local_dir) if self.local_dir else f"{self.spec.repo_id}@{self.spec.revision}"
 
 
+#: The file :func:`animate124.models.tiny.build_tiny_cache` writes last into a cache of tiny random models.
+TINY_MARKER = "animate124-tiny-cache.json"
+
+
+def is_tiny_cache(cache_dir: Path) -> bool:
+    """True when ``cache_dir`` holds the tiny factory's random models (``models/tiny.py``), which are
+    rebuilt rather than downloaded and never held to the real files' hashes."""
+    return (Path(cache_dir) / TINY_MARKER).is_file()
+
+
 def default_cache_dir() -> Path:
     """``$ANIMATE124_CACHE`` or the platform user cache (``~/.cache/animate124`` on Linux)."""
     env = os.environ.get("ANIMATE124_CACHE")
@@ -381,8 +391,6 @@ class ModelStore:
         """Whether ``folder`` is the snapshot of the revision ``spec.file_sha256`` describes: the pinned
         commit itself, or (for a role pinned only by its files' hashes) any snapshot of that repo. The
         tiny factory's models are never held to the real files' hashes."""
-        from animate124.models.tiny import is_tiny_cache
-
         if not spec.file_sha256 or is_tiny_cache(self.cache_dir):
             return False
         return not _HEX40.fullmatch(spec.revision) or folder.name == spec.revision
@@ -390,8 +398,6 @@ class ModelStore:
     def damaged_hint(self, role: str, alternative: str | None = None) -> str:
         """What to do about a damaged file of ``role``'s model (the tiny models are rebuilt, real ones
         downloaded again)."""
-        from animate124.models.tiny import is_tiny_cache
-
         if is_tiny_cache(self.cache_dir):
             return (
                 f"the tiny test models are random and built on first use: delete {self.cache_dir} and run the "

@@ -26,11 +26,11 @@ from typing import Any
 
 from animate124.fileio import atomic_write_text, file_lock
 from animate124.models.registry import KNOWN_REPOS, ROLES, get_role
+from animate124.models.store import TINY_MARKER, is_tiny_cache
 from animate124.models.tiny_tokenizer import write_json, write_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-TINY_MARKER = "animate124-tiny-cache.json"
 BUILD_LOCK = ".animate124-tiny-build.lock"
 TINY_WIDTH = 32
 ZERO123_LAYOUTS = ("ashawkey", "bennyguo", "kxic", "yuyang")
@@ -589,8 +589,3 @@ def _build_tiny_cache_locked(
     info = {"tiny": True, "seed": seed, "zero123_layout": zero123_layout, "repos": {**old, **written}}
     atomic_write_text(marker, json.dumps(info, indent=2, sort_keys=True) + "\n")
     log.info("tiny model cache written to %s (%d repos)", cache_dir, len(written))
-
-
-def is_tiny_cache(cache_dir: Path) -> bool:
-    """True when ``cache_dir`` was written by :func:`build_tiny_cache`."""
-    return (Path(cache_dir) / TINY_MARKER).is_file()
