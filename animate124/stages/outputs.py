@@ -108,14 +108,18 @@ PROMPT_SECTIONS = ("static", "dynamic", "refine")
 
 def _saved_config(project: Project, path: Path) -> dict[str, Any]:
     """The stage's saved config (``config/<stage>.yaml``); a damaged one is an error naming it."""
-    from animate124.config.loader import load_yaml
+    from animate124.config.loader import from_dict, load_yaml
 
+    hint = f"pass --preset NAME to work without it, or run `animate124 {path.stem}` again"
     try:
-        return load_yaml(path, "the project's saved config")
+        data = load_yaml(path, "the project's saved config")
     except ConfigError as exc:
-        raise ProjectError(
-            exc.message, hint=f"pass --preset NAME to work without it, or run `animate124 {path.stem}` again"
-        ) from exc
+        raise ProjectError(exc.message, hint=hint) from exc
+    try:  # a file cut short can still parse, with a value cut in two: that is the file's damage, not a usage error
+        from_dict(data)
+    except ConfigError as exc:
+        raise ProjectError(f"the project's saved config {path} is damaged: {exc.message}", hint=hint) from exc
+    return data
 
 
 def run_output_stage(
