@@ -216,6 +216,14 @@ RESULTS = (
 )
 
 
+def _lock_pid(project: Path) -> int | None:
+    """The pid in a project's lock (the process running its stage), or None when there is none."""
+    try:
+        return int(json.loads((project / ".lock").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _start_and_wait_for_a_checkpoint(
     batch: Batch, out: str, *args: str
 ) -> tuple[subprocess.Popen, list[Path]]:
@@ -236,7 +244,15 @@ def test_sigkill_of_the_driver_then_a_rerun_equals_the_uninterrupted_batch(first
     the tensors of the uninterrupted batch's stages up to static."""
     assert first[0].returncode == 3
     proc, ckpts = _start_and_wait_for_a_checkpoint(batch, "killed", "-q")
-    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray processes and tasks die with it
+    # The training task's worker holds its project's lock. Ray ends a dead driver's workers only once it notices
+    # (up to seconds), time in which a tiny static stage can finish: so that the kill is mid-training, as a lost
+    # host's would be, that worker is killed at once with the driver. The rest of the driver's Ray processes and
+    # tasks must die with it (checked below).
+    workers = [_lock_pid(c.parent.parent) for c in ckpts if c.exists()]
+    os.kill(proc.pid, signal.SIGKILL)
+    for pid in filter(None, workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     left = batch.end(proc, wait_s=60, but=RAY_AGENTS)
     assert left == [], f"processes of the killed batch still running after 60 s: {left}"
     static = [
@@ -317,7 +333,9 @@ def test_the_index_page_links_every_asset_and_loads_in_headless_chromium(first, 
 
 @pytest.fixture
 def local_ray():
-    """A Ray on this machine with 2 CPUs, shut down after the test."""
+    """A Ray on this machine with 2 CPUs, shut down after the test. ``ray.init`` sets SIGTERM/SIGINT handlers
+    in this (pytest's) process that ``ray.shutdown`` leaves: they are put back, so later tests see pytest's."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     ray.init(
         address="local",
         num_cpus=2,
@@ -329,6 +347,8 @@ def local_ray():
         yield ray
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def test_two_ray_tasks_share_an_empty_model_cache(local_ray, tmp_path):
