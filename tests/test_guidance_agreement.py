@@ -277,6 +277,11 @@ def test_textual_inversion_is_compiled_on_cuda_only(store, caplog) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    torch.__version__.startswith("2.13."),
+    reason="known wrong on torch 2.13 (the xfail below, found on 2.13.0): this canary's outcome can change only "
+    "with torch, so it runs (about a minute of Inductor compiling on 2 cores) under any other torch version",
+)
 @pytest.mark.xfail(
     strict=True,
     reason="Inductor's CPU (C++) code for the UNet's backward to its text context is wrong in torch 2.13: "

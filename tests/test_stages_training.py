@@ -171,17 +171,13 @@ def test_refine_frozen_copy_is_the_dynamic_result_after_a_resume(prepared, tmp_p
     assert not torch.equal(trained["field/encoder.embeddings"], dyn["field/encoder.embeddings"])
 
 
-def test_refine_frozen_copy_renders_only_the_frames_controlnet_reads(prepared, tmp_path, monkeypatch):
+def test_refine_frozen_copy_renders_only_the_frames_controlnet_reads(dynamic_done, tmp_path, monkeypatch):
     """``refine.frozen_frames=read`` (default) renders only the 2 frames of the tiny clip's 4 that ControlNet
     reads, and gives it the same condition images (bit for bit) and the same loss as rendering the whole
     clip and keeping those two (``all``, upstream), from the same state of the same step."""
     from animate124.stages import refine as refine_mod
-    from animate124.stages.dynamic import run_dynamic
-    from animate124.stages.static import run_static
 
-    p = _copy(prepared, tmp_path / "p")
-    run_static(p, tiny(), show_progress=False)
-    run_dynamic(p, tiny(), show_progress=False)
+    p = _copy(dynamic_done, tmp_path / "p")
     seen: list[refine_mod.RefineSystem] = []
     orig_init, orig_render = refine_mod.RefineSystem.__init__, refine_mod.RefineSystem.render
     asked: list[object] = []
