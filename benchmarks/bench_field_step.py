@@ -14,15 +14,27 @@ BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
 2^20 samples instead of 2^18: ``raymarch.chunk``), ``ckfield`` (``fused_tv`` + the field's own evaluations
 recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for the samples beyond the first
 2^22 only), ``keepnormals`` (``fused_tv`` with the normals' activations kept: ``raymarch.checkpoint_normals``
-false).
+false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)``: the normals' six
+evaluations in one stencil kernel, issue 26).
+
+Issue 26's comparison (``--issue26``): ``fused_tv`` (today's defaults, ``before``) and ``fused_normals`` on the
+fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
+shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: sharp surfaces, pruned
+occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
+(the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
+/ 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
+under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``).
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
+    python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
     python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -42,7 +54,32 @@ VARIANTS = {
     "ckfield": dict(live=True, fused=True, chunk=0, ckfield=1),
     "ckhalf": dict(live=True, fused=True, chunk=0, ckfield=2**22),
     "keepnormals": dict(live=True, fused=True, chunk=0, keep_normals=True),
+    "fused_normals": dict(live=True, fused=True, chunk=0, fused_normals=True),
 }
+ISSUE26 = ("fused_tv", "fused_normals")  # before, after
+
+
+def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
+    """A trained-like field: ``steps`` Adam steps fitting the density logit ``h₀ + blob`` to +4 inside (σ ≈ 55:
+    a ray terminates about 0.17 into the shape, a third of the body's width, as a trained scene keeps about a
+    third of its samples live) and −8 outside a moving shape (a body ellipsoid and a sphere circling it, centre ``(0.4cos 2πt, 0.1, 0.4sin 2πt)``),
+    at random points and clip times. Sharp surfaces and empty space, as a trained scene has; not a real run."""
+    from animate124.stages.build import build_optimizer
+
+    opt = build_optimizer(cfg, field, "dynamic")
+    g = torch.Generator(device=dev).manual_seed(2)
+    for _ in range(steps):
+        x = torch.rand(points, 3, generator=g, device=dev) * 2 - 1
+        t = torch.randint(0, 16, (points, 1), generator=g, device=dev).float() / 15
+        ang = 2 * torch.pi * t[:, 0]
+        c = torch.stack([0.4 * torch.cos(ang), torch.full_like(ang, 0.1), 0.4 * torch.sin(ang)], -1)
+        body = ((x / torch.tensor([0.22, 0.5, 0.22], device=dev)) ** 2).sum(-1) < 1
+        ball = ((x - c) ** 2).sum(-1) < 0.18**2
+        target = torch.where(body | ball, 4.0, -8.0)
+        h = field.sigma_net(field.features(x, t))[:, 0].float() + field.density_blob(x)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(h, target).backward()
+        opt.step()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,7 +92,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--smoke", "--quick", action="store_true", help="tiny sizes on the CPU (checks that it runs)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--issue26", action="store_true", help="before/after on fresh and trained scenes, refine")
+    p.add_argument("--trained-steps", type=int, default=600)
+    p.add_argument("--trained-refreshes", type=int, default=8)
     args = p.parse_args(argv)
+    if args.issue26:
+        args.variants = ",".join(ISSUE26)
 
     from animate124 import losses as L
     from animate124.config import resolve_config
@@ -90,7 +132,18 @@ def main(argv: list[str] | None = None) -> dict:
     def event():
         return torch.cuda.Event(enable_timing=True) if cuda else None
 
-    def run(v: dict, gen: torch.Generator) -> dict:
+    base_opts = field.encoder.kernel_options
+    st = {"field": field, "occ": occ, "opt": opt, "params": params, "frozen": None}
+
+    def set_variant(v: dict) -> None:
+        """The variant's kernel options on the trained field and its frozen copy (same tables either way)."""
+        ko = dataclasses.replace(base_opts, fused_normals=v.get("fused_normals", False))
+        for f in (st["field"], st["frozen"]):
+            if f is not None:
+                f.encoder.kernel_options = ko
+
+    def step(v: dict, gen: torch.Generator) -> dict:
+        f, opt, params = st["field"], st["opt"], st["params"]
         ev = [event() for _ in range(5)]
 
         def mark(i: int) -> None:
@@ -101,8 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=cuda):
             out = render(
-                field, cams, times, shading="lambertian", ambient=0.5, light_dir=torch.tensor([0.0, 1.0, 0.0]),
-                bg_color=torch.rand(3, generator=gen), occupancy=occ, perturb=True, generator=gen,
+                f, cams, times, shading="lambertian", ambient=0.5, light_dir=torch.tensor([0.0, 1.0, 0.0]),
+                bg_color=torch.rand(3, generator=gen), occupancy=st["occ"], perturb=True, generator=gen,
                 compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
                 t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None,
                 checkpoint_normals=not v.get("keep_normals", False),
@@ -111,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss = out.rgb.float().mean() + 1e-3 * L.entropy_loss(out.weights)
             loss = loss + 1e-2 * L.orientation_loss(out.orientation) + 0.5 * L.normal_tv_loss(out.normal[0])
             mark(1)
-            tv = field.time_tv_loss("points", n_points=tv_points, generator=gen, fused=v["fused"])
+            tv = f.time_tv_loss("points", n_points=tv_points, generator=gen, fused=v["fused"])
             mark(2)
         (loss + 0.1 * tv).backward()
         mark(3)
@@ -126,29 +179,51 @@ def main(argv: list[str] | None = None) -> dict:
             res["total"] = ev[0].elapsed_time(ev[4])
         return res
 
-    results: dict = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
-        "occupancy_refresh_s_first": occ_s,
-        "variants": {},
-    }
-    if cuda:  # one more refresh, warm
+    def frozen_render(v: dict, gen: torch.Generator) -> float:
+        """Refine's frozen copy: a no-grad render of the frames ControlNet reads (``refine.frames``)."""
+        e0, e1 = event(), event()
+        if cuda:
+            e0.record()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=cuda):
+            render(
+                st["frozen"], cams, times, shading="lambertian", ambient=0.5, light_dir=torch.tensor([0.0, 1.0, 0.0]),
+                bg_color=torch.rand(3, generator=gen), occupancy=st["frozen_occ"], perturb=True, generator=gen,
+                compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
+                t_thresh=r.transmittance_thresh, checkpoint_normals=True, live_normals=True, frames=read_frames,
+            )  # fmt: skip
+        if not cuda:
+            return 0.0
+        e1.record()
+        torch.cuda.synchronize()
+        return e0.elapsed_time(e1)
+
+    def refresh_ms() -> float:
+        """One occupancy refresh of the trained field (every ``raymarch.update_interval`` steps)."""
+        if not cuda:
+            return 0.0
         torch.cuda.synchronize()
         e0, e1 = event(), event()
         e0.record()
         with torch.no_grad():
-            occ.update(field.density, generator=gen_occ)
+            st["occ"].update(st["field"].density, generator=gen_occ)
         e1.record()
         torch.cuda.synchronize()
-        results["occupancy_refresh_ms"] = e0.elapsed_time(e1)
-    for name in args.variants.split(","):
-        v = VARIANTS[name]
+        return e0.elapsed_time(e1)
+
+    def measure(name: str, v: dict, refine: bool = False) -> dict:
+        set_variant(v)
         gen = torch.Generator().manual_seed(1)
         for _ in range(args.warmup):
-            run(v, gen)
+            step(v, gen)
+            if refine:
+                frozen_render(v, gen)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        runs = [run(v, gen) for _ in range(args.iters)]
+        runs, frozen = [], []
+        for _ in range(args.iters):
+            runs.append(step(v, gen))
+            if refine:
+                frozen.append(frozen_render(v, gen))
         summary = {
             "settings": v,
             "samples": runs[-1]["samples"],
@@ -157,10 +232,14 @@ def main(argv: list[str] | None = None) -> dict:
         for k in ("render", "time_tv", "backward", "optimizer", "total"):
             if k in runs[0]:
                 summary[f"{k}_ms"] = statistics.median(x[k] for x in runs)
+        if refine:
+            summary["frozen_render_ms"] = statistics.median(frozen)
+            if "total_ms" in summary:
+                summary["step_plus_frozen_ms"] = statistics.median(
+                    x["total"] + y for x, y in zip(runs, frozen, strict=True)
+                )
         if cuda:
             summary["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        key = name if name not in results["variants"] else f"{name}#{len(results['variants'])}"
-        results["variants"][key] = summary  # a repeated name (alternating A/B runs) keeps every run
         print(
             name,
             json.dumps(
@@ -172,8 +251,65 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             flush=True,
         )
+        return summary
+
+    results: dict = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "occupancy_refresh_s_first": occ_s,
+        "variants": {},
+    }
+    if cuda:  # one more refresh, warm
+        results["occupancy_refresh_ms"] = refresh_ms()
+    for name in args.variants.split(","):
+        key = name if name not in results["variants"] else f"{name}#{len(results['variants'])}"
+        results["variants"][key] = measure(name, VARIANTS[name])  # a repeated name keeps every run
+    if args.issue26:
+        from animate124.guidance.controlnet import select_frames
+
+        read_frames = select_frames(frames, cfg.refine.frames)
+        set_variant(VARIANTS[ISSUE26[0]])
+        fit_moving_shape(field, cfg, 5 if args.smoke else args.trained_steps, dev)
+        st["occ"] = build_occupancy(cfg, dynamic=True, device=dev)
+        for _ in range(args.trained_refreshes):
+            with torch.no_grad():
+                st["occ"].update(field.density, generator=gen_occ)
+        st["opt"] = build_optimizer(cfg, field, "dynamic")
+        st["params"] = [q for g in st["opt"].param_groups for q in g["params"]]
+        st["frozen"] = copy.deepcopy(field).requires_grad_(False).eval()
+        st["frozen_occ"] = copy.deepcopy(st["occ"])
+        results["trained"] = {"refresh_ms": refresh_ms(), "read_frames": read_frames, "variants": {}}
+        for name in ISSUE26:
+            results["trained"]["variants"][name] = measure(
+                f"{name} (trained, refine)", VARIANTS[name], refine=True
+            )
+        results.update(issue26_summary(results, update_interval=r.update_interval))
     Path(args.out).write_text(json.dumps(results, indent=1))
     return results
+
+
+def issue26_summary(results: dict, update_interval: int) -> dict:
+    """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
+    step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
+    fused variant at the top level and for today's defaults under ``before``."""
+
+    def keys(name: str) -> dict:
+        fresh = results["variants"][name]
+        trained = results["trained"]["variants"][name]
+        refresh = results["trained"]["refresh_ms"]
+        out = {
+            "card": results["device"],
+            "dynamic_ms": fresh.get("total_ms"),
+            "dynamic_trained_ms": trained.get("total_ms"),
+            "refine_ms": None,
+            "peak_gib": max(fresh.get("peak_allocated_gib", 0.0), trained.get("peak_allocated_gib", 0.0)),
+        }
+        if "step_plus_frozen_ms" in trained:
+            out["refine_ms"] = trained["step_plus_frozen_ms"] + refresh / update_interval
+        return out
+
+    before, after = ISSUE26
+    return {**keys(after), "before": keys(before)}
 
 
 if __name__ == "__main__":

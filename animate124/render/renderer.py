@@ -167,11 +167,16 @@ def _eval_normals(
     """``field.normals`` over ``chunk``-sized pieces; with ``checkpoint`` the six density evaluations are
     re-run in backward instead of kept (:func:`_pieces`; ``raymarch.checkpoint_normals``), and a no-grad
     render (the refine stage's frozen copy, previews) is split into the same pieces, so it never holds the
-    six evaluations of every sample at once."""
+    six evaluations of every sample at once. A field whose normals take the fused stencil kernel
+    (``fused_normals_ready``, ``KernelOptions.fused_normals``) holds neither, so it is called once (per
+    ``chunk`` when given) without the recompute."""
 
     def normals(xi: Tensor, ti: Tensor | None, kw: dict[str, Any]) -> Tensor:
         return field.normals(xi, ti, eps=eps, **kw).float()
 
+    ready = getattr(field, "fused_normals_ready", None)
+    if ready is not None and ready(x, t, runs):  # the fused kernel keeps no activations: nothing to recompute
+        checkpoint = False
     parts = _pieces(normals, x, t, chunk, runs, checkpoint, pieces_without_grad=True)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

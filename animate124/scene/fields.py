@@ -30,6 +30,8 @@ from animate124.scene.grid import (
     TimeTVMode,
     broadcast_time,
     make_grid_encoding,
+    resolve_backend,
+    stencil,
 )
 from animate124.scene.timeruns import TimeRuns
 
@@ -134,6 +136,9 @@ class RadianceField(nn.Module):
         ``∇σ ≈ (σ(x+εe_k) − σ(x−εe_k)) / (2ε)`` with the shifted points clamped to the box;
         ``n = −∇σ/‖∇σ‖`` (safe: zero gradient gives 0), NaN → 0. One field call on ``6N`` points.
         """
+        fused = self._stencil_normals(x, t, eps, runs)
+        if fused is not None:
+            return fused
         n = x.shape[0]
         offs = torch.eye(3, device=x.device, dtype=x.dtype) * eps
         offs = torch.cat([offs, -offs], dim=0)  # [6,3]: +x,+y,+z,−x,−y,−z
@@ -146,6 +151,52 @@ class RadianceField(nn.Module):
         grad = 0.5 * (s[:3] - s[3:]) / eps  # [3, N]
         normal = safe_normalize(-grad.t())
         return torch.nan_to_num(normal)
+
+    def fused_normals_ready(self, x: Tensor, t: Tensor | None = None, runs: TimeRuns | None = None) -> bool:
+        """Whether :meth:`normals` runs the fused stencil kernel for these points (``KernelOptions.fused_normals``
+        on a Triton encoder it covers): then it keeps no activations, so callers need no checkpoint."""
+        return self._stencil_plan(x, t, runs) is not None
+
+    def _stencil_plan(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None) -> dict | None:
+        """Arguments of :func:`~animate124.scene.grid.stencil.stencil_normals`, or None where it does not apply."""
+        enc = self.encoder
+        opts = getattr(enc, "kernel_options", None)
+        if opts is None or not opts.fused_normals or self.num_layers != 2 or x.dim() != 2 or x.shape[0] == 0:
+            return None
+        if (
+            not isinstance(enc, GridEncoding | TimeGridEncoding)
+            or resolve_backend(enc.backend, x.device) != "triton"
+        ):
+            return None
+        table = enc.embeddings.view(-1, enc.level_dim)
+        if not stencil.supported(table, enc.level_dim, enc.bufs, opts, self.hidden_dim):
+            return None
+        plan: dict = {"slots": None, "time_grid_size": 1, "table": table}
+        if isinstance(enc, TimeGridEncoding):
+            if t is None or not self.dynamic:
+                t, runs = x.new_zeros(1, 1), None
+            tt = broadcast_time(t, x.shape[0]).float().clamp(0.0, 1.0).reshape(-1).contiguous()
+            slots = enc.slot_plan(tt, runs, 6 * x.shape[0])
+            if slots is None:
+                return None
+            plan.update(slots=slots, time_grid_size=enc.time_grid_size)
+        return plan
+
+    def _stencil_normals(
+        self, x: Tensor, t: Tensor | None, eps: float, runs: TimeRuns | None
+    ) -> Tensor | None:
+        plan = self._stencil_plan(x, t, runs)
+        if plan is None:
+            return None
+        enc = self.encoder
+        l1, l2 = self.sigma_net.net
+        return stencil.stencil_normals(
+            x, plan["table"], l1.weight, l1.bias, l2.weight, l2.bias, bufs=enc.bufs,
+            n_active=enc._active_levels(self.max_level), interpolation=enc.cfg.interpolation, eps=eps,
+            bound=enc.bound, blob_density=self.blob_density, blob_radius=self.blob_radius,
+            options=enc.kernel_options, state=enc.launch_state, slots=plan["slots"],
+            time_grid_size=plan["time_grid_size"],
+        )  # fmt: skip
 
     def set_level_mask(self, max_level: int | None) -> None:
         """Coarse-to-fine: levels ``>= max_level`` give zero features; ``None`` disables masking.

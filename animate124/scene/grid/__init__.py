@@ -9,9 +9,11 @@ Public API (what fields and stages import):
 * :class:`KernelOptions` (``options``: which Triton kernels run and how they are launched).
 
 Submodules: ``reference`` (torch reference encoder, table time TV), ``kernels`` (Triton kernels),
-``launch`` (kernel launches and autograd Functions), ``tcnn`` (optional tiny-cuda-nn encoder).
+``launch`` (kernel launches and autograd Functions), ``stencil`` and ``stencil_kernels`` (the fused
+finite-difference normals, ``KernelOptions.fused_normals``), ``tcnn`` (optional tiny-cuda-nn encoder).
 """
 
+from animate124.scene.grid import stencil
 from animate124.scene.grid.layout import (
     GridEncodingConfig,
     GridLayout,
@@ -48,4 +50,5 @@ __all__ = [
     "level_index",
     "make_grid_encoding",
     "resolve_backend",
+    "stencil",
 ]

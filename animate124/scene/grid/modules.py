@@ -246,10 +246,27 @@ class TimeGridEncoding(_GridBase):
         gives them from the host (then the distinct times share one slot each, and nothing is read back).
         """
         opts = self.kernel_options
-        n = u.shape[0]
-        if not opts.slot_blend or self.time_grid_size < 2 or n < opts.slot_min_points_per_time:
+        if not opts.slot_blend or resolve_backend(self.backend, u.device) != "triton":
             return None
-        if resolve_backend(self.backend, u.device) != "triton":
+        plan = self.slot_plan(tt, runs, u.shape[0])
+        if plan is None:
+            return None
+        slot, lo, hi, a = plan
+        return launch.encode_slots(
+            u, self.embeddings.view(-1, self.level_dim), slot, lo, hi, a, self.bufs, n_active, self.num_levels,
+            self.cfg.interpolation, self.time_grid_size, self.entries_per_grid, opts, self.launch_state,
+        )  # fmt: skip
+
+    def slot_plan(
+        self, tt: Tensor, runs: TimeRuns | None, n_eval: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The clip slots of points with times ``tt [N]``: ``(slot [N], lo [K], hi [K], a [K])`` on ``tt``'s
+        device (slot ``k`` blends ``a_k·W[hi_k] + (1−a_k)·W[lo_k]``), or None when the slot path does not pay:
+        fewer than ``slot_min_points_per_time`` of the ``n_eval`` grid evaluations per distinct time, more
+        than ``slot_max_times`` times, or a table the pair layout does not cover (see :meth:`_encode_slots`)."""
+        opts = self.kernel_options
+        n = tt.shape[0]
+        if self.time_grid_size < 2 or n_eval < opts.slot_min_points_per_time:
             return None
         if not launch.pairs_supported(self.embeddings, self.level_dim, self.bufs, opts):
             return None
@@ -257,9 +274,9 @@ class TimeGridEncoding(_GridBase):
             runs = runs.nonempty()
             times, run_slot = torch.unique(runs.times.float().clamp(0.0, 1.0), return_inverse=True)
             k = int(times.numel())
-            if k > opts.slot_max_times or n < k * opts.slot_min_points_per_time:
+            if k > opts.slot_max_times or n_eval < k * opts.slot_min_points_per_time:
                 return None
-            dev = u.device
+            dev = tt.device
             counts = torch.tensor(runs.counts, dtype=torch.long)
             slot = torch.repeat_interleave(
                 host_to_device(run_slot, dev), host_to_device(counts, dev), output_size=n
@@ -267,18 +284,15 @@ class TimeGridEncoding(_GridBase):
         else:
             times, slot = torch.unique_consecutive(tt, return_inverse=True)
             k = int(times.numel())
-            if k > opts.slot_max_times or n < k * opts.slot_min_points_per_time:
+            if k > opts.slot_max_times or n_eval < k * opts.slot_min_points_per_time:
                 return None
         g32 = (times * float(self.time_grid_size - 1)).float()  # the kernels' fp32 product (on either device)
         lo = torch.floor(g32).long()
         hi = torch.ceil(g32).long()
         a = (g32 - torch.floor(g32)).float()
-        if lo.device != u.device:
-            lo, hi, a = (host_to_device(v, u.device) for v in (lo, hi, a))
-        return launch.encode_slots(
-            u, self.embeddings.view(-1, self.level_dim), slot, lo, hi, a, self.bufs, n_active, self.num_levels,
-            self.cfg.interpolation, self.time_grid_size, self.entries_per_grid, opts, self.launch_state,
-        )  # fmt: skip
+        if lo.device != tt.device:
+            lo, hi, a = (host_to_device(v, tt.device) for v in (lo, hi, a))
+        return slot, lo, hi, a
 
     def grid_features(self, x: Tensor, index: int, max_level: int | None = None) -> Tensor:
         """Features ``[N, L·C]`` of time grid ``index`` alone (``f_index(x)``).

@@ -45,6 +45,10 @@ class KernelOptions:
             blends one table per distinct time and reads one grid per point (``TimeGridEncoding``).
         slot_max_times, slot_min_points_per_time: the slot path runs for at most ``slot_max_times`` runs
             with at least ``slot_min_points_per_time`` points per run on average.
+        fused_normals: ``RadianceField.normals`` runs one fused stencil kernel per direction (grid gathers of
+            the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
+            field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
+            2-layer decoder). Same function up to fp32 rounding; off until measured on a GPU (issue 26).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -64,6 +68,7 @@ class KernelOptions:
     slot_blend: bool = True
     slot_max_times: int = 32
     slot_min_points_per_time: int = 2**14
+    fused_normals: bool = False
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:

@@ -1,0 +1,156 @@
+"""Fused finite-difference normals (issue 26): one Triton kernel per direction instead of six field calls.
+
+:func:`stencil_normals` computes what ``RadianceField.normals`` computes (SPEC 3.1: central differences of
+``σ = trunc_exp(MLP(grid(x))₀ + blob(x))`` at ``x ± ε e_d``, clamped to the box, ``n = −∇σ/‖∇σ‖``, NaN → 0)
+for a 2-layer decoder and a tiled 2-feature fp32 grid, static or time-stacked with few distinct times (a
+clip), in fp32 throughout. Kernels and the layout of the work: :mod:`.stencil_kernels`.
+
+Memory: the autograd node keeps the points, their slots and the slot plan, nothing per neighbour; the
+pair tables are rebuilt in backward. So it needs no activation checkpoint (the renderer skips its
+``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows.
+
+Chosen by ``KernelOptions(fused_normals=True)`` (off by default: it computes the same function up to fp32
+rounding, and is not yet measured on a GPU). Under autocast it runs in fp32 (today's path runs the MLP in
+fp16 there), so on a GPU its normals are closer to the exact ones than the path it replaces.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from animate124.scene.grid import kernels as K
+from animate124.scene.grid import launch
+from animate124.scene.grid import stencil_kernels as SK
+from animate124.scene.grid.layout import LevelBuffers
+from animate124.scene.grid.options import KernelOptions
+
+BLOCK = 16  # samples per program (× 8 lanes = 128 lanes: one per thread at 4 warps)
+WARPS = 4
+BWD_PROGRAMS_PER_SM = 4
+
+
+def _programs(nblocks: int, device: torch.device) -> int:
+    """Programs of the persistent backward: a few per SM on CUDA (each writes one row of MLP partials)."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(nblocks, BWD_PROGRAMS_PER_SM * sms))
+    return max(1, min(nblocks, 4))
+
+
+class _StencilNormalsFn(torch.autograd.Function):
+    """``apply(x [N,3], table [T·E, 2], w1 [H,F], b1 [H], w2 [4,H], b2 [4], slot [N], lo, hi, a [K], meta)``
+    -> normals ``[N, 3]``; gradients for the table and the MLP (rows/entries 0 of ``w2``/``b2``)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, x, table, w1, b1, w2, b2, slot, lo, hi, a, meta):  # type: ignore[override]
+        x = x.float().contiguous()
+        pairs = launch.build_slot_pairs(table, lo, hi, a, meta["bufs"], meta["entries"])
+        out = torch.empty(x.shape[0], 3, device=x.device, dtype=torch.float32)
+        n = x.shape[0]
+        if n:
+            nblocks = K.triton.cdiv(n, BLOCK)
+            SK._stencil_fwd_kernel[(nblocks,)](
+                x, slot, pairs, w1.contiguous(), b1.contiguous(), w2[0].contiguous(), b2[:1].contiguous(), out,
+                *_level_ptrs(meta["bufs"]), n, meta["n_active"], meta["entries"], *_scalars(meta),
+                BLOCK=BLOCK, H=w1.shape[0], F=w1.shape[1], SMOOTH=meta["smooth"], num_warps=WARPS,
+            )  # fmt: skip
+        ctx.save_for_backward(x, table, w1, b1, w2, b2, slot, lo, hi, a)
+        ctx.meta = meta
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, table, w1, b1, w2, b2, slot, lo, hi, a = ctx.saved_tensors
+        meta = ctx.meta
+        bufs, entries, t_size = meta["bufs"], meta["entries"], meta["time_grid_size"]
+        n, (h, f) = x.shape[0], w1.shape
+        fp2 = K.triton.next_power_of_2(f)
+        k = lo.numel()
+        pairs = launch.build_slot_pairs(table, lo, hi, a, bufs, entries)
+        g4 = torch.zeros(k * entries, 4, device=x.device, dtype=torch.float32)
+        nblocks = K.triton.cdiv(n, BLOCK) if n else 0
+        progs = _programs(nblocks, x.device) if n else 0
+        width = h * fp2 + 3 * h
+        part = torch.zeros(max(progs, 1), width, device=x.device, dtype=torch.float32)
+        if n:
+            use_asm = launch.vec2_enabled(x.device, meta["options"], meta["state"])
+            SK._stencil_bwd_kernel[(progs,)](
+                x, slot, pairs, w1.contiguous(), b1.contiguous(), w2[0].contiguous(), b2[:1].contiguous(),
+                grad_out.float().contiguous(), g4, part, *_level_ptrs(bufs), n, meta["n_active"], entries,
+                *_scalars(meta), nblocks, BLOCK=BLOCK, H=h, F=f, FP2=fp2, SMOOTH=meta["smooth"], USE_ASM=use_asm,
+                ASM=SK.RED4_ASM, num_warps=WARPS,
+            )  # fmt: skip
+        grad = torch.empty(t_size * entries, 2, device=x.device, dtype=torch.float32)
+        K._slot_scatter_kernel[launch._table_grid(bufs, t_size)](
+            g4, grad, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous(), k,
+            *launch._level_args(bufs), entries, PAIRED=True, BLOCK=launch.BUILD_BLOCK,
+        )  # fmt: skip
+        tot = part.sum(0)
+        dw1 = tot[: h * fp2].view(h, fp2)[:, :f]
+        db1 = tot[h * fp2 : h * fp2 + h]
+        dw2 = torch.zeros_like(w2, dtype=torch.float32)
+        dw2[0] = tot[h * fp2 + h : h * fp2 + 2 * h]
+        db2 = torch.zeros_like(b2, dtype=torch.float32)
+        db2[0] = tot[h * fp2 + 2 * h]
+        return (
+            None, grad.view(table.shape).to(table.dtype), dw1.to(w1.dtype), db1.to(b1.dtype), dw2.to(w2.dtype),
+            db2.to(b2.dtype), None, None, None, None, None,
+        )  # fmt: skip
+
+
+def _level_ptrs(bufs: LevelBuffers) -> tuple[Tensor, ...]:
+    return (bufs.scales, bufs.strides32, bufs.wrap_masks, bufs.starts32)
+
+
+def _scalars(meta: dict) -> tuple[float, ...]:
+    """``eps, bound, 2·bound, blob amplitude, 2·radius²`` as the fp32 values torch uses."""
+    b = meta["bound"]
+    return (meta["eps"], b, 2 * b, meta["blob_density"], 2 * meta["blob_radius"] ** 2)
+
+
+def supported(table: Tensor, level_dim: int, bufs: LevelBuffers, options: KernelOptions, hidden: int) -> bool:
+    """The fused normals cover the pair layout's tables (tiled, 2 features, fp32) and hidden widths that are
+    powers of two up to 128 (a ``[lanes, hidden]`` register tile)."""
+    return (
+        launch.pairs_supported(table, level_dim, bufs, options)
+        and hidden & (hidden - 1) == 0
+        and 1 <= hidden <= 128
+        and K.HAS_TRITON
+    )
+
+
+def stencil_normals(
+    x: Tensor, table: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *, bufs: LevelBuffers,
+    n_active: int, interpolation: str, eps: float, bound: float, blob_density: float, blob_radius: float,
+    options: KernelOptions, state: launch.LaunchState | None = None,
+    slots: tuple[Tensor, Tensor, Tensor, Tensor] | None = None, time_grid_size: int = 1,
+) -> Tensor:  # fmt: skip
+    """Unit normals ``[N, 3]`` of the field at world points ``x [N, 3]`` (module docstring).
+
+    ``table``: the encoder's ``[T·E, 2]`` table (``T = time_grid_size``; 1 for a static grid); ``w1, b1, w2,
+    b2``: the decoder's two layers (``[H, L·2]``, ``[H]``, ``[4, H]``, ``[4]``); ``slots``: the points' clip
+    slots ``(slot [N], lo [K], hi [K], a [K])`` of a time-stacked table (``TimeGridEncoding.slot_plan``),
+    None for a static one. Levels ``>= n_active`` contribute nothing (coarse-to-fine masking).
+    """
+    entries = table.shape[0] // time_grid_size
+    dev = x.device
+    if slots is None:
+        slot = torch.zeros(x.shape[0], device=dev, dtype=torch.int32)
+        zero = torch.zeros(1, device=dev, dtype=torch.long)
+        lo, hi, a = zero, zero, torch.zeros(1, device=dev, dtype=torch.float32)
+    else:
+        slot, lo, hi, a = slots
+        slot = slot.to(torch.int32)
+    if state is not None:
+        state.slot_builds += 1
+    meta = {
+        "bufs": bufs, "n_active": int(n_active), "entries": entries, "time_grid_size": time_grid_size,
+        "smooth": interpolation == "smoothstep", "eps": float(eps), "bound": float(bound),
+        "blob_density": float(blob_density), "blob_radius": float(blob_radius), "options": options, "state": state,
+    }  # fmt: skip
+    return _StencilNormalsFn.apply(
+        x, table, w1, b1, w2, b2, slot.contiguous(), lo.long(), hi.long(), a.float(), meta
+    )

@@ -1,0 +1,314 @@
+"""Triton kernels of the fused finite-difference normals (issue 26); launched by :mod:`.stencil`.
+
+``RadianceField.normals`` evaluates σ at the six points ``x ± ε e_d`` (clamped to the box) as six field
+evaluations: six gathers through the grid, six ``[N, 32]`` feature tensors and six MLP passes through global
+memory. These kernels compute, per sample, the same six densities and the normal in registers:
+
+* lanes: a block of ``BLOCK`` samples has ``BLOCK × 8`` lanes, lane ``8p + n`` is sample ``p``'s neighbour
+  ``n`` (0–5: +x, +y, +z, −x, −y, −z, as ``normals``), lane 6 the sample itself (its cell only, no
+  density) and lane 7 unused. A sample's lanes are adjacent threads, so where its neighbours share a cell
+  (the coarse levels) their loads of the same 32-byte sector are one request of the warp;
+* per level: the cell, weights and the 4 x-pairs of corners read from the pair table ``P[r] = (T[r],
+  T[r+1])`` (16 bytes; the blended table of the sample's clip time, :func:`.launch.build_slot_pairs`), and
+  the level's two features go straight into the first layer, ``hid += f₀·W₁[:, 2l] + f₁·W₁[:, 2l+1]``;
+  levels whose index ignores z (the tiled levels cut by the stride guard, see ``layout``) read the 2
+  pairs of the z face only with weights ``w_x·w_y`` (their z and z+1 corners are the same rows, and the
+  two z weights sum to 1: the same value up to fp32 rounding, half the loads and reductions);
+* ``σ = exp(relu(hid + b₁)·W₂[0] + b₂[0] + blob(x'))`` and ``n = −g/‖g‖``, ``g_d = 0.5·(σ₊ − σ₋)/ε``,
+  NaN → 0 (``safe_normalize`` and ``nan_to_num`` of ``fields.py``); all in fp32.
+
+The backward recomputes the above from the points, then runs autograd's maths by hand: ``nan_to_num`` →
+``safe_normalize`` → the difference quotient → ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ReLU →
+the first layer. It sweeps the levels a second time for the features (for ``dW₁``) and the table
+gradients, which go into the pair-layout buffer ``G [rows, 4]`` (folded and spread onto the time grids by
+``_slot_scatter_kernel``); the neighbours that sit in the sample's cell add their corner gradients
+first and lane 6 issues one reduction for them. The MLP gradients are summed per program in registers over
+a persistent loop of blocks and written as one row of partial sums per program.
+"""
+
+from __future__ import annotations
+
+from animate124.scene.grid import kernels as K
+
+if K.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    #: one 16-byte reduction (sm_90+), predicated
+    RED4_ASM = "{ .reg .pred p; setp.ne.b32 p, $6, 0; @p red.global.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.u32 $0, 0; }"
+
+    @triton.jit  # pragma: no cover - jit
+    def _lanes(x_ptr, blk, N, eps, bound, BLOCK: tl.constexpr):
+        """Lane indices and the clamped world position of every lane (``normals``' offsets and clamp)."""
+        S: tl.constexpr = BLOCK * 8
+        j = tl.arange(0, S)
+        nl = j % 8
+        pt = blk * BLOCK + j // 8
+        ok = pt < N
+        o = tl.where(nl < 3, eps, tl.where(nl < 6, -eps, 0.0))
+        dim = nl % 3
+        x0 = tl.load(x_ptr + pt * 3 + 0, mask=ok, other=0.0) + tl.where((dim == 0) & (nl < 6), o, 0.0)
+        x1 = tl.load(x_ptr + pt * 3 + 1, mask=ok, other=0.0) + tl.where((dim == 1) & (nl < 6), o, 0.0)
+        x2 = tl.load(x_ptr + pt * 3 + 2, mask=ok, other=0.0) + tl.where((dim == 2) & (nl < 6), o, 0.0)
+        x0 = tl.minimum(tl.maximum(x0, -bound), bound)
+        x1 = tl.minimum(tl.maximum(x1, -bound), bound)
+        x2 = tl.minimum(tl.maximum(x2, -bound), bound)
+        return nl, pt, ok, x0, x1, x2
+
+    @triton.jit  # pragma: no cover - jit
+    def _level(u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH: tl.constexpr):
+        """Cell, fractions and constants of one level (``kernels._setup`` for given unit coordinates); a
+        level whose index ignores z gets ``f₂ = 0`` so its z-face weights are ``w_x·w_y`` (module doc)."""
+        scale = tl.load(scale_ptr + lvl)
+        s1 = tl.load(stride_ptr + lvl * 3 + 1)
+        s2 = tl.load(stride_ptr + lvl * 3 + 2)
+        wmask = tl.load(wmask_ptr + lvl)
+        start = tl.load(start_ptr + lvl)
+        p0 = u0 * scale + 0.5
+        p1 = u1 * scale + 0.5
+        p2 = u2 * scale + 0.5
+        g0 = tl.floor(p0)
+        g1 = tl.floor(p1)
+        g2 = tl.floor(p2)
+        f0 = p0 - g0
+        f1 = p1 - g1
+        f2 = p2 - g2
+        if SMOOTH:
+            f0 = f0 * f0 * (3.0 - 2.0 * f0)
+            f1 = f1 * f1 * (3.0 - 2.0 * f1)
+            f2 = f2 * f2 * (3.0 - 2.0 * f2)
+        i0 = g0.to(tl.int32)
+        zkeep = (i0 * 0 + s2) != 0  # per lane; False: the level's index ignores z
+        f2 = tl.where(zkeep, f2, 0.0)
+        return i0, g1.to(tl.int32), g2.to(tl.int32), f0, f1, f2, s1, s2, wmask, start, zkeep
+
+    @triton.jit  # pragma: no cover - jit
+    def _level_features(
+        pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, m, S: tl.constexpr,
+    ):  # fmt: skip
+        """The two features of every lane at one level from the pair table (masked lanes read nothing)."""
+        c4 = tl.arange(0, 4)
+        acc = tl.zeros([S, 4], dtype=tl.float32)
+        for kk in tl.static_range(0, 8, 2):
+            ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
+            ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
+            if kk < 4:
+                mk = m
+            else:
+                mk = m & zkeep
+            v = tl.load(
+                pair_ptr + (base + ia)[:, None] * 4 + c4[None, :],
+                mask=tl.broadcast_to(mk[:, None], [S, 4]),
+                other=0.0,
+            )
+            acc += tl.where(c4[None, :] < 2, wa[:, None], wb[:, None]) * v
+        even = (c4 % 2)[None, :] == 0
+        return tl.sum(tl.where(even, acc, 0.0), axis=1), tl.sum(tl.where(even, 0.0, acc), axis=1)
+
+    @triton.jit  # pragma: no cover - jit
+    def _hidden(
+        x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
+        blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
+        BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr,
+    ):  # fmt: skip
+        """Forward of every lane: ``hid [S, H]`` (pre-activation), ``h = h₀ + blob`` and ``σ = exp(h)``."""
+        S: tl.constexpr = BLOCK * 8
+        nl, pt, ok, x0, x1, x2 = _lanes(x_ptr, blk, N, eps, bound, BLOCK)
+        ev = ok & (nl < 6)
+        u0 = (x0 + bound) / two_bound
+        u1 = (x1 + bound) / two_bound
+        u2 = (x2 + bound) / two_bound
+        inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
+        slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        hc = tl.arange(0, H)
+        hid = tl.zeros([S, H], dtype=tl.float32)
+        for lvl in range(0, n_active):
+            i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep = _level(
+                u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH
+            )
+            base = slot * grid_entries + start
+            a, b = _level_features(pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, inside, S)
+            w1a = tl.load(w1_ptr + hc * F + 2 * lvl)
+            w1b = tl.load(w1_ptr + hc * F + 2 * lvl + 1)
+            hid += a[:, None] * w1a[None, :] + b[:, None] * w1b[None, :]
+        hid += tl.load(b1_ptr + hc)[None, :]
+        act = tl.maximum(hid, 0.0)
+        h0 = tl.sum(act * tl.load(w2_ptr + hc)[None, :], axis=1) + tl.load(b2_ptr)
+        d2 = x0 * x0 + x1 * x1 + x2 * x2
+        h = h0 + blob_a * tl.exp(-d2 / blob_k)
+        return nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, tl.exp(h)
+
+    @triton.jit  # pragma: no cover - jit
+    def _col(v, nl, n: tl.constexpr, BLOCK: tl.constexpr):
+        """Per sample, the value of lane ``n``: ``[S] -> [BLOCK]``."""
+        return tl.sum(tl.reshape(tl.where(nl == n, v, 0.0), [BLOCK, 8]), axis=1)
+
+    @triton.jit  # pragma: no cover - jit
+    def _icol(v, nl, n: tl.constexpr, BLOCK: tl.constexpr):
+        return tl.sum(tl.reshape(tl.where(nl == n, v, 0), [BLOCK, 8]), axis=1)
+
+    @triton.jit  # pragma: no cover - jit
+    def _to_lanes(v, BLOCK: tl.constexpr):
+        """A per-sample value on each of its 8 lanes: ``[BLOCK] -> [S]``."""
+        return tl.reshape(tl.broadcast_to(v[:, None], [BLOCK, 8]), [BLOCK * 8])
+
+    @triton.jit  # pragma: no cover - jit
+    def _normal(sig, nl, eps, BLOCK: tl.constexpr):
+        """``g_d = 0.5·(σ_d − σ_{d+3})/ε``, ``v = −g``, ``s = sqrt(max(‖v‖², 1e-20))`` per sample."""
+        g0 = 0.5 * (_col(sig, nl, 0, BLOCK) - _col(sig, nl, 3, BLOCK)) / eps
+        g1 = 0.5 * (_col(sig, nl, 1, BLOCK) - _col(sig, nl, 4, BLOCK)) / eps
+        g2 = 0.5 * (_col(sig, nl, 2, BLOCK) - _col(sig, nl, 5, BLOCK)) / eps
+        v0 = -g0
+        v1 = -g1
+        v2 = -g2
+        ss = v0 * v0 + v1 * v1 + v2 * v2
+        s = tl.sqrt(tl.maximum(ss, 1e-20))
+        return v0, v1, v2, ss, s
+
+    @triton.jit  # pragma: no cover - jit
+    def _finite(v):
+        return (v == v) & (tl.abs(v) < float("inf"))
+
+    @triton.jit  # pragma: no cover - jit
+    def _nan_to_num(v):
+        big = 3.4028234663852886e38
+        return tl.where(v != v, 0.0, tl.minimum(tl.maximum(v, -big), big))
+
+    @triton.jit  # pragma: no cover - jit
+    def _stencil_fwd_kernel(
+        x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr,
+        start_ptr, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
+        BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr,
+    ):  # fmt: skip
+        """Normals ``[N, 3]`` of a block of samples per program."""
+        blk = tl.program_id(0)
+        nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
+            x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
+            blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F, SMOOTH,
+        )  # fmt: skip
+        v0, v1, v2, ss, s = _normal(sig, nl, eps, BLOCK)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        m = rows < N
+        tl.store(out_ptr + rows * 3 + 0, _nan_to_num(v0 / s), mask=m)
+        tl.store(out_ptr + rows * 3 + 1, _nan_to_num(v1 / s), mask=m)
+        tl.store(out_ptr + rows * 3 + 2, _nan_to_num(v2 / s), mask=m)
+
+    @triton.jit  # pragma: no cover - jit
+    def _red4(g4_ptr, row, a, b, c, d, m, S: tl.constexpr, USE_ASM: tl.constexpr, ASM: tl.constexpr):
+        """``G[row] += (a, b, c, d)`` where ``m``: one 16-byte reduction (sm_90+) or four atomics."""
+        if USE_ASM:
+            tl.inline_asm_elementwise(
+                asm=ASM, constraints="=r,l,f,f,f,f,r",
+                args=[(g4_ptr + row * 4).to(tl.int64), a, b, c, d, m.to(tl.int32)],
+                dtype=tl.int32, is_pure=False, pack=1,
+            )  # fmt: skip
+        else:
+            c4 = tl.arange(0, 4)[None, :]
+            v = tl.where(
+                c4 == 0, a[:, None], tl.where(c4 == 1, b[:, None], tl.where(c4 == 2, c[:, None], d[:, None]))
+            )
+            tl.atomic_add(g4_ptr + row[:, None] * 4 + c4, v, mask=m[:, None] & (c4 < 4), sem="relaxed")
+
+    @triton.jit  # pragma: no cover - jit
+    def _group(v, share, nl, BLOCK: tl.constexpr):
+        """On lane 6: the sum of ``v`` over the sample's lanes that share its cell; elsewhere ``v``."""
+        tot = tl.sum(tl.reshape(tl.where(share, v, 0.0), [BLOCK, 8]), axis=1)
+        return tl.where(nl == 6, _to_lanes(tot, BLOCK), v)
+
+    @triton.jit  # pragma: no cover - jit
+    def _stencil_bwd_kernel(
+        x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gout_ptr, g4_ptr, part_ptr, scale_ptr,
+        stride_ptr, wmask_ptr, start_ptr, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
+        nblocks, BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, FP2: tl.constexpr,
+        SMOOTH: tl.constexpr, USE_ASM: tl.constexpr, ASM: tl.constexpr,
+    ):  # fmt: skip
+        """Table gradient (into ``G``) and per-program partial MLP gradients ``part[pid] = (dW₁ [H, F],
+        db₁ [H], dW₂[0] [H], db₂[0])``; programs loop over blocks ``pid, pid + P, …``."""
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        S: tl.constexpr = BLOCK * 8
+        hc = tl.arange(0, H)
+        fc = tl.arange(0, FP2)
+        w2 = tl.load(w2_ptr + hc)
+        dw1 = tl.zeros([H, FP2], dtype=tl.float32)
+        db1 = tl.zeros([H], dtype=tl.float32)
+        dw2 = tl.zeros([H], dtype=tl.float32)
+        db2 = tl.zeros([H], dtype=tl.float32)  # the sum sits in element 0
+        for blk in range(pid, nblocks, nprog):
+            nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
+                x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr,
+                start_ptr, blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F,
+                SMOOTH,
+            )  # fmt: skip
+            v0, v1, v2, ss, s = _normal(sig, nl, eps, BLOCK)
+            rows = blk * BLOCK + tl.arange(0, BLOCK)
+            m = rows < N
+            dn0 = tl.load(gout_ptr + rows * 3 + 0, mask=m, other=0.0)
+            dn1 = tl.load(gout_ptr + rows * 3 + 1, mask=m, other=0.0)
+            dn2 = tl.load(gout_ptr + rows * 3 + 2, mask=m, other=0.0)
+            # nan_to_num: the gradient passes where the normal is finite
+            dn0 = tl.where(_finite(v0 / s), dn0, 0.0)
+            dn1 = tl.where(_finite(v1 / s), dn1, 0.0)
+            dn2 = tl.where(_finite(v2 / s), dn2, 0.0)
+            # n = v / s, s = sqrt(clamp(‖v‖², 1e-20)) (clamp passes the gradient where ‖v‖² >= 1e-20)
+            ds = -(dn0 * v0 + dn1 * v1 + dn2 * v2) / (s * s)
+            dss = tl.where(ss >= 1e-20, ds / (2.0 * s), 0.0)
+            # v = −g, g_d = 0.5·(σ_d − σ_{d+3})/ε
+            q0 = 0.5 * (-(dn0 / s + 2.0 * v0 * dss) / eps)
+            q1 = 0.5 * (-(dn1 / s + 2.0 * v1 * dss) / eps)
+            q2 = 0.5 * (-(dn2 / s + 2.0 * v2 * dss) / eps)
+            q0l = _to_lanes(q0, BLOCK)
+            q1l = _to_lanes(q1, BLOCK)
+            q2l = _to_lanes(q2, BLOCK)
+            dsig = tl.where(nl == 0, q0l, tl.where(nl == 1, q1l, tl.where(nl == 2, q2l, 0.0)))
+            dsig = tl.where(nl == 3, -q0l, tl.where(nl == 4, -q1l, tl.where(nl == 5, -q2l, dsig)))
+            dh = tl.where(ev, dsig * tl.exp(tl.minimum(h, 15.0)), 0.0)  # trunc_exp's gradient
+            dw2 += tl.sum(dh[:, None] * act, axis=0)
+            db2 += tl.where(hc == 0, tl.sum(dh, axis=0), 0.0)
+            dhid = tl.where(hid > 0, dh[:, None] * w2[None, :], 0.0)
+            db1 += tl.sum(dhid, axis=0)
+            # the sample's cell at every level, to pre-add the gradients of the neighbours inside it
+            for lvl in range(0, n_active):
+                i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep = _level(
+                    u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH
+                )
+                base = slot * grid_entries + start
+                cell = nl == 6
+                same = (
+                    (i0 == _to_lanes(_icol(i0, nl, 6, BLOCK), BLOCK))
+                    & (i1 == _to_lanes(_icol(i1, nl, 6, BLOCK), BLOCK))
+                    & (i2 == _to_lanes(_icol(i2, nl, 6, BLOCK), BLOCK))
+                )
+                share = inside & same
+                anyshare = _to_lanes(tl.max(tl.reshape(share.to(tl.int32), [BLOCK, 8]), axis=1), BLOCK) > 0
+                own = tl.where(cell, ok & anyshare, inside & (share == 0))
+                fa, fb = _level_features(
+                    pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, inside, S
+                )
+                w1a = tl.load(w1_ptr + hc * F + 2 * lvl)
+                w1b = tl.load(w1_ptr + hc * F + 2 * lvl + 1)
+                ga = tl.sum(dhid * w1a[None, :], axis=1)
+                gb = tl.sum(dhid * w1b[None, :], axis=1)
+                ca = tl.sum(dhid * fa[:, None], axis=0)
+                cb = tl.sum(dhid * fb[:, None], axis=0)
+                dw1 += tl.where(
+                    fc[None, :] == 2 * lvl,
+                    ca[:, None],
+                    tl.where(fc[None, :] == 2 * lvl + 1, cb[:, None], 0.0),
+                )
+                for kk in tl.static_range(0, 8, 2):
+                    ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
+                    ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
+                    if kk < 4:
+                        mk = own
+                    else:
+                        mk = own & zkeep
+                    _red4(
+                        g4_ptr, base + ia, _group(wa * ga, share, nl, BLOCK), _group(wa * gb, share, nl, BLOCK),
+                        _group(wb * ga, share, nl, BLOCK), _group(wb * gb, share, nl, BLOCK), mk, S, USE_ASM, ASM,
+                    )  # fmt: skip
+        pw = part_ptr + pid * (H * FP2 + 3 * H)
+        tl.store(pw + hc[:, None] * FP2 + fc[None, :], dw1)
+        tl.store(pw + H * FP2 + hc, db1)
+        tl.store(pw + H * FP2 + H + hc, dw2)
+        tl.store(pw + H * FP2 + 2 * H + hc, db2)

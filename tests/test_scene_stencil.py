@@ -1,0 +1,277 @@
+"""Fused finite-difference normals (``KernelOptions(fused_normals=True)``, issue 26) against the plain path.
+
+The kernels run in Triton's CPU interpreter in a subprocess (``helpers_triton.run_interpreted``). Both the
+fused kernel and today's six field evaluations are fp32 evaluations of the same formula that differ in
+summation order (the first layer summed level by level instead of by ``addmm``; the levels whose index
+ignores z summed over 4 corners with weights ``w_x·w_y`` instead of 8) and the finite difference divides
+those rounding differences by ``2ε = 0.02``. So the fused path is compared with a float64 evaluation of the
+same maths (``_normals64``, autograd in float64) and must be as close to it as the plain fp32 path is:
+its error at most twice the plain path's plus a floor of a few fp32 ulps of the quantity's scale (an
+equally good fp32 evaluation can land on either side of the plain one). Small grids (4 levels, one of
+them wrapped, one with z dropped) and a few dozen points keep the interpreter under a few seconds a case.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_triton import needs_cuda, needs_triton, run_interpreted
+
+N_POINTS = 32
+
+
+def _grid_cfg(**kw):
+    from helpers_grid import paper_grid_config
+
+    return paper_grid_config(num_levels=4, base_resolution=4, desired_resolution=32, log2_table_size=9, **kw)
+
+
+def _points(n: int = N_POINTS) -> torch.Tensor:
+    """Random points of the box, some on its faces and within ε of them (the neighbours are clamped)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(n, 3, generator=g) * 2 - 1
+    x[0] = torch.tensor([1.0, -1.0, 0.3])
+    x[1] = torch.tensor([0.995, 0.2, -0.996])
+    x[2] = torch.tensor([-1.0, 1.0, 1.0])
+    return x
+
+
+def _features64(field, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    """Grid features in float64 (``reference.encode_torch`` with every product in float64)."""
+    from animate124.scene.grid.reference import CORNER_BITS, corner_index, interp_weights
+
+    enc = field.encoder
+    n_active = enc._active_levels(field.max_level)
+    bufs = enc.bufs
+    u = (x + enc.bound) / (2 * enc.bound)
+    pos = u[:, None, :] * bufs.scales[:n_active].double()[None, :, None] + 0.5
+    pgf = torch.floor(pos)
+    frac = interp_weights(pos - pgf, enc.cfg.interpolation)
+    pg = pgf.long()
+    table = enc.embeddings.double().reshape(-1, enc.level_dim)
+    rows = None
+    if t is not None:
+        gt = t.reshape(-1, 1).double().clamp(0, 1) * (enc.time_grid_size - 1)
+        lo = torch.floor(gt)
+        rows = (lo.long() * enc.entries_per_grid, torch.ceil(gt).long() * enc.entries_per_grid, gt - lo)
+    out = torch.zeros(x.shape[0], n_active, enc.level_dim, dtype=torch.float64, device=x.device)
+    for bits in CORNER_BITS:
+        w = torch.ones_like(frac[..., 0])
+        for d in range(3):
+            w = w * (frac[..., d] if bits[d] else 1.0 - frac[..., d])
+        idx = corner_index(pg, bits, bufs, n_active)
+        if rows is None:
+            val = table[idx]
+        else:
+            val = table[idx + rows[1]] * rows[2][..., None] + table[idx + rows[0]] * (1 - rows[2][..., None])
+        out = out + w[..., None] * val
+    out = out.reshape(x.shape[0], -1)
+    pad = enc.num_levels * enc.level_dim - out.shape[1]
+    return torch.cat([out, out.new_zeros(x.shape[0], pad)], 1) if pad else out
+
+
+def _normals64(field, x: torch.Tensor, t: torch.Tensor | None, eps: float = 0.01) -> torch.Tensor:
+    """``RadianceField.normals`` in float64 with the table and MLP as float64 leaves of the graph."""
+    l1, l2 = field.sigma_net.net
+    offs = torch.eye(3, dtype=torch.float64, device=x.device) * eps
+    offs = torch.cat([offs, -offs])
+    xs = (x.double()[None] + offs[:, None]).clamp(-field.bound, field.bound).reshape(-1, 3)
+    ts = None if t is None else t.double().repeat(6, 1)
+    h = torch.relu(_features64(field, xs, ts) @ l1.weight.double().t() + l1.bias.double())
+    h0 = h @ l2.weight.double()[0] + l2.bias.double()[0]
+    blob = field.blob_density * torch.exp(-(xs**2).sum(-1) / (2 * field.blob_radius**2))
+    s = torch.exp(h0 + blob).reshape(6, -1)
+    g = 0.5 * (s[:3] - s[3:]) / eps
+    v = -g.t()
+    return torch.nan_to_num(v / torch.sqrt(torch.clamp((v * v).sum(-1, keepdim=True), min=1e-20)))
+
+
+def _grads(field) -> dict[str, torch.Tensor]:
+    l1, l2 = field.sigma_net.net
+    ps = {"table": field.encoder.embeddings, "w1": l1.weight, "b1": l1.bias, "w2": l2.weight, "b2": l2.bias}
+    return {k: p.grad.detach().double().clone() for k, p in ps.items()}
+
+
+def _field_case(
+    dynamic: bool, fused_opts: dict, interpolation: str = "linear", max_level=None, runs=False,
+    device: str = "cpu", cfg=None, n_points: int = N_POINTS,
+) -> dict:  # fmt: skip
+    """Fused vs plain vs float64: normals and the gradients of ``Σ n·R`` (R random)."""
+    import copy
+    import dataclasses
+
+    from helpers_grid import field_kwargs
+
+    from animate124.scene.fields import DynamicField, StaticField
+    from animate124.scene.grid import KernelOptions
+    from animate124.scene.timeruns import TimeRuns
+
+    cfg = cfg or _grid_cfg(interpolation=interpolation)
+    opts = KernelOptions(**fused_opts)
+    torch.manual_seed(0)
+    if dynamic:
+        fields = [
+            DynamicField(cfg, time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs())
+        ]
+    else:
+        fields = [StaticField(cfg, backend="triton", kernel_options=opts, **field_kwargs())]
+    fields[0].to(device)
+    with torch.no_grad():
+        fields[0].encoder.embeddings.uniform_(-1, 1)
+    fields.append(copy.deepcopy(fields[0]))  # the same parameters, the plain path
+    fields[1].encoder.kernel_options = dataclasses.replace(opts, fused_normals=False)
+    x = _points(n_points).to(device)
+    n = x.shape[0]
+    t = rk = None
+    if dynamic:  # a two-frame clip: frame-major points, t = 0.2 then 0.7 (between time grids)
+        t = torch.full((n, 1), 0.2, device=device)
+        t[n // 2 :] = 0.7
+        rk = TimeRuns((n // 2, n - n // 2), torch.tensor([0.2, 0.7])) if runs else None
+    r = torch.randn(n, 3, generator=torch.Generator().manual_seed(5)).to(device)
+    out, grads, builds = [], [], []
+    for f in fields:
+        f.max_level = max_level
+        f.zero_grad(set_to_none=True)
+        b0 = f.encoder.launch_state.slot_builds
+        nrm = f.normals(x, t, runs=rk)
+        (nrm * r).sum().backward()
+        out.append(nrm.detach().double())
+        grads.append(_grads(f))
+        builds.append(f.encoder.launch_state.slot_builds - b0)
+    ref = copy.deepcopy(fields[1])
+    for p in ref.parameters():
+        p.data = p.data.double()
+        p.grad = None
+    ref.max_level = max_level
+    n64 = _normals64(ref, x.double(), t)
+    (n64 * r.double()).sum().backward()
+    g64 = _grads(ref)
+    res = {
+        "fused_ready": bool(fields[0].fused_normals_ready(x, t, rk)),
+        "plain_ready": bool(fields[1].fused_normals_ready(x, t, rk)),
+        "fused_calls": builds[0],
+        "normal_fused": (out[0] - n64).abs().max().item(),
+        "normal_plain": (out[1] - n64).abs().max().item(),
+        "normal_fused_vs_plain": (out[0] - out[1]).abs().max().item(),
+    }
+    for k, g in g64.items():
+        scale = g.norm().item() + max(v[k].norm().item() for v in grads)
+        res[f"{k}_fused"] = (grads[0][k] - g).norm().item()
+        res[f"{k}_plain"] = (grads[1][k] - g).norm().item()
+        res[f"{k}_scale"] = scale
+    res["b1_norm"] = g64["b1"].norm().item()
+    return res
+
+
+def _render_case() -> dict:
+    """A 2-frame clip through the renderer with the option on and off: images, normals, every gradient."""
+    import copy
+
+    from helpers_grid import field_kwargs
+
+    from animate124.render.cameras import orbit_cameras
+    from animate124.render.renderer import render
+    from animate124.scene.fields import DynamicField
+    from animate124.scene.grid import KernelOptions
+
+    torch.manual_seed(0)
+    opts = KernelOptions(slot_min_points_per_time=1, fused_normals=True)
+    on = DynamicField(_grid_cfg(), time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs())
+    with torch.no_grad():
+        on.encoder.embeddings.uniform_(-1, 1)
+    off = copy.deepcopy(on)
+    off.encoder.kernel_options = KernelOptions(slot_min_points_per_time=1)
+    cams, times = orbit_cameras(2, height=3, width=3), torch.tensor([[0.2, 0.7]])
+    res = {}
+    for name, f in (("on", on), ("off", off)):
+        f.zero_grad(set_to_none=True)
+        b0 = f.encoder.launch_state.slot_builds
+        r = render(
+            f, cams, times, shading="lambertian", ambient=0.3, compute_normals=True, max_steps=12, perturb=True,
+            generator=torch.Generator().manual_seed(0), checkpoint_normals=True, live_normals=True,
+        )  # fmt: skip
+        (r.rgb.mean() + r.orientation.mean() + r.normal.mean()).backward()
+        res[name] = (r.rgb.detach(), r.normal.detach(), {k: v for k, v in _grads(f).items()},
+                     f.encoder.launch_state.slot_builds - b0, r.num_samples)  # fmt: skip
+    a, b = res["on"], res["off"]
+    out = {
+        "rgb_max": (a[0] - b[0]).abs().max().item(),
+        "normal_max": (a[1] - b[1]).abs().max().item(),
+        "builds": [a[3], b[3]],
+        "samples": a[4],
+    }
+    for k in a[2]:
+        out[f"{k}_rel"] = ((a[2][k] - b[2][k]).norm() / b[2][k].norm().clamp_min(1e-30)).item()
+    return out
+
+
+def _interp_checks() -> dict:
+    return {
+        "static": _field_case(False, {"fused_normals": True}),
+        "static_smooth_ml3": _field_case(False, {"fused_normals": True}, "smoothstep", max_level=3),
+        "dynamic_runs": _field_case(True, {"fused_normals": True, "slot_min_points_per_time": 1}, runs=True),
+        "dynamic_sync": _field_case(True, {"fused_normals": True, "slot_min_points_per_time": 1}),
+        "dynamic_no_slots": _field_case(True, {"fused_normals": True}),
+        "render": _render_case(),
+    }
+
+
+@pytest.fixture(scope="module")
+def interp() -> dict:
+    return run_interpreted("test_scene_stencil", timeout=600)
+
+
+FLOOR = 4e-7  # a few fp32 ulps (2^-24 ≈ 6e-8) of the quantity's scale
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["static", "static_smooth_ml3", "dynamic_runs", "dynamic_sync"])
+def test_fused_normals_match_the_plain_path(interp, case):
+    """Normals and every gradient (table, both layers) as close to float64 as today's six evaluations."""
+    r = interp[case]
+    assert r["fused_ready"] and not r["plain_ready"], r
+    assert r["fused_calls"] == 1, r  # the fused kernel ran (one slot build), not the plain evaluations
+    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+    assert r["table_scale"] > 0 and r["w1_scale"] > 0
+
+
+@needs_triton
+def test_fused_normals_fall_back_where_they_do_not_apply(interp):
+    """A clip too small for the slot path (default ``slot_min_points_per_time``) takes the plain path."""
+    r = interp["dynamic_no_slots"]
+    assert not r["fused_ready"] and r["normal_fused_vs_plain"] == 0.0, r
+
+
+@needs_triton
+def test_fused_normals_in_the_renderer(interp):
+    """The assembled render with the option on and off: the same image, normal image and gradients up to
+    the normals' fp32 differences (shading and the orientation term are Lipschitz in n with constant ≤ 1
+    per unit weight), and the fused normals run once per render (no checkpoint recompute)."""
+    r = interp["render"]
+    assert r["samples"] > 0
+    assert r["rgb_max"] <= 1e-5 and r["normal_max"] <= 1e-5, r
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        assert r[f"{k}_rel"] <= 1e-4, (k, r)
+    on, off = r["builds"]
+    assert on == off - 1, r  # off: samples + normals + their recompute; on: samples + one fused call
+
+
+# ---------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_fused_normals_gpu_paper_grid(dynamic):
+    """The paper grid (16 levels, 2^16 tables, 7 levels ignoring z) on CUDA, 2^14 points (a clip of two
+    frames when dynamic): the compiled kernels (vector reductions on sm_90) as close to float64 as the plain
+    fp32 path, with the same criterion as the interpreter tests."""
+    from helpers_grid import paper_grid_config
+
+    opts = {"fused_normals": True, "slot_min_points_per_time": 1}
+    r = _field_case(dynamic, opts, runs=dynamic, device="cuda", cfg=paper_grid_config(), n_points=2**14)
+    assert r["fused_ready"] and r["fused_calls"] == 1, r
+    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
