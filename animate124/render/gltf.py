@@ -10,7 +10,15 @@ Two layouts:
   one frame there are no targets and no animation (a static mesh). The surface colour is a baked
   texture (``TEXCOORD_0`` + a PNG in the file, ``baseColorTexture``) or vertex colours (``COLOR_0``).
   ``mesh.extras.targetNames`` names the targets ``frame_000``… (Blender's importer makes them shape
-  keys of those names).
+  keys of those names). With a :class:`~animate124.render.quantize.PositionGrid` the vertex data are
+  integers (``KHR_mesh_quantization``, listed as used and required; :mod:`animate124.render.quantize`):
+  positions ``SHORT`` and each frame's deltas ``BYTE`` or ``SHORT`` on the grid, normals and their deltas
+  normalised ``BYTE`` (float deltas for a frame whose normals turned too far for the extension's [−1, 1]),
+  every element padded to 4 bytes; a target equal to the base (the base frame's own) is an accessor with
+  no data, which the spec defines as zeros; the grid's translation and uniform scale sit on a leaf node
+  under the named one; the animation's weights are normalised bytes and the indices 16-bit where they fit
+  (both core glTF). A frame then costs 8 B a vertex where its deltas fit bytes, 12 B otherwise, against
+  24 B as floats; the fallback for viewers without the extension is the float layout.
 * :func:`save_flipbook_glb`: one mesh node per frame under a root node; an animation with STEP
   interpolation sets a frame's scale to 1 while it is shown and 0 otherwise (the static scene shows
   frame 0). Every frame has its own topology, so the file grows by a whole mesh per frame.
