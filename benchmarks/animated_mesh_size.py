@@ -81,7 +81,7 @@ def main() -> None:
         print(f"{name}: {[r['bytes'] for r in rows]} B, {growth / 1e3:.1f} kB a frame", file=sys.stderr)
     flip = results["layouts"].get("flipbook")
     if flip:
-        for name, lay in results["layouts"].items():
+        for lay in results["layouts"].values():
             ratio = lay["growth_per_frame_per_triangle_bytes"] / flip["growth_per_frame_per_triangle_bytes"]
             lay["ratio_to_flipbook_at_equal_triangles"] = round(ratio, 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)

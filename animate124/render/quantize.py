@@ -8,10 +8,12 @@ floats that is 24 B a vertex; here it is 8 B where the motion allows, 12 B other
   frame's ``q`` are ``SHORT``; a target holds ``q_k − q_base`` (exact integers, so no error accumulates
   over frames) as ``BYTE`` where every delta of that frame fits ±127, else ``SHORT``. Both are stored
   un-normalised (the extension advises against signed normalised positions, which some platforms decode
-  differently). :func:`position_grid` picks the step: the finest at which the base fits ``int16`` and
-  every delta fits ``int16`` (the floor), raised to the step at which every frame's deltas fit a byte when
-  that stays within ``max_step`` (coarser would lose precision for no gain in size). Every position of
-  the file is then within ``step/2`` of the float one per coordinate, ``(√3/2)·step`` in distance.
+  differently). :func:`position_grid` picks the step: at least the finest at which the base and every
+  delta fit ``int16`` (the floor); above it, ``D/126``, the step at which every frame's displacement fits
+  a byte (``D`` the largest), but never coarser than ``max_step``: a finer step would push frames into
+  shorts, a coarser one loses precision for nothing, and where ``D/126`` passes ``max_step`` the frames
+  that move less than ``126·max_step`` still take bytes. Every position of the file is then within
+  ``step/2`` of the float one per coordinate, ``(√3/2)·step`` in distance.
 * **Normals** are normalised ``BYTE``: the base's unit normals, and per target the delta from the
   *decoded* base normal (so the error of a frame's normal is that of one rounding, not two): at most
   ``0.5/127`` per component, an angle of at most 0.39°. The extension allows a normal delta only in
