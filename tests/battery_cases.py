@@ -498,6 +498,7 @@ def _export_options(add: Callable[[Case], None]) -> None:
         (("--set", "export.fit_iters=1e9"), "export.fit_iters"),
         (("--set", "export.max_faces=99999999999"), "export.max_faces"),
         (("--set", "export.interpolation=cubic"), "cubic"),
+        (("--set", "export.quantize=sometimes"), "export.quantize"),
         (("--set", "export.turntable=5000"), "export.turntable"),
     ):
         snap, same = unchanged()

@@ -122,13 +122,23 @@ def test_no_project_anywhere(app, tmp_path, monkeypatch):
 
 
 def test_export_evaluate_and_report_commands(app, project):
+    import pygltflib
+
     p = str(project.root)
     res = run(app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5")
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "density level" in text and (project.export_dir / "dynamic" / "mesh.glb").is_file()
     assert "one mesh, 2 frames" in text and "texture" in text and "fit error per frame" in text
+    assert "integer vertex data (KHR_mesh_quantization)" in text
     assert "warning" not in text and not (project.export_dir / "dynamic" / "frames").exists()
+    # --no-quantize: the same mesh with float vertex data, for viewers without the extension
+    res = run(
+        app, "export", "-p", p, "--resolution", "24", "--frames", "2", "--decimate", "0.5", "--no-quantize"
+    )
+    assert res.exit_code == 0 and "float vertex data" in " ".join(res.output.split()), res.output
+    doc = pygltflib.GLTF2().load(str(project.export_dir / "dynamic" / "mesh.glb"))
+    assert not doc.extensionsRequired and not doc.extensionsUsed
     # a tolerance only an exact fit meets (the reference frame's own surface): the moving frame is named,
     # with the flipbook as the way out, and the command still succeeds
     res = run(

@@ -21,7 +21,7 @@ from animate124.render.mesh import (
     save_mesh,
     silhouette_threshold,
 )
-from animate124.stages.export import run_export_stage
+from animate124.stages.export import QUANT_STEP_CELLS, run_export_stage
 from animate124.stages.outputs import project_config
 
 
@@ -176,6 +176,10 @@ def test_stage_dynamic_animated_mesh_follows_the_ball(project):
         assert abs(np.linalg.norm(x, axis=1).mean() - _radii(ref).mean()) < 0.25 * 2.0 / 32
     m = res.metrics
     assert m["mode"] == "animated" and m["frames"] == 3 and m["texture"] == "atlas" and m["fit_ok"]
+    # integer vertex data (the default), on a grid of at most export.QUANT_STEP_CELLS of a lattice cell
+    assert m["quantized"] and g["doc"].extensionsRequired == ["KHR_mesh_quantization"]
+    cell = 2.0 * _trained_field(project, "dynamic").bound / 32
+    assert 0 < m["position_step"] <= QUANT_STEP_CELLS * cell * (1 + 1e-6)
     assert len(m["fit_error_max"]) == 3 and max(m["fit_error_max"]) < 0.05 and m["reference_time"] == 0.0
     assert m["glb_bytes"] == (out / "mesh.glb").stat().st_size
     rec = project.stage_record("export")
@@ -246,6 +250,18 @@ def test_stage_static_single_mesh_obj_and_fixed_level(project):
     assert res.metrics["threshold"] == 5.0 and not res.metrics["threshold_auto"]
     assert res.metrics["mode"] == "single" and res.metrics["texture"] == "vertex"
     assert (out / "turntable.png").is_file()
+    # the glb's integer positions (the default) are the obj's to half a grid step; the grid of a still mesh
+    # is the finest that holds it in 16 bits
+    import trimesh
+    from helpers_meshes import read_glb
+
+    step = res.metrics["position_step"]
+    obj = trimesh.load(out / "mesh.obj", process=False)
+    g = read_glb(out / "mesh.glb")
+    assert res.metrics["quantized"] and g["doc"].extensionsRequired == ["KHR_mesh_quantization"]
+    assert step <= float(np.abs(obj.vertices - obj.bounds.mean(axis=0)).max()) / 32766 * (1 + 1e-6)
+    assert g["positions"].shape == obj.vertices.shape
+    assert np.abs(g["positions"] - obj.vertices).max() <= step / 2 + 1e-6
 
 
 def test_max_faces_caps_the_mesh(project):

@@ -237,6 +237,7 @@ PAPER: dict[str, tuple[object, str]] = {
     "export.reference_time": (0.0, "impl"),
     "export.fit_iters": (100, "impl"),
     "export.fit_tolerance": (0.05, "impl"),
+    "export.quantize": (True, "impl"),
     "export.interpolation": ("linear", "impl"),
     "export.turntable": (192, "impl"),
     "export.silhouette_views": (8, "impl"),

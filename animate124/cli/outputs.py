@@ -225,6 +225,15 @@ def export(
             show_default=False,
         ),
     ] = None,
+    quantize: Annotated[
+        bool | None,
+        flag(
+            "--quantize/--no-quantize",
+            help="The .glb mesh's vertex data as 16/8-bit integers (KHR_mesh_quantization, the default), "
+            "or 32-bit floats for viewers without that extension.",
+            show_default=False,
+        ),
+    ] = None,
     format_: Annotated[
         str | None,
         typer.Option("--format", help="Mesh files beside the .glb: ply or obj.", show_default=False),
@@ -255,6 +264,7 @@ def export(
     _put(opts, "export", "decimate", decimate)
     _put(opts, "export", "max_faces", max_faces)
     _put(opts, "export", "texture", texture)
+    _put(opts, "export", "quantize", quantize)
     _put(opts, "export", "format", format_)
     _put(opts, "export", "fps", fps)
     proj, src = _source(s, project, stage)
@@ -286,8 +296,10 @@ def _say_export(s: Session, m: dict[str, Any]) -> None:
         return
     colour = f"{m['texture_size']}² texture" if m.get("texture") == "atlas" else "vertex colours"
     what = f"one mesh, {m['frames']} frames" if m.get("mode") == "animated" else "one mesh"
+    data = "integer vertex data (KHR_mesh_quantization)" if m.get("quantized") else "float vertex data"
     s.say(
-        f"    {what}, {m['vertices']} vertices / {m['faces']} triangles, {colour}, {level}, {closed} ({size})"
+        f"    {what}, {m['vertices']} vertices / {m['faces']} triangles, {colour}, {data}, {level}, {closed} "
+        f"({size})"
     )
     if m.get("mode") != "animated":
         return

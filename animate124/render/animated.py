@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from animate124.render.quantize import PositionGrid, position_grid
 from animate124.render.tracking import FitSettings
 
 __all__ = ["AnimatedFit", "MeshSurface", "fit_animated_mesh", "surface_colour", "save_mesh_glb", "compact"]
@@ -28,7 +29,8 @@ __all__ = ["AnimatedFit", "MeshSurface", "fit_animated_mesh", "surface_colour", 
 class AnimatedFit:
     """The fitted mesh: ``positions [N,V,3]`` of ``faces [F,3]`` at ``times``; ``ref`` the reference frame;
     ``errors[k]`` = ``{"mean", "p95", "max"}`` distances to frame k's surface over ``size`` (the diagonal
-    of the reference frame's bounding box)."""
+    of the reference frame's bounding box). ``grid``: the integer grid the positions were snapped to
+    (they are then the file's positions and the errors are theirs), or None (float positions)."""
 
     times: list[float]
     ref: int
@@ -36,6 +38,7 @@ class AnimatedFit:
     faces: np.ndarray
     errors: list[dict[str, float]]
     size: float
+    grid: PositionGrid | None = None
 
     def frames_over(self, tolerance: float) -> list[int]:
         """Frames whose largest distance passes ``tolerance`` (a fraction of the object's size)."""
@@ -77,11 +80,16 @@ def fit_animated_mesh(
     keep: float = 1.0,
     max_faces: int = 0,
     settings: FitSettings = FitSettings(),
+    quantize_step: float | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> AnimatedFit:
     """The mesh of the frame nearest ``reference_time`` (decimated: ``keep``, ``max_faces``), fitted to the
-    surface ``σ(x, t) = level`` at each of ``times`` (module docstring). ``progress(phase, done, total)``."""
+    surface ``σ(x, t) = level`` at each of ``times`` (module docstring). ``progress(phase, done, total)``.
+
+    ``quantize_step``: snap the fitted positions to the integer grid of the glb (at most this step,
+    :func:`animate124.render.quantize.position_grid`) before the fit errors are measured, so the errors are
+    those of the file's vertices; None keeps float positions."""
     from animate124.render.mesh import decimate, density_volume, marching_cubes
     from animate124.render.tracking import fit_errors, track_mesh
 
@@ -105,9 +113,13 @@ def fit_animated_mesh(
             device=device,
             progress=None if progress is None else (lambda d, n: progress("fit", d, n)),
         )
+    grid = None
+    if quantize_step is not None:
+        grid = position_grid(positions, ref, quantize_step)
+        positions = grid.snap(positions)
     size = float(np.linalg.norm(positions[ref].max(axis=0) - positions[ref].min(axis=0)))
     errors = [fit_errors(positions[k], rf, targets[k], size) for k in range(len(times))]
-    return AnimatedFit(times, ref, positions, rf, errors, size)
+    return AnimatedFit(times, ref, positions, rf, errors, size, grid)
 
 
 @torch.no_grad()
@@ -143,8 +155,10 @@ def save_mesh_glb(
     fps: float = 8.0,
     interpolation: str = "LINEAR",
     name: str = "animate124",
+    grid: PositionGrid | None = None,
 ) -> Path:
-    """A ``.glb`` of one mesh at N frames (``positions [N,V,3]``; N = 1: a still mesh) with its colour."""
+    """A ``.glb`` of one mesh at N frames (``positions [N,V,3]``; N = 1: a still mesh) with its colour;
+    ``grid``: integer vertex data on that grid (``KHR_mesh_quantization``), None: floats."""
     from animate124.render.gltf import AnimatedMesh, save_animated_glb
     from animate124.render.mesh import vertex_normals
     from animate124.render.texture import png_bytes
@@ -163,4 +177,4 @@ def save_mesh_glb(
         colors=surface.colors,
         times=times,
     )
-    return save_animated_glb(path, anim, fps=fps, interpolation=interpolation, name=name)
+    return save_animated_glb(path, anim, fps=fps, interpolation=interpolation, name=name, grid=grid)

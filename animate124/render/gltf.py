@@ -10,7 +10,15 @@ Two layouts:
   one frame there are no targets and no animation (a static mesh). The surface colour is a baked
   texture (``TEXCOORD_0`` + a PNG in the file, ``baseColorTexture``) or vertex colours (``COLOR_0``).
   ``mesh.extras.targetNames`` names the targets ``frame_000``… (Blender's importer makes them shape
-  keys of those names).
+  keys of those names). With a :class:`~animate124.render.quantize.PositionGrid` the vertex data are
+  integers (``KHR_mesh_quantization``, listed as used and required; :mod:`animate124.render.quantize`):
+  positions ``SHORT`` and each frame's deltas ``BYTE`` or ``SHORT`` on the grid, normals and their deltas
+  normalised ``BYTE`` (float deltas for a frame whose normals turned too far for the extension's [−1, 1]),
+  every element padded to 4 bytes; a target equal to the base (the base frame's own) is an accessor with
+  no data, which the spec defines as zeros; the grid's translation and uniform scale sit on a leaf node
+  under the named one; the animation's weights are normalised bytes and the indices 16-bit where they fit
+  (both core glTF). A frame then costs 8 B a vertex where its deltas fit bytes, 12 B otherwise, against
+  24 B as floats; the fallback for viewers without the extension is the float layout.
 * :func:`save_flipbook_glb`: one mesh node per frame under a root node; an animation with STEP
   interpolation sets a frame's scale to 1 while it is shown and 0 otherwise (the static scene shows
   frame 0). Every frame has its own topology, so the file grows by a whole mesh per frame.
@@ -31,8 +39,12 @@ from typing import Any
 import numpy as np
 
 from animate124.fileio import atomic_path
+from animate124.render.quantize import PositionGrid, decode_byte, quantize_delta, quantize_unit
 
-__all__ = ["AnimatedMesh", "save_animated_glb", "save_flipbook_glb", "srgb_to_linear"]
+__all__ = ["QUANTIZATION", "AnimatedMesh", "save_animated_glb", "save_flipbook_glb", "srgb_to_linear"]
+
+#: The glTF extension of the integer vertex data (listed as used and required where written).
+QUANTIZATION = "KHR_mesh_quantization"
 
 
 @dataclass
@@ -72,11 +84,13 @@ class _Builder:
         self.views: list[Any] = []
         self.accessors: list[Any] = []
 
-    def view(self, data: bytes, target: int | None = None) -> int:
+    def view(self, data: bytes, target: int | None = None, stride: int | None = None) -> int:
         while len(self.blob) % 4:
             self.blob.append(0)
         self.views.append(
-            self.gl.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data), target=target)
+            self.gl.BufferView(
+                buffer=0, byteOffset=len(self.blob), byteLength=len(data), target=target, byteStride=stride
+            )
         )
         self.blob.extend(data)
         return len(self.views) - 1
@@ -106,6 +120,27 @@ class _Builder:
         self.accessors.append(acc)
         return len(self.accessors) - 1
 
+    def int_vec3(self, arr: np.ndarray, *, normalized: bool = False, minmax: bool = False) -> int:
+        """A ``VEC3`` vertex attribute of int8 or int16 ``arr [V,3]``, each element padded to 4 bytes (the
+        spec's alignment of vertex attributes: stride 4 for bytes, 8 for shorts). All zeros: an accessor
+        with no buffer view, which the spec defines as zeros (a frame equal to the base costs nothing)."""
+        gl = self.gl
+        comp = {np.dtype(np.int8): gl.BYTE, np.dtype(np.int16): gl.SHORT}[arr.dtype]
+        acc = gl.Accessor(
+            componentType=comp, count=int(arr.shape[0]), type=gl.VEC3, normalized=normalized or None
+        )
+        if not arr.any():
+            acc.byteOffset = None  # no buffer view, no offset (the spec makes one depend on the other)
+        else:
+            padded = np.zeros((arr.shape[0], 4), arr.dtype)
+            padded[:, :3] = arr
+            acc.bufferView = self.view(padded.tobytes(), gl.ARRAY_BUFFER, stride=4 * arr.dtype.itemsize)
+        if minmax:
+            acc.min = [float(x) for x in arr.min(axis=0)] if len(arr) else [0.0] * 3
+            acc.max = [float(x) for x in arr.max(axis=0)] if len(arr) else [0.0] * 3
+        self.accessors.append(acc)
+        return len(self.accessors) - 1
+
     def vec3(self, arr: np.ndarray, minmax: bool = False) -> int:
         gl = self.gl
         return self.accessor(arr.astype(np.float32), gl.FLOAT, gl.VEC3, gl.ARRAY_BUFFER, minmax=minmax)
@@ -118,8 +153,14 @@ class _Builder:
         q = np.round(rgba * 65535.0).astype(np.uint16)
         return self.accessor(q, gl.UNSIGNED_SHORT, gl.VEC4, gl.ARRAY_BUFFER, normalized=True)
 
-    def indices(self, faces: np.ndarray) -> int:
+    def indices(self, faces: np.ndarray, compact: bool = False) -> int:
+        """Triangle indices: uint32, or with ``compact`` uint16 where every index is below 65535 (that
+        value is the primitive-restart index, which the spec forbids in a triangle list)."""
         gl = self.gl
+        if compact and (faces.size == 0 or int(faces.max()) < 65535):
+            return self.accessor(
+                faces.astype(np.uint16).reshape(-1), gl.UNSIGNED_SHORT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER
+            )
         flat = faces.astype(np.uint32).reshape(-1)
         return self.accessor(flat, gl.UNSIGNED_INT, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)
 
@@ -162,6 +203,45 @@ def _key_times(n: int, fps: float) -> np.ndarray:
     return np.arange(n + 1, dtype=np.float32) / float(fps)
 
 
+def _float_geometry(b: _Builder, pos: np.ndarray, nrm: np.ndarray, base: int) -> tuple[int, int, list[Any]]:
+    """Float32 base POSITION/NORMAL and per-frame deltas: ``(position, normal, targets)``."""
+    gl = b.gl
+    base_pos = pos[base].astype(np.float32)
+    base_nrm = _unit(nrm[base])
+    targets = []
+    if len(pos) > 1:
+        for k in range(len(pos)):
+            dp = (pos[k].astype(np.float64) - base_pos).astype(np.float32)
+            dn = (_unit(nrm[k]).astype(np.float64) - base_nrm).astype(np.float32)
+            targets.append(gl.Attributes(POSITION=b.vec3(dp, minmax=True), NORMAL=b.vec3(dn)))
+    return b.vec3(base_pos, minmax=True), b.vec3(base_nrm), targets
+
+
+def _quantized_geometry(
+    b: _Builder, pos: np.ndarray, nrm: np.ndarray, base: int, grid: PositionGrid
+) -> tuple[int, int, list[Any]]:
+    """Integer base POSITION/NORMAL and per-frame deltas (:mod:`animate124.render.quantize`)."""
+    from animate124.render.mesh import MeshError
+
+    q = grid.encode(pos)  # [N,V,3]
+    qb = q[base]
+    if np.abs(qb).max(initial=0) > 32767 or np.abs(q - qb).max(initial=0) > 32767:
+        raise MeshError("the positions do not fit the quantisation grid's 16 bits")
+    nb = quantize_unit(_unit(nrm[base]))
+    nb_decoded = decode_byte(nb)
+    targets = []
+    if len(pos) > 1:
+        for k in range(len(pos)):
+            dq = q[k] - qb
+            small = np.abs(dq).max(initial=0) <= 127
+            p_acc = b.int_vec3(dq.astype(np.int8 if small else np.int16), minmax=True)
+            dn = _unit(nrm[k]).astype(np.float64) - nb_decoded
+            dn_q = quantize_delta(dn)
+            n_acc = b.vec3(dn) if dn_q is None else b.int_vec3(dn_q, normalized=True)
+            targets.append(b.gl.Attributes(POSITION=p_acc, NORMAL=n_acc))
+    return b.int_vec3(qb.astype(np.int16), minmax=True), b.int_vec3(nb, normalized=True), targets
+
+
 def save_animated_glb(
     path: Path,
     mesh: AnimatedMesh,
@@ -169,8 +249,12 @@ def save_animated_glb(
     fps: float = 8.0,
     interpolation: str = "LINEAR",
     name: str = "animate124",
+    grid: PositionGrid | None = None,
 ) -> Path:
-    """One mesh with one morph target per frame and an animation of its weights (module docstring)."""
+    """One mesh with one morph target per frame and an animation of its weights (module docstring).
+
+    ``grid``: store the vertex data as integers on it (``KHR_mesh_quantization``; the positions written are
+    ``grid.snap(positions)``); None: 32-bit floats, for viewers without the extension."""
     from animate124.render.mesh import MeshError
 
     b = _Builder()
@@ -184,9 +268,11 @@ def save_animated_glb(
         raise MeshError(f"interpolation {interpolation!r} is not LINEAR or STEP")
     n = pos.shape[0]
     base = int(mesh.base)
-    base_pos = pos[base].astype(np.float32)
-    base_nrm = _unit(nrm[base])
-    attrs = gl.Attributes(POSITION=b.vec3(base_pos, minmax=True), NORMAL=b.vec3(base_nrm))
+    if grid is None:
+        p_acc, n_acc, targets = _float_geometry(b, pos, nrm, base)
+    else:
+        p_acc, n_acc, targets = _quantized_geometry(b, pos, nrm, base, grid)
+    attrs = gl.Attributes(POSITION=p_acc, NORMAL=n_acc)
     textures: list[Any] = []
     images: list[Any] = []
     samplers: list[Any] = []
@@ -205,44 +291,55 @@ def save_animated_glb(
         textures.append(gl.Texture(source=0, sampler=0))
     elif mesh.colors is not None:
         attrs.COLOR_0 = b.colors(mesh.colors)
-    targets = []
-    if n > 1:
-        for k in range(n):
-            dp = (pos[k].astype(np.float64) - base_pos).astype(np.float32)
-            dn = (_unit(nrm[k]).astype(np.float64) - base_nrm).astype(np.float32)
-            targets.append(gl.Attributes(POSITION=b.vec3(dp, minmax=True), NORMAL=b.vec3(dn)))
-    prim = gl.Primitive(attributes=attrs, indices=b.indices(faces), material=0, targets=targets or None)
+    indices = b.indices(faces, compact=grid is not None)
+    prim = gl.Primitive(attributes=attrs, indices=indices, material=0, targets=targets or None)
     extras: dict[str, Any] = {"frames": n, "base_frame": base}
     if n > 1:
         extras["targetNames"] = [f"frame_{k:03d}" for k in range(n)]
     if mesh.times is not None:
         extras["times"] = [float(t) for t in mesh.times]
+    if grid is not None:
+        extras["position_step"] = grid.step
     gmesh = gl.Mesh(name=name, primitives=[prim], extras=extras)
     if n > 1:
         gmesh.weights = [1.0 if k == base else 0.0 for k in range(n)]
+    if grid is None:
+        nodes = [gl.Node(name=name, mesh=0)]
+    else:  # the decoding transform on a leaf node, so the named node moves the object as users expect
+        leaf = gl.Node(name=f"{name}-mesh", mesh=0, translation=list(grid.origin), scale=[grid.step] * 3)
+        nodes = [gl.Node(name=name, children=[1]), leaf]
     animations = []
     if n > 1:
         keys = _key_times(n, fps)
         w = np.zeros((n + 1, n), np.float32)
         w[np.arange(n), np.arange(n)] = 1.0
         w[n, n - 1] = 1.0
+        if grid is None:
+            out = b.accessor(w.reshape(-1), gl.FLOAT, gl.SCALAR)
+        else:  # weights are 0 or 1: exact as normalised bytes (core glTF allows them for weights)
+            out = b.accessor(
+                w.reshape(-1).astype(np.uint8) * 255, gl.UNSIGNED_BYTE, gl.SCALAR, normalized=True
+            )
         sampler = gl.AnimationSampler(
-            input=b.accessor(keys, gl.FLOAT, gl.SCALAR, minmax=True),
-            output=b.accessor(w.reshape(-1), gl.FLOAT, gl.SCALAR),
-            interpolation=interpolation,
+            input=b.accessor(keys, gl.FLOAT, gl.SCALAR, minmax=True), output=out, interpolation=interpolation
         )
-        channel = gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(node=0, path="weights"))
+        target = gl.AnimationChannelTarget(node=len(nodes) - 1, path="weights")
+        channel = gl.AnimationChannel(sampler=0, target=target)
         animations.append(gl.Animation(name="motion", samplers=[sampler], channels=[channel]))
+    doc: dict[str, Any] = {}
+    if grid is not None:
+        doc = {"extensionsUsed": [QUANTIZATION], "extensionsRequired": [QUANTIZATION]}
     return b.save(
         path,
         scenes=[gl.Scene(nodes=[0])],
-        nodes=[gl.Node(name=name, mesh=0)],
+        nodes=nodes,
         meshes=[gmesh],
         materials=[_material(gl, 0 if textures else None)],
         textures=textures,
         images=images,
         samplers=samplers,
         animations=animations,
+        **doc,
     )
 
 

@@ -39,6 +39,17 @@ EXPORT_STAGE = OutputStage("export", ("export", "raymarch"))
 #: Views in each row of ``turntable.png``.
 TURNTABLE_VIEWS = 8
 
+#: ``export.quantize``: the position grid of the glb is at most this fraction of a marching-cubes cell
+#: (the resolution the surface is known to): its error, at most √3/2 of a step, is then under 1.4 % of a
+#: cell, a tenth or less of the fit error (BENCHMARKS.md §11); coarser, up to it, where that lets every
+#: frame's displacements fit a byte (:mod:`animate124.render.quantize`).
+QUANT_STEP_CELLS = 1 / 64
+
+
+def quantize_step(e: ExportConfig, bound: float) -> float | None:
+    """The largest grid step of the glb's positions (world units), or None for float vertex data."""
+    return QUANT_STEP_CELLS * 2.0 * float(bound) / e.resolution if e.quantize else None
+
 
 def _density_level(field: Any, occ: Any, cfg: Config, dynamic: bool, device: Any) -> float:
     """``export.threshold``, or the level whose silhouette matches the renders' (module docstring)."""
@@ -242,6 +253,7 @@ def _one_mesh(
     from animate124.engine.progress import rich_progress
     from animate124.render.animated import fit_animated_mesh, save_mesh_glb, surface_colour
     from animate124.render.mesh import Mesh, extract_mesh, mesh_stats, save_mesh
+    from animate124.render.quantize import position_grid
     from animate124.render.tracking import FitSettings
 
     e = cfg.export
@@ -260,16 +272,21 @@ def _one_mesh(
                 keep=e.decimate,
                 max_faces=e.max_faces,
                 settings=FitSettings(iters=e.fit_iters),
+                quantize_step=quantize_step(e, field.bound),
                 device=device,
                 progress=lambda phase, d, n: prog(d + (n if phase == "fit" else 0), 2 * n, {}),
             )
-        positions, faces, ref, times = fit.positions, fit.faces, fit.ref, fit.times
+        positions, faces, ref, times, grid = fit.positions, fit.faces, fit.ref, fit.times, fit.grid
         t_ref: float | None = times[ref]
     else:
         m = extract_mesh(
             field, level, resolution=e.resolution, occupancy=occ, keep=e.decimate, max_faces=e.max_faces
         )
         positions, faces, ref, times, t_ref = m.vertices[None], m.faces, 0, None, None
+        step = quantize_step(e, field.bound)
+        grid = None if step is None else position_grid(positions, 0, step)
+        if grid is not None:
+            positions = grid.snap(positions)
         mesh_file = save_mesh(out_dir / f"mesh.{e.format}", m)
         outputs[relative(project, mesh_file)] = {"kind": "mesh", "stage": src}
     surf = surface_colour(field, positions[ref], faces, t=t_ref, mode=e.texture, texture_size=e.texture_size)
@@ -283,6 +300,7 @@ def _one_mesh(
         fps=e.fps,
         interpolation=e.interpolation.upper(),
         name=f"animate124-{src}",
+        grid=grid,
     )
     n = len(positions)
     metrics.update(
@@ -294,12 +312,15 @@ def _one_mesh(
             "faces_mean": int(len(faces)),
             "watertight": mesh_stats(Mesh(positions[ref], faces))["watertight"],
             "texture": e.texture,
+            "quantized": grid is not None,
             "glb": relative(project, glb),
             "glb_bytes": glb.stat().st_size,
         }
     )
     if e.texture == "atlas":
         metrics["texture_size"] = e.texture_size
+    if grid is not None:
+        metrics["position_step"] = grid.step
     outputs[relative(project, glb)] = {
         "kind": "animated_glb" if dynamic else "glb",
         "frames": n,
