@@ -45,3 +45,34 @@ def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
     return json.loads(line[2:])
+
+
+def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, num_warps: int = 4):
+    """``fn`` (a ``@triton.jit`` kernel) lowered to an sm_90 cubin by Triton's own compiler, without a GPU:
+    a kernel that the CPU interpreter runs but the GPU compiler rejects fails here. ``types`` gives an
+    argument's Triton type (``*fp32``, ``i32``, ``fp32``, ...); the rest: ``*_ptr`` -> ``*fp32``, the others
+    ``i32``. Skips where this Triton has no NVIDIA backend."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not importable")
+    import triton
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:  # pragma: no cover - another Triton layout
+        pytest.skip("this Triton has no ASTSource / GPUTarget")
+    types = types or {}
+    sig = {
+        a: "constexpr" if a in constexprs else types.get(a, "*fp32" if a.endswith("_ptr") else "i32")
+        for a in fn.arg_names
+    }
+    try:
+        return triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=dict(constexprs)),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": num_warps},
+        )
+    except RuntimeError as exc:  # pragma: no cover - no NVIDIA backend / ptxas in this install
+        if "backend" in str(exc).lower() or "ptxas" in str(exc).lower():
+            pytest.skip(f"Triton cannot compile for CUDA here: {exc}")
+        raise

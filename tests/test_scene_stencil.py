@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_triton import needs_cuda, needs_triton, run_interpreted
+from helpers_triton import compile_for_sm90, needs_cuda, needs_triton, run_interpreted
 
 N_POINTS = 32
 
@@ -275,3 +275,27 @@ def test_fused_normals_gpu_paper_grid(dynamic):
     assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
     for k in ("table", "w1", "b1", "w2", "b2"):
         assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+
+
+@needs_triton
+@pytest.mark.parametrize("smooth", [False, True])
+def test_fused_normals_kernels_compile_for_sm90_without_a_gpu(smooth):
+    """The forward and backward stencil kernels at the paper field's shapes (hidden 64, 16 levels × 2
+    features) lower to sm_90 cubins (only the interpreter runs them on the CPU), the backward with its
+    16-byte reduction (inline PTX)."""
+    from animate124.scene.grid import stencil
+    from animate124.scene.grid import stencil_kernels as SK
+
+    floats = {a: "fp32" for a in ("eps", "bound", "two_bound", "blob_a", "blob_k")}
+    ints = {a: "*i32" for a in ("stride_ptr", "wmask_ptr", "start_ptr")}
+    types = {**floats, **ints, "slot_ptr": "*i64"}
+    common = {"BLOCK": stencil.BLOCK, "H": 64, "F": 32, "SMOOTH": smooth}
+    fwd = compile_for_sm90(SK._stencil_fwd_kernel, common, types, stencil.WARPS)
+    bwd = compile_for_sm90(
+        SK._stencil_bwd_kernel,
+        {**common, "FP2": 32, "USE_ASM": True, "ASM": SK.RED4_ASM},
+        types,
+        stencil.WARPS,
+    )
+    assert "cubin" in fwd.asm and "cubin" in bwd.asm
+    assert "red.global.add.v4.f32" in bwd.asm["ptx"]

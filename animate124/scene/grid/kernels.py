@@ -83,6 +83,17 @@ if HAS_TRITON:
         return idx, w
 
     @triton.jit  # pragma: no cover - jit
+    def _cell(u, scale, SMOOTH: tl.constexpr):
+        """Floor cell (int32) and interpolation fraction along one axis of a level (``smoothstep``'d when
+        ``SMOOTH``) for a unit coordinate ``u``: upstream's ``pos = u·scale + 0.5``."""
+        p = u * scale + 0.5
+        g = tl.floor(p)
+        f = p - g
+        if SMOOTH:
+            f = f * f * (3.0 - 2.0 * f)
+        return g.to(tl.int32), f
+
+    @triton.jit  # pragma: no cover - jit
     def _setup(
         u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, time_max,
         grid_entries, HAS_TIME: tl.constexpr, SMOOTH: tl.constexpr,
@@ -99,22 +110,9 @@ if HAS_TRITON:
         wmask = tl.load(wmask_ptr + lvl)
         start = tl.load(start_ptr + lvl)
         hashed = tl.load(hashed_ptr + lvl)
-        p0 = u0 * scale + 0.5
-        p1 = u1 * scale + 0.5
-        p2 = u2 * scale + 0.5
-        g0 = tl.floor(p0)
-        g1 = tl.floor(p1)
-        g2 = tl.floor(p2)
-        f0 = p0 - g0
-        f1 = p1 - g1
-        f2 = p2 - g2
-        if SMOOTH:
-            f0 = f0 * f0 * (3.0 - 2.0 * f0)
-            f1 = f1 * f1 * (3.0 - 2.0 * f1)
-            f2 = f2 * f2 * (3.0 - 2.0 * f2)
-        i0 = g0.to(tl.int32)
-        i1 = g1.to(tl.int32)
-        i2 = g2.to(tl.int32)
+        i0, f0 = _cell(u0, scale, SMOOTH)
+        i1, f1 = _cell(u1, scale, SMOOTH)
+        i2, f2 = _cell(u2, scale, SMOOTH)
         if HAS_TIME:
             tt = tl.load(t_ptr + rows, mask=rmask, other=0.0)
             gt = tt * time_max

@@ -64,23 +64,12 @@ if K.HAS_TRITON:
         s2 = tl.load(stride_ptr + lvl * 3 + 2)
         wmask = tl.load(wmask_ptr + lvl)
         start = tl.load(start_ptr + lvl)
-        p0 = u0 * scale + 0.5
-        p1 = u1 * scale + 0.5
-        p2 = u2 * scale + 0.5
-        g0 = tl.floor(p0)
-        g1 = tl.floor(p1)
-        g2 = tl.floor(p2)
-        f0 = p0 - g0
-        f1 = p1 - g1
-        f2 = p2 - g2
-        if SMOOTH:
-            f0 = f0 * f0 * (3.0 - 2.0 * f0)
-            f1 = f1 * f1 * (3.0 - 2.0 * f1)
-            f2 = f2 * f2 * (3.0 - 2.0 * f2)
-        i0 = g0.to(tl.int32)
+        i0, f0 = K._cell(u0, scale, SMOOTH)
+        i1, f1 = K._cell(u1, scale, SMOOTH)
+        i2, f2 = K._cell(u2, scale, SMOOTH)
         zkeep = (i0 * 0 + s2) != 0  # per lane; False: the level's index ignores z
         f2 = tl.where(zkeep, f2, 0.0)
-        return i0, g1.to(tl.int32), g2.to(tl.int32), f0, f1, f2, s1, s2, wmask, start, zkeep
+        return i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep
 
     @triton.jit  # pragma: no cover - jit
     def _level_features(

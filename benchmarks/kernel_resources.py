@@ -1,0 +1,107 @@
+"""Registers and spills of the NeRF side's Triton kernels on sm_90, without a GPU (issue 26).
+
+Each kernel is lowered by Triton's own compiler for an H100/H200 (``tests/helpers_triton.compile_for_sm90``)
+and its PTX assembled by the ``ptxas`` Triton ships, whose ``-v`` report gives registers per thread and spill
+bytes. Registers bound occupancy (65,536 per SM: a 128-thread program at 255 registers leaves room for two
+programs per SM); spills are local-memory traffic inside the kernel. This is what can be known before a GPU
+runs the kernel: it says where a kernel will struggle, not how fast it is.
+
+    python benchmarks/kernel_resources.py [--json benchmarks/results/kernel_resources.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+FLOATS = ("eps", "bound", "two_bound", "blob_a", "blob_k", "time_max")
+INTS = ("stride_ptr", "wmask_ptr", "start_ptr", "hashed_ptr")
+
+
+def kernels() -> list[tuple[str, object, dict, int]]:
+    """(name, kernel, constexprs, warps) at the paper field's shapes and the launches' settings."""
+    from animate124.scene.grid import KernelOptions, stencil
+    from animate124.scene.grid import kernels as K
+    from animate124.scene.grid import stencil_kernels as SK
+
+    o = KernelOptions()
+    mlp = {"BLOCK": stencil.BLOCK, "H": 64, "F": 32, "SMOOTH": False}
+    return [
+        ("grid forward (plain)", K._grid_fwd_kernel, {"C": 2, "BLOCK": o.fwd_block, "HAS_TIME": True,
+                                                      "SMOOTH": False}, o.fwd_warps),
+        ("grid forward (clip slots, pair table)", K._grid_fwd_pair_kernel, {
+            "BLOCK": o.pair_fwd_block, "HAS_TIME": True, "SMOOTH": False, "QUAD": False}, o.pair_fwd_warps),
+        ("grid backward (pairs, 16-byte reductions)", K._grid_bwd_kernel, {
+            "C": 2, "BLOCK": o.pair_bwd_block, "HAS_TIME": True, "SMOOTH": False, "VEC2": True, "ASM": K.VEC2_ASM,
+            "PAIR": True, "ASM4": K.PAIR_ASM}, o.pair_bwd_warps),
+        ("fused normals forward (stencil)", SK._stencil_fwd_kernel, mlp, stencil.WARPS),
+        ("fused normals backward (stencil)", SK._stencil_bwd_kernel, {**mlp, "FP2": 32, "USE_ASM": True,
+                                                                      "ASM": SK.RED4_ASM}, stencil.WARPS),
+    ]  # fmt: skip
+
+
+def ptxas_report(ptx: str) -> dict[str, int]:
+    """``ptxas -v`` of ``ptx`` for sm_90a: registers, stack frame and spill bytes per thread."""
+    import triton
+
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    version = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
+    # Triton emits the PTX version of its newest ptxas (named ptxas-blackwell in this wheel) when it has one
+    candidates = [bindir / "ptxas-blackwell", bindir / "ptxas"]
+    errors = []
+    for exe in (c for c in candidates if c.exists()):
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d, "k.ptx")
+            src.write_text(ptx)
+            r = subprocess.run(
+                [str(exe), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(d, "k.o"))],
+                capture_output=True, text=True,
+            )  # fmt: skip
+        if r.returncode == 0:
+            return {
+                key: int(m.group(1)) if (m := re.search(pat, r.stderr)) else 0
+                for key, pat in (
+                    ("registers", r"Used (\d+) registers"),
+                    ("stack_bytes", r"(\d+) bytes stack frame"),
+                    ("spill_store_bytes", r"(\d+) bytes spill stores"),
+                    ("spill_load_bytes", r"(\d+) bytes spill loads"),
+                )
+            }
+        errors.append(f"{exe.name}: {r.stderr.strip()[-200:]}")
+    raise RuntimeError(f"no ptxas here assembles PTX {version.group(0) if version else '?'}: {errors}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, help="write the table here")
+    a = ap.parse_args(argv)
+    from helpers_triton import compile_for_sm90
+
+    types = {**{f: "fp32" for f in FLOATS}, **{i: "*i32" for i in INTS}, "slot_ptr": "*i64"}
+    rows = []
+    for name, fn, ce, warps in kernels():
+        k = compile_for_sm90(fn, ce, types, warps)
+        rep = ptxas_report(k.asm["ptx"])
+        threads = 32 * warps
+        programs_per_sm = min(32, 65536 // (threads * max(rep["registers"], 1)))  # the register file alone
+        rows.append({"kernel": name, "warps": warps, **rep, "programs_per_sm_by_registers": programs_per_sm})
+        print(
+            f"{name:44s} {warps} warps  {rep['registers']:3d} registers  spills {rep['spill_store_bytes']:4d} B "
+            f"stored / {rep['spill_load_bytes']:4d} B loaded  {programs_per_sm} programs/SM by registers"
+        )
+    out = {"target": "sm_90a (H100/H200)", "triton": __import__("triton").__version__, "kernels": rows}
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
