@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from helpers_triton import needs_cuda, needs_triton, run_interpreted
+from helpers_triton import compile_for_sm90, needs_cuda, needs_triton, run_interpreted
 
 
 def _compare(enc_ref, enc_tr, x, t=None, max_level=None) -> dict:
@@ -545,3 +545,43 @@ def test_triton_gpu_fused_time_tv_matches_per_slice_form():
     assert losses[0] == losses[1]
     rel = ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
     assert rel <= 1e-5, rel
+
+
+@needs_triton
+@pytest.mark.parametrize("smooth", [False, True])
+def test_grid_kernels_compile_for_sm90_without_a_gpu(smooth):
+    """The grid encoder's forward and backward kernels, as the launches set them up for a clip (time grids,
+    pair tables, the 8- and 16-byte reductions' inline PTX), lower to sm_90 cubins."""
+    from animate124.scene.grid import KernelOptions
+    from animate124.scene.grid import kernels as K
+
+    o = KernelOptions()
+    types = {
+        "time_max": "fp32",
+        **{p: "*i32" for p in ("stride_ptr", "wmask_ptr", "start_ptr", "hashed_ptr")},
+    }
+    time = {"HAS_TIME": True, "SMOOTH": smooth}
+    built = [
+        compile_for_sm90(K._grid_fwd_kernel, {"C": 2, "BLOCK": o.fwd_block, **time}, types, o.fwd_warps),
+        compile_for_sm90(
+            K._grid_fwd_pair_kernel,
+            {"BLOCK": o.pair_fwd_block, "QUAD": False, **time},
+            types,
+            o.pair_fwd_warps,
+        ),
+        compile_for_sm90(
+            K._grid_bwd_kernel,
+            {
+                "C": 2,
+                "BLOCK": o.pair_bwd_block,
+                "VEC2": True,
+                "ASM": K.VEC2_ASM,
+                "PAIR": True,
+                "ASM4": K.PAIR_ASM,
+                **time,
+            },
+            types,
+            o.pair_bwd_warps,
+        ),  # fmt: skip
+    ]
+    assert all("cubin" in k.asm for k in built)
