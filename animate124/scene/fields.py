@@ -31,7 +31,8 @@ from animate124.scene.grid import (
     broadcast_time,
     make_grid_encoding,
     resolve_backend,
-    stencil,
+    stencil_normals,
+    stencil_supported,
 )
 from animate124.scene.timeruns import TimeRuns
 
@@ -158,7 +159,7 @@ class RadianceField(nn.Module):
         return self._stencil_plan(x, t, runs) is not None
 
     def _stencil_plan(self, x: Tensor, t: Tensor | None, runs: TimeRuns | None) -> dict | None:
-        """Arguments of :func:`~animate124.scene.grid.stencil.stencil_normals`, or None where it does not apply."""
+        """Arguments of :func:`~animate124.scene.grid.stencil_normals`, or None where it does not apply."""
         enc = self.encoder
         opts = getattr(enc, "kernel_options", None)
         if opts is None or not opts.fused_normals or self.num_layers != 2 or x.dim() != 2 or x.shape[0] == 0:
@@ -169,7 +170,7 @@ class RadianceField(nn.Module):
         ):
             return None
         table = enc.embeddings.view(-1, enc.level_dim)
-        if not stencil.supported(table, enc.level_dim, enc.bufs, opts, self.hidden_dim):
+        if not stencil_supported(table, enc.level_dim, enc.bufs, opts, self.hidden_dim):
             return None
         plan: dict = {"slots": None, "time_grid_size": 1, "table": table}
         if isinstance(enc, TimeGridEncoding):
@@ -190,7 +191,7 @@ class RadianceField(nn.Module):
             return None
         enc = self.encoder
         l1, l2 = self.sigma_net.net
-        return stencil.stencil_normals(
+        return stencil_normals(
             x, plan["table"], l1.weight, l1.bias, l2.weight, l2.bias, bufs=enc.bufs,
             n_active=enc._active_levels(self.max_level), interpolation=enc.cfg.interpolation, eps=eps,
             bound=enc.bound, blob_density=self.blob_density, blob_radius=self.blob_radius,

@@ -13,7 +13,6 @@ Submodules: ``reference`` (torch reference encoder, table time TV), ``kernels`` 
 finite-difference normals, ``KernelOptions.fused_normals``), ``tcnn`` (optional tiny-cuda-nn encoder).
 """
 
-from animate124.scene.grid import stencil
 from animate124.scene.grid.layout import (
     GridEncodingConfig,
     GridLayout,
@@ -33,6 +32,8 @@ from animate124.scene.grid.modules import (
     resolve_backend,
 )
 from animate124.scene.grid.options import KernelOptions
+from animate124.scene.grid.stencil import stencil_normals
+from animate124.scene.grid.stencil import supported as stencil_supported
 
 __all__ = [
     "Backend",
@@ -50,5 +51,6 @@ __all__ = [
     "level_index",
     "make_grid_encoding",
     "resolve_backend",
-    "stencil",
+    "stencil_normals",
+    "stencil_supported",
 ]

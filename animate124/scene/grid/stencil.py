@@ -16,6 +16,8 @@ fp16 there), so on a GPU its normals are closer to the exact ones than the path 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -44,7 +46,8 @@ class _StencilNormalsFn(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(ctx, x, table, w1, b1, w2, b2, slot, lo, hi, a, meta):  # type: ignore[override]
+    def forward(ctx: Any, *args: Any, **kwargs: Any) -> Tensor:
+        x, table, w1, b1, w2, b2, slot, lo, hi, a, meta = args  # the class docstring's order
         x = x.float().contiguous()
         pairs = launch.build_slot_pairs(table, lo, hi, a, meta["bufs"], meta["entries"])
         out = torch.empty(x.shape[0], 3, device=x.device, dtype=torch.float32)
@@ -62,7 +65,8 @@ class _StencilNormalsFn(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        (grad_out,) = grad_outputs
         x, table, w1, b1, w2, b2, slot, lo, hi, a = ctx.saved_tensors
         meta = ctx.meta
         bufs, entries, t_size = meta["bufs"], meta["entries"], meta["time_grid_size"]
