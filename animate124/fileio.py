@@ -167,13 +167,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class LockBusy(OSError):
+    """:func:`file_lock` with ``wait=False`` found the lock held; ``holder`` is the note its holder wrote."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+        self.holder = holder
+
+
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, *, wait: bool = True, note: str | None = None) -> Iterator[None]:
     """Hold an exclusive inter-process lock on ``path`` (created if needed) for the block.
 
-    Blocks until the lock is free. ``fcntl.flock`` locks belong to the open file, so the kernel drops
-    the lock when the holder exits or is killed. Not re-entrant: a process must not take the same lock
-    twice. On platforms without ``fcntl`` the block runs unlocked.
+    Blocks until the lock is free, or with ``wait=False`` raises :class:`LockBusy` (carrying the holder's
+    ``note``) at once. ``note`` (e.g. ``"pid 123"``) is written into the file while it is held, for the message
+    another process gets. ``fcntl.flock`` locks belong to the open file, so the kernel drops the lock when the
+    holder exits or is killed. Not re-entrant: a process must not take the same lock twice. On platforms
+    without ``fcntl`` the block runs unlocked.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,16 @@ def file_lock(path: str | Path) -> Iterator[None]:
         yield
         return
     with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            raise LockBusy(path, fh.read().decode(errors="replace").strip()) from None
+        if note is not None:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(note.encode())
+            fh.flush()
         try:
             yield
         finally:

@@ -500,3 +500,36 @@ def test_batch_without_ray_says_how_to_install_it(images, tmp_path, monkeypatch)
     assert not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["batch", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "--gpus-per-run" in r.output and "every node sees" in r.output
+
+
+def test_a_second_batch_on_the_same_folder_is_refused_and_told_who_holds_it(tmp_path):
+    """``batch_lock`` held by another process: refused at once with its pid; free again once it exits."""
+    import os
+    import subprocess
+
+    from animate124.batch.summary import batch_lock
+    from animate124.errors import ProjectLockedError
+
+    out = tmp_path / "runs"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from animate124.batch.summary import batch_lock\n"
+         f"with batch_lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        with (
+            pytest.raises(
+                ProjectLockedError, match=rf"another batch is running on .*runs \(pid {holder.pid}\)"
+            ),
+            batch_lock(out),
+        ):
+            pytest.fail("the lock was taken while another process held it")
+        assert time.perf_counter() - t0 < 5  # refused at once, not after waiting
+    finally:
+        holder.kill()
+        holder.wait()
+    with batch_lock(out):  # the kernel dropped the dead holder's lock
+        assert (state_dir(out) / "lock").read_text() == f"pid {os.getpid()}"

@@ -26,7 +26,7 @@ from animate124.batch.task import (
     UP_TO_DATE,
 )
 from animate124.errors import ProjectLockedError
-from animate124.fileio import atomic_write_text
+from animate124.fileio import LockBusy, atomic_write_text, file_lock
 
 #: The exit code of a batch in which some asset did not finish (failed, invalid, not started).
 EXIT_SOME_FAILED = 3
@@ -38,31 +38,15 @@ _NEWEST_FIRST = ("refine", "dynamic", "static")
 def batch_lock(out: Path) -> Iterator[None]:
     """Hold ``<out>/.batch/lock`` for the block: a second batch on the same folder is refused at once
     (the kernel drops the lock when its holder exits or is killed)."""
-    path = state_dir(out) / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            stack.enter_context(file_lock(state_dir(out) / "lock", wait=False, note=f"pid {os.getpid()}"))
+        except LockBusy as busy:
             raise ProjectLockedError(
-                f"another batch is running on {out} ({holder})",
+                f"another batch is running on {out} ({busy.holder or 'another process'})",
                 hint="wait for it to finish; each folder holds one batch at a time",
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        yield
 
 
 def asset_record(asset: Asset, rec: dict[str, Any] | None) -> dict[str, Any]:
