@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "animate124[batch]"')
 import torch  # noqa: E402
+from helpers_cli import animate124_command  # noqa: E402
 from helpers_outputs import MEDIA_CHECK_JS, HeadlessChromium, find_chromium  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -36,13 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--preset", "tiny", "--set", "invert.steps=2", "--set", "static.iters=30",
             "--set", "dynamic.iters=2", "--set", "refine.iters=2"]  # fmt: skip
 LIMIT_S = 600
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("animate124")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "animate124.cli.app"]  # pragma: no cover - not installed
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -85,7 +78,7 @@ class Batch:
 
     def start(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [*_command(), "batch", *args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+            [*animate124_command(), "batch", *args], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_cli import animate124_command
 from helpers_outputs import MEDIA_CHECK_JS, HeadlessChromium, find_chromium
 
 pytestmark = pytest.mark.slow
@@ -37,14 +38,6 @@ STAGES = ("preprocess", "invert", "static", "dynamic", "refine", "render")
 #: The tiny preset's render settings (config/presets.py): the orbit and the fixed views.
 ORBIT_FRAMES, VIEW_FRAMES, SIZE, FPS = 8, 4, 32, 8
 LIMIT_S = 300
-
-
-def _command() -> list[str]:
-    """``animate124`` as installed beside this Python (the console script), else ``python -m``."""
-    script = Path(sys.executable).with_name("animate124")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "animate124.cli.app"]  # pragma: no cover - not installed
 
 
 class Shell:
@@ -64,7 +57,7 @@ class Shell:
 
     def __call__(self, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [*_command(), *args],
+            [*animate124_command(), *args],
             cwd=self.cwd,
             env=self.env,
             capture_output=True,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers_cli import animate124_command
 
 from animate124.config import resolve_config
 from animate124.fileio import file_sha256
@@ -32,20 +32,15 @@ LONG_PROMPT = (
 )
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("animate124")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "animate124.cli.app"]  # pragma: no cover - not installed
-
-
 def animate(cwd: Path, *args: str, cache: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "COLUMNS": "200", "ANIMATE124_STATE_DIR": str(cwd / ".state")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     if cache is not None:
         env["ANIMATE124_CACHE"] = str(cache)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run([*_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*animate124_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 

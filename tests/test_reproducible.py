@@ -16,11 +16,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers_cli import animate124_command
 
 from animate124.project import Project
 
@@ -40,11 +40,6 @@ SETS = (
 PROMPTS = {"static": "a toy", "dynamic": "a toy is spinning"}
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("animate124")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "animate124.cli.app"]
-
-
 def _env(tmp: Path) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -52,7 +47,17 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _stage_args(stage: str, project: Path) -> list[str]:
-    return [*_command(), stage, "-p", str(project), "--preset", "tiny", "--prompt", PROMPTS[stage], *SETS]
+    return [
+        *animate124_command(),
+        stage,
+        "-p",
+        str(project),
+        "--preset",
+        "tiny",
+        "--prompt",
+        PROMPTS[stage],
+        *SETS,
+    ]
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -116,7 +121,7 @@ def _full_run(prepared: Path, where: Path) -> Path:
     env = _env(where)
     for stage in ("static", "dynamic"):
         _run(_stage_args(stage, project), env)
-    _run([*_command(), "render", "-p", str(project), "--orbit"], env)
+    _run([*animate124_command(), "render", "-p", str(project), "--orbit"], env)
     return project
 
 
