@@ -23,9 +23,11 @@ products and sums are then exact enough), which also gives a float64 loss and gr
 be as close to. The fused results must lie within the bounds (measured: the loss equal bit for bit to today's
 in these cases, the gradient within 8 % of its bound), and broken copies of the kernels (``_MUTANTS``: the
 z-merge weight dropped, a wrong sign in the backward's window, the forward not sliding) must not (they miss by
-10³–10⁵ times the bound). On the GPU the compiler may contract ``u·s + 0.5`` into an FMA in
-one kernel and not the other, so the fractions may differ by an ulp of the grid coordinate: the GPU bound adds
-``9·2u·(s_l + 1.5)·max|v|`` per feature (3 axes × weight slopes ≤ 1.5 per axis × 2 corners).
+10³–10⁵ times the bound). On the GPU the compiler may contract ``u·s + 0.5`` into one FMA (one rounding,
+not two): the bounds are taken over both roundings of the grid coordinate (a point within an ulp of a cell face
+changes cell), and in case the two kernels round differently they allow the fractions an ulp ``δ_l =
+2u·(s_l + 1.5)`` of the grid coordinate: ``9·δ_l·max|v|`` per feature (3 axes × 2 corners × weight slope
+≤ 1.5) and ``4.5·δ_l·max|g|`` per reduction into an entry (3 axes × slope 1.5).
 """
 
 from __future__ import annotations
@@ -67,13 +69,22 @@ def _unit_points(enc, n: int, seed: int, device: str) -> torch.Tensor:
     return (x.float() + enc.bound) / (2 * enc.bound)
 
 
-def _features64(enc, u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def _grid_pos(enc, u: torch.Tensor, fma: bool) -> torch.Tensor:
+    """``[N, L, 3]`` grid coordinates ``u·s + 0.5`` in fp32 as ``kernels._cell`` computes them: two roundings,
+    or one (``fma``: what the GPU compiler makes of it when it contracts the two operations)."""
+    scales = enc.bufs.scales[None, :, None]
+    if fma:
+        return (u.double()[:, None, :] * scales.double() + 0.5).float()
+    return u[:, None, :] * scales + 0.5
+
+
+def _features64(enc, u: torch.Tensor, table: torch.Tensor, fma: bool = False) -> torch.Tensor:
     """``[N, L, 2]`` features of one grid ``table [E, 2]``: the kernels' fp32 per-axis weights (fractions,
     smoothstep and ``1 − f`` by the same fp32 operations), their products and the sum in float64."""
     from animate124.scene.grid.reference import CORNER_BITS, corner_index, interp_weights
 
     bufs, n_l = enc.bufs, enc.num_levels
-    pos = u[:, None, :] * bufs.scales[None, :, None] + 0.5  # fp32, as kernels._cell
+    pos = _grid_pos(enc, u, fma)
     pgf = torch.floor(pos)
     frac = interp_weights(pos - pgf, enc.cfg.interpolation)
     axis = {1: frac.double(), 0: (1.0 - frac).double()}
@@ -85,11 +96,11 @@ def _features64(enc, u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _hits(enc, u: torch.Tensor) -> torch.Tensor:
+def _hits(enc, u: torch.Tensor, fma: bool = False) -> torch.Tensor:
     """``[E]``: how many (point, corner) pairs reach each row of a grid (8 corners a level, as today's path)."""
     from animate124.scene.grid.reference import CORNER_BITS, corner_index
 
-    pg = torch.floor(u[:, None, :] * enc.bufs.scales[None, :, None] + 0.5).long()
+    pg = torch.floor(_grid_pos(enc, u, fma)).long()
     hits = torch.zeros(enc.entries_per_grid, dtype=torch.float64, device=u.device)
     for bits in CORNER_BITS:
         idx = corner_index(pg, bits, enc.bufs, enc.num_levels).reshape(-1)
@@ -97,21 +108,43 @@ def _hits(enc, u: torch.Tensor) -> torch.Tensor:
     return hits
 
 
-def _bounds(enc, u: torch.Tensor, pos_ulps: float = 0.0) -> dict:
-    """Float64 loss and gradient and the bounds of the module docstring for ``enc``'s table at points ``u``."""
+def _bounds(enc, u: torch.Tensor, gpu: bool = False) -> dict:
+    """Float64 loss and gradient and the bounds of the module docstring for ``enc``'s table at points ``u``.
+
+    ``gpu``: the kernels' grid coordinates may be rounded once or twice (``_grid_pos``), which moves a point
+    that sits within an ulp of a cell face into the next cell; the bounds are taken over both, entry by entry,
+    with the fractions' allowance of the module docstring."""
+    if not gpu:
+        return _bounds_one(enc, u, 0.0, False)
+    a, b = _bounds_one(enc, u, 1.0, False), _bounds_one(enc, u, 1.0, True)
+    return {
+        **a,
+        "bound_l": max(a["bound_l"], b["bound_l"]),
+        "bound_g": torch.maximum(a["bound_g"], b["bound_g"]),
+    }
+
+
+def _bounds_one(enc, u: torch.Tensor, pos_ulps: float, fma: bool) -> dict:
+    """:func:`_bounds` for one rounding of the grid coordinates (``fma``), with ``pos_ulps`` ulps of them
+    allowed between the two kernels."""
     tab = enc.embeddings.detach().double()
     t_size, n, n_l = tab.shape[0], u.shape[0], enc.num_levels
     k = 1.0 / ((t_size - 1) * n_l)
     coef = 2 * k / n
     with torch.no_grad():
-        f = [_features64(enc, u, tab[i]) for i in range(t_size)]
-        s = [_features64(enc, u, tab[i].abs()) for i in range(t_size)]
-    if pos_ulps:  # GPU: the fractions may differ by pos_ulps ulps of the grid coordinate between the kernels
+        f = [_features64(enc, u, tab[i], fma) for i in range(t_size)]
+        s = [_features64(enc, u, tab[i].abs(), fma) for i in range(t_size)]
+    hits = _hits(enc, u, fma)
+    row_dw = torch.zeros_like(hits)  # per row: the bound of a corner weight's difference between the kernels
+    if pos_ulps:  # the fractions may differ by pos_ulps ulps of the grid coordinate (ulp(p) <= 2u·p)
+        dfrac = pos_ulps * 2 * U32 * (enc.bufs.scales.double() + 1.5)  # [L]
         vmax = torch.stack(
             [tab[:, lv.offset : lv.offset + lv.table_size].abs().amax() for lv in enc.layout.levels]
         )
-        extra = 9 * pos_ulps * U32 * (enc.bufs.scales.double() + 1.5) * vmax  # [L], per feature
-        s = [si + (extra / (32 * U32))[None, :, None] for si in s]  # as a term of S (e = 32u·S)
+        # a feature: Σ_k |δw_k|·|v_k| <= 3 axes × (2 corners × slope 1.5) × δf × max|v|, as a term of S
+        s = [si + (9 * dfrac * vmax / (32 * U32))[None, :, None] for si in s]
+        # a corner weight: 3 axes × slope 1.5 × δf (the product of the other axes' weights <= 1)
+        row_dw = torch.repeat_interleave(4.5 * dfrac, enc.bufs.sizes)
     e = [32 * U32 * si for si in s]
     loss, bound_l = 0.0, 0.0
     for i in range(t_size - 1):
@@ -121,7 +154,7 @@ def _bounds(enc, u: torch.Tensor, pos_ulps: float = 0.0) -> dict:
         bound_l += float((2 * d.abs() * ed + ed.square()).sum()) * k / n
     parts = -(-n // 128) * n_l
     bound_l += (n + 2 * n_l + t_size + parts + 16) * U32 * loss
-    gamma_g = (_hits(enc, u) + 16)[:, None] * U32  # per entry: its reductions, any order, plus the products
+    gamma_g = (hits + 16)[:, None] * U32  # per entry: its reductions, any order, plus the products
     grad = torch.zeros_like(tab)
     bound_g = torch.zeros_like(tab)
     for i in range(t_size):
@@ -133,12 +166,12 @@ def _bounds(enc, u: torch.Tensor, pos_ulps: float = 0.0) -> dict:
                 g = g + term
                 dg = dg + e[i] + e[j] + 4 * U32 * term.abs()
         leaf = tab[i].clone().requires_grad_(True)
-        fi = _features64(enc, u, leaf)
+        fi = _features64(enc, u, leaf, fma)
         # Σ_x w·q scattered like the gradient: the weights are >= 0, so the bound scatters as the value does
         (grad[i],) = torch.autograd.grad((fi * (coef * g)).sum(), leaf, retain_graph=True)
         (bound_g[i],) = torch.autograd.grad((fi * (coef * dg)).sum(), leaf, retain_graph=True)
         (sum_abs,) = torch.autograd.grad((fi * (coef * g.abs())).sum(), leaf)
-        bound_g[i] += gamma_g * sum_abs
+        bound_g[i] += gamma_g * sum_abs + (coef * float(g.abs().max()) * hits * row_dw)[:, None]
     return {"loss": loss, "bound_l": bound_l, "grad": grad, "bound_g": bound_g}
 
 
@@ -193,7 +226,7 @@ def _mutant(name: str, old: str, new: str):
 
 
 def _case(interpolation: str, mutants: bool, opts: dict | None = None, device: str = "cpu", cfg=None,
-          n: int = N_POINTS, t_size: int = T_GRIDS, pos_ulps: float = 0.0, plain: bool = True) -> dict:  # fmt: skip
+          n: int = N_POINTS, t_size: int = T_GRIDS, plain: bool = True) -> dict:  # fmt: skip
     """Fused vs today's node vs the plain per-slice form, against the bounds; the mutants likewise."""
     import copy
     import dataclasses
@@ -221,7 +254,7 @@ def _case(interpolation: str, mutants: bool, opts: dict | None = None, device: s
         per_slice = _run(off, n, seed, fused=False) if plain else None
     finally:
         del modules.PointsTimeTV.apply
-    ref = _bounds(on.encoder, _unit_points(on.encoder, n, seed, device), pos_ulps)
+    ref = _bounds(on.encoder, _unit_points(on.encoder, n, seed, device), gpu=device != "cpu")
     out = {
         "ready": [on.encoder.fused_time_tv_ready(), off.encoder.fused_time_tv_ready()],
         "today_calls_fused_on": fused_calls,
@@ -359,8 +392,9 @@ def test_fused_time_tv_gpu_paper_shapes():
     with the GPU's allowance for the fractions (module docstring); the loss the same on a second call."""
     from helpers_grid import PAPER_TIME_GRIDS, paper_grid_config
 
-    r = _case("linear", mutants=False, device="cuda", cfg=paper_grid_config(), n=100_000, t_size=PAPER_TIME_GRIDS,
-              pos_ulps=2.0)  # fmt: skip
+    r = _case(
+        "linear", mutants=False, device="cuda", cfg=paper_grid_config(), n=100_000, t_size=PAPER_TIME_GRIDS
+    )
     assert r["ready"] == [True, False] and r["today_calls_fused_on"] == 0, r
     for key in ("vs_today", "vs_plain", "today_vs_plain"):
         _assert_within(r, key)
