@@ -7,14 +7,17 @@
 # Budget (about 6-8 minutes): the tests ~1 min with the kernels' compile; the benchmark compiles the stencil
 # kernels on its first fused step (~1 min), then 2 variants x (3 + 8) steps fresh, the fit of the trained-like
 # scene (600 steps of 2^18 points), 2 variants x (3 + 8) steps with the frozen render. SKIP_TESTS=1 skips the
-# tests; ITERS (8) and TRAINED_STEPS (600) shorten the benchmark. Expects .device/wheels (as the others).
+# tests; ITERS (8) and TRAINED_STEPS (600) shorten the benchmark. Then the time TV alone (today's node vs
+# KernelOptions(fused_time_tv=True), paper shapes: bench_field_step.py --time-tv-only, under a minute) into
+# time_tv.json; SKIP_TIME_TV=1 skips it. Expects .device/wheels (as the others).
 set -uo pipefail
 FINAL="${1:-field-step-out}"
 . benchmarks/gpu_common.sh
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  el "GPU tests: fused normals, grid kernels"
-  timeout 240 python3 -m pytest -q -m gpu tests/test_scene_stencil.py tests/test_scene_triton.py -p no:cacheprovider \
+  el "GPU tests: fused normals, fused time TV, grid kernels"
+  timeout 300 python3 -m pytest -q -m gpu tests/test_scene_stencil.py tests/test_scene_timetv_fused.py \
+    tests/test_scene_triton.py -p no:cacheprovider \
     > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
 fi
 el "bench_field_step --issue26"
@@ -25,4 +28,9 @@ import json; r = json.load(open('$OUT/field_step.json'))
 keys = ('card', 'dynamic_ms', 'dynamic_trained_ms', 'refine_ms', 'peak_gib')
 print({k: r.get(k) for k in keys}); print('before', r.get('before'))
 " 2>&1 | tail -2
+if [ "${SKIP_TIME_TV:-0}" != 1 ]; then
+  el "bench_field_step --time-tv-only"
+  timeout 180 python3 benchmarks/bench_field_step.py --time-tv-only --iters "${ITERS:-8}" \
+    --out "$OUT/time_tv.json" 2>&1 | tee "$OUT/time_tv.log" | tail -3
+fi
 el "done"

@@ -49,6 +49,11 @@ class KernelOptions:
             the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
             field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
             2-layer decoder). Same function up to fp32 rounding; off until measured on a GPU (issue 26).
+        fused_time_tv: ``TimeGridEncoding.time_tv_loss("points")`` runs two fused kernels (forward, backward;
+            :class:`~.timetv.FusedPointsTimeTV`: a point's cell once per level, the ``T`` grids swept in
+            registers, 4 corners where the level ignores z) instead of ``T`` encoder calls each way, where it
+            applies (:func:`~.timetv.fused_supported`: a tiled 2-feature fp32 grid, Triton on the table's
+            device). Same loss and gradient up to fp32 rounding; off until measured on a GPU (issue 26).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -69,6 +74,7 @@ class KernelOptions:
     slot_max_times: int = 32
     slot_min_points_per_time: int = 2**14
     fused_normals: bool = False
+    fused_time_tv: bool = False
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
