@@ -277,7 +277,8 @@ def _interp_checks() -> dict:
     x, t_clip = _points(), _clip_times()
     t_rand = torch.rand(N_POINTS, 1, generator=torch.Generator().manual_seed(2))
     slots = {"slot_min_points_per_time": 8}
-    plain = {"pair_layout": False}
+    one_block = {"fwd_block": 256, "bwd_block": 256}  # every point in one program: the interpreter is faster
+    plain = {"pair_layout": False, **one_block}
     return {
         # static: quad-table forward, pair backward (the default kernels)
         "static_pairs": _case(GridEncoding, tiled, {}, x),
@@ -290,12 +291,14 @@ def _interp_checks() -> dict:
         "clip_slots": _case(TimeGridEncoding, tiled, slots, x, t_clip, time_grid_size=5),
         "clip_slots_smooth": _case(TimeGridEncoding, smooth, slots, x, t_clip, time_grid_size=5),
         # ... random times: the plain forward over two time grids, the pair backward ...
-        "time_pairs_bwd": _case(TimeGridEncoding, tiled, {}, x, t_rand, source="table", time_grid_size=5),
+        "time_pairs_bwd": _case(
+            TimeGridEncoding, tiled, one_block, x, t_rand, source="table", time_grid_size=5
+        ),
         # ... and all plain
         "time_plain": _case(TimeGridEncoding, tiled, plain, x, t_rand, source="table", time_grid_size=5),
         # nothing to merge: hashed levels (their z stride is 0 too, but the hash uses z), no stride guard
         "hash_plain": _case(
-            GridEncoding, paper_grid_config(**SMALL, grid_type="hash"), {}, x, source="table"
+            GridEncoding, paper_grid_config(**SMALL, grid_type="hash"), one_block, x, source="table"
         ),
         "noguard": _case(GridEncoding, paper_grid_config(**SMALL, stride_guard=False), {}, x),
         "render": _render_case(),
