@@ -44,6 +44,9 @@ def kernels() -> list[tuple[str, object, dict, int]]:
         ("grid backward (pairs, 16-byte reductions)", K._grid_bwd_kernel, {
             "C": 2, "BLOCK": o.pair_bwd_block, "HAS_TIME": True, "SMOOTH": False, "VEC2": True, "ASM": K.VEC2_ASM,
             "PAIR": True, "ASM4": K.PAIR_ASM}, o.pair_bwd_warps),
+        ("grid backward (plain, 8-byte reductions)", K._grid_bwd_kernel, {
+            "C": 2, "BLOCK": o.bwd_block, "HAS_TIME": True, "SMOOTH": False, "VEC2": True, "ASM": K.VEC2_ASM,
+            "PAIR": False, "ASM4": K.PAIR_ASM}, o.bwd_warps),
     ]  # fmt: skip
     # each grid kernel again with KernelOptions(z_merge=True) (issue 26: 4 corners at the levels ignoring z)
     zmerged = [(f"{name} + z-merge", fn, {**ce, "ZMERGE": True}, w) for name, fn, ce, w in grid]
