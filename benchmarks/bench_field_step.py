@@ -15,7 +15,8 @@ BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
 recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for the samples beyond the first
 2^22 only), ``keepnormals`` (``fused_tv`` with the normals' activations kept: ``raymarch.checkpoint_normals``
 false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)``: the normals' six
-evaluations in one stencil kernel, issue 26).
+evaluations in one stencil kernel, issue 26), ``z_merge`` (``fused_tv`` with ``KernelOptions(z_merge=True)``: 4
+corners instead of 8 at the grid levels that ignore z, issue 26) and ``fused_normals_z_merge`` (both).
 
 Issue 26's comparison (``--issue26``): ``fused_tv`` (today's defaults, ``before``) and ``fused_normals`` on the
 fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
@@ -23,7 +24,8 @@ shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: shar
 occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
-under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``).
+under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
+``z_merge`` and ``fused_normals_z_merge`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -61,8 +63,11 @@ VARIANTS = {
     "ckhalf": dict(live=True, fused=True, chunk=0, ckfield=2**22),
     "keepnormals": dict(live=True, fused=True, chunk=0, keep_normals=True),
     "fused_normals": dict(live=True, fused=True, chunk=0, fused_normals=True),
+    "z_merge": dict(live=True, fused=True, chunk=0, z_merge=True),
+    "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
 }
 ISSUE26 = ("fused_tv", "fused_normals")  # before, after
+ISSUE26_EXTRA = ("z_merge", "fused_normals_z_merge")  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(results, indent=1))
         return results
     if args.issue26:
-        args.variants = ",".join(ISSUE26)
+        args.variants = ",".join(ISSUE26 + ISSUE26_EXTRA)
 
     from animate124 import losses as L
     from animate124.config import resolve_config
@@ -150,7 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def set_variant(v: dict) -> None:
         """The variant's kernel options on the trained field and its frozen copy (same tables either way)."""
-        ko = dataclasses.replace(base_opts, fused_normals=v.get("fused_normals", False))
+        ko = dataclasses.replace(
+            base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False)
+        )
         for f in (st["field"], st["frozen"]):
             if f is not None:
                 f.encoder.kernel_options = ko
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         st["frozen"] = copy.deepcopy(field).requires_grad_(False).eval()
         st["frozen_occ"] = copy.deepcopy(st["occ"])
         results["trained"] = {"refresh_ms": refresh_ms(), "read_frames": read_frames, "variants": {}}
-        for name in ISSUE26:
+        for name in ISSUE26 + ISSUE26_EXTRA:
             results["trained"]["variants"][name] = measure(
                 f"{name} (trained, refine)", VARIANTS[name], refine=True
             )
@@ -370,7 +377,8 @@ def time_tv_bench(args: argparse.Namespace) -> dict:
 def issue26_summary(results: dict, update_interval: int) -> dict:
     """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
     step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
-    fused variant at the top level and for today's defaults under ``before``."""
+    fused variant at the top level and for today's defaults under ``before``; every measured variant's under
+    ``by_variant``."""
 
     def keys(name: str) -> dict:
         fresh = results["variants"][name]
@@ -388,7 +396,8 @@ def issue26_summary(results: dict, update_interval: int) -> dict:
         return out
 
     before, after = ISSUE26
-    return {**keys(after), "before": keys(before)}
+    by_variant = {name: keys(name) for name in ISSUE26 + ISSUE26_EXTRA if name in results["variants"]}
+    return {**keys(after), "before": keys(before), "by_variant": by_variant}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ forward+backward (medians of ``triton.testing.do_bench``) of:
 * ``pairs-fwd``: the quad gather table in the forward (static tables), plain reductions in the backward
   (``KernelOptions(bwd_pairs_max_rows=0)``);
 * ``pairs``: quad table forward and pair-layout backward (the default);
+* ``plain-zm``, ``pairs-zm``, ``pairs+slots-zm``: the same with ``KernelOptions(z_merge=True)`` (4 corners
+  instead of 8 at the levels that ignore z, issue 26);
 * ``pairs+slots`` (time-stacked table only, the default): one blended table per distinct time of a
   frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point (the other
   variants run with ``slot_blend=False``);
@@ -37,6 +39,8 @@ VARIANTS = {
     "plain": KernelOptions(pair_layout=False),
     "pairs-fwd": KernelOptions(bwd_pairs_max_rows=0),
     "pairs": KernelOptions(bwd_pairs_max_rows=2**30),
+    "plain-zm": KernelOptions(pair_layout=False, z_merge=True),
+    "pairs-zm": KernelOptions(bwd_pairs_max_rows=2**30, z_merge=True),
 }
 # SPEC 3.1: the paper's tiled grid (the library has no defaults for it)
 PAPER_GRID = dict(
@@ -196,6 +200,7 @@ def main() -> None:
         ref.embeddings.uniform_(-1, 1)
     time_variants = {k: dataclasses.replace(v, slot_blend=False) for k, v in VARIANTS.items()}
     time_variants["pairs+slots"] = VARIANTS["pairs"]
+    time_variants["pairs+slots-zm"] = VARIANTS["pairs-zm"]
     for tname, t in times.items():
         ref_grad, ref_out = reference(ref, (x, t), g)
         for vname, options in time_variants.items():
@@ -209,7 +214,7 @@ def main() -> None:
                 vec2_errors += [enc.launch_state.vec2_error] if enc.launch_state.vec2_error else []
                 del enc
             r["ratio_vs_static_same_variant"] = (
-                r["fwd_bwd_ms"] / static_best[f"tiled16/{vname.split('+')[0]}"]
+                r["fwd_bwd_ms"] / static_best[f"tiled16/{vname.replace('+slots', '')}"]
             )
             r["ratio_vs_static_pairs"] = r["fwd_bwd_ms"] / static_best["tiled16/pairs"]
             report(table="time64", points=tname, variant=vname, **r)

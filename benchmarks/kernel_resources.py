@@ -35,14 +35,24 @@ def kernels() -> list[tuple[str, object, dict, int]]:
 
     o = KernelOptions()
     mlp = {"BLOCK": stencil.BLOCK, "H": 64, "F": 32, "SMOOTH": False}
-    return [
+    grid = [
         ("grid forward (plain)", K._grid_fwd_kernel, {"C": 2, "BLOCK": o.fwd_block, "HAS_TIME": True,
                                                       "SMOOTH": False}, o.fwd_warps),
+        ("grid forward (static, quad table)", K._grid_fwd_pair_kernel, {
+            "BLOCK": o.pair_fwd_block, "HAS_TIME": False, "SMOOTH": False, "QUAD": True}, o.pair_fwd_warps),
         ("grid forward (clip slots, pair table)", K._grid_fwd_pair_kernel, {
             "BLOCK": o.pair_fwd_block, "HAS_TIME": True, "SMOOTH": False, "QUAD": False}, o.pair_fwd_warps),
         ("grid backward (pairs, 16-byte reductions)", K._grid_bwd_kernel, {
             "C": 2, "BLOCK": o.pair_bwd_block, "HAS_TIME": True, "SMOOTH": False, "VEC2": True, "ASM": K.VEC2_ASM,
             "PAIR": True, "ASM4": K.PAIR_ASM}, o.pair_bwd_warps),
+        ("grid backward (plain, 8-byte reductions)", K._grid_bwd_kernel, {
+            "C": 2, "BLOCK": o.bwd_block, "HAS_TIME": True, "SMOOTH": False, "VEC2": True, "ASM": K.VEC2_ASM,
+            "PAIR": False, "ASM4": K.PAIR_ASM}, o.bwd_warps),
+    ]  # fmt: skip
+    # each grid kernel again with KernelOptions(z_merge=True) (issue 26: 4 corners at the levels ignoring z)
+    zmerged = [(f"{name} + z-merge", fn, {**ce, "ZMERGE": True}, w) for name, fn, ce, w in grid]
+    return [
+        *(row for pair in zip(grid, zmerged, strict=True) for row in pair),
         ("fused normals forward (stencil)", SK._stencil_fwd_kernel, mlp, stencil.WARPS),
         ("fused normals backward (stencil)", SK._stencil_bwd_kernel, {**mlp, "FP2": 32, "USE_ASM": True,
                                                                       "ASM": SK.RED4_ASM}, stencil.WARPS),
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         programs_per_sm = min(32, 65536 // (threads * max(rep["registers"], 1)))  # the register file alone
         rows.append({"kernel": name, "warps": warps, **rep, "programs_per_sm_by_registers": programs_per_sm})
         print(
-            f"{name:44s} {warps} warps  {rep['registers']:3d} registers  spills {rep['spill_store_bytes']:4d} B "
+            f"{name:54s} {warps} warps  {rep['registers']:3d} registers  spills {rep['spill_store_bytes']:4d} B "
             f"stored / {rep['spill_load_bytes']:4d} B loaded  {programs_per_sm} programs/SM by registers"
         )
     out = {"target": "sm_90a (H100/H200)", "triton": __import__("triton").__version__, "kernels": rows}

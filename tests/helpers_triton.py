@@ -51,7 +51,8 @@ def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, 
     """``fn`` (a ``@triton.jit`` kernel) lowered to an sm_90 cubin by Triton's own compiler, without a GPU:
     a kernel that the CPU interpreter runs but the GPU compiler rejects fails here. ``types`` gives an
     argument's Triton type (``*fp32``, ``i32``, ``fp32``, ...); the rest: ``*_ptr`` -> ``*fp32``, the others
-    ``i32``. Skips where this Triton has no NVIDIA backend."""
+    ``i32``; a constexpr parameter with a default and not in ``constexprs`` takes its default. Skips where this
+    Triton has no NVIDIA backend."""
     if not HAS_TRITON:
         pytest.skip("triton is not importable")
     import triton
@@ -62,6 +63,9 @@ def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, 
     except ImportError:  # pragma: no cover - another Triton layout
         pytest.skip("this Triton has no ASTSource / GPUTarget")
     types = types or {}
+    # a constexpr parameter with a default (a switch added later, e.g. ``ZMERGE``) takes its default
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
+    constexprs = {**defaults, **constexprs}
     sig = {
         a: "constexpr" if a in constexprs else types.get(a, "*fp32" if a.endswith("_ptr") else "i32")
         for a in fn.arg_names

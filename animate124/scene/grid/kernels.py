@@ -23,6 +23,16 @@ y-neighbours are ``(r+s1) & wrap_mask``.
   per time, one grid read per point (``_fwd_pair_level``), and ``_slot_scatter_kernel`` spreads the
   slot gradients onto the time grids.
 
+z-merge (``ZMERGE``, ``KernelOptions.z_merge``; issue 26). A tiled level whose index ignores z (the stride
+guard of :mod:`.layout`: ``strides[2] == 0``, levels 9–15 of the paper grid) has the same rows at its z and
+z+1 corners, and the two z weights sum to 1, so ``Σ_c w_x w_y w_z f_c = Σ_{(x,y)} w_x w_y f_c``. With
+``ZMERGE`` such a level (``_zmerge``: one scalar per program, the level being a program id) sets ``f₂ = 0``,
+so the z face's weights are exactly ``w_x·w_y`` and the z+1 face's are 0, and masks the z+1 face's loads and
+reductions off (``_zface``): 4 corners (2 pairs, 1 quad row) gathered or reduced instead of 8, in the same
+straight-line code as the other levels (a per-level branch to a 4-corner path was tried: more registers in
+the plain forward, BENCHMARKS.md §15.5). The value differs from the 8-corner sum by fp32 rounding only
+(``tests/test_scene_zmerge.py`` derives the bound). Without ``ZMERGE`` the kernels are today's.
+
 Programs of the pair kernels put the level on axis 0 (fastest varying): concurrent programs then spread
 their loads and atomics over all levels' tables (BENCHMARKS.md §2).
 
@@ -94,6 +104,26 @@ if HAS_TRITON:
         return g.to(tl.int32), f
 
     @triton.jit  # pragma: no cover - jit
+    def _zmerge(f2, s2, hashed, ZMERGE: tl.constexpr):
+        """``(f2, keep_z)`` of a level (module docstring, z-merge): with ``ZMERGE`` at a tiled level whose
+        index ignores z, ``f2 = 0`` and ``keep_z`` false (a scalar); else unchanged and true (``s2 == s2``,
+        folded by the compiler, so the kernels without ``ZMERGE`` are today's)."""
+        if ZMERGE:
+            keep = (s2 != 0) | (hashed != 0)
+            f2 = tl.where(keep, f2, 0.0)
+        else:
+            keep = s2 == s2
+        return f2, keep
+
+    @triton.jit  # pragma: no cover - jit
+    def _zface(m, keep, K: tl.constexpr):
+        """The mask ``m`` of corner ``K``, off at the z+1 face (``K >= 4``) of a z-merged level. (``tl.where``:
+        Triton 3.9's interpreter turns ``block & scalar`` of booleans into int32, which loads reject.)"""
+        if K >= 4:
+            m = tl.where(keep, m, False)
+        return m
+
+    @triton.jit  # pragma: no cover - jit
     def _setup(
         u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, time_max,
         grid_entries, HAS_TIME: tl.constexpr, SMOOTH: tl.constexpr,
@@ -140,7 +170,7 @@ if HAS_TRITON:
     def _grid_fwd_kernel(
         u_ptr, t_ptr, emb_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, N, out_stride,
         time_max, grid_entries, C: tl.constexpr, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr,
-        SMOOTH: tl.constexpr,
+        SMOOTH: tl.constexpr, ZMERGE: tl.constexpr = False,
     ):  # fmt: skip
         """Plain forward; programs (block of points, level)."""
         pid = tl.program_id(0)
@@ -151,15 +181,20 @@ if HAS_TRITON:
             u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
+        f2, keep_z = _zmerge(f2, s2, hashed, ZMERGE)
         ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
         acc = tl.zeros([BLOCK, C], dtype=tl.float32)
         for k in tl.static_range(8):
             idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
-            v = tl.load(emb_ptr + (base_lo + idx)[:, None] * C + ch[None, :], mask=m_lo, other=0.0).to(
-                tl.float32
-            )
+            v = tl.load(
+                emb_ptr + (base_lo + idx)[:, None] * C + ch[None, :], mask=_zface(m_lo, keep_z, k), other=0.0
+            ).to(tl.float32)
             if HAS_TIME:
-                vh = tl.load(emb_ptr + (base_hi + idx)[:, None] * C + ch[None, :], mask=m_hi, other=0.0)
+                vh = tl.load(
+                    emb_ptr + (base_hi + idx)[:, None] * C + ch[None, :],
+                    mask=_zface(m_hi, keep_z, k),
+                    other=0.0,
+                )
                 v = vh.to(tl.float32) * w_hi[:, None] + v * (1.0 - w_hi)[:, None]
             acc += w[:, None] * v
         out_ptrs = out_ptr + rows[:, None] * out_stride + lvl * C + ch[None, :]
@@ -223,14 +258,15 @@ if HAS_TRITON:
     @triton.jit  # pragma: no cover - jit
     def _fwd_quad_level(
         u_ptr, quad_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, rows, rmask, lvl,
-        out_stride, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
+        out_stride, BLOCK: tl.constexpr, SMOOTH: tl.constexpr, ZMERGE: tl.constexpr = False,
     ):  # fmt: skip
         """One level of a static table from the quad table (tiled levels only): two 32-byte rows per point
-        (z and z+1)."""
+        (z and z+1; the z row only at a z-merged level)."""
         inside, i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, base_lo, base_hi, w_hi, has_hi = _setup(
             u_ptr, u_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             0.0, 0, False, SMOOTH,
         )  # fmt: skip
+        f2, keep_z = _zmerge(f2, s2, hashed, ZMERGE)
         c8 = tl.arange(0, 8)
         c2 = tl.arange(0, 2)
         m8 = tl.broadcast_to(inside[:, None], [BLOCK, 8])
@@ -240,7 +276,11 @@ if HAS_TRITON:
             ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 1)
             ic, wc = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 2)
             idd, wd = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, 4 * z + 3)
-            v = tl.load(quad_ptr + (base_lo + ia)[:, None] * 8 + c8[None, :], mask=m8, other=0.0)
+            v = tl.load(
+                quad_ptr + (base_lo + ia)[:, None] * 8 + c8[None, :],
+                mask=_zface(m8, keep_z, 4 * z),
+                other=0.0,
+            )
             w8 = tl.where(
                 c8[None, :] < 2,
                 wa[:, None],
@@ -255,9 +295,10 @@ if HAS_TRITON:
     def _fwd_pair_level(
         u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, rows, rmask,
         lvl, out_stride, time_max, grid_entries, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr,
-        SMOOTH: tl.constexpr,
+        SMOOTH: tl.constexpr, ZMERGE: tl.constexpr = False,
     ):  # fmt: skip
-        """One level of a block of points from the pair table (corners ``k``, ``k+1`` in one load).
+        """One level of a block of points from the pair table (corners ``k``, ``k+1`` in one load; the z
+        face's 2 pairs only at a z-merged level).
 
         A corner whose x-neighbour is not the next row (only possible in hashed levels, which the launches
         never send here) is read on its own."""
@@ -265,25 +306,28 @@ if HAS_TRITON:
             u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
+        f2, keep_z = _zmerge(f2, s2, hashed, ZMERGE)
         c4 = tl.arange(0, 4)
         c2 = tl.arange(0, 2)
         first = c4[None, :] < 2
-        m4 = tl.broadcast_to(inside[:, None], [BLOCK, 4])
-        m4h = tl.broadcast_to(has_hi[:, None], [BLOCK, 4])
         acc4 = tl.zeros([BLOCK, 4], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK, 2], dtype=tl.float32)
         for k in tl.static_range(0, 8, 2):
+            ins = _zface(inside, keep_z, k)
+            hh = _zface(has_hi, keep_z, k)
+            m4 = tl.broadcast_to(ins[:, None], [BLOCK, 4])
+            m4h = tl.broadcast_to(hh[:, None], [BLOCK, 4])
             ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
             ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
             pair = ib == ((ia + 1) & wmask)
-            single = inside & (pair == 0)
+            single = ins & (pair == 0)
             v = tl.load(pair_ptr + (base_lo + ia)[:, None] * 4 + c4[None, :], mask=m4, other=0.0)
             ms = tl.broadcast_to(single[:, None], [BLOCK, 2])
             vs = tl.load(pair_ptr + (base_lo + ib)[:, None] * 4 + c2[None, :], mask=ms, other=0.0)
             if HAS_TIME:
                 vh = tl.load(pair_ptr + (base_hi + ia)[:, None] * 4 + c4[None, :], mask=m4h, other=0.0)
                 v = vh * w_hi[:, None] + v * (1.0 - w_hi)[:, None]
-                msh = tl.broadcast_to((has_hi & (pair == 0))[:, None], [BLOCK, 2])
+                msh = tl.broadcast_to((hh & (pair == 0))[:, None], [BLOCK, 2])
                 vsh = tl.load(pair_ptr + (base_hi + ib)[:, None] * 4 + c2[None, :], mask=msh, other=0.0)
                 vs = vsh * w_hi[:, None] + vs * (1.0 - w_hi)[:, None]
             w4 = tl.where(first, wa[:, None], tl.where(pair, wb, 0.0)[:, None])
@@ -297,7 +341,7 @@ if HAS_TRITON:
     def _grid_fwd_pair_kernel(
         u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, N, out_stride,
         time_max, grid_entries, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr, SMOOTH: tl.constexpr,
-        QUAD: tl.constexpr,
+        QUAD: tl.constexpr, ZMERGE: tl.constexpr = False,
     ):  # fmt: skip
         """Forward from the quad table (``QUAD``, static tables) or the pair table (clip slots); programs
         (level, block of points) with levels fastest."""
@@ -308,12 +352,12 @@ if HAS_TRITON:
         if QUAD:
             _fwd_quad_level(
                 u_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, rows, rmask,
-                lvl, out_stride, BLOCK, SMOOTH,
+                lvl, out_stride, BLOCK, SMOOTH, ZMERGE,
             )  # fmt: skip
         else:
             _fwd_pair_level(
                 u_ptr, t_ptr, pair_ptr, out_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, rows,
-                rmask, lvl, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH,
+                rmask, lvl, out_stride, time_max, grid_entries, BLOCK, HAS_TIME, SMOOTH, ZMERGE,
             )  # fmt: skip
 
     @triton.jit  # pragma: no cover - jit
@@ -359,10 +403,12 @@ if HAS_TRITON:
         u_ptr, t_ptr, gout_ptr, gemb_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, N,
         gout_stride, time_max, grid_entries, C: tl.constexpr, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr,
         SMOOTH: tl.constexpr, VEC2: tl.constexpr, ASM: tl.constexpr, PAIR: tl.constexpr, ASM4: tl.constexpr,
+        ZMERGE: tl.constexpr = False,
     ):  # fmt: skip
         """Table gradient; programs (level, block of points) with levels fastest, which spreads concurrent
         atomics over all levels' tables instead of hammering one small coarse table at a time. With
-        ``PAIR``, ``gemb_ptr`` is the pair-layout buffer ``G [rows, 4]``."""
+        ``PAIR``, ``gemb_ptr`` is the pair-layout buffer ``G [rows, 4]``. With ``ZMERGE`` a level whose
+        index ignores z reduces the 4 corners of its z face, with weights ``w_x·w_y``."""
         lvl = tl.program_id(0)
         pid = tl.program_id(1)
         rows = pid * BLOCK + tl.arange(0, BLOCK)
@@ -371,6 +417,7 @@ if HAS_TRITON:
             u_ptr, t_ptr, rows, rmask, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr,
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
+        f2, keep_z = _zmerge(f2, s2, hashed, ZMERGE)
         ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
         go = tl.load(gout_ptr + rows[:, None] * gout_stride + lvl * C + ch[None, :], mask=m_lo, other=0.0)
         go = go.to(tl.float32)
@@ -389,13 +436,15 @@ if HAS_TRITON:
                 ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
                 pair = ib == ((ia + 1) & wmask)
+                ins = _zface(inside, keep_z, k)
+                hh = _zface(has_hi, keep_z, k)
                 _pair_reduce(
-                    gemb_ptr, base_lo + ia, base_lo + ib, inside & pair, inside & (pair == 0),
+                    gemb_ptr, base_lo + ia, base_lo + ib, ins & pair, ins & (pair == 0),
                     wa, wb, g_lo0, g_lo1, BLOCK, ASM4, VEC2,
                 )  # fmt: skip
                 if HAS_TIME:
                     _pair_reduce(
-                        gemb_ptr, base_hi + ia, base_hi + ib, has_hi & pair, has_hi & (pair == 0),
+                        gemb_ptr, base_hi + ia, base_hi + ib, hh & pair, hh & (pair == 0),
                         wa, wb, g_hi0, g_hi1, BLOCK, ASM4, VEC2,
                     )  # fmt: skip
         elif VEC2:
@@ -405,9 +454,9 @@ if HAS_TRITON:
             g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
             g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
             g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
-            in_lo = inside.to(tl.int32)
-            in_hi = has_hi.to(tl.int32)
             for k in tl.static_range(8):
+                in_lo = _zface(inside, keep_z, k).to(tl.int32)
+                in_hi = _zface(has_hi, keep_z, k).to(tl.int32)
                 idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 tl.inline_asm_elementwise(
                     asm=ASM, constraints="=r,l,f,f,r",
@@ -424,13 +473,13 @@ if HAS_TRITON:
             for k in tl.static_range(8):
                 idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 tl.atomic_add(
-                    gemb_ptr + (base_lo + idx)[:, None] * C + ch[None, :], w[:, None] * go_lo, mask=m_lo,
-                    sem="relaxed",
+                    gemb_ptr + (base_lo + idx)[:, None] * C + ch[None, :], w[:, None] * go_lo,
+                    mask=_zface(m_lo, keep_z, k), sem="relaxed",
                 )  # fmt: skip
                 if HAS_TIME:
                     tl.atomic_add(
-                        gemb_ptr + (base_hi + idx)[:, None] * C + ch[None, :], w[:, None] * go_hi, mask=m_hi,
-                        sem="relaxed",
+                        gemb_ptr + (base_hi + idx)[:, None] * C + ch[None, :], w[:, None] * go_hi,
+                        mask=_zface(m_hi, keep_z, k), sem="relaxed",
                     )  # fmt: skip
 
     @triton.jit  # pragma: no cover - jit

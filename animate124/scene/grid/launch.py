@@ -10,6 +10,9 @@ Which kernels run (:class:`~animate124.scene.grid.options.KernelOptions`, held b
 * everything else (hashed levels, other feature counts or dtypes, ``pair_layout=False``): the plain
   kernels.
 
+``z_merge`` (off by default) makes every one of these kernels gather and reduce 4 corners instead of 8 at
+the tiled levels whose index ignores z (:mod:`.kernels`, z-merge).
+
 The gather tables are deliberately not cached across calls: a cache keyed on the parameter's autograd
 version counter goes stale under ``torch.optim.Adam(fused=True)``, whose step does not bump the counter
 (a test checks this), and under writes through ``.data``.
@@ -179,7 +182,8 @@ def _backward_acc(
                 K._grid_bwd_kernel[(n_active, K.triton.cdiv(e - s, block))](
                     u[s:e], t_arg[s:e], grad_out[s:e], acc, *_launch_args(bufs), e - s, grad_out.stride(0),
                     time_max, entries_per_grid, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
-                    VEC2=vec2, ASM=K.VEC2_ASM, PAIR=use_pairs, ASM4=K.PAIR_ASM, num_warps=warps,
+                    VEC2=vec2, ASM=K.VEC2_ASM, PAIR=use_pairs, ASM4=K.PAIR_ASM, ZMERGE=options.z_merge,
+                    num_warps=warps,
                 )  # fmt: skip
             break
         except Exception as err:  # pragma: no cover - GPU/toolchain specific
@@ -220,13 +224,15 @@ class _GridEncodeFn(torch.autograd.Function):
             for s, e in _chunks(n, block, options):
                 K._grid_fwd_pair_kernel[(n_active, K.triton.cdiv(e - s, block))](
                     u[s:e], u[s:e], quads, out[s:e], *_launch_args(bufs), e - s, out.stride(0), 0.0, 0,
-                    BLOCK=block, HAS_TIME=False, SMOOTH=smooth, QUAD=True, num_warps=warps,
+                    BLOCK=block, HAS_TIME=False, SMOOTH=smooth, QUAD=True, ZMERGE=options.z_merge,
+                    num_warps=warps,
                 )  # fmt: skip
         elif n > 0:
             block, warps = options.fwd_block, options.fwd_warps
             K._grid_fwd_kernel[(K.triton.cdiv(n, block), n_active)](
                 u, t_arg, table, out, *_launch_args(bufs), n, out.stride(0), time_max, entries_per_grid,
-                C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, num_warps=warps,
+                C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth, ZMERGE=options.z_merge,
+                num_warps=warps,
             )  # fmt: skip
         ctx.save_for_backward(u, t_arg)
         ctx.meta = (bufs, n_active, level_dim, smooth, time_grid_size, time_max, entries_per_grid, has_time)
@@ -278,7 +284,8 @@ class _SlotEncodeFn(torch.autograd.Function):
         for s, e in _chunks(n, block, options):
             K._grid_fwd_pair_kernel[(n_active, K.triton.cdiv(e - s, block))](
                 u[s:e], slot_f[s:e], pairs, out[s:e], *_launch_args(bufs), e - s, out.stride(0), 1.0,
-                entries_per_grid, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, QUAD=False, num_warps=warps,
+                entries_per_grid, BLOCK=block, HAS_TIME=True, SMOOTH=smooth, QUAD=False,
+                ZMERGE=options.z_merge, num_warps=warps,
             )  # fmt: skip
         ctx.save_for_backward(u, slot_f, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous())
         ctx.meta = (bufs, n_active, smooth, time_grid_size, entries_per_grid, options, state)

@@ -54,6 +54,12 @@ class KernelOptions:
             registers, 4 corners where the level ignores z) instead of ``T`` encoder calls each way, where it
             applies (:func:`~.timetv.fused_supported`: a tiled 2-feature fp32 grid, Triton on the table's
             device). Same loss and gradient up to fp32 rounding; off until measured on a GPU (issue 26).
+        z_merge: the grid kernels (plain, quad and pair forward, the backward) gather and reduce only the 4
+            corners of the z face, with weights ``w_x·w_y``, at the tiled levels whose index ignores z (the
+            stride guard: levels 9–15 of the paper grid), whose z and z+1 corners are the same rows and
+            whose two z weights sum to 1; 8 corners at every other level. Same function up to fp32 rounding
+            (``tests/test_scene_zmerge.py``); off until measured on a GPU (issue 26). The fused normals
+            (``fused_normals``) always read the z face only there.
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -75,6 +81,7 @@ class KernelOptions:
     slot_min_points_per_time: int = 2**14
     fused_normals: bool = False
     fused_time_tv: bool = False
+    z_merge: bool = False
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
