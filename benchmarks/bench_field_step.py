@@ -10,7 +10,7 @@ scene's is reported by ``fit_multiview.py``.
 
 Variants (cumulative): ``base`` (every sample's normal, the per-slice time TV: the defaults measured in
 BENCHMARKS.md §8.6), ``live`` (+ ``raymarch.live_normals``),
-``fused_tv`` (+ the one-node time TV: the defaults now), ``seg20`` (+ normals' checkpoint segments of
+``fused_tv`` (+ the one-node time TV: the defaults before issue 26), ``seg20`` (+ normals' checkpoint segments of
 2^20 samples instead of 2^18: ``raymarch.chunk``), ``ckfield`` (``fused_tv`` + the field's own evaluations
 recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for the samples beyond the first
 2^22 only), ``keepnormals`` (``fused_tv`` with the normals' activations kept: ``raymarch.checkpoint_normals``
@@ -18,24 +18,21 @@ false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)
 evaluations in one stencil kernel, issue 26), ``z_merge`` (``fused_tv`` with ``KernelOptions(z_merge=True)``: 4
 corners instead of 8 at the grid levels that ignore z, issue 26) and ``fused_normals_z_merge`` (both).
 
-Issue 26's comparison (``--issue26``): ``fused_tv`` (today's defaults, ``before``) and ``fused_normals`` on the
+Every variant sets ``fused_normals`` and ``z_merge`` itself (off unless it names them), so ``fused_tv`` stays the
+path before issue 26 although ``z_merge`` is on by default now (``z_merge`` is today's defaults).
+
+Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``z_merge`` (today's defaults) on the
 fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
 shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: sharp surfaces, pruned
 occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``z_merge`` and ``fused_normals_z_merge`` too; every variant's keys are under ``by_variant``.
+``fused_normals`` and ``fused_normals_z_merge`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
     python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
-
-``--time-tv-only`` times the points-form time TV alone (forward, backward, peak memory) at the paper's shapes,
-today's node (``before``) against ``KernelOptions(fused_time_tv=True)`` (``fused``), and writes them under
-``time_tv`` (:func:`time_tv_bench`):
-
-    python benchmarks/bench_field_step.py --time-tv-only --out time_tv.json   # CUDA
 """
 
 from __future__ import annotations
@@ -66,8 +63,8 @@ VARIANTS = {
     "z_merge": dict(live=True, fused=True, chunk=0, z_merge=True),
     "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
 }
-ISSUE26 = ("fused_tv", "fused_normals")  # before, after
-ISSUE26_EXTRA = ("z_merge", "fused_normals_z_merge")  # measured in the same --issue26 call
+ISSUE26 = ("fused_tv", "z_merge")  # before (the path before issue 26), after (today's defaults)
+ISSUE26_EXTRA = ("fused_normals", "fused_normals_z_merge")  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -106,14 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--issue26", action="store_true", help="before/after on fresh and trained scenes, refine")
     p.add_argument("--trained-steps", type=int, default=600)
     p.add_argument("--trained-refreshes", type=int, default=8)
-    p.add_argument(
-        "--time-tv-only", action="store_true", help="the points-form time TV alone, today vs fused"
-    )
     args = p.parse_args(argv)
-    if args.time_tv_only:
-        results = {"time_tv": time_tv_bench(args)}
-        Path(args.out).write_text(json.dumps(results, indent=1))
-        return results
     if args.issue26:
         args.variants = ",".join(ISSUE26 + ISSUE26_EXTRA)
 
@@ -308,77 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def time_tv_bench(args: argparse.Namespace) -> dict:
-    """The points-form time TV alone (``loss.time_tv_points`` points, the paper's 64 grids): today's node
-    (``PointsTimeTV``: one encoder call per grid each way) as ``before``, ``fused_time_tv`` as ``fused``. Per
-    variant the median forward, backward and total milliseconds over ``--iters`` calls after ``--warmup``
-    (CUDA events), the peak memory, and the loss; both variants draw the same points."""
-    from animate124.config import resolve_config
-    from animate124.stages.build import build_field
-
-    cuda = torch.cuda.is_available() and not args.smoke and args.device != "cpu"
-    dev = torch.device("cuda" if cuda else "cpu")
-    over = {"field": {"time_grid_size": 4, "num_levels": 4}} if args.smoke else {}
-    cfg = resolve_config("paper", None, over, [])
-    n_points = 500 if args.smoke else cfg.loss.time_tv_points
-    torch.manual_seed(0)
-    field = build_field(cfg.field, "dynamic", dev)
-    with torch.no_grad():  # trained-like spread: grids that differ (the values do not change the work)
-        field.encoder.embeddings.uniform_(-0.1, 0.1)
-    enc = field.encoder
-    base_opts = enc.kernel_options
-    out: dict = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "points": n_points,
-        "time_grids": enc.time_grid_size,
-        "levels": enc.num_levels,
-        "table_mib": enc.embeddings.numel() * 4 / 2**20,
-    }
-    for name, fused in (("before", False), ("fused", True)):
-        enc.kernel_options = dataclasses.replace(base_opts, fused_time_tv=fused)
-        out[f"{name}_takes_fused_kernels"] = enc.fused_time_tv_ready()
-        gen = torch.Generator(device=dev).manual_seed(7)
-        runs = []
-        for i in range(args.warmup + args.iters):
-            if i == args.warmup and cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            enc.embeddings.grad = None
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else []
-            wall = [time.perf_counter()]
-            if cuda:
-                ev[0].record()
-            loss = field.time_tv_loss("points", n_points=n_points, generator=gen)
-            wall.append(time.perf_counter())
-            if cuda:
-                ev[1].record()
-            loss.backward()
-            wall.append(time.perf_counter())
-            if cuda:
-                ev[2].record()
-                torch.cuda.synchronize()
-                runs.append((ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2])))
-            else:
-                runs.append(((wall[1] - wall[0]) * 1e3, (wall[2] - wall[1]) * 1e3))
-        rec = {
-            "forward_ms": statistics.median(r[0] for r in runs[args.warmup :]),
-            "backward_ms": statistics.median(r[1] for r in runs[args.warmup :]),
-            "total_ms": statistics.median(r[0] + r[1] for r in runs[args.warmup :]),
-            "loss": float(loss.detach()),
-        }
-        if cuda:
-            rec["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        out[name] = rec
-        print("time TV", name, json.dumps({k: round(v, 4) for k, v in rec.items()}), flush=True)
-    enc.kernel_options = base_opts
-    return out
-
-
 def issue26_summary(results: dict, update_interval: int) -> dict:
     """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
     step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
-    fused variant at the top level and for today's defaults under ``before``; every measured variant's under
-    ``by_variant``."""
+    z-merged variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
+    measured variant's under ``by_variant``."""
 
     def keys(name: str) -> dict:
         fresh = results["variants"][name]

@@ -28,10 +28,9 @@ INTS = ("stride_ptr", "wmask_ptr", "start_ptr", "hashed_ptr")
 
 def kernels() -> list[tuple[str, object, dict, int]]:
     """(name, kernel, constexprs, warps) at the paper field's shapes and the launches' settings."""
-    from animate124.scene.grid import KernelOptions, stencil, timetv
+    from animate124.scene.grid import KernelOptions, stencil
     from animate124.scene.grid import kernels as K
     from animate124.scene.grid import stencil_kernels as SK
-    from animate124.scene.grid import timetv_kernels as TK
 
     o = KernelOptions()
     mlp = {"BLOCK": stencil.BLOCK, "H": 64, "F": 32, "SMOOTH": False}
@@ -56,9 +55,6 @@ def kernels() -> list[tuple[str, object, dict, int]]:
         ("fused normals forward (stencil)", SK._stencil_fwd_kernel, mlp, stencil.WARPS),
         ("fused normals backward (stencil)", SK._stencil_bwd_kernel, {**mlp, "FP2": 32, "USE_ASM": True,
                                                                       "ASM": SK.RED4_ASM}, stencil.WARPS),
-        ("fused time TV forward", TK._tv_fwd_kernel, {"BLOCK": timetv.BLOCK, "SMOOTH": False}, timetv.WARPS),
-        ("fused time TV backward (8-byte reductions)", TK._tv_bwd_kernel, {
-            "BLOCK": timetv.BLOCK, "SMOOTH": False, "USE_ASM": True, "ASM": K.VEC2_ASM}, timetv.WARPS),
     ]  # fmt: skip
 
 

@@ -1,5 +1,8 @@
 """Issue 27's gradient agreement rule (``guidance/agreement.py``) and the options it admits: channels-last
-layouts, ``torch.compile`` (also max-autotune), the textual inversion's fast step, fp8 (held to its own bound).
+layouts, ``torch.compile``, the textual inversion's fast step, fp8 (held to its own bound). The max-autotune mode
+reaching the prior is checked without compiling (``test_the_options_reach_the_built_priors``); its agreement
+run on the CPU (25 s of CI, a CPU's autotuning, not the GPU's) was dropped; on the GPU ``bench_guidance.py``'s
+``compile_ma`` variants report its cosine.
 
 On the CPU with the tiny priors; marked ``gpu``, with the full-size random-weight priors from the real configs
 under fp16 autocast, as the stages run them (``A124_GPU_AGREEMENT`` picks the variants, default
@@ -181,9 +184,9 @@ def test_fp8_needs_a_recent_cuda_gpu() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["default", "max-autotune"])
-def test_compiled_sd_prior_passes_the_rule(store, tmp_path, monkeypatch, mode: str) -> None:
-    """Inductor on the CPU (a C compiler is needed; about a minute per mode on 2 cores)."""
+def test_compiled_sd_prior_passes_the_rule(store, tmp_path, monkeypatch) -> None:
+    """Inductor on the CPU (a C compiler is needed; about a minute on 2 cores)."""
+    mode = "default"
     from animate124.guidance.compiled import compile_prior_networks, is_compiled
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

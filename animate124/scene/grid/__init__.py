@@ -10,9 +10,7 @@ Public API (what fields and stages import):
 
 Submodules: ``reference`` (torch reference encoder, table time TV), ``kernels`` (Triton kernels),
 ``launch`` (kernel launches and autograd Functions), ``stencil`` and ``stencil_kernels`` (the fused
-finite-difference normals, ``KernelOptions.fused_normals``), ``timetv`` and ``timetv_kernels`` (the
-points-form time TV's autograd nodes; the fused kernels, ``KernelOptions.fused_time_tv``), ``tcnn``
-(optional tiny-cuda-nn encoder).
+finite-difference normals, ``KernelOptions.fused_normals``), ``tcnn`` (optional tiny-cuda-nn encoder).
 """
 
 from animate124.scene.grid.layout import (

@@ -21,7 +21,7 @@ from animate124.scene.grid.layout import GridEncodingConfig, LevelBuffers, grid_
 from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
-from animate124.scene.grid.timetv import FusedPointsTimeTV, PointsTimeTV, fused_supported
+from animate124.scene.grid.timetv import PointsTimeTV
 from animate124.scene.timeruns import TimeRuns, host_to_device
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
@@ -321,9 +321,7 @@ class TimeGridEncoding(_GridBase):
 
         ``fused`` (points form): one autograd node writes every grid's gradient into its slice of one table
         gradient (:class:`~.timetv.PointsTimeTV`; same loss, same gradient up to fp32 summation order);
-        with ``kernel_options.fused_time_tv`` and where :meth:`fused_time_tv_ready`, that node is the two
-        fused kernels (:class:`~.timetv.FusedPointsTimeTV`). ``False`` is the plain per-slice form, kept as
-        the reference.
+        ``False`` is the plain per-slice form, kept as the reference.
         """
         t_size = self.time_grid_size
         if mode not in ("points", "table"):
@@ -338,13 +336,8 @@ class TimeGridEncoding(_GridBase):
         gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
         x = ((torch.rand(n_points, 3, generator=generator, device=gdev).to(dev)) * 2 - 1) * self.bound
         if fused:
-            u = _unit_coords(x, self.bound)
-            if self.fused_time_tv_ready():
-                return FusedPointsTimeTV.apply(
-                    self.embeddings, u, self.bufs, self.num_levels, self.cfg.interpolation == "smoothstep",
-                    self.kernel_options, self.launch_state,
-                )  # fmt: skip
             plain = dataclasses.replace(self.kernel_options, pair_layout=False)
+            u = _unit_coords(x, self.bound)
 
             def encode(uu: Tensor, table: Tensor) -> Tensor:
                 return self._encode(uu, table, self.num_levels, options=plain)
@@ -357,17 +350,6 @@ class TimeGridEncoding(_GridBase):
             total = total + (prev - cur).square().sum(-1).mean()
             prev = cur
         return total / ((t_size - 1) * self.num_levels)
-
-    def fused_time_tv_ready(self) -> bool:
-        """Whether the points-form time TV takes the fused kernels: ``kernel_options.fused_time_tv`` on, the
-        Triton backend for the table's device, and a grid the kernels cover (:func:`~.timetv.fused_supported`:
-        tiled, 2 fp32 features per level)."""
-        return (
-            self.kernel_options.fused_time_tv
-            and self.time_grid_size >= 2
-            and resolve_backend(self.backend, self.embeddings.device) == "triton"
-            and fused_supported(self.embeddings, self.level_dim, self.bufs)
-        )
 
     def extra_repr(self) -> str:
         return (

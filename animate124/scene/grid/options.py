@@ -48,17 +48,14 @@ class KernelOptions:
         fused_normals: ``RadianceField.normals`` runs one fused stencil kernel per direction (grid gathers of
             the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
             field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
-            2-layer decoder). Same function up to fp32 rounding; off until measured on a GPU (issue 26).
-        fused_time_tv: ``TimeGridEncoding.time_tv_loss("points")`` runs two fused kernels (forward, backward;
-            :class:`~.timetv.FusedPointsTimeTV`: a point's cell once per level, the ``T`` grids swept in
-            registers, 4 corners where the level ignores z) instead of ``T`` encoder calls each way, where it
-            applies (:func:`~.timetv.fused_supported`: a tiled 2-feature fp32 grid, Triton on the table's
-            device). Same loss and gradient up to fp32 rounding; off until measured on a GPU (issue 26).
+            2-layer decoder). Same function up to fp32 rounding; off: measured slower on an H100 (BENCHMARKS.md
+            §15.6: its forward saves 15 ms a dynamic step, its backward, which spills registers, costs 30 ms more).
         z_merge: the grid kernels (plain, quad and pair forward, the backward) gather and reduce only the 4
             corners of the z face, with weights ``w_x·w_y``, at the tiled levels whose index ignores z (the
             stride guard: levels 9–15 of the paper grid), whose z and z+1 corners are the same rows and
             whose two z weights sum to 1; 8 corners at every other level. Same function up to fp32 rounding
-            (``tests/test_scene_zmerge.py``); off until measured on a GPU (issue 26). The fused normals
+            (``tests/test_scene_zmerge.py``, on the CPU and the GPU); on since measured on an H100
+            (BENCHMARKS.md §15.6: 2–3 % off the dynamic step). The fused normals
             (``fused_normals``) always read the z face only there.
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
@@ -80,8 +77,7 @@ class KernelOptions:
     slot_max_times: int = 32
     slot_min_points_per_time: int = 2**14
     fused_normals: bool = False
-    fused_time_tv: bool = False
-    z_merge: bool = False
+    z_merge: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
