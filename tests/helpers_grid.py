@@ -41,3 +41,32 @@ def small_grid_config(**overrides: object) -> GridEncodingConfig:
 def field_kwargs(**overrides: object) -> dict:
     """Keyword arguments of ``StaticField``/``DynamicField`` besides the grid: SPEC 3.1 MLP and blob."""
     return {**PAPER_MLP, **overrides}
+
+
+def render_clip_on_off(on, off, measure=None) -> dict:
+    """The same 2-frame 3×3 clip (lambertian at ambient 0.3, normals, checkpointed live normals, a fixed
+    perturbation) rendered with two fields that hold the same parameters under two kernel options, each with
+    the backward of ``mean(rgb) + mean(orientation) + mean(normal)``: per name, ``(rgb, normal image, {parameter:
+    gradient}, measure(field) or None, samples)``. ``measure`` is a context manager factory wrapping each
+    render (``with measure(f) as m``; its value ends up in the 4th slot), e.g. a counter of kernel launches."""
+    import contextlib
+
+    import torch
+
+    from animate124.render.cameras import orbit_cameras
+    from animate124.render.renderer import render
+
+    cams, times = orbit_cameras(2, height=3, width=3), torch.tensor([[0.2, 0.7]])
+    res = {}
+    for name, f in (("on", on), ("off", off)):
+        f.zero_grad(set_to_none=True)
+        with measure(f) if measure is not None else contextlib.nullcontext() as m:
+            r = render(
+                f, cams, times, shading="lambertian", ambient=0.3, compute_normals=True, max_steps=12,
+                perturb=True, generator=torch.Generator().manual_seed(0), checkpoint_normals=True,
+                live_normals=True,
+            )  # fmt: skip
+            (r.rgb.mean() + r.orientation.mean() + r.normal.mean()).backward()
+        grads = {n: p.grad.detach().clone() for n, p in f.named_parameters() if p.grad is not None}
+        res[name] = (r.rgb.detach(), r.normal.detach(), grads, m() if callable(m) else m, r.num_samples)
+    return res

@@ -226,10 +226,8 @@ def _render_case() -> dict:
     ``z_merge`` on and off: images, normal images and every gradient, and the table loads counted."""
     import copy
 
-    from helpers_grid import field_kwargs, paper_grid_config
+    from helpers_grid import field_kwargs, paper_grid_config, render_clip_on_off
 
-    from animate124.render.cameras import orbit_cameras
-    from animate124.render.renderer import render
     from animate124.scene.fields import DynamicField
     from animate124.scene.grid import KernelOptions
 
@@ -243,24 +241,12 @@ def _render_case() -> dict:
         off.encoder.embeddings.uniform_(-1, 1)
     on = copy.deepcopy(off)
     on.encoder.kernel_options = KernelOptions(slot_min_points_per_time=1, z_merge=True)
-    cams, times = orbit_cameras(2, height=3, width=3), torch.tensor([[0.2, 0.7]])
-    res = {}
-    for name, f in (("on", on), ("off", off)):
-        f.zero_grad(set_to_none=True)
-        with _lanes() as counts:
-            r = render(
-                f, cams, times, shading="lambertian", ambient=0.3, compute_normals=True, max_steps=12,
-                perturb=True, generator=torch.Generator().manual_seed(0), checkpoint_normals=True,
-                live_normals=True,
-            )  # fmt: skip
-            (r.rgb.mean() + r.orientation.mean() + r.normal.mean()).backward()
-        grads = {n: p.grad.detach().clone() for n, p in f.named_parameters() if p.grad is not None}
-        res[name] = (r.rgb.detach(), r.normal.detach(), grads, dict(counts), r.num_samples)
+    res = render_clip_on_off(on, off, measure=lambda f: _lanes())
     a, b = res["on"], res["off"]
     out = {
         "rgb_max": (a[0] - b[0]).abs().max().item(),
         "normal_max": (a[1] - b[1]).abs().max().item(),
-        "lanes": [a[3], b[3]],
+        "lanes": [dict(a[3]), dict(b[3])],
         "samples": a[4],
         "grad_names": sorted(a[2]),
         "merged": _merged_levels(on.encoder, on.encoder.num_levels),
