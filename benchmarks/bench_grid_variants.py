@@ -6,12 +6,13 @@ forward+backward (medians of ``triton.testing.do_bench``) of:
 * ``plain``: one load / one 8-byte reduction per corner (``KernelOptions(pair_layout=False)``);
 * ``pairs-fwd``: the quad gather table in the forward (static tables), plain reductions in the backward
   (``KernelOptions(bwd_pairs_max_rows=0)``);
-* ``pairs``: quad table forward and pair-layout backward (the default);
+* ``pairs``: quad table forward and pair-layout backward (the default before the z-merge);
 * ``plain-zm``, ``pairs-zm``, ``pairs+slots-zm``: the same with ``KernelOptions(z_merge=True)`` (4 corners
-  instead of 8 at the levels that ignore z, issue 26);
-* ``pairs+slots`` (time-stacked table only, the default): one blended table per distinct time of a
-  frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point (the other
-  variants run with ``slot_blend=False``);
+  instead of 8 at the levels that ignore z, issue 26; ``pairs-zm`` and ``pairs+slots-zm`` are the
+  defaults now);
+* ``pairs+slots`` (time-stacked table only; the default before the z-merge): one blended table per distinct
+  time of a frame-major clip (``TimeGridEncoding._encode_slots``), then one grid read per point (the other
+  variants run with ``slot_blend=False``; those without ``-zm`` with ``z_merge=False``, on by default now)
 
 (gather tables are built inside every call, as in training) and checks every variant against the torch
 reference (relative table-gradient error, max forward difference). Point sets: ``uniform`` (random in the cube: the worst case) and ``rays`` (2^14 rays x 64
@@ -35,10 +36,10 @@ import triton.testing
 
 from animate124.scene.grid import GridEncoding, GridEncodingConfig, KernelOptions, TimeGridEncoding, launch
 
-VARIANTS = {
-    "plain": KernelOptions(pair_layout=False),
-    "pairs-fwd": KernelOptions(bwd_pairs_max_rows=0),
-    "pairs": KernelOptions(bwd_pairs_max_rows=2**30),
+VARIANTS = {  # z_merge is on by default: the 8-corner variants say so
+    "plain": KernelOptions(pair_layout=False, z_merge=False),
+    "pairs-fwd": KernelOptions(bwd_pairs_max_rows=0, z_merge=False),
+    "pairs": KernelOptions(bwd_pairs_max_rows=2**30, z_merge=False),
     "plain-zm": KernelOptions(pair_layout=False, z_merge=True),
     "pairs-zm": KernelOptions(bwd_pairs_max_rows=2**30, z_merge=True),
 }

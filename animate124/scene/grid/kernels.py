@@ -31,7 +31,7 @@ so the z face's weights are exactly ``w_x·w_y`` and the z+1 face's are 0, and m
 reductions off (``_zface``): 4 corners (2 pairs, 1 quad row) gathered or reduced instead of 8, in the same
 straight-line code as the other levels (a per-level branch to a 4-corner path was tried: more registers in
 the plain forward, BENCHMARKS.md §15.5). The value differs from the 8-corner sum by fp32 rounding only
-(``tests/test_scene_zmerge.py`` derives the bound). Without ``ZMERGE`` the kernels are today's.
+(``tests/test_scene_zmerge.py`` derives the bound). Without ``ZMERGE`` the kernels read all 8 corners at every level.
 
 Programs of the pair kernels put the level on axis 0 (fastest varying): concurrent programs then spread
 their loads and atomics over all levels' tables (BENCHMARKS.md §2).

@@ -10,7 +10,7 @@ Which kernels run (:class:`~animate124.scene.grid.options.KernelOptions`, held b
 * everything else (hashed levels, other feature counts or dtypes, ``pair_layout=False``): the plain
   kernels.
 
-``z_merge`` (off by default) makes every one of these kernels gather and reduce 4 corners instead of 8 at
+``z_merge`` (on by default) makes every one of these kernels gather and reduce 4 corners instead of 8 at
 the tiled levels whose index ignores z (:mod:`.kernels`, z-merge).
 
 The gather tables are deliberately not cached across calls: a cache keyed on the parameter's autograd

@@ -10,8 +10,9 @@ pair tables are rebuilt in backward. So it needs no activation checkpoint (the r
 ``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows.
 
 Chosen by ``KernelOptions(fused_normals=True)`` (off by default: it computes the same function up to fp32
-rounding, and is not yet measured on a GPU). Under autocast it runs in fp32 (today's path runs the MLP in
-fp16 there), so on a GPU its normals are closer to the exact ones than the path it replaces.
+rounding, but its backward made the dynamic step slower on an H100, BENCHMARKS.md §15.6). Under autocast it
+runs in fp32 (the plain path runs the MLP in fp16 there), so on a GPU its normals are closer to the exact ones
+than the path it replaces.
 """
 
 from __future__ import annotations
