@@ -22,9 +22,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from animate124.batch.plan import Asset
 from animate124.batch.task import (
@@ -40,6 +41,7 @@ from animate124.batch.task import (
 from animate124.errors import Animate124Error, ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INSTALL_HINT = 'install it with: pip install "animate124[batch]"  (or: pip install ray)'
 #: Seconds the driver waits, after Ctrl-C, for the tasks to checkpoint (a second Ctrl-C stops waiting).
@@ -83,6 +85,55 @@ def start_ray(address: str | None) -> tuple[Any, bool]:
             "to run on this machine",
         ) from exc
     return ray, True
+
+
+@dataclass
+class RayStart:
+    """Ray as :func:`start_ray_beside` left it: what :func:`start_ray` returned, or the error it raised
+    (raised again by :meth:`get`, where the batch would have started Ray), and how long the start took."""
+
+    ray: Any = None
+    started: bool = False
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    def get(self) -> tuple[Any, bool]:
+        """``(ray, started)``; from here the caller shuts down what was started."""
+        if self.error is not None:
+            raise self.error
+        return self.ray, self.started
+
+    def close(self) -> None:
+        """Shut down the Ray this started (the batch ran no task in it)."""
+        if self.started:
+            self.started = False
+            self.ray.shutdown()
+
+
+def start_ray_beside(work: Callable[[], T], address: str | None) -> tuple[T, RayStart]:
+    """``work()`` (the rows' checks) on a helper thread while Ray starts on this one, so that a batch
+    waits for the longer of the two instead of their sum (issue 28: on an H100 the driver's own start,
+    checks and Ray's start were most of Ray's overhead; starting Ray is mostly waiting for its processes).
+
+    Ray starts on the calling (main) thread, as it does without this: its signal handlers are the same.
+    An error of Ray's start is kept in the :class:`RayStart` for the caller to raise where it would have
+    started Ray (after the rows' report, with the batch's summary written); an error of ``work`` shuts the
+    Ray started here down again and is raised."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="animate124-batch-checks")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)
+    ray_start = RayStart()
+    t0 = time.time()
+    try:
+        ray_start.ray, ray_start.started = start_ray(address)
+    except Animate124Error as exc:
+        ray_start.error = exc
+    ray_start.seconds = time.time() - t0
+    try:
+        return future.result(), ray_start
+    except BaseException:
+        ray_start.close()
+        raise
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ under ``--json`` and maps the outcome to the exit code: 0 when every asset finis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +30,9 @@ from animate124.cli.common import (
     guarded,
 )
 from animate124.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, Animate124Error
+
+if TYPE_CHECKING:
+    from animate124.batch.driver import RayStart
 
 EXIT_HELP = (
     "[bold]Exit codes[/bold]: 0 every asset finished (done or up to date); 3 some asset failed, was "
@@ -198,11 +202,11 @@ def batch(
         bool, flag("--retry-failed", help="Run again the assets that failed in an earlier batch.")
     ] = False,
 ) -> None:
-    from animate124.batch.driver import require_ray
+    from animate124.batch.driver import require_ray, start_ray_beside
 
     require_ray()  # before anything: a clear usage error that says how to install it
     from animate124.batch.jobs import read_rows
-    from animate124.batch.plan import RUN, fetch_models, plan_assets
+    from animate124.batch.plan import RUN, fetch_models, likely_to_run, plan_assets
     from animate124.batch.summary import batch_lock
     from animate124.project import fs_error
     from animate124.stages.spec import stage_range
@@ -224,8 +228,17 @@ def batch(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fs_error(exc, out, "create the batch folder") from exc
-    with batch_lock(out):
-        assets = plan_assets(rows, out, make_config, until=until, retry_failed=retry_failed)
+    with batch_lock(out), contextlib.ExitStack() as stack:
+
+        def plan() -> list[Any]:
+            return plan_assets(rows, out, make_config, until=until, retry_failed=retry_failed)
+
+        early = None  # Ray, started while the rows are checked when some row will likely run
+        if likely_to_run(rows, out, retry_failed=retry_failed):
+            assets, early = start_ray_beside(plan, address)
+            stack.callback(early.close)  # unless _run takes it over: no task, no Ray left running
+        else:
+            assets = plan()
         summary_of: dict[str, dict[str, Any]] = {}
         try:
             fetched = fetch_models(assets, until, progress=s.show_progress)
@@ -245,7 +258,7 @@ def batch(
         to_run = [a for a in assets if a.action == RUN]
         try:
             stopped = (
-                _run(s, to_run, summary_of, base, until, address, gpus_per_run, cpus_per_run)
+                _run(s, to_run, summary_of, base, until, address, gpus_per_run, cpus_per_run, early)
                 if to_run
                 else None
             )
@@ -297,21 +310,27 @@ def _run(
     address: str | None,
     gpus_per_run: float | None,
     cpus_per_run: float | None,
+    early: RayStart | None = None,
 ) -> KeyboardInterrupt | None:
-    """Start Ray, run the tasks with the live table; returns the Ctrl-C (or SIGTERM) that stopped it, after
-    the runs checkpointed (see :func:`animate124.batch.driver.run_tasks`), or None."""
+    """Start Ray (or take the one ``early`` started while the rows were checked), run the tasks with the
+    live table; returns the Ctrl-C (or SIGTERM) that stopped it, after the runs checkpointed (see
+    :func:`animate124.batch.driver.run_tasks`), or None."""
     from animate124.batch.driver import placement, run_tasks, start_ray
     from animate124.batch.summary import asset_record
 
     t0 = time.time()
-    ray, started = start_ray(address)
+    if early is not None:
+        (ray, started), t0 = early.get(), t0 - early.seconds
+        early.started = False  # shut down below, as a Ray started here
+    else:
+        ray, started = start_ray(address)
     try:
         resources = ray.cluster_resources()
         where = placement(base.run.device, gpus_per_run, cpus_per_run, resources, local=address is None)
         s.say(
             f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs (started in "
-            f"{time.time() - t0:.1f} s); each run: {where.num_gpus:g} GPU, {where.num_cpus:g} CPU, device "
-            f"{where.device}"
+            f"{time.time() - t0:.1f} s{', while the rows were checked' if early else ''}); each run: "
+            f"{where.num_gpus:g} GPU, {where.num_cpus:g} CPU, device {where.device}"
         )
         batch_id = uuid.uuid4().hex
         jobs = [(a, a.job(until, where.device, max(1, int(where.num_cpus)), batch_id)) for a in to_run]
