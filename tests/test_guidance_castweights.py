@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -381,8 +383,6 @@ def test_textual_inversion_step_is_bit_identical_and_the_invert_stage_applies_it
 
 
 def test_the_invert_stage_applies_the_lever_when_asked(store, monkeypatch, tmp_path) -> None:
-    from pathlib import Path
-
     from animate124.config import resolve_config
     from animate124.project import Project
     from animate124.stages import build
@@ -431,3 +431,63 @@ def test_the_lever_with_the_fused_group_norms() -> None:
     r = run_interpreted("test_guidance_castweights")
     assert r["swapped"] == TINY_LAYERS and r["fused_calls"] > 0 and r["copy_bytes"] > 0, r
     assert r["equal_float16"] and r["equal_bfloat16"], r
+
+
+# ------------------------------------------------------------------------------ GPU, full size
+def _sd_vae_config() -> Path | None:
+    root = Path(__file__).resolve().parents[1]
+    for p in (os.environ.get("A124_HF_CONFIGS", ""), root / ".device" / "hf-configs",
+              root / ".." / "shared" / "data" / "hf-configs"):  # fmt: skip
+        vae = Path(p) / "stable-diffusion-v1-5--stable-diffusion-v1-5" / "vae" if p else None
+        if vae is not None and vae.is_dir():
+            return vae
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,size", [(4, 256), (1, 1024)], ids=["chunked", "by_piece"])
+def test_full_size_encoder_is_bit_identical_on_the_gpu(monkeypatch, n: int, size: int) -> None:
+    """The SD VAE encoder at full size (random fp32 weights) as the stages run it on the GPU: fp16 autocast, fused
+    norms, blocked attention, the recompute (in chunks at 256², piece by piece at 1024²). cuDNN is made
+    deterministic so that the plain path repeats itself exactly (the control), then the lever must equal it."""
+    from diffusers import AutoencoderKL
+
+    from animate124.guidance.attention import use_blocked_vae_attention
+    from animate124.guidance.groupnorm import fused_norm_calls, use_fused_vae_norms
+
+    config = _sd_vae_config()
+    if config is None:
+        pytest.skip("no hf-configs (A124_HF_CONFIGS, .device/hf-configs or ../shared/data/hf-configs)")
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    torch.manual_seed(0)
+    plain = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config))).eval().requires_grad_(False)
+    plain = _full_precision(plain).cuda()
+    use_blocked_vae_attention(plain)
+    use_fused_vae_norms(plain)
+    lever = copy.deepcopy(plain)
+    assert use_cast_encoder_weights(lever) == 32
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.rand(n, 3, size, size, device="cuda", generator=gen) * 2 - 1
+
+    def run(vae):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.float16):
+            m = encoder_moments(vae, xi, checkpoint=True)
+        go = torch.randn(m.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+        (g,) = torch.autograd.grad(m.float(), xi, go)
+        return m, g
+
+    m0, g0 = run(plain)
+    m1, g1 = run(plain)
+    assert torch.equal(m0, m1) and torch.equal(g0, g1), "the plain path is not deterministic here"
+    for _ in range(2):
+        m2, g2 = run(lever)
+        assert torch.equal(m0, m2) and torch.equal(g0, g2)
+    assert fused_norm_calls(lever) > 0
+    assert cast_weight_bytes(lever) == 2 * sum(
+        p.numel()
+        for m in lever.modules()
+        if isinstance(m, (CastConv2d, CastLinear))
+        for p in m.parameters(False)
+    )
