@@ -224,6 +224,13 @@ def test_layers_fall_back_where_autocast_would_not_cast_a_frozen_weight() -> Non
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half(torch.randn(2, 4))
     assert half.weight_cast is None
+    mixed = CastLinear(torch.nn.Linear(4, 3).requires_grad_(False))  # only what autocast casts is copied
+    mixed.bias.data = mixed.bias.data.to(torch.bfloat16)
+    y = torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(mixed(y), F.linear(y, mixed.weight, mixed.bias))
+    assert mixed.weight_cast is not None and mixed.bias_cast is None
+    assert list(mixed.state_dict()) == ["weight", "bias"]
     assert use_cast_encoder_weights(None) == 0
 
 

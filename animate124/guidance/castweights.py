@@ -51,11 +51,6 @@ def _autocast_casts(t: Tensor | None, dtype: torch.dtype) -> bool:
     return t is not None and t.is_floating_point() and t.dtype not in (dtype, torch.float64)
 
 
-def _autocast_cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """``t`` as autocast hands it to a low-precision op (:func:`_autocast_casts`)."""
-    return t.to(dtype) if t is not None and _autocast_casts(t, dtype) else t
-
-
 def _mark(t: Tensor | None) -> tuple | None:
     """Where ``t``'s values live and whether they changed in place: storage, version counter, layout."""
     if t is None:
@@ -85,6 +80,8 @@ class _CastWeights:
         dev = w.device.type
         if not torch.is_autocast_enabled(dev) or w.requires_grad or (b is not None and b.requires_grad):
             return w, b
+        if w.is_inference() or (b is not None and b.is_inference()):
+            return w, b  # no version counter to tell a change by
         dtype = autocast_dtype(dev)
         if not (_autocast_casts(w, dtype) or _autocast_casts(b, dtype)):
             return w, b  # nothing to cast (weights already in the autocast dtype, or double)
@@ -92,10 +89,11 @@ class _CastWeights:
         if key != self._cast_key:
             self.weight_cast = self.bias_cast = None  # the old copy goes before the new one is made
             with torch.inference_mode(False), torch.no_grad():
-                self.weight_cast = _autocast_cast(w, dtype)
-                self.bias_cast = _autocast_cast(b, dtype)
+                self.weight_cast = w.to(dtype) if _autocast_casts(w, dtype) else None
+                self.bias_cast = b.to(dtype) if b is not None and _autocast_casts(b, dtype) else None
             self._cast_key = key
-        return self.weight_cast, self.bias_cast  # type: ignore[return-value]
+        wc, bc = self.weight_cast, self.bias_cast
+        return (w if wc is None else wc), (b if bc is None else bc)
 
 
 class CastConv2d(_CastWeights, nn.Conv2d):
