@@ -58,9 +58,9 @@ def _mark(t: Tensor | None) -> tuple | None:
     return (t.device, t.dtype, t.data_ptr(), t._version, t.stride())
 
 
-class _CastWeights:
-    """The shared part of :class:`CastConv2d` and :class:`CastLinear` (a mixin of an ``nn.Module`` layer with
-    ``weight`` and ``bias``): the autocast-dtype copy and when to use it."""
+class _CastWeights(nn.Module):
+    """The shared part of :class:`CastConv2d` and :class:`CastLinear` (the first base of a layer with ``weight``
+    and ``bias``): the autocast-dtype copy and when to use it."""
 
     weight: Tensor
     bias: Tensor | None
@@ -68,10 +68,10 @@ class _CastWeights:
     def _init_cast(self, layer: nn.Module) -> None:
         self.weight = layer.weight
         self.bias = layer.bias
-        self.register_buffer("weight_cast", None, persistent=False)  # type: ignore[attr-defined]
-        self.register_buffer("bias_cast", None, persistent=False)  # type: ignore[attr-defined]
+        self.register_buffer("weight_cast", None, persistent=False)
+        self.register_buffer("bias_cast", None, persistent=False)
         self._cast_key: tuple | None = None
-        self.train(layer.training)  # type: ignore[attr-defined]
+        self.train(layer.training)
 
     def cast_weights(self) -> tuple[Tensor, Tensor | None]:
         """``(weight, bias)`` for the op: the autocast-dtype copy under autocast when the parameters are
@@ -105,10 +105,10 @@ class CastConv2d(_CastWeights, nn.Conv2d):
             self,
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            stride=conv.stride,  # type: ignore[arg-type]
-            padding=conv.padding,  # type: ignore[arg-type]
-            dilation=conv.dilation,  # type: ignore[arg-type]
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
