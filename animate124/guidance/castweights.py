@@ -14,7 +14,8 @@ operation the copy autocast would have made, kept from the last call: ``weight.t
 strides), remade when the weight changes (``.to()``, a channels-last ``.data`` swap, an in-place copy: its
 storage or version counter moves) or the autocast dtype does. Autocast passes an argument that is already in its
 dtype through untouched, so the convolution runs the same kernel on the same values: the same function bit for
-bit, forward, recompute and the backward to the input (the weights get no gradient either way). The group norms
+bit, forward, recompute and the backward to the input (the weights get no gradient either way), wherever the plain
+path repeats itself bit for bit (cuDNN's deterministic algorithms on the GPU). The group norms
 are not touched: their parameters stay fp32 and the norm computes as autocast has it (fp32 on CUDA; the fused
 norms of ``groupnorm.py`` take their fp32 parameters directly). Memory: the fp16 copy, half the encoder's fp32
 conv/linear weights (65 MiB per SD VAE), made on the first call under autocast. Outside autocast, with weights
