@@ -129,6 +129,13 @@ class RunConfig:
         "Triton on a CUDA GPU; elsewhere the plain norms run.",
         nohash=True,
     )
+    vae_cast_weights: bool = opt(
+        True,
+        "Keep the priors' VAE-encoder convolution and linear weights also in the autocast dtype (fp16), so that "
+        "autocast stops casting the fp32 weights at every encoder call, forward and recompute (64 casts of 34 M "
+        "parameters per pass; the same function bit for bit; 65 MiB more per VAE; BENCHMARKS.md §10).",
+        nohash=True,
+    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "
