@@ -424,10 +424,10 @@ def calls_record(meta: dict, results: list[dict], dense: float | None) -> dict:
 
 
 def variant_label(args) -> str:
-    """The record's variant name: ``--variant`` (or ``flags``), with ``+vae_cast_off`` when the stages' VAE path
-    runs without ``run.vae_cast_weights`` (so that ``guidance_calls.py`` keeps the two apart)."""
+    """The record's variant name: ``--variant`` (or ``flags``), with ``+vae_cast`` when the stages' VAE path
+    runs with ``run.vae_cast_weights`` (off by default; so that ``guidance_calls.py`` keeps the two apart)."""
     name = args.variant or "flags"
-    return f"{name}+vae_cast_off" if args.stages and not args.vae_cast_weights else name
+    return f"{name}+vae_cast" if args.stages and args.vae_cast_weights else name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-fused-norm", action="store_true", help="fused group norm + SiLU in the VAE encoder")
     p.add_argument(
         "--vae-cast-weights", action=argparse.BooleanOptionalAction, default=None,
-        help="the VAE encoder's conv/linear weights kept in the autocast dtype (run.vae_cast_weights; on with "
-        "--stages, --no-vae-cast-weights measures without it)",
+        help="the VAE encoder's conv/linear weights kept in the autocast dtype (run.vae_cast_weights; with "
+        "--stages the stages' default, off)",
     )  # fmt: skip
     p.add_argument("--vae-channels-last", action="store_true", help="the VAE encoder in channels-last")
     p.add_argument(
@@ -488,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages:
         args.autocast = args.vae_checkpoint = args.vae_fused_norm = True
         args.vae_attention = "blocked"
-        if args.vae_cast_weights is None:
-            args.vae_cast_weights = True
+        if args.vae_cast_weights is None:  # as the stages run it (run.vae_cast_weights)
+            from animate124.config import Config
+
+            args.vae_cast_weights = Config().run.vae_cast_weights
     args.vae_cast_weights = bool(args.vae_cast_weights)
     from diffusers.utils import logging as dlog
 

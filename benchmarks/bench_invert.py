@@ -57,7 +57,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--cast-weights", action="store_true",
-        help="the VAE encoder's conv/linear weights kept in fp16 too (run.vae_cast_weights, on)",
+        help="the VAE encoder's conv/linear weights kept in fp16 too (run.vae_cast_weights, off by default)",
     )  # fmt: skip
     ap.add_argument("--compile", action="store_true", help="the UNet compiled (run.compile_priors=invert)")
     ap.add_argument("--compile-mode", default="default", help="run.compile_mode")

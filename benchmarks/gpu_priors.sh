@@ -9,9 +9,9 @@
 #   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile)
-#   VAE_CAST='on off'               also each variant without run.vae_cast_weights (files *_nocast; default on)
+#   VAE_CAST='off on'               also each variant with run.vae_cast_weights (files *_cast; default off, the stages' default)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
-#   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms, VAE weights in fp16 too); fast = + compile, channels-last, fused AdamW
+#   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW
 #   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
 # Compiling costs 1-3 minutes per network at full size (max-autotune more); Inductor's cache is kept under
 # /tmp/a124/inductor for the machine's lifetime, so a later call on the same warm machine reuses it.
@@ -30,8 +30,8 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 if [[ " $PARTS " == *" bench "* ]]; then
   for v in $VARIANTS; do
-    for c in ${VAE_CAST:-on}; do
-      if [ "$c" = off ]; then tag="${v}_nocast"; cast="--no-vae-cast-weights"; else tag="$v"; cast=""; fi
+    for c in ${VAE_CAST:-off}; do
+      if [ "$c" = on ]; then tag="${v}_cast"; cast="--vae-cast-weights"; else tag="$v"; cast=""; fi
       L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $tag"; continue; }
       el "guidance calls, variant $v, vae_cast_weights $c, priors $PRIORS (up to $L s)"
       timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages $cast \

@@ -22,7 +22,7 @@ conv/linear weights (65 MiB per SD VAE), made on the first call under autocast. 
 that need gradients, or with weights already in the autocast dtype (a VAE loaded in fp16) a layer runs as the
 plain one. The decoder is never touched: score distillation only encodes.
 
-Config: ``run.vae_cast_weights`` (on); the stages apply it in ``stages/build.py`` (``_finish_prior``, all four
+Config: ``run.vae_cast_weights`` (off until a GPU measurement shows it pays); the stages apply it in ``stages/build.py`` (``_finish_prior``, all four
 priors) and in the invert stage (the textual inversion's VAE forward runs under the trainer's autocast). Tests:
 ``tests/test_guidance_castweights.py`` (CPU autocast, bf16 and fp16: encoder output, latents and the SDS
 gradient on the render through each prior, bit-identical to the plain path; the fused norms under Triton's
