@@ -7,10 +7,14 @@ clip), in fp32 throughout. Kernels and the layout of the work: :mod:`.stencil_ke
 
 Memory: the autograd node keeps the points, their slots and the slot plan, nothing per neighbour; the
 pair tables are rebuilt in backward. So it needs no activation checkpoint (the renderer skips its
-``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows.
+``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows. The
+backward works on chunks of ``KernelOptions.fused_normals_chunk`` samples; per sample of a chunk it keeps
+``6 × (16·L + 4 + 4·⌈H/16⌉)`` bytes (the neighbours' features and their gradients, ``dh``, the ReLU bits:
+1,656 B at the paper grid and decoder, 217 MB for the default 2^17 samples), reused from chunk to chunk.
 
 Chosen by ``KernelOptions(fused_normals=True)`` (off by default: it computes the same function up to fp32
-rounding, but its backward made the dynamic step slower on an H100, BENCHMARKS.md §15.6). Under autocast it
+rounding; its first backward, one kernel that spilled registers, made the dynamic step slower on an H100,
+BENCHMARKS.md §15.6; the present one, three kernels, awaits a GPU measurement, §15.7). Under autocast it
 runs in fp32 (the plain path runs the MLP in fp16 there), so on a GPU its normals are closer to the exact ones
 than the path it replaces.
 """
@@ -138,6 +142,24 @@ def _backward_chunks(
             tot_b += part_b[:pb].sum(0)
     dw1 = tot_b[: hp * fp].view(hp, fp)[:h, :f]
     return dw1, tot_b[hp * fp : hp * fp + h], tot_a[:h], tot_a[h]
+
+
+def kernel_settings(
+    hidden: int = 64, features: int = 32, smooth: bool = False
+) -> list[tuple[str, Any, dict, int]]:
+    """``(name, kernel, constexprs, warps)`` of the forward and the backward's three kernels as the launches
+    above compile them (for the sm_90 compile test and ``benchmarks/kernel_resources.py``;
+    the defaults are the paper decoder's, 16 levels × 2 features in, 64 hidden)."""
+    fp = max(16, K.triton.next_power_of_2(features))
+    mlp = {"H": hidden, "F": features, "SMOOTH": smooth}
+    scatter = {"BLOCK": SCATTER_BLOCK, "SMOOTH": smooth, "USE_ASM": True, "ASM": SK.RED4_ASM}
+    return [
+        ("forward", SK._stencil_fwd_kernel, {**mlp, "BLOCK": BLOCK}, WARPS),
+        ("backward 1: recompute, dh", SK._stencil_mlp_bwd_kernel, {**mlp, "BLOCK": MLP_BLOCK}, MLP_WARPS),
+        ("backward 2: first layer", SK._stencil_linear_bwd_kernel, {
+            "H": hidden, "HP": max(16, hidden), "F": features, "FP": fp, "TILE": TILE}, TILE_WARPS),
+        ("backward 3: table scatter", SK._stencil_scatter_kernel, scatter, SCATTER_WARPS),
+    ]  # fmt: skip
 
 
 def _level_ptrs(bufs: LevelBuffers) -> tuple[Tensor, ...]:

@@ -17,13 +17,26 @@ memory. These kernels compute, per sample, the same six densities and the normal
 * ``σ = exp(relu(hid + b₁)·W₂[0] + b₂[0] + blob(x'))`` and ``n = −g/‖g‖``, ``g_d = 0.5·(σ₊ − σ₋)/ε``,
   NaN → 0 (``safe_normalize`` and ``nan_to_num`` of ``fields.py``); all in fp32.
 
-The backward recomputes the above from the points, then runs autograd's maths by hand: ``nan_to_num`` →
-``safe_normalize`` → the difference quotient → ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ReLU →
-the first layer. It sweeps the levels a second time for the features (for ``dW₁``) and the table
-gradients, which go into the pair-layout buffer ``G [rows, 4]`` (folded and spread onto the time grids by
-``_slot_scatter_kernel``); the neighbours that sit in the sample's cell add their corner gradients
-first and lane 6 issues one reduction for them. The MLP gradients are summed per program in registers over
-a persistent loop of blocks and written as one row of partial sums per program.
+The backward is three kernels over a chunk of samples (:func:`.stencil._backward_chunks`), so that no kernel
+holds more than the forward's ``[lanes, H]`` tile (one kernel doing all of it sat at 255 registers with
+spills, BENCHMARKS.md §15.2b):
+
+1. ``_stencil_mlp_bwd_kernel`` recomputes the forward (the same code, so the same bits), stores the
+   neighbours' features (``feat``), and runs autograd's maths by hand: ``nan_to_num`` → ``safe_normalize``
+   → the difference quotient → ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ``dh`` per lane, stored with the
+   lane's ReLU pattern ``hid > 0`` (16 bits a word); the gradients of ``W₂[0]`` and ``b₂[0]`` as per-program
+   partial sums;
+2. ``_stencil_linear_bwd_kernel``, over tiles of lanes: ``dhid = [hid > 0]·dh·W₂[0]`` (the same fp32 products
+   as autograd's), ``dfeat = dhid·W₁`` and ``dW₁ = Σ dhidᵀ·feat``, ``db₁ = Σ dhid`` as per-program partial sums
+   (IEEE fp32 products, no TF32);
+3. ``_stencil_scatter_kernel``, programs (level, block of samples) with levels fastest as the grid backward:
+   the table gradient ``w·dfeat`` of each corner into the pair-layout buffer ``G [rows, 4]`` (16-byte
+   reductions; the neighbours that sit in the sample's cell add theirs first and lane 6 issues one
+   reduction for them), folded and spread onto the time grids by ``_slot_scatter_kernel``.
+
+Determinism follows the grid backward's policy (:mod:`.kernels`): the MLP gradients are fixed-order sums of
+per-program partials (the same bits on every run); the table gradient is a sum of float reductions whose
+order the GPU chooses (the same up to fp32 rounding).
 """
 
 from __future__ import annotations
@@ -111,7 +124,8 @@ if K.HAS_TRITON:
         u2 = (x2 + bound) / two_bound
         inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
         slot = tl.load(slot_ptr + pt, mask=ok, other=0)
-        blob = blob_a * tl.exp(-(x0 * x0 + x1 * x1 + x2 * x2) / blob_k)  # here: one value live across the sweep
+        # the blob before the sweep: one value live across it instead of the three coordinates
+        blob = blob_a * tl.exp(-(x0 * x0 + x1 * x1 + x2 * x2) / blob_k)
         hc = tl.arange(0, H)
         hid = tl.zeros([S, H], dtype=tl.float32)
         for lvl in range(0, n_active):
@@ -211,7 +225,6 @@ if K.HAS_TRITON:
         tot = tl.sum(tl.reshape(tl.where(share, v, 0.0), [BLOCK, 8]), axis=1)
         return tl.where(nl == 6, _to_lanes(tot, BLOCK), v)
 
-
     @triton.jit  # pragma: no cover - jit
     def _stencil_mlp_bwd_kernel(
         x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gout_ptr, feat_ptr, dh_ptr, relu_ptr, part_ptr,
@@ -295,7 +308,8 @@ if K.HAS_TRITON:
             r = (pid * tiles + i) * TILE + tl.arange(0, TILE)
             rm = r < R
             dh = tl.load(dh_ptr + r, mask=rm, other=0.0)
-            word = tl.load(relu_ptr + r[:, None] * NW + (hc // 16)[None, :], mask=rm[:, None] & hm[None, :], other=0)
+            wm = rm[:, None] & hm[None, :]
+            word = tl.load(relu_ptr + r[:, None] * NW + (hc // 16)[None, :], mask=wm, other=0)
             dhid = tl.where(((word >> (hc % 16)[None, :]) & 1) != 0, dh[:, None] * w2[None, :], 0.0)
             db1 += tl.sum(dhid, axis=0)
             tm = rm[:, None] & fm[None, :]
