@@ -49,11 +49,13 @@ class KernelOptions:
             the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
             field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
             2-layer decoder). Same function up to fp32 rounding; off: measured slower on an H100 (BENCHMARKS.md
-            §15.6: its forward saves 15 ms a dynamic step, its backward, which spills registers, costs 30 ms more).
+            §15.6: its forward saves 15 ms a dynamic step, its first backward, which spilled registers, cost 30 ms
+            more; the present one, three kernels without spills, awaits a GPU measurement, §15.7).
         fused_normals_chunk: samples per chunk of the fused normals' backward, which keeps about 1.7 KB of
             per-sample buffers for the chunk it works on (the neighbours' features and their gradients: 217 MB
-            at 2^17 samples and the paper grid, whatever the batch). At most 2^20 (its launch grid's
-            65,535 blocks of 32 samples); tests lower it to cross chunk boundaries.
+            at 2^17 samples and the paper grid, whatever the batch). At most 2^20 (well inside its scatter's
+            65,535 launch blocks of 32 samples and its buffers' int32 offsets); tests lower it to cross chunk
+            boundaries.
         z_merge: the grid kernels (plain, quad and pair forward, the backward) gather and reduce only the 4
             corners of the z face, with weights ``w_x·w_y``, at the tiled levels whose index ignores z (the
             stride guard: levels 9–15 of the paper grid), whose z and z+1 corners are the same rows and
