@@ -21,11 +21,11 @@ The backward is three kernels over a chunk of samples (:func:`.stencil._backward
 holds more than the forward's ``[lanes, H]`` tile (one kernel doing all of it sat at 255 registers with
 spills, BENCHMARKS.md §15.2b):
 
-1. ``_stencil_mlp_bwd_kernel`` recomputes the forward (the same code, so the same bits), stores the
-   neighbours' features (``feat``), and runs autograd's maths by hand: ``nan_to_num`` → ``safe_normalize``
-   → the difference quotient → ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ``dh`` per lane, stored with the
-   lane's ReLU pattern ``hid > 0`` (16 bits a word); the gradients of ``W₂[0]`` and ``b₂[0]`` as per-program
-   partial sums;
+1. ``_stencil_mlp_bwd_kernel`` recomputes the forward (the same code, ``_hidden``, at another block size, so
+   its sums over the hidden units may round differently), stores the neighbours' features (``feat``), and
+   runs autograd's maths by hand: ``nan_to_num`` → ``safe_normalize`` → the difference quotient →
+   ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ``dh`` per lane, stored with the lane's ReLU pattern
+   ``hid > 0`` (16 bits a word); the gradients of ``W₂[0]`` and ``b₂[0]`` as per-program partial sums;
 2. ``_stencil_linear_bwd_kernel``, over tiles of lanes: ``dhid = [hid > 0]·dh·W₂[0]`` (the same fp32 products
    as autograd's), ``dfeat = dhid·W₁`` and ``dW₁ = Σ dhidᵀ·feat``, ``db₁ = Σ dhid`` as per-program partial sums
    (IEEE fp32 products, no TF32);
