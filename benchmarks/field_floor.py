@@ -172,10 +172,15 @@ def step_model(levels: list[dict], cfg_field, args, rates: dict[str, float]) -> 
         "reductions": live * tot("reductions_separate_pairv4"),
         "flop": live * 6 * 4 * mlp_full,  # 2 forwards + backward (2x), all four outputs
     }
-    fused_built = {  # this branch's kernel: forward; backward gathers twice (recompute, features for dW1)
+    fused_built = {  # the first fused kernel (§15.2): forward; backward gathers twice (recompute, features for dW1)
         "sectors": live * 3 * tot("sectors_pair_union"),
         "reductions": live * tot("reductions_fused_pairv4"),
         "flop": live * 6 * 4 * mlp_density,
+    }
+    fused_split = {  # the backward in three kernels (stencil.py): one gather in backward, features kept in HBM
+        "sectors": live * 2 * tot("sectors_pair_union"),
+        "reductions": live * tot("reductions_fused_pairv4"),
+        "flop": live * 6 * 4 * mlp_density,  # forward, recompute, dfeat = dhid·W1, dW1 = dhidᵀ·feat
     }
     fused_floor = {  # one gather forward, one in backward (features kept), pre-reduced pair adds
         "sectors": live * 2 * tot("sectors_pair_union"),
@@ -197,6 +202,13 @@ def step_model(levels: list[dict], cfg_field, args, rates: dict[str, float]) -> 
     hbm_today = (1 + 2 * segs) * per_call_fwd + (1 + segs) * per_call_bwd
     # fused: the samples' call as today; the normals one forward, one backward that rebuilds the pair tables
     hbm_fused = 3 * per_call_fwd + 2 * per_call_bwd
+    # the split backward's per-lane buffers of a chunk (written, then read): features, their gradients, dh,
+    # the ReLU bits; and its per-program partial sums (kernel 1: H + 1 per block; kernel 2: H·F + H per program)
+    from animate124.scene.grid import stencil as S
+
+    lane_bytes = 2 * (feat * 4 + feat * 4 + 4 + 4 * -(-hid // 16))
+    part_bytes = 2 * 4 * ((hid + 1) / S.MLP_BLOCK + (hid * feat + hid) * 6 / (S.TILE * S.TILES_PER_PROGRAM))
+    stream_split = live * (6 * lane_bytes + part_bytes)
     # floor: every call's slot gradient into one buffer, one table gradient per step
     hbm_floor = 2 * per_call_fwd + 2 * 2 * slot_pair + table_bytes
     # time TV's table gradient (one node, written and added) and Adam (p, g, m, v read; p, m, v written)
@@ -207,6 +219,7 @@ def step_model(levels: list[dict], cfg_field, args, rates: dict[str, float]) -> 
     designs = {
         "today": ([sample, today_normals, tv], hbm_today + stream_today),
         "fused_built": ([sample, fused_built, tv], hbm_fused),
+        "fused_split": ([sample, fused_split, tv], hbm_fused + stream_split),
         "floor": ([sample_floor, fused_floor, tv], hbm_floor),
     }
     part_names = ("samples", "normals", "time_tv")

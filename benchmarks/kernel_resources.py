@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +27,8 @@ def kernels() -> list[tuple[str, object, dict, int]]:
     """(name, kernel, constexprs, warps) at the paper field's shapes and the launches' settings."""
     from animate124.scene.grid import KernelOptions, stencil
     from animate124.scene.grid import kernels as K
-    from animate124.scene.grid import stencil_kernels as SK
 
     o = KernelOptions()
-    mlp = {"BLOCK": stencil.BLOCK, "H": 64, "F": 32, "SMOOTH": False}
     grid = [
         ("grid forward (plain)", K._grid_fwd_kernel, {"C": 2, "BLOCK": o.fwd_block, "HAS_TIME": True,
                                                       "SMOOTH": False}, o.fwd_warps),
@@ -52,50 +47,22 @@ def kernels() -> list[tuple[str, object, dict, int]]:
     zmerged = [(f"{name} + z-merge", fn, {**ce, "ZMERGE": True}, w) for name, fn, ce, w in grid]
     return [
         *(row for pair in zip(grid, zmerged, strict=True) for row in pair),
-        ("fused normals forward (stencil)", SK._stencil_fwd_kernel, mlp, stencil.WARPS),
-        ("fused normals backward (stencil)", SK._stencil_bwd_kernel, {**mlp, "FP2": 32, "USE_ASM": True,
-                                                                      "ASM": SK.RED4_ASM}, stencil.WARPS),
+        *((f"fused normals {name} (stencil)", fn, ce, w) for name, fn, ce, w in stencil.kernel_settings()),
     ]  # fmt: skip
-
-
-def ptxas_report(ptx: str) -> dict[str, int]:
-    """``ptxas -v`` of ``ptx`` for sm_90a: registers, stack frame and spill bytes per thread."""
-    import triton
-
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    version = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
-    # Triton emits the PTX version of its newest ptxas (named ptxas-blackwell in this wheel) when it has one
-    candidates = [bindir / "ptxas-blackwell", bindir / "ptxas"]
-    errors = []
-    for exe in (c for c in candidates if c.exists()):
-        with tempfile.TemporaryDirectory() as d:
-            src = Path(d, "k.ptx")
-            src.write_text(ptx)
-            r = subprocess.run(
-                [str(exe), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(d, "k.o"))],
-                capture_output=True, text=True,
-            )  # fmt: skip
-        if r.returncode == 0:
-            return {
-                key: int(m.group(1)) if (m := re.search(pat, r.stderr)) else 0
-                for key, pat in (
-                    ("registers", r"Used (\d+) registers"),
-                    ("stack_bytes", r"(\d+) bytes stack frame"),
-                    ("spill_store_bytes", r"(\d+) bytes spill stores"),
-                    ("spill_load_bytes", r"(\d+) bytes spill loads"),
-                )
-            }
-        errors.append(f"{exe.name}: {r.stderr.strip()[-200:]}")
-    raise RuntimeError(f"no ptxas here assembles PTX {version.group(0) if version else '?'}: {errors}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the table here")
     a = ap.parse_args(argv)
-    from helpers_triton import compile_for_sm90
+    from helpers_triton import compile_for_sm90, ptxas_report
 
-    types = {**{f: "fp32" for f in FLOATS}, **{i: "*i32" for i in INTS}, "slot_ptr": "*i64"}
+    types = {
+        **{f: "fp32" for f in FLOATS},
+        **{i: "*i32" for i in INTS},
+        "slot_ptr": "*i32",
+        "relu_ptr": "*i32",
+    }
     rows = []
     for name, fn, ce, warps in kernels():
         k = compile_for_sm90(fn, ce, types, warps)

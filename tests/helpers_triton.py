@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,34 @@ def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, 
         if "backend" in str(exc).lower() or "ptxas" in str(exc).lower():
             pytest.skip(f"Triton cannot compile for CUDA here: {exc}")
         raise
+
+
+def ptxas_report(ptx: str) -> dict[str, int]:
+    """``ptxas -v`` of ``ptx`` for sm_90a: registers, stack frame and spill bytes per thread."""
+    import triton
+
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    version = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
+    # Triton emits the PTX version of its newest ptxas (named ptxas-blackwell in this wheel) when it has one
+    candidates = [bindir / "ptxas-blackwell", bindir / "ptxas"]
+    errors = []
+    for exe in (c for c in candidates if c.exists()):
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d, "k.ptx")
+            src.write_text(ptx)
+            r = subprocess.run(
+                [str(exe), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(d, "k.o"))],
+                capture_output=True, text=True,
+            )  # fmt: skip
+        if r.returncode == 0:
+            return {
+                key: int(m.group(1)) if (m := re.search(pat, r.stderr)) else 0
+                for key, pat in (
+                    ("registers", r"Used (\d+) registers"),
+                    ("stack_bytes", r"(\d+) bytes stack frame"),
+                    ("spill_store_bytes", r"(\d+) bytes spill stores"),
+                    ("spill_load_bytes", r"(\d+) bytes spill loads"),
+                )
+            }
+        errors.append(f"{exe.name}: {r.stderr.strip()[-200:]}")
+    raise RuntimeError(f"no ptxas here assembles PTX {version.group(0) if version else '?'}: {errors}")

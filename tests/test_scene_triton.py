@@ -377,7 +377,14 @@ def test_kernel_options_are_frozen_validated_and_per_encoder():
     opts = KernelOptions(pair_layout=False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.pair_layout = True  # type: ignore[misc]
-    for bad in ({"atomics": "fp16"}, {"fwd_block": 48}, {"pair_fwd_warps": 3}, {"max_launch_blocks": 70000}):
+    bad_chunks = ({"fused_normals_chunk": 0}, {"fused_normals_chunk": 2**20 + 1})
+    for bad in (
+        {"atomics": "fp16"},
+        {"fwd_block": 48},
+        {"pair_fwd_warps": 3},
+        {"max_launch_blocks": 70000},
+        *bad_chunks,
+    ):
         with pytest.raises(ConfigError):
             KernelOptions(**bad)  # type: ignore[arg-type]
     a = GridEncoding(small_grid_config(), backend="torch", kernel_options=opts)

@@ -49,7 +49,13 @@ class KernelOptions:
             the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
             field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
             2-layer decoder). Same function up to fp32 rounding; off: measured slower on an H100 (BENCHMARKS.md
-            §15.6: its forward saves 15 ms a dynamic step, its backward, which spills registers, costs 30 ms more).
+            §15.6: its forward saves 15 ms a dynamic step, its first backward, which spilled registers, cost 30 ms
+            more; the present one, three kernels without spills, awaits a GPU measurement, §15.7).
+        fused_normals_chunk: samples per chunk of the fused normals' backward, which keeps about 1.7 KB of
+            per-sample buffers for the chunk it works on (the neighbours' features and their gradients: 217 MB
+            at 2^17 samples and the paper grid, whatever the batch). At most 2^20 (well inside its scatter's
+            65,535 launch blocks of 32 samples and its buffers' int32 offsets); tests lower it to cross chunk
+            boundaries.
         z_merge: the grid kernels (plain, quad and pair forward, the backward) gather and reduce only the 4
             corners of the z face, with weights ``w_x·w_y``, at the tiled levels whose index ignores z (the
             stride guard: levels 9–15 of the paper grid), whose z and z+1 corners are the same rows and
@@ -77,6 +83,7 @@ class KernelOptions:
     slot_max_times: int = 32
     slot_min_points_per_time: int = 2**14
     fused_normals: bool = False
+    fused_normals_chunk: int = 2**17
     z_merge: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
@@ -94,6 +101,8 @@ class KernelOptions:
             raise ConfigError(
                 f"max_launch_blocks must be in [1, {MAX_LAUNCH_BLOCKS}], got {self.max_launch_blocks}"
             )
+        if not 1 <= self.fused_normals_chunk <= 2**20:
+            raise ConfigError(f"fused_normals_chunk must be in [1, 2^20], got {self.fused_normals_chunk}")
         if self.bwd_pairs_max_rows < 0 or self.slot_max_times < 1 or self.slot_min_points_per_time < 1:
             raise ConfigError(
                 "bwd_pairs_max_rows >= 0, slot_max_times >= 1 and slot_min_points_per_time >= 1"

@@ -7,10 +7,14 @@ clip), in fp32 throughout. Kernels and the layout of the work: :mod:`.stencil_ke
 
 Memory: the autograd node keeps the points, their slots and the slot plan, nothing per neighbour; the
 pair tables are rebuilt in backward. So it needs no activation checkpoint (the renderer skips its
-``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows.
+``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows. The
+backward works on chunks of ``KernelOptions.fused_normals_chunk`` samples; per sample of a chunk it keeps
+``6 × (16·L + 4 + 4·⌈H/16⌉)`` bytes (the neighbours' features and their gradients, ``dh``, the ReLU bits:
+1,656 B at the paper grid and decoder, 217 MB for the default 2^17 samples), reused from chunk to chunk.
 
 Chosen by ``KernelOptions(fused_normals=True)`` (off by default: it computes the same function up to fp32
-rounding, but its backward made the dynamic step slower on an H100, BENCHMARKS.md §15.6). Under autocast it
+rounding; its first backward, one kernel that spilled registers, made the dynamic step slower on an H100,
+BENCHMARKS.md §15.6; the present one, three kernels, awaits a GPU measurement, §15.7). Under autocast it
 runs in fp32 (the plain path runs the MLP in fp16 there), so on a GPU its normals are closer to the exact ones
 than the path it replaces.
 """
@@ -28,17 +32,13 @@ from animate124.scene.grid import stencil_kernels as SK
 from animate124.scene.grid.layout import LevelBuffers
 from animate124.scene.grid.options import KernelOptions
 
-BLOCK = 16  # samples per program (× 8 lanes = 128 lanes: one per thread at 4 warps)
+BLOCK = 16  # forward: samples per program (× 8 lanes = 128 lanes: one per thread at 4 warps)
 WARPS = 4
-BWD_PROGRAMS_PER_SM = 4
-
-
-def _programs(nblocks: int, device: torch.device) -> int:
-    """Programs of the persistent backward: a few per SM on CUDA (each writes one row of MLP partials)."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(nblocks, BWD_PROGRAMS_PER_SM * sms))
-    return max(1, min(nblocks, 4))
+# The backward's three kernels (stencil_kernels, "Backward"); launch shapes chosen by what ptxas makes of them for
+# sm_90a (BENCHMARKS.md §15.2b: no spills, at most 128 registers; benchmarks/kernel_resources.py)
+MLP_BLOCK, MLP_WARPS = 8, 4  # part 1: samples per program (64 lanes; 89 registers; 16 samples: 154)
+TILE, TILE_WARPS, TILES_PER_PROGRAM = 32, 8, 32  # part 2: lanes per tile (80 registers at hidden 64)
+SCATTER_BLOCK, SCATTER_WARPS = 32, 4  # part 3: samples per (level, block) program (256 lanes, 40 registers)
 
 
 class _StencilNormalsFn(torch.autograd.Function):
@@ -71,39 +71,95 @@ class _StencilNormalsFn(torch.autograd.Function):
         x, table, w1, b1, w2, b2, slot, lo, hi, a = ctx.saved_tensors
         meta = ctx.meta
         bufs, entries, t_size = meta["bufs"], meta["entries"], meta["time_grid_size"]
-        n, (h, f) = x.shape[0], w1.shape
-        fp2 = K.triton.next_power_of_2(f)
-        k = lo.numel()
         pairs = launch.build_slot_pairs(table, lo, hi, a, bufs, entries)
-        g4 = torch.zeros(k * entries, 4, device=x.device, dtype=torch.float32)
-        nblocks = K.triton.cdiv(n, BLOCK) if n else 0
-        progs = _programs(nblocks, x.device) if n else 0
-        width = h * fp2 + 3 * h
-        part = torch.zeros(max(progs, 1), width, device=x.device, dtype=torch.float32)
-        if n:
-            use_asm = launch.vec2_enabled(x.device, meta["options"], meta["state"])
-            SK._stencil_bwd_kernel[(progs,)](
-                x, slot, pairs, w1.contiguous(), b1.contiguous(), w2[0].contiguous(), b2[:1].contiguous(),
-                grad_out.float().contiguous(), g4, part, *_level_ptrs(bufs), n, meta["n_active"], entries,
-                *_scalars(meta), nblocks, BLOCK=BLOCK, H=h, F=f, FP2=fp2, SMOOTH=meta["smooth"], USE_ASM=use_asm,
-                ASM=SK.RED4_ASM, num_warps=WARPS,
-            )  # fmt: skip
+        g4 = torch.zeros(lo.numel() * entries, 4, device=x.device, dtype=torch.float32)
+        dw1, db1, dw2_0, db2_0 = _backward_chunks(x, slot, pairs, w1, b1, w2, b2, grad_out, g4, meta)
         grad = torch.empty(t_size * entries, 2, device=x.device, dtype=torch.float32)
         K._slot_scatter_kernel[launch._table_grid(bufs, t_size)](
-            g4, grad, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous(), k,
+            g4, grad, lo.to(torch.int32), hi.to(torch.int32), a.float().contiguous(), lo.numel(),
             *launch._level_args(bufs), entries, PAIRED=True, BLOCK=launch.BUILD_BLOCK,
         )  # fmt: skip
-        tot = part.sum(0)
-        dw1 = tot[: h * fp2].view(h, fp2)[:, :f]
-        db1 = tot[h * fp2 : h * fp2 + h]
         dw2 = torch.zeros_like(w2, dtype=torch.float32)
-        dw2[0] = tot[h * fp2 + h : h * fp2 + 2 * h]
+        dw2[0] = dw2_0
         db2 = torch.zeros_like(b2, dtype=torch.float32)
-        db2[0] = tot[h * fp2 + 2 * h]
+        db2[0] = db2_0
         return (
             None, grad.view(table.shape).to(table.dtype), dw1.to(w1.dtype), db1.to(b1.dtype), dw2.to(w2.dtype),
             db2.to(b2.dtype), None, None, None, None, None,
         )  # fmt: skip
+
+
+def _backward_chunks(
+    x: Tensor, slot: Tensor, pairs: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, grad_out: Tensor,
+    g4: Tensor, meta: dict,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The backward's three kernels over chunks of ``KernelOptions.fused_normals_chunk`` samples (module
+    docstring): adds the table gradient into the pair-layout buffer ``g4`` and returns the fp32 gradients
+    ``dW₁ [H, F]``, ``db₁ [H]``, ``dW₂[0] [H]``, ``db₂[0] []``, each a fixed-order sum of per-program partials."""
+    n, (h, f) = x.shape[0], w1.shape
+    na, entries, bufs = meta["n_active"], meta["entries"], meta["bufs"]
+    fa, hp, fp, nw = 2 * na, max(16, h), max(16, K.triton.next_power_of_2(f)), (h + 15) // 16
+    dev, f32 = x.device, torch.float32
+    tot_a = torch.zeros(h + 1, device=dev, dtype=f32)  # (dW₂[0], db₂[0])
+    tot_b = torch.zeros(hp * fp + hp, device=dev, dtype=f32)  # (dW₁ padded to [HP, FP], db₁ padded)
+    if n:
+        chunk = min(n, meta["options"].fused_normals_chunk)
+        lanes = 6 * chunk  # the chunk's six neighbours per sample: row 6p + n of every per-lane buffer
+        feat = torch.empty(max(fa, 1), lanes, device=dev, dtype=f32)
+        dfeat = torch.empty(max(fa, 1), lanes, device=dev, dtype=f32)
+        dh = torch.empty(lanes, device=dev, dtype=f32)
+        relu = torch.empty(lanes, nw, device=dev, dtype=torch.int32)
+        part_a = torch.empty(K.triton.cdiv(chunk, MLP_BLOCK), h + 1, device=dev, dtype=f32)
+        part_b = torch.empty(
+            K.triton.cdiv(K.triton.cdiv(lanes, TILE), TILES_PER_PROGRAM), hp * fp + hp, device=dev, dtype=f32
+        )
+        w1, b1, w2, b2 = w1.contiguous(), b1.contiguous(), w2[0].contiguous(), b2[:1].contiguous()
+        gout = grad_out.float().contiguous()
+        use_asm = launch.vec2_enabled(x.device, meta["options"], meta["state"])
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            m = e - s
+            nb = K.triton.cdiv(m, MLP_BLOCK)
+            SK._stencil_mlp_bwd_kernel[(nb,)](
+                x[s:e], slot[s:e], pairs, w1, b1, w2, b2, gout[s:e], feat, dh, relu, part_a, *_level_ptrs(bufs),
+                m, lanes, na, entries, *_scalars(meta), BLOCK=MLP_BLOCK, H=h, F=f, SMOOTH=meta["smooth"],
+                num_warps=MLP_WARPS,
+            )  # fmt: skip
+            ntiles = K.triton.cdiv(6 * m, TILE)
+            tiles = min(TILES_PER_PROGRAM, ntiles)
+            pb = K.triton.cdiv(ntiles, tiles)
+            SK._stencil_linear_bwd_kernel[(pb,)](
+                feat, dh, relu, w1, w2, dfeat, part_b, 6 * m, fa, lanes, tiles, H=h, HP=hp, F=f, FP=fp, TILE=TILE,
+                num_warps=TILE_WARPS,
+            )  # fmt: skip
+            if na:
+                SK._stencil_scatter_kernel[(na, K.triton.cdiv(m, SCATTER_BLOCK))](
+                    x[s:e], slot[s:e], dfeat, g4, *_level_ptrs(bufs), m, lanes, entries, *_scalars(meta)[:3],
+                    BLOCK=SCATTER_BLOCK, SMOOTH=meta["smooth"], USE_ASM=use_asm, ASM=SK.RED4_ASM,
+                    num_warps=SCATTER_WARPS,
+                )  # fmt: skip
+            tot_a += part_a[:nb].sum(0)
+            tot_b += part_b[:pb].sum(0)
+    dw1 = tot_b[: hp * fp].view(hp, fp)[:h, :f]
+    return dw1, tot_b[hp * fp : hp * fp + h], tot_a[:h], tot_a[h]
+
+
+def kernel_settings(
+    hidden: int = 64, features: int = 32, smooth: bool = False
+) -> list[tuple[str, Any, dict, int]]:
+    """``(name, kernel, constexprs, warps)`` of the forward and the backward's three kernels as the launches
+    above compile them (for the sm_90 compile test and ``benchmarks/kernel_resources.py``;
+    the defaults are the paper decoder's, 16 levels × 2 features in, 64 hidden)."""
+    fp = max(16, K.triton.next_power_of_2(features))
+    mlp = {"H": hidden, "F": features, "SMOOTH": smooth}
+    scatter = {"BLOCK": SCATTER_BLOCK, "SMOOTH": smooth, "USE_ASM": True, "ASM": SK.RED4_ASM}
+    return [
+        ("forward", SK._stencil_fwd_kernel, {**mlp, "BLOCK": BLOCK}, WARPS),
+        ("backward 1: recompute, dh", SK._stencil_mlp_bwd_kernel, {**mlp, "BLOCK": MLP_BLOCK}, MLP_WARPS),
+        ("backward 2: first layer", SK._stencil_linear_bwd_kernel, {
+            "H": hidden, "HP": max(16, hidden), "F": features, "FP": fp, "TILE": TILE}, TILE_WARPS),
+        ("backward 3: table scatter", SK._stencil_scatter_kernel, scatter, SCATTER_WARPS),
+    ]  # fmt: skip
 
 
 def _level_ptrs(bufs: LevelBuffers) -> tuple[Tensor, ...]:

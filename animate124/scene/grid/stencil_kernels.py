@@ -17,13 +17,26 @@ memory. These kernels compute, per sample, the same six densities and the normal
 * ``σ = exp(relu(hid + b₁)·W₂[0] + b₂[0] + blob(x'))`` and ``n = −g/‖g‖``, ``g_d = 0.5·(σ₊ − σ₋)/ε``,
   NaN → 0 (``safe_normalize`` and ``nan_to_num`` of ``fields.py``); all in fp32.
 
-The backward recomputes the above from the points, then runs autograd's maths by hand: ``nan_to_num`` →
-``safe_normalize`` → the difference quotient → ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ReLU →
-the first layer. It sweeps the levels a second time for the features (for ``dW₁``) and the table
-gradients, which go into the pair-layout buffer ``G [rows, 4]`` (folded and spread onto the time grids by
-``_slot_scatter_kernel``); the neighbours that sit in the sample's cell add their corner gradients
-first and lane 6 issues one reduction for them. The MLP gradients are summed per program in registers over
-a persistent loop of blocks and written as one row of partial sums per program.
+The backward is three kernels over a chunk of samples (:func:`.stencil._backward_chunks`), so that no kernel
+holds more than the forward's ``[lanes, H]`` tile (one kernel doing all of it sat at 255 registers with
+spills, BENCHMARKS.md §15.2b):
+
+1. ``_stencil_mlp_bwd_kernel`` recomputes the forward (the same code, ``_hidden``, at another block size, so
+   its sums over the hidden units may round differently), stores the neighbours' features (``feat``), and
+   runs autograd's maths by hand: ``nan_to_num`` → ``safe_normalize`` → the difference quotient →
+   ``trunc_exp`` (gradient ``exp(min(h, 15))``) → ``dh`` per lane, stored with the lane's ReLU pattern
+   ``hid > 0`` (16 bits a word); the gradients of ``W₂[0]`` and ``b₂[0]`` as per-program partial sums;
+2. ``_stencil_linear_bwd_kernel``, over tiles of lanes: ``dhid = [hid > 0]·dh·W₂[0]`` (the same fp32 products
+   as autograd's), ``dfeat = dhid·W₁`` and ``dW₁ = Σ dhidᵀ·feat``, ``db₁ = Σ dhid`` as per-program partial sums
+   (IEEE fp32 products, no TF32);
+3. ``_stencil_scatter_kernel``, programs (level, block of samples) with levels fastest as the grid backward:
+   the table gradient ``w·dfeat`` of each corner into the pair-layout buffer ``G [rows, 4]`` (16-byte
+   reductions; the neighbours that sit in the sample's cell add theirs first and lane 6 issues one
+   reduction for them), folded and spread onto the time grids by ``_slot_scatter_kernel``.
+
+Determinism follows the grid backward's policy (:mod:`.kernels`): the MLP gradients are fixed-order sums of
+per-program partials (the same bits on every run); the table gradient is a sum of float reductions whose
+order the GPU chooses (the same up to fp32 rounding).
 """
 
 from __future__ import annotations
@@ -97,10 +110,12 @@ if K.HAS_TRITON:
     @triton.jit  # pragma: no cover - jit
     def _hidden(
         x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
-        blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
-        BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr,
+        feat_ptr, feat_stride, blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
+        BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr, STORE: tl.constexpr,
     ):  # fmt: skip
-        """Forward of every lane: ``hid [S, H]`` (pre-activation), ``h = h₀ + blob`` and ``σ = exp(h)``."""
+        """Forward of every lane: ``hid [S, H]`` (pre-activation), ``h = h₀ + blob`` and ``σ = exp(h)``; with
+        ``STORE`` the features of the six neighbour lanes go to ``feat [2·n_active, ·]`` (column ``6p + n``, row
+        stride ``feat_stride``: stores of adjacent lanes are adjacent)."""
         S: tl.constexpr = BLOCK * 8
         nl, pt, ok, x0, x1, x2 = _lanes(x_ptr, blk, N, eps, bound, BLOCK)
         ev = ok & (nl < 6)
@@ -109,6 +124,8 @@ if K.HAS_TRITON:
         u2 = (x2 + bound) / two_bound
         inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
         slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        # the blob before the sweep: one value live across it instead of the three coordinates
+        blob = blob_a * tl.exp(-(x0 * x0 + x1 * x1 + x2 * x2) / blob_k)
         hc = tl.arange(0, H)
         hid = tl.zeros([S, H], dtype=tl.float32)
         for lvl in range(0, n_active):
@@ -117,14 +134,17 @@ if K.HAS_TRITON:
             )
             base = slot * grid_entries + start
             a, b = _level_features(pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, inside, S)
+            if STORE:
+                fp = feat_ptr + (2 * lvl) * feat_stride + pt * 6 + nl
+                tl.store(fp, a, mask=ok & (nl < 6))
+                tl.store(fp + feat_stride, b, mask=ok & (nl < 6))
             w1a = tl.load(w1_ptr + hc * F + 2 * lvl)
             w1b = tl.load(w1_ptr + hc * F + 2 * lvl + 1)
             hid += a[:, None] * w1a[None, :] + b[:, None] * w1b[None, :]
         hid += tl.load(b1_ptr + hc)[None, :]
         act = tl.maximum(hid, 0.0)
         h0 = tl.sum(act * tl.load(w2_ptr + hc)[None, :], axis=1) + tl.load(b2_ptr)
-        d2 = x0 * x0 + x1 * x1 + x2 * x2
-        h = h0 + blob_a * tl.exp(-d2 / blob_k)
+        h = h0 + blob
         return nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, tl.exp(h)
 
     @triton.jit  # pragma: no cover - jit
@@ -173,7 +193,8 @@ if K.HAS_TRITON:
         blk = tl.program_id(0)
         nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
             x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
-            blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F, SMOOTH,
+            out_ptr, 0, blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F, SMOOTH,
+            False,
         )  # fmt: skip
         v0, v1, v2, ss, s = _normal(sig, nl, eps, BLOCK)
         rows = blk * BLOCK + tl.arange(0, BLOCK)
@@ -205,99 +226,142 @@ if K.HAS_TRITON:
         return tl.where(nl == 6, _to_lanes(tot, BLOCK), v)
 
     @triton.jit  # pragma: no cover - jit
-    def _stencil_bwd_kernel(
-        x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gout_ptr, g4_ptr, part_ptr, scale_ptr,
-        stride_ptr, wmask_ptr, start_ptr, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k,
-        nblocks, BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, FP2: tl.constexpr,
-        SMOOTH: tl.constexpr, USE_ASM: tl.constexpr, ASM: tl.constexpr,
+    def _stencil_mlp_bwd_kernel(
+        x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gout_ptr, feat_ptr, dh_ptr, relu_ptr, part_ptr,
+        scale_ptr, stride_ptr, wmask_ptr, start_ptr, N, lane_stride, n_active, grid_entries, eps, bound, two_bound, blob_a,
+        blob_k, BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr,
     ):  # fmt: skip
-        """Table gradient (into ``G``) and per-program partial MLP gradients ``part[pid] = (dW₁ [H, F],
-        db₁ [H], dW₂[0] [H], db₂[0])``; programs loop over blocks ``pid, pid + P, …``."""
-        pid = tl.program_id(0)
-        nprog = tl.num_programs(0)
-        S: tl.constexpr = BLOCK * 8
+        """Backward, part 1 (a block of samples per program): the forward again, storing the neighbours'
+        features ``feat``; then autograd's maths down to ``dh = ∂L/∂h`` per lane (``dh [6·N]``), the lane's ReLU
+        pattern ``hid > 0`` as 16-bit words (``relu [6·N, ⌈H/16⌉]`` int32) and the program's partial sums
+        ``part[pid] = (Σ dh·relu(hid) [H], Σ dh)``, the gradients of ``W₂[0]`` and ``b₂[0]``."""
+        blk = tl.program_id(0)
+        nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
+            x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
+            feat_ptr, lane_stride, blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F, SMOOTH,
+            True,
+        )  # fmt: skip
+        v0, v1, v2, ss, s = _normal(sig, nl, eps, BLOCK)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        m = rows < N
+        dn0 = tl.load(gout_ptr + rows * 3 + 0, mask=m, other=0.0)
+        dn1 = tl.load(gout_ptr + rows * 3 + 1, mask=m, other=0.0)
+        dn2 = tl.load(gout_ptr + rows * 3 + 2, mask=m, other=0.0)
+        # nan_to_num: the gradient passes where the normal is finite
+        dn0 = tl.where(_finite(v0 / s), dn0, 0.0)
+        dn1 = tl.where(_finite(v1 / s), dn1, 0.0)
+        dn2 = tl.where(_finite(v2 / s), dn2, 0.0)
+        # n = v / s, s = sqrt(clamp(‖v‖², 1e-20)) (clamp passes the gradient where ‖v‖² >= 1e-20)
+        ds = -(dn0 * v0 + dn1 * v1 + dn2 * v2) / (s * s)
+        dss = tl.where(ss >= 1e-20, ds / (2.0 * s), 0.0)
+        # v = −g, g_d = 0.5·(σ_d − σ_{d+3})/ε
+        p0 = 0.5 * (-(dn0 / s + 2.0 * v0 * dss) / eps)
+        p1 = 0.5 * (-(dn1 / s + 2.0 * v1 * dss) / eps)
+        p2 = 0.5 * (-(dn2 / s + 2.0 * v2 * dss) / eps)
+        q0 = _to_lanes(p0, BLOCK)
+        q1 = _to_lanes(p1, BLOCK)
+        q2 = _to_lanes(p2, BLOCK)
+        dsig = tl.where(nl == 0, q0, tl.where(nl == 1, q1, tl.where(nl == 2, q2, 0.0)))
+        dsig = tl.where(nl == 3, -q0, tl.where(nl == 4, -q1, tl.where(nl == 5, -q2, dsig)))
+        ex = tl.exp(tl.minimum(h, 15.0))  # trunc_exp's gradient
+        dh = tl.where(ev, dsig * ex, 0.0)
+        # db₂ = Σ dh with each direction's two lanes paired first, p_d·(E_d − E_{d+3}): the same sum, whose terms
+        # cancel (n is unchanged when every σ is scaled), so its fp32 residue is that of the differences, not of
+        # the terms (a sum of the lanes one by one leaves a few ulps of |dh| ~ 300)
+        db2 = p0 * (_col(ex, nl, 0, BLOCK) - _col(ex, nl, 3, BLOCK))
+        db2 += p1 * (_col(ex, nl, 1, BLOCK) - _col(ex, nl, 4, BLOCK))
+        db2 += p2 * (_col(ex, nl, 2, BLOCK) - _col(ex, nl, 5, BLOCK))
+        lane = pt * 6 + nl
+        keep = ok & (nl < 6)
+        tl.store(dh_ptr + lane, dh, mask=keep)
         hc = tl.arange(0, H)
-        fc = tl.arange(0, FP2)
-        w2 = tl.load(w2_ptr + hc)
-        dw1 = tl.zeros([H, FP2], dtype=tl.float32)
-        db1 = tl.zeros([H], dtype=tl.float32)
-        dw2 = tl.zeros([H], dtype=tl.float32)
-        db2 = tl.zeros([H], dtype=tl.float32)  # the sum sits in element 0
-        for blk in range(pid, nblocks, nprog):
-            nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
-                x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr,
-                start_ptr, blk, N, n_active, grid_entries, eps, bound, two_bound, blob_a, blob_k, BLOCK, H, F,
-                SMOOTH,
-            )  # fmt: skip
-            v0, v1, v2, ss, s = _normal(sig, nl, eps, BLOCK)
-            rows = blk * BLOCK + tl.arange(0, BLOCK)
-            m = rows < N
-            dn0 = tl.load(gout_ptr + rows * 3 + 0, mask=m, other=0.0)
-            dn1 = tl.load(gout_ptr + rows * 3 + 1, mask=m, other=0.0)
-            dn2 = tl.load(gout_ptr + rows * 3 + 2, mask=m, other=0.0)
-            # nan_to_num: the gradient passes where the normal is finite
-            dn0 = tl.where(_finite(v0 / s), dn0, 0.0)
-            dn1 = tl.where(_finite(v1 / s), dn1, 0.0)
-            dn2 = tl.where(_finite(v2 / s), dn2, 0.0)
-            # n = v / s, s = sqrt(clamp(‖v‖², 1e-20)) (clamp passes the gradient where ‖v‖² >= 1e-20)
-            ds = -(dn0 * v0 + dn1 * v1 + dn2 * v2) / (s * s)
-            dss = tl.where(ss >= 1e-20, ds / (2.0 * s), 0.0)
-            # v = −g, g_d = 0.5·(σ_d − σ_{d+3})/ε
-            q0 = 0.5 * (-(dn0 / s + 2.0 * v0 * dss) / eps)
-            q1 = 0.5 * (-(dn1 / s + 2.0 * v1 * dss) / eps)
-            q2 = 0.5 * (-(dn2 / s + 2.0 * v2 * dss) / eps)
-            q0l = _to_lanes(q0, BLOCK)
-            q1l = _to_lanes(q1, BLOCK)
-            q2l = _to_lanes(q2, BLOCK)
-            dsig = tl.where(nl == 0, q0l, tl.where(nl == 1, q1l, tl.where(nl == 2, q2l, 0.0)))
-            dsig = tl.where(nl == 3, -q0l, tl.where(nl == 4, -q1l, tl.where(nl == 5, -q2l, dsig)))
-            dh = tl.where(ev, dsig * tl.exp(tl.minimum(h, 15.0)), 0.0)  # trunc_exp's gradient
-            dw2 += tl.sum(dh[:, None] * act, axis=0)
-            db2 += tl.where(hc == 0, tl.sum(dh, axis=0), 0.0)
-            dhid = tl.where(hid > 0, dh[:, None] * w2[None, :], 0.0)
+        on = act > 0  # = hid > 0 (ReLU's gradient mask)
+        NW: tl.constexpr = (H + 15) // 16
+        for w in tl.static_range(NW):
+            bits = tl.where(on & ((hc // 16) == w)[None, :], (1 << (hc % 16))[None, :], 0)
+            tl.store(relu_ptr + lane * NW + w, tl.sum(bits, axis=1), mask=keep)
+        pa = part_ptr + blk * (H + 1)
+        tl.store(pa + hc, tl.sum(dh[:, None] * act, axis=0))
+        tl.store(pa + H, tl.sum(tl.where(m, db2, 0.0), axis=0))
+
+    @triton.jit  # pragma: no cover - jit
+    def _stencil_linear_bwd_kernel(
+        feat_ptr, dh_ptr, relu_ptr, w1_ptr, w2_ptr, dfeat_ptr, part_ptr, R, FA, lane_stride, tiles,
+        H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, TILE: tl.constexpr,
+    ):  # fmt: skip
+        """Backward, part 2 (``tiles`` tiles of ``TILE`` lanes per program): the first layer's two gradients.
+        ``dhid = [hid > 0]·dh·W₂[0]`` (the same fp32 products as autograd's), ``dfeat = dhid·W₁`` written
+        transposed (``dfeat [2·n_active, ·]``, row stride ``dfeat_stride``: a level's two columns are contiguous
+        for the scatter), and the program's partial sums ``part[pid] = (Σ dhidᵀ·feat [HP, FP], Σ dhid [HP])``.
+        IEEE fp32 products (``input_precision="ieee"``: no TF32, whatever torch's matmul flags say)."""
+        pid = tl.program_id(0)
+        hc = tl.arange(0, HP)
+        fc = tl.arange(0, FP)
+        hm = hc < H
+        fm = fc < FA
+        NW: tl.constexpr = (H + 15) // 16
+        w2 = tl.load(w2_ptr + hc, mask=hm, other=0.0)
+        w1 = tl.load(w1_ptr + hc[:, None] * F + fc[None, :], mask=hm[:, None] & fm[None, :], other=0.0)
+        acc = tl.zeros([HP, FP], dtype=tl.float32)
+        db1 = tl.zeros([HP], dtype=tl.float32)
+        for i in range(0, tiles):
+            r = (pid * tiles + i) * TILE + tl.arange(0, TILE)
+            rm = r < R
+            dh = tl.load(dh_ptr + r, mask=rm, other=0.0)
+            wm = rm[:, None] & hm[None, :]
+            word = tl.load(relu_ptr + r[:, None] * NW + (hc // 16)[None, :], mask=wm, other=0)
+            dhid = tl.where(((word >> (hc % 16)[None, :]) & 1) != 0, dh[:, None] * w2[None, :], 0.0)
             db1 += tl.sum(dhid, axis=0)
-            # the sample's cell at every level, to pre-add the gradients of the neighbours inside it
-            for lvl in range(0, n_active):
-                i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep = _level(
-                    u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH
-                )
-                base = slot * grid_entries + start
-                cell = nl == 6
-                same = (
-                    (i0 == _to_lanes(_icol(i0, nl, 6, BLOCK), BLOCK))
-                    & (i1 == _to_lanes(_icol(i1, nl, 6, BLOCK), BLOCK))
-                    & (i2 == _to_lanes(_icol(i2, nl, 6, BLOCK), BLOCK))
-                )
-                share = inside & same
-                anyshare = _to_lanes(tl.max(tl.reshape(share.to(tl.int32), [BLOCK, 8]), axis=1), BLOCK) > 0
-                own = tl.where(cell, ok & anyshare, inside & (share == 0))
-                fa, fb = _level_features(
-                    pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, inside, S
-                )
-                w1a = tl.load(w1_ptr + hc * F + 2 * lvl)
-                w1b = tl.load(w1_ptr + hc * F + 2 * lvl + 1)
-                ga = tl.sum(dhid * w1a[None, :], axis=1)
-                gb = tl.sum(dhid * w1b[None, :], axis=1)
-                ca = tl.sum(dhid * fa[:, None], axis=0)
-                cb = tl.sum(dhid * fb[:, None], axis=0)
-                dw1 += tl.where(
-                    fc[None, :] == 2 * lvl,
-                    ca[:, None],
-                    tl.where(fc[None, :] == 2 * lvl + 1, cb[:, None], 0.0),
-                )
-                for kk in tl.static_range(0, 8, 2):
-                    ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
-                    ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
-                    if kk < 4:
-                        mk = own
-                    else:
-                        mk = own & zkeep
-                    _red4(
-                        g4_ptr, base + ia, _group(wa * ga, share, nl, BLOCK), _group(wa * gb, share, nl, BLOCK),
-                        _group(wb * ga, share, nl, BLOCK), _group(wb * gb, share, nl, BLOCK), mk, S, USE_ASM, ASM,
-                    )  # fmt: skip
-        pw = part_ptr + pid * (H * FP2 + 3 * H)
-        tl.store(pw + hc[:, None] * FP2 + fc[None, :], dw1)
-        tl.store(pw + H * FP2 + hc, db1)
-        tl.store(pw + H * FP2 + H + hc, dw2)
-        tl.store(pw + H * FP2 + 2 * H + hc, db2)
+            tm = rm[:, None] & fm[None, :]
+            feat = tl.load(feat_ptr + fc[None, :] * lane_stride + r[:, None], mask=tm, other=0.0)
+            acc = tl.dot(tl.trans(dhid), feat, acc, input_precision="ieee")
+            g = tl.dot(dhid, w1, input_precision="ieee")
+            tl.store(dfeat_ptr + fc[None, :] * lane_stride + r[:, None], g, mask=tm)
+        pw = part_ptr + pid * (HP * FP + HP)
+        tl.store(pw + hc[:, None] * FP + fc[None, :], acc)
+        tl.store(pw + HP * FP + hc, db1)
+
+    @triton.jit  # pragma: no cover - jit
+    def _stencil_scatter_kernel(
+        x_ptr, slot_ptr, dfeat_ptr, g4_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, N, dfeat_stride,
+        grid_entries, eps, bound, two_bound, BLOCK: tl.constexpr, SMOOTH: tl.constexpr, USE_ASM: tl.constexpr,
+        ASM: tl.constexpr,
+    ):  # fmt: skip
+        """Backward, part 3 (programs: level, block of samples; levels fastest, as the grid backward): the
+        table gradient of one level, ``G[corner rows] += w·dfeat``, with 16-byte pair reductions; the
+        neighbours that sit in the sample's cell add theirs first and lane 6 issues one reduction for them."""
+        lvl = tl.program_id(0)
+        blk = tl.program_id(1)
+        nl, pt, ok, x0, x1, x2 = _lanes(x_ptr, blk, N, eps, bound, BLOCK)
+        ev = ok & (nl < 6)
+        u0 = (x0 + bound) / two_bound
+        u1 = (x1 + bound) / two_bound
+        u2 = (x2 + bound) / two_bound
+        inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
+        slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep = _level(
+            u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH
+        )
+        base = slot * grid_entries + start
+        same = (
+            (i0 == _to_lanes(_icol(i0, nl, 6, BLOCK), BLOCK))
+            & (i1 == _to_lanes(_icol(i1, nl, 6, BLOCK), BLOCK))
+            & (i2 == _to_lanes(_icol(i2, nl, 6, BLOCK), BLOCK))
+        )
+        share = inside & same
+        anyshare = _to_lanes(tl.max(tl.reshape(share.to(tl.int32), [BLOCK, 8]), axis=1), BLOCK) > 0
+        own = tl.where(nl == 6, ok & anyshare, inside & (share == 0))
+        lane = pt * 6 + nl
+        ga = tl.load(dfeat_ptr + (2 * lvl) * dfeat_stride + lane, mask=ev, other=0.0)
+        gb = tl.load(dfeat_ptr + (2 * lvl + 1) * dfeat_stride + lane, mask=ev, other=0.0)
+        for kk in tl.static_range(0, 8, 2):
+            ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
+            ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
+            if kk < 4:
+                mk = own
+            else:
+                mk = own & zkeep
+            _red4(
+                g4_ptr, base + ia, _group(wa * ga, share, nl, BLOCK), _group(wa * gb, share, nl, BLOCK),
+                _group(wb * ga, share, nl, BLOCK), _group(wb * gb, share, nl, BLOCK), mk, BLOCK * 8, USE_ASM, ASM,
+            )  # fmt: skip
