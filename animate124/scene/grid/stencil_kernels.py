@@ -51,8 +51,9 @@ if K.HAS_TRITON:
     RED4_ASM = "{ .reg .pred p; setp.ne.b32 p, $6, 0; @p red.global.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.u32 $0, 0; }"
 
     @triton.jit  # pragma: no cover - jit
-    def _lanes(x_ptr, blk, N, eps, bound, BLOCK: tl.constexpr):
-        """Lane indices and the clamped world position of every lane (``normals``' offsets and clamp)."""
+    def _lanes(x_ptr, slot_ptr, blk, N, eps, bound, two_bound, BLOCK: tl.constexpr):
+        """Lane indices, the clamped world position of every lane (``normals``' offsets and clamp), its unit
+        coordinates, which lanes evaluate a neighbour (``ev``) inside the box, and each sample's slot."""
         S: tl.constexpr = BLOCK * 8
         j = tl.arange(0, S)
         nl = j % 8
@@ -66,7 +67,13 @@ if K.HAS_TRITON:
         x0 = tl.minimum(tl.maximum(x0, -bound), bound)
         x1 = tl.minimum(tl.maximum(x1, -bound), bound)
         x2 = tl.minimum(tl.maximum(x2, -bound), bound)
-        return nl, pt, ok, x0, x1, x2
+        ev = ok & (nl < 6)
+        u0 = (x0 + bound) / two_bound
+        u1 = (x1 + bound) / two_bound
+        u2 = (x2 + bound) / two_bound
+        inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
+        slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        return nl, pt, ok, x0, x1, x2, ev, u0, u1, u2, inside, slot
 
     @triton.jit  # pragma: no cover - jit
     def _level(u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH: tl.constexpr):
@@ -117,13 +124,9 @@ if K.HAS_TRITON:
         ``STORE`` the features of the six neighbour lanes go to ``feat [2·n_active, ·]`` (column ``6p + n``, row
         stride ``feat_stride``: stores of adjacent lanes are adjacent)."""
         S: tl.constexpr = BLOCK * 8
-        nl, pt, ok, x0, x1, x2 = _lanes(x_ptr, blk, N, eps, bound, BLOCK)
-        ev = ok & (nl < 6)
-        u0 = (x0 + bound) / two_bound
-        u1 = (x1 + bound) / two_bound
-        u2 = (x2 + bound) / two_bound
-        inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
-        slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        nl, pt, ok, x0, x1, x2, ev, u0, u1, u2, inside, slot = _lanes(
+            x_ptr, slot_ptr, blk, N, eps, bound, two_bound, BLOCK
+        )
         # the blob before the sweep: one value live across it instead of the three coordinates
         blob = blob_a * tl.exp(-(x0 * x0 + x1 * x1 + x2 * x2) / blob_k)
         hc = tl.arange(0, H)
@@ -332,13 +335,9 @@ if K.HAS_TRITON:
         neighbours that sit in the sample's cell add theirs first and lane 6 issues one reduction for them."""
         lvl = tl.program_id(0)
         blk = tl.program_id(1)
-        nl, pt, ok, x0, x1, x2 = _lanes(x_ptr, blk, N, eps, bound, BLOCK)
-        ev = ok & (nl < 6)
-        u0 = (x0 + bound) / two_bound
-        u1 = (x1 + bound) / two_bound
-        u2 = (x2 + bound) / two_bound
-        inside = ev & (u0 >= 0) & (u0 <= 1) & (u1 >= 0) & (u1 <= 1) & (u2 >= 0) & (u2 <= 1)
-        slot = tl.load(slot_ptr + pt, mask=ok, other=0)
+        nl, pt, ok, x0, x1, x2, ev, u0, u1, u2, inside, slot = _lanes(
+            x_ptr, slot_ptr, blk, N, eps, bound, two_bound, BLOCK
+        )
         i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep = _level(
             u0, u1, u2, lvl, scale_ptr, stride_ptr, wmask_ptr, start_ptr, SMOOTH
         )
