@@ -90,7 +90,7 @@ part() {  # name, seconds it needs, then the command; runs it once in $D/in, tim
 }
 PART_S="${PART_S:-100}"
 part plain_toy $PART_S $A124 run-all toy.png "a toy is spinning" -p $D/plain_toy --until refine $SETS -q &&
-part batch $(( 2 * PART_S )) $A124 batch jobs.csv --out $D/batch --until refine $RUN_ARGS $SETS -q --json &&
+part batch $(( 2 * PART_S )) $A124 batch jobs.csv --out $D/batch --until refine $RUN_ARGS $SETS --json &&  # not -q: its log keeps "Ray: ... (started in N s, while the rows were checked)"
 part plain_toy2 $PART_S $A124 run-all toy2.png "a toy is jumping" -p $D/plain_toy2 --until refine $SETS -q
 cp $D/rec/*.json "$OUT/" 2>/dev/null
 [ -f $D/rec/plain_toy2.json ] || { el "not finished: run the same call 2 command again"; exit 0; }
