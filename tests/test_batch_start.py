@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from animate124.batch import driver
 from animate124.batch import plan as plan_mod
 from animate124.batch.jobs import read_rows
-from animate124.batch.plan import likely_to_run
+from animate124.batch.summary import likely_to_run
 from animate124.cli.app import app
 from animate124.errors import ConfigError
 

@@ -90,18 +90,19 @@ def start_ray(address: str | None) -> tuple[Any, bool]:
 @dataclass
 class RayStart:
     """Ray as :func:`start_ray_beside` left it: what :func:`start_ray` returned, or the error it raised
-    (raised again by :meth:`get`, where the batch would have started Ray), and how long the start took."""
+    (raised again by :meth:`take`, where the batch would have started Ray), and how long the start took."""
 
     ray: Any = None
     started: bool = False
     error: BaseException | None = None
     seconds: float = 0.0
 
-    def get(self) -> tuple[Any, bool]:
-        """``(ray, started)``; from here the caller shuts down what was started."""
+    def take(self) -> tuple[Any, bool]:
+        """``(ray, started)``; from here the caller shuts down what was started (:meth:`close` no longer does)."""
         if self.error is not None:
             raise self.error
-        return self.ray, self.started
+        started, self.started = self.started, False
+        return self.ray, started
 
     def close(self) -> None:
         """Shut down the Ray this started (the batch ran no task in it)."""

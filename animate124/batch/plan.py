@@ -28,16 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from animate124.batch.jobs import Row
-from animate124.batch.task import (
-    DONE,
-    FAILED,
-    FINISHED,
-    INVALID,
-    UP_TO_DATE,
-    AssetJob,
-    error_record,
-    read_state,
-)
+from animate124.batch.task import FAILED, FINISHED, INVALID, UP_TO_DATE, AssetJob, error_record, read_state
 from animate124.errors import Animate124Error, ConfigError, InputError
 from animate124.project import Project
 from animate124.stages.spec import stage_range
@@ -116,21 +107,6 @@ def plan_assets(
         asset.action = _action(asset, stages, retry_failed)
         assets.append(asset)
     return assets
-
-
-def likely_to_run(rows: Iterable[Row], out: Path, *, retry_failed: bool) -> bool:
-    """Whether the batch will probably start runs, guessed before the rows' checks from the summary the
-    last batch left (``<out>/batch.json``): a row it did not list as done, up to date or invalid (or as
-    failed, unless ``--retry-failed``) will likely run, so Ray is worth starting while the rows are checked
-    (:func:`animate124.batch.driver.start_ray_beside`). A wrong guess costs only time: a row that turns out
-    to need a run starts Ray after the checks; Ray started for rows that then need none is shut down."""
-    try:
-        last = json.loads((Path(out) / "batch.json").read_text())
-        status = {str(a["asset"]): a["status"] for a in last["assets"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return True  # no batch here yet (or an unreadable summary): the rows are new
-    settled = {DONE, UP_TO_DATE, INVALID} | (set() if retry_failed else {FAILED})
-    return any(status.get(row.name) not in settled for row in rows)
 
 
 # --- the checks of run-all, per row --------------------------------------------------------------

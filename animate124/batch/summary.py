@@ -11,11 +11,13 @@ be moved or served as it is. Both files are rewritten only when their content ch
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from animate124.batch.jobs import Row
 from animate124.batch.plan import RUN, Asset, state_dir
 from animate124.batch.task import (
     DONE,
@@ -115,11 +117,29 @@ def _write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def summary_file(out: Path) -> Path:
+    """``<out>/batch.json``."""
+    return Path(out) / "batch.json"
+
+
 def write_summary(out: Path, data: dict[str, Any]) -> bool:
     """Write ``<out>/batch.json`` (when it changed); returns whether it was written."""
-    import json
+    return _write_if_changed(summary_file(out), json.dumps(data, indent=1) + "\n")
 
-    return _write_if_changed(Path(out) / "batch.json", json.dumps(data, indent=1) + "\n")
+
+def likely_to_run(rows: Iterable[Row], out: Path, *, retry_failed: bool) -> bool:
+    """Whether the batch will probably start runs, guessed before the rows' checks from the summary the
+    last batch left (``<out>/batch.json``): a row it did not list as done, up to date or invalid (or as
+    failed, unless ``--retry-failed``) will likely run, so Ray is worth starting while the rows are checked
+    (:func:`animate124.batch.driver.start_ray_beside`). A wrong guess costs only time: a row that turns out
+    to need a run starts Ray after the checks; Ray started for rows that then need none is shut down."""
+    try:
+        last = json.loads(summary_file(out).read_text())
+        status = {str(a["asset"]): a["status"] for a in last["assets"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # no batch here yet (or an unreadable summary): the rows are new
+    settled = {DONE, UP_TO_DATE, INVALID} | (set() if retry_failed else {FAILED})
+    return any(status.get(row.name) not in settled for row in rows)
 
 
 # --- the index page ----------------------------------------------------------------------------------

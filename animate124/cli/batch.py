@@ -206,8 +206,8 @@ def batch(
 
     require_ray()  # before anything: a clear usage error that says how to install it
     from animate124.batch.jobs import read_rows
-    from animate124.batch.plan import RUN, fetch_models, likely_to_run, plan_assets
-    from animate124.batch.summary import batch_lock
+    from animate124.batch.plan import RUN, fetch_models, plan_assets
+    from animate124.batch.summary import batch_lock, likely_to_run
     from animate124.project import fs_error
     from animate124.stages.spec import stage_range
 
@@ -320,8 +320,7 @@ def _run(
 
     t0 = time.time()
     if early is not None:
-        (ray, started), t0 = early.get(), t0 - early.seconds
-        early.started = False  # shut down below, as a Ray started here
+        (ray, started), t0 = early.take(), t0 - early.seconds
     else:
         ray, started = start_ray(address)
     try:
