@@ -212,10 +212,6 @@ def apply_vae_options(guid, args) -> None:
         from animate124.guidance.groupnorm import use_fused_vae_norms
 
         use_fused_vae_norms(getattr(guid, "vae", None))
-    if args.vae_cast_weights:
-        from animate124.guidance.castweights import use_cast_encoder_weights
-
-        use_cast_encoder_weights(getattr(guid, "vae", None))
     if args.vae_channels_last and getattr(guid, "vae", None) is not None:
         from animate124.guidance.layout import channels_last_
 
@@ -388,10 +384,6 @@ def bench_prior(prior: str, args, device) -> dict:
         from animate124.guidance.groupnorm import fused_norm_calls
 
         res["fused_norm_calls"] = fused_norm_calls(getattr(guid, "vae", None))
-    if args.vae_cast_weights:  # the lever ran: its fp16 copies exist (their bytes: the memory it adds)
-        from animate124.guidance.castweights import cast_weight_bytes
-
-        res["vae_cast_mb"] = cast_weight_bytes(getattr(guid, "vae", None)) / 2**20
     res["graph_replays"] = int(getattr(guid.unet, "replays", 0))
     res["compiled_fell_back"] = bool(getattr(guid.unet, "failed", None))
     del guid, call, comp, cn
@@ -423,13 +415,6 @@ def calls_record(meta: dict, results: list[dict], dense: float | None) -> dict:
     return rec
 
 
-def variant_label(args) -> str:
-    """The record's variant name: ``--variant`` (or ``flags``), with ``+vae_cast`` when the stages' VAE path
-    runs with ``run.vae_cast_weights`` (off by default; so that ``guidance_calls.py`` keeps the two apart)."""
-    name = args.variant or "flags"
-    return f"{name}+vae_cast" if args.stages and args.vae_cast_weights else name
-
-
 def main(argv: list[str] | None = None) -> int:
     from guidance_variants import VARIANTS
 
@@ -451,19 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--stages", action="store_true",
-        help="the stages' VAE path: --autocast --vae-checkpoint --vae-attention blocked --vae-fused-norm "
-        "--vae-cast-weights (unless --no-vae-cast-weights)",
+        help="the stages' VAE path: --autocast --vae-checkpoint --vae-attention blocked --vae-fused-norm",
     )  # fmt: skip
     p.add_argument(
         "--autocast", action="store_true",
         help="as the stages run: the VAE in fp32, the forward under fp16 autocast (default: all fp16, no autocast)",
     )  # fmt: skip
     p.add_argument("--vae-fused-norm", action="store_true", help="fused group norm + SiLU in the VAE encoder")
-    p.add_argument(
-        "--vae-cast-weights", action=argparse.BooleanOptionalAction, default=None,
-        help="the VAE encoder's conv/linear weights kept in the autocast dtype (run.vae_cast_weights; with "
-        "--stages the stages' default, off)",
-    )  # fmt: skip
     p.add_argument("--vae-channels-last", action="store_true", help="the VAE encoder in channels-last")
     p.add_argument(
         "--vae-checkpoint",
@@ -488,11 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages:
         args.autocast = args.vae_checkpoint = args.vae_fused_norm = True
         args.vae_attention = "blocked"
-        if args.vae_cast_weights is None:  # as the stages run it (run.vae_cast_weights)
-            from animate124.config import Config
-
-            args.vae_cast_weights = Config().run.vae_cast_weights
-    args.vae_cast_weights = bool(args.vae_cast_weights)
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
@@ -514,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "tiny": args.tiny,
-        "variant": variant_label(args),
+        "variant": args.variant or "flags",
         "compile": args.compile,
         "compile_mode": args.compile_mode,
         "channels_last": args.channels_last,
@@ -523,7 +497,6 @@ def main(argv: list[str] | None = None) -> int:
         "vae_attention": args.vae_attention,
         "autocast": args.autocast,
         "vae_fused_norm": args.vae_fused_norm,
-        "vae_cast_weights": args.vae_cast_weights,
         "vae_channels_last": args.vae_channels_last,
         "card_rates": rates,
         "dense_tflops": dense,

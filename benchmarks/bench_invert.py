@@ -55,10 +55,6 @@ def main() -> None:
     ap.add_argument(
         "--fused-norm", action="store_true", help="fused VAE group norms (run.vae_fused_norm, on)"
     )
-    ap.add_argument(
-        "--cast-weights", action="store_true",
-        help="the VAE encoder's conv/linear weights kept in fp16 too (run.vae_cast_weights, off by default)",
-    )  # fmt: skip
     ap.add_argument("--compile", action="store_true", help="the UNet compiled (run.compile_priors=invert)")
     ap.add_argument("--compile-mode", default="default", help="run.compile_mode")
     ap.add_argument("--channels-last", action="store_true", help="UNet and VAE encoder channels-last")
@@ -78,10 +74,6 @@ def main() -> None:
         from animate124.guidance.groupnorm import use_fused_vae_norms
 
         use_fused_vae_norms(comp.vae)
-    if args.cast_weights:
-        from animate124.guidance.castweights import use_cast_encoder_weights
-
-        use_cast_encoder_weights(comp.vae)
     step_flops = invert_step_flops(comp, args.batch_size, args.resolution)
     dense = dense_tflops(dev) if args.dense else None
     photo = torch.rand(3, 600, 800)
@@ -126,7 +118,7 @@ def main() -> None:
         "paper_3000_steps_min": s_per_step * 3000 / 60,
         "options": {
             k: getattr(args, k)
-            for k in ("fused_norm", "cast_weights", "compile", "compile_mode", "channels_last", "fused_adamw")
+            for k in ("fused_norm", "compile", "compile_mode", "channels_last", "fused_adamw")
         },
         "tflop_per_step": step_flops["total"] / 1e12,
         "flops": step_flops,

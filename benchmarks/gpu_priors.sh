@@ -9,7 +9,6 @@
 #   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile)
-#   VAE_CAST='off on'               also each variant with run.vae_cast_weights (files *_cast; default off, the stages' default)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW
 #   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
@@ -30,24 +29,20 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 if [[ " $PARTS " == *" bench "* ]]; then
   for v in $VARIANTS; do
-    for c in ${VAE_CAST:-off}; do
-      if [ "$c" = on ]; then tag="${v}_cast"; cast="--vae-cast-weights"; else tag="$v"; cast=""; fi
-      L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $tag"; continue; }
-      el "guidance calls, variant $v, vae_cast_weights $c, priors $PRIORS (up to $L s)"
-      timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages $cast \
-        --variant "$v" --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$tag.json" \
-        --calls-json "$OUT/calls_$tag.json" > "$OUT/guidance_$tag.log" 2>&1; echo "exit $?"
-      grep -v "should be kept in float32" "$OUT/guidance_$tag.log" | tail -7
-    done
+    L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
+    el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
+    timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$v" \
+      --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$v.json" \
+      --calls-json "$OUT/calls_$v.json" > "$OUT/guidance_$v.log" 2>&1; echo "exit $?"
+    grep -v "should be kept in float32" "$OUT/guidance_$v.log" | tail -7
   done
 fi
 
 if [[ " $PARTS " == *" tests "* ]]; then
   L=$(left)
   if [ "$L" -gt 60 ]; then
-    el "GPU tests: gradient agreement at full size (${A124_GPU_AGREEMENT:-graphs,channels_last,fp8}), FLOP counter, run.vae_cast_weights"
+    el "GPU tests: gradient agreement at full size (${A124_GPU_AGREEMENT:-graphs,channels_last,fp8}), FLOP counter"
     timeout "$L" python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/test_guidance_agreement.py \
-      tests/test_guidance_castweights.py \
       > "$OUT/agreement_tests.log" 2>&1; echo "exit $?"
     grep -E "cosine|passed|failed|skipped" "$OUT/agreement_tests.log" | tail -16
   else el "no time left for the GPU tests"; fi
@@ -56,8 +51,8 @@ fi
 if [[ " $PARTS " == *" invert "* ]]; then
   for run in ${INVERT_RUNS:-base fast}; do
     case $run in
-      base) f="--fused-norm --cast-weights" ;;
-      fast) f="--fused-norm --cast-weights --compile --channels-last --fused-adamw --agreement" ;;
+      base) f="--fused-norm" ;;
+      fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
       *) f="$run" ;;
     esac
     L=$(left); [ "$L" -gt 60 ] || { el "no time left for invert $run"; continue; }

@@ -2,7 +2,7 @@
 the GPU agreement test (``tests/test_guidance_agreement.py``).
 
 Every variant keeps the stages' VAE path (fp32 VAE under fp16 autocast, the encoder recomputed in backward,
-blocked attention, fused group norms, the encoder's weights kept in fp16 too: ``stage_vae``); it changes how the UNet / ControlNet (and, with
+blocked attention, fused group norms: ``stage_vae``); it changes how the UNet / ControlNet (and, with
 channels-last, the VAE encoder's layout) run. ``eager`` is the reference of the agreement rule.
 """
 
@@ -33,15 +33,12 @@ VARIANTS = {
 
 
 def stage_vae(guid: Any) -> None:
-    """The VAE options the stages use by default: blocked attention, fused group norms and the encoder's weights
-    kept in the autocast dtype."""
+    """The VAE options the stages use by default: blocked attention and fused group norms."""
     from animate124.guidance.attention import use_blocked_vae_attention
-    from animate124.guidance.castweights import use_cast_encoder_weights
     from animate124.guidance.groupnorm import use_fused_vae_norms
 
     use_blocked_vae_attention(getattr(guid, "vae", None))
     use_fused_vae_norms(getattr(guid, "vae", None))
-    use_cast_encoder_weights(getattr(guid, "vae", None))
 
 
 def apply_variant(guid: Any, variant: str) -> None:

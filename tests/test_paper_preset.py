@@ -33,7 +33,6 @@ PAPER: dict[str, tuple[object, str]] = {
     "run.vae_checkpoint_pixels": (4 * 256 * 256, "impl (same gradients)"),
     "run.vae_attention": ("blocked", "impl (same function)"),
     "run.vae_fused_norm": (True, "impl (same function)"),
-    "run.vae_cast_weights": (False, "impl (same function, bit for bit; off until measured on a GPU)"),
     "run.park_encoders": (True, "impl (same embeddings)"),
     "run.offload_priors": ("", "impl (same outputs)"),
     "run.cuda_graphs": (True, "impl (same outputs)"),

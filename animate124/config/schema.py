@@ -129,14 +129,6 @@ class RunConfig:
         "Triton on a CUDA GPU; elsewhere the plain norms run.",
         nohash=True,
     )
-    vae_cast_weights: bool = opt(
-        False,
-        "Keep the priors' VAE-encoder convolution and linear weights also in the autocast dtype (fp16), so that "
-        "autocast stops casting the fp32 weights at every encoder call, forward and recompute (64 casts of 34 M "
-        "parameters per pass; the same function bit for bit; 65 MiB more per VAE; BENCHMARKS.md §10). Off until "
-        "a GPU measurement shows it pays (estimated 1.5-3 ms a step).",
-        nohash=True,
-    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "

@@ -331,13 +331,11 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     """The prior ``name`` with its UNet/ControlNet replayed from CUDA graphs when ``run.cuda_graphs``, or kept
     in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
     and VAE decoder parked on the CPU when ``run.park_encoders``, its VAE encoder's attention blocked when
-    ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm``, its VAE
-    encoder's convolution and linear weights kept in the autocast dtype too when ``run.vae_cast_weights`` (all six:
+    ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm`` (all five:
     the same function); its convolutions channels-last when ``name`` is in ``run.channels_last``, or its networks
     compiled (``run.compile_mode``) when ``name`` is in ``run.compile_priors`` (the same up to rounding, so off in
     paper); its UNet/ControlNet products in fp8 with ``run.prior_precision=fp8`` (lower precision, opt-in)."""
     from animate124.guidance.attention import use_blocked_vae_attention
-    from animate124.guidance.castweights import use_cast_encoder_weights
     from animate124.guidance.common import park_encoders
     from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
@@ -351,8 +349,6 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
         use_blocked_vae_attention(getattr(prior, "vae", None))
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
-    if cfg.run.vae_cast_weights:
-        use_cast_encoder_weights(getattr(prior, "vae", None))
     if cfg.run.prior_precision == "fp8":
         from animate124.guidance.fp8 import use_fp8
 

@@ -53,10 +53,6 @@ def run_invert(
             from animate124.guidance.groupnorm import use_fused_vae_norms
 
             use_fused_vae_norms(comps.vae)  # the same function (BENCHMARKS.md §8.8)
-        if cfg.run.vae_cast_weights:  # the VAE forward runs under the trainer's autocast: the same function
-            from animate124.guidance.castweights import use_cast_encoder_weights
-
-            use_cast_encoder_weights(comps.vae)
         c = cfg.invert
         ti = ti_config(cfg, device)
         if ti.compile_unet:  # run.compile_priors names invert: Inductor's caches under the model cache
