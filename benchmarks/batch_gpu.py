@@ -6,7 +6,12 @@ Two steps (standard library only, so that it runs on the GPU machine as it is):
 ``DIR/rec`` (each the wall time of one whole command), the batch's ``batch.json`` and task records, and the
 projects' manifests, and writes the result JSON: wall times, the overhead, each stage's seconds on both sides
 (so that the overhead splits into work inside the stages and time outside them: process start, imports,
-checks, Ray), and where each task ran (its ``CUDA_VISIBLE_DEVICES``, CPU threads, process).
+checks, Ray), and where each task ran (its ``CUDA_VISIBLE_DEVICES``, CPU threads, process). With
+``--rounds N`` (``ROUNDS`` of the script) it reads N rounds of the three parts: round 1 under today's names
+(``plain_toy``, ``batch``, ``plain_toy2``), round r >= 2 under ``plain_toy.rR``, ``batch.rR``, ``plain_toy2.rR``.
+Round 1's numbers stay at the top level of the JSON (the keys of a one-round result); ``rounds`` holds each
+round's, and ``overhead_median_pct`` (with min and max) and ``fixed_cost_median_seconds`` (the batch's seconds
+outside the stages minus the two run-alls', paired by round) are taken over the rounds.
 
 ``report RESULTS.tgz``, here: unpacks what the device call returned, copies the result JSON to
 ``benchmarks/results/batch_gpu.json`` and the raw files to ``benchmarks/results/<date>-<card>-issue28/``, and
@@ -24,6 +29,7 @@ import datetime
 import json
 import re
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -48,32 +54,32 @@ def _stage_seconds(project: Path) -> dict[str, float]:
     return {s: float(stages[s]["seconds"]) for s in STAGES if stages.get(s, {}).get("seconds") is not None}
 
 
-def summarize(d: Path, card: str, steps: str) -> dict[str, Any]:
-    """The result of one measurement in ``d`` (see the module docstring)."""
-    rec = {p.stem: _json(p) for p in sorted((d / "rec").glob("*.json"))}
-    missing = [n for n in (*PLAIN, "batch") if n not in rec]
-    if missing:
-        raise SystemExit(f"not measured yet: {', '.join(missing)} (run the call 2 command again)")
-    summary = _json(d / "batch" / "batch.json")
+def round_names(r: int) -> tuple[str, str, str]:
+    """The parts of round ``r`` in the order they run: run-all toy, the batch, run-all toy2 (round 1: no suffix)."""
+    suffix = "" if r == 1 else f".r{r}"
+    return f"plain_toy{suffix}", f"batch{suffix}", f"plain_toy2{suffix}"
+
+
+def _round(d: Path, rec: dict[str, Any], r: int) -> dict[str, Any]:
+    """One round's numbers: its three timed parts, the batch's task records and the projects' manifests."""
+    plain_a, batch, plain_b = round_names(r)
+    plain = (plain_a, plain_b)
+    summary = _json(d / batch / "batch.json")
     tasks = []
     for name in ASSETS:
-        state = _json(d / "batch" / ".batch" / f"{name}.json")
+        state = _json(d / batch / ".batch" / f"{name}.json")
         keep = ("asset", "status", "seconds", "started", "finished", "host", "pid", "cuda_visible_devices",
                 "threads")  # fmt: skip
         tasks.append({k: state.get(k) for k in keep})
-    plain_wall = sum(float(rec[n]["seconds"]) for n in PLAIN)
-    batch_wall = float(rec["batch"]["seconds"])
-    plain_stages = {n: _stage_seconds(d / n) for n in PLAIN}
-    batch_stages = {n: _stage_seconds(d / "batch" / n) for n in ASSETS}
+    plain_wall = sum(float(rec[n]["seconds"]) for n in plain)
+    batch_wall = float(rec[batch]["seconds"])
+    plain_stages = {n: _stage_seconds(d / n) for n in plain}
+    batch_stages = {n: _stage_seconds(d / batch / n) for n in ASSETS}
     plain_in = sum(sum(s.values()) for s in plain_stages.values())
     batch_in = sum(sum(s.values()) for s in batch_stages.values())
     task_sum = sum(float(t["seconds"] or 0) for t in tasks)
     return {
-        "what": "animate124 batch (Ray, one GPU per task) of 2 assets vs 2 plain run-all calls, --until refine",
-        "card": card,
-        "date": datetime.date.today().isoformat(),
-        "steps": dict(zip(("invert", "static", "dynamic", "refine"), map(int, steps.split()), strict=True)),
-        "exit_codes": {n: rec[n]["exit_code"] for n in (*PLAIN, "batch")},
+        "exit_codes": {n: rec[n]["exit_code"] for n in (*plain, batch)},
         "batch_counts": {k: v for k, v in summary["counts"].items() if v},
         "plain_run_all_seconds": round(plain_wall, 2),
         "batch_seconds": round(batch_wall, 2),
@@ -97,8 +103,94 @@ def summarize(d: Path, card: str, steps: str) -> dict[str, Any]:
     }
 
 
+def summarize(d: Path, card: str, steps: str, rounds: int = 1) -> dict[str, Any]:
+    """The result of one measurement of ``rounds`` rounds in ``d`` (see the module docstring)."""
+    rec = {p.stem: _json(p) for p in sorted((d / "rec").glob("*.json"))}
+    missing = [n for r in range(1, rounds + 1) for n in round_names(r) if n not in rec]
+    if missing:
+        raise SystemExit(f"not measured yet: {', '.join(missing)} (run the same call 2 command again)")
+    per_round = [{"round": r, **_round(d, rec, r)} for r in range(1, rounds + 1)]
+    for x in per_round:
+        out, ins = x["outside_stages_seconds"], x["in_stages_seconds"]
+        # the batch's extra time outside the stages (its fixed cost), and inside them (the same work: noise)
+        x["fixed_cost_seconds"] = round(out["batch"] - out["plain"], 2)
+        x["in_stages_difference_seconds"] = round(ins["batch"] - ins["plain"], 2)
+    pct = [x["ray_overhead_pct"] for x in per_round]
+    fixed = [x["fixed_cost_seconds"] for x in per_round]
+    inside = [x["in_stages_difference_seconds"] for x in per_round]
+    extra = ("round", "fixed_cost_seconds", "in_stages_difference_seconds")
+    first = {k: v for k, v in per_round[0].items() if k not in extra}
+    return {
+        "what": "animate124 batch (Ray, one GPU per task) of 2 assets vs 2 plain run-all calls, --until refine",
+        "card": card,
+        "date": datetime.date.today().isoformat(),
+        "steps": dict(zip(("invert", "static", "dynamic", "refine"), map(int, steps.split()), strict=True)),
+        **first,  # round 1 at the top level, as a one-round result has it
+        "rounds": per_round,
+        "overhead_median_pct": round(statistics.median(pct), 2),
+        "overhead_min_pct": min(pct),
+        "overhead_max_pct": max(pct),
+        "within_target_median": statistics.median(pct) <= TARGET_PCT,
+        # batch minus plain outside the stages, round by round: Ray's fixed cost (driver, Ray, workers)
+        "fixed_cost_median_seconds": round(statistics.median(fixed), 2),
+        "fixed_cost_min_seconds": min(fixed),
+        "fixed_cost_max_seconds": max(fixed),
+        # batch minus plain inside the stages (the same work on both sides): the machine's noise
+        "in_stages_difference_median_seconds": round(statistics.median(inside), 2),
+    }
+
+
 def markdown(r: dict[str, Any], raw: str) -> str:
-    """BENCHMARKS.md's numbers for one result."""
+    """BENCHMARKS.md's numbers for one result: one round as it always was; several, a table of the rounds and
+    the verdict on their median first, then round 1 in detail."""
+    rounds = r.get("rounds", [])
+    if len(rounds) <= 1:
+        return _markdown_round(r, raw)
+    s = r["steps"]
+    threads = "/".join(sorted({str(t["threads"]) for x in rounds for t in x["tasks"]}))
+    codes = [(n, c) for x in rounds for n, c in x["exit_codes"].items()]
+    bad = [f"{n} {c}" for n, c in codes if c != 0]
+    counts = sorted({", ".join(f"{v} {k}" for k, v in x["batch_counts"].items()) for x in rounds})
+    ok = "within" if r["within_target_median"] else "**over**"
+    rows = []
+    for x in rounds:
+        a, b, c = round_names(x["round"])
+        ins, out = x["in_stages_seconds"], x["outside_stages_seconds"]
+        rows.append(f"| {x['round']} ({a}, {b}, {c}) | {x['plain_run_all_seconds']:.1f} | {x['batch_seconds']:.1f} | "
+                    f"{x['ray_overhead_pct']:+.1f} % | {ins['plain']:.1f} / {ins['batch']:.1f} | "
+                    f"{out['plain']:.1f} / {out['batch']:.1f} | {x['fixed_cost_seconds']:+.1f} |")  # fmt: skip
+    return "\n".join([
+        f"**Card: {r['card']}** ({r['date']}), **{len(rounds)} rounds**. Steps: invert {s['invert']}, static "
+        f"{s['static']}, dynamic {s['dynamic']}, refine {s['refine']} at `paper` settings with the full-size "
+        f"random-weight priors, `--until refine`, {threads} CPU threads a run. Each round runs `run-all` toy, the "
+        f"batch, `run-all` toy2, each in a fresh folder. Exit codes: "
+        + (f"all {len(codes)} parts 0" if not bad else ", ".join(bad)) + f"; batches: {'; '.join(counts)}.",
+        "",
+        "| round (parts) | two plain `run-all` (s) | `batch` (s) | overhead | in the stages, plain / batch (s) "
+        "| outside them, plain / batch (s) | batch minus plain outside the stages (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Ray's overhead over the {len(rounds)} rounds: median **{r['overhead_median_pct']:+.1f} %** ({ok} the "
+        f"{r['target_pct']:.0f} % target), from {r['overhead_min_pct']:+.1f} to {r['overhead_max_pct']:+.1f} %. "
+        f"The batch's extra time outside the stages (its fixed cost: the driver's start and checks, Ray's start "
+        f"and stop, a fresh worker per task), paired round by round: median {r['fixed_cost_median_seconds']:.1f} s, "
+        f"from {r['fixed_cost_min_seconds']:.1f} to {r['fixed_cost_max_seconds']:.1f} s. Inside the stages, where "
+        f"both sides do the same work, the batch took {r['in_stages_difference_median_seconds']:+.1f} s (median) "
+        f"against the plain runs."
+        + (" The batches' tasks overlapped (a CPU rehearsal, not a one-GPU measurement): their stages' seconds add "
+           "up to more than the batch's wall time, so the seconds outside the stages mean little here."
+           if any(x["tasks_overlapped"] for x in rounds) else ""),
+        "",
+        "Round 1 in detail:",
+        "",
+        _markdown_round(r, raw, alone=False),
+    ])  # fmt: skip
+
+
+def _markdown_round(r: dict[str, Any], raw: str, alone: bool = True) -> str:
+    """BENCHMARKS.md's numbers for one round (round 1's keys at the top level of the result); ``alone``: the
+    only round (with the card and steps line), else round 1's detail under the table of the rounds."""
     s = r["steps"]
     ok = "within" if r["within_target"] else "**over**"
     gpus = ", ".join(f"{t['asset']}: CUDA_VISIBLE_DEVICES={t['cuda_visible_devices']}, {t['threads']} threads, "
@@ -113,12 +205,15 @@ def markdown(r: dict[str, Any], raw: str) -> str:
     threads = "/".join(sorted({str(t["threads"]) for t in r["tasks"]}))
     order = ("the tasks overlapped (a CPU rehearsal, not a one-GPU measurement)"
              if r["tasks_overlapped"] else "the tasks ran one after the other")  # fmt: skip
-    return "\n".join([
+    head = [
         f"**Card: {r['card']}** ({r['date']}). Steps: invert {s['invert']}, static {s['static']}, dynamic "
         f"{s['dynamic']}, refine {s['refine']} at `paper` settings with the full-size random-weight priors, "
         f"`--until refine`, {threads} CPU threads a run. Exit codes: " + ", ".join(f"{k} {v}" for k, v in r["exit_codes"].items())
         + f"; batch: {', '.join(f'{v} {k}' for k, v in r['batch_counts'].items())}.",
         "",
+    ] if alone else []  # fmt: skip
+    return "\n".join([
+        *head,
         "| | wall seconds | in the stages | outside them (start, imports, checks, Ray) |",
         "| --- | --- | --- | --- |",
         f"| two plain `run-all` | {r['plain_run_all_seconds']:.1f} | {r['in_stages_seconds']['plain']:.1f} | "
@@ -126,7 +221,7 @@ def markdown(r: dict[str, Any], raw: str) -> str:
         f"| `batch` of the two (Ray) | {r['batch_seconds']:.1f} | {r['in_stages_seconds']['batch']:.1f} | "
         f"{r['outside_stages_seconds']['batch']:.1f} |",
         "",
-        f"Ray's overhead: **{r['ray_overhead_pct']:+.1f} %** ({ok} the {r['target_pct']:.0f} % target). The tasks "
+        f"{'Ray' if alone else 'Round 1'}'s overhead: **{r['ray_overhead_pct']:+.1f} %** ({ok} the {r['target_pct']:.0f} % target). The tasks "
         f"ran {r['task_seconds_sum']:.1f} s together; the driver's time outside them (its start, the rows' checks, "
         f"Ray's start and stop) {r['driver_seconds_outside_tasks']:.1f} s; {order}. Where each task ran: {gpus}.",
         "",
@@ -148,7 +243,8 @@ def report(tgz: Path, benchmarks: Path, results: Path) -> dict[str, Any]:
         r_dir = Path(tmp) / "r"
         result = _json(r_dir / "batch_gpu.json")
         card = re.sub(r"[^a-z0-9]+", "", result["card"].lower().replace("nvidia", ""))[:8] or "gpu"
-        raw = results / f"{result['date']}-{card}-issue28"
+        n = len(result.get("rounds", []))
+        raw = results / f"{result['date']}-{card}-issue28{f'-rounds{n}' if n > 1 else ''}"
         shutil.rmtree(raw, ignore_errors=True)
         shutil.copytree(r_dir, raw)
     (results / "batch_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -170,16 +266,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--card", required=True)
     s.add_argument("--steps", required=True, help="'invert static dynamic refine' steps")
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--rounds", type=int, default=1, help="rounds of the three parts (ROUNDS of gpu_batch.sh)")
     r = sub.add_parser("report", help="here: results.tgz -> benchmarks/results and BENCHMARKS.md")
     r.add_argument("tgz", type=Path)
     r.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
     r.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     if args.cmd == "summarize":
-        result = summarize(args.dir, args.card, args.steps)
+        result = summarize(args.dir, args.card, args.steps, args.rounds)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         keys = ("plain_run_all_seconds", "batch_seconds", "ray_overhead_pct", "within_target", "tasks")
         print(json.dumps({k: result[k] for k in keys}))
+        for x in result["rounds"]:
+            print(f"round {x['round']}: plain {x['plain_run_all_seconds']:.1f} s, batch {x['batch_seconds']:.1f} s, "
+                  f"overhead {x['ray_overhead_pct']:+.2f} %, outside the stages batch minus plain "
+                  f"{x['fixed_cost_seconds']:+.1f} s")  # fmt: skip
+        print(f"median overhead {result['overhead_median_pct']:+.2f} % (min {result['overhead_min_pct']:+.2f}, max "
+              f"{result['overhead_max_pct']:+.2f}; target {TARGET_PCT:.0f} %: "
+              f"{'within' if result['within_target_median'] else 'over'}), fixed cost median "
+              f"{result['fixed_cost_median_seconds']:.1f} s")  # fmt: skip
     else:
         report(args.tgz, args.benchmarks, args.results)
     return 0

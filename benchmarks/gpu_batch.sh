@@ -24,11 +24,31 @@
 #           joins the wheel (sha256 checked), installs Ray (pip, offline: only the missing dependencies), runs
 #           and times the three parts and writes r/batch_gpu.json (in results.tgz); estimated 6-9 min
 # A part that did not fit is started again from scratch by the same call 2 command (no carry needed then,
-# while the machine is warm); a machine that went back needs both calls again. Back here:
+# while the machine is warm); a machine that went back needs both calls again. Parts already recorded
+# ($D/rec/<part>.json) are skipped; the summary is written once every part is recorded, else the log names
+# the missing parts.
+#
+# Rounds: one sample of each side cannot tell Ray's fixed cost (about 10-12 s a batch) from the machine's
+# noise, so ROUNDS=N (default 1) repeats the three parts N times in the same order, each part in a fresh
+# folder: round 1 keeps the names plain_toy, batch, plain_toy2; round r >= 2 is plain_toy.rR, batch.rR,
+# plain_toy2.rR. The summary gives each round's overhead and the median, min and max over the rounds, and the
+# batch's extra seconds outside the stages (the fixed cost) paired round by round, with their median.
+# At the default STEPS on an H100 a run-all takes about 60-75 s and the batch about 130-165 s (BENCHMARKS §13),
+# so a round is about 250-310 s and one 570-s call holds about 2 rounds (less the first call 2's Ray install;
+# a part starts only if PART_S s are left, 2 * PART_S for the batch). For more, repeat the same call 2 command
+# while the machine is warm, each one resuming where the last stopped (no carry needed once Ray is installed):
+#   run(command="CALL=2 LIMIT=570 ROUNDS=3 bash benchmarks/gpu_batch.sh $OUT", carry=[".device/ray/call2"],
+#       timeout_s=600)                                               # rounds 1 and (mostly) 2
+#   run(command="CALL=2 LIMIT=570 ROUNDS=3 bash benchmarks/gpu_batch.sh $OUT", timeout_s=600)   # the rest
+# ROUNDS=3 thus takes two call 2 commands, at times three; with call 1 that is about 20-25 minutes of device
+# time. With longer STEPS fewer rounds fit a call: raise PART_S to the seconds one run-all takes. Report from
+# the LAST call's results.tgz: it holds every part's record and log, from all call 2 commands.
+# Back here:
 #   python benchmarks/batch_gpu.py report <files_at>/results.tgz     # -> benchmarks/results/batch_gpu.json,
 #                                                                    #    raw files, BENCHMARKS.md §13
 # A rehearsal on a CPU (the tiny preset, no installs; the wheel joined and checked but not installed):
 #   for c in 1 2; do CALL=$c DRY_CPU=/tmp/dry STEPS='2 4 2 2' bash benchmarks/gpu_batch.sh /tmp/dry/out$c; done
+# (ROUNDS=2 in front of it rehearses two rounds.)
 set -uo pipefail
 FINAL="${1:-batch-out}"
 . benchmarks/gpu_common.sh
@@ -40,7 +60,7 @@ if [ -n "${DRY_CPU:-}" ]; then  # the rehearsal: tiny random models, CPU runs, p
   random_models() { mkdir -p $W/models && touch $W/models/.done; }
   PIP="echo would run: pip"
 fi
-R=$W/ray; D=$W/batchbench; mkdir -p $R $D/rec $D/in
+R=$W/ray; D=$W/batchbench; mkdir -p $R $D/rec $D/log $D/in
 read -r S_INV S_STA S_DYN S_REF <<< "${STEPS:-10 60 30 10}"
 cp -n examples/toy.png $D/in/toy.png; cp -n examples/toy.png $D/in/toy2.png
 printf 'image,prompt\ntoy.png,a toy is spinning\ntoy2.png,a toy is jumping\n' > $D/in/jobs.csv
@@ -76,27 +96,38 @@ python3 -c "import diffusers" 2>/dev/null && [ -f $W/models/.done ] || { el "cal
 # --- the three parts, each timed as a whole command -------------------------------------------------------
 SETS="$MODEL_SETS --set invert.steps=$S_INV --set static.iters=$S_STA --set dynamic.iters=$S_DYN
       --set refine.iters=$S_REF"
-part() {  # name, seconds it needs, then the command; runs it once in $D/in, timed, unless already recorded
+part() {  # name, seconds it needs, then the command; runs it once in $D/in, timed, unless already recorded;
+          # its project/out folder $D/<name> is made afresh (nothing resumes from an earlier, cut-short try)
   local name=$1 need=$2; shift 2
   [ -f $D/rec/$name.json ] && return 0
   [ "$(left)" -gt "$need" ] || { el "$name: not started, $(left) s left (it needs $need)"; return 1; }
   rm -rf $D/$name; el "$name: $*"
   local t0 t1 rc; t0=$(date +%s.%N)
-  (cd $D/in && timeout $(( $(left) - 10 )) "$@" > "$OUT/$name.log" 2>&1); rc=$?
-  t1=$(date +%s.%N); tail -2 "$OUT/$name.log"
+  (cd $D/in && timeout $(( $(left) - 10 )) "$@" > "$D/log/$name.log" 2>&1); rc=$?
+  t1=$(date +%s.%N); tail -2 "$D/log/$name.log"
   [ $rc -eq 124 ] && { el "$name: cut short; the same call 2 command starts it again"; rm -rf $D/$name; return 1; }
   printf '{"part": "%s", "seconds": %s, "exit_code": %d}\n' "$name" "$(awk "BEGIN { print $t1 - $t0 }")" $rc \
     > $D/rec/$name.json
 }
 PART_S="${PART_S:-100}"
-part plain_toy $PART_S $A124 run-all toy.png "a toy is spinning" -p $D/plain_toy --until refine $SETS -q &&
-part batch $(( 2 * PART_S )) $A124 batch jobs.csv --out $D/batch --until refine $RUN_ARGS $SETS --json &&  # not -q: its log keeps "Ray: ... (started in N s, while the rows were checked)"
-part plain_toy2 $PART_S $A124 run-all toy2.png "a toy is jumping" -p $D/plain_toy2 --until refine $SETS -q
-cp $D/rec/*.json "$OUT/" 2>/dev/null
-[ -f $D/rec/plain_toy2.json ] || { el "not finished: run the same call 2 command again"; exit 0; }
+ROUNDS="${ROUNDS:-1}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { el "ROUNDS=$ROUNDS: a whole number, 1 or more"; exit 2; }
+names() { local s; [ "$1" = 1 ] && s= || s=.r$1; echo "plain_toy$s batch$s plain_toy2$s"; }  # round 1: no suffix
+for r in $(seq 1 "$ROUNDS"); do
+  read -r P1 B P2 <<< "$(names "$r")"
+  part $P1 $PART_S $A124 run-all toy.png "a toy is spinning" -p $D/$P1 --until refine $SETS -q &&
+  part $B $(( 2 * PART_S )) $A124 batch jobs.csv --out $D/$B --until refine $RUN_ARGS $SETS --json &&  # not -q: its log keeps "Ray: ... (started in N s, while the rows were checked)"
+  part $P2 $PART_S $A124 run-all toy2.png "a toy is jumping" -p $D/$P2 --until refine $SETS -q || break
+done
+cp $D/rec/*.json $D/log/*.log "$OUT/" 2>/dev/null  # the parts of earlier call 2 commands too
+MISSING=$(for r in $(seq 1 "$ROUNDS"); do for n in $(names "$r"); do [ -f $D/rec/$n.json ] || echo -n "$n "; done; done)
+[ -z "$MISSING" ] || { el "not finished, missing: ${MISSING% }; run the same call 2 command again"; exit 0; }
 
-mkdir -p "$OUT/batch"; cp $D/batch/batch.json $D/batch/.batch/*.json "$OUT/batch/" 2>/dev/null
+for r in $(seq 1 "$ROUNDS"); do
+  read -r _ B _ <<< "$(names "$r")"
+  mkdir -p "$OUT/$B"; cp $D/$B/batch.json $D/$B/.batch/*.json "$OUT/$B/" 2>/dev/null
+done
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); CARD=${CARD:-cpu (rehearsal)}
 python3 benchmarks/batch_gpu.py summarize $D --card "$CARD" --steps "$S_INV $S_STA $S_DYN $S_REF" \
-  --out "$OUT/batch_gpu.json"
+  --rounds "$ROUNDS" --out "$OUT/batch_gpu.json"
 el "done"
