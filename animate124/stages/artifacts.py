@@ -91,10 +91,14 @@ def _read_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_trained(path: Path, device: torch.device | str, backend: str | None = None) -> TrainedField:
+def load_trained(
+    path: Path, device: torch.device | str, backend: str | None = None, kernel_options: Any = None
+) -> TrainedField:
     """Rebuild the field and occupancy grid saved by :func:`save_trained` on ``device``.
 
-    ``backend`` overrides the saved grid backend (e.g. the machine that renders has no Triton).
+    ``backend`` overrides the saved grid backend (e.g. the machine that renders has no Triton);
+    ``kernel_options`` are the grid kernels' options (``KernelOptions``; None: the defaults), which are not
+    saved: the stages and output commands load through ``stages.build.load_field``, which passes the run's.
     """
     from animate124.scene.occupancy import OccupancyGrid
     from animate124.stages.build import build_field, field_section_from_dict
@@ -115,7 +119,7 @@ def load_trained(path: Path, device: torch.device | str, backend: str | None = N
         fdict["backend"] = backend
     fcfg = field_section_from_dict(fdict)
     kind = meta["kind"]
-    field = build_field(fcfg, kind, device)
+    field = build_field(fcfg, kind, device, kernel_options)
     o = meta["occupancy"]
     occ = OccupancyGrid(
         resolution=o["resolution"],
