@@ -63,6 +63,8 @@ class _Recorder:
 
     def __repr__(self) -> str:
         def clean(v: Any) -> Any:
+            if isinstance(v, torch.Generator):  # its repr is its address, new on every build
+                return f"<generator seeded {v.initial_seed()}>"
             return "<obj>" if isinstance(v, (_Recorder, torch.Tensor)) else v
 
         return repr(([clean(a) for a in self.args], {k: clean(v) for k, v in sorted(self.kwargs.items())}))
