@@ -586,7 +586,7 @@ def test_run_fused_normals_reaches_every_field_the_stages_build_or_load(tmp_path
     ``KernelOptions(fused_normals=run.fused_normals)``, every other option at its default."""
     from animate124.project import Project
     from animate124.scene.grid import KernelOptions
-    from animate124.stages.artifacts import save_trained
+    from animate124.stages.artifacts import load_field, save_trained
     from animate124.stages.dynamic import dynamic_field_from_static
     from animate124.stages.refine import refine_fields
     from animate124.stages.static import build_static_system
@@ -605,7 +605,7 @@ def test_run_fused_normals_reaches_every_field_the_stages_build_or_load(tmp_path
         "refine": trained.field.encoder.kernel_options,
         "refine frozen": frozen.field.encoder.kernel_options,
         **{
-            f"output of {stage}": build.load_field(cfg, project.artifact(f"{stage}_model"), CPU).field.encoder.kernel_options
+            f"output of {stage}": load_field(cfg, project.artifact(f"{stage}_model"), CPU).field.encoder.kernel_options
             for stage in ("static", "dynamic")
         },
     }  # fmt: skip
@@ -613,15 +613,15 @@ def test_run_fused_normals_reaches_every_field_the_stages_build_or_load(tmp_path
 
 
 def test_stages_and_output_commands_load_fields_through_load_field():
-    """Only ``build.load_field`` (the run's kernel options) calls ``load_trained``: a stage or output command
-    that loaded a field directly would drop ``run.fused_normals``."""
+    """Nothing outside ``stages/artifacts.py`` calls ``load_trained``: the stages and output commands load through
+    its ``load_field`` (the run's kernel options); one that loaded a field directly would drop ``run.fused_normals``."""
     root = Path(__file__).resolve().parents[1] / "animate124"
     callers = sorted(
         str(p.relative_to(root))
         for p in root.rglob("*.py")
         if p.name != "artifacts.py" and "load_trained(" in p.read_text()
     )
-    assert callers == ["stages/build.py"], callers
+    assert not callers, callers
     loaders = ("dynamic", "refine", "render", "export", "evaluate")
     missing = [m for m in loaders if "load_field(cfg" not in (root / "stages" / f"{m}.py").read_text()]
     assert not missing, missing
@@ -635,7 +635,7 @@ def _interp_stage_fused_normals() -> dict:
     from test_scene_stencil import _points, fused_vs_plain
 
     from animate124.project import Project
-    from animate124.stages.artifacts import save_trained
+    from animate124.stages.artifacts import load_field, save_trained
     from animate124.stages.dynamic import dynamic_field_from_static
     from animate124.stages.static import build_static_system
 
@@ -656,7 +656,7 @@ def _interp_stage_fused_normals() -> dict:
             project = Project(tmp)
             save_trained(project.artifact("static_model"), field, system.occupancy, kind="static",
                          field_cfg=cfg.field)  # fmt: skip
-            loaded = build.load_field(cfg, project.artifact("static_model"), CPU).field
+            loaded = load_field(cfg, project.artifact("static_model"), CPU).field
             dyn, _, _ = dynamic_field_from_static(project, cfg, CPU)
         out[f"loaded_ready_{on}"] = bool(loaded.fused_normals_ready(x))
         # a clip frame of the dynamic stage: enough samples for the slot path (6 neighbours per normal)

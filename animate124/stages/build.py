@@ -39,7 +39,6 @@ __all__ = [
     "grid_config",
     "kernel_options",
     "build_field",
-    "load_field",
     "build_occupancy",
     "ray_settings",
     "camera_settings",
@@ -130,7 +129,8 @@ def grid_config(f: FieldConfig) -> Any:
 
 
 def kernel_options(cfg: Config) -> Any:
-    """The grid kernels' options of every field a stage or an output command builds or loads: the
+    """The grid kernels' options of every field a stage or an output command builds (``build_field``) or loads
+    (``stages.artifacts.load_field``): the
     ``KernelOptions`` defaults (the fastest measured, BENCHMARKS.md §2, §15.6) with ``fused_normals`` from
     ``run.fused_normals`` (the same function up to fp32 rounding; BENCHMARKS.md §15.8)."""
     from animate124.scene.grid import KernelOptions
@@ -159,15 +159,6 @@ def build_field(f: FieldConfig, kind: str, device: torch.device | str, kernel_op
     else:
         raise ConfigError(f"unknown field kind {kind!r}")
     return field.to(device)
-
-
-def load_field(cfg: Config, path: Any, device: torch.device | str, backend: str | None = None) -> Any:
-    """The trained field and occupancy grid at ``path`` (``stages/artifacts.py``: a ``TrainedField``) with the
-    grid kernels' options of ``cfg`` (:func:`kernel_options`): how every stage and output command loads one.
-    ``backend`` overrides the saved grid backend."""
-    from animate124.stages.artifacts import load_trained
-
-    return load_trained(path, device, backend=backend, kernel_options=kernel_options(cfg))
 
 
 def field_section_from_dict(data: dict[str, Any]) -> FieldConfig:

@@ -20,7 +20,7 @@ from animate124.engine.runner import StageContext, StageResult
 from animate124.engine.timing import Timers
 from animate124.guidance.interface import Guidance
 from animate124.project import Project
-from animate124.stages.artifacts import save_trained
+from animate124.stages.artifacts import load_field, save_trained
 from animate124.stages.build import (
     build_occupancy,
     build_optimizer,
@@ -28,7 +28,6 @@ from animate124.stages.build import (
     build_zero123_guidance,
     camera_settings,
     clip_settings,
-    load_field,
     loss_weights,
     ray_settings,
     stage_prompt,

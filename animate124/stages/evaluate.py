@@ -86,7 +86,7 @@ def run_evaluate_stage(
     from animate124.render import metrics as M
     from animate124.render.cameras import camera_from_spherical, reference_camera
     from animate124.render.outputs import RenderSettings, render_frame
-    from animate124.stages.build import load_field
+    from animate124.stages.artifacts import load_field
 
     src = source_stage(project, stage)
     text = check_text("--prompt", prompt).strip() if prompt and prompt.strip() else evaluation_prompt(cfg)

@@ -138,7 +138,7 @@ def run_export_stage(
     import torch
 
     from animate124.engine.runtime import resolve_device
-    from animate124.stages.build import load_field
+    from animate124.stages.artifacts import load_field
 
     src = source_stage(project, stage)
     e = cfg.export

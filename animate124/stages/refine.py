@@ -24,8 +24,8 @@ from animate124.engine.runner import StageContext, StageResult
 from animate124.errors import ProjectError
 from animate124.guidance.interface import Guidance
 from animate124.project import Project
-from animate124.stages.artifacts import TrainedField, save_trained
-from animate124.stages.build import build_controlnet_guidance, build_optimizer, load_field, stage_prompt
+from animate124.stages.artifacts import TrainedField, load_field, save_trained
+from animate124.stages.build import build_controlnet_guidance, build_optimizer, stage_prompt
 from animate124.stages.dynamic import dynamic_prior_names, dynamic_system_kwargs, video_and_zero123
 from animate124.stages.placement import PriorPlacement, log_placement
 from animate124.stages.system import DynamicSystem
@@ -118,7 +118,7 @@ def load_learned_token(project: Project) -> tuple[str, Tensor]:
 
 def refine_fields(project: Project, cfg: Config, device: torch.device) -> tuple[TrainedField, TrainedField]:
     """(the field refine trains, its frozen copy): the dynamic stage's result loaded twice, each with the run's
-    grid backend and kernel options (``stages.build.load_field``)."""
+    grid backend and kernel options (``stages.artifacts.load_field``)."""
     path = project.artifact("dynamic_model")
     trained = load_field(cfg, path, device, backend=cfg.field.backend)
     frozen = load_field(cfg, path, device, backend=cfg.field.backend)

@@ -165,7 +165,7 @@ def run_render_stage(
     from animate124.engine.progress import rich_progress
     from animate124.engine.runtime import resolve_device
     from animate124.render.outputs import orbit_shot, render_shot, views_shot
-    from animate124.stages.build import load_field
+    from animate124.stages.artifacts import load_field
 
     # --- check the whole request before any work -------------------------------------------------
     src = source_stage(project, stage)
