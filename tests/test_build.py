@@ -644,8 +644,6 @@ def _interp_stage_fused_normals() -> dict:
     for on in (True, False):
         sets = [f"run.fused_normals={str(on).lower()}", "field.backend=triton"]
         cfg = resolve_config("tiny", None, PROMPTS, sets)
-        # seeded as test_scene_stencil's cases are: its criterion (fused at most 3x as far from float64 as the
-        # plain path) judges one draw of fp32 rounding errors, and a few other draws of the parameters exceed it
         torch.manual_seed(0)
         system, _ = build_static_system(cfg, CPU, reference=_reference(), priors={})
         field = system.field
@@ -670,13 +668,24 @@ def _interp_stage_fused_normals() -> dict:
     return out
 
 
+#: How much farther from float64 than the plain path the stage field's fused normals and gradients may be here.
+#: This test checks the wiring (the stage's field reaches the fused kernel with its own grid and MLP); the
+#: kernel's accuracy is ``test_scene_stencil``'s (at most 3x the plain path's error, on its seeded cases). Both
+#: paths are fp32 evaluations of the same formula in different orders, so their errors against float64 are
+#: rounding draws of the same size (over 16 seeds of this field the ratio reached 3.3 for the normals and 8.3 for
+#: a gradient; b2's exact gradient is 0, so its two errors are both pure rounding and the floor of
+#: ``test_scene_stencil``'s criterion, a few ulps of b1's gradient, judges it); a field that reached the kernel
+#: with the wrong table, level count or weights is off by O(1) of the normals' unit length, some 10^4 times the
+#: plain path's error. 100x separates the two with a wide margin on either side.
+WIRING_FACTOR = 100
+
+
 @needs_triton
 def test_run_fused_normals_runs_the_fused_kernel_in_the_stage_fields():
     """With ``run.fused_normals`` on, the static stage's field, the same field loaded from its saved result and
     the 4D field made from that (a clip frame's samples) take the fused path, and the static field's normals and
-    gradients are as close to float64 as the six evaluations' (``test_scene_stencil``'s criterion); off, none
-    does."""
-    from test_scene_stencil import assert_as_close_as_plain
+    gradients agree with float64 as the plain path's do, up to :data:`WIRING_FACTOR`; off, none does."""
+    from test_scene_stencil import FLOOR
 
     r = run_interpreted("test_build", "_interp_stage_fused_normals", timeout=300)
     for part in ("static", "loaded", "dynamic"):
@@ -684,4 +693,7 @@ def test_run_fused_normals_runs_the_fused_kernel_in_the_stage_fields():
     assert r["loaded_same_normals"], r
     s = r["static"]
     assert s["fused_ready"] and not s["plain_ready"] and s["fused_calls"] == 1, s
-    assert_as_close_as_plain(s)
+    assert s["normal_fused"] <= WIRING_FACTOR * s["normal_plain"] + 1e-6, s
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        floor = FLOOR * (s[f"{k}_scale"] + s["b1_norm"])
+        assert s[f"{k}_fused"] <= WIRING_FACTOR * s[f"{k}_plain"] + floor, (k, s)
