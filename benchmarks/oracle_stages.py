@@ -6,6 +6,7 @@ oracle priors that know the ground truth, on real posed data; test-view PSNR/SSI
     python benchmarks/oracle_stages.py --scene dnerf:standup            # dynamic only (3000 steps at 96²)
     python benchmarks/oracle_stages.py --scene lego --kill-resume       # + static SIGKILLed and resumed
     python benchmarks/oracle_stages.py --smoke --out /tmp/oracle.json   # CPU, seconds
+    python benchmarks/oracle_stages.py --set run.fused_normals=true     # both checks with the fused normals
     python benchmarks/oracle_stages.py --scene dnerf:standup --dynamic-steps 10000 --time-tv 3e7 \
         --train-minutes 6 --eval-every 500                                # the recorded H200 run
 
@@ -95,7 +96,7 @@ from animate124.config.presets import tiny as tiny_preset  # noqa: E402
 from animate124.config.schema import Config  # noqa: E402
 from animate124.engine.trainer import Trainer  # noqa: E402
 from animate124.render.renderer import render  # noqa: E402
-from animate124.stages.build import build_field, build_occupancy, trainer_settings  # noqa: E402
+from animate124.stages.build import build_field, build_occupancy, kernel_options, trainer_settings  # noqa: E402
 from animate124.stages.dynamic import build_dynamic_system  # noqa: E402
 from animate124.stages.static import build_static_system  # noqa: E402
 from animate124.stages.system import ReferenceData  # noqa: E402
@@ -488,7 +489,7 @@ def run_dynamic_check(
     )
     d = cfg.dynamic
     reference = reference_view(train, ref_idx, d.ref_size)
-    field = build_field(cfg.field, "dynamic", device)
+    field = build_field(cfg.field, "dynamic", device, kernel_options(cfg))
     occupancy = build_occupancy(cfg, dynamic=True, device=device)
     # The paper's dynamic stage starts from the static stage's occupancy grid; a fresh grid is all
     # occupied, and the stage's first refresh comes only at global step ≡ 1 (mod 16), 8 steps in (as

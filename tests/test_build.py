@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 import torch
+from helpers_triton import needs_triton, run_interpreted
 
 from animate124.config import resolve_config
 from animate124.config.loader import deep_merge, from_dict, to_dict
@@ -62,6 +63,8 @@ class _Recorder:
 
     def __repr__(self) -> str:
         def clean(v: Any) -> Any:
+            if isinstance(v, torch.Generator):  # its repr is its address, new on every build
+                return f"<generator seeded {v.initial_seed()}>"
             return "<obj>" if isinstance(v, (_Recorder, torch.Tensor)) else v
 
         return repr(([clean(a) for a in self.args], {k: clean(v) for k, v in sorted(self.kwargs.items())}))
@@ -125,7 +128,8 @@ def fingerprint(cfg: Config) -> dict[str, str]:
     fp["models"] = repr((model_cache_dir(cfg), to_dict(cfg.models)))
     reference = ReferenceData(torch.ones(1, 1, 3, 8, 8), torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), None)
     system, _ = build_static_system(cfg, CPU, reference=reference, priors={})
-    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.sds_grad_scale))
+    fp["system"] = repr((system.generator.initial_seed(), system.timers.enabled, system.sds_grad_scale,
+                         system.field.encoder.kernel_options))  # fmt: skip
     return fp
 
 
@@ -364,6 +368,7 @@ DESTINATIONS: dict[str, list] = {
     "run.compile_mode": [_attr("ti", "compile_mode")],
     "run.fused_adamw": [_attr("ti", "fused_adamw")],
     "run.profile": [lambda b: b["system"].timers.enabled],
+    "run.fused_normals": [lambda b: b["system"].field.encoder.kernel_options.fused_normals],
     "run.trace_steps": [*_each("trainer", "trace_steps"), _attr("ti", "trace_steps")],
     "run.trace_parts": [*_each("trainer", "trace_parts"), _attr("ti", "trace_parts")],
     "run.preview_every": _each("trainer", "preview_every"),
@@ -550,3 +555,145 @@ def test_each_field_arrives_at_its_destination(fakes, base_dict, monkeypatch):
 NO_DESTINATION = {
     "models.offline": "the store also goes offline when HF_HUB_OFFLINE is set, as it is in every test",
 }
+
+
+# ------------------------------------------------------------------------------------------------ run.fused_normals
+def _reference() -> Any:
+    from animate124.stages.system import ReferenceData
+
+    return ReferenceData(torch.ones(1, 1, 3, 8, 8), torch.ones(1, 1, 1, 8, 8, dtype=torch.bool), None)
+
+
+def test_run_fused_normals_parses_and_is_off_in_every_preset():
+    """``--set run.fused_normals=true`` turns it on like any boolean key; every preset leaves it off until the
+    oracle check has run with it on a GPU (``KernelOptions.fused_normals``)."""
+    from animate124.config.presets import PRESETS
+
+    for preset in PRESETS:
+        assert resolve_config(preset).run.fused_normals is False, preset
+        for text, value in (("true", True), ("false", False)):
+            cfg = resolve_config(preset, sets=[f"run.fused_normals={text}"])
+            assert cfg.run.fused_normals is value, (preset, text)
+    with pytest.raises(ConfigError):
+        resolve_config("tiny", sets=["run.fused_normals=sometimes"])
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_run_fused_normals_reaches_every_field_the_stages_build_or_load(tmp_path, on):
+    """The static stage's field (``build_static_system``), the 4D field the dynamic stage makes from the saved
+    static result (``dynamic_field_from_static``: artifacts.py, then ``DynamicField.from_static``), refine's
+    field and frozen copy (``refine_fields``) and the output commands' fields (``load_field``) all hold
+    ``KernelOptions(fused_normals=run.fused_normals)``, every other option at its default."""
+    from animate124.project import Project
+    from animate124.scene.grid import KernelOptions
+    from animate124.stages.artifacts import load_field, save_trained
+    from animate124.stages.dynamic import dynamic_field_from_static
+    from animate124.stages.refine import refine_fields
+    from animate124.stages.static import build_static_system
+
+    cfg = resolve_config("tiny", None, PROMPTS, [f"run.fused_normals={str(on).lower()}"])
+    system, _ = build_static_system(cfg, CPU, reference=_reference(), priors={})
+    project = Project(tmp_path / "p")
+    save_trained(project.artifact("static_model"), system.field, system.occupancy, kind="static",
+                 field_cfg=cfg.field)  # fmt: skip
+    dyn, occ, fcfg = dynamic_field_from_static(project, cfg, CPU)
+    save_trained(project.artifact("dynamic_model"), dyn, occ, kind="dynamic", field_cfg=fcfg)
+    trained, frozen = refine_fields(project, cfg, CPU)
+    got = {
+        "static": system.field.encoder.kernel_options,
+        "dynamic": dyn.encoder.kernel_options,
+        "refine": trained.field.encoder.kernel_options,
+        "refine frozen": frozen.field.encoder.kernel_options,
+        **{
+            f"output of {stage}": load_field(cfg, project.artifact(f"{stage}_model"), CPU).field.encoder.kernel_options
+            for stage in ("static", "dynamic")
+        },
+    }  # fmt: skip
+    assert got == dict.fromkeys(got, KernelOptions(fused_normals=on))
+
+
+def test_stages_and_output_commands_load_fields_through_load_field():
+    """Nothing outside ``stages/artifacts.py`` calls ``load_trained``: the stages and output commands load through
+    its ``load_field`` (the run's kernel options); one that loaded a field directly would drop ``run.fused_normals``."""
+    root = Path(__file__).resolve().parents[1] / "animate124"
+    callers = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.name != "artifacts.py" and "load_trained(" in p.read_text()
+    )
+    assert not callers, callers
+    loaders = ("dynamic", "refine", "render", "export", "evaluate")
+    missing = [m for m in loaders if "load_field(cfg" not in (root / "stages" / f"{m}.py").read_text()]
+    assert not missing, missing
+
+
+def _interp_stage_fused_normals() -> dict:
+    """Under ``TRITON_INTERPRET=1`` (``helpers_triton.run_interpreted``): the tiny preset's fields on the Triton
+    backend, built and loaded by the stages' own code with ``run.fused_normals`` on and off."""
+    import tempfile
+
+    from test_scene_stencil import _points, fused_vs_plain
+
+    from animate124.project import Project
+    from animate124.stages.artifacts import load_field, save_trained
+    from animate124.stages.dynamic import dynamic_field_from_static
+    from animate124.stages.static import build_static_system
+
+    out: dict[str, Any] = {}
+    x = _points()
+    for on in (True, False):
+        sets = [f"run.fused_normals={str(on).lower()}", "field.backend=triton"]
+        cfg = resolve_config("tiny", None, PROMPTS, sets)
+        torch.manual_seed(0)
+        system, _ = build_static_system(cfg, CPU, reference=_reference(), priors={})
+        field = system.field
+        with torch.no_grad():
+            field.encoder.embeddings.uniform_(-1, 1)
+        out[f"static_ready_{on}"] = bool(field.fused_normals_ready(x))
+        with tempfile.TemporaryDirectory() as tmp:
+            project = Project(tmp)
+            save_trained(project.artifact("static_model"), field, system.occupancy, kind="static",
+                         field_cfg=cfg.field)  # fmt: skip
+            loaded = load_field(cfg, project.artifact("static_model"), CPU).field
+            dyn, _, _ = dynamic_field_from_static(project, cfg, CPU)
+        out[f"loaded_ready_{on}"] = bool(loaded.fused_normals_ready(x))
+        # a clip frame of the dynamic stage: enough samples for the slot path (6 neighbours per normal)
+        n = -(-dyn.encoder.kernel_options.slot_min_points_per_time // 6)
+        xd = torch.rand(n, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        out[f"dynamic_ready_{on}"] = bool(dyn.fused_normals_ready(xd, torch.full((n, 1), 0.5)))
+        if on:
+            with torch.no_grad():
+                out["loaded_same_normals"] = bool(torch.equal(loaded.normals(x), field.normals(x)))
+            out["static"] = fused_vs_plain(field, x)
+    return out
+
+
+#: How much farther from float64 than the plain path the stage field's fused normals and gradients may be here.
+#: This test checks the wiring (the stage's field reaches the fused kernel with its own grid and MLP); the
+#: kernel's accuracy is ``test_scene_stencil``'s (at most 3x the plain path's error, on its seeded cases). Both
+#: paths are fp32 evaluations of the same formula in different orders, so their errors against float64 are
+#: rounding draws of the same size (over 16 seeds of this field the ratio reached 3.3 for the normals and 8.3 for
+#: a gradient; b2's exact gradient is 0, so its two errors are both pure rounding and the floor of
+#: ``test_scene_stencil``'s criterion, a few ulps of b1's gradient, judges it); a field that reached the kernel
+#: with the wrong table, level count or weights is off by O(1) of the normals' unit length, some 10^4 times the
+#: plain path's error. 100x separates the two with a wide margin on either side.
+WIRING_FACTOR = 100
+
+
+@needs_triton
+def test_run_fused_normals_runs_the_fused_kernel_in_the_stage_fields():
+    """With ``run.fused_normals`` on, the static stage's field, the same field loaded from its saved result and
+    the 4D field made from that (a clip frame's samples) take the fused path, and the static field's normals and
+    gradients agree with float64 as the plain path's do, up to :data:`WIRING_FACTOR`; off, none does."""
+    from test_scene_stencil import FLOOR
+
+    r = run_interpreted("test_build", "_interp_stage_fused_normals", timeout=300)
+    for part in ("static", "loaded", "dynamic"):
+        assert r[f"{part}_ready_True"] and not r[f"{part}_ready_False"], (part, r)
+    assert r["loaded_same_normals"], r
+    s = r["static"]
+    assert s["fused_ready"] and not s["plain_ready"] and s["fused_calls"] == 1, s
+    assert s["normal_fused"] <= WIRING_FACTOR * s["normal_plain"] + 1e-6, s
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        floor = FLOOR * (s[f"{k}_scale"] + s["b1_norm"])
+        assert s[f"{k}_fused"] <= WIRING_FACTOR * s[f"{k}_plain"] + floor, (k, s)

@@ -97,9 +97,6 @@ def _field_case(
     device: str = "cpu", cfg=None, n_points: int = N_POINTS,
 ) -> dict:  # fmt: skip
     """Fused vs plain vs float64: normals and the gradients of ``Σ n·R`` (R random)."""
-    import copy
-    import dataclasses
-
     from helpers_grid import field_kwargs
 
     from animate124.scene.fields import DynamicField, StaticField
@@ -107,21 +104,15 @@ def _field_case(
     from animate124.scene.timeruns import TimeRuns
 
     cfg = cfg or _grid_cfg(interpolation=interpolation)
-    opts = KernelOptions(**{"z_merge": False, **fused_opts})  # the plain path below: see its comment
+    opts = KernelOptions(**{"z_merge": False, **fused_opts})
     torch.manual_seed(0)
     if dynamic:
-        fields = [
-            DynamicField(cfg, time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs())
-        ]
+        field = DynamicField(cfg, time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs())
     else:
-        fields = [StaticField(cfg, backend="triton", kernel_options=opts, **field_kwargs())]
-    fields[0].to(device)
+        field = StaticField(cfg, backend="triton", kernel_options=opts, **field_kwargs())
+    field.to(device)
     with torch.no_grad():
-        fields[0].encoder.embeddings.uniform_(-1, 1)
-    fields.append(copy.deepcopy(fields[0]))  # the same parameters, the plain path
-    # the plain path as the criterion below was derived for: 8 corners at every level (the z-merged plain path,
-    # the default since issue 26's GPU round, rounds less at the merged levels: test_scene_zmerge covers it)
-    fields[1].encoder.kernel_options = dataclasses.replace(opts, fused_normals=False, z_merge=False)
+        field.encoder.embeddings.uniform_(-1, 1)
     x = _points(n_points).to(device)
     n = x.shape[0]
     t = rk = None
@@ -129,6 +120,24 @@ def _field_case(
         t = torch.full((n, 1), 0.2, device=device)
         t[n // 2 :] = 0.7
         rk = TimeRuns((n // 2, n - n // 2), torch.tensor([0.2, 0.7])) if runs else None
+    return fused_vs_plain(field, x, t, rk, max_level=max_level)
+
+
+def fused_vs_plain(field, x: torch.Tensor, t=None, rk=None, max_level=None) -> dict:
+    """``field`` (its kernel options with ``fused_normals`` on) against a copy of it on the plain path and a
+    float64 evaluation (``_normals64``) at points ``x`` (times ``t``, runs ``rk``): the normals and the
+    gradients of ``Σ n·R`` (R random), checked by :func:`assert_as_close_as_plain`. Also used by
+    ``test_build`` on the fields the stages build."""
+    import copy
+    import dataclasses
+
+    device = x.device
+    fields = [field, copy.deepcopy(field)]  # the same parameters, the plain path
+    # the plain path as the criterion below was derived for: 8 corners at every level (the z-merged plain path,
+    # the default since issue 26's GPU round, rounds less at the merged levels: test_scene_zmerge covers it)
+    opts = field.encoder.kernel_options
+    fields[1].encoder.kernel_options = dataclasses.replace(opts, fused_normals=False, z_merge=False)
+    n = x.shape[0]
     r = torch.randn(n, 3, generator=torch.Generator().manual_seed(5)).to(device)
     out, grads, builds = [], [], []
     for f in fields:
@@ -283,6 +292,14 @@ def interp() -> dict:
 FLOOR = 4e-7  # a few fp32 ulps (2^-24 ≈ 6e-8) of the quantity's scale
 
 
+def assert_as_close_as_plain(r: dict) -> None:
+    """The criterion of the module docstring on a :func:`fused_vs_plain` result: the fused normals and every
+    gradient (table, both layers) at most 3× as far from float64 as the plain fp32 path, plus a floor."""
+    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
+    for k in ("table", "w1", "b1", "w2", "b2"):
+        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+
+
 @needs_triton
 @pytest.mark.parametrize(
     "case",
@@ -294,9 +311,7 @@ def test_fused_normals_match_the_plain_path(interp, case):
     r = interp[case]
     assert r["fused_ready"] and not r["plain_ready"], r
     assert r["fused_calls"] == 1, r  # the fused kernel ran (one slot build), not the plain evaluations
-    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
-    for k in ("table", "w1", "b1", "w2", "b2"):
-        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+    assert_as_close_as_plain(r)
     assert r["table_scale"] > 0 and r["w1_scale"] > 0
 
 
@@ -353,9 +368,7 @@ def test_fused_normals_gpu_paper_grid(dynamic):
     opts = {"fused_normals": True, "slot_min_points_per_time": 1}
     r = _field_case(dynamic, opts, runs=dynamic, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
-    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
-    for k in ("table", "w1", "b1", "w2", "b2"):
-        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+    assert_as_close_as_plain(r)
 
 
 @pytest.mark.gpu
@@ -372,9 +385,7 @@ def test_fused_normals_gpu_backward_chunks_and_determinism():
     opts = {"fused_normals": True, "slot_min_points_per_time": 1, "fused_normals_chunk": 5000}
     r = _field_case(True, opts, runs=True, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
-    assert r["normal_fused"] <= 3 * r["normal_plain"] + 1e-6, r
-    for k in ("table", "w1", "b1", "w2", "b2"):
-        assert r[f"{k}_fused"] <= 3 * r[f"{k}_plain"] + FLOOR * r[f"{k}_scale"] + FLOOR * r["b1_norm"], (k, r)
+    assert_as_close_as_plain(r)
     twice = _backward_twice(5000, device="cuda", cfg=paper_grid_config(), n=2**14)
     assert all(twice["equal"][k] for k in ("w1", "b1", "w2", "b2")) and all(twice["nonzero"].values()), twice
     assert twice["table_rel"] <= 1e-5, twice

@@ -148,6 +148,15 @@ class RunConfig:
         "removes per-kernel launch overhead; CUDA only).",
         nohash=True,
     )
+    fused_normals: bool = opt(
+        False,
+        "Compute the finite-difference normals in one fused Triton stencil kernel per direction instead of six "
+        "field evaluations (KernelOptions.fused_normals): the same function up to fp32 rounding. Triton kernels "
+        "on a CUDA GPU only, for the tiled 2-feature grid and 2-layer MLP of the presets; elsewhere the six "
+        "evaluations run. Measured 12-18 % off the NeRF side of a dynamic or refine step on an H100 "
+        "(BENCHMARKS.md §15.8). Off until the oracle check (benchmarks/oracle_stages.py) has run with it.",
+        nohash=True,
+    )
     tensorboard: bool = opt(
         False,
         "Also write the training scalars (the same as logs/<stage>.jsonl) as TensorBoard event files under "

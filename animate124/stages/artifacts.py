@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from animate124.config.loader import to_dict
-from animate124.config.schema import FieldConfig
+from animate124.config.schema import Config, FieldConfig
 from animate124.errors import ProjectError
 from animate124.fileio import atomic_path, ensure_space
 from animate124.readers import read_safetensors
 
-__all__ = ["TrainedField", "save_trained", "load_trained", "FORMAT"]
+__all__ = ["TrainedField", "save_trained", "load_trained", "load_field", "FORMAT"]
 
 FORMAT = "animate124-field-2"
 _FORMAT_1 = "animate124-field-1"
@@ -91,10 +91,14 @@ def _read_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_trained(path: Path, device: torch.device | str, backend: str | None = None) -> TrainedField:
+def load_trained(
+    path: Path, device: torch.device | str, backend: str | None = None, kernel_options: Any = None
+) -> TrainedField:
     """Rebuild the field and occupancy grid saved by :func:`save_trained` on ``device``.
 
-    ``backend`` overrides the saved grid backend (e.g. the machine that renders has no Triton).
+    ``backend`` overrides the saved grid backend (e.g. the machine that renders has no Triton);
+    ``kernel_options`` are the grid kernels' options (``KernelOptions``; None: the defaults), which are not
+    saved: the stages and output commands load through :func:`load_field`, which passes the run's.
     """
     from animate124.scene.occupancy import OccupancyGrid
     from animate124.stages.build import build_field, field_section_from_dict
@@ -115,7 +119,7 @@ def load_trained(path: Path, device: torch.device | str, backend: str | None = N
         fdict["backend"] = backend
     fcfg = field_section_from_dict(fdict)
     kind = meta["kind"]
-    field = build_field(fcfg, kind, device)
+    field = build_field(fcfg, kind, device, kernel_options)
     o = meta["occupancy"]
     occ = OccupancyGrid(
         resolution=o["resolution"],
@@ -140,3 +144,14 @@ def load_trained(path: Path, device: torch.device | str, backend: str | None = N
     return TrainedField(
         field=field, occupancy=occ, kind=kind, field_cfg=fcfg, meta={"extra": meta.get("extra", {})}
     )
+
+
+def load_field(
+    cfg: Config, path: Path, device: torch.device | str, backend: str | None = None
+) -> TrainedField:
+    """:func:`load_trained` with the grid kernels' options of ``cfg`` (``stages.build.kernel_options``:
+    ``run.fused_normals``): how every stage and output command loads a trained field. ``backend`` overrides the
+    saved grid backend."""
+    from animate124.stages.build import kernel_options
+
+    return load_trained(path, device, backend=backend, kernel_options=kernel_options(cfg))

@@ -37,6 +37,7 @@ __all__ = [
     "precision_of",
     "prior_dtype",
     "grid_config",
+    "kernel_options",
     "build_field",
     "build_occupancy",
     "ray_settings",
@@ -127,8 +128,19 @@ def grid_config(f: FieldConfig) -> Any:
     )
 
 
-def build_field(f: FieldConfig, kind: str, device: torch.device | str) -> Any:
-    """A fresh static (``kind="static"``) or 4D (``"dynamic"``) field from a ``field`` section."""
+def kernel_options(cfg: Config) -> Any:
+    """The grid kernels' options of every field a stage or an output command builds (``build_field``) or loads
+    (``stages.artifacts.load_field``): the
+    ``KernelOptions`` defaults (the fastest measured, BENCHMARKS.md §2, §15.6) with ``fused_normals`` from
+    ``run.fused_normals`` (the same function up to fp32 rounding; BENCHMARKS.md §15.8)."""
+    from animate124.scene.grid import KernelOptions
+
+    return KernelOptions(fused_normals=cfg.run.fused_normals)
+
+
+def build_field(f: FieldConfig, kind: str, device: torch.device | str, kernel_options: Any = None) -> Any:
+    """A fresh static (``kind="static"``) or 4D (``"dynamic"``) field from a ``field`` section, its grid
+    kernels launched with ``kernel_options`` (:func:`kernel_options` of the run's config; None: the defaults)."""
     from animate124.scene.fields import DynamicField, StaticField
 
     common = dict(
@@ -137,6 +149,7 @@ def build_field(f: FieldConfig, kind: str, device: torch.device | str) -> Any:
         blob_density=f.blob_density,
         blob_radius=f.blob_radius,
         backend=f.backend,
+        kernel_options=kernel_options,
     )
     enc = grid_config(f)
     if kind == "static":

@@ -20,7 +20,7 @@ from animate124.engine.runner import StageContext, StageResult
 from animate124.engine.timing import Timers
 from animate124.guidance.interface import Guidance
 from animate124.project import Project
-from animate124.stages.artifacts import load_trained, save_trained
+from animate124.stages.artifacts import load_field, save_trained
 from animate124.stages.build import (
     build_occupancy,
     build_optimizer,
@@ -44,7 +44,7 @@ def dynamic_field_from_static(project: Project, cfg: Config, device: torch.devic
     """(4D field, 4D occupancy grid, field section) initialised exactly from the static result."""
     from animate124.scene.fields import DynamicField
 
-    static = load_trained(project.artifact("static_model"), device, backend=cfg.field.backend)
+    static = load_field(cfg, project.artifact("static_model"), device, backend=cfg.field.backend)
     fcfg = dataclasses.replace(
         static.field_cfg, time_grid_size=cfg.field.time_grid_size, backend=cfg.field.backend
     )

@@ -86,7 +86,7 @@ def run_evaluate_stage(
     from animate124.render import metrics as M
     from animate124.render.cameras import camera_from_spherical, reference_camera
     from animate124.render.outputs import RenderSettings, render_frame
-    from animate124.stages.artifacts import load_trained
+    from animate124.stages.artifacts import load_field
 
     src = source_stage(project, stage)
     text = check_text("--prompt", prompt).strip() if prompt and prompt.strip() else evaluation_prompt(cfg)
@@ -100,7 +100,7 @@ def run_evaluate_stage(
     clip_name = clip_model_name(cfg, store)
 
     def body(ctx: Any) -> dict[str, Any]:
-        trained = load_trained(project.artifact(f"{src}_model"), device)
+        trained = load_field(cfg, project.artifact(f"{src}_model"), device)
         field, occ = trained.field.eval(), trained.occupancy
         dynamic = trained.kind == "dynamic"
         m = cfg.raymarch

@@ -138,7 +138,7 @@ def run_export_stage(
     import torch
 
     from animate124.engine.runtime import resolve_device
-    from animate124.stages.artifacts import load_trained
+    from animate124.stages.artifacts import load_field
 
     src = source_stage(project, stage)
     e = cfg.export
@@ -148,7 +148,7 @@ def run_export_stage(
     device = resolve_device(cfg.run.device)
 
     def body(ctx: Any) -> dict[str, Any]:
-        trained = load_trained(project.artifact(f"{src}_model"), device)
+        trained = load_field(cfg, project.artifact(f"{src}_model"), device)
         field, occ = trained.field.eval(), trained.occupancy
         dynamic = trained.kind == "dynamic"
         out_dir = project.export_dir / src

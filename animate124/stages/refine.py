@@ -24,14 +24,14 @@ from animate124.engine.runner import StageContext, StageResult
 from animate124.errors import ProjectError
 from animate124.guidance.interface import Guidance
 from animate124.project import Project
-from animate124.stages.artifacts import load_trained, save_trained
+from animate124.stages.artifacts import TrainedField, load_field, save_trained
 from animate124.stages.build import build_controlnet_guidance, build_optimizer, stage_prompt
 from animate124.stages.dynamic import dynamic_prior_names, dynamic_system_kwargs, video_and_zero123
 from animate124.stages.placement import PriorPlacement, log_placement
 from animate124.stages.system import DynamicSystem
 from animate124.stages.training import Built, load_reference_data, train_nerf_stage
 
-__all__ = ["run_refine", "RefineSystem", "load_learned_token"]
+__all__ = ["run_refine", "RefineSystem", "load_learned_token", "refine_fields"]
 
 
 class RefineSystem(DynamicSystem):
@@ -116,6 +116,15 @@ def load_learned_token(project: Project) -> tuple[str, Tensor]:
     return name, vec
 
 
+def refine_fields(project: Project, cfg: Config, device: torch.device) -> tuple[TrainedField, TrainedField]:
+    """(the field refine trains, its frozen copy): the dynamic stage's result loaded twice, each with the run's
+    grid backend and kernel options (``stages.artifacts.load_field``)."""
+    path = project.artifact("dynamic_model")
+    trained = load_field(cfg, path, device, backend=cfg.field.backend)
+    frozen = load_field(cfg, path, device, backend=cfg.field.backend)
+    return trained, frozen
+
+
 def run_refine(
     project: Project, cfg: Config, *, force: bool = False, show_progress: bool = True
 ) -> StageResult:
@@ -124,8 +133,7 @@ def run_refine(
     def make(ctx: StageContext, device: torch.device) -> Built:
         prompt = stage_prompt(cfg, "refine")
         token = load_learned_token(project)
-        trained = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
-        frozen = load_trained(project.artifact("dynamic_model"), device, backend=cfg.field.backend)
+        trained, frozen = refine_fields(project, cfg, device)
         reference = load_reference_data(project, cfg.dynamic.ref_size)
         place = PriorPlacement.of(cfg, [*dynamic_prior_names(cfg), "controlnet"], device)
         log_placement(place)

@@ -165,7 +165,7 @@ def run_render_stage(
     from animate124.engine.progress import rich_progress
     from animate124.engine.runtime import resolve_device
     from animate124.render.outputs import orbit_shot, render_shot, views_shot
-    from animate124.stages.artifacts import load_trained
+    from animate124.stages.artifacts import load_field
 
     # --- check the whole request before any work -------------------------------------------------
     src = source_stage(project, stage)
@@ -197,7 +197,7 @@ def run_render_stage(
             return done
 
     def body(ctx: Any) -> dict[str, Any]:
-        trained = load_trained(project.artifact(f"{src}_model"), device)
+        trained = load_field(cfg, project.artifact(f"{src}_model"), device)
         field, occ = trained.field.eval(), trained.occupancy
         dynamic = trained.kind == "dynamic"
         out_dir = project.render_dir / src

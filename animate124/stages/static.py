@@ -25,6 +25,7 @@ from animate124.stages.build import (
     build_sd_guidance,
     build_zero123_guidance,
     camera_settings,
+    kernel_options,
     loss_weights,
     ray_settings,
     stage_prompt,
@@ -47,7 +48,7 @@ def build_static_system(
     preview_dir: Path | None = None,
 ) -> tuple[StaticSystem, torch.optim.Optimizer]:
     """The static system and its optimizer from the config (priors and reference given)."""
-    field = build_field(cfg.field, "static", device)
+    field = build_field(cfg.field, "static", device, kernel_options(cfg))
     occupancy = build_occupancy(cfg, dynamic=False, device=device)
     system = StaticSystem(
         priors=priors,

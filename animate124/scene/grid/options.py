@@ -6,8 +6,9 @@ benchmarks choose a variant by building the encoder with other options, e.g.
 
 The defaults are the fastest variants measured on an H100 (BENCHMARKS.md §2): the pair layout (quad
 gather forward for static tiled tables, 16-byte pair backward), blended time slots for clips, the
-forward with levels as the fastest-varying program id at 256 points × 2 warps. None of these fields is a
-model hyperparameter: they change speed, never the values (up to fp32 summation order).
+forward with levels as the fastest-varying program id at 256 points × 2 warps. One faster variant is off by
+default: ``fused_normals`` (BENCHMARKS.md §15.8), until the oracle check has run with it (``run.fused_normals``).
+None of these fields is a model hyperparameter: they change speed, never the values (up to fp32 summation order).
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class KernelOptions:
         fused_normals: ``RadianceField.normals`` runs one fused stencil kernel per direction (grid gathers of
             the six neighbours, the density MLP and the normal in registers; :mod:`.stencil`) instead of six
             field evaluations, where it applies (a tiled 2-feature fp32 grid, static or a clip's few times; a
-            2-layer decoder). Same function up to fp32 rounding; off: measured slower on an H100 (BENCHMARKS.md
-            §15.6: its forward saves 15 ms a dynamic step, its first backward, which spilled registers, cost 30 ms
-            more; the present one, three kernels without spills, awaits a GPU measurement, §15.7).
+            2-layer decoder). Same function up to fp32 rounding. Its first backward, one kernel that spilled
+            registers, made the dynamic step slower on an H100 (BENCHMARKS.md §15.6); the present one, three
+            kernels without spills (§15.7), makes it faster: with ``z_merge``, 12-18 % off the NeRF side of a
+            dynamic or refine step on an H100 (§15.8: 226 → 198 ms fresh field, 334 → 290 ms trained-like scene,
+            356 → 311 ms refine). The stages set it from ``run.fused_normals`` (``stages.build.kernel_options``),
+            off in every preset until the oracle check (``benchmarks/oracle_stages.py``) has run with it on a GPU.
         fused_normals_chunk: samples per chunk of the fused normals' backward, which keeps about 1.7 KB of
             per-sample buffers for the chunk it works on (the neighbours' features and their gradients: 217 MB
             at 2^17 samples and the paper grid, whatever the batch). At most 2^20 (well inside its scatter's

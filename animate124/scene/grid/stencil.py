@@ -12,11 +12,12 @@ backward works on chunks of ``KernelOptions.fused_normals_chunk`` samples; per s
 ``6 × (16·L + 4 + 4·⌈H/16⌉)`` bytes (the neighbours' features and their gradients, ``dh``, the ReLU bits:
 1,656 B at the paper grid and decoder, 217 MB for the default 2^17 samples), reused from chunk to chunk.
 
-Chosen by ``KernelOptions(fused_normals=True)`` (off by default: it computes the same function up to fp32
-rounding; its first backward, one kernel that spilled registers, made the dynamic step slower on an H100,
-BENCHMARKS.md §15.6; the present one, three kernels, awaits a GPU measurement, §15.7). Under autocast it
-runs in fp32 (the plain path runs the MLP in fp16 there), so on a GPU its normals are closer to the exact ones
-than the path it replaces.
+Chosen by ``KernelOptions(fused_normals=True)``, in the stages by ``run.fused_normals``. It computes the same
+function up to fp32 rounding; its first backward, one kernel that spilled registers, made the dynamic step slower
+on an H100 (BENCHMARKS.md §15.6); with the present one, three kernels (§15.7), and ``z_merge`` the NeRF side of a
+dynamic or refine step is 12-18 % faster on an H100 (§15.8). Off by default until the oracle check
+(``benchmarks/oracle_stages.py``) has run with it on a GPU. Under autocast it runs in fp32 (the plain path runs
+the MLP in fp16 there), so on a GPU its normals are closer to the exact ones than the path it replaces.
 """
 
 from __future__ import annotations
