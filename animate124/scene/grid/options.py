@@ -52,8 +52,8 @@ class KernelOptions:
             2-layer decoder). Same function up to fp32 rounding. Its first backward, one kernel that spilled
             registers, made the dynamic step slower on an H100 (BENCHMARKS.md §15.6); the present one, three
             kernels without spills (§15.7), makes it faster: with ``z_merge``, 12-18 % off the NeRF side of a
-            dynamic or refine step on an H100 (§15.8: 226 → 198 ms fresh field, 334 → 290 ms trained-like scene,
-            356 → 311 ms refine). The stages set it from ``run.fused_normals`` (``stages.build.kernel_options``),
+            dynamic or refine step on an H100 (§15.8: 223 → 196 ms fresh field, 331 → 271 ms trained-like scene,
+            356 → 291 ms refine). The stages set it from ``run.fused_normals`` (``stages.build.kernel_options``),
             off in every preset until the oracle check (``benchmarks/oracle_stages.py``) has run with it on a GPU.
         fused_normals_chunk: samples per chunk of the fused normals' backward, which keeps about 1.7 KB of
             per-sample buffers for the chunk it works on (the neighbours' features and their gradients: 217 MB
