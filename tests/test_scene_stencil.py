@@ -13,9 +13,9 @@ them wrapped, one with z dropped) and a few dozen points keep the interpreter un
 What the bound rests on, and where it is weak: each case is one seeded draw (``torch.manual_seed(0)``), so
 every run on a machine gives the same bits and the same verdict. But the ratio of two rounding draws is not
 bounded by 3 over all draws: the finite difference amplifies a few elements' rounding, and on the tiny
-preset's field 2 of 16 parameter seeds put the fused error above 3× the plain one (ratios up to 3.3 for the
-normals and 8.3 for the b1 gradient; b2's exact gradient is 0 and its two errors are pure rounding, judged by
-the floor). A bound derived from the formula's conditioning instead of the plain path's draw would not depend
+preset's field 5 of 16 parameter seeds put the fused error above 3× the plain one in the normals or a gradient
+(ratios up to 3.3 for the normals and 8.3 for the b1 gradient; b2's exact gradient is 0 and its two errors are
+pure rounding, judged by the floor). A bound derived from the formula's conditioning instead of the plain path's draw would not depend
 on the seed; until then a failure here on a new seed or machine is to be read against those ratios, and a
 wrong kernel is off by orders of magnitude more (``test_build``'s wiring test uses 100×).
 """
