@@ -5,23 +5,12 @@ The VAE case needs ``../shared/data/hf-configs`` (skipped without it); the rende
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers_bench import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "backward_memory", REPO / "benchmarks" / "backward_memory.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["backward_memory"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("backward_memory")
 
 
 @pytest.mark.slow

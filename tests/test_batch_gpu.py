@@ -3,24 +3,18 @@ rounds (each round's parts paired with each other, the median over rounds), and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from helpers_bench import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "invert", "static", "dynamic", "refine")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("batch_gpu", REPO / "benchmarks" / "batch_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["batch_gpu"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("batch_gpu")
 
 
 def _write(path: Path, data) -> None:

@@ -3,23 +3,14 @@ on the tiny priors, and ``benchmarks/guidance_calls.py``, which merges the per-v
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers_bench import load_benchmark
 
 
 def _load(name: str):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name, siblings=True)
 
 
 def test_bench_guidance_tiny_reports_flops_and_agreement(tmp_path) -> None:

@@ -3,23 +3,16 @@ SIGKILL + resume mode. Skipped when ../shared/data is absent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers_bench import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("oracle_stages", REPO / "benchmarks" / "oracle_stages.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["oracle_stages"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("oracle_stages")
 
 
 def _need(shared_data: Path) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers_bench import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("fit_multiview", REPO / "benchmarks" / "fit_multiview.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fit_multiview"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fit_multiview")
 
 
 def test_psnr_and_ssim():

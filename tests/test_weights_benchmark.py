@@ -6,21 +6,12 @@ The parameter counts are checked against the published sizes of the models (SD 1
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers_bench import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("weights_bench", REPO / "benchmarks" / "weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["weights_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("weights", "weights_bench")
 
 
 def test_resident_bytes_per_stage(shared_data, tmp_path) -> None:
