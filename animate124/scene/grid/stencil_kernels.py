@@ -92,6 +92,18 @@ if K.HAS_TRITON:
         return i0, i1, i2, f0, f1, f2, s1, s2, wmask, start, zkeep
 
     @triton.jit  # pragma: no cover - jit
+    def _corner_pair(i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, m, KK: tl.constexpr):
+        """Rows and weights of corners ``KK`` and ``KK + 1`` (one pair-table row each) and the lanes that touch
+        them: ``m``, and for the z+1 face (``KK >= 4``) only where the level's index does not ignore z."""
+        ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, KK)
+        ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, KK + 1)
+        if KK < 4:
+            mk = m
+        else:
+            mk = m & zkeep
+        return ia, wa, ib, wb, mk
+
+    @triton.jit  # pragma: no cover - jit
     def _level_features(
         pair_ptr, base, i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, m, S: tl.constexpr,
     ):  # fmt: skip
@@ -99,12 +111,7 @@ if K.HAS_TRITON:
         c4 = tl.arange(0, 4)
         acc = tl.zeros([S, 4], dtype=tl.float32)
         for kk in tl.static_range(0, 8, 2):
-            ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
-            ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
-            if kk < 4:
-                mk = m
-            else:
-                mk = m & zkeep
+            ia, wa, ib, wb, mk = _corner_pair(i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, m, kk)
             v = tl.load(
                 pair_ptr + (base + ia)[:, None] * 4 + c4[None, :],
                 mask=tl.broadcast_to(mk[:, None], [S, 4]),
@@ -354,12 +361,7 @@ if K.HAS_TRITON:
         ga = tl.load(dfeat_ptr + (2 * lvl) * dfeat_stride + lane, mask=ev, other=0.0)
         gb = tl.load(dfeat_ptr + (2 * lvl + 1) * dfeat_stride + lane, mask=ev, other=0.0)
         for kk in tl.static_range(0, 8, 2):
-            ia, wa = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk)
-            ib, wb = K._corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, 0, wmask, kk + 1)
-            if kk < 4:
-                mk = own
-            else:
-                mk = own & zkeep
+            ia, wa, ib, wb, mk = _corner_pair(i0, i1, i2, f0, f1, f2, s1, s2, wmask, zkeep, own, kk)
             _red4(
                 g4_ptr, base + ia, _group(wa * ga, share, nl, BLOCK), _group(wa * gb, share, nl, BLOCK),
                 _group(wb * ga, share, nl, BLOCK), _group(wb * gb, share, nl, BLOCK), mk, BLOCK * 8, USE_ASM, ASM,
