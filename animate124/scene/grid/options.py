@@ -6,8 +6,8 @@ benchmarks choose a variant by building the encoder with other options, e.g.
 
 The defaults are the fastest variants measured on an H100 (BENCHMARKS.md §2): the pair layout (quad
 gather forward for static tiled tables, 16-byte pair backward), blended time slots for clips, the
-forward with levels as the fastest-varying program id at 256 points × 2 warps. One faster variant is off by
-default: ``fused_normals`` (BENCHMARKS.md §15.8), until the oracle check has run with it (``run.fused_normals``).
+forward with levels as the fastest-varying program id at 256 points × 2 warps. ``fused_normals`` (BENCHMARKS.md
+§15.8) is off here and on in the stages (``run.fused_normals``, on in every preset since the oracle check ran with it).
 None of these fields is a model hyperparameter: they change speed, never the values (up to fp32 summation order).
 """
 
@@ -54,7 +54,9 @@ class KernelOptions:
             kernels without spills (§15.7), makes it faster: with ``z_merge``, 12-18 % off the NeRF side of a
             dynamic or refine step on an H100 (§15.8: 223 → 196 ms fresh field, 331 → 271 ms trained-like scene,
             356 → 291 ms refine). The stages set it from ``run.fused_normals`` (``stages.build.kernel_options``),
-            off in every preset until the oracle check (``benchmarks/oracle_stages.py``) has run with it on a GPU.
+            on in every preset since the oracle check (``benchmarks/oracle_stages.py``) gave the recorded PSNRs
+            with it on an H100 (``benchmarks/results/oracle.json`` reruns); off here, so that a bare encoder is
+            the plain path the tests compare against.
         fused_normals_chunk: samples per chunk of the fused normals' backward, which keeps about 1.7 KB of
             per-sample buffers for the chunk it works on (the neighbours' features and their gradients: 217 MB
             at 2^17 samples and the paper grid, whatever the batch). At most 2^20 (well inside its scatter's

@@ -15,8 +15,8 @@ backward works on chunks of ``KernelOptions.fused_normals_chunk`` samples; per s
 Chosen by ``KernelOptions(fused_normals=True)``, in the stages by ``run.fused_normals``. It computes the same
 function up to fp32 rounding; its first backward, one kernel that spilled registers, made the dynamic step slower
 on an H100 (BENCHMARKS.md §15.6); with the present one, three kernels (§15.7), and ``z_merge`` the NeRF side of a
-dynamic or refine step is 12-18 % faster on an H100 (§15.8). Off by default until the oracle check
-(``benchmarks/oracle_stages.py``) has run with it on a GPU. Under autocast it runs in fp32 (the plain path runs
+dynamic or refine step is 12-18 % faster on an H100 (§15.8). On in every preset (``run.fused_normals``) since the
+oracle check (``benchmarks/oracle_stages.py``) gave the recorded PSNRs with it on an H100. Under autocast it runs in fp32 (the plain path runs
 the MLP in fp16 there), so on a GPU its normals are closer to the exact ones than the path it replaces.
 """
 
