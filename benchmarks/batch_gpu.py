@@ -100,6 +100,25 @@ def _round(d: Path, rec: dict[str, Any], r: int) -> dict[str, Any]:
         ),
         "task_seconds_sum": round(task_sum, 2),
         "driver_seconds_outside_tasks": round(batch_wall - task_sum, 2),
+        **_driver_timeline(rec[batch], tasks),
+    }
+
+
+def _driver_timeline(part: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the driver's time outside the tasks goes, from the command's start and end (the part's record,
+    where it has them) and the tasks' ``started``/``finished``: before the first task (the driver's start,
+    the rows' checks beside Ray's start), between tasks (a fresh worker each), after the last (Ray's stop,
+    batch.json, index.html)."""
+    if "start" not in part or any(t.get("started") is None or t.get("finished") is None for t in tasks):
+        return {}
+    spans = sorted((float(t["started"]), float(t["finished"])) for t in tasks)
+    gaps = [max(0.0, b[0] - a[1]) for a, b in zip(spans, spans[1:], strict=False)]
+    return {
+        "driver_timeline_seconds": {
+            "before_first_task": round(spans[0][0] - float(part["start"]), 2),
+            "between_tasks": [round(g, 2) for g in gaps],
+            "after_last_task": round(float(part["end"]) - max(f for _, f in spans), 2),
+        }
     }
 
 
@@ -223,7 +242,8 @@ def _markdown_round(r: dict[str, Any], raw: str, alone: bool = True) -> str:
         "",
         f"{'Ray' if alone else 'Round 1'}'s overhead: **{r['ray_overhead_pct']:+.1f} %** ({ok} the {r['target_pct']:.0f} % target). The tasks "
         f"ran {r['task_seconds_sum']:.1f} s together; the driver's time outside them (its start, the rows' checks, "
-        f"Ray's start and stop) {r['driver_seconds_outside_tasks']:.1f} s; {order}. Where each task ran: {gpus}.",
+        f"Ray's start and stop) {r['driver_seconds_outside_tasks']:.1f} s{_timeline_text(r)}; {order}. "
+        f"Where each task ran: {gpus}.",
         "",
         "Seconds per stage (the manifests' records):",
         "",
@@ -233,6 +253,15 @@ def _markdown_round(r: dict[str, Any], raw: str, alone: bool = True) -> str:
         "",
         f"Record: `benchmarks/results/batch_gpu.json`; raw: `{raw}`.",
     ])  # fmt: skip
+
+
+def _timeline_text(r: dict[str, Any]) -> str:
+    t = r.get("driver_timeline_seconds")
+    if not t:
+        return ""
+    gaps = " and ".join(f"{g:.1f}" for g in t["between_tasks"]) or "none"
+    return (f" ({t['before_first_task']:.1f} s before the first task, {gaps} s between tasks, "
+            f"{t['after_last_task']:.1f} s after the last)")  # fmt: skip
 
 
 def report(tgz: Path, benchmarks: Path, results: Path) -> dict[str, Any]:

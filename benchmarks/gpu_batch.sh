@@ -106,8 +106,8 @@ part() {  # name, seconds it needs, then the command; runs it once in $D/in, tim
   (cd $D/in && timeout $(( $(left) - 10 )) "$@" > "$D/log/$name.log" 2>&1); rc=$?
   t1=$(date +%s.%N); tail -2 "$D/log/$name.log"
   [ $rc -eq 124 ] && { el "$name: cut short; the same call 2 command starts it again"; rm -rf $D/$name; return 1; }
-  printf '{"part": "%s", "seconds": %s, "exit_code": %d}\n' "$name" "$(awk "BEGIN { print $t1 - $t0 }")" $rc \
-    > $D/rec/$name.json
+  printf '{"part": "%s", "seconds": %s, "exit_code": %d, "start": %s, "end": %s}\n' "$name" \
+    "$(awk "BEGIN { print $t1 - $t0 }")" $rc "$t0" "$t1" > $D/rec/$name.json
 }
 PART_S="${PART_S:-100}"
 ROUNDS="${ROUNDS:-1}"

@@ -195,6 +195,21 @@ def test_the_same_command_again_does_no_work_and_says_so(first, batch):
     assert took < 60
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_bad_device_exits_2_before_any_run_and_leaves_no_ray(batch):
+    """``--device cuda`` on a machine without one: the device check runs beside Ray's start (it imports torch),
+    yet the batch still exits 2 with run-all's message before any task, and the Ray it started is gone."""
+    proc = batch.start("jobs.csv", "--out", "runs-bad-device", *SETTINGS, "--device", "cuda")
+    out, err = proc.communicate(timeout=LIMIT_S)
+    left = batch.end(proc, but=RAY_AGENTS)
+    assert proc.returncode == 2, err[-3000:]
+    assert "run.device is cuda but this machine has no usable CUDA GPU" in " ".join(err.split())
+    assert not left, [_cmdline(p) for p in left]
+    runs = batch.cwd / "runs-bad-device"
+    assert not (runs / ".batch").exists() or not list((runs / ".batch").glob("*.json"))
+    assert not (runs / "toy").exists() and not (runs / "batch.json").exists()
+
+
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

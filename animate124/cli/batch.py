@@ -222,7 +222,9 @@ def batch(
         opts = dataclasses.replace(common, sets=(*common.sets, *row_sets))
         return build_config(opts, options, check_device=False)
 
-    base = build_config(common, None, check_device=address is None)  # bad options: exit 2, nothing started
+    # bad options: exit 2, nothing started. The device check (it imports torch, seconds on a GPU host) runs
+    # with the rows' checks below, beside Ray's start: a bad --device still exits 2 before any run starts.
+    base = build_config(common, None, check_device=False)
     out = out.expanduser().resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +233,10 @@ def batch(
     with batch_lock(out), contextlib.ExitStack() as stack:
 
         def plan() -> list[Any]:
+            if address is None:  # on a cluster the device is each node's, checked by its task's pre-flight
+                from animate124.engine.runtime import resolve_devices
+
+                resolve_devices(base)
             return plan_assets(rows, out, make_config, until=until, retry_failed=retry_failed)
 
         early = None  # Ray, started while the rows are checked when some row will likely run
