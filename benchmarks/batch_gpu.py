@@ -273,7 +273,8 @@ def report(tgz: Path, benchmarks: Path, results: Path) -> dict[str, Any]:
         result = _json(r_dir / "batch_gpu.json")
         card = re.sub(r"[^a-z0-9]+", "", result["card"].lower().replace("nvidia", ""))[:8] or "gpu"
         n = len(result.get("rounds", []))
-        raw = results / f"{result['date']}-{card}-issue28{f'-rounds{n}' if n > 1 else ''}"
+        steps = "-".join(str(v) for v in result["steps"].values())  # measurements of a day differ by steps
+        raw = results / f"{result['date']}-{card}-issue28-steps{steps}{f'-rounds{n}' if n > 1 else ''}"
         shutil.rmtree(raw, ignore_errors=True)
         shutil.copytree(r_dir, raw)
     (results / "batch_gpu.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -162,7 +162,7 @@ def test_report_writes_the_rounds_table_and_the_median_verdict(two_rounds, tmp_p
     assert "Round 1's overhead: **+10.0 %**" in section and section.count("**Card:") == 1
     saved = json.loads((results / "batch_gpu.json").read_text())
     assert saved["overhead_median_pct"] == pytest.approx(7.0) and len(saved["rounds"]) == 2
-    raw = results / f"{saved['date']}-h100-issue28-rounds2"
+    raw = results / f"{saved['date']}-h100-issue28-steps10-60-30-10-rounds2"  # the steps: one day, several measurements
     assert (raw / "batch.r2.log").is_file() and (raw / "batch_gpu.json").is_file()
 
 
