@@ -59,6 +59,11 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default", help="run.compile_mode")
     ap.add_argument("--channels-last", action="store_true", help="UNet and VAE encoder channels-last")
     ap.add_argument("--fused-adamw", action="store_true", help="one fused AdamW kernel (run.fused_adamw)")
+    ap.add_argument(
+        "--native-fp16",
+        action="store_true",
+        help="the fp16 UNet outside autocast, as upstream (run.native_fp16)",
+    )
     ap.add_argument("--dense", action="store_true", help="the card's bf16 8192³ matmul rate (share of peak)")
     ap.add_argument("--calls-json", type=Path, help="add invert_minutes to this guidance_calls.json")
     ap.add_argument(
@@ -81,7 +86,7 @@ def main() -> None:
         placeholder="<bench>", initializer="cat", steps=args.steps, lr=1e-4, batch_size=args.batch_size,
         resolution=args.resolution, augment=True, upstream_aug_range_bug=False, seed=0,
         checkpoint_every=10**9, mixed_precision=True, compile_unet=args.compile, compile_mode=args.compile_mode,
-        channels_last=args.channels_last, fused_adamw=args.fused_adamw,
+        channels_last=args.channels_last, fused_adamw=args.fused_adamw, native_fp16=args.native_fp16,
     )  # fmt: skip
     agreement = None
     if args.agreement:  # the plain step first: channels-last converts the weights in place
@@ -89,7 +94,8 @@ def main() -> None:
 
         from animate124.guidance.agreement import compare
 
-        plain = replace(cfg, placeholder="<ref>", compile_unet=False, channels_last=False, fused_adamw=False)
+        plain = replace(cfg, placeholder="<ref>", compile_unet=False, channels_last=False, fused_adamw=False,
+                        native_fp16=False)  # fmt: skip
         reference = step_gradient(comp, photo, plain, dev)
         agreement = compare(reference, step_gradient(comp, photo, replace(cfg, placeholder="<fast>"), dev))
         print(
@@ -118,7 +124,7 @@ def main() -> None:
         "paper_3000_steps_min": s_per_step * 3000 / 60,
         "options": {
             k: getattr(args, k)
-            for k in ("fused_norm", "compile", "compile_mode", "channels_last", "fused_adamw")
+            for k in ("fused_norm", "compile", "compile_mode", "channels_last", "fused_adamw", "native_fp16")
         },
         "tflop_per_step": step_flops["total"] / 1e12,
         "flops": step_flops,

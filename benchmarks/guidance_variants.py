@@ -29,6 +29,8 @@ VARIANTS = {
     "compile_ma_cl": "torch.compile, max-autotune, channels-last",
     "fp8": "fp8 products (run.prior_precision=fp8), CUDA graphs",
     "fp8_compile": "fp8 products, torch.compile default mode",
+    "native": "CUDA graphs, UNet/ControlNet natively in fp16 outside autocast (run.native_fp16)",
+    "native_compile": "torch.compile default mode, natively in fp16 outside autocast",
 }
 
 
@@ -50,11 +52,15 @@ def apply_variant(guid: Any, variant: str) -> None:
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if variant.startswith("native"):
+        from animate124.guidance.base import use_native_fp16
+
+        use_native_fp16(guid)
     if variant.startswith("fp8"):
         use_fp8(guid)
     if variant.endswith("_cl") or variant == "channels_last":
         use_channels_last(guid)
-    if variant.startswith(("compile", "fp8_compile")):
+    if variant.startswith("compile") or variant.endswith("_compile"):
         compile_prior_networks(guid, "max-autotune" if "_ma" in variant else "default")
     elif variant != "eager":
         graph_prior_networks(guid, enabled=True)

@@ -162,7 +162,9 @@ def test_report_writes_the_rounds_table_and_the_median_verdict(two_rounds, tmp_p
     assert "Round 1's overhead: **+10.0 %**" in section and section.count("**Card:") == 1
     saved = json.loads((results / "batch_gpu.json").read_text())
     assert saved["overhead_median_pct"] == pytest.approx(7.0) and len(saved["rounds"]) == 2
-    raw = results / f"{saved['date']}-h100-issue28-steps10-60-30-10-rounds2"  # the steps: one day, several measurements
+    raw = (
+        results / f"{saved['date']}-h100-issue28-steps10-60-30-10-rounds2"
+    )  # the steps: one day, several measurements
     assert (raw / "batch.r2.log").is_file() and (raw / "batch_gpu.json").is_file()
 
 
@@ -175,7 +177,10 @@ def test_driver_timeline_from_the_commands_start_and_end(tmp_path):
     _round(d, ("plain_toy", "batch", "plain_toy2"), 50.0, 40.0, 110.0, 42.0)
     assert "driver_timeline_seconds" not in b.summarize(d, "H100", "10 60 30 10")
     # tasks: toy 100 -> 144, toy2 145 -> 189 (_round); the command 93.5 -> 203.5 s (110 s)
-    _write(d / "rec" / "batch.json", {"part": "batch", "seconds": 110.0, "exit_code": 0, "start": 93.5, "end": 203.5})
+    _write(
+        d / "rec" / "batch.json",
+        {"part": "batch", "seconds": 110.0, "exit_code": 0, "start": 93.5, "end": 203.5},
+    )
     r = b.summarize(d, "H100", "10 60 30 10")
     t = r["driver_timeline_seconds"]
     assert t == {"before_first_task": 6.5, "between_tasks": [1.0], "after_last_task": 14.5}

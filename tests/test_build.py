@@ -367,6 +367,7 @@ DESTINATIONS: dict[str, list] = {
     "run.tensorboard": [*_each("trainer", "tensorboard"), _attr("ti", "tensorboard")],
     "run.compile_mode": [_attr("ti", "compile_mode")],
     "run.fused_adamw": [_attr("ti", "fused_adamw")],
+    "run.native_fp16": [_attr("ti", "native_fp16"), *[_attr(p, "native_fp16") for p in _PRIORS]],
     "run.profile": [lambda b: b["system"].timers.enabled],
     "run.fused_normals": [lambda b: b["system"].field.encoder.kernel_options.fused_normals],
     "run.trace_steps": [*_each("trainer", "trace_steps"), _attr("ti", "trace_steps")],

@@ -36,7 +36,11 @@ PAPER: dict[str, tuple[object, str]] = {
     "run.park_encoders": (True, "impl (same embeddings)"),
     "run.offload_priors": ("", "impl (same outputs)"),
     "run.cuda_graphs": (True, "impl (same outputs)"),
-    "run.fused_normals": (True, "impl (same function up to fp32 rounding; on since the oracle check, BENCHMARKS §15.9)"),
+    "run.native_fp16": (False, "impl (same function up to fp16 rounding; off until measured on a GPU, issue 27)"),
+    "run.fused_normals": (
+        True,
+        "impl (same function up to fp32 rounding; on since the oracle check, BENCHMARKS §15.9)",
+    ),
     "run.compile_priors": ("", "impl (off: not bit-identical)"),
     "run.compile_mode": ("default", "impl (used only with compile_priors)"),
     "run.channels_last": ("", "impl (off: not bit-identical)"),

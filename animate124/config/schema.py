@@ -193,6 +193,15 @@ class RunConfig:
         "Textual inversion's AdamW step as one fused kernel on CUDA (the same update up to rounding).",
         nohash=True,
     )
+    native_fp16: bool = opt(
+        False,
+        "Run the priors' fp16 UNets and ControlNet, and the textual inversion's UNet, natively in fp16 outside "
+        "autocast, as upstream calls them: their group/layer norms read and write fp16 (statistics in fp32) "
+        "instead of autocast's fp32 copies. The same function up to fp16 rounding (gradient agreement rule, "
+        "issue 27); fewer memory passes, and in the inversion fp16 instead of fp32 activations for backward. "
+        "No effect on the CPU (fp32 there).",
+        nohash=True,
+    )
     prior_precision: Literal["fp16", "fp8"] = opt(
         "fp16",
         "Precision of the priors' UNet/ControlNet matrix products: fp16, or fp8 (e4m3 with row-wise scales, "

@@ -18,6 +18,7 @@ The formulas stay in ``sds.py``; the call interface and its types in ``interface
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -46,12 +47,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DiffusionPrior", "TextPrior", "Gen", "Noise", "Steps"]
+__all__ = ["DiffusionPrior", "TextPrior", "Gen", "Noise", "Steps", "native_half_precision", "use_native_fp16"]
 
 #: the types of a call's random draws: the generator, an injected ε and injected timesteps
 Gen = torch.Generator | None
 Noise = torch.Tensor | None
 Steps = torch.Tensor | int | None
+
+
+def native_half_precision(dtype: torch.dtype, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` for a call of a network whose weights are ``dtype``, when that is fp16 or bf16
+    (``run.native_fp16``); else nothing.
+
+    Under fp16 autocast an fp16 UNet runs its group norms, layer norms and SiLUs on fp32 copies: autocast casts
+    each norm's fp16 input to fp32, the norm writes fp32, the SiLU reads and writes fp32, and the next
+    convolution casts back to fp16. Natively (autocast off, as upstream calls its fp16 UNets) the norms read fp16
+    and write fp16, with their statistics still accumulated in fp32 by PyTorch's kernels; the matrix products
+    and convolutions are fp16 either way. So it is the same function up to fp16 rounding of the norms' outputs
+    (one rounding before the SiLU instead of after it), with fewer memory passes and, where gradients flow
+    (the textual inversion), fp16 instead of fp32 activations kept for backward. Checked by the gradient
+    agreement rule (issue 27; ``benchmarks/guidance_variants.py`` ``native``, ``bench_invert.py --native-fp16``).
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def use_native_fp16(prior: Any, on: bool = True) -> None:
+    """Run ``prior``'s UNet (and ControlNet) natively in half precision, outside autocast (``run.native_fp16``)."""
+    prior.native_fp16 = bool(on)
 
 
 class DiffusionPrior:
@@ -104,6 +128,15 @@ class DiffusionPrior:
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler)
         self.num_train_timesteps = num_train_timesteps_of(self.scheduler)
         self._call_flops: dict[tuple[int, int], CallFlops | None] = {}
+        #: run the UNet / ControlNet natively in their half precision, outside autocast (``run.native_fp16``)
+        self.native_fp16 = False
+
+    def network_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context of a UNet / ControlNet call on ``device``: autocast off there where ``native_fp16`` is
+        set and the UNet's weights are fp16/bf16 (:func:`native_half_precision`), else as the caller has it."""
+        if not self.native_fp16:
+            return contextlib.nullcontext()
+        return native_half_precision(module_dtype(self.unet), device)
 
     # ------------------------------------------------------------------ the call
     def __call__(
@@ -171,7 +204,8 @@ class DiffusionPrior:
         """One UNet call on the CFG batch ``x = [x_u ‖ x_c]`` (timesteps ``t``, cross-attention ``context``,
         both ``[uncond ‖ cond]``) and the guided prediction ``ε̂ = cfg(ε_u, ε_c, s, mode)`` in fp32. The
         caller runs it under ``torch.no_grad`` with its inputs in the UNet's dtype."""
-        eps = self.unet(x, t, encoder_hidden_states=context, **unet_kwargs).sample
+        with self.network_precision(x.device):
+            eps = self.unet(x, t, encoder_hidden_states=context, **unet_kwargs).sample
         eps_u, eps_c = eps.chunk(2)
         return sds.cfg(eps_u.float(), eps_c.float(), self.guidance_scale, self.cfg_mode)
 

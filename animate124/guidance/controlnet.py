@@ -223,14 +223,15 @@ class ControlNetGuidance(TextPrior):
             zt = sds.add_noise(self.alphas_cumprod, z.detach(), noise, t)
             x2 = torch.cat([zt, zt])
             t2 = to_device(torch.cat([t, t]), z.device)
-            down, mid = self.controlnet(
-                x2.to(cdtype),
-                t2,
-                encoder_hidden_states=torch.cat([neg, cn_pos]).to(cdtype),
-                controlnet_cond=torch.cat([cond, cond]),
-                conditioning_scale=self.conditioning_scale,
-                return_dict=False,
-            )
+            with self.network_precision(x2.device):
+                down, mid = self.controlnet(
+                    x2.to(cdtype),
+                    t2,
+                    encoder_hidden_states=torch.cat([neg, cn_pos]).to(cdtype),
+                    controlnet_cond=torch.cat([cond, cond]),
+                    conditioning_scale=self.conditioning_scale,
+                    return_dict=False,
+                )
             eps_hat = self.guided_noise(
                 x2.to(udtype),
                 t2,

@@ -24,6 +24,7 @@ After training the tokenizer contains the placeholder and its embedding row hold
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from animate124.engine.trainer import StepOutput
 from animate124.errors import ConfigError, InputError
 from animate124.fileio import atomic_write_bytes
+from animate124.guidance.base import native_half_precision
 from animate124.guidance.common import alphas_cumprod_of, freeze, latent_scaling, module_dtype
 from animate124.guidance.prompts import add_learned_token, input_embedding_matrix
 
@@ -111,6 +113,7 @@ class TIConfig:
     compile_mode: str = "default"  # run.compile_mode
     channels_last: bool = False  # run.channels_last names "invert": UNet and VAE encoder in channels-last
     fused_adamw: bool = False  # run.fused_adamw: one fused AdamW kernel (CUDA)
+    native_fp16: bool = False  # run.native_fp16: the fp16 UNet outside autocast (guidance/base.py)
     templates: tuple[str, ...] = field(default=IMAGENET_TEMPLATES_SMALL)
 
 
@@ -490,7 +493,9 @@ class TextualInversionSystem:
         with torch.autocast(dev.type, enabled=False):  # the text encoder runs in fp32, as upstream
             ehs = c.text_encoder(ids.input_ids.to(dev))[0]
         udtype = module_dtype(c.unet)
-        pred = self.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
+        native = native_half_precision(udtype, dev) if cfg.native_fp16 else contextlib.nullcontext()
+        with native:  # run.native_fp16: the fp16 UNet's norms on fp16, not on autocast's fp32 copies
+            pred = self.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
         return StepOutput({"mse": F.mse_loss(pred.float(), target.float())})
 
     def finish(self) -> torch.Tensor:

@@ -110,6 +110,7 @@ def ti_config(cfg: Config, device: torch.device) -> Any:
         compile_mode=cfg.run.compile_mode,
         channels_last="invert" in parse_channels_last(cfg.run.channels_last),
         fused_adamw=cfg.run.fused_adamw,
+        native_fp16=cfg.run.native_fp16,
     )
 
 
@@ -349,6 +350,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     compiled (``run.compile_mode``) when ``name`` is in ``run.compile_priors`` (the same up to rounding, so off in
     paper); its UNet/ControlNet products in fp8 with ``run.prior_precision=fp8`` (lower precision, opt-in)."""
     from animate124.guidance.attention import use_blocked_vae_attention
+    from animate124.guidance.base import use_native_fp16
     from animate124.guidance.common import park_encoders
     from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
@@ -358,6 +360,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
 
     if cfg.run.park_encoders:
         park_encoders(prior)
+    use_native_fp16(prior, cfg.run.native_fp16)
     if cfg.run.vae_attention == "blocked":
         use_blocked_vae_attention(getattr(prior, "vae", None))
     if cfg.run.vae_fused_norm:
