@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="UNet and VAE encoder channels-last")
     ap.add_argument("--fused-adamw", action="store_true", help="one fused AdamW kernel (run.fused_adamw)")
     ap.add_argument(
+        "--fused-unet-norm", action="store_true", help="the UNet's group norms fused (run.unet_fused_norm)"
+    )
+    ap.add_argument(
         "--native-fp16",
         action="store_true",
         help="the fp16 UNet outside autocast, as upstream (run.native_fp16)",
@@ -88,8 +91,17 @@ def main() -> None:
         checkpoint_every=10**9, mixed_precision=True, compile_unet=args.compile, compile_mode=args.compile_mode,
         channels_last=args.channels_last, fused_adamw=args.fused_adamw, native_fp16=args.native_fp16,
     )  # fmt: skip
+
+    def patch_unet() -> None:  # in place: after the agreement's plain step, which must run the plain norms
+        if args.fused_unet_norm:
+            from animate124.guidance.groupnorm import use_fused_unet_norms
+
+            use_fused_unet_norms(comp.unet)
+
     agreement = None
-    if args.agreement:  # the plain step first: channels-last converts the weights in place
+    if not args.agreement:
+        patch_unet()
+    else:  # the plain step first: channels-last converts the weights in place
         from dataclasses import replace
 
         from animate124.guidance.agreement import compare
@@ -97,6 +109,7 @@ def main() -> None:
         plain = replace(cfg, placeholder="<ref>", compile_unet=False, channels_last=False, fused_adamw=False,
                         native_fp16=False)  # fmt: skip
         reference = step_gradient(comp, photo, plain, dev)
+        patch_unet()
         agreement = compare(reference, step_gradient(comp, photo, replace(cfg, placeholder="<fast>"), dev))
         print(
             f"step gradient agreement: cosine {agreement.cosine:.6f}, norm error {agreement.norm_error:.2e}"
@@ -124,7 +137,15 @@ def main() -> None:
         "paper_3000_steps_min": s_per_step * 3000 / 60,
         "options": {
             k: getattr(args, k)
-            for k in ("fused_norm", "compile", "compile_mode", "channels_last", "fused_adamw", "native_fp16")
+            for k in (
+                "fused_norm",
+                "fused_unet_norm",
+                "compile",
+                "compile_mode",
+                "channels_last",
+                "fused_adamw",
+                "native_fp16",
+            )  # fmt: skip
         },
         "tflop_per_step": step_flops["total"] / 1e12,
         "flops": step_flops,

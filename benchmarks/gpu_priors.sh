@@ -8,10 +8,11 @@
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_priors.sh OUTDIR
 #   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (guidance_variants.py: eager graphs
-#       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile)
+#       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
-#                                   native = base + the fp16 UNet outside autocast (run.native_fp16)
+#                                   native = base + the fp16 UNet outside autocast (run.native_fp16);
+#                                   unetnorm = base + the UNet's group norms fused (run.unet_fused_norm)
 #   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
 # Compiling costs 1-3 minutes per network at full size (max-autotune more); Inductor's cache is kept under
 # /tmp/a124/inductor for the machine's lifetime, so a later call on the same warm machine reuses it.
@@ -55,6 +56,7 @@ if [[ " $PARTS " == *" invert "* ]]; then
       base) f="--fused-norm" ;;
       fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
       native) f="--fused-norm --native-fp16 --agreement" ;;
+      unetnorm) f="--fused-norm --fused-unet-norm --agreement" ;;
       *) f="$run" ;;
     esac
     L=$(left); [ "$L" -gt 60 ] || { el "no time left for invert $run"; continue; }

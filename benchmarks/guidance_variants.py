@@ -31,6 +31,7 @@ VARIANTS = {
     "fp8_compile": "fp8 products, torch.compile default mode",
     "native": "CUDA graphs, UNet/ControlNet natively in fp16 outside autocast (run.native_fp16)",
     "native_compile": "torch.compile default mode, natively in fp16 outside autocast",
+    "unet_norms": "CUDA graphs, the UNet's/ControlNet's group norms (+ SiLU) fused (run.unet_fused_norm)",
 }
 
 
@@ -52,6 +53,11 @@ def apply_variant(guid: Any, variant: str) -> None:
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if variant == "unet_norms":
+        from animate124.guidance.groupnorm import use_fused_unet_norms
+
+        for net in (getattr(guid, "unet", None), getattr(guid, "controlnet", None)):
+            use_fused_unet_norms(net)
     if variant.startswith("native"):
         from animate124.guidance.base import use_native_fp16
 

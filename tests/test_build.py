@@ -42,6 +42,7 @@ NOT_VARIED = {
     "run.compile_priors": "compiles the networks of the (recorder) priors; test_guidance_compiled checks it",
     "run.vae_attention": "sets the attention processor of the priors' VAEs; test_guidance_attention checks it",
     "run.vae_fused_norm": "replaces the priors' VAE encoder norms; test_guidance_groupnorm checks wiring and outputs",
+    "run.unet_fused_norm": "replaces the priors' and the inversion's UNet norms; test_guidance_groupnorm checks it",
     "run.channels_last": "converts the (recorder) priors' networks; test_guidance_agreement checks wiring and results",
     "run.prior_precision": "fp8 needs a CUDA GPU of compute capability 8.9; test_guidance_fp8 checks the error here",
     "refine.frozen_frames": "read where stages/refine.py makes its system; test_stages_training runs both values",

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers_triton import compile_for_sm90, needs_cuda, needs_triton, run_interpreted
 
-from animate124.guidance.groupnorm import FusedGroupNorm, fused_norm_calls, use_fused_vae_norms
+from animate124.guidance.groupnorm import (
+    FusedGroupNorm,
+    fused_calls,
+    fused_norm_calls,
+    use_fused_unet_norms,
+    use_fused_vae_norms,
+)
 
 
 def _reference(x: torch.Tensor, groups: int, w: torch.Tensor, b: torch.Tensor, act: bool) -> torch.Tensor:
@@ -33,6 +40,10 @@ def _kernel_case(shape, groups, act, layout="nchw", dtype=torch.float32, max_par
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":  # the attention block's [N, C, HW] view of an [N, HW, C] tensor
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    elif (
+        layout == "temporal"
+    ):  # the video UNet's temporal transformer: [B, C, F, H, W] permuted from [B, F, C, H, W]
+        x = x.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
     x = x.to(dtype).requires_grad_(True)
     c = shape[1]
     w = torch.randn(c, generator=gen) * 0.5 + 1.0
@@ -53,6 +64,7 @@ def _kernel_case(shape, groups, act, layout="nchw", dtype=torch.float32, max_par
         "fwd": ((y.double() - ref).abs().max() / ref.abs().max()).item(),
         "grad": ((gx.double() - g64).abs().max() / g64.abs().max()).item(),
         "same_strides": y.stride() == x.stride() and gx.stride() == x.stride(),
+        "contiguous": y.is_contiguous() and gx.is_contiguous(),
         "dtype_ok": y.dtype == dtype and gx.dtype == dtype,
     }
     if dtype == torch.float16:  # the plain path rounds the fp32 result to fp16 once: at most one ulp off
@@ -63,8 +75,9 @@ def _kernel_case(shape, groups, act, layout="nchw", dtype=torch.float32, max_par
     return out
 
 
-def _autocast_plain(vae):
-    """``vae`` with its encoder's norms computing as under CUDA autocast (fp32 norm and SiLU)."""
+def _autocast_plain(vae, part: str | None = "encoder"):
+    """``vae`` with its encoder's (``part`` None: all its) norms computing as under CUDA autocast (fp32 norm and
+    SiLU)."""
 
     class Fp32Norm(torch.nn.Module):
         def __init__(self, norm):
@@ -77,7 +90,7 @@ def _autocast_plain(vae):
             )
 
     ref = copy.deepcopy(vae)
-    for mod in list(ref.encoder.modules()):
+    for mod in list((getattr(ref, part) if part else ref).modules()):
         for name, child in list(mod.named_children()):
             if type(child) is torch.nn.GroupNorm:
                 setattr(mod, name, Fp32Norm(child))
@@ -114,12 +127,52 @@ def _vae_case() -> dict:
     return res
 
 
+def _unet_case(kind: str) -> dict:
+    """A tiny UNet (2D: SD's and ControlNet's blocks; 3D: the video UNet's, with its temporal convolutions and
+    transformers) under (CPU) fp16 autocast, fused norms against the CUDA-autocast plain path: the output and,
+    as the textual inversion needs it, the gradient to the text context."""
+    from animate124.models.tiny import TINY_WIDTH, _tiny_unet2d, _tiny_unet3d
+
+    torch.manual_seed(0)
+    unet = (_tiny_unet2d() if kind == "2d" else _tiny_unet3d()).eval().requires_grad_(False)
+    plain = _autocast_plain(unet, None)
+    fused = copy.deepcopy(unet)
+    res = {
+        "norms": sum(type(m) is torch.nn.GroupNorm for m in unet.modules()),
+        "replaced": use_fused_unet_norms(fused),
+    }
+    gen = torch.Generator().manual_seed(1)
+    shape = (2, 4, 8, 8) if kind == "2d" else (1, 4, 4, 8, 8)
+    x, t = torch.randn(*shape, generator=gen), torch.full((shape[0],), 500)
+    context = torch.randn(shape[0], 7, TINY_WIDTH, generator=gen)
+    go = torch.randn(*shape, generator=gen)
+    outs = {}
+    for name, model in (("plain", plain), ("fused", fused)):
+        ctx = context.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = model(x, t, encoder_hidden_states=ctx).sample
+        (g,) = torch.autograd.grad(y.float(), ctx, go)
+        outs[name] = (y.float(), g)
+    res["calls"] = fused_calls(fused)
+    ctx = context.clone().requires_grad_(True)
+    y32 = unet(x, t, encoder_hidden_states=ctx).sample  # fp32 throughout: the exact side
+    (g32,) = torch.autograd.grad(y32, ctx, go)
+    (yp, gp), (yf, gf) = outs["plain"], outs["fused"]
+    res["out"] = ((yf - yp).abs().max() / yp.abs().max()).item()
+    res["grad"] = ((gf - gp).abs().max() / gp.abs().max()).item()
+    for name, (y, g) in outs.items():
+        res[f"{name}_out_vs_fp32"] = ((y - y32).norm() / y32.norm()).item()
+        res[f"{name}_grad_vs_fp32"] = ((g - g32).norm() / g32.norm()).item()
+    return res
+
+
 KERNEL_CASES = {
     "nchw_silu": dict(shape=(2, 8, 5, 7), groups=2, act=True),  # CG=4, a short tile
     "nchw_plain": dict(shape=(2, 8, 5, 7), groups=2, act=False),
     "cg3": dict(shape=(1, 12, 9, 16), groups=4, act=True),  # CG=3: padded channel block
     "channels_last": dict(shape=(2, 32, 8, 12), groups=8, act=True, layout="channels_last"),
     "transposed3d": dict(shape=(2, 16, 100), groups=4, act=False, layout="transposed"),
+    "temporal5d": dict(shape=(1, 8, 3, 4, 5), groups=2, act=False, layout="temporal"),
     "many_tiles": dict(shape=(1, 8, 64, 80), groups=2, act=True, max_partials=2),  # 5 tiles, 3 per program
     "fp16": dict(shape=(2, 16, 24, 40), groups=4, act=True, dtype=torch.float16),
     "fp16_cl": dict(shape=(1, 32, 16, 16), groups=8, act=False, dtype=torch.float16, layout="channels_last"),
@@ -129,6 +182,9 @@ KERNEL_CASES = {
 def _interp_checks() -> dict:
     out = {k: _kernel_case(**v) for k, v in KERNEL_CASES.items()}
     out["vae"] = _vae_case()
+    # the 2D UNet only: the 3D one's 58 norms cost a minute and a half in the interpreter; its blocks are the
+    # same kernels (its 5D temporal layout: ``temporal5d``), its patch sites are checked bit for bit below
+    out["unet2d"] = _unet_case("2d")
     return out
 
 
@@ -141,7 +197,8 @@ def interp_results() -> dict:
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
 def test_fused_group_norm_matches_float64(interp_results, case):
     r = interp_results[case]
-    assert r["same_strides"] and r["dtype_ok"], r
+    # a layout whose spatial dims do not collapse to one stride (temporal5d) is read from a contiguous copy
+    assert (r["contiguous"] if case == "temporal5d" else r["same_strides"]) and r["dtype_ok"], r
     if "ulps" in r:  # fp16 in and out: the plain path's single rounding, up to the fp32 statistics
         assert r["ulps"] <= 1.0 and r["equal_share"] > 0.99, r
         assert r["grad"] < 2e-3, r
@@ -160,6 +217,69 @@ def test_fused_norms_in_the_tiny_vae_match_the_autocast_plain_path(interp_result
     # and the fused path is as close to the fp32 encoder as the autocast plain path is
     for k in ("moments", "grad"):
         assert r[f"fused_{k}_vs_fp32"] < 1.25 * r[f"plain_{k}_vs_fp32"] + 1e-5, r
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["unet2d"])
+def test_fused_norms_in_the_tiny_unets_match_the_autocast_plain_path(interp_results, kind):
+    """``run.unet_fused_norm``: every group norm of the tiny SD and video UNets is replaced and takes the fused
+    path; under fp16 autocast the output and the gradient to the text context agree with the plain path (norms
+    and SiLU in fp32) as the VAE's do, and are as close to the fp32 network as the plain path is."""
+    r = interp_results[kind]
+    assert r["replaced"] == r["norms"] > 0 and r["calls"] == r["replaced"], r
+    assert r["out"] < 5e-3 and r["grad"] < 5e-3, r
+    for k in ("out", "grad"):
+        assert r[f"fused_{k}_vs_fp32"] < 1.25 * r[f"plain_{k}_vs_fp32"] + 1e-5, r
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_patched_unet_without_autocast_is_bit_identical_to_the_plain_one(kind) -> None:
+    """Outside CUDA autocast the patched UNet runs the plain ops (the time embedding's SiLU now inside
+    ``time_emb_proj``): output and context gradient bit-identical; a second patch replaces nothing."""
+    from animate124.models.tiny import TINY_WIDTH, _tiny_unet2d, _tiny_unet3d
+
+    torch.manual_seed(0)
+    unet = (_tiny_unet2d() if kind == "2d" else _tiny_unet3d()).eval().requires_grad_(False)
+    patched = copy.deepcopy(unet)
+    assert use_fused_unet_norms(patched) == sum(type(m) is torch.nn.GroupNorm for m in unet.modules()) > 0
+    assert use_fused_unet_norms(patched) == 0
+    shape = (2, 4, 8, 8) if kind == "2d" else (1, 4, 4, 8, 8)
+    x, t = torch.randn(*shape), torch.full((shape[0],), 500)
+    ctx = torch.randn(shape[0], 7, TINY_WIDTH, requires_grad=True)
+    a = unet(x, t, encoder_hidden_states=ctx).sample
+    b = patched(x, t, encoder_hidden_states=ctx).sample
+    assert torch.equal(a, b)
+    assert torch.equal(torch.autograd.grad(a.sum(), ctx)[0], torch.autograd.grad(b.sum(), ctx)[0])
+
+
+def test_run_unet_fused_norm_reaches_the_priors_and_the_inversion(tmp_path, monkeypatch) -> None:
+    """``_finish_prior`` patches the prior's UNet and ControlNet, and the invert stage its UNet, only when on."""
+    from types import SimpleNamespace
+
+    import animate124.guidance.groupnorm as G
+    from animate124.config import resolve_config
+    from animate124.models.tiny import _tiny_unet2d
+    from animate124.project import Project
+    from animate124.stages.build import _finish_prior
+    from animate124.stages.invert import run_invert
+    from animate124.stages.preprocess import run_preprocess
+
+    for on in (True, False):
+        cfg = resolve_config("tiny", None, {"run": {"unet_fused_norm": on, "cuda_graphs": False}}, [])
+        prior = SimpleNamespace(unet=_tiny_unet2d().eval(), controlnet=_tiny_unet2d().eval())
+        _finish_prior(cfg, prior, "controlnet")
+        for net in (prior.unet, prior.controlnet):
+            assert sum(isinstance(m, FusedGroupNorm) for m in net.modules()) == (21 if on else 0)
+    patched: list = []
+    monkeypatch.setattr(G, "use_fused_unet_norms", lambda net: patched.append(type(net).__name__) or 0)
+    toy = Path(__file__).resolve().parents[1] / "examples" / "toy.png"
+    for on in (False, True):
+        cfg = resolve_config("tiny", None, {"run": {"unet_fused_norm": on}, "invert": {"steps": 1}}, [])
+        project = Project(tmp_path / f"p{on}")
+        run_preprocess(project, cfg, toy)
+        patched.clear()
+        run_invert(project, cfg, show_progress=False)
+        assert patched == (["UNet2DConditionModel"] if on else []), (on, patched)
 
 
 def test_patched_vae_without_autocast_is_bit_identical_to_the_plain_one() -> None:

@@ -33,10 +33,17 @@ PAPER: dict[str, tuple[object, str]] = {
     "run.vae_checkpoint_pixels": (4 * 256 * 256, "impl (same gradients)"),
     "run.vae_attention": ("blocked", "impl (same function)"),
     "run.vae_fused_norm": (True, "impl (same function)"),
+    "run.unet_fused_norm": (
+        False,
+        "impl (same up to summation order; off until measured on a GPU, issue 27)",
+    ),
     "run.park_encoders": (True, "impl (same embeddings)"),
     "run.offload_priors": ("", "impl (same outputs)"),
     "run.cuda_graphs": (True, "impl (same outputs)"),
-    "run.native_fp16": (False, "impl (same function up to fp16 rounding; off until measured on a GPU, issue 27)"),
+    "run.native_fp16": (
+        False,
+        "impl (same function up to fp16 rounding; off until measured on a GPU, issue 27)",
+    ),
     "run.fused_normals": (
         True,
         "impl (same function up to fp32 rounding; on since the oracle check, BENCHMARKS §15.9)",

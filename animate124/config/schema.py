@@ -129,6 +129,15 @@ class RunConfig:
         "Triton on a CUDA GPU; elsewhere the plain norms run.",
         nohash=True,
     )
+    unet_fused_norm: bool = opt(
+        False,
+        "Run the group norms (+ SiLU) of the priors' fp16 UNets and ControlNet, and of the textual inversion's "
+        "UNet, as one fused fp16 pass under fp16 autocast, as run.vae_fused_norm does for the VAE encoders "
+        "(statistics and SiLU in fp32: the same function up to fp32 summation order). In the inversion the "
+        "backward then keeps fp16 norm inputs instead of autocast's fp32 copies. Norms of at least 2^24 elements "
+        "(the inversion's batch of 16, ControlNet at 1024²). Needs Triton on a CUDA GPU; off until measured there.",
+        nohash=True,
+    )
     park_encoders: bool = opt(
         True,
         "Move the priors' text and image encoders to the CPU once the prompts and the reference are embedded "

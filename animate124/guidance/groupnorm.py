@@ -21,9 +21,16 @@ What :func:`use_fused_vae_norms` patches (encoders only; score distillation neve
 block's ``norm1``/``norm2`` with their SiLU (the block's ``nonlinearity`` becomes identity: a VAE block
 has no time embedding, the only other user of it), the encoder's ``conv_norm_out`` with ``conv_act``, and
 the mid-block attention's ``group_norm`` (no activation). Any layout ``[N, C, ...]`` whose spatial dims
-collapse to one stride (NCHW, channels-last) is read in place. Config: ``run.vae_fused_norm`` (on).
+collapse to one stride (NCHW, channels-last) is read in place; others (the video UNet's temporal transformer
+input, ``[B, C, F, H, W]`` permuted) from a contiguous copy. Config: ``run.vae_fused_norm`` (on).
+
+:func:`use_fused_unet_norms` does the same in the priors' fp16 UNets and ControlNet and the textual inversion's
+UNet (``run.unet_fused_norm``, off until measured on a GPU; issue 27): there the resnet blocks' SiLU is also
+applied to the time embedding, so it moves into ``time_emb_proj``; the transformers' input ``norm`` and the
+temporal convolutions' ``GroupNorm, SiLU`` pairs are fused too. In the inversion, whose backward runs through the
+UNet, the norms then keep their fp16 input instead of autocast's fp32 copy and the SiLU's fp32 output.
 Tests: ``tests/test_guidance_groupnorm.py`` (Triton interpreter on the CPU against ``F.group_norm`` in
-float64, the tiny VAE patched and plain; GPU tests at the refine shapes).
+float64, the tiny VAE and the tiny SD UNet patched and plain; GPU tests at the refine shapes).
 """
 
 from __future__ import annotations
@@ -225,39 +232,83 @@ def _is_silu(m: Any) -> bool:
     return isinstance(m, nn.SiLU) or m is F.silu
 
 
-def use_fused_vae_norms(vae: nn.Module | None) -> int:
-    """Put :class:`FusedGroupNorm` into ``vae.encoder`` (see the module docstring); returns how many norms
-    it replaced (0 for a VAE without a diffusers encoder, or one already patched)."""
-    enc = getattr(vae, "encoder", None)
-    if enc is None:
-        return 0
+def _fuse_norms(root: nn.Module) -> int:
+    """Put :class:`FusedGroupNorm` into ``root`` wherever the plain path is a ``GroupNorm`` (+ SiLU) whose
+    output feeds only what autocast runs in fp16 (see the module docstring); returns how many norms it replaced.
+
+    - a resnet block (``norm1``/``norm2`` with the block's SiLU ``nonlinearity``, the default time-embedding
+      form, no up/down-sampling inside): both norms fused with their SiLU and ``nonlinearity`` made identity. In a
+      UNet the block also applies ``nonlinearity`` to the time embedding before ``time_emb_proj``; that SiLU
+      moves into ``time_emb_proj`` (``Sequential(SiLU, proj)``), so the block computes what it did;
+    - a ``GroupNorm`` followed by a SiLU inside an ``nn.Sequential`` (the video UNet's temporal convolutions):
+      fused, the SiLU made identity;
+    - ``group_norm`` (attention blocks) and ``norm`` (the transformer blocks' input norm) without activation;
+    - ``conv_norm_out`` with ``conv_act`` (the encoder's and the UNet's output norm)."""
     done = 0
-    for mod in enc.modules():
+    for mod in list(root.modules()):
         n1, n2 = getattr(mod, "norm1", None), getattr(mod, "norm2", None)
         if (
             type(n1) is nn.GroupNorm
             and type(n2) is nn.GroupNorm
             and _is_silu(getattr(mod, "nonlinearity", None))
-            and getattr(mod, "time_emb_proj", None) is None
             and getattr(mod, "time_embedding_norm", "default") == "default"
             and getattr(mod, "upsample", None) is None
             and getattr(mod, "downsample", None) is None
         ):
+            proj = getattr(mod, "time_emb_proj", None)
+            if proj is not None and not getattr(mod, "skip_time_act", False):
+                mod.time_emb_proj = nn.Sequential(nn.SiLU(), proj)
             mod.norm1, mod.norm2 = FusedGroupNorm(n1, act=True), FusedGroupNorm(n2, act=True)
             mod.nonlinearity = nn.Identity()
             done += 2
-        gn = getattr(mod, "group_norm", None)
-        if type(gn) is nn.GroupNorm:
-            mod.group_norm = FusedGroupNorm(gn, act=False)
+        if isinstance(mod, nn.Sequential):
+            kids = list(mod)
+            for i, (a, b) in enumerate(zip(kids, kids[1:], strict=False)):
+                if type(a) is nn.GroupNorm and _is_silu(b):
+                    mod[i], mod[i + 1] = FusedGroupNorm(a, act=True), nn.Identity()
+                    done += 1
+        for name in ("group_norm", "norm"):
+            gn = getattr(mod, name, None)
+            if type(gn) is nn.GroupNorm:
+                setattr(mod, name, FusedGroupNorm(gn, act=False))
+                done += 1
+        if type(getattr(mod, "conv_norm_out", None)) is nn.GroupNorm and _is_silu(
+            getattr(mod, "conv_act", None)
+        ):
+            mod.conv_norm_out = FusedGroupNorm(mod.conv_norm_out, act=True)
+            mod.conv_act = nn.Identity()
             done += 1
-    if type(getattr(enc, "conv_norm_out", None)) is nn.GroupNorm and _is_silu(getattr(enc, "conv_act", None)):
-        enc.conv_norm_out = FusedGroupNorm(enc.conv_norm_out, act=True)
-        enc.conv_act = nn.Identity()
-        done += 1
     return done
 
 
-def fused_norm_calls(vae: nn.Module | None) -> int:
-    """Fused calls made so far by the patched norms of ``vae`` (0 when unpatched)."""
+def use_fused_vae_norms(vae: nn.Module | None) -> int:
+    """Put :class:`FusedGroupNorm` into ``vae.encoder`` (see the module docstring); returns how many norms it
+    replaced (0 for a VAE without a diffusers encoder, or one already patched)."""
     enc = getattr(vae, "encoder", None)
-    return sum(m.calls for m in enc.modules() if isinstance(m, FusedGroupNorm)) if enc is not None else 0
+    return 0 if enc is None else _fuse_norms(enc)
+
+
+def use_fused_unet_norms(network: Any) -> int:
+    """Put :class:`FusedGroupNorm` into a UNet or ControlNet (``run.unet_fused_norm``; a wrapper's ``eager``
+    module, or the module itself); returns how many norms it replaced (0 if already patched or not a module).
+
+    Under fp16 autocast the fp16 UNet's norms run on fp32 copies (autocast's fp32 ops): each keeps for backward
+    its fp32 input and the SiLU its fp32 output, where the fused norm keeps the fp16 input and the group
+    statistics. The same function as autocast's (statistics and SiLU in fp32, one rounding to fp16), so unlike
+    running the UNet outside autocast (``run.native_fp16``) it changes only the summation order."""
+    module = getattr(network, "eager", network)
+    return _fuse_norms(module) if isinstance(module, nn.Module) else 0
+
+
+def fused_norm_calls(vae: nn.Module | None) -> int:
+    """Fused calls made so far by the patched norms of ``vae``'s encoder (0 when unpatched)."""
+    enc = getattr(vae, "encoder", None)
+    return fused_calls(enc)
+
+
+def fused_calls(module: Any) -> int:
+    """Fused calls made so far by the patched norms inside ``module`` (a wrapper's ``eager`` module too)."""
+    module = getattr(module, "eager", module)
+    if not isinstance(module, nn.Module):
+        return 0
+    return sum(m.calls for m in module.modules() if isinstance(m, FusedGroupNorm))

@@ -346,7 +346,8 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     in host memory between calls when ``name`` is in ``run.offload_priors``, and its text / image encoders
     and VAE decoder parked on the CPU when ``run.park_encoders``, its VAE encoder's attention blocked when
     ``run.vae_attention=blocked``, its VAE encoder's group norms fused when ``run.vae_fused_norm`` (all five:
-    the same function); its convolutions channels-last when ``name`` is in ``run.channels_last``, or its networks
+    the same function), its UNet's and ControlNet's when ``run.unet_fused_norm`` (the same up to summation
+    order); run outside autocast with ``run.native_fp16`` (the same up to fp16 rounding); its convolutions channels-last when ``name`` is in ``run.channels_last``, or its networks
     compiled (``run.compile_mode``) when ``name`` is in ``run.compile_priors`` (the same up to rounding, so off in
     paper); its UNet/ControlNet products in fp8 with ``run.prior_precision=fp8`` (lower precision, opt-in)."""
     from animate124.guidance.attention import use_blocked_vae_attention
@@ -354,7 +355,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     from animate124.guidance.common import park_encoders
     from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
-    from animate124.guidance.groupnorm import use_fused_vae_norms
+    from animate124.guidance.groupnorm import use_fused_unet_norms, use_fused_vae_norms
     from animate124.guidance.layout import parse_channels_last, use_channels_last
     from animate124.guidance.offload import offload_prior_networks, parse_offload
 
@@ -365,6 +366,9 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
         use_blocked_vae_attention(getattr(prior, "vae", None))
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
+    if cfg.run.unet_fused_norm:
+        for net in (getattr(prior, "unet", None), getattr(prior, "controlnet", None)):
+            use_fused_unet_norms(net)
     if cfg.run.prior_precision == "fp8":
         from animate124.guidance.fp8 import use_fp8
 

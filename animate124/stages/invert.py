@@ -53,6 +53,10 @@ def run_invert(
             from animate124.guidance.groupnorm import use_fused_vae_norms
 
             use_fused_vae_norms(comps.vae)  # the same function (BENCHMARKS.md §8.8)
+        if cfg.run.unet_fused_norm:
+            from animate124.guidance.groupnorm import use_fused_unet_norms
+
+            use_fused_unet_norms(comps.unet)  # the same up to summation order; fp16 activations for backward
         c = cfg.invert
         ti = ti_config(cfg, device)
         if ti.compile_unet:  # run.compile_priors names invert: Inductor's caches under the model cache
