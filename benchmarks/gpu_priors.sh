@@ -7,7 +7,8 @@
 # steps; and merges everything into $OUT/guidance_calls.json (benchmarks/guidance_calls.py).
 # Usage (repository root, on the CUDA machine): bash benchmarks/gpu_priors.sh OUTDIR
 #   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
-#   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (guidance_variants.py: eager graphs
+#   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (a name given twice runs twice, its files
+#       suffixed .2: 'graphs native graphs' shows whether the order matters; guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
@@ -30,13 +31,15 @@ mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 if [[ " $PARTS " == *" bench "* ]]; then
+  declare -A SEEN  # a variant named twice (VARIANTS='graphs native graphs': the order's effect) gets .2, .3...
   for v in $VARIANTS; do
     L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
+    SEEN[$v]=$(( ${SEEN[$v]:-0} + 1 )); tag=$v; [ "${SEEN[$v]}" -gt 1 ] && tag="$v.${SEEN[$v]}"
     el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
     timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$v" \
-      --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$v.json" \
-      --calls-json "$OUT/calls_$v.json" > "$OUT/guidance_$v.log" 2>&1; echo "exit $?"
-    grep -v "should be kept in float32" "$OUT/guidance_$v.log" | tail -7
+      --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$tag.json" \
+      --calls-json "$OUT/calls_$tag.json" > "$OUT/guidance_$tag.log" 2>&1; echo "exit $?"
+    grep -v "should be kept in float32" "$OUT/guidance_$tag.log" | tail -7
   done
 fi
 
