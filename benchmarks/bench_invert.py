@@ -27,14 +27,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def step_gradient(comp, photo: torch.Tensor, cfg, dev: torch.device) -> torch.Tensor:
-    """The learned vector's gradient after one step (fp16 autocast, as the stage), from a fresh system."""
+    """The learned vector's gradient after one step as the stage makes it, from a fresh system: fp16 autocast and
+    the GradScaler's loss scale (its first, 2^16: ``engine/schedules.py``), unscaled after the backward. Without
+    the scale an fp16 backward flushes the per-element gradients of the mean-squared error (about 1e-5 at batch
+    16) into fp16's subnormal range, which the stage never does."""
+    from animate124.engine.schedules import GRAD_SCALER
     from animate124.guidance.textual_inversion import TextualInversionSystem
 
+    scale = float(GRAD_SCALER["init_scale"]) if cfg.mixed_precision else 1.0
     system = TextualInversionSystem(comp, photo, cfg, dev)
     with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.mixed_precision):
-        loss = system.training_step(1, 1.0).losses["mse"]
-    loss.backward()
-    grad = system.vec.grad.detach().clone()
+        loss = system.training_step(1, scale).losses["mse"]
+    (loss * scale).backward()
+    grad = system.vec.grad.detach().double() / scale
     system.finish()
     return grad
 
