@@ -54,10 +54,9 @@ def apply_variant(guid: Any, variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
     if variant == "unet_norms":
-        from animate124.guidance.groupnorm import use_fused_unet_norms
+        from animate124.guidance.groupnorm import use_fused_prior_norms
 
-        for net in (getattr(guid, "unet", None), getattr(guid, "controlnet", None)):
-            use_fused_unet_norms(net)
+        use_fused_prior_norms(guid)
     if variant.startswith("native"):
         from animate124.guidance.base import use_native_fp16
 

@@ -97,6 +97,29 @@ def _autocast_plain(vae, part: str | None = "encoder"):
     return ref
 
 
+def _fused_vs_plain(forward, plain, fused, exact, go: torch.Tensor, key: str) -> dict:
+    """``forward(model) -> (output, input leaf)`` for the CUDA-autocast plain path and the fused one (both under
+    CPU fp16 autocast, the gradients taken outside it) and for ``exact`` in fp32: the fused path's largest
+    relative difference from the plain one (``key``, ``grad``) and each path's distance from fp32."""
+    outs = {}
+    for name, model in (("plain", plain), ("fused", fused)):
+        with torch.autocast("cpu", dtype=torch.float16):
+            y, leaf = forward(model)
+        (g,) = torch.autograd.grad(y.float(), leaf, go)
+        outs[name] = (y.float(), g)
+    y32, leaf = forward(exact)  # fp32 throughout: the exact side
+    (g32,) = torch.autograd.grad(y32, leaf, go)
+    (yp, gp), (yf, gf) = outs["plain"], outs["fused"]
+    res = {
+        key: ((yf - yp).abs().max() / yp.abs().max()).item(),
+        "grad": ((gf - gp).abs().max() / gp.abs().max()).item(),
+    }
+    for name, (y, g) in outs.items():
+        res[f"{name}_{key}_vs_fp32"] = ((y - y32).norm() / y32.norm()).item()
+        res[f"{name}_grad_vs_fp32"] = ((g - g32).norm() / g32.norm()).item()
+    return res
+
+
 def _vae_case() -> dict:
     """The tiny VAE encoder under (CPU) fp16 autocast: fused norms against the CUDA-autocast plain path."""
     from animate124.models.tiny import _tiny_vae
@@ -108,62 +131,33 @@ def _vae_case() -> dict:
     replaced = use_fused_vae_norms(fused)
     x = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
     go = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(1))
-    res = {"replaced": replaced}
-    outs = {}
-    for name, model in (("plain", plain), ("fused", fused)):
-        with torch.autocast("cpu", dtype=torch.float16):
-            m = model.encode(x).latent_dist.parameters
-        (g,) = torch.autograd.grad(m.float(), x, go)
-        outs[name] = (m.float(), g)
-    res["calls"] = fused_norm_calls(fused)
-    m32 = vae.encode(x).latent_dist.parameters  # fp32 throughout: the exact side
-    (g32,) = torch.autograd.grad(m32, x, go)
-    (mp, gp), (mf, gf) = outs["plain"], outs["fused"]
-    res["moments"] = ((mf - mp).abs().max() / mp.abs().max()).item()
-    res["grad"] = ((gf - gp).abs().max() / gp.abs().max()).item()
-    for name, (m, g) in outs.items():
-        res[f"{name}_moments_vs_fp32"] = ((m - m32).norm() / m32.norm()).item()
-        res[f"{name}_grad_vs_fp32"] = ((g - g32).norm() / g32.norm()).item()
-    return res
+    res = _fused_vs_plain(lambda m: (m.encode(x).latent_dist.parameters, x), plain, fused, vae, go, "moments")
+    return {"replaced": replaced, "calls": fused_norm_calls(fused), **res}
 
 
-def _unet_case(kind: str) -> dict:
-    """A tiny UNet (2D: SD's and ControlNet's blocks; 3D: the video UNet's, with its temporal convolutions and
-    transformers) under (CPU) fp16 autocast, fused norms against the CUDA-autocast plain path: the output and,
-    as the textual inversion needs it, the gradient to the text context."""
-    from animate124.models.tiny import TINY_WIDTH, _tiny_unet2d, _tiny_unet3d
+def _unet_case() -> dict:
+    """The tiny SD UNet (SD's and ControlNet's blocks) under (CPU) fp16 autocast, fused norms against the
+    CUDA-autocast plain path: the output and, as the textual inversion needs it, the gradient to the text
+    context."""
+    from animate124.models.tiny import TINY_WIDTH, _tiny_unet2d
 
     torch.manual_seed(0)
-    unet = (_tiny_unet2d() if kind == "2d" else _tiny_unet3d()).eval().requires_grad_(False)
+    unet = _tiny_unet2d().eval().requires_grad_(False)
     plain = _autocast_plain(unet, None)
     fused = copy.deepcopy(unet)
-    res = {
-        "norms": sum(type(m) is torch.nn.GroupNorm for m in unet.modules()),
-        "replaced": use_fused_unet_norms(fused),
-    }
+    norms = sum(type(m) is torch.nn.GroupNorm for m in unet.modules())
+    replaced = use_fused_unet_norms(fused)
     gen = torch.Generator().manual_seed(1)
-    shape = (2, 4, 8, 8) if kind == "2d" else (1, 4, 4, 8, 8)
-    x, t = torch.randn(*shape, generator=gen), torch.full((shape[0],), 500)
-    context = torch.randn(shape[0], 7, TINY_WIDTH, generator=gen)
-    go = torch.randn(*shape, generator=gen)
-    outs = {}
-    for name, model in (("plain", plain), ("fused", fused)):
+    x, t = torch.randn(2, 4, 8, 8, generator=gen), torch.full((2,), 500)
+    context = torch.randn(2, 7, TINY_WIDTH, generator=gen)
+    go = torch.randn(2, 4, 8, 8, generator=gen)
+
+    def forward(model):
         ctx = context.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.float16):
-            y = model(x, t, encoder_hidden_states=ctx).sample
-        (g,) = torch.autograd.grad(y.float(), ctx, go)
-        outs[name] = (y.float(), g)
-    res["calls"] = fused_calls(fused)
-    ctx = context.clone().requires_grad_(True)
-    y32 = unet(x, t, encoder_hidden_states=ctx).sample  # fp32 throughout: the exact side
-    (g32,) = torch.autograd.grad(y32, ctx, go)
-    (yp, gp), (yf, gf) = outs["plain"], outs["fused"]
-    res["out"] = ((yf - yp).abs().max() / yp.abs().max()).item()
-    res["grad"] = ((gf - gp).abs().max() / gp.abs().max()).item()
-    for name, (y, g) in outs.items():
-        res[f"{name}_out_vs_fp32"] = ((y - y32).norm() / y32.norm()).item()
-        res[f"{name}_grad_vs_fp32"] = ((g - g32).norm() / g32.norm()).item()
-    return res
+        return model(x, t, encoder_hidden_states=ctx).sample, ctx
+
+    res = _fused_vs_plain(forward, plain, fused, unet, go, "out")
+    return {"norms": norms, "replaced": replaced, "calls": fused_calls(fused), **res}
 
 
 KERNEL_CASES = {
@@ -184,7 +178,7 @@ def _interp_checks() -> dict:
     out["vae"] = _vae_case()
     # the 2D UNet only: the 3D one's 58 norms cost a minute and a half in the interpreter; its blocks are the
     # same kernels (its 5D temporal layout: ``temporal5d``), its patch sites are checked bit for bit below
-    out["unet2d"] = _unet_case("2d")
+    out["unet2d"] = _unet_case()
     return out
 
 
@@ -220,12 +214,11 @@ def test_fused_norms_in_the_tiny_vae_match_the_autocast_plain_path(interp_result
 
 
 @needs_triton
-@pytest.mark.parametrize("kind", ["unet2d"])
-def test_fused_norms_in_the_tiny_unets_match_the_autocast_plain_path(interp_results, kind):
-    """``run.unet_fused_norm``: every group norm of the tiny SD and video UNets is replaced and takes the fused
+def test_fused_norms_in_the_tiny_unet_match_the_autocast_plain_path(interp_results):
+    """``run.unet_fused_norm``: every group norm of the tiny SD UNet is replaced and takes the fused
     path; under fp16 autocast the output and the gradient to the text context agree with the plain path (norms
     and SiLU in fp32) as the VAE's do, and are as close to the fp32 network as the plain path is."""
-    r = interp_results[kind]
+    r = interp_results["unet2d"]
     assert r["replaced"] == r["norms"] > 0 and r["calls"] == r["replaced"], r
     assert r["out"] < 5e-3 and r["grad"] < 5e-3, r
     for k in ("out", "grad"):

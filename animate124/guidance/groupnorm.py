@@ -300,6 +300,11 @@ def use_fused_unet_norms(network: Any) -> int:
     return _fuse_norms(module) if isinstance(module, nn.Module) else 0
 
 
+def use_fused_prior_norms(prior: Any) -> int:
+    """:func:`use_fused_unet_norms` on a prior's UNet and, for ControlNet-tile, its ControlNet."""
+    return sum(use_fused_unet_norms(getattr(prior, name, None)) for name in ("unet", "controlnet"))
+
+
 def fused_norm_calls(vae: nn.Module | None) -> int:
     """Fused calls made so far by the patched norms of ``vae``'s encoder (0 when unpatched)."""
     enc = getattr(vae, "encoder", None)

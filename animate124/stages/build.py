@@ -355,7 +355,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     from animate124.guidance.common import park_encoders
     from animate124.guidance.compiled import compile_prior_networks, parse_compile, use_compile_cache
     from animate124.guidance.graphs import graph_prior_networks
-    from animate124.guidance.groupnorm import use_fused_unet_norms, use_fused_vae_norms
+    from animate124.guidance.groupnorm import use_fused_prior_norms, use_fused_vae_norms
     from animate124.guidance.layout import parse_channels_last, use_channels_last
     from animate124.guidance.offload import offload_prior_networks, parse_offload
 
@@ -367,8 +367,7 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     if cfg.run.vae_fused_norm:
         use_fused_vae_norms(getattr(prior, "vae", None))
     if cfg.run.unet_fused_norm:
-        for net in (getattr(prior, "unet", None), getattr(prior, "controlnet", None)):
-            use_fused_unet_norms(net)
+        use_fused_prior_norms(prior)
     if cfg.run.prior_precision == "fp8":
         from animate124.guidance.fp8 import use_fp8
 
