@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--issue26", action="store_true", help="before/after on fresh and trained scenes, refine")
     p.add_argument("--trained-steps", type=int, default=600)
     p.add_argument("--trained-refreshes", type=int, default=8)
+    p.add_argument(
+        "--trace",
+        type=Path,
+        help="after each fresh variant, 3 more steps under torch.profiler: its kernel and operator tables "
+        "(self device time, calls; host syncs) to TRACE/<variant>.txt",
+    )
     args = p.parse_args(argv)
     if args.issue26:
         args.variants = ",".join(ISSUE26 + ISSUE26_EXTRA)
@@ -220,6 +226,27 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.synchronize()
         return e0.elapsed_time(e1)
 
+    def trace(name: str, v: dict) -> None:
+        """Three steps of ``v`` under torch.profiler: where the step's device time goes, by operator and kernel."""
+        from torch.profiler import ProfilerActivity, profile
+
+        gen = torch.Generator().manual_seed(3)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                step(v, gen)
+        ka = prof.key_averages()
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        syncs = [e for e in ka if "Synchronize" in e.key or "MemcpyAsync" in e.key or e.key == "aten::item"]
+        args.trace.mkdir(parents=True, exist_ok=True)
+        text = (
+            f"{name}: 3 steps, ms per step = the totals / 3\n\n"
+            + ka.table(sort_by=sort, row_limit=60, max_name_column_width=90)
+            + "\nhost syncs and copies:\n"
+            + "\n".join(f"{e.key}: {e.count} calls, {e.cpu_time_total / 1e3:.1f} ms host" for e in syncs)
+        )
+        (args.trace / f"{name}.txt").write_text(text)
+
     def measure(name: str, v: dict, refine: bool = False) -> dict:
         set_variant(v)
         gen = torch.Generator().manual_seed(1)
@@ -274,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.variants.split(","):
         key = name if name not in results["variants"] else f"{name}#{len(results['variants'])}"
         results["variants"][key] = measure(name, VARIANTS[name])  # a repeated name keeps every run
+        if args.trace:
+            trace(key, VARIANTS[name])
     if args.issue26:
         from animate124.guidance.controlnet import select_frames
 

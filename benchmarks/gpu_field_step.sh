@@ -9,7 +9,8 @@
 # fused step, then 4 variants x (3 + ITERS) steps fresh, the fit of the trained-like scene (TRAINED_STEPS steps of
 # 2^18 points), 4 variants x (3 + ITERS) steps with the frozen render: 93 s in all on an H100 with ITERS=5
 # TRAINED_STEPS=200 (2026-12-07). PARTS picks the parts (default "tests bench"), LIMIT (default 570 s) bounds the
-# call: each part gets what is left. ITERS (8) and TRAINED_STEPS (600). Expects .device/wheels (as the others).
+# call: each part gets what is left ("trace": torch.profiler tables of TRACE_VARIANTS, default
+# fused_normals_z_merge, to $OUT/trace). ITERS (8) and TRAINED_STEPS (600). Expects .device/wheels (as the others).
 set -uo pipefail
 FINAL="${1:-field-step-out}"
 . benchmarks/gpu_common.sh
@@ -33,5 +34,11 @@ keys = ('card', 'dynamic_ms', 'dynamic_trained_ms', 'refine_ms', 'peak_gib')
 print({k: r.get(k) for k in keys}); print('before', r.get('before'))
 for name, v in r.get('by_variant', {}).items(): print(name, v)
 " 2>&1 | tail -6
+fi
+if [[ $PARTS == *" trace "* ]]; then
+  el "bench_field_step --trace: where a fused-normals step's device time goes (torch.profiler tables)"
+  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "${TRACE_VARIANTS:-fused_normals_z_merge}" \
+    --iters 3 --trace "$OUT/trace" --out "$OUT/field_step_trace.json" 2>&1 | tail -4
+  for f in "$OUT"/trace/*.txt; do head -40 "$f"; tail -8 "$f"; done
 fi
 el "done"

@@ -13,7 +13,8 @@
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
 #                                   native = base + the fp16 UNet outside autocast (run.native_fp16);
-#                                   unetnorm = base + the UNet's group norms fused (run.unet_fused_norm)
+#                                   unetnorm = base + the UNet's group norms fused (run.unet_fused_norm);
+#                                   floor = base, its gradient agreement with a second plain step (the noise floor)
 #   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
 # Compiling costs 1-3 minutes per network at full size (max-autotune more); Inductor's cache is kept under
 # /tmp/a124/inductor for the machine's lifetime, so a later call on the same warm machine reuses it.
@@ -60,6 +61,7 @@ if [[ " $PARTS " == *" invert "* ]]; then
       fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
       native) f="--fused-norm --native-fp16 --agreement" ;;
       unetnorm) f="--fused-norm --fused-unet-norm --agreement" ;;
+      floor) f="--fused-norm --agreement" ;;  # the plain step against itself: the rule's noise floor
       *) f="$run" ;;
     esac
     L=$(left); [ "$L" -gt 60 ] || { el "no time left for invert $run"; continue; }
