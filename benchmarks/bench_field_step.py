@@ -16,9 +16,10 @@ recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for
 2^22 only), ``keepnormals`` (``fused_tv`` with the normals' activations kept: ``raymarch.checkpoint_normals``
 false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)``: the normals' six
 evaluations in one stencil kernel, issue 26), ``z_merge`` (``fused_tv`` with ``KernelOptions(z_merge=True)``: 4
-corners instead of 8 at the grid levels that ignore z, issue 26) and ``fused_normals_z_merge`` (both).
+corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normals_z_merge`` (both) and
+``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``).
 
-Every variant sets ``fused_normals`` and ``z_merge`` itself (off unless it names them), so ``fused_tv`` stays the
+Every variant sets ``fused_normals``, ``z_merge`` and ``fused_march`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``z_merge`` is today's defaults).
 
 Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``z_merge`` (today's defaults) on the
@@ -62,6 +63,7 @@ VARIANTS = {
     "fused_normals": dict(live=True, fused=True, chunk=0, fused_normals=True),
     "z_merge": dict(live=True, fused=True, chunk=0, z_merge=True),
     "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
+    "fused_march": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True),
 }
 ISSUE26 = ("fused_tv", "z_merge")  # before (the path before issue 26), after (today's defaults)
 ISSUE26_EXTRA = ("fused_normals", "fused_normals_z_merge")  # measured in the same --issue26 call
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None,
                 checkpoint_normals=not v.get("keep_normals", False),
                 live_normals=v["live"], checkpoint_field=v.get("ckfield", 0),
+                fused_march=v.get("fused_march", False),
             )  # fmt: skip
             loss = out.rgb.float().mean() + 1e-3 * L.entropy_loss(out.weights)
             loss = loss + 1e-2 * L.orientation_loss(out.orientation) + 0.5 * L.normal_tv_loss(out.normal[0])
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                 bg_color=torch.rand(3, generator=gen), occupancy=st["frozen_occ"], perturb=True, generator=gen,
                 compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
                 t_thresh=r.transmittance_thresh, checkpoint_normals=True, live_normals=True, frames=read_frames,
+                fused_march=v.get("fused_march", False),
             )  # fmt: skip
         if not cuda:
             return 0.0

@@ -393,7 +393,7 @@ DESTINATIONS: dict[str, list] = {
     "field.time_grid_size": [_attr("dynamic_field", "time_grid_size")],
     **{f"raymarch.{k}": [_attr("rays", k)]
        for k in ("max_steps", "min_near", "transmittance_thresh", "normal_eps", "checkpoint_normals",
-                 "checkpoint_field", "live_normals")},
+                 "checkpoint_field", "live_normals", "fused_march")},
     "raymarch.metric_step": [_attr("rays", "delta_mode")],
     "raymarch.chunk": [_attr("rays", "chunk")],
     "raymarch.occupancy_resolution": [_attr("occ_static", "resolution"), _attr("occ_dynamic", "resolution")],

@@ -117,6 +117,7 @@ PAPER: dict[str, tuple[object, str]] = {
     "raymarch.checkpoint_normals": (True, "impl (same gradients)"),
     "raymarch.checkpoint_field": (0, "impl (same gradients)"),
     "raymarch.live_normals": (True, "impl (same images and gradients)"),
+    "raymarch.fused_march": (False, "impl (same samples up to rounding at cell faces; off until measured)"),
     # camera (SPEC 3.3, 3.4)
     "camera.radius": (1.8, "SPEC 3.3: radius 1.8"),
     "camera.fovy": (40.0, "SPEC 3.3: fovy 40"),

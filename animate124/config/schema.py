@@ -360,6 +360,13 @@ class RaymarchConfig:
         "(false evaluates every sample, as upstream).",
         nohash=True,
     )
+    fused_march: bool = opt(
+        False,
+        "On CUDA, walk the rays' sample lattice in one Triton kernel instead of materialising every candidate "
+        "sample (the same samples up to rounding at occupancy-cell faces; BENCHMARKS.md §15.10); false = the "
+        "torch marcher.",
+        nohash=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def march_rays(
     step_size: float | None = None,
     max_candidates: int = 2**24,
     offsets: Tensor | None = None,
+    fused: bool | None = False,
 ) -> PackedSamples:
     """March R rays (origins, dirs [R, 3]) through the box; see module docstring.
 
@@ -168,6 +169,10 @@ def march_rays(
     the un-skipped lattice: rays are processed in chunks of at most that many candidates (module docstring).
     ``offsets``: [R] jitter in [0, 1) drawn by the caller (used when ``perturb``; ``generator`` is then
     not drawn from), so that a subset of rays can be marched with the numbers a whole render drew.
+    ``fused``: walk the lattice in one Triton kernel (:mod:`animate124.render.march_kernels`: the same samples up
+    to rounding at cell faces, no per-candidate tensors, one host sync); None = on CUDA with an occupancy grid
+    (the stages, with ``raymarch.fused_march``), True = wherever Triton runs (the CPU under ``TRITON_INTERPRET=1``),
+    False (the default) = never.
     """
     if delta_mode not in DELTA_MODES:
         raise MarchError(f"unknown delta_mode {delta_mode!r}", f"use one of {DELTA_MODES}")
@@ -189,6 +194,13 @@ def march_rays(
     near, far, hit = near_far_from_aabb(origins, dirs, bound, min_near)
     n = torch.ceil((far - near) / dt - offset).clamp_(0, max_steps)
     n = torch.where(hit, n, torch.zeros_like(n)).long()
+    if _use_fused(fused, occupancy, dev):
+        from animate124.render.march_kernels import march_lattice
+
+        ray, t, pos = march_lattice(
+            origins, dirs, near, offset, n, slots, occupancy.bitfield, occupancy.resolution, bound, dt
+        )
+        return _packed(ray, t, pos, dirs, r, dt, delta_mode)
     rays, ts, poss = [], [], []
     for i, j, total in _plan_chunks(n, max_candidates) if r > 0 else [(0, 0, 0)]:
         sl = slice(i, j)
@@ -202,6 +214,24 @@ def march_rays(
     ray = torch.cat(rays) if len(rays) > 1 else rays[0]
     t = torch.cat(ts) if len(ts) > 1 else ts[0]
     pos = torch.cat(poss) if len(poss) > 1 else poss[0]
+    return _packed(ray, t, pos, dirs, r, dt, delta_mode)
+
+
+def _use_fused(fused: bool | None, occupancy: OccupancyGrid | None, dev: torch.device) -> bool:
+    if fused is False or occupancy is None:
+        return False
+    from animate124.render.march_kernels import HAS_TRITON
+
+    if fused is None:
+        return dev.type == "cuda" and HAS_TRITON
+    if not HAS_TRITON:
+        raise MarchError("the fused marcher needs Triton", "install triton or pass fused=False")
+    return True
+
+
+def _packed(
+    ray: Tensor, t: Tensor, pos: Tensor, dirs: Tensor, r: int, dt: float, delta_mode: str
+) -> PackedSamples:
     if delta_mode == "metric":
         deltas = dirs.norm(dim=-1)[ray] * dt
     else:

@@ -208,6 +208,7 @@ def render_rays(
     live_normals: bool = False,
     ray_runs: TimeRuns | None = None,
     checkpoint_field: int = 0,
+    fused_march: bool | None = False,
 ) -> RayRenderOutput:
     """Render R rays (origins, dirs [R,3]). times: [R] per-ray time (None = static field); slots: [R]
     occupancy slot (None = slot 0); bg_color [3] or [R,3] (default white); light_dir [3] or [R,3].
@@ -224,7 +225,9 @@ def render_rays(
     encoder never reads times back from the device (same values). ``checkpoint_field``: with more samples
     than this (0 = never), the field's own evaluations beyond the first ``checkpoint_field`` samples are
     recomputed in backward too (:func:`_eval_field`), so a training render keeps the grid and MLP activations
-    of at most that many samples as the scene fills in (same result; the cost grows only with the excess)."""
+    of at most that many samples as the scene fills in (same result; the cost grows only with the excess).
+    ``fused_march``: the marcher's lattice walk in one Triton kernel (``march_rays``' ``fused``: None = on CUDA,
+    as the stages pass it with ``raymarch.fused_march``; False, the default, = the torch marcher)."""
     if shading not in SHADING_MODES:
         raise RenderError(f"unknown shading mode {shading!r}", f"use one of {SHADING_MODES}")
     dev = origins.device
@@ -243,6 +246,7 @@ def render_rays(
         generator=generator,
         delta_mode=delta_mode,
         offsets=offsets,
+        fused=fused_march,
     )
     m = pk.num_samples
     idx = pk.ray_indices
@@ -365,6 +369,7 @@ def render(
     frames: Sequence[int] | None = None,
     live_normals: bool = False,
     checkpoint_field: int = 0,
+    fused_march: bool | None = False,
 ) -> RenderOutput:
     """Render B·T cameras (order in the module docstring) -> :class:`RenderOutput` images [B,T,C,H,W].
 
@@ -373,8 +378,8 @@ def render(
     moving camera's light follows it, ``l_f = normalize(origin_f + n)``, SPEC 3.1) or None. ``ray_noise_scale`` is the
     reference view's ``known_view_noise_scale`` (SPEC §3.4, drawn with ``generator``).
     ``ray_chunk`` renders that many rays at a time (large no-grad renders); ``chunk`` bounds the
-    samples per field call; ``checkpoint_normals``, ``live_normals`` and ``checkpoint_field``: see
-    :func:`render_rays`.
+    samples per field call; ``checkpoint_normals``, ``live_normals``, ``checkpoint_field`` and ``fused_march``:
+    see :func:`render_rays`.
     ``frames``: render only these frames of every clip (indices into T; images [B, len(frames), ...]), each
     exactly as the whole render without ``ray_chunk`` gives it: the random numbers are drawn for every ray of every frame, in the
     same order, and the selected rays' share is used. The refine stage's frozen copy renders only the
@@ -460,6 +465,7 @@ def render(
         checkpoint_normals=checkpoint_normals,
         live_normals=live_normals,
         checkpoint_field=checkpoint_field,
+        fused_march=fused_march,
     )
     r = origins.shape[0]
     step = r if ray_chunk is None else max(1, int(ray_chunk))

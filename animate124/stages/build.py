@@ -198,6 +198,7 @@ def ray_settings(cfg: Config) -> RaySettings:
         checkpoint_normals=r.checkpoint_normals,
         live_normals=r.live_normals,
         checkpoint_field=r.checkpoint_field,
+        fused_march=r.fused_march,
     )
 
 

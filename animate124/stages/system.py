@@ -241,7 +241,7 @@ class NerfSystem:
             compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
             delta_mode=r.delta_mode, t_thresh=r.transmittance_thresh, chunk=r.chunk,
             checkpoint_normals=r.checkpoint_normals, live_normals=r.live_normals,
-            checkpoint_field=r.checkpoint_field,
+            checkpoint_field=r.checkpoint_field, fused_march=None if r.fused_march else False,
         )  # fmt: skip
         self.max_samples = max(self.max_samples, out.num_samples)  # sizes the out-of-memory retry's saver
         return out
