@@ -20,16 +20,17 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 ``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``).
 
 Every variant sets ``fused_normals``, ``z_merge`` and ``fused_march`` itself (off unless it names them), so ``fused_tv`` stays the
-path before issue 26 although ``z_merge`` is on by default now (``z_merge`` is today's defaults).
+path before issue 26 although ``z_merge`` is on by default now (``fused_normals_z_merge`` is today's defaults:
+``run.fused_normals`` is on in every preset).
 
-Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``z_merge`` (today's defaults) on the
+Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``fused_normals_z_merge`` (today's defaults) on the
 fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
 shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: sharp surfaces, pruned
 occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals`` and ``fused_normals_z_merge`` too; every variant's keys are under ``by_variant``.
+``z_merge`` (the six evaluations) and ``fused_march`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -65,8 +66,9 @@ VARIANTS = {
     "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
     "fused_march": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True),
 }
-ISSUE26 = ("fused_tv", "z_merge")  # before (the path before issue 26), after (today's defaults)
-ISSUE26_EXTRA = ("fused_normals", "fused_normals_z_merge")  # measured in the same --issue26 call
+# before (the path before issue 26), after (today's defaults: run.fused_normals on, z_merge on)
+ISSUE26 = ("fused_tv", "fused_normals_z_merge")
+ISSUE26_EXTRA = ("z_merge", "fused_march")  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
 def issue26_summary(results: dict, update_interval: int) -> dict:
     """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
     step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
-    z-merged variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
+    fused-normals, z-merged variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
     measured variant's under ``by_variant``."""
 
     def keys(name: str) -> dict:
