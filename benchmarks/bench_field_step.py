@@ -17,9 +17,10 @@ recomputed in backward: ``raymarch.checkpoint_field``), ``ckhalf`` (the same for
 false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)``: the normals' six
 evaluations in one stencil kernel, issue 26), ``z_merge`` (``fused_tv`` with ``KernelOptions(z_merge=True)``: 4
 corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normals_z_merge`` (both) and
-``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``).
+``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``), ``tv_batched``
+(both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``) and ``march_tv`` (all four).
 
-Every variant sets ``fused_normals``, ``z_merge`` and ``fused_march`` itself (off unless it names them), so ``fused_tv`` stays the
+Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``fused_normals_z_merge`` is today's defaults:
 ``run.fused_normals`` is on in every preset).
 
@@ -30,7 +31,7 @@ occupancy; its samples and live share are recorded, it is not a real 2,000-step 
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``z_merge`` (the six evaluations) and ``fused_march`` too; every variant's keys are under ``by_variant``.
+``z_merge`` (the six evaluations), ``fused_march``, ``tv_batched`` and ``march_tv`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -65,10 +66,14 @@ VARIANTS = {
     "z_merge": dict(live=True, fused=True, chunk=0, z_merge=True),
     "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
     "fused_march": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True),
+    "tv_batched": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, tv_batched=True),
+    "march_tv": dict(
+        live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
+    ),
 }
 # before (the path before issue 26), after (today's defaults: run.fused_normals on, z_merge on)
 ISSUE26 = ("fused_tv", "fused_normals_z_merge")
-ISSUE26_EXTRA = ("z_merge", "fused_march")  # measured in the same --issue26 call
+ISSUE26_EXTRA = ("z_merge", "fused_march", "tv_batched", "march_tv")  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -156,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     def set_variant(v: dict) -> None:
         """The variant's kernel options on the trained field and its frozen copy (same tables either way)."""
         ko = dataclasses.replace(
-            base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False)
-        )
+            base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
+            tv_batched=v.get("tv_batched", False),
+        )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:
                 f.encoder.kernel_options = ko
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t_thresh=r.transmittance_thresh, chunk=v["chunk"] or None,
                 checkpoint_normals=not v.get("keep_normals", False),
                 live_normals=v["live"], checkpoint_field=v.get("ckfield", 0),
-                fused_march=v.get("fused_march", False),
+                fused_march=None if v.get("fused_march") else False,
             )  # fmt: skip
             loss = out.rgb.float().mean() + 1e-3 * L.entropy_loss(out.weights)
             loss = loss + 1e-2 * L.orientation_loss(out.orientation) + 0.5 * L.normal_tv_loss(out.normal[0])
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                 bg_color=torch.rand(3, generator=gen), occupancy=st["frozen_occ"], perturb=True, generator=gen,
                 compute_normals=True, normal_eps=r.normal_eps, max_steps=r.max_steps, min_near=r.min_near,
                 t_thresh=r.transmittance_thresh, checkpoint_normals=True, live_normals=True, frames=read_frames,
-                fused_march=v.get("fused_march", False),
+                fused_march=None if v.get("fused_march") else False,
             )  # fmt: skip
         if not cuda:
             return 0.0

@@ -21,7 +21,7 @@ left() { echo $(( LIMIT_AT - $(date +%s) )); }
 if [[ $PARTS == *" tests "* ]]; then
   el "GPU tests: fused normals, grid kernels, z-merge"
   timeout $(( $(left) < 300 ? $(left) : 300 )) python3 -m pytest -q -m gpu tests/test_scene_stencil.py \
-    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py -p no:cacheprovider \
+    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py tests/test_scene_timetv.py -p no:cacheprovider \
     > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
 fi
 if [[ $PARTS == *" bench "* ]]; then

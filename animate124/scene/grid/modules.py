@@ -21,7 +21,7 @@ from animate124.scene.grid.layout import GridEncodingConfig, LevelBuffers, grid_
 from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
-from animate124.scene.grid.timetv import PointsTimeTV
+from animate124.scene.grid.timetv import TV_GRIDS_PER_CALL, BatchedPointsTimeTV, PointsTimeTV
 from animate124.scene.timeruns import TimeRuns, host_to_device
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
@@ -335,6 +335,14 @@ class TimeGridEncoding(_GridBase):
         dev = self.embeddings.device
         gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
         x = ((torch.rand(n_points, 3, generator=generator, device=gdev).to(dev)) * 2 - 1) * self.bound
+        if fused and self._tv_batched():
+            return BatchedPointsTimeTV.apply(
+                self.embeddings,
+                _unit_coords(x, self.bound),
+                self._encode_grids,
+                self.num_levels,
+                TV_GRIDS_PER_CALL,
+            )
         if fused:
             plain = dataclasses.replace(self.kernel_options, pair_layout=False)
             u = _unit_coords(x, self.bound)
@@ -350,6 +358,29 @@ class TimeGridEncoding(_GridBase):
             total = total + (prev - cur).square().sum(-1).mean()
             prev = cur
         return total / ((t_size - 1) * self.num_levels)
+
+    def _tv_batched(self) -> bool:
+        """The points-form time TV encodes several grids per call (:class:`~.timetv.BatchedPointsTimeTV`): with the
+        Triton kernels and a table the pair layout covers (the clip path's slot kernels), and ``tv_batched``."""
+        opts = self.kernel_options
+        return (
+            opts.tv_batched
+            and resolve_backend(self.backend, self.embeddings.device) == "triton"
+            and launch.pairs_supported(self.embeddings, self.level_dim, self.bufs, opts)
+        )
+
+    def _encode_grids(self, u: Tensor, tables: Tensor) -> Tensor:
+        """``[K, N, L·C]`` features of the ``K`` grids ``tables [K, E, C]`` (consecutive slices of the stacked
+        table, or a leaf copy of them) at the same points ``u [N, 3]``, in one slot-path call: slot ``k`` is grid
+        ``k`` with blend weight 0 (``0·W_k + 1·W_k = W_k`` exactly), so each point reads its grid's table."""
+        k, n = tables.shape[0], u.shape[0]
+        grids = torch.arange(k, device=u.device)
+        out = launch.encode_slots(
+            u.repeat(k, 1), tables.reshape(-1, self.level_dim), grids.repeat_interleave(n), grids, grids,
+            torch.zeros(k, device=u.device), self.bufs, self.num_levels, self.num_levels, self.cfg.interpolation, k,
+            self.entries_per_grid, self.kernel_options, self.launch_state,
+        )  # fmt: skip
+        return out.view(k, n, -1)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,112 @@
+"""The points-form time TV with several grids per encoder call (``KernelOptions.tv_batched``,
+``BatchedPointsTimeTV``; SPEC 3.6) against the per-grid path it replaces and a float64 evaluation.
+
+Both paths evaluate ``L = Σ_i mean_x ‖f_i(x) − f_{i+1}(x)‖² / ((T−1)·L)`` and its table gradient in fp32 with the
+same fp32 trilinear weights; they differ only in the order of the sums (the slot kernels' pair layout against the
+plain kernels; one reduction over 8 grids against one per grid). So each is required to be as close to the float64
+evaluation of the same weights as the other: error ≤ 3× the per-grid path's error + a few fp32 ulps of the
+quantity's scale (the per-grid path's error can be 0 for a quantity by chance). A wrong grid (an off-by-one in the
+slots, a missing neighbour term across a call boundary) is off by the size of the quantity itself.
+
+CPU: Triton's interpreter, in a subprocess (``helpers_triton.run_interpreted``); GPU (``-m gpu``): the paper grid
+(16 levels, 2^16 rows) with 64 time grids and 100,000 points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers_grid import paper_grid_config, small_grid_config
+from helpers_triton import needs_cuda, needs_triton, run_interpreted
+
+ULPS = 8 * 2.0**-23  # a few fp32 ulps, relative to the quantity's scale
+
+
+def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
+    from animate124.scene.grid import KernelOptions, TimeGridEncoding
+
+    torch.manual_seed(seed)
+    enc = TimeGridEncoding(cfg, time_grid_size=t_size, backend="triton", kernel_options=KernelOptions()).to(
+        device
+    )
+    with (
+        torch.no_grad()
+    ):  # grids that differ from each other (a fresh table is one copy per grid in the stages)
+        enc.embeddings.copy_(
+            torch.randn(enc.embeddings.shape, generator=torch.Generator().manual_seed(seed)) * 0.1
+        )
+
+    def run(batched: bool) -> tuple[float, torch.Tensor, dict]:
+        enc.kernel_options = dataclasses.replace(enc.kernel_options, tv_batched=batched)
+        enc.embeddings.grad = None
+        before = enc.launch_state.slot_builds
+        loss = enc.time_tv_loss("points", n_points=n_points, generator=torch.Generator().manual_seed(7))
+        (loss * 3.0).backward()
+        return loss.item(), enc.embeddings.grad.detach().double().cpu(), enc.launch_state.slot_builds - before
+
+    loss_b, grad_b, builds = run(True)
+    loss_p, grad_p, _ = run(False)
+    # float64: the torch reference encoder (the same fp32 weights) on a float64 copy of the table
+    ref = TimeGridEncoding(cfg, time_grid_size=t_size, backend="torch").to(device).double()
+    with torch.no_grad():
+        ref.embeddings.copy_(enc.embeddings.double())
+    loss_r = ref.time_tv_loss(
+        "points", n_points=n_points, generator=torch.Generator().manual_seed(7), fused=False
+    )
+    (loss_r * 3.0).backward()
+    grad_r = ref.embeddings.grad.detach().cpu()
+    scale = grad_r.abs().max().item()
+    return {
+        "loss_err_batched": abs(loss_b - loss_r.item()),
+        "loss_err_plain": abs(loss_p - loss_r.item()),
+        "loss_scale": abs(loss_r.item()),
+        "grad_err_batched": (grad_b - grad_r).abs().max().item(),
+        "grad_err_plain": (grad_p - grad_r).abs().max().item(),
+        "grad_scale": scale,
+        "slot_builds": builds,
+        "grids": t_size,
+    }
+
+
+def _interp_checks() -> dict:
+    return {
+        # 11 grids: calls of 8 and 3, one call boundary inside the sum; 9: a last call of 1 grid
+        f"T{t}": _case(small_grid_config(), t, 200, "cpu", seed=t)
+        for t in (11, 9)
+    }
+
+
+def _check(r: dict) -> None:
+    assert r["loss_err_batched"] <= 3 * r["loss_err_plain"] + ULPS * r["loss_scale"], r
+    assert r["grad_err_batched"] <= 3 * r["grad_err_plain"] + ULPS * r["grad_scale"], r
+    calls = -(
+        -r["grids"] // 8
+    )  # forward: one call per 8 grids; backward: the same plus a neighbour each side
+    assert r["slot_builds"] == calls + calls + 2 * (calls - 1), r
+
+
+@needs_triton
+def test_batched_time_tv_same_loss_and_gradient_in_the_interpreter():
+    for name, r in run_interpreted("test_scene_timetv").items():
+        _check(r)
+        assert r["grad_scale"] > 0 and r["loss_scale"] > 0, (name, r)
+
+
+def test_batched_time_tv_is_off_on_the_cpu_and_for_the_torch_backend():
+    """The CPU (without the interpreter) and the torch backend keep the per-grid path, whatever the option."""
+    from animate124.scene.grid import KernelOptions, TimeGridEncoding
+
+    enc = TimeGridEncoding(
+        small_grid_config(), time_grid_size=4, backend="torch", kernel_options=KernelOptions(tv_batched=True)
+    )
+    assert not enc._tv_batched()
+    assert enc.time_tv_loss("points", n_points=10, generator=torch.Generator().manual_seed(0)).item() >= 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+def test_batched_time_tv_on_the_gpu_at_the_paper_grid():
+    _check(_case(paper_grid_config(), 64, 100_000, "cuda", seed=1))
