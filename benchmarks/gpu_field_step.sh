@@ -9,8 +9,9 @@
 # fused step, then 4 variants x (3 + ITERS) steps fresh, the fit of the trained-like scene (TRAINED_STEPS steps of
 # 2^18 points), 4 variants x (3 + ITERS) steps with the frozen render: 93 s in all on an H100 with ITERS=5
 # TRAINED_STEPS=200 (2026-12-07). PARTS picks the parts (default "tests bench"), LIMIT (default 570 s) bounds the
-# call: each part gets what is left ("trace": torch.profiler tables of TRACE_VARIANTS, default
+# call: each part gets what is left ("fresh": the fresh field only, FRESH_VARIANTS; "trace": torch.profiler tables of TRACE_VARIANTS, default
 # fused_normals_z_merge, to $OUT/trace). ITERS (8) and TRAINED_STEPS (600). Expects .device/wheels (as the others).
+# TESTS overrides the test files.
 set -uo pipefail
 FINAL="${1:-field-step-out}"
 . benchmarks/gpu_common.sh
@@ -20,9 +21,9 @@ left() { echo $(( LIMIT_AT - $(date +%s) )); }
 
 if [[ $PARTS == *" tests "* ]]; then
   el "GPU tests: fused normals, grid kernels, z-merge"
-  timeout $(( $(left) < 300 ? $(left) : 300 )) python3 -m pytest -q -m gpu tests/test_scene_stencil.py \
-    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py tests/test_scene_timetv.py -p no:cacheprovider \
-    > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
+  timeout $(( $(left) < 300 ? $(left) : 300 )) python3 -m pytest -q -m gpu ${TESTS:-tests/test_scene_stencil.py \
+    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py tests/test_scene_timetv.py} \
+    -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
 fi
 if [[ $PARTS == *" bench "* ]]; then
   el "bench_field_step --issue26"
@@ -34,6 +35,12 @@ keys = ('card', 'dynamic_ms', 'dynamic_trained_ms', 'refine_ms', 'peak_gib')
 print({k: r.get(k) for k in keys}); print('before', r.get('before'))
 for name, v in r.get('by_variant', {}).items(): print(name, v)
 " 2>&1 | tail -6
+fi
+if [[ $PARTS == *" fresh "* ]]; then
+  FRESH_VARIANTS="${FRESH_VARIANTS:-fused_normals_z_merge,fused_march,tv_batched,march_tv}"
+  el "bench_field_step on the fresh field only: $FRESH_VARIANTS"
+  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "$FRESH_VARIANTS" --iters "${ITERS:-8}" \
+    --out "$OUT/field_step_fresh.json" 2>&1 | tee "$OUT/field_step_fresh.log" | tail -8
 fi
 if [[ $PARTS == *" trace "* ]]; then
   el "bench_field_step --trace: where a fused-normals step's device time goes (torch.profiler tables)"
