@@ -86,12 +86,11 @@ def _compare(occ, o, d, slots, offsets, max_steps: int, fused_kw: dict | None = 
     u = (x + 1) / 2 * occ.resolution
     face = (u - u.round()).abs().amin(1) if only.numel() else torch.zeros(0)
     # the samples both kept: same t and position
-    a = {int(key): i for i, key in enumerate(kr[common_r].tolist())}
     idx_r = torch.nonzero(common_r).squeeze(1)
     idx_n = torch.nonzero(common_n).squeeze(1)
-    assert idx_r.numel() == idx_n.numel()
-    # both are sorted by key, so the common ones pair up in order
-    assert all(a[int(kn[j])] == i for i, j in enumerate(idx_n.tolist()))
+    # both are sorted by key (checked below for the fused path; the torch path is the reference), so the common
+    # samples pair up in order
+    assert torch.equal(kr[idx_r], kn[idx_n])
     pos_err = (
         (ref.positions.cpu()[idx_r] - new.positions.cpu()[idx_n]).abs().max().item() if idx_r.numel() else 0.0
     )
@@ -183,8 +182,8 @@ def test_march_kernel_compiles_for_sm90_without_a_gpu():
 @needs_cuda
 @needs_triton
 def test_fused_marcher_on_the_gpu_at_the_paper_clip():
-    """16 × 128² rays, 128³ × 16 slots, 1,024 steps: about 161 M candidates (BENCHMARKS.md §15.10)."""
-    res = _compare(*_scene("cuda", res=128, slots=16, views=16, side=128, seed=5), max_steps=1024)
+    """4 × 128² rays of the paper clip's orbit, 128³ × 16 slots, 1,024 steps: about 40 M candidates."""
+    res = _compare(*_scene("cuda", res=128, slots=16, views=4, side=128, seed=5), max_steps=1024)
     _check(res, "paper")
     assert res["samples_ref"] > 10**6
     assert res["only_one"] <= max(2, math.ceil(res["samples_ref"] * 1e-4)), res
