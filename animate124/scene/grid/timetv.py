@@ -26,6 +26,14 @@ from torch import Tensor
 SliceEncode = Callable[[Tensor, Tensor], Tensor]
 
 
+def _keep(ctx: Any, table: Tensor, u: Tensor, total: Tensor, num_levels: int) -> Tensor:
+    """Keep the table and the points for backward, and ``k = 1/((T−1)·L)``; returns the loss ``total·k``."""
+    ctx.save_for_backward(table, u)
+    denom = (table.shape[0] - 1) * num_levels
+    ctx.k = 1.0 / denom
+    return total / denom
+
+
 class PointsTimeTV(torch.autograd.Function):
     """``apply(table [T,E,C], u [N,3], encode, num_levels) -> scalar`` (module docstring)."""
 
@@ -40,11 +48,8 @@ class PointsTimeTV(torch.autograd.Function):
                 cur = encode(u, table[i])
                 total = total + (prev - cur).square().sum(-1).mean()
                 prev = cur
-        ctx.save_for_backward(table, u)
         ctx.encode = encode
-        denom = (t_size - 1) * num_levels
-        ctx.k = 1.0 / denom
-        return total / denom
+        return _keep(ctx, table, u, total, num_levels)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
@@ -108,11 +113,8 @@ class BatchedPointsTimeTV(torch.autograd.Function):
                 if f.shape[0] > 1:
                     total = total + (f[:-1] - f[1:]).square().sum(-1).mean(-1).sum()
                 prev = f[-1]
-        ctx.save_for_backward(table, u)
         ctx.encode_grids, ctx.per_call = encode_grids, per_call
-        denom = (t_size - 1) * num_levels
-        ctx.k = 1.0 / denom
-        return total / denom
+        return _keep(ctx, table, u, total, num_levels)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
