@@ -212,3 +212,24 @@ def test_the_stages_pass_raymarch_fused_march_to_the_renderer(monkeypatch):
             ambient=1.0, light_dir=None, bg_color=torch.ones(3), generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
     assert seen == [None, False]
+
+
+def test_the_output_commands_pass_raymarch_fused_march_to_the_renderer(monkeypatch):
+    """``render`` and ``export`` frames (``render_frame``) take ``raymarch.fused_march`` through ``render_settings``."""
+    from animate124.config import resolve_config
+    from animate124.render import outputs
+    from animate124.render.cameras import orbit_cameras
+    from animate124.stages.render import render_settings
+
+    seen = []
+
+    def fake(*a, **k):
+        seen.append(k["fused_march"])
+        raise StopIteration
+
+    monkeypatch.setattr(outputs, "render", fake)
+    for on in (True, False):
+        s = render_settings(resolve_config("tiny", None, {"raymarch": {"fused_march": on}}, []))
+        with pytest.raises(StopIteration):
+            outputs.render_frame(None, None, orbit_cameras(1, height=4, width=4), None, s, normals=False)
+    assert seen == [None, False]

@@ -90,6 +90,7 @@ class RenderSettings:
     t_thresh: float = 1e-4
     normal_eps: float = 0.01
     sample_chunk: int | None = None
+    fused_march: bool = False  # raymarch.fused_march: the marcher's Triton lattice walk on CUDA
 
     def __post_init__(self) -> None:
         bad = [c for c in self.channels if c not in CHANNELS]
@@ -236,6 +237,7 @@ def render_frame(
         normal_eps=s.normal_eps,
         chunk=s.sample_chunk,
         ray_chunk=s.ray_chunk,
+        fused_march=None if s.fused_march else False,
     )
     a = out.opacity[0, 0, 0].float().cpu()
     d = out.depth[0, 0, 0].float().cpu()

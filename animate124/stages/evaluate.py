@@ -112,6 +112,7 @@ def run_evaluate_stage(
             t_thresh=m.transmittance_thresh,
             ray_chunk=cfg.render.ray_chunk,
             sample_chunk=cfg.render.sample_chunk or None,
+            fused_march=m.fused_march,
         )
         white = torch.ones(3)[:, None, None]
 

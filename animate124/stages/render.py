@@ -82,6 +82,7 @@ def render_settings(
         t_thresh=m.transmittance_thresh,
         normal_eps=m.normal_eps,
         sample_chunk=r.sample_chunk or None,
+        fused_march=m.fused_march,
     )
 
 

@@ -360,6 +360,7 @@ class NerfSystem:
             delta_mode=self.rays.delta_mode,
             t_thresh=self.rays.transmittance_thresh,
             chunk=self.rays.chunk,
+            fused_march=None if self.rays.fused_march else False,
         )
         return out.rgb[:, 0]
 
@@ -580,5 +581,6 @@ class DynamicSystem(NerfSystem):
             delta_mode=self.rays.delta_mode,
             t_thresh=self.rays.transmittance_thresh,
             chunk=self.rays.chunk,
+            fused_march=None if self.rays.fused_march else False,
         )
         return out.rgb[0]
