@@ -21,17 +21,16 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 (both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``) and ``march_tv`` (all four).
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
-path before issue 26 although ``z_merge`` is on by default now (``fused_normals_z_merge`` is today's defaults:
-``run.fused_normals`` is on in every preset).
+path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
 
-Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``fused_normals_z_merge`` (today's defaults) on the
+Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``march_tv`` (today's defaults) on the
 fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
 shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: sharp surfaces, pruned
 occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``z_merge`` (the six evaluations), ``fused_march``, ``tv_batched`` and ``march_tv`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march`` and ``tv_batched`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -71,9 +70,10 @@ VARIANTS = {
         live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
     ),
 }
-# before (the path before issue 26), after (today's defaults: run.fused_normals on, z_merge on)
-ISSUE26 = ("fused_tv", "fused_normals_z_merge")
-ISSUE26_EXTRA = ("z_merge", "fused_march", "tv_batched", "march_tv")  # measured in the same --issue26 call
+# before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
+# batched time TV)
+ISSUE26 = ("fused_tv", "march_tv")
+ISSUE26_EXTRA = ("fused_normals_z_merge", "fused_march", "tv_batched")  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
 def issue26_summary(results: dict, update_interval: int) -> dict:
     """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
     step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
-    fused-normals, z-merged variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
+    ``march_tv`` variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
     measured variant's under ``by_variant``."""
 
     def keys(name: str) -> dict:

@@ -34,8 +34,8 @@ PAPER: dict[str, tuple[object, str]] = {
     "run.vae_attention": ("blocked", "impl (same function)"),
     "run.vae_fused_norm": (True, "impl (same function)"),
     "run.unet_fused_norm": (
-        False,
-        "impl (same up to summation order; off until measured on a GPU, issue 27)",
+        True,
+        "impl (same up to summation order; on since measured on an H100, BENCHMARKS §10)",
     ),
     "run.park_encoders": (True, "impl (same embeddings)"),
     "run.offload_priors": ("", "impl (same outputs)"),
@@ -117,7 +117,7 @@ PAPER: dict[str, tuple[object, str]] = {
     "raymarch.checkpoint_normals": (True, "impl (same gradients)"),
     "raymarch.checkpoint_field": (0, "impl (same gradients)"),
     "raymarch.live_normals": (True, "impl (same images and gradients)"),
-    "raymarch.fused_march": (False, "impl (same samples up to rounding at cell faces; off until measured)"),
+    "raymarch.fused_march": (True, "impl (same samples up to rounding at cell faces; BENCHMARKS §15.10)"),
     # camera (SPEC 3.3, 3.4)
     "camera.radius": (1.8, "SPEC 3.3: radius 1.8"),
     "camera.fovy": (40.0, "SPEC 3.3: fovy 40"),

@@ -90,7 +90,7 @@ class RenderSettings:
     t_thresh: float = 1e-4
     normal_eps: float = 0.01
     sample_chunk: int | None = None
-    fused_march: bool = False  # raymarch.fused_march: the marcher's Triton lattice walk on CUDA
+    fused_march: bool = True  # raymarch.fused_march: the marcher's Triton lattice walk on CUDA
 
     def __post_init__(self) -> None:
         bad = [c for c in self.channels if c not in CHANNELS]

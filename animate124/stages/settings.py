@@ -36,7 +36,7 @@ class RaySettings:
     checkpoint_normals: bool
     live_normals: bool
     checkpoint_field: int = 0
-    fused_march: bool = False
+    fused_march: bool = True
 
     def saving_memory(self, samples: int) -> RaySettings | None:
         """The next same-result memory saver after a training step ran out of GPU memory: the normals'

@@ -72,8 +72,8 @@ class KernelOptions:
         tv_batched: the points-form time TV (``TimeGridEncoding.time_tv_loss``) encodes 8 grids per call through
             the clip path's slot kernels (:class:`~.timetv.BatchedPointsTimeTV`) instead of one plain call per
             grid: about 24 launches of the forward and 40 of the backward instead of 64 and 192 at paper settings
-            (issue 26). Same loss and gradient up to fp32 summation order (``tests/test_scene_timetv.py``). Off
-            until measured on a GPU.
+            (issue 26). Same loss and gradient up to fp32 summation order (``tests/test_scene_timetv.py``, on the
+            CPU and the GPU). On since measured on an H100 (BENCHMARKS.md §15.10: 10 ms off a dynamic step).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -96,7 +96,7 @@ class KernelOptions:
     fused_normals: bool = False
     fused_normals_chunk: int = 2**17
     z_merge: bool = True
-    tv_batched: bool = False
+    tv_batched: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
