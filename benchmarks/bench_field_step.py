@@ -18,7 +18,9 @@ false), ``fused_normals`` (``fused_tv`` with ``KernelOptions(fused_normals=True)
 evaluations in one stencil kernel, issue 26), ``z_merge`` (``fused_tv`` with ``KernelOptions(z_merge=True)``: 4
 corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normals_z_merge`` (both) and
 ``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``), ``tv_batched``
-(both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``) and ``march_tv`` (all four).
+(both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``), ``march_tv`` (all four) and
+``tf32x3`` (``march_tv`` with the fused normals' first-layer gradients on TF32x3 tensor cores:
+``KernelOptions.stencil_dot``).
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
@@ -30,7 +32,7 @@ occupancy; its samples and live share are recorded, it is not a real 2,000-step 
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals_z_merge``, ``fused_march`` and ``tv_batched`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march``, ``tv_batched`` and ``tf32x3`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -69,11 +71,26 @@ VARIANTS = {
     "march_tv": dict(
         live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
     ),
+    "tf32x3": dict(
+        live=True,
+        fused=True,
+        chunk=0,
+        fused_normals=True,
+        z_merge=True,
+        fused_march=True,
+        tv_batched=True,
+        stencil_dot="tf32x3",
+    ),
 }
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
 # batched time TV)
 ISSUE26 = ("fused_tv", "march_tv")
-ISSUE26_EXTRA = ("fused_normals_z_merge", "fused_march", "tv_batched")  # measured in the same --issue26 call
+ISSUE26_EXTRA = (
+    "fused_normals_z_merge",
+    "fused_march",
+    "tv_batched",
+    "tf32x3",
+)  # measured in the same --issue26 call
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         """The variant's kernel options on the trained field and its frozen copy (same tables either way)."""
         ko = dataclasses.replace(
             base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
-            tv_batched=v.get("tv_batched", False),
+            tv_batched=v.get("tv_batched", False), stencil_dot=v.get("stencil_dot", "ieee"),
         )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:

@@ -367,14 +367,17 @@ def test_fused_normals_in_the_renderer(interp):
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
+@pytest.mark.parametrize("dot", ["ieee", "tf32x3"])
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_fused_normals_gpu_paper_grid(dynamic):
+def test_fused_normals_gpu_paper_grid(dynamic, dot):
     """The paper grid (16 levels, 2^16 tables, 7 levels ignoring z) on CUDA, 2^14 points (a clip of two
     frames when dynamic): the compiled kernels (vector reductions on sm_90) as close to float64 as the plain
-    fp32 path, with the same criterion as the interpreter tests."""
+    fp32 path, with the same criterion as the interpreter tests; also with the first layer's gradients on
+    TF32x3 tensor cores (``KernelOptions.stencil_dot``), which only a GPU can check (the interpreter's dot is
+    numpy's fp32 whatever the precision)."""
     from helpers_grid import paper_grid_config
 
-    opts = {"fused_normals": True, "slot_min_points_per_time": 1}
+    opts = {"fused_normals": True, "slot_min_points_per_time": 1, "stencil_dot": dot}
     r = _field_case(dynamic, opts, runs=dynamic, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
     assert_as_close_as_plain(r)
@@ -426,3 +429,28 @@ def test_fused_normals_kernels_compile_for_sm90_without_a_gpu(smooth):
         pytest.skip(str(exc))
     for name, r in report.items():
         assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0 and r["registers"] <= 128, (name, r)
+
+
+@needs_triton
+def test_stencil_dot_tf32x3_uses_tensor_cores_and_ieee_does_not():
+    """``KernelOptions.stencil_dot``: the first layer's gradients kernel lowers its two ``tl.dot`` to the FMA units
+    with ``"ieee"`` (no ``mma`` in the sm_90 PTX) and to tensor-core ``mma``/``wgmma`` with ``"tf32x3"``, which
+    fits the register file too; an unknown precision is refused."""
+    from helpers_triton import ptxas_report
+
+    from animate124.errors import ConfigError
+    from animate124.scene.grid import KernelOptions, stencil
+
+    ptx = {}
+    for dot in ("ieee", "tf32x3"):
+        _, fn, ce, w = [k for k in stencil.kernel_settings(dot=dot) if k[0].startswith("backward 2")][0]
+        ptx[dot] = compile_for_sm90(fn, ce, {"relu_ptr": "*i32"}, w).asm["ptx"]
+    assert "mma" not in ptx["ieee"]
+    assert "mma" in ptx["tf32x3"] and ".tf32" in ptx["tf32x3"]
+    try:
+        r = ptxas_report(ptx["tf32x3"])
+    except RuntimeError as exc:  # pragma: no cover - a Triton without a ptxas that reads its PTX
+        pytest.skip(str(exc))
+    assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0, r
+    with pytest.raises(ConfigError):
+        KernelOptions(stencil_dot="tf32")  # type: ignore[arg-type]

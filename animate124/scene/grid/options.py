@@ -19,6 +19,7 @@ from typing import Literal
 from animate124.errors import ConfigError
 
 Atomics = Literal["auto", "scalar", "vec2"]
+DotPrecision = Literal["ieee", "tf32x3"]
 
 _WARPS = (1, 2, 4, 8, 16, 32)
 MAX_LAUNCH_BLOCKS = 65535  # CUDA limit of grid axes y and z; the point blocks run on axis 1
@@ -74,6 +75,12 @@ class KernelOptions:
             grid: about 24 launches of the forward and 40 of the backward instead of 64 and 192 at paper settings
             (issue 26). Same loss and gradient up to fp32 summation order (``tests/test_scene_timetv.py``, on the
             CPU and the GPU). On since measured on an H100 (BENCHMARKS.md §15.10: 10 ms off a dynamic step).
+        stencil_dot: the fused normals' backward computes the first layer's two gradients (``dfeat = dhid·W₁``,
+            ``dW₁ = Σ dhidᵀ·feat``) as ``tl.dot`` products in IEEE fp32 on the FMA units (``"ieee"``), or with
+            ``"tf32x3"``: three TF32 tensor-core products per product (the operands split into a TF32 head and a
+            TF32 tail, the tail × tail term dropped), about 2^-21 relative per product against fp32's 2^-24, with
+            fp32 accumulation. That kernel is 30 of a dynamic step's 152 ms on an H100 (BENCHMARKS.md §15.10), at
+            about a tenth of the FMA units' rate. ``"tf32x3"`` is not measured on a GPU yet, so off.
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -97,9 +104,12 @@ class KernelOptions:
     fused_normals_chunk: int = 2**17
     z_merge: bool = True
     tv_batched: bool = True
+    stencil_dot: DotPrecision = "ieee"
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
+        if self.stencil_dot not in ("ieee", "tf32x3"):
+            raise ConfigError(f"unknown stencil_dot {self.stencil_dot!r}", "use 'ieee' or 'tf32x3'")
         if self.atomics not in ("auto", "scalar", "vec2"):
             raise ConfigError(f"unknown atomics mode {self.atomics!r}", "use 'auto', 'scalar' or 'vec2'")
         for name in ("fwd_block", "bwd_block", "pair_fwd_block", "pair_bwd_block"):

@@ -131,7 +131,7 @@ def _backward_chunks(
             pb = K.triton.cdiv(ntiles, tiles)
             SK._stencil_linear_bwd_kernel[(pb,)](
                 feat, dh, relu, w1, w2, dfeat, part_b, 6 * m, fa, lanes, tiles, H=h, HP=hp, F=f, FP=fp, TILE=TILE,
-                num_warps=TILE_WARPS,
+                PREC=meta["options"].stencil_dot, num_warps=TILE_WARPS,
             )  # fmt: skip
             if na:
                 SK._stencil_scatter_kernel[(na, K.triton.cdiv(m, SCATTER_BLOCK))](
@@ -146,7 +146,7 @@ def _backward_chunks(
 
 
 def kernel_settings(
-    hidden: int = 64, features: int = 32, smooth: bool = False
+    hidden: int = 64, features: int = 32, smooth: bool = False, dot: str = "ieee"
 ) -> list[tuple[str, Any, dict, int]]:
     """``(name, kernel, constexprs, warps)`` of the forward and the backward's three kernels as the launches
     above compile them (for the sm_90 compile test and ``benchmarks/kernel_resources.py``;
@@ -158,7 +158,7 @@ def kernel_settings(
         ("forward", SK._stencil_fwd_kernel, {**mlp, "BLOCK": BLOCK}, WARPS),
         ("backward 1: recompute, dh", SK._stencil_mlp_bwd_kernel, {**mlp, "BLOCK": MLP_BLOCK}, MLP_WARPS),
         ("backward 2: first layer", SK._stencil_linear_bwd_kernel, {
-            "H": hidden, "HP": max(16, hidden), "F": features, "FP": fp, "TILE": TILE}, TILE_WARPS),
+            "H": hidden, "HP": max(16, hidden), "F": features, "FP": fp, "TILE": TILE, "PREC": dot}, TILE_WARPS),
         ("backward 3: table scatter", SK._stencil_scatter_kernel, scatter, SCATTER_WARPS),
     ]  # fmt: skip
 

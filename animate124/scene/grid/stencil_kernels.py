@@ -298,12 +298,14 @@ if K.HAS_TRITON:
     def _stencil_linear_bwd_kernel(
         feat_ptr, dh_ptr, relu_ptr, w1_ptr, w2_ptr, dfeat_ptr, part_ptr, R, FA, lane_stride, tiles,
         H: tl.constexpr, HP: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, TILE: tl.constexpr,
+        PREC: tl.constexpr = "ieee",
     ):  # fmt: skip
         """Backward, part 2 (``tiles`` tiles of ``TILE`` lanes per program): the first layer's two gradients.
         ``dhid = [hid > 0]·dh·W₂[0]`` (the same fp32 products as autograd's), ``dfeat = dhid·W₁`` written
         transposed (``dfeat [2·n_active, ·]``, row stride ``dfeat_stride``: a level's two columns are contiguous
         for the scatter), and the program's partial sums ``part[pid] = (Σ dhidᵀ·feat [HP, FP], Σ dhid [HP])``.
-        IEEE fp32 products (``input_precision="ieee"``: no TF32, whatever torch's matmul flags say)."""
+        IEEE fp32 products (``PREC="ieee"``: no TF32, whatever torch's matmul flags say), or ``PREC="tf32x3"``
+        (``KernelOptions.stencil_dot``: three TF32 tensor-core products, close to fp32)."""
         pid = tl.program_id(0)
         hc = tl.arange(0, HP)
         fc = tl.arange(0, FP)
@@ -324,8 +326,8 @@ if K.HAS_TRITON:
             db1 += tl.sum(dhid, axis=0)
             tm = rm[:, None] & fm[None, :]
             feat = tl.load(feat_ptr + fc[None, :] * lane_stride + r[:, None], mask=tm, other=0.0)
-            acc = tl.dot(tl.trans(dhid), feat, acc, input_precision="ieee")
-            g = tl.dot(dhid, w1, input_precision="ieee")
+            acc = tl.dot(tl.trans(dhid), feat, acc, input_precision=PREC)
+            g = tl.dot(dhid, w1, input_precision=PREC)
             tl.store(dfeat_ptr + fc[None, :] * lane_stride + r[:, None], g, mask=tm)
         pw = part_ptr + pid * (HP * FP + HP)
         tl.store(pw + hc[:, None] * FP + fc[None, :], acc)
