@@ -125,9 +125,9 @@ def march_lattice(
     grid = (triton.cdiv(r, MARCH_BLOCK),)
     common = dict(res=resolution, cells=resolution**3, bound=float(bound), dt=float(dt))
     flags = dict(HAS_SLOTS=slots is not None, BLOCK=MARCH_BLOCK)
-    dummy = counts
+    unused = counts  # the count pass reads no row starts and writes no samples
     _march_kernel[grid](
-        o, d, near, offset, n32, slot, bits, dummy, counts, dummy, dummy, dummy, r, **common,
+        o, d, near, offset, n32, slot, bits, unused, counts, unused, unused, unused, r, **common,
         WRITE=False, **flags,
     )  # fmt: skip
     ends = torch.cumsum(counts, 0, dtype=torch.int64)

@@ -15,6 +15,8 @@ index. Rays are marched in chunks of at most ``max_candidates`` lattice candidat
 per-ray candidate counts with one host sync; each chunk then syncs once more for its number of kept
 samples (a data-dependent size). Everything else stays on the device. (Chunks used to be a fixed number of
 rays, ``max_candidates // max_steps``, with two syncs each: 32 per 16-frame 128² clip instead of about 8.)
+On CUDA the stages use :mod:`animate124.render.march_kernels` instead (``fused``): the same lattice walked in
+one Triton kernel, with no per-candidate tensors and one host sync.
 
 Compositing (:func:`composite`), for the kept samples of one ray in order:
 

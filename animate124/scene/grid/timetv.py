@@ -82,10 +82,6 @@ class PointsTimeTV(torch.autograd.Function):
         return out.to(table.dtype), None, None, None
 
 
-#: ``encode_grids(u [N,3], tables [K,E,C]) -> [K, N, L·C]``: the features of ``K`` consecutive grids at the same
-#: points in one encoder call (autograd-capable w.r.t. ``tables``)
-GridsEncode = Callable[[Tensor, Tensor], Tensor]
-
 #: grids per encoder call in :class:`BatchedPointsTimeTV` (8: 8 × 100,000 points, about 100 MB of features)
 TV_GRIDS_PER_CALL = 8
 
@@ -93,7 +89,8 @@ TV_GRIDS_PER_CALL = 8
 class BatchedPointsTimeTV(torch.autograd.Function):
     """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call) -> scalar``: the loss and
     gradient of :class:`PointsTimeTV` (the same formulas) with the grids encoded ``grids_per_call`` at a time
-    (issue 26). :class:`PointsTimeTV` makes two encoder calls per grid and one autograd call per grid, 64 + 192
+    (issue 26): ``encode_grids(u [N,3], tables [K,E,C]) -> [K, N, L·C]`` gives the features of ``K`` consecutive
+    grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes two encoder calls per grid and one autograd call per grid, 64 + 192
     calls a step at paper settings, each a few tens of microseconds of GPU work behind its launch overhead;
     here each call covers ``grids_per_call`` grids (the clip path's slot kernels, one slot per grid:
     ``TimeGridEncoding.time_tv_loss``). Nothing but the points is kept between forward and backward. The same
