@@ -37,6 +37,11 @@ under ``before`` at the top level of the JSON (``benchmarks/results/field_step.j
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
     python benchmarks/bench_field_step.py --device cpu --quick --out /tmp/f.json   # CPU: tiny sizes, runs only
+
+Every variant starts from the same field parameters and Adam state (a snapshot taken before the first; before
+2026-12-07 each variant went on training the field its predecessors had trained, so the trained scene's live
+share fell from 0.69 to 0.47 along the list and the later variants looked faster). ``--rounds 2`` runs the list
+twice, the second time in reverse order, and pools the steps of both.
 """
 
 from __future__ import annotations
@@ -129,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--issue26", action="store_true", help="before/after on fresh and trained scenes, refine")
     p.add_argument("--trained-steps", type=int, default=600)
     p.add_argument("--trained-refreshes", type=int, default=8)
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the variant list this many times, every other round in reverse order; each variant starts "
+        "from the same field and optimizer state, and its medians pool the steps of every round",
+    )  # fmt: skip
     p.add_argument(
         "--trace",
         type=Path,
@@ -276,7 +286,22 @@ def main(argv: list[str] | None = None) -> dict:
         )
         (args.trace / f"{name}.txt").write_text(text)
 
-    def measure(name: str, v: dict, refine: bool = False) -> dict:
+    def snapshot() -> dict:
+        """The field's parameters and the optimizer's state: every variant starts from these (a variant's steps
+        train the field, so without it a later variant would see fewer live samples than an earlier one)."""
+        return {
+            "field": copy.deepcopy(st["field"].state_dict()),
+            "opt": copy.deepcopy(st["opt"].state_dict()),
+        }
+
+    def restore(snap: dict) -> None:
+        st["field"].load_state_dict(snap["field"])
+        st["opt"].load_state_dict(copy.deepcopy(snap["opt"]))
+
+    pooled: dict = {}  # (phase, name) -> the timed steps of every round
+
+    def measure(name: str, v: dict, snap: dict, refine: bool = False) -> dict:
+        restore(snap)
         set_variant(v)
         gen = torch.Generator().manual_seed(1)
         for _ in range(args.warmup):
@@ -285,12 +310,13 @@ def main(argv: list[str] | None = None) -> dict:
                 frozen_render(v, gen)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        runs, frozen = [], []
+        runs, frozen = pooled.setdefault((refine, name), ([], []))
         for _ in range(args.iters):
             runs.append(step(v, gen))
             if refine:
                 frozen.append(frozen_render(v, gen))
         summary = {
+            "rounds": len(runs) // args.iters,
             "settings": v,
             "samples": runs[-1]["samples"],
             "live_share": runs[-1]["live"] / max(1, runs[-1]["samples"]),
@@ -305,9 +331,11 @@ def main(argv: list[str] | None = None) -> dict:
                     x["total"] + y for x, y in zip(runs, frozen, strict=True)
                 )
         if cuda:
-            summary["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            peaks = pooled.setdefault(("peak", refine, name), [])
+            peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+            summary["peak_allocated_gib"] = max(peaks)
         print(
-            name,
+            f"{name}{' (trained, refine)' if refine else ''}, rounds {summary['rounds']}:",
             json.dumps(
                 {
                     k: (round(x, 2) if isinstance(x, float) else x)
@@ -327,11 +355,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if cuda:  # one more refresh, warm
         results["occupancy_refresh_ms"] = refresh_ms()
-    for name in args.variants.split(","):
-        key = name if name not in results["variants"] else f"{name}#{len(results['variants'])}"
-        results["variants"][key] = measure(name, VARIANTS[name])  # a repeated name keeps every run
-        if args.trace:
-            trace(key, VARIANTS[name])
+    names = args.variants.split(",")
+    snap = snapshot()
+    for rnd in range(args.rounds):  # rounds alternate the order, so no variant always runs first or last
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            results["variants"][name] = measure(name, VARIANTS[name], snap)  # pooled over the rounds so far
+            if args.trace and rnd == 0:
+                restore(snap)
+                trace(name, VARIANTS[name])
     if args.issue26:
         from animate124.guidance.controlnet import select_frames
 
@@ -347,10 +378,11 @@ def main(argv: list[str] | None = None) -> dict:
         st["frozen"] = copy.deepcopy(field).requires_grad_(False).eval()
         st["frozen_occ"] = copy.deepcopy(st["occ"])
         results["trained"] = {"refresh_ms": refresh_ms(), "read_frames": read_frames, "variants": {}}
-        for name in ISSUE26 + ISSUE26_EXTRA:
-            results["trained"]["variants"][name] = measure(
-                f"{name} (trained, refine)", VARIANTS[name], refine=True
-            )
+        snap = snapshot()
+        names = list(ISSUE26 + ISSUE26_EXTRA)
+        for rnd in range(args.rounds):
+            for name in names if rnd % 2 == 0 else names[::-1]:
+                results["trained"]["variants"][name] = measure(name, VARIANTS[name], snap, refine=True)
         results.update(issue26_summary(results, update_interval=r.update_interval))
     Path(args.out).write_text(json.dumps(results, indent=1))
     return results

@@ -14,6 +14,7 @@
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
 #                                   native = base + the fp16 UNet outside autocast (run.native_fp16);
 #                                   unetnorm = base + the UNet's group norms fused (run.unet_fused_norm);
+#                                   native_unetnorm = both of the last two (the stage's defaults since 2026-12-07);
 #                                   floor = base, its gradient agreement with a second plain step (the noise floor)
 #   INVERT_STEPS=12  ITERS=10  BUDGET=540 (seconds; each part gets what is left, so nothing runs past it)
 # Compiling costs 1-3 minutes per network at full size (max-autotune more); Inductor's cache is kept under
@@ -61,6 +62,7 @@ if [[ " $PARTS " == *" invert "* ]]; then
       fast) f="--fused-norm --compile --channels-last --fused-adamw --agreement" ;;
       native) f="--fused-norm --native-fp16 --agreement" ;;
       unetnorm) f="--fused-norm --fused-unet-norm --agreement" ;;
+      native_unetnorm) f="--fused-norm --fused-unet-norm --native-fp16 --agreement" ;;
       floor) f="--fused-norm --agreement" ;;  # the plain step against itself: the rule's noise floor
       *) f="$run" ;;
     esac

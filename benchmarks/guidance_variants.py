@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 #: max-autotune, fp8)
 VARIANTS = {
     "eager": "UNet/ControlNet eager (the rule's reference)",
-    "graphs": "CUDA graphs (the stages' default)",
+    "graphs": "CUDA graphs, under autocast with the plain UNet norms (the stages' default until 2026-12-07)",
+    "defaults": "CUDA graphs, the UNet norms fused, natively in fp16 (the stages' defaults since 2026-12-07)",
     "channels_last": "CUDA graphs, channels-last networks and VAE encoder",
     "compile": "torch.compile, default mode (run.compile_priors)",
     "compile_ma": "torch.compile, max-autotune (run.compile_mode=max-autotune)",
@@ -53,11 +54,11 @@ def apply_variant(guid: Any, variant: str) -> None:
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    if variant == "unet_norms":
+    if variant in ("unet_norms", "defaults"):
         from animate124.guidance.groupnorm import use_fused_prior_norms
 
         use_fused_prior_norms(guid)
-    if variant.startswith("native"):
+    if variant.startswith("native") or variant == "defaults":
         from animate124.guidance.base import use_native_fp16
 
         use_native_fp16(guid)
