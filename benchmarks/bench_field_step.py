@@ -86,6 +86,16 @@ VARIANTS = {
         tv_batched=True,
         stencil_dot="tf32x3",
     ),
+    "blas": dict(
+        live=True,
+        fused=True,
+        chunk=0,
+        fused_normals=True,
+        z_merge=True,
+        fused_march=True,
+        tv_batched=True,
+        stencil_linear="blas",
+    ),
 }
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
 # batched time TV)
@@ -95,6 +105,7 @@ ISSUE26_EXTRA = (
     "fused_march",
     "tv_batched",
     "tf32x3",
+    "blas",
 )  # measured in the same --issue26 call
 
 
@@ -132,6 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--issue26", action="store_true", help="before/after on fresh and trained scenes, refine")
+    p.add_argument(
+        "--trained", action="store_true",
+        help="also the trained-like scene and refine for --variants (--issue26 implies it, with its variants)",
+    )  # fmt: skip
     p.add_argument("--trained-steps", type=int, default=600)
     p.add_argument("--trained-refreshes", type=int, default=8)
     p.add_argument(
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.issue26:
         args.variants = ",".join(ISSUE26 + ISSUE26_EXTRA)
+        args.trained = True
 
     from animate124 import losses as L
     from animate124.config import resolve_config
@@ -190,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         ko = dataclasses.replace(
             base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
             tv_batched=v.get("tv_batched", False), stencil_dot=v.get("stencil_dot", "ieee"),
+            stencil_linear=v.get("stencil_linear", "triton"),
         )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:
@@ -363,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.trace and rnd == 0:
                 restore(snap)
                 trace(name, VARIANTS[name])
-    if args.issue26:
+    if args.trained:
         from animate124.guidance.controlnet import select_frames
 
         read_frames = select_frames(frames, cfg.refine.frames)
@@ -379,11 +396,11 @@ def main(argv: list[str] | None = None) -> dict:
         st["frozen_occ"] = copy.deepcopy(st["occ"])
         results["trained"] = {"refresh_ms": refresh_ms(), "read_frames": read_frames, "variants": {}}
         snap = snapshot()
-        names = list(ISSUE26 + ISSUE26_EXTRA)
         for rnd in range(args.rounds):
             for name in names if rnd % 2 == 0 else names[::-1]:
                 results["trained"]["variants"][name] = measure(name, VARIANTS[name], snap, refine=True)
-        results.update(issue26_summary(results, update_interval=r.update_interval))
+        if all(n in names for n in ISSUE26):
+            results.update(issue26_summary(results, update_interval=r.update_interval))
     Path(args.out).write_text(json.dumps(results, indent=1))
     return results
 
@@ -410,7 +427,7 @@ def issue26_summary(results: dict, update_interval: int) -> dict:
         return out
 
     before, after = ISSUE26
-    by_variant = {name: keys(name) for name in ISSUE26 + ISSUE26_EXTRA if name in results["variants"]}
+    by_variant = {name: keys(name) for name in results["trained"]["variants"]}
     return {**keys(after), "before": keys(before), "by_variant": by_variant}
 
 

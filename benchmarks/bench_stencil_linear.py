@@ -194,6 +194,21 @@ def main(argv: list[str] | None = None) -> dict:
             "ms": timed(lambda: reference(x, torch.float32), args.iters),
             "dfeat_rel": rel(f32[0], ref[0]), "dw1_rel": rel(f32[1], ref[1]),
         }  # fmt: skip
+        from animate124.scene.grid.stencil import _first_layer_blas
+
+        bits = torch.arange(64, device=dev)
+        on = ((x["relu"][:, bits // 16] >> (bits % 16)) & 1) != 0
+        dhid = torch.where(on, x["dh"][:, None] * x["w2"][None, :], 0.0).contiguous()
+        dfeat, dw1, db1 = (
+            torch.empty_like(x["feat"]),
+            torch.zeros(64, 32, device=dev),
+            torch.zeros(64, device=dev),
+        )
+        _first_layer_blas(dhid, x["feat"], x["w1"], dfeat, dw1, db1)
+        out["blas"] = {  # KernelOptions.stencil_linear="blas": dhid comes from the recompute kernel
+            "ms": timed(lambda: _first_layer_blas(dhid, x["feat"], x["w1"], dfeat, dw1, db1), args.iters),
+            "dfeat_rel": rel(dfeat, ref[0]), "dw1_rel": rel(dw1, ref[1]), "db1_rel": rel(db1, ref[2]),
+        }  # fmt: skip
         torch.backends.cuda.matmul.allow_tf32 = True
         t32 = reference(x, torch.float32)
         out["torch_tf32"] = {
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ms": timed(lambda: reference(x16, torch.float16), args.iters),
             "dfeat_rel": rel(h16[0], ref[0]), "dw1_rel": rel(h16[1], ref[1]),
         }  # fmt: skip
-        print({k: out[k] for k in ("torch_fp32", "torch_tf32", "torch_fp16")})
+        print({k: out[k] for k in ("blas", "torch_fp32", "torch_tf32", "torch_fp16")})
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return out

@@ -219,7 +219,9 @@ def _render_case() -> dict:
     return out
 
 
-def _backward_twice(chunk: int, device: str = "cpu", cfg=None, n: int = N_POINTS) -> dict:
+def _backward_twice(
+    chunk: int, device: str = "cpu", cfg=None, n: int = N_POINTS, linear: str = "triton"
+) -> dict:
     """The fused normals' backward run twice on the same two-frame clip (its chunks cut at ``chunk`` samples):
     which gradients came out the same bits, and the table gradients' relative difference."""
     from helpers_grid import field_kwargs
@@ -228,7 +230,9 @@ def _backward_twice(chunk: int, device: str = "cpu", cfg=None, n: int = N_POINTS
     from animate124.scene.grid import KernelOptions
     from animate124.scene.timeruns import TimeRuns
 
-    opts = KernelOptions(fused_normals=True, slot_min_points_per_time=1, fused_normals_chunk=chunk)
+    opts = KernelOptions(
+        fused_normals=True, slot_min_points_per_time=1, fused_normals_chunk=chunk, stencil_linear=linear
+    )
     torch.manual_seed(0)
     f = DynamicField(
         cfg or _grid_cfg(), time_grid_size=4, backend="triton", kernel_options=opts, **field_kwargs()
@@ -288,6 +292,13 @@ def _interp_checks() -> dict:
         "static_chunks12": _field_case(False, {**fused, "fused_normals_chunk": 12}),
         "dynamic_chunks5": _field_case(True, {**clip, "fused_normals_chunk": 5}, runs=True),
         "dynamic_chunks16": _field_case(True, {**clip, "fused_normals_chunk": 16}),
+        # KernelOptions.stencil_linear="blas": the first layer's gradients as torch matrix products
+        "static_chunks12_blas": _field_case(
+            False, {**fused, "fused_normals_chunk": 12, "stencil_linear": "blas"}
+        ),
+        "dynamic_chunks5_blas": _field_case(
+            True, {**clip, "fused_normals_chunk": 5, "stencil_linear": "blas"}, runs=True
+        ),
         "twice": _backward_twice(chunk=12),
         "empty": _empty_case(),
     }
@@ -313,7 +324,7 @@ def assert_as_close_as_plain(r: dict) -> None:
 @pytest.mark.parametrize(
     "case",
     ["static", "static_smooth_ml3", "dynamic_runs", "dynamic_sync", "static_chunks12", "dynamic_chunks5",
-     "dynamic_chunks16"],
+     "dynamic_chunks16", "static_chunks12_blas", "dynamic_chunks5_blas"],
 )  # fmt: skip
 def test_fused_normals_match_the_plain_path(interp, case):
     """Normals and every gradient (table, both layers) as close to float64 as today's six evaluations."""
@@ -367,17 +378,19 @@ def test_fused_normals_in_the_renderer(interp):
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("dot", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("dot", ["ieee", "tf32x3", "blas"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fused_normals_gpu_paper_grid(dynamic, dot):
     """The paper grid (16 levels, 2^16 tables, 7 levels ignoring z) on CUDA, 2^14 points (a clip of two
     frames when dynamic): the compiled kernels (vector reductions on sm_90) as close to float64 as the plain
     fp32 path, with the same criterion as the interpreter tests; also with the first layer's gradients on
     TF32x3 tensor cores (``KernelOptions.stencil_dot``), which only a GPU can check (the interpreter's dot is
-    numpy's fp32 whatever the precision)."""
+    numpy's fp32 whatever the precision); and with ``dot="blas"``, those gradients as cuBLAS fp32 products
+    (``KernelOptions.stencil_linear``)."""
     from helpers_grid import paper_grid_config
 
-    opts = {"fused_normals": True, "slot_min_points_per_time": 1, "stencil_dot": dot}
+    opts = {"fused_normals": True, "slot_min_points_per_time": 1}
+    opts.update({"stencil_linear": "blas"} if dot == "blas" else {"stencil_dot": dot})
     r = _field_case(dynamic, opts, runs=dynamic, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
     assert_as_close_as_plain(r)
@@ -386,7 +399,8 @@ def test_fused_normals_gpu_paper_grid(dynamic, dot):
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-def test_fused_normals_gpu_backward_chunks_and_determinism():
+@pytest.mark.parametrize("linear", ["triton", "blas"])
+def test_fused_normals_gpu_backward_chunks_and_determinism(linear):
     """The paper grid on CUDA, a two-frame clip of 2^14 points whose backward runs in chunks of 5,000 samples
     (the last one 1,384): as close to float64 as the plain path (the criterion above); and the backward twice:
     the MLP's gradients the same bits (fixed-order sums of per-program partials), the table's the same up to
@@ -394,11 +408,16 @@ def test_fused_normals_gpu_backward_chunks_and_determinism():
     reordered move its sum by a few fp32 ulps of their magnitudes: ‖Δ‖ ≤ 1e-5·‖g‖ holds that with room)."""
     from helpers_grid import paper_grid_config
 
-    opts = {"fused_normals": True, "slot_min_points_per_time": 1, "fused_normals_chunk": 5000}
+    opts = {
+        "fused_normals": True,
+        "slot_min_points_per_time": 1,
+        "fused_normals_chunk": 5000,
+        "stencil_linear": linear,
+    }
     r = _field_case(True, opts, runs=True, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
     assert_as_close_as_plain(r)
-    twice = _backward_twice(5000, device="cuda", cfg=paper_grid_config(), n=2**14)
+    twice = _backward_twice(5000, device="cuda", cfg=paper_grid_config(), n=2**14, linear=linear)
     assert all(twice["equal"][k] for k in ("w1", "b1", "w2", "b2")) and all(twice["nonzero"].values()), twice
     assert twice["table_rel"] <= 1e-5, twice
 
@@ -418,7 +437,12 @@ def test_fused_normals_kernels_compile_for_sm90_without_a_gpu(smooth):
     floats = {a: "fp32" for a in ("eps", "bound", "two_bound", "blob_a", "blob_k")}
     ints = {a: "*i32" for a in ("stride_ptr", "wmask_ptr", "start_ptr", "slot_ptr", "relu_ptr")}
     kernels = stencil.kernel_settings(smooth=smooth)
-    compiled = {name: compile_for_sm90(fn, ce, {**floats, **ints}, w) for name, fn, ce, w in kernels}
+    compiled = {  # the "blas" recompute kernel stores dhid (fp32) where the other stores the ReLU bits
+        name: compile_for_sm90(
+            fn, ce, {**floats, **ints, **({"relu_ptr": "*fp32"} if ce.get("DHID") else {})}, w
+        )
+        for name, fn, ce, w in kernels
+    }
     assert all("cubin" in k.asm for k in compiled.values())
     assert "red.global.add.v4.f32" in compiled["backward 3: table scatter"].asm["ptx"]
     try:
@@ -428,7 +452,10 @@ def test_fused_normals_kernels_compile_for_sm90_without_a_gpu(smooth):
     except RuntimeError as exc:  # pragma: no cover - a Triton without a ptxas that reads its PTX
         pytest.skip(str(exc))
     for name, r in report.items():
-        assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0 and r["registers"] <= 128, (name, r)
+        # the opt-in "blas" recompute kernel holds its [lanes, H] dhid tile for the store: 135 registers on
+        # Triton 3.9 (3 programs an SM instead of 5), still no spills
+        limit = 160 if "blas" in name else 128
+        assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0 and r["registers"] <= limit, (name, r)
 
 
 @needs_triton

@@ -81,6 +81,13 @@ class KernelOptions:
             TF32 tail, the tail × tail term dropped), about 2^-21 relative per product against fp32's 2^-24, with
             fp32 accumulation. That kernel is 30 of a dynamic step's 152 ms on an H100 (BENCHMARKS.md §15.10), at
             about a tenth of the FMA units' rate. ``"tf32x3"`` is not measured on a GPU yet, so off.
+        stencil_linear: how the fused normals' backward computes those two gradients: ``"triton"``, the
+            ``_stencil_linear_bwd_kernel`` above (its recompute kernel stores 16-bit ReLU masks, 8 B a lane), or
+            ``"blas"``: the recompute kernel stores ``dhid = [hid > 0]·dh·W₂[0]`` (256 B a lane, 201 MB for a
+            chunk of 2^17 samples) and torch's fp32 matrix products (cuBLAS on a GPU, TF32 off) compute
+            ``dfeat``, ``dW₁`` and ``db₁`` (``stencil._first_layer_blas``). The same function up to fp32
+            summation order (``tests/test_scene_stencil.py``). The Triton kernel ran at about a tenth of the FMA
+            rate and was not made faster by tensor-core products (BENCHMARKS.md §15.11).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -105,9 +112,12 @@ class KernelOptions:
     z_merge: bool = True
     tv_batched: bool = True
     stencil_dot: DotPrecision = "ieee"
+    stencil_linear: Literal["triton", "blas"] = "triton"
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
+        if self.stencil_linear not in ("triton", "blas"):
+            raise ConfigError(f"unknown stencil_linear {self.stencil_linear!r}", "use 'triton' or 'blas'")
         if self.stencil_dot not in ("ieee", "tf32x3"):
             raise ConfigError(f"unknown stencil_dot {self.stencil_dot!r}", "use 'ieee' or 'tf32x3'")
         if self.atomics not in ("auto", "scalar", "vec2"):

@@ -103,13 +103,17 @@ def _backward_chunks(
     dev, f32 = x.device, torch.float32
     tot_a = torch.zeros(h + 1, device=dev, dtype=f32)  # (dW₂[0], db₂[0])
     tot_b = torch.zeros(hp * fp + hp, device=dev, dtype=f32)  # (dW₁ padded to [HP, FP], db₁ padded)
+    blas = meta["options"].stencil_linear == "blas"
+    if blas:
+        dw1_blas = torch.zeros(h, f, device=dev, dtype=f32)
     if n:
         chunk = min(n, meta["options"].fused_normals_chunk)
         lanes = 6 * chunk  # the chunk's six neighbours per sample: row 6p + n of every per-lane buffer
-        feat = torch.empty(max(fa, 1), lanes, device=dev, dtype=f32)
-        dfeat = torch.empty(max(fa, 1), lanes, device=dev, dtype=f32)
+        feat_buf = torch.empty(max(fa, 1) * lanes, device=dev, dtype=f32)
+        dfeat_buf = torch.empty(max(fa, 1) * lanes, device=dev, dtype=f32)
         dh = torch.empty(lanes, device=dev, dtype=f32)
-        relu = torch.empty(lanes, nw, device=dev, dtype=torch.int32)
+        # "blas": dhid [lanes, H] fp32 for the two matrix products; else the ReLU bits
+        relu = torch.empty(lanes, h if blas else nw, device=dev, dtype=f32 if blas else torch.int32)
         part_a = torch.empty(K.triton.cdiv(chunk, MLP_BLOCK), h + 1, device=dev, dtype=f32)
         part_b = torch.empty(
             K.triton.cdiv(K.triton.cdiv(lanes, TILE), TILES_PER_PROGRAM), hp * fp + hp, device=dev, dtype=f32
@@ -120,29 +124,58 @@ def _backward_chunks(
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             m = e - s
+            ml = 6 * m  # the chunk's lanes: the row stride of feat and dfeat ([2·n_active, ml], contiguous)
+            feat = feat_buf[: max(fa, 1) * ml].view(max(fa, 1), ml)
+            dfeat = dfeat_buf[: max(fa, 1) * ml].view(max(fa, 1), ml)
             nb = K.triton.cdiv(m, MLP_BLOCK)
             SK._stencil_mlp_bwd_kernel[(nb,)](
                 x[s:e], slot[s:e], pairs, w1, b1, w2, b2, gout[s:e], feat, dh, relu, part_a, *_level_ptrs(bufs),
-                m, lanes, na, entries, *_scalars(meta), BLOCK=MLP_BLOCK, H=h, F=f, SMOOTH=meta["smooth"],
+                m, ml, na, entries, *_scalars(meta), BLOCK=MLP_BLOCK, H=h, F=f, SMOOTH=meta["smooth"], DHID=blas,
                 num_warps=MLP_WARPS,
             )  # fmt: skip
-            ntiles = K.triton.cdiv(6 * m, TILE)
-            tiles = min(TILES_PER_PROGRAM, ntiles)
-            pb = K.triton.cdiv(ntiles, tiles)
-            SK._stencil_linear_bwd_kernel[(pb,)](
-                feat, dh, relu, w1, w2, dfeat, part_b, 6 * m, fa, lanes, tiles, H=h, HP=hp, F=f, FP=fp, TILE=TILE,
-                PREC=meta["options"].stencil_dot, num_warps=TILE_WARPS,
-            )  # fmt: skip
+            if blas:
+                _first_layer_blas(
+                    relu[:ml], feat[:fa], w1[:, :fa], dfeat[:fa], dw1_blas[:, :fa], tot_b[hp * fp :]
+                )
+            else:
+                ntiles = K.triton.cdiv(ml, TILE)
+                tiles = min(TILES_PER_PROGRAM, ntiles)
+                pb = K.triton.cdiv(ntiles, tiles)
+                SK._stencil_linear_bwd_kernel[(pb,)](
+                    feat, dh, relu, w1, w2, dfeat, part_b, ml, fa, ml, tiles, H=h, HP=hp, F=f, FP=fp, TILE=TILE,
+                    PREC=meta["options"].stencil_dot, num_warps=TILE_WARPS,
+                )  # fmt: skip
+                tot_b += part_b[:pb].sum(0)
             if na:
                 SK._stencil_scatter_kernel[(na, K.triton.cdiv(m, SCATTER_BLOCK))](
-                    x[s:e], slot[s:e], dfeat, g4, *_level_ptrs(bufs), m, lanes, entries, *_scalars(meta)[:3],
+                    x[s:e], slot[s:e], dfeat, g4, *_level_ptrs(bufs), m, ml, entries, *_scalars(meta)[:3],
                     BLOCK=SCATTER_BLOCK, SMOOTH=meta["smooth"], USE_ASM=use_asm, ASM=SK.RED4_ASM,
                     num_warps=SCATTER_WARPS,
                 )  # fmt: skip
             tot_a += part_a[:nb].sum(0)
-            tot_b += part_b[:pb].sum(0)
-    dw1 = tot_b[: hp * fp].view(hp, fp)[:h, :f]
+    dw1 = dw1_blas if blas else tot_b[: hp * fp].view(hp, fp)[:h, :f]
     return dw1, tot_b[hp * fp : hp * fp + h], tot_a[:h], tot_a[h]
+
+
+def _first_layer_blas(
+    dhid: Tensor, feat: Tensor, w1: Tensor, dfeat: Tensor, dw1: Tensor, db1: Tensor
+) -> None:
+    """``KernelOptions.stencil_linear="blas"``: the first layer's gradients of a chunk as three library calls
+    instead of ``_stencil_linear_bwd_kernel``: ``dfeat = (dhid·W₁)ᵀ`` (written into ``dfeat [FA, lanes]``),
+    ``dW₁ += dhidᵀ·featᵀ`` and ``db₁ += Σ dhid`` (``dhid [lanes, H]`` from the recompute kernel). IEEE fp32
+    products whatever torch's TF32 flags and autocast say, so the same function as the kernel's up to fp32
+    summation order; cuBLAS's split-K sums are fixed-order, so the same bits run to run on one GPU."""
+    if not dhid.shape[0]:
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(dhid.device.type, enabled=False):
+            torch.mm(w1.t(), dhid.t(), out=dfeat)
+            dw1.addmm_(dhid.t(), feat.t())
+            db1[: dhid.shape[1]] += dhid.sum(0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def kernel_settings(
@@ -157,6 +190,8 @@ def kernel_settings(
     return [
         ("forward", SK._stencil_fwd_kernel, {**mlp, "BLOCK": BLOCK}, WARPS),
         ("backward 1: recompute, dh", SK._stencil_mlp_bwd_kernel, {**mlp, "BLOCK": MLP_BLOCK}, MLP_WARPS),
+        ("backward 1, blas: recompute, dhid", SK._stencil_mlp_bwd_kernel, {
+            **mlp, "BLOCK": MLP_BLOCK, "DHID": True}, MLP_WARPS),
         ("backward 2: first layer", SK._stencil_linear_bwd_kernel, {
             "H": hidden, "HP": max(16, hidden), "F": features, "FP": fp, "TILE": TILE, "PREC": dot}, TILE_WARPS),
         ("backward 3: table scatter", SK._stencil_scatter_kernel, scatter, SCATTER_WARPS),

@@ -240,11 +240,15 @@ if K.HAS_TRITON:
         x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gout_ptr, feat_ptr, dh_ptr, relu_ptr, part_ptr,
         scale_ptr, stride_ptr, wmask_ptr, start_ptr, N, lane_stride, n_active, grid_entries, eps, bound, two_bound, blob_a,
         blob_k, BLOCK: tl.constexpr, H: tl.constexpr, F: tl.constexpr, SMOOTH: tl.constexpr,
+        DHID: tl.constexpr = False,
     ):  # fmt: skip
         """Backward, part 1 (a block of samples per program): the forward again, storing the neighbours'
         features ``feat``; then autograd's maths down to ``dh = ∂L/∂h`` per lane (``dh [6·N]``), the lane's ReLU
         pattern ``hid > 0`` as 16-bit words (``relu [6·N, ⌈H/16⌉]`` int32) and the program's partial sums
-        ``part[pid] = (Σ dh·relu(hid) [H], Σ dh)``, the gradients of ``W₂[0]`` and ``b₂[0]``."""
+        ``part[pid] = (Σ dh·relu(hid) [H], Σ dh)``, the gradients of ``W₂[0]`` and ``b₂[0]``. With ``DHID``,
+        ``relu_ptr`` is ``dhid [6·N, H]`` fp32 instead: ``[hid > 0]·dh·W₂[0]``, the first layer's output gradient
+        (the same fp32 products as ``_stencil_linear_bwd_kernel``'s), for the first layer's two products as
+        matrix products (``KernelOptions.stencil_linear="blas"``)."""
         blk = tl.program_id(0)
         nl, pt, ok, ev, u0, u1, u2, inside, slot, hid, act, h, sig = _hidden(
             x_ptr, slot_ptr, pair_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr,
@@ -286,10 +290,14 @@ if K.HAS_TRITON:
         tl.store(dh_ptr + lane, dh, mask=keep)
         hc = tl.arange(0, H)
         on = act > 0  # = hid > 0 (ReLU's gradient mask)
-        NW: tl.constexpr = (H + 15) // 16
-        for w in tl.static_range(NW):
-            bits = tl.where(on & ((hc // 16) == w)[None, :], (1 << (hc % 16))[None, :], 0)
-            tl.store(relu_ptr + lane * NW + w, tl.sum(bits, axis=1), mask=keep)
+        if DHID:
+            dhid = tl.where(on, dh[:, None] * tl.load(w2_ptr + hc)[None, :], 0.0)
+            tl.store(relu_ptr + lane[:, None] * H + hc[None, :], dhid, mask=keep[:, None])
+        else:
+            NW: tl.constexpr = (H + 15) // 16
+            for w in tl.static_range(NW):
+                bits = tl.where(on & ((hc // 16) == w)[None, :], (1 << (hc % 16))[None, :], 0)
+                tl.store(relu_ptr + lane * NW + w, tl.sum(bits, axis=1), mask=keep)
         pa = part_ptr + blk * (H + 1)
         tl.store(pa + hc, tl.sum(dh[:, None] * act, axis=0))
         tl.store(pa + H, tl.sum(tl.where(m, db2, 0.0), axis=0))
