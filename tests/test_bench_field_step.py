@@ -1,0 +1,29 @@
+"""``benchmarks/bench_field_step.py``'s comparison is fair: every variant starts from the same field and Adam state.
+
+Before 2026-12-07 each variant went on training the field its predecessors had trained, so on the GPU the
+trained scene's live share fell from 0.69 to 0.47 along the list and the later variants looked faster
+(BENCHMARKS.md §15.11). Without the restore the two variants below differ in live share on the CPU too (0.499
+against 0.502 fresh, 0.560 against 0.565 trained), so this fails if the snapshot is dropped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_every_variant_starts_from_the_same_field(tmp_path):
+    import bench_field_step
+
+    out = bench_field_step.main(
+        ["--device", "cpu", "--quick", "--trained", "--variants", "fused_tv,march_tv", "--rounds", "2",
+         "--iters", "2", "--warmup", "1", "--out", str(tmp_path / "f.json")]
+    )  # fmt: skip
+    for phase in (out["variants"], out["trained"]["variants"]):
+        a, b = phase["fused_tv"], phase["march_tv"]
+        assert a["rounds"] == b["rounds"] == 2
+        assert a["samples"] == b["samples"] and a["live_share"] == b["live_share"], (a, b)
+    assert set(out["by_variant"]) == {"fused_tv", "march_tv"}  # issue 26's keys, from --trained
+    assert (tmp_path / "f.json").exists()
