@@ -20,7 +20,8 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 ``fused_march`` (both, + the marcher's lattice walk in one Triton kernel: ``raymarch.fused_march``), ``tv_batched``
 (both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``), ``march_tv`` (all four) and
 ``tf32x3`` (``march_tv`` with the fused normals' first-layer gradients on TF32x3 tensor cores:
-``KernelOptions.stencil_dot``).
+``KernelOptions.stencil_dot``) and ``blas`` (``march_tv`` with those gradients as cuBLAS fp32 products:
+``KernelOptions.stencil_linear``).
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
@@ -32,7 +33,7 @@ occupancy; its samples and live share are recorded, it is not a real 2,000-step 
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals_z_merge``, ``fused_march``, ``tv_batched`` and ``tf32x3`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3`` and ``blas`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -60,6 +61,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+_MARCH_TV = dict(
+    live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
+)
 VARIANTS = {
     "base": dict(live=False, fused=False, chunk=0),
     "live": dict(live=True, fused=False, chunk=0),
@@ -73,29 +77,9 @@ VARIANTS = {
     "fused_normals_z_merge": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True),
     "fused_march": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True),
     "tv_batched": dict(live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, tv_batched=True),
-    "march_tv": dict(
-        live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
-    ),
-    "tf32x3": dict(
-        live=True,
-        fused=True,
-        chunk=0,
-        fused_normals=True,
-        z_merge=True,
-        fused_march=True,
-        tv_batched=True,
-        stencil_dot="tf32x3",
-    ),
-    "blas": dict(
-        live=True,
-        fused=True,
-        chunk=0,
-        fused_normals=True,
-        z_merge=True,
-        fused_march=True,
-        tv_batched=True,
-        stencil_linear="blas",
-    ),
+    "march_tv": _MARCH_TV,
+    "tf32x3": {**_MARCH_TV, "stencil_dot": "tf32x3"},
+    "blas": {**_MARCH_TV, "stencil_linear": "blas"},
 }
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
 # batched time TV)

@@ -30,6 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from animate124.scene.grid import kernels as K  # noqa: E402
 from animate124.scene.grid import stencil_kernels as SK  # noqa: E402
@@ -131,18 +132,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def timed(fn, iters: int) -> float:
-    """Median ms of ``fn`` over ``iters`` calls after 3 warm-up calls (CUDA events)."""
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[len(ts) // 2]
+    """Median ms of ``fn`` on the GPU (``bench_encoding.bench``: Triton's ``do_bench``, or CUDA events)."""
+    from bench_encoding import bench
+
+    return bench(fn, torch.device("cuda"), warmup=3, rep=10 * iters)
 
 
 CONFIGS = [  # (tile, warps, tiles per program, precision); the first is today's launch
