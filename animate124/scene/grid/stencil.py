@@ -10,7 +10,8 @@ pair tables are rebuilt in backward. So it needs no activation checkpoint (the r
 ``checkpoint_normals`` recompute for fields that take this path) and never holds ``6N`` feature rows. The
 backward works on chunks of ``KernelOptions.fused_normals_chunk`` samples; per sample of a chunk it keeps
 ``6 × (16·L + 4 + 4·⌈H/16⌉)`` bytes (the neighbours' features and their gradients, ``dh``, the ReLU bits:
-1,656 B at the paper grid and decoder, 217 MB for the default 2^17 samples), reused from chunk to chunk.
+1,656 B at the paper grid and decoder, 217 MB for the default 2^17 samples), reused from chunk to chunk; with
+``KernelOptions.stencil_linear="blas"`` the ReLU bits become ``dhid`` (``4·H`` bytes a lane: 406 MB in all).
 
 Chosen by ``KernelOptions(fused_normals=True)``, in the stages by ``run.fused_normals``. It computes the same
 function up to fp32 rounding; its first backward, one kernel that spilled registers, made the dynamic step slower
@@ -115,8 +116,15 @@ def _backward_chunks(
         # "blas": dhid [lanes, H] fp32 for the two matrix products; else the ReLU bits
         relu = torch.empty(lanes, h if blas else nw, device=dev, dtype=f32 if blas else torch.int32)
         part_a = torch.empty(K.triton.cdiv(chunk, MLP_BLOCK), h + 1, device=dev, dtype=f32)
-        part_b = torch.empty(
-            K.triton.cdiv(K.triton.cdiv(lanes, TILE), TILES_PER_PROGRAM), hp * fp + hp, device=dev, dtype=f32
+        part_b = (
+            None
+            if blas
+            else torch.empty(  # the Triton first-layer kernel's per-program partial sums
+                K.triton.cdiv(K.triton.cdiv(lanes, TILE), TILES_PER_PROGRAM),
+                hp * fp + hp,
+                device=dev,
+                dtype=f32,
+            )
         )
         w1, b1, w2, b2 = w1.contiguous(), b1.contiguous(), w2[0].contiguous(), b2[:1].contiguous()
         gout = grad_out.float().contiguous()
