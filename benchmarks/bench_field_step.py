@@ -55,6 +55,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,6 +92,31 @@ ISSUE26_EXTRA = (
     "tf32x3",
     "blas",
 )  # measured in the same --issue26 call
+
+
+def _ops_by_origin(prof: Any, cuda: bool, top: int = 40) -> list[str]:
+    """The profiled torch operators' own time grouped by operator and origin: the nearest frames of ours
+    (``animate124/``, ``benchmarks/``) above the call, or the autograd node that ran it in backward. Says which
+    lines make a step's many small element-wise kernels (the per-operator table cannot)."""
+    tally: dict[tuple[str, str], list[float]] = {}
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        own = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if own <= 0:
+            continue
+        frames, p = [], e.cpu_parent
+        while p is not None and len(frames) < 3:
+            if "animate124/" in p.name or "benchmarks/" in p.name or p.name.startswith("autograd::engine"):
+                frames.append(
+                    p.name.split("animate124/")[-1].replace("autograd::engine::evaluate_function: ", "")
+                )
+            p = p.cpu_parent
+        t = tally.setdefault((e.name, " <- ".join(frames) or "(none of ours)"), [0, 0.0])
+        t[0] += 1
+        t[1] += own
+    rows = sorted(tally.items(), key=lambda kv: -kv[1][1])[:top]
+    return [f"{ms / 1e3:8.2f} ms {n:5d}x {op}: {where}" for (op, where), (n, ms) in rows]
 
 
 def fit_moving_shape(field, cfg, steps: int, dev: torch.device, points: int = 2**18) -> None:
@@ -272,11 +298,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         gen = torch.Generator().manual_seed(3)
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=acts) as prof:
+        with profile(activities=acts, with_stack=True) as prof:
             for _ in range(3):
                 step(v, gen)
         ka = prof.key_averages()
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        lines = _ops_by_origin(prof, cuda)
         syncs = [e for e in ka if "Synchronize" in e.key or "MemcpyAsync" in e.key or e.key == "aten::item"]
         args.trace.mkdir(parents=True, exist_ok=True)
         text = (
@@ -284,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
             + ka.table(sort_by=sort, row_limit=60, max_name_column_width=90)
             + "\nhost syncs and copies:\n"
             + "\n".join(f"{e.key}: {e.count} calls, {e.cpu_time_total / 1e3:.1f} ms host" for e in syncs)
+            + "\n\ntorch operators by origin (own device time of 3 steps, top 40):\n"
+            + "\n".join(lines)
         )
         (args.trace / f"{name}.txt").write_text(text)
 
