@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from animate124.scene.timeruns import TimeRuns, run_counts
+from animate124.scene.timeruns import TimeRuns, expand_runs, run_counts
 
 
 def _expand(r: TimeRuns) -> list[float]:
@@ -33,3 +34,28 @@ def test_recount_counts_sorted_items_per_run() -> None:
     samples = rays.recount(torch.tensor([0, 0, 1, 2, 4, 4]))  # ray index of each sample
     assert samples.counts == (3, 3) and torch.equal(samples.times, rays.times)
     assert samples.recount(torch.tensor([1, 4, 5])).counts == (1, 2)  # live samples 1, 4, 5
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [(3, 0, 4, 2), (0, 5), (5, 0), (0, 0, 1), (1,), (0, 0), (), (7, 1, 1, 0, 9)],
+)
+def test_expand_runs_is_repeat_interleave(counts: tuple[int, ...]) -> None:
+    """The slot of every point of a clip (``TimeGridEncoding.slot_plan``): the same values as torch's
+    ``repeat_interleave``, zero-point runs first, inside and last, and no runs at all."""
+    values = torch.arange(10, 10 + len(counts), dtype=torch.long)
+    got = expand_runs(values, counts, torch.device("cpu"))
+    want = torch.repeat_interleave(values, torch.tensor(counts, dtype=torch.long))
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.gpu
+def test_expand_runs_on_the_gpu_at_a_clip() -> None:
+    """16 frames of about half a million samples each, as a dynamic step's field call has them."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = torch.Generator().manual_seed(0)
+    counts = tuple(int(c) for c in torch.randint(400_000, 600_000, (16,), generator=gen))
+    values = torch.randperm(16, generator=gen)
+    got = expand_runs(values, counts, torch.device("cuda"))
+    assert torch.equal(got.cpu(), torch.repeat_interleave(values, torch.tensor(counts)))

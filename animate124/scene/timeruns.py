@@ -83,6 +83,18 @@ def host_to_device(x: Tensor, device: torch.device) -> Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
+def expand_runs(values: Tensor, counts: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
+    """``values [K]`` (a CPU tensor) repeated ``counts[k]`` times each, on ``device``: what
+    ``torch.repeat_interleave(values, counts)`` gives, the same values. ``repeat_interleave``'s CUDA kernel gives
+    each run one thread that writes its points one after another, so a few runs of half a million points (the
+    16 frames of a clip) took 0.86 ms a call on an H100 (3 calls a dynamic step; BENCHMARKS.md §15.12); here each
+    point finds its run with a binary search over the ``K`` run ends (``searchsorted``), one thread a point."""
+    ends = torch.tensor(list(itertools.accumulate(counts)), dtype=torch.long)
+    n = int(ends[-1]) if ends.numel() else 0
+    run = torch.searchsorted(host_to_device(ends, device), torch.arange(n, device=device), right=True)
+    return host_to_device(values, device)[run]
+
+
 def run_counts(sorted_index: Tensor, bounds: list[int]) -> list[int]:
     """Points of an ascending ``sorted_index`` tensor falling in each ``[bounds[i], bounds[i+1])``: one
     device read (the caller's only wait)."""

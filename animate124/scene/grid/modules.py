@@ -22,7 +22,7 @@ from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
 from animate124.scene.grid.timetv import TV_GRIDS_PER_CALL, BatchedPointsTimeTV, PointsTimeTV
-from animate124.scene.timeruns import TimeRuns, host_to_device
+from animate124.scene.timeruns import TimeRuns, expand_runs, host_to_device
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
 TimeTVMode = Literal["points", "table"]
@@ -276,11 +276,7 @@ class TimeGridEncoding(_GridBase):
             k = int(times.numel())
             if k > opts.slot_max_times or n_eval < k * opts.slot_min_points_per_time:
                 return None
-            dev = tt.device
-            counts = torch.tensor(runs.counts, dtype=torch.long)
-            slot = torch.repeat_interleave(
-                host_to_device(run_slot, dev), host_to_device(counts, dev), output_size=n
-            )
+            slot = expand_runs(run_slot, runs.counts, tt.device)
         else:
             times, slot = torch.unique_consecutive(tt, return_inverse=True)
             k = int(times.numel())
