@@ -21,7 +21,8 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 (both, + the time TV's grids 8 per encoder call: ``KernelOptions.tv_batched``), ``march_tv`` (all four) and
 ``tf32x3`` (``march_tv`` with the fused normals' first-layer gradients on TF32x3 tensor cores:
 ``KernelOptions.stencil_dot``) and ``blas`` (``march_tv`` with those gradients as cuBLAS fp32 products:
-``KernelOptions.stencil_linear``).
+``KernelOptions.stencil_linear``); ``march_tv`` skips the grid backward's all-zero rows (the samples behind early
+termination, ``KernelOptions.skip_zero_rows``), ``noskip`` is ``march_tv`` without that.
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
@@ -33,7 +34,7 @@ occupancy; its samples and live share are recorded, it is not a real 2,000-step 
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3`` and ``blas`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3``, ``blas`` and ``noskip`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -63,7 +64,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _MARCH_TV = dict(
-    live=True, fused=True, chunk=0, fused_normals=True, z_merge=True, fused_march=True, tv_batched=True
+    live=True,
+    fused=True,
+    chunk=0,
+    fused_normals=True,
+    z_merge=True,
+    fused_march=True,
+    tv_batched=True,
+    skip_zero_rows=True,
 )
 VARIANTS = {
     "base": dict(live=False, fused=False, chunk=0),
@@ -81,6 +89,7 @@ VARIANTS = {
     "march_tv": _MARCH_TV,
     "tf32x3": {**_MARCH_TV, "stencil_dot": "tf32x3"},
     "blas": {**_MARCH_TV, "stencil_linear": "blas"},
+    "noskip": {**_MARCH_TV, "skip_zero_rows": False},
 }
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
 # batched time TV)
@@ -91,6 +100,7 @@ ISSUE26_EXTRA = (
     "tv_batched",
     "tf32x3",
     "blas",
+    "noskip",
 )  # measured in the same --issue26 call
 
 
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         ko = dataclasses.replace(
             base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
             tv_batched=v.get("tv_batched", False), stencil_dot=v.get("stencil_dot", "ieee"),
-            stencil_linear=v.get("stencil_linear", "triton"),
+            stencil_linear=v.get("stencil_linear", "triton"), skip_zero_rows=v.get("skip_zero_rows", False),
         )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:

@@ -162,6 +162,52 @@ def _interp_checks() -> dict:
     return res
 
 
+def _zero_rows_check() -> dict:
+    """``KernelOptions.skip_zero_rows`` against the kernels without it: the same table gradient bit for bit, for
+    a gradient whose rows are all zero for half the points (a dynamic step's samples behind early termination),
+    zero in one channel only for others (those must still be added), on the pair, plain, slot and two-grid
+    paths. Returns, per path, whether the gradients are equal and their relative error against the reference."""
+    from helpers_grid import paper_grid_config
+
+    from animate124.scene.grid import GridEncoding, KernelOptions, TimeGridEncoding
+
+    cfg = paper_grid_config(num_levels=6, base_resolution=4, desired_resolution=64, log2_table_size=8)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(300, 3, generator=gen) * 2.2 - 1.1
+    t_clip = ((torch.arange(300) * 6 // 300) * 37 + 8).float().div(256).reshape(-1, 1)
+    t_clip[:50] = 0.0  # an exact grid time: the high grid's weight is 0
+    paths = {
+        "pairs": (GridEncoding, {}, {}),
+        "plain": (GridEncoding, {"pair_layout": False}, {}),
+        "slots": (TimeGridEncoding, {"slot_min_points_per_time": 8}, {"time_grid_size": 5}),
+        "two_grids": (
+            TimeGridEncoding,
+            {"slot_blend": False, "slot_min_points_per_time": 8},
+            {"time_grid_size": 5},
+        ),
+        "time_plain": (TimeGridEncoding, {"pair_layout": False}, {"time_grid_size": 5}),
+    }
+    out = {}
+    for name, (cls, opts, kw) in paths.items():
+        args = (x,) if cls is GridEncoding else (x, t_clip)
+        grads = []
+        for skip in (True, False):
+            ref, tr = _pair(cls, cfg, "cpu", KernelOptions(skip_zero_rows=skip, **opts), **kw)
+            g = torch.randn(300, tr.output_dim, generator=torch.Generator().manual_seed(3))
+            g[::2] = 0.0  # all-zero rows
+            g[1::4, 0::2] = 0.0  # channel 0 of every level zero
+            g[3::8, 1::2] = 0.0  # channel 1 zero
+            (tr(*args) * g).sum().backward()
+            grads.append(tr.embeddings.grad.clone())
+        (ref(*args) * g).sum().backward()
+        gr = ref.embeddings.grad
+        out[name] = {
+            "equal": bool(torch.equal(grads[0], grads[1])),
+            "grad_rel": ((grads[0] - gr).norm() / gr.norm()).item(),
+        }
+    return out
+
+
 def _time_runs_check() -> dict:
     """A 2-frame clip render through the Triton 4D field (slot path) with the renderer's host-side time runs
     and without them: the same images, the same table gradient up to fp32 order, and no time read back."""
@@ -308,6 +354,15 @@ def test_triton_interpreter_other_paths_match_reference(interp_results, case):
 
 
 @needs_triton
+@needs_triton
+def test_triton_interpreter_skip_zero_rows_changes_no_bit():
+    r = run_interpreted("test_scene_triton", "_zero_rows_check")
+    assert set(r) == {"pairs", "plain", "slots", "two_grids", "time_plain"}
+    for name, v in r.items():
+        assert v["equal"], (name, v)
+        assert v["grad_rel"] <= 1e-6, (name, v)
+
+
 def test_triton_interpreter_used_pair_layout(interp_results):
     assert interp_results["tiled"]["pair_builds"] == 1
     assert interp_results["paper"]["pair_builds"] == 1
@@ -585,10 +640,27 @@ def test_grid_kernels_compile_for_sm90_without_a_gpu(smooth):
                 "ASM": K.VEC2_ASM,
                 "PAIR": True,
                 "ASM4": K.PAIR_ASM,
+                "ZMERGE": o.z_merge,
+                "SKIP0": o.skip_zero_rows,
                 **time,
             },
             types,
             o.pair_bwd_warps,
+        ),  # fmt: skip
+        compile_for_sm90(  # the plain (no pair layout) backward with the zero-row skip
+            K._grid_bwd_kernel,
+            {
+                "C": 2,
+                "BLOCK": o.bwd_block,
+                "VEC2": False,
+                "ASM": K.VEC2_ASM,
+                "PAIR": False,
+                "ASM4": K.PAIR_ASM,
+                "SKIP0": True,
+                **time,
+            },
+            types,
+            o.bwd_warps,
         ),  # fmt: skip
     ]
     assert all("cubin" in k.asm for k in built)

@@ -34,6 +34,14 @@ exactly for samples with ``T_i < t_thresh``: the same set of composited samples 
 The exclusive per-ray prefix sum ``Σ_{j<i} s_j`` is a global ``cumsum`` in float64 minus its value
 at the ray's first sample (sort-free; float64 keeps the subtraction exact enough when earlier rays
 carry huge optical depths). Per-ray sums use ``index_add`` (no sorting, no host sync).
+
+The gradient of a terminated sample's ``s_i`` (``T_i < t_thresh``) is exactly 0: its own weight is zeroed,
+and every ``s_j`` it feeds (``T_j`` for later j of its ray) belongs to a sample terminated as well. Through
+the global ``cumsum`` autograd leaves a rounding residue there instead (the later rays' terms add and
+cancel: about 10⁻¹⁶, for nearly every terminated sample), so :func:`composite` sets those gradients to
+the exact 0 (a hook on ``s``). That is what lets the grid backward skip their rows: a terminated sample
+then reaches the encoder with an all-zero feature gradient, whose table additions the kernels leave out
+(issue 26; about half the samples of a dynamic step).
 """
 
 from __future__ import annotations
@@ -279,6 +287,9 @@ def composite(
     trans = torch.exp(-excl_ray).float()
     alpha = -torch.expm1(-s)
     w = alpha * trans
-    w = torch.where(trans >= t_thresh, w, torch.zeros_like(w))
+    live = trans >= t_thresh
+    w = torch.where(live, w, torch.zeros_like(w))
+    if s.requires_grad:  # the exact gradient of a terminated sample: 0 (module docstring)
+        s.register_hook(lambda g: torch.where(live, g, torch.zeros_like(g)))
     opacity = segment_sum(w, ray_indices, num_rays)
     return CompositeResult(weights=w, transmittance=trans, opacity=opacity)

@@ -399,16 +399,28 @@ if HAS_TRITON:
             )
 
     @triton.jit  # pragma: no cover - jit
+    def _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0: tl.constexpr):
+        """Which points have a nonzero gradient at their low and high grid (all True without ``SKIP0``)."""
+        nz_lo = (g_lo0 != 0.0) | (g_lo1 != 0.0)
+        nz_hi = (g_hi0 != 0.0) | (g_hi1 != 0.0)
+        if not SKIP0:
+            nz_lo = nz_lo | True
+            nz_hi = nz_hi | True
+        return nz_lo, nz_hi
+
+    @triton.jit  # pragma: no cover - jit
     def _grid_bwd_kernel(
         u_ptr, t_ptr, gout_ptr, gemb_ptr, scale_ptr, stride_ptr, wmask_ptr, start_ptr, hashed_ptr, N,
         gout_stride, time_max, grid_entries, C: tl.constexpr, BLOCK: tl.constexpr, HAS_TIME: tl.constexpr,
         SMOOTH: tl.constexpr, VEC2: tl.constexpr, ASM: tl.constexpr, PAIR: tl.constexpr, ASM4: tl.constexpr,
-        ZMERGE: tl.constexpr = False,
+        ZMERGE: tl.constexpr = False, SKIP0: tl.constexpr = False,
     ):  # fmt: skip
         """Table gradient; programs (level, block of points) with levels fastest, which spreads concurrent
         atomics over all levels' tables instead of hammering one small coarse table at a time. With
         ``PAIR``, ``gemb_ptr`` is the pair-layout buffer ``G [rows, 4]``. With ``ZMERGE`` a level whose
-        index ignores z reduces the 4 corners of its z face, with weights ``w_x·w_y``."""
+        index ignores z reduces the 4 corners of its z face, with weights ``w_x·w_y``. With ``SKIP0`` a
+        point whose gradient at the level (at its slot's grid, for each of the two) is all zero issues no
+        additions there: they would add exact zeros (``KernelOptions.skip_zero_rows``)."""
         lvl = tl.program_id(0)
         pid = tl.program_id(1)
         rows = pid * BLOCK + tl.arange(0, BLOCK)
@@ -432,12 +444,13 @@ if HAS_TRITON:
             g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
             g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
             g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
+            nz_lo, nz_hi = _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0)
             for k in tl.static_range(0, 8, 2):
                 ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
                 pair = ib == ((ia + 1) & wmask)
-                ins = _zface(inside, keep_z, k)
-                hh = _zface(has_hi, keep_z, k)
+                ins = _zface(inside, keep_z, k) & nz_lo
+                hh = _zface(has_hi, keep_z, k) & nz_hi
                 _pair_reduce(
                     gemb_ptr, base_lo + ia, base_lo + ib, ins & pair, ins & (pair == 0),
                     wa, wb, g_lo0, g_lo1, BLOCK, ASM4, VEC2,
@@ -454,9 +467,10 @@ if HAS_TRITON:
             g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
             g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
             g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
+            nz_lo, nz_hi = _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0)
             for k in tl.static_range(8):
-                in_lo = _zface(inside, keep_z, k).to(tl.int32)
-                in_hi = _zface(has_hi, keep_z, k).to(tl.int32)
+                in_lo = (_zface(inside, keep_z, k) & nz_lo).to(tl.int32)
+                in_hi = (_zface(has_hi, keep_z, k) & nz_hi).to(tl.int32)
                 idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 tl.inline_asm_elementwise(
                     asm=ASM, constraints="=r,l,f,f,r",
@@ -470,16 +484,21 @@ if HAS_TRITON:
                         dtype=tl.int32, is_pure=False, pack=1,
                     )  # fmt: skip
         else:
+            nz_lo = tl.sum((go_lo != 0.0).to(tl.int32), axis=1) > 0
+            nz_hi = tl.sum((go_hi != 0.0).to(tl.int32), axis=1) > 0
+            if not SKIP0:
+                nz_lo = nz_lo | True
+                nz_hi = nz_hi | True
             for k in tl.static_range(8):
                 idx, w = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 tl.atomic_add(
                     gemb_ptr + (base_lo + idx)[:, None] * C + ch[None, :], w[:, None] * go_lo,
-                    mask=_zface(m_lo, keep_z, k), sem="relaxed",
+                    mask=_zface(m_lo, keep_z, k) & nz_lo[:, None], sem="relaxed",
                 )  # fmt: skip
                 if HAS_TIME:
                     tl.atomic_add(
                         gemb_ptr + (base_hi + idx)[:, None] * C + ch[None, :], w[:, None] * go_hi,
-                        mask=_zface(m_hi, keep_z, k), sem="relaxed",
+                        mask=_zface(m_hi, keep_z, k) & nz_hi[:, None], sem="relaxed",
                     )  # fmt: skip
 
     @triton.jit  # pragma: no cover - jit

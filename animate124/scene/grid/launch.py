@@ -183,7 +183,7 @@ def _backward_acc(
                     u[s:e], t_arg[s:e], grad_out[s:e], acc, *_launch_args(bufs), e - s, grad_out.stride(0),
                     time_max, entries_per_grid, C=level_dim, BLOCK=block, HAS_TIME=has_time, SMOOTH=smooth,
                     VEC2=vec2, ASM=K.VEC2_ASM, PAIR=use_pairs, ASM4=K.PAIR_ASM, ZMERGE=options.z_merge,
-                    num_warps=warps,
+                    SKIP0=options.skip_zero_rows, num_warps=warps,
                 )  # fmt: skip
             break
         except Exception as err:  # pragma: no cover - GPU/toolchain specific

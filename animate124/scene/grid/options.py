@@ -88,6 +88,10 @@ class KernelOptions:
             ``dfeat``, ``dW₁`` and ``db₁`` (``stencil._first_layer_blas``). The same function up to fp32
             summation order (``tests/test_scene_stencil.py``). The Triton kernel ran at about a tenth of the FMA
             rate and was not made faster by tensor-core products (BENCHMARKS.md §15.11).
+        skip_zero_rows: the grid backward issues no table additions for a point whose gradient at a level is all
+            zero (they would add exact zeros, so the table gradient is bit for bit the same). Behind early
+            termination a sample's gradient is exactly 0 (``render.marcher.composite``), and at paper settings
+            about half of a dynamic step's samples lie there (issue 26).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -113,6 +117,7 @@ class KernelOptions:
     tv_batched: bool = True
     stencil_dot: DotPrecision = "ieee"
     stencil_linear: Literal["triton", "blas"] = "triton"
+    skip_zero_rows: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
