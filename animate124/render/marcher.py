@@ -40,8 +40,8 @@ and every ``s_j`` it feeds (``T_j`` for later j of its ray) belongs to a sample 
 the global ``cumsum`` autograd leaves a rounding residue there instead (the later rays' terms add and
 cancel: about 10⁻¹⁶, for nearly every terminated sample), so :func:`composite` sets those gradients to
 the exact 0 (a hook on ``s``). That is what lets the grid backward skip their rows: a terminated sample
-then reaches the encoder with an all-zero feature gradient, whose table additions the kernels leave out
-(issue 26; about half the samples of a dynamic step).
+then reaches the encoder with an all-zero feature gradient, whose table additions the kernels can leave out
+(``KernelOptions.skip_zero_rows``; issue 26: about half the samples of a dynamic step).
 """
 
 from __future__ import annotations

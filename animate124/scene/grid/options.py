@@ -91,7 +91,8 @@ class KernelOptions:
         skip_zero_rows: the grid backward issues no table additions for a point whose gradient at a level is all
             zero (they would add exact zeros, so the table gradient is bit for bit the same). Behind early
             termination a sample's gradient is exactly 0 (``render.marcher.composite``), and at paper settings
-            about half of a dynamic step's samples lie there (issue 26).
+            about half of a dynamic step's samples lie there (issue 26). Checked in the interpreter and compiled
+            for sm_90; off until measured on a GPU (``bench_field_step.py --variants march_tv,skip0``).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -117,7 +118,7 @@ class KernelOptions:
     tv_batched: bool = True
     stencil_dot: DotPrecision = "ieee"
     stencil_linear: Literal["triton", "blas"] = "triton"
-    skip_zero_rows: bool = True
+    skip_zero_rows: bool = False
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
