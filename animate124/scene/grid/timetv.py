@@ -128,10 +128,14 @@ class BatchedPointsTimeTV(torch.autograd.Function):
                 f = encode_grids(u, leaf)
             fd = f.detach()
             with torch.no_grad():  # dL/df_i = 2k/N · ((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])
-                g = torch.zeros_like(fd)
-                if b - a > 1:
-                    g[1:] += fd[1:] - fd[:-1]
-                    g[:-1] += fd[:-1] - fd[1:]
+                if b - a > 1:  # with d_i = f_{i+1} − f_i: g_i = d_{i−1} − d_i (f_i − f_{i+1} = −d_i exactly)
+                    d = fd[1:] - fd[:-1]
+                    g = torch.empty_like(fd)
+                    g[0] = 0.0
+                    g[1:] = d
+                    g[:-1] -= d
+                else:
+                    g = torch.zeros_like(fd)
                 if a > 0:
                     g[0] += fd[0] - encode_grids(u, table[a - 1 : a])[0]
                 if b < t_size:
