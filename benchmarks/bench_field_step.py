@@ -71,7 +71,6 @@ _MARCH_TV = dict(
     z_merge=True,
     fused_march=True,
     tv_batched=True,
-    skip_zero_rows=True,
 )
 VARIANTS = {
     "base": dict(live=False, fused=False, chunk=0),

@@ -27,3 +27,20 @@ def test_every_variant_starts_from_the_same_field(tmp_path):
         assert a["samples"] == b["samples"] and a["live_share"] == b["live_share"], (a, b)
     assert set(out["by_variant"]) == {"fused_tv", "march_tv"}  # issue 26's keys, from --trained
     assert (tmp_path / "f.json").exists()
+
+
+def test_march_tv_is_todays_kernel_defaults():
+    """``march_tv`` is issue 26's "after": the kernel options it sets must be ``KernelOptions()``'s defaults
+    (an opt-in such as ``skip_zero_rows`` or ``stencil_linear="blas"`` belongs in its own variant)."""
+    import bench_field_step
+
+    from animate124.scene.grid import KernelOptions
+
+    v, d = bench_field_step.VARIANTS["march_tv"], KernelOptions()
+    assert v.get("z_merge", False) == d.z_merge and v.get("tv_batched", False) == d.tv_batched
+    assert (
+        v.get("stencil_dot", "ieee") == d.stencil_dot
+        and v.get("stencil_linear", "triton") == d.stencil_linear
+    )
+    assert v.get("skip_zero_rows", False) == d.skip_zero_rows
+    assert bench_field_step.VARIANTS["skip0"]["skip_zero_rows"] != d.skip_zero_rows
