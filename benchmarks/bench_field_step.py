@@ -22,7 +22,7 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 ``tf32x3`` (``march_tv`` with the fused normals' first-layer gradients on TF32x3 tensor cores:
 ``KernelOptions.stencil_dot``) and ``blas`` (``march_tv`` with those gradients as cuBLAS fp32 products:
 ``KernelOptions.stencil_linear``) and ``skip0`` (``march_tv`` with the grid backward skipping its all-zero rows,
-the samples behind early termination: ``KernelOptions.skip_zero_rows``).
+the samples behind early termination: ``KernelOptions.skip_zero_rows``) and ``blas_skip0`` (both).
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
@@ -34,7 +34,7 @@ occupancy; its samples and live share are recorded, it is not a real 2,000-step 
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3``, ``blas`` and ``skip0`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3``, ``blas``, ``skip0`` and ``blas_skip0`` too; every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -89,6 +89,7 @@ VARIANTS = {
     "tf32x3": {**_MARCH_TV, "stencil_dot": "tf32x3"},
     "blas": {**_MARCH_TV, "stencil_linear": "blas"},
     "skip0": {**_MARCH_TV, "skip_zero_rows": True},
+    "blas_skip0": {**_MARCH_TV, "stencil_linear": "blas", "skip_zero_rows": True},
 }
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
 # batched time TV)
@@ -100,6 +101,7 @@ ISSUE26_EXTRA = (
     "tf32x3",
     "blas",
     "skip0",
+    "blas_skip0",
 )  # measured in the same --issue26 call
 
 

@@ -9,7 +9,8 @@
 #   PARTS='bench tests invert'      what to run (default all three; the merge always runs)
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (a name given twice runs twice, its files
 #       suffixed .2: 'graphs native graphs' shows whether the order matters; guidance_variants.py: eager graphs
-#       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms)
+#       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms
+#       defaults = the stages' defaults, defaults_compile = them with run.compile_priors)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
 #                                   native = base + the fp16 UNet outside autocast (run.native_fp16);

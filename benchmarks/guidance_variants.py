@@ -32,6 +32,8 @@ VARIANTS = {
     "fp8_compile": "fp8 products, torch.compile default mode",
     "native": "CUDA graphs, UNet/ControlNet natively in fp16 outside autocast (run.native_fp16)",
     "native_compile": "torch.compile default mode, natively in fp16 outside autocast",
+    "defaults_compile": "the stages' defaults with the UNet/ControlNet compiled (run.compile_priors): the UNet norms "
+    "fused, natively in fp16, torch.compile default mode",
     "unet_norms": "CUDA graphs, the UNet's/ControlNet's group norms (+ SiLU) fused (run.unet_fused_norm)",
 }
 
@@ -54,11 +56,11 @@ def apply_variant(guid: Any, variant: str) -> None:
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    if variant in ("unet_norms", "defaults"):
+    if variant in ("unet_norms", "defaults", "defaults_compile"):
         from animate124.guidance.groupnorm import use_fused_prior_norms
 
         use_fused_prior_norms(guid)
-    if variant.startswith("native") or variant == "defaults":
+    if variant.startswith("native") or variant.startswith("defaults"):
         from animate124.guidance.base import use_native_fp16
 
         use_native_fp16(guid)
