@@ -140,9 +140,14 @@ def build_tiny(prior: str, cache: Path):
     return load_sd(store), load_controlnet(store)
 
 
-def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False, autocast: bool = False):
+def make_call(
+    prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = False, autocast: bool = False,
+    keep_pixels: int = 0,
+):  # fmt: skip
     """Return (guidance, callable running one forward + backward) at the paper's settings (SPEC 12); with
-    ``autocast`` the forward runs under fp16 autocast and the backward after it, as in the stages."""
+    ``autocast`` the forward runs under fp16 autocast and the backward after it, as in the stages; with
+    ``vae_checkpoint`` the encoder is recomputed in backward unless the call's pixels fit ``keep_pixels``
+    (``static.vae_keep_pixels``)."""
     from animate124.guidance.common import CHECKPOINT_PIXELS
     from animate124.guidance.controlnet import ControlNetGuidance
     from animate124.guidance.interface import Views
@@ -160,7 +165,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             comp, prompt="a panda, 8k, good quality", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.2, 0.6), weight=1.0, view_dependent=True,
             image_size=64 if tiny else 512, checkpoint_encoder=vae_checkpoint,
-            checkpoint_pixels=CHECKPOINT_PIXELS,
+            checkpoint_pixels=CHECKPOINT_PIXELS, checkpoint_keep_pixels=keep_pixels,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[30.0]], [[0.0]])
     elif prior == "zero123":
@@ -168,7 +173,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             comp, guidance_scale=5.0, cfg_mode="standard", t_range=(0.2, 0.6), weight=40.0,
             c_concat_mode="mode", clip_preprocess="torch",
             reference=torch.rand(1, 3, 256, 256, device=device), checkpoint_encoder=vae_checkpoint,
-            checkpoint_pixels=CHECKPOINT_PIXELS,
+            checkpoint_pixels=CHECKPOINT_PIXELS, checkpoint_keep_pixels=keep_pixels,
         )  # fmt: skip
         views = Views.from_relative([[-10.0]], [[60.0]], [[0.0]])
     elif prior == "video":
@@ -176,7 +181,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             comp, prompt="a panda is dancing", negative_prompt="", guidance_scale=100.0,
             cfg_mode="upstream", t_range=(0.02, 0.98), weight=1.0, vae_grad_frames=0,
             upstream_view_text=False, image_size=64 if tiny else None, checkpoint_encoder=vae_checkpoint,
-            checkpoint_pixels=CHECKPOINT_PIXELS,
+            checkpoint_pixels=CHECKPOINT_PIXELS, checkpoint_keep_pixels=keep_pixels,
         )  # fmt: skip
         views = Views.from_relative(0.0, torch.linspace(0.0, 45.0, frames)[None], 0.0)
     else:
@@ -185,7 +190,7 @@ def make_call(prior: str, comp, cn, tiny: bool, device, vae_checkpoint: bool = F
             controlnet_prompt="best quality, high resolution", image_size=64 if tiny else 1024,
             guidance_scale=7.5, cfg_mode="upstream", t_range=(0.2, 0.8), target="x0", weight=1.0,
             frames="even:2", upstream_view_text=False, checkpoint_encoder=vae_checkpoint,
-            checkpoint_pixels=CHECKPOINT_PIXELS,
+            checkpoint_pixels=CHECKPOINT_PIXELS, checkpoint_keep_pixels=keep_pixels,
         )  # fmt: skip
         cond = torch.rand(shape, device=device)
         views = Views.from_relative(0.0, torch.zeros(1, frames), 0.0, condition=cond)
@@ -349,7 +354,12 @@ def bench_prior(prior: str, args, device) -> dict:
         vae_dtype = torch.float32 if args.autocast else None
         comp, cn = build_full(prior, Path(args.configs), device, torch.float16, vae_dtype)
     build_s = time.perf_counter() - t_build
-    guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint, args.autocast)
+    keep = args.vae_keep_pixels
+    if keep is None:  # --stages: the static stage's default for its priors, 0 for the others (as the stages)
+        from animate124.config.schema import StaticConfig
+
+        keep = StaticConfig().vae_keep_pixels if args.stages and prior in ("sd", "zero123") else 0
+    guid, call = make_call(prior, comp, cn, args.tiny, device, args.vae_checkpoint, args.autocast, keep)
     flops = call_flops(guid, call.shape)  # the networks' shapes, on the meta device
     apply_vae_options(guid, args)
     reference = _reference_gradient(guid, call, args, device) if args.agreement else None
@@ -449,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recompute the VAE encoder in backward (run.vae_checkpoint)",
     )
+    p.add_argument(
+        "--vae-keep-pixels", type=int, default=None,
+        help="with --vae-checkpoint, a call of at most this many pixels keeps its encoder activations "
+        "(static.vae_keep_pixels; default: with --stages the static stage's default for sd and zero123, else 0)",
+    )  # fmt: skip
     p.add_argument("--cuda-graphs", action="store_true", help="replay the UNet/ControlNet from CUDA graphs")
     p.add_argument(
         "--vae-attention", choices=("sdpa", "blocked"), default="sdpa",
@@ -493,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile_mode": args.compile_mode,
         "channels_last": args.channels_last,
         "vae_checkpoint": args.vae_checkpoint,
+        "vae_keep_pixels": args.vae_keep_pixels,
         "cuda_graphs": args.cuda_graphs,
         "vae_attention": args.vae_attention,
         "autocast": args.autocast,

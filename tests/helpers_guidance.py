@@ -53,6 +53,7 @@ def make_sd(components, **overrides):
         view_dependent=True,
         checkpoint_encoder=False,
         checkpoint_pixels=CHECKPOINT_PIXELS,
+        checkpoint_keep_pixels=0,
     )
     return StableDiffusionGuidance(components, **{**kw, **overrides})
 
@@ -69,6 +70,7 @@ def make_zero123(components, **overrides):
         clip_preprocess="torch",
         checkpoint_encoder=False,
         checkpoint_pixels=CHECKPOINT_PIXELS,
+        checkpoint_keep_pixels=0,
     )
     return Zero123Guidance(components, **{**kw, **overrides})
 
@@ -87,6 +89,7 @@ def make_video(components, **overrides):
         upstream_view_text=False,
         checkpoint_encoder=False,
         checkpoint_pixels=CHECKPOINT_PIXELS,
+        checkpoint_keep_pixels=0,
     )
     return VideoGuidance(components, **{**kw, **overrides})
 
@@ -108,6 +111,7 @@ def make_controlnet(sd_components, controlnet, **overrides):
         upstream_view_text=False,
         checkpoint_encoder=False,
         checkpoint_pixels=CHECKPOINT_PIXELS,
+        checkpoint_keep_pixels=0,
     )
     return ControlNetGuidance(sd_components, controlnet, **{**kw, **overrides})
 

@@ -238,6 +238,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "view_dependent",
             "checkpoint_encoder",
             "checkpoint_pixels",
+            "checkpoint_keep_pixels",
         ),
         Zero123Guidance: (
             "guidance_scale",
@@ -246,6 +247,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "weight",
             "checkpoint_encoder",
             "checkpoint_pixels",
+            "checkpoint_keep_pixels",
         ),  # fmt: skip
         VideoGuidance: (
             "guidance_scale",
@@ -255,6 +257,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "vae_grad_frames",
             "checkpoint_encoder",
             "checkpoint_pixels",
+            "checkpoint_keep_pixels",
         ),
         ControlNetGuidance: (
             "image_size",
@@ -265,6 +268,7 @@ def test_library_constructors_have_no_defaults_for_configured_values():
             "frames",
             "checkpoint_encoder",
             "checkpoint_pixels",
+            "checkpoint_keep_pixels",
         ),
         StaticField: ("hidden_dim", "num_layers", "blob_density", "blob_radius", "backend"),
         DynamicField: ("time_grid_size", "hidden_dim", "num_layers", "blob_density", "blob_radius"),
@@ -376,6 +380,8 @@ DESTINATIONS: dict[str, list] = {
     "run.preview_every": _each("trainer", "preview_every"),
     "run.vae_checkpoint": [_kw(p, "checkpoint_encoder") for p in _PRIORS],
     "run.vae_checkpoint_pixels": [_kw(p, "checkpoint_pixels") for p in _PRIORS],
+    # the static stage's priors only; the others keep 0 (test_only_the_static_priors_keep_encoder_activations)
+    "static.vae_keep_pixels": [_kw("sd", "checkpoint_keep_pixels"), _kw("zero123_static", "checkpoint_keep_pixels")],
     "models.tiny": [lambda b: b["store"].cache_dir.name == "tiny-models"],
     "models.cache_dir": [lambda b: str(b["store"].cache_dir).removesuffix("/tiny-models")],
     "models.video_model": [lambda b: b["video"].args[0].kwargs["which"]],
@@ -551,6 +557,15 @@ def test_each_field_arrives_at_its_destination(fakes, base_dict, monkeypatch):
             bad += _check_destinations(path, built(cfg, monkeypatch), cfg)
             break
     assert not bad, bad
+
+
+def test_only_the_static_priors_keep_encoder_activations(fakes, base_dict, monkeypatch):
+    """``static.vae_keep_pixels`` reaches the static stage's SD and Zero123 only: the 4D stages' priors (Zero123
+    there, the video prior, ControlNet) recompute every batch, whatever it says (their memory is tighter)."""
+    cfg = from_dict(deep_merge(base_dict, {"static": {"vae_keep_pixels": 12345}}))
+    b = built(cfg, monkeypatch)
+    got = {p: b[p].kwargs["checkpoint_keep_pixels"] for p in _PRIORS}
+    assert got == {"sd": 12345, "zero123_static": 12345, "zero123_dynamic": 0, "video": 0, "controlnet": 0}
 
 
 #: translated fields without a single place to read back, each with the reason

@@ -154,6 +154,10 @@ PAPER: dict[str, tuple[object, str]] = {
     "static.prompt_suffix": (", 8k, good quality", "SPEC 0: static script's suffix"),
     "static.negative_prompt": ("", "SPEC 0: empty negative prompt"),
     "static.iters": (5000, "SPEC 4/12: 5000 steps"),
+    "static.vae_keep_pixels": (
+        512 * 512,
+        "impl (same gradients; the recompute freed nothing at the peak there)",
+    ),
     "static.render_size": (128, "SPEC 4/12: 128² SDS renders"),
     "static.ref_size": (192, "SPEC 3.4/12: 192² reference"),
     "static.known_iters": (100, "SPEC 3.4/12: step < 100"),

@@ -179,3 +179,51 @@ def test_large_images_recompute_piece_by_piece_and_run_the_encoder_twice(sd) -> 
     assert_grad_close(g1, g0)
     assert (n0, n1) == (1, 1 + 3)
     assert not vae.encoder.gradient_checkpointing
+
+
+@pytest.mark.parametrize("name", ["sd", "zero123", "video", "controlnet"])
+def test_a_call_within_keep_pixels_runs_the_encoder_once_with_the_same_gradient(store, sd, name: str) -> None:
+    """``static.vae_keep_pixels`` as each prior assembles its call: with ``run.vae_checkpoint`` on, a call whose
+    images with grad fit ``checkpoint_keep_pixels`` runs the encoder once (its activations kept), one above it
+    twice (the recompute), and both give the loss and image gradient of the plain path. On the CPU in fp32 the
+    kept path runs the same operations on the same inputs in the same order as the recompute's one chunk (every
+    call here is one chunk), so the gradients are equal bit for bit, not only within the summation-order bound
+    the chunked recompute is held to (``assert_grad_close``)."""
+    from animate124.models.loaders import load_controlnet, load_video, load_zero123
+
+    frames = 4
+    gen = torch.Generator().manual_seed(5)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
+    ref = torch.rand(1, 3, 32, 32, generator=gen)
+    comps = {
+        "sd": lambda **kw: make_sd(sd, **kw),
+        "zero123": lambda **kw: make_zero123(load_zero123(store), reference=ref, **kw),
+        "video": lambda **kw: make_video(load_video(store), **kw),
+        "controlnet": lambda **kw: make_controlnet(sd, load_controlnet(store), **kw),
+    }
+    images0 = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    res = {}
+    for keep in ("none", "below", "exact"):
+        prior = comps[name](checkpoint_encoder=keep != "none")
+        size = prior.image_size  # the encoder's input: an int side, or (h, w) for the video prior
+        h, w = (size, size) if isinstance(size, int) else size
+        n_grad = len(prior.selected_frames(frames)) if name == "controlnet" else frames
+        pixels = n_grad * h * w
+        prior.checkpoint_keep_pixels = {"none": 0, "below": pixels - 1, "exact": pixels}[keep]
+        assert prior.recompute_encoder(pixels) is (keep == "below")
+        calls: list[int] = []
+        hook = prior.vae.encoder.register_forward_hook(lambda *a, c=calls: c.append(1))
+        try:
+            images = images0.clone().requires_grad_(True)
+            out = prior(images, views, step=0, generator=torch.Generator().manual_seed(11))
+            out.losses[prior.loss_key].backward()
+        finally:
+            hook.remove()
+        res[keep] = (float(out.losses[prior.loss_key].detach()), images.grad.clone(), len(calls))
+    (l0, g0, c0), (l1, g1, c1), (l2, g2, c2) = res["none"], res["below"], res["exact"]
+    # encoder calls: the plain path and the kept one run it once per chunk of frames, the recompute twice
+    assert c1 == 2 * c0 and c2 == c0, (c0, c1, c2)
+    assert l0 == l1 == l2
+    assert torch.equal(g2, g0), name  # kept = the plain path
+    assert torch.equal(g1, g0), name  # one recompute chunk: the same operations in the same order (docstring)

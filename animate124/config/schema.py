@@ -489,6 +489,17 @@ class StaticConfig:
     textureless_rate: float = opt(0.2, "Probability of textureless shading on SDS steps.", min=0.0, max=1.0)
     lr: float = opt(1e-3, "Base learning rate (grids use lr * optim.encoder_lr_scale).", min=0.0)
     grad_clip: float = opt(0.0, "Element-wise gradient clip (0 = none, as upstream static).", min=0.0)
+    vae_keep_pixels: int = opt(
+        512 * 512,
+        "With run.vae_checkpoint: a static-stage prior call whose images with grad have at most this many pixels "
+        "keeps its VAE-encoder activations for backward instead of recomputing them (SD's 512² image: 2.5 GiB, "
+        "Zero123's 256² view: 0.6 GiB, held until the step's backward). Such a batch is one recompute chunk, so "
+        "recomputing it frees nothing at the backward's peak and costs one more encoder pass (BENCHMARKS.md "
+        "§8.3). The same gradients up to summation order; 0 = recompute every batch (before 2026-12-07).",
+        min=0,
+        max=2**31 - 1,
+        nohash=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,12 @@ class DiffusionPrior:
         latent_mode: ``"sample"`` (upstream) or ``"mode"`` of the VAE posterior.
         use_xformers: xformers attention in the VAE, UNet (and ControlNet) if installed.
         checkpoint_encoder / checkpoint_pixels: recompute the VAE encoder in backward (``run.vae_checkpoint``).
+        checkpoint_keep_pixels: a call whose images with grad have at most this many pixels in all keeps the
+            encoder's activations instead (``static.vae_keep_pixels``; 0 = always recompute). Recomputing a
+            batch that fits one recompute chunk frees nothing at the backward's peak (the chunk's activations
+            come back there) and costs one more encoder pass (BENCHMARKS.md §8.3: SD's 512² image, 2.5 GiB
+            either way, 27 ms plain against 43 ms recomputed on an H200); keeping them holds them from the
+            forward to the backward instead, for the same gradients.
     """
 
     name = ""
@@ -111,6 +117,7 @@ class DiffusionPrior:
         use_xformers: bool,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
+        checkpoint_keep_pixels: int,
     ) -> None:
         frozen = tuple(frozen)
         self.vae = vae
@@ -120,6 +127,7 @@ class DiffusionPrior:
         maybe_enable_xformers([self.unet, self.vae, getattr(self, "controlnet", None)], use_xformers)
         self.checkpoint_encoder = bool(checkpoint_encoder)
         self.checkpoint_pixels = int(checkpoint_pixels)
+        self.checkpoint_keep_pixels = int(checkpoint_keep_pixels)
         self.guidance_scale = float(guidance_scale)
         self.cfg_mode = cfg_mode
         self.t_range = (float(t_range[0]), float(t_range[1]))
@@ -183,9 +191,14 @@ class DiffusionPrior:
             x,
             sample=self.latent_sample,
             generator=generator,
-            checkpoint=self.checkpoint_encoder,
+            checkpoint=self.recompute_encoder(x.shape[0] * x.shape[-2] * x.shape[-1]),
             checkpoint_pixels=self.checkpoint_pixels,
         )
+
+    def recompute_encoder(self, pixels: int) -> bool:
+        """Whether a call encoding ``pixels`` pixels with grad recomputes the encoder in backward:
+        ``checkpoint_encoder``, unless they fit ``checkpoint_keep_pixels``."""
+        return self.checkpoint_encoder and pixels > self.checkpoint_keep_pixels
 
     def draw(
         self,

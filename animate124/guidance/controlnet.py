@@ -132,6 +132,7 @@ class ControlNetGuidance(TextPrior):
         use_xformers: bool = False,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
+        checkpoint_keep_pixels: int,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         if target not in ("x0", "sds"):
@@ -150,6 +151,7 @@ class ControlNetGuidance(TextPrior):
             use_xformers=use_xformers,
             checkpoint_encoder=checkpoint_encoder,
             checkpoint_pixels=checkpoint_pixels,
+            checkpoint_keep_pixels=checkpoint_keep_pixels,
         )
         self.image_size = int(image_size)
         self.conditioning_scale = float(conditioning_scale)

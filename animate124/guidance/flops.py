@@ -160,7 +160,7 @@ def call_flops(prior: Any, images_shape: tuple[int, ...] | torch.Size) -> CallFl
     """FLOPs of one call of ``prior`` (``sd``, ``zero123``, ``video`` or ``controlnet``) on renders shaped
     ``images_shape`` ``[B, T, 3, H, W]`` (the render size does not matter: the prior resizes to its input),
     with its own settings (input size, ControlNet's frame selection, the video's ``vae_grad_frames``,
-    ``checkpoint_encoder``). Builds meta twins of the networks each time: about a second per full-size UNet
+    ``checkpoint_encoder`` and ``checkpoint_keep_pixels``). Builds meta twins of the networks each time: about a second per full-size UNet
     on a CPU."""
     b, frames = int(images_shape[0]), int(images_shape[1])
     name = prior.name
@@ -183,7 +183,8 @@ def call_flops(prior: Any, images_shape: tuple[int, ...] | torch.Size) -> CallFl
         raise ValueError(f"no FLOP count for prior {name!r}")
     fac = 2 ** (len(prior.vae.config.block_out_channels) - 1)
     lat = (h // fac, w // fac)
-    encode, encode_backward, recompute = _encoder_flops(vae, n, grad, (h, w), prior.checkpoint_encoder)
+    recomputed = prior.recompute_encoder(grad * h * w)  # run.vae_checkpoint, unless static.vae_keep_pixels
+    encode, encode_backward, recompute = _encoder_flops(vae, n, grad, (h, w), recomputed)
 
     if name == "video":
         batch = 2 * b

@@ -73,6 +73,7 @@ class StableDiffusionGuidance(TextPrior):
         use_xformers: bool = False,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
+        checkpoint_keep_pixels: int,
         learned_token: tuple[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(
@@ -88,6 +89,7 @@ class StableDiffusionGuidance(TextPrior):
             use_xformers=use_xformers,
             checkpoint_encoder=checkpoint_encoder,
             checkpoint_pixels=checkpoint_pixels,
+            checkpoint_keep_pixels=checkpoint_keep_pixels,
         )
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))
         self.view_dependent = bool(view_dependent)

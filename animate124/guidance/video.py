@@ -86,6 +86,7 @@ class VideoGuidance(TextPrior):
         use_xformers: bool = False,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
+        checkpoint_keep_pixels: int,
     ) -> None:
         super().__init__(
             vae=components.vae,
@@ -100,6 +101,7 @@ class VideoGuidance(TextPrior):
             use_xformers=use_xformers,
             checkpoint_encoder=checkpoint_encoder,
             checkpoint_pixels=checkpoint_pixels,
+            checkpoint_keep_pixels=checkpoint_keep_pixels,
         )
         size = components.native_size if image_size is None else image_size
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -149,6 +151,7 @@ class VideoGuidance(TextPrior):
         e = randn_like(torch.empty(lat_shape, device=x.device), generator) if self.latent_sample else None
         s = latent_scaling(self.vae)
         parts: dict[int, torch.Tensor] = {}
+        recompute = self.recompute_encoder(int(mask.sum()) * x.shape[-2] * x.shape[-1])
         for with_grad in (True, False):
             idx = torch.nonzero(mask == with_grad).flatten().tolist()
             for i in range(0, len(idx), self.encode_chunk):
@@ -157,7 +160,7 @@ class VideoGuidance(TextPrior):
                     moments = encoder_moments(
                         self.vae,
                         x[sel] * 2.0 - 1.0,
-                        checkpoint=self.checkpoint_encoder,
+                        checkpoint=recompute,
                         chunk_pixels=self.checkpoint_pixels,
                     )
                     mean, std = posterior(moments)

@@ -193,6 +193,7 @@ class Zero123Guidance(DiffusionPrior):
         use_xformers: bool = False,
         checkpoint_encoder: bool,
         checkpoint_pixels: int,
+        checkpoint_keep_pixels: int,
         generator: torch.Generator | None = None,
     ) -> None:
         self.image_encoder = components.image_encoder
@@ -210,6 +211,7 @@ class Zero123Guidance(DiffusionPrior):
             use_xformers=use_xformers,
             checkpoint_encoder=checkpoint_encoder,
             checkpoint_pixels=checkpoint_pixels,
+            checkpoint_keep_pixels=checkpoint_keep_pixels,
         )
         self.image_processor = components.image_processor
         self.image_size = int(image_size or self.unet.config.sample_size * vae_scale_factor(self.vae))

@@ -391,9 +391,14 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
     return graph_prior_networks(prior, enabled=cfg.run.cuda_graphs)
 
 
-def _encoder_options(cfg: Config) -> dict[str, Any]:
-    """The VAE-encoder recompute settings every prior takes (``run.vae_checkpoint*``)."""
-    return {"checkpoint_encoder": cfg.run.vae_checkpoint, "checkpoint_pixels": cfg.run.vae_checkpoint_pixels}
+def _encoder_options(cfg: Config, stage: str = "") -> dict[str, Any]:
+    """The VAE-encoder recompute settings every prior takes (``run.vae_checkpoint*``; in the static stage also
+    ``static.vae_keep_pixels``, which the others leave at 0: their memory is tighter)."""
+    return {
+        "checkpoint_encoder": cfg.run.vae_checkpoint,
+        "checkpoint_pixels": cfg.run.vae_checkpoint_pixels,
+        "checkpoint_keep_pixels": cfg.static.vae_keep_pixels if stage == "static" else 0,
+    }
 
 
 def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components: Any = None) -> Any:
@@ -414,7 +419,7 @@ def build_sd_guidance(cfg: Config, device: torch.device, prompt: str, components
             t_range=s.sd_t_range,
             weight=s.sd_weight,
             view_dependent=s.view_dependent_text,
-            **_encoder_options(cfg),
+            **_encoder_options(cfg, "static"),
         ),
         "sd",
     )
@@ -440,7 +445,7 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
             reference=reference.to(device),
             # upstream drew its c_concat sample from torch's global generator; ours is seeded by run.seed
             generator=torch.Generator().manual_seed(cfg.run.seed),
-            **_encoder_options(cfg),
+            **_encoder_options(cfg, stage),
         ),
         "zero123",
     )
