@@ -503,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "tiny": args.tiny,
-        "variant": args.variant or "flags",
+        # a run with an explicit --vae-keep-pixels is its own record (e.g. defaults+keep0: the encoder recompute of SD
+        # and Zero123 as before static.vae_keep_pixels)
+        "variant": (args.variant or "flags")
+        + ("" if args.vae_keep_pixels is None else f"+keep{args.vae_keep_pixels}"),
         "compile": args.compile,
         "compile_mode": args.compile_mode,
         "channels_last": args.channels_last,

@@ -10,8 +10,13 @@
 # 2^18 points), 4 variants x (3 + ITERS) steps with the frozen render: 93 s in all on an H100 with ITERS=5
 # TRAINED_STEPS=200 (2026-12-07). PARTS picks the parts (default "tests bench"), LIMIT (default 570 s) bounds the
 # call: each part gets what is left ("fresh": the fresh field only, FRESH_VARIANTS; "trace": torch.profiler tables of TRACE_VARIANTS, default
-# fused_normals_z_merge, to $OUT/trace). ITERS (8) and TRAINED_STEPS (600). Expects .device/wheels (as the others).
+# march_tv = today's defaults, to $OUT/trace; "stencil": benchmarks/bench_stencil_linear.py, the first-layer kernel
+# against cuBLAS). ITERS (8), TRAINED_STEPS (600), ROUNDS (2: the variant list twice, the second time reversed;
+# medians pooled) and VARIANTS (default: --issue26's list; else the fresh and trained tables of these, with
+# fused_tv and march_tv for field_step.json's before/after). Expects .device/wheels (as the others).
 # TESTS overrides the test files.
+# The next call for issue 26 (2026-12-07, BENCHMARKS.md §15.13): PARTS="tests stencil trace bench" ITERS=4
+#   VARIANTS=fused_tv,march_tv,blas,skip0,blas_skip0 bash benchmarks/gpu_field_step.sh OUT
 set -uo pipefail
 FINAL="${1:-field-step-out}"
 . benchmarks/gpu_common.sh
@@ -22,12 +27,19 @@ left() { echo $(( LIMIT_AT - $(date +%s) )); }
 if [[ $PARTS == *" tests "* ]]; then
   el "GPU tests: fused normals, grid kernels, z-merge"
   timeout $(( $(left) < 300 ? $(left) : 300 )) python3 -m pytest -q -m gpu ${TESTS:-tests/test_scene_stencil.py \
-    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py tests/test_scene_timetv.py} \
+    tests/test_scene_triton.py tests/test_scene_zmerge.py tests/test_render_march_kernel.py tests/test_scene_timetv.py \
+    tests/test_scene_timeruns.py} \
     -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"
 fi
+if [[ $PARTS == *" stencil "* ]]; then
+  el "bench_stencil_linear: the fused normals' first-layer backward, kernel launches against cuBLAS"
+  timeout $(( $(left) < 120 ? $(left) : 120 )) python3 benchmarks/bench_stencil_linear.py \
+    --out "$OUT/stencil_linear.json" > "$OUT/stencil_linear.log" 2>&1; tail -20 "$OUT/stencil_linear.log"
+fi
 if [[ $PARTS == *" bench "* ]]; then
-  el "bench_field_step --issue26"
-  timeout "$(left)" python3 benchmarks/bench_field_step.py --issue26 --iters "${ITERS:-8}" \
+  if [ -n "${VARIANTS:-}" ]; then SEL="--trained --variants $VARIANTS"; else SEL="--issue26"; fi
+  el "bench_field_step $SEL"
+  timeout "$(left)" python3 benchmarks/bench_field_step.py $SEL --rounds "${ROUNDS:-2}" --iters "${ITERS:-8}" \
     --trained-steps "${TRAINED_STEPS:-600}" --out "$OUT/field_step.json" 2>&1 | tee "$OUT/field_step.log" | tail -8
   python3 -c "
 import json; r = json.load(open('$OUT/field_step.json'))
@@ -44,8 +56,8 @@ if [[ $PARTS == *" fresh "* ]]; then
 fi
 if [[ $PARTS == *" trace "* ]]; then
   el "bench_field_step --trace: where a fused-normals step's device time goes (torch.profiler tables)"
-  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "${TRACE_VARIANTS:-fused_normals_z_merge}" \
+  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "${TRACE_VARIANTS:-march_tv}" \
     --iters 3 --trace "$OUT/trace" --out "$OUT/field_step_trace.json" 2>&1 | tail -4
-  for f in "$OUT"/trace/*.txt; do head -40 "$f"; tail -8 "$f"; done
+  for f in "$OUT"/trace/*.txt; do head -30 "$f"; grep -A20 "by origin" "$f"; done
 fi
 el "done"

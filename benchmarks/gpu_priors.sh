@@ -10,7 +10,11 @@
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (a name given twice runs twice, its files
 #       suffixed .2: 'graphs native graphs' shows whether the order matters; guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms
-#       defaults = the stages' defaults, defaults_compile = them with run.compile_priors)
+#       defaults = the stages' defaults, defaults_compile = them with run.compile_priors; a name ending in +keep0
+#       runs with --vae-keep-pixels 0: SD and Zero123 recompute their encoder as before static.vae_keep_pixels)
+# The next calls for issue 27 (2026-12-07, BENCHMARKS.md §15.13): PARTS=bench PRIORS=sd,zero123
+#   VARIANTS="defaults defaults+keep0 defaults" (about 2 min), then PARTS=bench PRIORS=video,controlnet
+#   VARIANTS="defaults defaults_compile" (about 8 min: compiling)
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
 #                                   native = base + the fp16 UNet outside autocast (run.native_fp16);
@@ -38,8 +42,9 @@ if [[ " $PARTS " == *" bench "* ]]; then
   for v in $VARIANTS; do
     L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
     SEEN[$v]=$(( ${SEEN[$v]:-0} + 1 )); tag=$v; [ "${SEEN[$v]}" -gt 1 ] && tag="$v.${SEEN[$v]}"
+    base=${v%+keep0}; keep=(); [ "$base" != "$v" ] && keep=(--vae-keep-pixels 0); tag=${tag//+/_}
     el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
-    timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$v" \
+    timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$base" "${keep[@]}" \
       --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$tag.json" \
       --calls-json "$OUT/calls_$tag.json" > "$OUT/guidance_$tag.log" 2>&1; echo "exit $?"
     grep -v "should be kept in float32" "$OUT/guidance_$tag.log" | tail -7

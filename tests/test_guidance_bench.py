@@ -14,6 +14,7 @@ def _load(name: str):
 
 
 def test_bench_guidance_tiny_reports_flops_and_agreement(tmp_path) -> None:
+    from animate124.config.schema import StaticConfig
     from animate124.guidance.flops import call_flops
 
     bench = _load("bench_guidance")
@@ -24,8 +25,10 @@ def test_bench_guidance_tiny_reports_flops_and_agreement(tmp_path) -> None:
     ]) == 0  # fmt: skip
     (r,) = json.loads(out.read_text())["results"]
     comp, _ = bench.build_tiny("zero123", tmp_path / "tiny")
-    guid, call = bench.make_call("zero123", comp, None, True, bench.torch.device("cpu"), True, True)
+    keep = StaticConfig().vae_keep_pixels  # --stages: Zero123 as the static stage calls it, its encoder kept
+    guid, call = bench.make_call("zero123", comp, None, True, bench.torch.device("cpu"), True, True, keep)
     assert r["flops"] == call_flops(guid, call.shape).as_dict() and r["tflop"] == r["flops"]["total"] / 1e12
+    assert r["flops"]["recompute"] == 0 < r["flops"]["encode"]
     assert r["achieved_tflop_s"] == pytest.approx(r["tflop"] / (r["median_ms"] / 1e3))
     assert r["grad_cosine"] > 0.999 and r["grad_norm_error"] < 0.01
     calls = json.loads(rec.read_text())
