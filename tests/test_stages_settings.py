@@ -32,8 +32,9 @@ def test_the_bound_starts_below_the_renders_and_unknown_sizes_recompute_everythi
 
 
 def test_the_system_gives_back_its_priors_cuda_graphs_before_any_ray_saver(monkeypatch):
-    """``NerfSystem.save_memory``: first the priors' CUDA graphs (run eagerly from then on: the same
-    function), then the ray savers; a system whose priors hold no recorded graph goes straight to those."""
+    """``NerfSystem.save_memory``: first the VAE activations the static stage's priors keep, then the priors'
+    CUDA graphs (run eagerly from then on: the same function), then the ray savers; a system whose priors hold
+    no recorded graph goes straight to those."""
     from types import SimpleNamespace
 
     import torch
@@ -46,8 +47,17 @@ def test_the_system_gives_back_its_priors_cuda_graphs_before_any_ray_saver(monke
     graphed = GraphedCall(unet)
     graphed.__dict__["_graphs"]["signature"] = object()  # as if a call had been recorded on a GPU
     prior = SimpleNamespace(unet=graphed, controlnet=GraphedCall(torch.nn.Linear(2, 2)))
-    system = SimpleNamespace(rays=_rays(), max_samples=4_000_000, guidance_priors=lambda: [prior])
+    # a static-stage prior keeping its encoder activations (static.vae_keep_pixels), and one recomputing anyway
+    keeper = SimpleNamespace(checkpoint_encoder=True, checkpoint_keep_pixels=512 * 512)
+    plain = SimpleNamespace(checkpoint_encoder=False, checkpoint_keep_pixels=512 * 512)
+    system = SimpleNamespace(
+        rays=_rays(), max_samples=4_000_000, guidance_priors=lambda: [prior, keeper, plain]
+    )
     monkeypatch.setattr(graphs, "_pool_bytes", lambda: 3 * 2**29)
+    # first the kept activations: the recompute from then on (the same gradients)
+    assert NerfSystem.save_memory(system) == "static.vae_keep_pixels=0"
+    assert keeper.checkpoint_keep_pixels == 0 and isinstance(prior.unet, GraphedCall)
+    assert plain.checkpoint_keep_pixels == 512 * 512  # it keeps nothing anyway: no recompute to turn on
     assert NerfSystem.save_memory(system) == "run.cuda_graphs=false (their pool held 1.50 GiB)"
     assert prior.unet is unet and isinstance(prior.controlnet, torch.nn.Linear)  # every wrapper unwrapped
     assert system.rays == _rays()  # the renders are untouched by this saver

@@ -198,9 +198,19 @@ class NerfSystem:
 
     def save_memory(self) -> str | None:
         """After a step ran out of GPU memory: the next same-result saver, on for the rest of the stage (the
-        trainer runs the step again); None when everything is saved already. First the priors' CUDA graphs
-        and their memory pool (:func:`~animate124.guidance.graphs.release_graphs`: eager calls from then on),
-        then :meth:`RaySettings.saving_memory`, sized by the largest training render so far."""
+        trainer runs the step again); None when everything is saved already. First the VAE-encoder activations
+        the static stage's priors keep (``static.vae_keep_pixels``: up to 3.1 GiB, for one more encoder pass a
+        call), then the priors' CUDA graphs and their memory pool
+        (:func:`~animate124.guidance.graphs.release_graphs`: eager calls from then on), then
+        :meth:`RaySettings.saving_memory`, sized by the largest training render so far."""
+        keeping = [
+            p for p in self.guidance_priors()
+            if getattr(p, "checkpoint_encoder", False) and getattr(p, "checkpoint_keep_pixels", 0) > 0
+        ]  # fmt: skip
+        if keeping:
+            for p in keeping:
+                p.checkpoint_keep_pixels = 0
+            return "static.vae_keep_pixels=0"
         freed = release_graphs(self.guidance_priors())
         if freed != 0:
             held = "" if freed is None else f" (their pool held {freed / 2**30:.2f} GiB)"
