@@ -102,7 +102,8 @@ class RunConfig:
         True,
         "Keep no VAE-encoder activations for backward in the priors: recompute them in backward, in chunks "
         "of 4 × 256² pixels (a 1024² image alone, block by block) (same gradients; saves about 0.6 GiB per "
-        "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass).",
+        "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass). The static stage's small calls "
+        "keep theirs: static.vae_keep_pixels.",
         nohash=True,
     )
     vae_checkpoint_pixels: int = opt(
