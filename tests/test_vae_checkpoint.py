@@ -117,15 +117,22 @@ def test_encode_latents_checkpoint_draws_the_same_posterior_sample(sd, sample: b
     assert_grad_close(outs[1][1], outs[0][1])
 
 
+def _four_frame_call(seed: int):
+    """``(frames, generator, views, reference)`` of a 4-frame 16² call every prior takes (ControlNet's condition
+    frames in the views, Zero123's 32² reference), drawn from ``seed``'s generator, which goes on to draw the
+    images."""
+    frames = 4
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
+    return frames, gen, views, torch.rand(1, 3, 32, 32, generator=gen)
+
+
 def test_every_prior_same_loss_and_gradient_with_encoder_checkpoint(store, sd) -> None:
     from animate124.models.loaders import load_controlnet, load_video, load_zero123
 
     zero123, video, cn = load_zero123(store), load_video(store), load_controlnet(store)
-    frames = 4
-    gen = torch.Generator().manual_seed(3)
-    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
-    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
-    ref = torch.rand(1, 3, 32, 32, generator=gen)
+    frames, gen, views, ref = _four_frame_call(3)
     builders = {
         "sd": lambda ck: make_sd(sd, checkpoint_encoder=ck),
         "zero123": lambda ck: make_zero123(zero123, reference=ref, checkpoint_encoder=ck),
@@ -191,11 +198,7 @@ def test_a_call_within_keep_pixels_runs_the_encoder_once_with_the_same_gradient(
     the chunked recompute is held to (``assert_grad_close``)."""
     from animate124.models.loaders import load_controlnet, load_video, load_zero123
 
-    frames = 4
-    gen = torch.Generator().manual_seed(5)
-    cond = torch.rand(1, frames, 3, 16, 16, generator=gen)
-    views = still_views(torch.linspace(20.0, 40.0, frames)[None], -10.0, frames=frames, condition=cond)
-    ref = torch.rand(1, 3, 32, 32, generator=gen)
+    frames, gen, views, ref = _four_frame_call(5)
     comps = {
         "sd": lambda **kw: make_sd(sd, **kw),
         "zero123": lambda **kw: make_zero123(load_zero123(store), reference=ref, **kw),
