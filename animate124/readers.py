@@ -218,12 +218,19 @@ def check_safetensors(path: Path) -> str | None:
     return None
 
 
+#: torch's legacy (pre-zip) ``torch.save`` format begins with its magic number pickled as a LONG1 (opcode 0x8a, 10
+#: bytes: 0x1950a86a20f9469cfc6c little-endian), after the PROTO opcode (and a FRAME header from protocol 4 on)
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def check_torch_zip(path: Path) -> str | None:
     """torch >= 1.6 pickles are zip archives; a truncated download loses the central directory.
-    Legacy (pre-zip) pickles, which start with a pickle protocol byte, cannot be checked cheaply."""
+    Legacy (pre-zip) pickles, which start with a pickle protocol byte and torch's magic number, cannot be checked
+    cheaply. A file that is neither is damaged (before 2026-12-07 any first byte 0x80 passed as legacy, so one
+    random file in 256 went on to fail at load time without naming itself)."""
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
+        head = fh.read(32)
+    if head[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in head and not zipfile.is_zipfile(path):
         return None
     try:
         with zipfile.ZipFile(path) as zf:

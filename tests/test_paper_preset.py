@@ -48,7 +48,10 @@ PAPER: dict[str, tuple[object, str]] = {
         True,
         "impl (same function up to fp32 rounding; on since the oracle check, BENCHMARKS §15.9)",
     ),
-    "run.compile_priors": ("", "impl (off: not bit-identical)"),
+    "run.compile_priors": (
+        "",
+        "impl (same up to rounding; off until measured with the defaults of 2026-12-07)",
+    ),
     "run.compile_mode": ("default", "impl (used only with compile_priors)"),
     "run.channels_last": ("", "impl (off: not bit-identical)"),
     "run.fused_adamw": (False, "impl (off: not bit-identical)"),

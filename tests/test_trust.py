@@ -57,6 +57,25 @@ def test_reader_names_the_file_and_what_is_wrong(tmp_path):
         read_yaml(tmp_path / "c.yaml", error=ConfigError)
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_bin_is_a_torch_zip_or_a_legacy_torch_pickle_or_damaged(tmp_path, protocol):
+    """``.bin`` weights: a zip archive (checked whole), a legacy ``torch.save`` pickle (its magic number first:
+    accepted, not checkable cheaply), anything else damaged, also random bytes that start with the pickle
+    PROTO byte 0x80 (one random file in 256; they used to pass as legacy and fail later at load time)."""
+    from animate124.readers import check_file
+
+    zipped, legacy, rnd = tmp_path / "z.bin", tmp_path / "l.bin", tmp_path / "r.bin"
+    torch.save({"a": torch.arange(8.0)}, zipped)
+    torch.save(
+        {"a": torch.arange(8.0)}, legacy, _use_new_zipfile_serialization=False, pickle_protocol=protocol
+    )
+    assert check_file(zipped) is None and check_file(legacy) is None
+    rnd.write_bytes(b"\x80" + bytes([protocol]) + os.urandom(4096))
+    assert "not a complete torch archive" in check_file(rnd)
+    zipped.write_bytes(zipped.read_bytes()[:-40])  # a truncated archive
+    assert "not a complete torch archive" in check_file(zipped)
+
+
 def test_reader_says_permission_denied_not_no_such_file(tmp_path, monkeypatch):
     """A file the user may not read (chmod 000; simulated, since root reads everything) is 'permission
     denied' with a chmod hint, whatever the library said."""

@@ -102,18 +102,15 @@ class RunConfig:
         True,
         "Keep no VAE-encoder activations for backward in the priors: recompute them in backward, in chunks "
         "of 4 × 256² pixels (a 1024² image alone, block by block) (same gradients; saves about 0.6 GiB per "
-        "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass). The static stage's small calls "
-        "keep theirs: static.vae_keep_pixels.",
+        "256² frame and 9.7 GiB per 1024² frame; costs one more encoder pass; static.vae_keep_pixels excepted).",
         nohash=True,
     )
     vae_checkpoint_pixels: int = opt(
         4 * 256 * 256,
         "With vae_checkpoint: pixels the encoder recomputes at once in backward (default 4 frames at 256²; an "
         "image above it is recomputed alone, block by block). Lower = less memory, the same gradients.",
-        min=1,
-        nohash=True,
-        max=2**31 - 1,
-    )
+        min=1, nohash=True, max=2**31 - 1,
+    )  # fmt: skip
     vae_attention: Literal["blocked", "sdpa"] = opt(
         "blocked",
         "Attention of the priors' VAE encoders over large images (the mid block at 512² and up: one head "
@@ -178,13 +175,12 @@ class RunConfig:
         nohash=True,
     )
     compile_priors: str = opt(
-        "",
-        "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
-        "controlnet, invert = the textual inversion's UNet, or all): fused kernels, faster calls (H200: ModelScope 172 -> 129 ms, ControlNet 271 -> "
-        "236 ms), the same network up to floating-point rounding; compiling takes 1-3 min per network on first "
-        "use, cached under the model cache (BENCHMARKS.md §8.9). Off in paper (not bit-identical).",
+        "", "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
+        "controlnet, invert = the textual inversion's UNet, or all): the same network up to rounding; ModelScope "
+        "-17 %, ControlNet -14 % a call with the defaults of 2026-12-06 (BENCHMARKS.md §10). Compiling takes 1-3 "
+        "min per network on first use, cached under the model cache. Off until measured with today's defaults.",
         nohash=True,
-    )
+    )  # fmt: skip
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = opt(
         "default",
         "Inductor mode for run.compile_priors: default, max-autotune (also tries Triton matmul/convolution "
@@ -492,15 +488,11 @@ class StaticConfig:
     grad_clip: float = opt(0.0, "Element-wise gradient clip (0 = none, as upstream static).", min=0.0)
     vae_keep_pixels: int = opt(
         512 * 512,
-        "With run.vae_checkpoint: a static-stage prior call whose images with grad have at most this many pixels "
-        "keeps its VAE-encoder activations for backward instead of recomputing them (SD's 512² image: 2.5 GiB, "
-        "Zero123's 256² view: 0.6 GiB, held until the step's backward). Such a batch is one recompute chunk, so "
-        "recomputing it frees nothing at the backward's peak and costs one more encoder pass (BENCHMARKS.md "
-        "§8.3). The same gradients up to summation order; 0 = recompute every batch (before 2026-12-07).",
-        min=0,
-        max=2**31 - 1,
-        nohash=True,
-    )
+        "With run.vae_checkpoint: static-stage prior calls of at most this many pixels with grad keep their VAE "
+        "activations (SD 512²: 2.5 GiB, Zero123 256²: 0.6 GiB) instead of recomputing them: one recompute chunk "
+        "frees nothing at the peak and costs an encoder pass (BENCHMARKS.md §8.3). Same gradients; 0 = recompute.",
+        min=0, max=2**31 - 1, nohash=True,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
