@@ -160,8 +160,8 @@ def call_flops(prior: Any, images_shape: tuple[int, ...] | torch.Size) -> CallFl
     """FLOPs of one call of ``prior`` (``sd``, ``zero123``, ``video`` or ``controlnet``) on renders shaped
     ``images_shape`` ``[B, T, 3, H, W]`` (the render size does not matter: the prior resizes to its input),
     with its own settings (input size, ControlNet's frame selection, the video's ``vae_grad_frames``,
-    ``checkpoint_encoder`` and ``checkpoint_keep_pixels``). Builds meta twins of the networks each time: about a second per full-size UNet
-    on a CPU."""
+    ``checkpoint_encoder`` and ``checkpoint_keep_pixels``). Builds meta twins of the networks each time: about a
+    second per full-size UNet on a CPU."""
     b, frames = int(images_shape[0]), int(images_shape[1])
     name = prior.name
     unet = meta_twin(prior.unet)
