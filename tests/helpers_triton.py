@@ -49,12 +49,20 @@ def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 
     return json.loads(line[2:])
 
 
-def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, num_warps: int = 4):
+def compile_for_sm90(
+    fn,
+    constexprs: dict,
+    types: dict[str, str] | None = None,
+    num_warps: int = 4,
+    divisible: tuple[str, ...] = (),
+):
     """``fn`` (a ``@triton.jit`` kernel) lowered to an sm_90 cubin by Triton's own compiler, without a GPU:
     a kernel that the CPU interpreter runs but the GPU compiler rejects fails here. ``types`` gives an
     argument's Triton type (``*fp32``, ``i32``, ``fp32``, ...); the rest: ``*_ptr`` -> ``*fp32``, the others
-    ``i32``; a constexpr parameter with a default and not in ``constexprs`` takes its default. Skips where this
-    Triton has no NVIDIA backend."""
+    ``i32``; a constexpr parameter with a default and not in ``constexprs`` takes its default. ``divisible``
+    names the arguments specialised as multiples of 16 (as a launch specialises a 16-byte aligned pointer or an
+    integer divisible by 16; the others compile as a launch with odd values would). Skips where this Triton
+    has no NVIDIA backend."""
     if not HAS_TRITON:
         pytest.skip("triton is not importable")
     import triton
@@ -72,9 +80,10 @@ def compile_for_sm90(fn, constexprs: dict, types: dict[str, str] | None = None, 
         a: "constexpr" if a in constexprs else types.get(a, "*fp32" if a.endswith("_ptr") else "i32")
         for a in fn.arg_names
     }
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a in divisible}
     try:
         return triton.compile(
-            ASTSource(fn=fn, signature=sig, constexprs=dict(constexprs)),
+            ASTSource(fn=fn, signature=sig, constexprs=dict(constexprs), attrs=attrs),
             target=GPUTarget("cuda", 90, 32),
             options={"num_warps": num_warps},
         )
@@ -113,3 +122,42 @@ def ptxas_report(ptx: str) -> dict[str, int]:
             }
         errors.append(f"{exe.name}: {r.stderr.strip()[-200:]}")
     raise RuntimeError(f"no ptxas here assembles PTX {version.group(0) if version else '?'}: {errors}")
+
+
+_LAYOUT_ALIAS = re.compile(r"^(#[\w.]+) = (#ttg\.\w+<\{.*\}>)\s*$", re.M)
+_ASM_RESULT = re.compile(r"tt\.elementwise_inline_asm.*-> tensor<((?:\d+x)+)\w+, (.*)> loc\(")
+
+
+def _ints(layout: str, key: str) -> list[int]:
+    return [int(v) for v in re.search(key + r" = \[([\d, ]+)\]", layout).group(1).split(",")]
+
+
+def inline_asm_replication(ttgir: str) -> list[int]:
+    """For each inline-asm op of a compiled kernel (``k.asm["ttgir"]``): how many threads hold each element of
+    its result, i.e. how many times the asm runs per element (1 = once; Triton runs an ``inline_asm_elementwise``
+    in every thread that holds the element, so a reduction issued in asm on a replicated layout adds twice).
+    Reads blocked layouts and slices of them; any other layout fails the caller's check loudly."""
+    aliases = dict(_LAYOUT_ALIAS.findall(ttgir))
+    out = []
+    for shape_s, layout in _ASM_RESULT.findall(ttgir):
+        shape = [int(v) for v in shape_s.rstrip("x").split("x")]
+        dims = None
+        m = re.fullmatch(r"#ttg\.slice<\{dim = (\d+), parent = (#[\w.]+)\}>", layout)
+        if m:
+            sliced, parent = int(m.group(1)), aliases[m.group(2)]
+            dims = [d for d in range(len(_ints(parent, "sizePerThread"))) if d != sliced]
+            layout = parent
+        else:
+            layout = aliases.get(layout, layout)
+        if not layout.startswith("#ttg.blocked"):
+            raise AssertionError(f"inline asm on a layout this check cannot read: {layout}")
+        spt, tpw, wpc = (_ints(layout, k) for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA"))
+        factor = 1
+        if dims is None:
+            dims = list(range(len(spt)))
+        else:  # every thread along the sliced dimension holds the same element
+            factor *= tpw[sliced] * wpc[sliced]
+        for d, size in zip(dims, shape, strict=True):
+            factor *= max(1, spt[d] * tpw[d] * wpc[d] // size)
+        out.append(factor)
+    return out

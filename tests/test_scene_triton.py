@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from helpers_triton import compile_for_sm90, needs_cuda, needs_triton, run_interpreted
+from helpers_triton import compile_for_sm90, inline_asm_replication, needs_cuda, needs_triton, run_interpreted
 
 
 def _compare(enc_ref, enc_tr, x, t=None, max_level=None) -> dict:
@@ -377,6 +377,30 @@ def test_triton_gpu_skip_zero_rows_changes_no_bit():
         assert v["grad_rel"] <= 1e-5, (name, v)
 
 
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("levels", [2, 4, 6, 16])
+@pytest.mark.parametrize("pair_layout", [True, False])
+def test_triton_gpu_table_gradient_at_any_level_count(levels, pair_layout):
+    """The vector reductions' table gradient against the torch encoder at level counts whose output row
+    (``2·levels`` floats) is and is not a multiple of 16 floats: until 2026-12-07 every count but 16 came out
+    exactly 2× on an H100 (BENCHMARKS.md §15.14). The sums' order differs (atomics), so ≤ 1e-5 relative."""
+    from helpers_grid import paper_grid_config
+
+    from animate124.scene.grid import GridEncoding, KernelOptions
+
+    cfg = paper_grid_config(num_levels=levels, base_resolution=4, desired_resolution=64, log2_table_size=12)
+    ref, tr = _pair(GridEncoding, cfg, "cuda", KernelOptions(pair_layout=pair_layout))
+    n = 2**16
+    x = (torch.rand(n, 3, generator=torch.Generator().manual_seed(2)) * 2.2 - 1.1).cuda()
+    g = torch.randn(n, tr.output_dim, generator=torch.Generator().manual_seed(3)).cuda()
+    (tr(x) * g).sum().backward()
+    (ref(x) * g).sum().backward()
+    a, b = tr.embeddings.grad, ref.embeddings.grad
+    assert ((a - b).norm() / b.norm()).item() <= 1e-5, (a.norm().item(), b.norm().item())
+
+
 def test_triton_interpreter_used_pair_layout(interp_results):
     assert interp_results["tiled"]["pair_builds"] == 1
     assert interp_results["paper"]["pair_builds"] == 1
@@ -637,6 +661,10 @@ def test_grid_kernels_compile_for_sm90_without_a_gpu(smooth):
         **{p: "*i32" for p in ("stride_ptr", "wmask_ptr", "start_ptr", "hashed_ptr")},
     }
     time = {"HAS_TIME": True, "SMOOTH": smooth}
+    pair_bwd = {
+        "C": 2, "BLOCK": o.pair_bwd_block, "VEC2": True, "ASM": K.VEC2_ASM, "PAIR": True, "ASM4": K.PAIR_ASM,
+        "ZMERGE": o.z_merge, "SKIP0": True, **time,
+    }  # fmt: skip
     built = [
         compile_for_sm90(K._grid_fwd_kernel, {"C": 2, "BLOCK": o.fwd_block, **time}, types, o.fwd_warps),
         compile_for_sm90(
@@ -645,28 +673,13 @@ def test_grid_kernels_compile_for_sm90_without_a_gpu(smooth):
             types,
             o.pair_fwd_warps,
         ),
-        compile_for_sm90(
-            K._grid_bwd_kernel,
-            {
-                "C": 2,
-                "BLOCK": o.pair_bwd_block,
-                "VEC2": True,
-                "ASM": K.VEC2_ASM,
-                "PAIR": True,
-                "ASM4": K.PAIR_ASM,
-                "ZMERGE": o.z_merge,
-                "SKIP0": True,
-                **time,
-            },
-            types,
-            o.pair_bwd_warps,
-        ),  # fmt: skip
-        compile_for_sm90(  # the plain (no pair layout) backward with the zero-row skip
+        compile_for_sm90(K._grid_bwd_kernel, pair_bwd, types, o.pair_bwd_warps),
+        compile_for_sm90(  # the plain (no pair layout) backward with the zero-row skip, 8-byte reductions
             K._grid_bwd_kernel,
             {
                 "C": 2,
                 "BLOCK": o.bwd_block,
-                "VEC2": False,
+                "VEC2": True,
                 "ASM": K.VEC2_ASM,
                 "PAIR": False,
                 "ASM4": K.PAIR_ASM,
@@ -677,4 +690,15 @@ def test_grid_kernels_compile_for_sm90_without_a_gpu(smooth):
             o.bwd_warps,
         ),  # fmt: skip
     ]
+    # the pair backward again as a launch at 16 levels specialises it: pointers and the row stride (32) known
+    # to be multiples of 16
+    aligned = tuple(a for a in K._grid_bwd_kernel.arg_names if a.endswith("_ptr")) + ("gout_stride",)
+    built.append(compile_for_sm90(K._grid_bwd_kernel, pair_bwd, types, o.pair_bwd_warps, divisible=aligned))
     assert all("cubin" in k.asm for k in built)
+    # The reductions' inline PTX runs once per thread holding an element: every element on one thread, or each
+    # table addition is issued twice. Compiled as above (no argument known to be a multiple of 16, as a launch
+    # with 6 levels' row stride of 12) the old [BLOCK, 2] load summed over channels put each row on two threads,
+    # and the GPU's table gradient came out doubled (BENCHMARKS.md §15.14).
+    replication = [inline_asm_replication(k.asm["ttgir"]) for k in built]
+    assert [len(r) > 0 for r in replication] == [False, False, True, True, True]
+    assert all(f == 1 for r in replication for f in r), replication

@@ -399,6 +399,25 @@ if HAS_TRITON:
             )
 
     @triton.jit  # pragma: no cover - jit
+    def _channel_grads(gout_ptr, rows, gout_stride, lvl, inside, w_hi, HAS_TIME: tl.constexpr):
+        """A level's two output-gradient channels as ``[BLOCK]`` vectors, split between the low and the high time
+        grid: ``(g_lo0, g_lo1, g_hi0, g_hi1)`` (the high pair equals the low one without ``HAS_TIME``).
+
+        Two 1-D loads, not a ``[BLOCK, 2]`` load summed over its channels: the inline-asm reductions that take
+        these values run once per thread that holds an element, and a sum over a ``[BLOCK, 2]`` tile can leave
+        each row on two threads. Triton lays the tile out so whenever it cannot prove 8-byte rows (a row
+        stride ``L·C`` that is not a multiple of 16, e.g. 6 or 4 levels): every table addition was then issued
+        twice and the table gradient came out doubled on the GPU (found 2026-12-07 on an H100; the CPU
+        interpreter runs the atomic fallback and could not see it). ``tests/test_kernel_layouts.py`` checks the
+        layouts of every inline-asm operand in the compiled kernels."""
+        base = gout_ptr + rows * gout_stride + lvl * 2
+        g0 = tl.load(base, mask=inside, other=0.0).to(tl.float32)
+        g1 = tl.load(base + 1, mask=inside, other=0.0).to(tl.float32)
+        if HAS_TIME:
+            return g0 * (1.0 - w_hi), g1 * (1.0 - w_hi), g0 * w_hi, g1 * w_hi
+        return g0, g1, g0, g1
+
+    @triton.jit  # pragma: no cover - jit
     def _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0: tl.constexpr):
         """Which points have a nonzero gradient at their low and high grid (all True without ``SKIP0``)."""
         nz_lo = (g_lo0 != 0.0) | (g_lo1 != 0.0)
@@ -430,21 +449,13 @@ if HAS_TRITON:
             time_max, grid_entries, HAS_TIME, SMOOTH,
         )  # fmt: skip
         f2, keep_z = _zmerge(f2, s2, hashed, ZMERGE)
-        ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
-        go = tl.load(gout_ptr + rows[:, None] * gout_stride + lvl * C + ch[None, :], mask=m_lo, other=0.0)
-        go = go.to(tl.float32)
-        if HAS_TIME:
-            go_lo = go * (1.0 - w_hi)[:, None]
-            go_hi = go * w_hi[:, None]
-        else:
-            go_lo = go
-            go_hi = go
-        if PAIR:
-            g_lo0 = tl.sum(tl.where(ch[None, :] == 0, go_lo, 0.0), axis=1)
-            g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
-            g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
-            g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
+        if PAIR or VEC2:
+            tl.static_assert(C == 2, "the pair layout and the vector reductions hold two channels")
+            g_lo0, g_lo1, g_hi0, g_hi1 = _channel_grads(
+                gout_ptr, rows, gout_stride, lvl, inside, w_hi, HAS_TIME
+            )
             nz_lo, nz_hi = _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0)
+        if PAIR:
             for k in tl.static_range(0, 8, 2):
                 ia, wa = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k)
                 ib, wb = _corner_rows(i0, i1, i2, f0, f1, f2, s1, s2, hashed, wmask, k + 1)
@@ -463,11 +474,6 @@ if HAS_TRITON:
         elif VEC2:
             # One 8-byte vector reduction per corner instead of two scalar atomics (sm_90+): the
             # backward is bound by the L2 atomic rate, so halving the atomic count nearly halves it.
-            g_lo0 = tl.sum(tl.where(ch[None, :] == 0, go_lo, 0.0), axis=1)
-            g_lo1 = tl.sum(tl.where(ch[None, :] == 1, go_lo, 0.0), axis=1)
-            g_hi0 = tl.sum(tl.where(ch[None, :] == 0, go_hi, 0.0), axis=1)
-            g_hi1 = tl.sum(tl.where(ch[None, :] == 1, go_hi, 0.0), axis=1)
-            nz_lo, nz_hi = _nonzero_rows(g_lo0, g_lo1, g_hi0, g_hi1, SKIP0)
             for k in tl.static_range(8):
                 in_lo = (_zface(inside, keep_z, k) & nz_lo).to(tl.int32)
                 in_hi = (_zface(has_hi, keep_z, k) & nz_hi).to(tl.int32)
@@ -484,6 +490,15 @@ if HAS_TRITON:
                         dtype=tl.int32, is_pure=False, pack=1,
                     )  # fmt: skip
         else:
+            ch, m_lo, m_hi = _channel_masks(inside, has_hi, C)
+            go = tl.load(gout_ptr + rows[:, None] * gout_stride + lvl * C + ch[None, :], mask=m_lo, other=0.0)
+            go = go.to(tl.float32)
+            if HAS_TIME:
+                go_lo = go * (1.0 - w_hi)[:, None]
+                go_hi = go * w_hi[:, None]
+            else:
+                go_lo = go
+                go_hi = go
             nz_lo = tl.sum((go_lo != 0.0).to(tl.int32), axis=1) > 0
             nz_hi = tl.sum((go_hi != 0.0).to(tl.int32), axis=1) > 0
             if not SKIP0:
