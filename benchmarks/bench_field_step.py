@@ -22,19 +22,21 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 ``tf32x3`` (``march_tv`` with the fused normals' first-layer gradients on TF32x3 tensor cores:
 ``KernelOptions.stencil_dot``) and ``blas`` (``march_tv`` with those gradients as cuBLAS fp32 products:
 ``KernelOptions.stencil_linear``) and ``skip0`` (``march_tv`` with the grid backward skipping its all-zero rows,
-the samples behind early termination: ``KernelOptions.skip_zero_rows``) and ``blas_skip0`` (both).
+the samples behind early termination: ``KernelOptions.skip_zero_rows``) and ``blas_skip0`` (both), also named
+``defaults``: today's ``KernelOptions()`` (both on since 2026-12-07, BENCHMARKS.md §15.14).
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
-path before issue 26 although ``z_merge`` is on by default now (``march_tv`` is today's defaults).
+path before issue 26 although ``z_merge`` is on by default now, and ``march_tv`` stays what it measured.
 
-Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``march_tv`` (today's defaults) on the
+Issue 26's comparison (``--issue26``): ``fused_tv`` (``before``) and ``defaults`` (today's defaults) on the
 fresh field, then on a trained-like scene (``--trained-steps`` Adam steps fitting the density to a moving
 shape, then a fresh occupancy grid refreshed ``--trained-refreshes`` times: sharp surfaces, pruned
 occupancy; its samples and live share are recorded, it is not a real 2,000-step run), and refine's NeRF side
 (the training step + the frozen copy's no-grad render of the frames ControlNet reads + the occupancy refresh
 / 16). Writes ``card``, ``dynamic_ms``, ``dynamic_trained_ms``, ``refine_ms``, ``peak_gib`` and the same keys
 under ``before`` at the top level of the JSON (``benchmarks/results/field_step.json``). The same call measures
-``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``tf32x3``, ``blas``, ``skip0`` and ``blas_skip0`` too; every variant's keys are under ``by_variant``.
+``fused_normals_z_merge``, ``fused_march``, ``tv_batched``, ``march_tv``, ``tf32x3``, ``blas`` and ``skip0`` too;
+every variant's keys are under ``by_variant``.
 
     python benchmarks/bench_field_step.py --out OUT.json                  # CUDA
     python benchmarks/bench_field_step.py --issue26 --out field_step.json   # CUDA, issue 26's table
@@ -91,17 +93,19 @@ VARIANTS = {
     "skip0": {**_MARCH_TV, "skip_zero_rows": True},
     "blas_skip0": {**_MARCH_TV, "stencil_linear": "blas", "skip_zero_rows": True},
 }
-# before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher and the
-# batched time TV)
-ISSUE26 = ("fused_tv", "march_tv")
+#: today's kernel defaults (``KernelOptions()``, since 2026-12-07: ``blas_skip0``; a test holds them equal)
+VARIANTS["defaults"] = VARIANTS["blas_skip0"]
+# before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher, the
+# batched time TV, the first layer's gradients on cuBLAS and the grid backward's zero-row skip)
+ISSUE26 = ("fused_tv", "defaults")
 ISSUE26_EXTRA = (
     "fused_normals_z_merge",
     "fused_march",
     "tv_batched",
+    "march_tv",
     "tf32x3",
     "blas",
     "skip0",
-    "blas_skip0",
 )  # measured in the same --issue26 call
 
 
@@ -432,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
 def issue26_summary(results: dict, update_interval: int) -> dict:
     """Issue 26's keys: ``card``, ``dynamic_ms`` (fresh field), ``dynamic_trained_ms``, ``refine_ms`` (trained:
     step + frozen render + occupancy refresh / update_interval), ``peak_gib`` (largest of the runs), for the
-    ``march_tv`` variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
+    ``defaults`` variant (today's defaults) at the top level and for the path before issue 26 under ``before``; every
     measured variant's under ``by_variant``."""
 
     def keys(name: str) -> dict:

@@ -10,13 +10,14 @@
 # 2^18 points), 4 variants x (3 + ITERS) steps with the frozen render: 93 s in all on an H100 with ITERS=5
 # TRAINED_STEPS=200 (2026-12-07). PARTS picks the parts (default "tests bench"), LIMIT (default 570 s) bounds the
 # call: each part gets what is left ("fresh": the fresh field only, FRESH_VARIANTS; "trace": torch.profiler tables of TRACE_VARIANTS, default
-# march_tv = today's defaults, to $OUT/trace; "stencil": benchmarks/bench_stencil_linear.py, the first-layer kernel
+# defaults = today's KernelOptions(), to $OUT/trace; "stencil": benchmarks/bench_stencil_linear.py, the first-layer kernel
 # against cuBLAS). ITERS (8), TRAINED_STEPS (600), ROUNDS (2: the variant list twice, the second time reversed;
 # medians pooled) and VARIANTS (default: --issue26's list; else the fresh and trained tables of these, with
-# fused_tv and march_tv for field_step.json's before/after). Expects .device/wheels (as the others).
+# fused_tv and defaults for field_step.json's before/after). Expects .device/wheels (as the others).
 # TESTS overrides the test files.
-# The next call for issue 26 (2026-12-07, BENCHMARKS.md §15.13): PARTS="tests stencil trace bench" ITERS=4
-#   VARIANTS=fused_tv,march_tv,blas,skip0,blas_skip0 bash benchmarks/gpu_field_step.sh OUT
+# Measured 2026-12-07 (BENCHMARKS.md §15.14): PARTS="tests stencil trace bench" ITERS=4
+#   VARIANTS=fused_tv,march_tv,blas,skip0,blas_skip0 bash benchmarks/gpu_field_step.sh OUT (blas_skip0 = the
+#   defaults since). The next: PARTS="tests trace bench" ITERS=4 VARIANTS=fused_tv,march_tv,defaults
 set -uo pipefail
 FINAL="${1:-field-step-out}"
 . benchmarks/gpu_common.sh
@@ -49,14 +50,14 @@ for name, v in r.get('by_variant', {}).items(): print(name, v)
 " 2>&1 | tail -6
 fi
 if [[ $PARTS == *" fresh "* ]]; then
-  FRESH_VARIANTS="${FRESH_VARIANTS:-fused_normals_z_merge,fused_march,tv_batched,march_tv}"
+  FRESH_VARIANTS="${FRESH_VARIANTS:-march_tv,defaults}"
   el "bench_field_step on the fresh field only: $FRESH_VARIANTS"
   timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "$FRESH_VARIANTS" --iters "${ITERS:-8}" \
     --out "$OUT/field_step_fresh.json" 2>&1 | tee "$OUT/field_step_fresh.log" | tail -8
 fi
 if [[ $PARTS == *" trace "* ]]; then
   el "bench_field_step --trace: where a fused-normals step's device time goes (torch.profiler tables)"
-  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "${TRACE_VARIANTS:-march_tv}" \
+  timeout "$(left)" python3 benchmarks/bench_field_step.py --variants "${TRACE_VARIANTS:-defaults}" \
     --iters 3 --trace "$OUT/trace" --out "$OUT/field_step_trace.json" 2>&1 | tail -4
   for f in "$OUT"/trace/*.txt; do head -30 "$f"; grep -A20 "by origin" "$f"; done
 fi

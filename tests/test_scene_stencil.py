@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_triton import compile_for_sm90, needs_cuda, needs_triton, run_interpreted
+from helpers_triton import compile_for_sm90, inline_asm_replication, needs_cuda, needs_triton, run_interpreted
 
 N_POINTS = 32
 
@@ -292,14 +292,16 @@ def _interp_checks() -> dict:
         "static_chunks12": _field_case(False, {**fused, "fused_normals_chunk": 12}),
         "dynamic_chunks5": _field_case(True, {**clip, "fused_normals_chunk": 5}, runs=True),
         "dynamic_chunks16": _field_case(True, {**clip, "fused_normals_chunk": 16}),
-        # KernelOptions.stencil_linear="blas": the first layer's gradients as torch matrix products
-        "static_chunks12_blas": _field_case(
-            False, {**fused, "fused_normals_chunk": 12, "stencil_linear": "blas"}
+        # the cases above run the default KernelOptions.stencil_linear="blas" (the first layer's gradients as
+        # torch matrix products); these, the Triton kernel it replaced by default
+        "static_chunks12_triton": _field_case(
+            False, {**fused, "fused_normals_chunk": 12, "stencil_linear": "triton"}
         ),
-        "dynamic_chunks5_blas": _field_case(
-            True, {**clip, "fused_normals_chunk": 5, "stencil_linear": "blas"}, runs=True
+        "dynamic_chunks5_triton": _field_case(
+            True, {**clip, "fused_normals_chunk": 5, "stencil_linear": "triton"}, runs=True
         ),
-        "twice": _backward_twice(chunk=12),
+        "twice": _backward_twice(chunk=12, linear="blas"),  # the default first layer
+        "twice_triton": _backward_twice(chunk=12, linear="triton"),
         "empty": _empty_case(),
     }
 
@@ -324,7 +326,7 @@ def assert_as_close_as_plain(r: dict) -> None:
 @pytest.mark.parametrize(
     "case",
     ["static", "static_smooth_ml3", "dynamic_runs", "dynamic_sync", "static_chunks12", "dynamic_chunks5",
-     "dynamic_chunks16", "static_chunks12_blas", "dynamic_chunks5_blas"],
+     "dynamic_chunks16", "static_chunks12_triton", "dynamic_chunks5_triton"],
 )  # fmt: skip
 def test_fused_normals_match_the_plain_path(interp, case):
     """Normals and every gradient (table, both layers) as close to float64 as today's six evaluations."""
@@ -339,9 +341,9 @@ def test_fused_normals_match_the_plain_path(interp, case):
 def test_fused_normals_backward_is_deterministic(interp):
     """Two backward calls over chunks give every gradient bit for bit (the MLP's are fixed-order sums of
     per-program partials; the table's, reductions, are ordered on the CPU; on a GPU see the gpu test)."""
-    r = interp["twice"]
-    assert all(r["equal"].values()) and all(r["nonzero"].values()), r
-    assert r["table_rel"] == 0.0, r
+    for r in (interp["twice"], interp["twice_triton"]):
+        assert all(r["equal"].values()) and all(r["nonzero"].values()), r
+        assert r["table_rel"] == 0.0, r
 
 
 @needs_triton
@@ -445,6 +447,9 @@ def test_fused_normals_kernels_compile_for_sm90_without_a_gpu(smooth):
     }
     assert all("cubin" in k.asm for k in compiled.values())
     assert "red.global.add.v4.f32" in compiled["backward 3: table scatter"].asm["ptx"]
+    # its inline PTX runs once per thread holding an element: one thread an element, or it adds twice (§15.14)
+    scatter = inline_asm_replication(compiled["backward 3: table scatter"].asm["ttgir"])
+    assert scatter and all(f == 1 for f in scatter), scatter
     try:
         report = {
             name: ptxas_report(k.asm["ptx"]) for name, k in compiled.items() if name.startswith("backward")

@@ -87,12 +87,13 @@ class KernelOptions:
             chunk of 2^17 samples) and torch's fp32 matrix products (cuBLAS on a GPU, TF32 off) compute
             ``dfeat``, ``dW₁`` and ``db₁`` (``stencil._first_layer_blas``). The same function up to fp32
             summation order (``tests/test_scene_stencil.py``). The Triton kernel ran at about a tenth of the FMA
-            rate and was not made faster by tensor-core products (BENCHMARKS.md §15.11).
+            rate and was not made faster by tensor-core products (BENCHMARKS.md §15.11). ``"blas"`` is the
+            default since it took 12 ms off a dynamic step on an H100 at the same peak (§15.14).
         skip_zero_rows: the grid backward issues no table additions for a point whose gradient at a level is all
             zero (they would add exact zeros, so the table gradient is bit for bit the same). Behind early
             termination a sample's gradient is exactly 0 (``render.marcher.composite``), and at paper settings
             about half of a dynamic step's samples lie there (issue 26). Checked in the interpreter and compiled
-            for sm_90; off until measured on a GPU (``bench_field_step.py --variants march_tv,skip0``).
+            for sm_90; on since it took 6-7 ms off a dynamic step on an H100 (11 with ``"blas"``, §15.14).
         max_launch_blocks: point blocks per launch; larger batches are launched in chunks (the kernels
             put the point blocks on grid axis 1, capped at 65,535 by CUDA). Tests lower it to exercise
             the chunking.
@@ -117,8 +118,8 @@ class KernelOptions:
     z_merge: bool = True
     tv_batched: bool = True
     stencil_dot: DotPrecision = "ieee"
-    stencil_linear: Literal["triton", "blas"] = "triton"
-    skip_zero_rows: bool = False
+    stencil_linear: Literal["triton", "blas"] = "blas"
+    skip_zero_rows: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
