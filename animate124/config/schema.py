@@ -177,8 +177,8 @@ class RunConfig:
     compile_priors: str = opt(
         "", "Priors whose UNet/ControlNet run through torch.compile (comma-separated from sd, zero123, video, "
         "controlnet, invert = the textual inversion's UNet, or all): the same network up to rounding; ModelScope "
-        "-17 %, ControlNet -14 % a call with the defaults of 2026-12-06 (BENCHMARKS.md §10). Compiling takes 1-3 "
-        "min per network on first use, cached under the model cache. Off until measured with today's defaults.",
+        "-8 %, ControlNet -10 % a call on an H100 (BENCHMARKS.md §15.14), about 3 min a paper run, but compiling "
+        "takes about as long on first use (cached under the model cache after), so off: for batches.",
         nohash=True,
     )  # fmt: skip
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = opt(
