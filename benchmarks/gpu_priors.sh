@@ -15,6 +15,8 @@
 # The next calls for issue 27 (2026-12-07, BENCHMARKS.md §15.13): PARTS=bench PRIORS=sd,zero123
 #   VARIANTS="defaults defaults+keep0 defaults" (about 2 min), then PARTS=bench PRIORS=video,controlnet
 #   VARIANTS="defaults defaults_compile" (about 8 min: compiling)
+#   PROFILE=1   also a torch.profiler table of 3 calls per prior and variant ($OUT/profile_VARIANT.PRIOR.txt):
+#       where SD's and Zero123's calls (5-16 % of the matrix rate, launch- and memory-bound) spend their time
 #   A124_GPU_AGREEMENT=graphs,channels_last,fp8   the variants the pytest run checks at full size
 #   INVERT_RUNS='base fast'         base = the stage's defaults (fused norms); fast = + compile, channels-last, fused AdamW;
 #                                   native = base + the fp16 UNet outside autocast (run.native_fp16);
@@ -43,6 +45,7 @@ if [[ " $PARTS " == *" bench "* ]]; then
     L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
     SEEN[$v]=$(( ${SEEN[$v]:-0} + 1 )); tag=$v; [ "${SEEN[$v]}" -gt 1 ] && tag="$v.${SEEN[$v]}"
     base=${v%+keep0}; keep=(); [ "$base" != "$v" ] && keep=(--vae-keep-pixels 0); tag=${tag//+/_}
+    [ -n "${PROFILE:-}" ] && keep+=(--profile "$OUT/profile_$tag")  # torch.profiler tables, one per prior
     el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
     timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$base" "${keep[@]}" \
       --dense --agreement --iters "${ITERS:-10}" --warmup 3 --out "$OUT/guidance_$tag.json" \
