@@ -199,8 +199,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
         _first_layer_blas(dhid, x["feat"], x["w1"], dfeat, dw1, db1)
         # the errors of this one call, before the timed calls add more into dw1 and db1 (they accumulate)
-        out["blas"] = {"dfeat_rel": rel(dfeat, ref[0]), "dw1_rel": rel(dw1, ref[1]), "db1_rel": rel(db1, ref[2])}
-        out["blas"]["ms"] = timed(lambda: _first_layer_blas(dhid, x["feat"], x["w1"], dfeat, dw1, db1), args.iters)
+        out["blas"] = {
+            "dfeat_rel": rel(dfeat, ref[0]),
+            "dw1_rel": rel(dw1, ref[1]),
+            "db1_rel": rel(db1, ref[2]),
+        }
+        out["blas"]["ms"] = timed(
+            lambda: _first_layer_blas(dhid, x["feat"], x["w1"], dfeat, dw1, db1), args.iters
+        )
         torch.backends.cuda.matmul.allow_tf32 = True
         t32 = reference(x, torch.float32)
         out["torch_tf32"] = {
