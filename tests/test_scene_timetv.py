@@ -48,6 +48,16 @@ def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
 
     loss_b, grad_b, builds = run(True)
     loss_p, grad_p, _ = run(False)
+    # the batched form without grad for the table computes the loss alone (one encoder call per 8 grids), the
+    # same bits; and through a retained graph (the trainer's gradient-balance record) its gradient twice
+    enc.kernel_options = dataclasses.replace(enc.kernel_options, tv_batched=True)
+    before = enc.launch_state.slot_builds
+    with torch.no_grad():
+        loss_ng = enc.time_tv_loss("points", n_points=n_points, generator=torch.Generator().manual_seed(7))
+    builds_no_grad = enc.launch_state.slot_builds - before
+    loss = enc.time_tv_loss("points", n_points=n_points, generator=torch.Generator().manual_seed(7))
+    (g1,) = torch.autograd.grad(loss * 3.0, enc.embeddings, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss * 3.0, enc.embeddings)
     # float64: the torch reference encoder (the same fp32 weights) on a float64 copy of the table
     ref = TimeGridEncoding(cfg, time_grid_size=t_size, backend="torch").to(device).double()
     with torch.no_grad():
@@ -67,6 +77,9 @@ def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
         "grad_scale": scale,
         "slot_builds": builds,
         "grids": t_size,
+        "no_grad_same_loss": loss_ng.item() == loss_b,
+        "slot_builds_no_grad": builds_no_grad,
+        "retained_twice_equal": bool(torch.equal(g1, g2)) and bool(torch.equal(g1.double().cpu(), grad_b)),
     }
 
 
@@ -81,10 +94,12 @@ def _interp_checks() -> dict:
 def _check(r: dict) -> None:
     assert r["loss_err_batched"] <= 3 * r["loss_err_plain"] + ULPS * r["loss_scale"], r
     assert r["grad_err_batched"] <= 3 * r["grad_err_plain"] + ULPS * r["grad_scale"], r
-    calls = -(
-        -r["grids"] // 8
-    )  # forward: one call per 8 grids; backward: the same plus a neighbour each side
-    assert r["slot_builds"] == calls + calls + 2 * (calls - 1), r
+    # one pass, in the forward: a call per 8 grids with grad and the next call's first grid without; nothing in
+    # the backward (before 2026-12-07: a call per 8 grids forward, the same and a neighbour each side backward)
+    calls = -(-r["grids"] // 8)
+    assert r["slot_builds"] == calls + (calls - 1), r
+    assert r["no_grad_same_loss"] and r["slot_builds_no_grad"] == calls, r
+    assert r["retained_twice_equal"], r
 
 
 @needs_triton

@@ -338,6 +338,7 @@ class TimeGridEncoding(_GridBase):
                 self._encode_grids,
                 self.num_levels,
                 TV_GRIDS_PER_CALL,
+                torch.is_grad_enabled(),
             )
         if fused:
             plain = dataclasses.replace(self.kernel_options, pair_layout=False)

@@ -82,65 +82,89 @@ class PointsTimeTV(torch.autograd.Function):
         return out.to(table.dtype), None, None, None
 
 
+def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float) -> Tensor:
+    """``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's grids ``fd [K, N, F]``,
+    with ``prev`` / ``nxt`` the features of the grids just before and after the call (None at the table's ends).
+    Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i`` (``f_i − f_{i+1} = −d_i`` exactly)."""
+    if fd.shape[0] > 1:
+        d = fd[1:] - fd[:-1]
+        g = torch.empty_like(fd)
+        g[0] = 0.0
+        g[1:] = d
+        g[:-1] -= d
+    else:
+        g = torch.zeros_like(fd)
+    if prev is not None:
+        g[0] += fd[0] - prev
+    if nxt is not None:
+        g[-1] += fd[-1] - nxt
+    return g.mul_(c)
+
+
 #: grids per encoder call in :class:`BatchedPointsTimeTV` (8: 8 × 100,000 points, about 100 MB of features)
 TV_GRIDS_PER_CALL = 8
 
 
 class BatchedPointsTimeTV(torch.autograd.Function):
-    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call) -> scalar``: the loss and
+    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, torch.is_grad_enabled())
+    -> scalar``: the loss and
     gradient of :class:`PointsTimeTV` (the same formulas) with the grids encoded ``grids_per_call`` at a time
     (issue 26): ``encode_grids(u [N,3], tables [K,E,C]) -> [K, N, L·C]`` gives the features of ``K`` consecutive
-    grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes two encoder calls per grid and one autograd call per grid, 64 + 192
-    calls a step at paper settings, each a few tens of microseconds of GPU work behind its launch overhead;
-    here each call covers ``grids_per_call`` grids (the clip path's slot kernels, one slot per grid:
-    ``TimeGridEncoding.time_tv_loss``). Nothing but the points is kept between forward and backward. The same
-    loss and gradient up to fp32 summation order (``tests/test_scene_timetv.py``)."""
+    grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes
+    two encoder calls per grid and one autograd call per grid, 64 + 192 calls a step at paper settings, each a few
+    tens of microseconds of GPU work behind its launch overhead; here each call covers ``grids_per_call`` grids
+    (the clip path's slot kernels, one slot per grid: ``TimeGridEncoding.time_tv_loss``).
+
+    **One pass.** The loss is quadratic in the features and its gradient linear in the upstream scalar, so the
+    forward encodes each call's grids once, with grad, and computes both the loss and the table gradient for an
+    upstream gradient of 1, ``G``; the backward returns ``G·grad``. Before 2026-12-07 the forward encoded every grid
+    without grad for the loss and the backward encoded them all again with grad: 8.8 ms of a dynamic step's
+    kernels on an H100 went to that first pass (BENCHMARKS.md §15.10, §15.15). A grid's left neighbour is the
+    previous call's last grid, whose features that call already has (the slot kernels give a grid the same
+    bits in any call: one slot, blend weight 0); its right neighbour, the next call's first grid, is one more
+    encoder call without grad. ``G`` (table-sized, fp32) waits from the forward to the backward; the time TV
+    is the step's last term, so its backward runs first, where the old backward built the same table-sized
+    gradient. The same loss bit for bit, and the gradient up to one fp32 rounding of the product by the
+    upstream scalar (``tests/test_scene_timetv.py``). Called without grad for the table (``no_grad``, or a
+    frozen table), the forward computes the loss alone."""
 
     @staticmethod
     def forward(ctx: Any, *args: Any) -> Tensor:
-        table, u, encode_grids, num_levels, per_call = args
-        t_size = table.shape[0]
+        table, u, encode_grids, num_levels, per_call, with_grad = args
+        t_size, n = table.shape[0], u.shape[0]
+        # the caller's grad mode (a Function's forward runs without grad): no table gradient under no_grad
+        want_grad = bool(with_grad) and bool(ctx.needs_input_grad[0])
+        # every slice of the table gradient is written below
+        grad_table = torch.empty(table.shape, device=table.device) if want_grad else None
+        c = 2.0 / ((t_size - 1) * num_levels * n)  # 2k/N, dL/df's factor for an upstream gradient of 1
         total = table.new_zeros((), dtype=torch.float32)
-        with torch.no_grad():
-            prev: Tensor | None = None  # the last grid of the previous call
+        prev: Tensor | None = None  # the features of the previous call's last grid
+        with torch.autocast(table.device.type, enabled=False):
             for a in range(0, t_size, per_call):
-                f = encode_grids(u, table[a : a + per_call])
-                if prev is not None:
-                    total = total + (prev - f[0]).square().sum(-1).mean()
-                if f.shape[0] > 1:
-                    total = total + (f[:-1] - f[1:]).square().sum(-1).mean(-1).sum()
-                prev = f[-1]
-        ctx.encode_grids, ctx.per_call = encode_grids, per_call
-        return _keep(ctx, table, u, total, num_levels)
+                b = min(a + per_call, t_size)
+                leaf = table[a:b].detach().requires_grad_(want_grad)
+                with torch.set_grad_enabled(want_grad):
+                    f = encode_grids(u, leaf)
+                fd = f.detach()
+                with torch.no_grad():
+                    if prev is not None:
+                        total = total + (prev - fd[0]).square().sum(-1).mean()
+                    if b - a > 1:
+                        total = total + (fd[:-1] - fd[1:]).square().sum(-1).mean(-1).sum()
+                    if want_grad:
+                        nxt = encode_grids(u, table[b : b + 1].detach())[0] if b < t_size else None
+                        g = _feature_grad(fd, prev, nxt, c)
+                if want_grad:
+                    (gi,) = torch.autograd.grad(f, leaf, g)
+                    grad_table[a:b] = gi.float()
+                prev = fd[-1]
+        ctx.table_dtype = table.dtype
+        if want_grad:
+            ctx.save_for_backward(grad_table)
+        return total / ((t_size - 1) * num_levels)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         (grad,) = grads
-        table, u = ctx.saved_tensors
-        encode_grids, per_call = ctx.encode_grids, ctx.per_call
-        t_size, n = table.shape[0], u.shape[0]
-        out = torch.empty(table.shape, device=table.device)  # every grid's slice is written below
-        c = grad.float() * (2.0 * ctx.k / n)
-        for a in range(0, t_size, per_call):
-            b = min(a + per_call, t_size)
-            leaf = table[a:b].detach().requires_grad_(True)
-            with torch.enable_grad():
-                f = encode_grids(u, leaf)
-            fd = f.detach()
-            with torch.no_grad():  # dL/df_i = 2k/N · ((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])
-                if b - a > 1:  # with d_i = f_{i+1} − f_i: g_i = d_{i−1} − d_i (f_i − f_{i+1} = −d_i exactly)
-                    d = fd[1:] - fd[:-1]
-                    g = torch.empty_like(fd)
-                    g[0] = 0.0
-                    g[1:] = d
-                    g[:-1] -= d
-                else:
-                    g = torch.zeros_like(fd)
-                if a > 0:
-                    g[0] += fd[0] - encode_grids(u, table[a - 1 : a])[0]
-                if b < t_size:
-                    g[-1] += fd[-1] - encode_grids(u, table[b : b + 1])[0]
-                g *= c
-            (gi,) = torch.autograd.grad(f, leaf, g)
-            out[a:b] = gi.float()
-        return out.to(table.dtype), None, None, None, None
+        (grad_table,) = ctx.saved_tensors
+        return (grad_table * grad.float()).to(ctx.table_dtype), None, None, None, None, None
