@@ -408,8 +408,9 @@ if HAS_TRITON:
         each row on two threads. Triton lays the tile out so whenever it cannot prove 8-byte rows (a row
         stride ``L·C`` that is not a multiple of 16, e.g. 6 or 4 levels): every table addition was then issued
         twice and the table gradient came out doubled on the GPU (found 2026-12-07 on an H100; the CPU
-        interpreter runs the atomic fallback and could not see it). ``tests/test_kernel_layouts.py`` checks the
-        layouts of every inline-asm operand in the compiled kernels."""
+        interpreter runs the atomic fallback and could not see it; BENCHMARKS.md §15.14). The sm_90 compile tests
+        (``tests/test_scene_triton.py``, ``tests/test_scene_stencil.py``) read every inline-asm op's layout in
+        the compiled kernels (``helpers_triton.inline_asm_replication``): one thread an element."""
         base = gout_ptr + rows * gout_stride + lvl * 2
         g0 = tl.load(base, mask=inside, other=0.0).to(tl.float32)
         g1 = tl.load(base + 1, mask=inside, other=0.0).to(tl.float32)
