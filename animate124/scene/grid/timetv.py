@@ -106,9 +106,9 @@ TV_GRIDS_PER_CALL = 8
 
 
 class BatchedPointsTimeTV(torch.autograd.Function):
-    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, torch.is_grad_enabled())
-    -> scalar``: the loss and
-    gradient of :class:`PointsTimeTV` (the same formulas) with the grids encoded ``grids_per_call`` at a time
+    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, grad_enabled) -> scalar``
+    (``grad_enabled``: the caller's ``torch.is_grad_enabled()``): the loss and gradient of :class:`PointsTimeTV`
+    (the same formulas) with the grids encoded ``grids_per_call`` at a time
     (issue 26): ``encode_grids(u [N,3], tables [K,E,C]) -> [K, N, L·C]`` gives the features of ``K`` consecutive
     grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes
     two encoder calls per grid and one autograd call per grid, 64 + 192 calls a step at paper settings, each a few
