@@ -35,6 +35,8 @@ VARIANTS = {
     "defaults_compile": "the stages' defaults with the UNet/ControlNet compiled (run.compile_priors): the UNet norms "
     "fused, natively in fp16, torch.compile default mode",
     "unet_norms": "CUDA graphs, the UNet's/ControlNet's group norms (+ SiLU) fused (run.unet_fused_norm)",
+    "defaults_cl": "the stages' defaults with channels-last networks and VAE encoder (run.channels_last=all): "
+    "the fused norms read NHWC in place, so cuDNN's convolutions lose their NCHW/NHWC transposes",
 }
 
 
@@ -56,7 +58,7 @@ def apply_variant(guid: Any, variant: str) -> None:
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    if variant in ("unet_norms", "defaults", "defaults_compile"):
+    if variant in ("unet_norms", "defaults", "defaults_compile", "defaults_cl"):
         from animate124.guidance.groupnorm import use_fused_prior_norms
 
         use_fused_prior_norms(guid)

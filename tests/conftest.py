@@ -26,9 +26,31 @@ SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Remove this session's temporary folder (model cache, state); pytest's tmp_path folders are
-    pruned by pytest itself."""
+    """Stop the background interpreter jobs; remove this session's temporary folder (model cache, state);
+    pytest's tmp_path folders are pruned by pytest itself."""
+    from helpers_triton import stop_prefetch
+
+    stop_prefetch()
     shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def pytest_collection_finish(session):
+    """Start the Triton-interpreter jobs of the selected modules in the background (``helpers_triton``'s
+    ``prefetch_interpreted``; off with ``ANIMATE124_TEST_PREFETCH=0``): a module's jobs when at least one of its
+    selected tests is neither a GPU test nor marked skip, in the order the tests will ask for them."""
+    if os.environ.get("ANIMATE124_TEST_PREFETCH", "1") == "0":
+        return
+    from helpers_triton import prefetch_interpreted, prefetch_keys
+
+    keys: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for item in session.items:
+        path = Path(str(item.path))
+        if path in seen or "gpu" in item.keywords or item.get_closest_marker("skip") is not None:
+            continue
+        seen.add(path)
+        keys += [k for k in prefetch_keys(path.read_text()) if k not in keys]
+    prefetch_interpreted(keys)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,28 +26,113 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importab
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 900) -> dict:
-    """``tests/<module>.py``'s ``func()`` (a JSON-able dict) evaluated with ``TRITON_INTERPRET=1`` (the test
-    is skipped without Triton)."""
-    if not HAS_TRITON:
-        pytest.skip("triton is not importable")
+def _command(module: str, func: str) -> list[str]:
     here = Path(__file__).parent
     code = (
         f"import json, sys; sys.path.insert(0, {str(here)!r}); import {module} as m; "
         f"print('@@' + json.dumps(m.{func}()))"
     )
+    return [sys.executable, "-c", code]
+
+
+def _result(key: tuple[str, str], returncode: int, stdout: str, stderr: str) -> dict:
+    assert returncode == 0, f"{key}: exit {returncode}\n{stderr[-3000:]}"
+    line = [ln for ln in stdout.splitlines() if ln.startswith("@@")][-1]
+    return json.loads(line[2:])
+
+
+#: Interpreter jobs started in the background when the session starts (``prefetch_interpreted``, called by
+#: conftest.py), run one at a time beside the other tests: each is a single-threaded Python process, so on
+#: CI's two cores most of its time overlaps with the main process's tests instead of adding to them.
+#: key (module, func) -> {"state": queued | taken | running | done | cancelled, "done": Event, ...}
+_JOBS: dict[tuple[str, str], dict] = {}
+_LOCK = threading.Lock()
+
+
+def _interp_env(background: bool) -> dict[str, str]:
     env = dict(os.environ, TRITON_INTERPRET="1")
+    if background:  # one core's worth, beside the main process's torch threads
+        env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _worker() -> None:
+    here = Path(__file__).parent
+    while True:
+        with _LOCK:
+            key = next((k for k, j in _JOBS.items() if j["state"] == "queued"), None)
+            if key is None:
+                return
+            job = _JOBS[key]
+            job["state"] = "running"
+            job["proc"] = subprocess.Popen(
+                _command(*key),
+                env=_interp_env(background=True),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=here.parent,
+            )
+        out, err = job["proc"].communicate()
+        job["result"] = (job["proc"].returncode, out, err)
+        job["state"] = "done"
+        job["done"].set()
+
+
+def prefetch_interpreted(keys: list[tuple[str, str]]) -> None:
+    """Start ``run_interpreted``'s jobs for ``keys`` in the background, in that order, one at a time (a
+    no-op without Triton). A job that a test asks for before it has started runs in the test instead."""
+    if not HAS_TRITON or not keys:
+        return
+    with _LOCK:
+        for key in keys:
+            _JOBS.setdefault(key, {"state": "queued", "done": threading.Event()})
+    threading.Thread(target=_worker, name="interpreter-prefetch", daemon=True).start()
+
+
+def stop_prefetch() -> None:
+    """Cancel the queued jobs and kill a running one (the session is ending)."""
+    with _LOCK:
+        for job in _JOBS.values():
+            if job["state"] == "queued":
+                job["state"] = "cancelled"
+            elif job["state"] == "running":
+                job["proc"].kill()
+
+
+def prefetch_keys(source: str) -> list[tuple[str, str]]:
+    """The ``run_interpreted("module"[, "func"])`` calls written in a test module's source, in order."""
+    pattern = r'run_interpreted\(\s*"(\w+)"(?:\s*,\s*"(\w+)")?'
+    return [(m, f or "_interp_checks") for m, f in re.findall(pattern, source)]
+
+
+def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 900) -> dict:
+    """``tests/<module>.py``'s ``func()`` (a JSON-able dict) evaluated with ``TRITON_INTERPRET=1`` (the test
+    is skipped without Triton): the background job's result when ``prefetch_interpreted`` has started it,
+    else a subprocess run here and now."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not importable")
+    key = (module, func)
+    with _LOCK:
+        job = _JOBS.get(key)
+        if job is not None and job["state"] == "queued":
+            job["state"] = "taken"
+        if job is not None and job["state"] in ("taken", "cancelled"):
+            job = None
+    if job is not None:
+        if not job["done"].wait(timeout):
+            job["proc"].kill()
+            pytest.fail(f"the interpreter job {key} ran past {timeout} s")
+        return _result(key, *job["result"])
     proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
+        _command(module, func),
+        env=_interp_env(background=False),
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=here.parent,
+        cwd=Path(__file__).parent.parent,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")][-1]
-    return json.loads(line[2:])
+    return _result(key, proc.returncode, proc.stdout, proc.stderr)
 
 
 def compile_for_sm90(

@@ -79,7 +79,11 @@ def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
         "grids": t_size,
         "no_grad_same_loss": loss_ng.item() == loss_b,
         "slot_builds_no_grad": builds_no_grad,
-        "retained_twice_equal": bool(torch.equal(g1, g2)) and bool(torch.equal(g1.double().cpu(), grad_b)),
+        # the table gradient is made once, in the forward: the retained graph gives it back twice, the same bits
+        "retained_twice_equal": bool(torch.equal(g1, g2)),
+        # another forward's gradient: on the GPU its atomics add in another order, so not the same bits as
+        # grad_b, but as close to the float64 evaluation as grad_b is required to be
+        "grad_err_retained": (g1.double().cpu() - grad_r).abs().max().item(),
     }
 
 
@@ -100,6 +104,7 @@ def _check(r: dict) -> None:
     assert r["slot_builds"] == calls + (calls - 1), r
     assert r["no_grad_same_loss"] and r["slot_builds_no_grad"] == calls, r
     assert r["retained_twice_equal"], r
+    assert r["grad_err_retained"] <= 3 * r["grad_err_plain"] + ULPS * r["grad_scale"], r
 
 
 @needs_triton
