@@ -82,18 +82,21 @@ class PointsTimeTV(torch.autograd.Function):
         return out.to(table.dtype), None, None, None
 
 
-def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float) -> Tensor:
+def _feature_grad(
+    fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float, out: Tensor | None = None
+) -> Tensor:
     """``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's grids ``fd [K, N, F]``,
-    with ``prev`` / ``nxt`` the features of the grids just before and after the call (None at the table's ends).
-    Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i`` (``f_i − f_{i+1} = −d_i`` exactly)."""
+    with ``prev`` / ``nxt`` the features of the grids just before and after the call (None at the table's ends),
+    written into ``out`` (same shape) when given. Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i``
+    (``f_i − f_{i+1} = −d_i`` exactly)."""
+    g = torch.empty_like(fd) if out is None else out
     if fd.shape[0] > 1:
         d = fd[1:] - fd[:-1]
-        g = torch.empty_like(fd)
         g[0] = 0.0
         g[1:] = d
         g[:-1] -= d
     else:
-        g = torch.zeros_like(fd)
+        g.zero_()
     if prev is not None:
         g[0] += fd[0] - prev
     if nxt is not None:
@@ -122,7 +125,8 @@ class BatchedPointsTimeTV(torch.autograd.Function):
     kernels on an H100 went to that first pass (BENCHMARKS.md §15.10, §15.15). A grid's left neighbour is the
     previous call's last grid, whose features that call already has (the slot kernels give a grid the same
     bits in any call: one slot, blend weight 0); its right neighbour, the next call's first grid, is one more
-    encoder call without grad. ``G`` (table-sized, fp32) waits from the forward to the backward; the time TV
+    slot of the same call, with a zero feature gradient (before 2026-12-08: a separate one-grid encoder call,
+    7 more launches a step at paper settings; the TV was measured launch-bound, BENCHMARKS.md §15.16). ``G`` (table-sized, fp32) waits from the forward to the backward; the time TV
     is the step's last term, so its backward runs first, where the old backward built the same table-sized
     gradient. The same loss bit for bit, and the gradient up to one fp32 rounding of the product by the
     upstream scalar (``tests/test_scene_timetv.py``). Called without grad for the table (``no_grad``, or a
@@ -142,22 +146,28 @@ class BatchedPointsTimeTV(torch.autograd.Function):
         with torch.autocast(table.device.type, enabled=False):
             for a in range(0, t_size, per_call):
                 b = min(a + per_call, t_size)
-                leaf = table[a:b].detach().requires_grad_(want_grad)
+                # with grad, the next call's first grid rides along as one more slot: its features are grid
+                # b−1's right neighbour; its feature gradient is zero (rows the backward skips)
+                e = min(b + 1, t_size) if want_grad else b
+                leaf = table[a:e].detach().requires_grad_(want_grad)
                 with torch.set_grad_enabled(want_grad):
                     f = encode_grids(u, leaf)
                 fd = f.detach()
+                own = fd[: b - a]
                 with torch.no_grad():
                     if prev is not None:
-                        total = total + (prev - fd[0]).square().sum(-1).mean()
+                        total = total + (prev - own[0]).square().sum(-1).mean()
                     if b - a > 1:
-                        total = total + (fd[:-1] - fd[1:]).square().sum(-1).mean(-1).sum()
+                        total = total + (own[:-1] - own[1:]).square().sum(-1).mean(-1).sum()
                     if want_grad:
-                        nxt = encode_grids(u, table[b : b + 1].detach())[0] if b < t_size else None
-                        g = _feature_grad(fd, prev, nxt, c)
+                        g = torch.empty_like(fd)
+                        if e > b:
+                            g[b - a :] = 0.0
+                        _feature_grad(own, prev, fd[b - a] if e > b else None, c, out=g[: b - a])
                 if want_grad:
                     (gi,) = torch.autograd.grad(f, leaf, g)
-                    grad_table[a:b] = gi.float()
-                prev = fd[-1]
+                    grad_table[a:b] = gi[: b - a].float()
+                prev = own[-1]
         ctx.table_dtype = table.dtype
         if want_grad:
             ctx.save_for_backward(grad_table)
