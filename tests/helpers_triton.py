@@ -26,10 +26,12 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importab
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+_TESTS = Path(__file__).parent  # the subprocesses import the test modules from here, run in the repo root
+
+
 def _command(module: str, func: str) -> list[str]:
-    here = Path(__file__).parent
     code = (
-        f"import json, sys; sys.path.insert(0, {str(here)!r}); import {module} as m; "
+        f"import json, sys; sys.path.insert(0, {str(_TESTS)!r}); import {module} as m; "
         f"print('@@' + json.dumps(m.{func}()))"
     )
     return [sys.executable, "-c", code]
@@ -57,7 +59,6 @@ def _interp_env(background: bool) -> dict[str, str]:
 
 
 def _worker() -> None:
-    here = Path(__file__).parent
     while True:
         with _LOCK:
             key = next((k for k, j in _JOBS.items() if j["state"] == "queued"), None)
@@ -71,7 +72,7 @@ def _worker() -> None:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                cwd=here.parent,
+                cwd=_TESTS.parent,
             )
         out, err = job["proc"].communicate()
         job["result"] = (job["proc"].returncode, out, err)
@@ -130,7 +131,7 @@ def run_interpreted(module: str, func: str = "_interp_checks", timeout: float = 
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=Path(__file__).parent.parent,
+        cwd=_TESTS.parent,
     )
     return _result(key, proc.returncode, proc.stdout, proc.stderr)
 

@@ -82,14 +82,11 @@ class PointsTimeTV(torch.autograd.Function):
         return out.to(table.dtype), None, None, None
 
 
-def _feature_grad(
-    fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float, out: Tensor | None = None
-) -> Tensor:
-    """``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's grids ``fd [K, N, F]``,
-    with ``prev`` / ``nxt`` the features of the grids just before and after the call (None at the table's ends),
-    written into ``out`` (same shape) when given. Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i``
+def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float, g: Tensor) -> None:
+    """Writes ``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's grids
+    ``fd [K, N, F]`` into ``g`` (same shape), with ``prev`` / ``nxt`` the features of the grids just before and
+    after the call (None at the table's ends). Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i``
     (``f_i − f_{i+1} = −d_i`` exactly)."""
-    g = torch.empty_like(fd) if out is None else out
     if fd.shape[0] > 1:
         d = fd[1:] - fd[:-1]
         g[0] = 0.0
@@ -101,7 +98,7 @@ def _feature_grad(
         g[0] += fd[0] - prev
     if nxt is not None:
         g[-1] += fd[-1] - nxt
-    return g.mul_(c)
+    g.mul_(c)
 
 
 #: grids per encoder call in :class:`BatchedPointsTimeTV` (8: 8 × 100,000 points, about 100 MB of features)
@@ -126,9 +123,9 @@ class BatchedPointsTimeTV(torch.autograd.Function):
     previous call's last grid, whose features that call already has (the slot kernels give a grid the same
     bits in any call: one slot, blend weight 0); its right neighbour, the next call's first grid, is one more
     slot of the same call, with a zero feature gradient (before 2026-12-08: a separate one-grid encoder call,
-    7 more launches a step at paper settings; the TV was measured launch-bound, BENCHMARKS.md §15.16). ``G`` (table-sized, fp32) waits from the forward to the backward; the time TV
-    is the step's last term, so its backward runs first, where the old backward built the same table-sized
-    gradient. The same loss bit for bit, and the gradient up to one fp32 rounding of the product by the
+    7 more launches a step at paper settings; the TV was measured launch-bound, BENCHMARKS.md §15.16).
+    ``G`` (table-sized, fp32) waits from the forward to the backward; the time TV is the step's last term, so
+    its backward runs first, where the old backward built the same table-sized gradient. The same loss bit for bit, and the gradient up to one fp32 rounding of the product by the
     upstream scalar (``tests/test_scene_timetv.py``). Called without grad for the table (``no_grad``, or a
     frozen table), the forward computes the loss alone."""
 
@@ -163,7 +160,7 @@ class BatchedPointsTimeTV(torch.autograd.Function):
                         g = torch.empty_like(fd)
                         if e > b:
                             g[b - a :] = 0.0
-                        _feature_grad(own, prev, fd[b - a] if e > b else None, c, out=g[: b - a])
+                        _feature_grad(own, prev, fd[b - a] if e > b else None, c, g[: b - a])
                 if want_grad:
                     (gi,) = torch.autograd.grad(f, leaf, g)
                     grad_table[a:b] = gi[: b - a].float()
