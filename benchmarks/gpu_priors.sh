@@ -10,7 +10,8 @@
 #   PRIORS=sd,zero123,video,controlnet   VARIANTS='graphs compile'   (a name given twice runs twice, its files
 #       suffixed .2: 'graphs native graphs' shows whether the order matters; guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms
-#       defaults = the stages' defaults, defaults_compile = them with run.compile_priors; a name ending in +keep0
+#       defaults = the stages' defaults, defaults_compile = them with run.compile_priors, defaults_cl = them
+#       channels-last; a name ending in +keep0
 #       runs with --vae-keep-pixels 0: SD and Zero123 recompute their encoder as before static.vae_keep_pixels)
 # The next calls for issue 27 (2026-12-07, BENCHMARKS.md §15.13): PARTS=bench PRIORS=sd,zero123
 #   VARIANTS="defaults defaults+keep0 defaults" (about 2 min), then PARTS=bench PRIORS=video,controlnet
