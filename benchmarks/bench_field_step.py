@@ -23,7 +23,13 @@ corners instead of 8 at the grid levels that ignore z, issue 26), ``fused_normal
 ``KernelOptions.stencil_dot``) and ``blas`` (``march_tv`` with those gradients as cuBLAS fp32 products:
 ``KernelOptions.stencil_linear``) and ``skip0`` (``march_tv`` with the grid backward skipping its all-zero rows,
 the samples behind early termination: ``KernelOptions.skip_zero_rows``) and ``blas_skip0`` (both), also named
-``defaults``: today's ``KernelOptions()`` (both on since 2026-12-07, BENCHMARKS.md §15.14).
+``defaults``: today's ``KernelOptions()`` (both on since 2026-12-07, BENCHMARKS.md §15.14). Built on 2026-12-08,
+not yet measured: ``blas_ones`` (``defaults`` with ``db₁`` inside the ``dW₁`` product,
+``KernelOptions.stencil_linear="blas_ones"``), ``tv16`` (``defaults`` with the time TV 16 grids a call,
+``KernelOptions.tv_grids_per_call``) and ``ones_tv16`` (both).
+
+On a GPU each measured variant also records ``host_waits``: how many times one more step makes the host wait
+for the GPU (``torch.cuda.set_sync_debug_mode("warn")``), by source line.
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now, and ``march_tv`` stays what it measured.
@@ -95,6 +101,10 @@ VARIANTS = {
 }
 #: today's kernel defaults (``KernelOptions()``, since 2026-12-07: ``blas_skip0``; a test holds them equal)
 VARIANTS["defaults"] = VARIANTS["blas_skip0"]
+# built on 2026-12-08 without a GPU: db₁ inside the dW₁ product; the time TV 16 grids a call (§15.17)
+VARIANTS["blas_ones"] = {**VARIANTS["defaults"], "stencil_linear": "blas_ones"}
+VARIANTS["tv16"] = {**VARIANTS["defaults"], "tv_grids_per_call": 16}
+VARIANTS["ones_tv16"] = {**VARIANTS["blas_ones"], "tv_grids_per_call": 16}
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher, the
 # batched time TV, the first layer's gradients on cuBLAS and the grid backward's zero-row skip)
 ISSUE26 = ("fused_tv", "defaults")
@@ -232,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
             base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
             tv_batched=v.get("tv_batched", False), stencil_dot=v.get("stencil_dot", "ieee"),
             stencil_linear=v.get("stencil_linear", "triton"), skip_zero_rows=v.get("skip_zero_rows", False),
+            tv_grids_per_call=v.get("tv_grids_per_call", 8),
         )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:
@@ -293,6 +304,31 @@ def main(argv: list[str] | None = None) -> dict:
         e1.record()
         torch.cuda.synchronize()
         return e0.elapsed_time(e1)
+
+    def host_waits(v: dict, gen: torch.Generator, refine: bool) -> dict:
+        """One more step (and frozen render) with ``torch.cuda.set_sync_debug_mode("warn")``: how many times it
+        makes the host wait for the GPU, by the line that asked (issue 26: "no host waits inside a step"; a wait
+        empties the queue the host has built ahead, so the launches after it run on an idle GPU). ``count``
+        leaves out this script's own (its timing and sample counts)."""
+        import warnings
+
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(v, gen)
+                if refine:
+                    frozen_render(v, gen)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        where: dict[str, int] = {}
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                key = f"{Path(w.filename).name}:{w.lineno}"
+                where[key] = where.get(key, 0) + 1
+        ours = {k: n for k, n in where.items() if not k.startswith(Path(__file__).name)}  # not the timing's
+        return {"count": sum(ours.values()), "where": dict(sorted(where.items(), key=lambda kv: -kv[1]))}
 
     def refresh_ms() -> float:
         """One occupancy refresh of the trained field (every ``raymarch.update_interval`` steps)."""
@@ -379,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
             peaks = pooled.setdefault(("peak", refine, name), [])
             peaks.append(torch.cuda.max_memory_allocated() / 2**30)
             summary["peak_allocated_gib"] = max(peaks)
+            summary["host_waits"] = host_waits(v, gen, refine)
         print(
             f"{name}{' (trained, refine)' if refine else ''}, rounds {summary['rounds']}:",
             json.dumps(

@@ -43,5 +43,6 @@ def test_the_defaults_variant_is_todays_kernel_defaults():
         and v.get("stencil_linear", "triton") == d.stencil_linear
     )
     assert v.get("skip_zero_rows", False) == d.skip_zero_rows
+    assert v.get("tv_grids_per_call", 8) == d.tv_grids_per_call
     # march_tv keeps measuring what it measured before the two became defaults
     assert bench_field_step.VARIANTS["march_tv"].get("skip_zero_rows", False) != d.skip_zero_rows

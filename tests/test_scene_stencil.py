@@ -300,8 +300,16 @@ def _interp_checks() -> dict:
         "dynamic_chunks5_triton": _field_case(
             True, {**clip, "fused_normals_chunk": 5, "stencil_linear": "triton"}, runs=True
         ),
+        # "blas_ones": db₁ as the dW₁ product's last column (a row of ones under the features)
+        "dynamic_chunks5_ones": _field_case(
+            True, {**clip, "fused_normals_chunk": 5, "stencil_linear": "blas_ones"}, runs=True
+        ),
+        "static_smooth_ml3_ones": _field_case(
+            False, {**fused, "stencil_linear": "blas_ones"}, "smoothstep", max_level=3
+        ),
         "twice": _backward_twice(chunk=12, linear="blas"),  # the default first layer
         "twice_triton": _backward_twice(chunk=12, linear="triton"),
+        "twice_ones": _backward_twice(chunk=12, linear="blas_ones"),
         "empty": _empty_case(),
     }
 
@@ -326,7 +334,8 @@ def assert_as_close_as_plain(r: dict) -> None:
 @pytest.mark.parametrize(
     "case",
     ["static", "static_smooth_ml3", "dynamic_runs", "dynamic_sync", "static_chunks12", "dynamic_chunks5",
-     "dynamic_chunks16", "static_chunks12_triton", "dynamic_chunks5_triton"],
+     "dynamic_chunks16", "static_chunks12_triton", "dynamic_chunks5_triton", "dynamic_chunks5_ones",
+     "static_smooth_ml3_ones"],
 )  # fmt: skip
 def test_fused_normals_match_the_plain_path(interp, case):
     """Normals and every gradient (table, both layers) as close to float64 as today's six evaluations."""
@@ -341,7 +350,7 @@ def test_fused_normals_match_the_plain_path(interp, case):
 def test_fused_normals_backward_is_deterministic(interp):
     """Two backward calls over chunks give every gradient bit for bit (the MLP's are fixed-order sums of
     per-program partials; the table's, reductions, are ordered on the CPU; on a GPU see the gpu test)."""
-    for r in (interp["twice"], interp["twice_triton"]):
+    for r in (interp["twice"], interp["twice_triton"], interp["twice_ones"]):
         assert all(r["equal"].values()) and all(r["nonzero"].values()), r
         assert r["table_rel"] == 0.0, r
 
@@ -380,19 +389,19 @@ def test_fused_normals_in_the_renderer(interp):
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("dot", ["ieee", "tf32x3", "blas"])
+@pytest.mark.parametrize("dot", ["ieee", "tf32x3", "blas", "blas_ones"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fused_normals_gpu_paper_grid(dynamic, dot):
     """The paper grid (16 levels, 2^16 tables, 7 levels ignoring z) on CUDA, 2^14 points (a clip of two
     frames when dynamic): the compiled kernels (vector reductions on sm_90) as close to float64 as the plain
     fp32 path, with the same criterion as the interpreter tests; also with the first layer's gradients on
     TF32x3 tensor cores (``KernelOptions.stencil_dot``), which only a GPU can check (the interpreter's dot is
-    numpy's fp32 whatever the precision); and with ``dot="blas"``, those gradients as cuBLAS fp32 products
+    numpy's fp32 whatever the precision); and with ``dot="blas"`` (or ``"blas_ones"``), those gradients as cuBLAS fp32 products
     (``KernelOptions.stencil_linear``)."""
     from helpers_grid import paper_grid_config
 
     opts = {"fused_normals": True, "slot_min_points_per_time": 1}
-    opts.update({"stencil_linear": "blas"} if dot == "blas" else {"stencil_dot": dot})
+    opts.update({"stencil_linear": dot} if dot.startswith("blas") else {"stencil_dot": dot})
     r = _field_case(dynamic, opts, runs=dynamic, device="cuda", cfg=paper_grid_config(), n_points=2**14)
     assert r["fused_ready"] and r["fused_calls"] == 1, r
     assert_as_close_as_plain(r)
@@ -401,7 +410,7 @@ def test_fused_normals_gpu_paper_grid(dynamic, dot):
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("linear", ["triton", "blas"])
+@pytest.mark.parametrize("linear", ["triton", "blas", "blas_ones"])
 def test_fused_normals_gpu_backward_chunks_and_determinism(linear):
     """The paper grid on CUDA, a two-frame clip of 2^14 points whose backward runs in chunks of 5,000 samples
     (the last one 1,384): as close to float64 as the plain path (the criterion above); and the backward twice:

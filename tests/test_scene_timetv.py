@@ -24,13 +24,12 @@ from helpers_triton import needs_cuda, needs_triton, run_interpreted
 ULPS = 8 * 2.0**-23  # a few fp32 ulps, relative to the quantity's scale
 
 
-def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
+def _case(cfg, t_size: int, n_points: int, device: str, seed: int, per_call: int = 8) -> dict:
     from animate124.scene.grid import KernelOptions, TimeGridEncoding
 
     torch.manual_seed(seed)
-    enc = TimeGridEncoding(cfg, time_grid_size=t_size, backend="triton", kernel_options=KernelOptions()).to(
-        device
-    )
+    opts = KernelOptions(tv_grids_per_call=per_call)
+    enc = TimeGridEncoding(cfg, time_grid_size=t_size, backend="triton", kernel_options=opts).to(device)
     with (
         torch.no_grad()
     ):  # grids that differ from each other (a fresh table is one copy per grid in the stages)
@@ -77,6 +76,7 @@ def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
         "grad_scale": scale,
         "slot_builds": builds,
         "grids": t_size,
+        "per_call": per_call,
         "no_grad_same_loss": loss_ng.item() == loss_b,
         "slot_builds_no_grad": builds_no_grad,
         # the table gradient is made once, in the forward: the retained graph gives it back twice, the same bits
@@ -90,8 +90,9 @@ def _case(cfg, t_size: int, n_points: int, device: str, seed: int) -> dict:
 def _interp_checks() -> dict:
     return {
         # 9 grids: calls of 8 and 1, so one call boundary inside the sum and a last call of a single grid
-        f"T{t}": _case(small_grid_config(), t, 200, "cpu", seed=t)
-        for t in (9,)
+        "T9": _case(small_grid_config(), 9, 200, "cpu", seed=9),
+        # KernelOptions.tv_grids_per_call=4: calls of 4, 4 and 1, two boundaries
+        "T9_per4": _case(small_grid_config(), 9, 200, "cpu", seed=9, per_call=4),
     }
 
 
@@ -101,7 +102,7 @@ def _check(r: dict) -> None:
     # one pass, in the forward: a call per 8 grids with grad, the next call's first grid riding along as a ninth
     # slot; nothing in the backward (before 2026-12-07: a call per 8 grids forward, the same and a neighbour
     # each side backward; 2026-12-07: the right neighbour a call of its own)
-    calls = -(-r["grids"] // 8)
+    calls = -(-r["grids"] // r["per_call"])
     assert r["slot_builds"] == calls, r
     assert r["no_grad_same_loss"] and r["slot_builds_no_grad"] == calls, r
     assert r["retained_twice_equal"], r
@@ -129,5 +130,31 @@ def test_batched_time_tv_is_off_on_the_cpu_and_for_the_torch_backend():
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-def test_batched_time_tv_on_the_gpu_at_the_paper_grid():
-    _check(_case(paper_grid_config(), 64, 100_000, "cuda", seed=1))
+@pytest.mark.parametrize("per_call", [8, 16])
+def test_batched_time_tv_on_the_gpu_at_the_paper_grid(per_call):
+    _check(_case(paper_grid_config(), 64, 100_000, "cuda", seed=1, per_call=per_call))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+def test_batched_time_tv_makes_the_host_wait_nowhere():
+    """The time TV's forward and backward at the paper grid, its random points drawn on a CPU generator as the
+    stages draw them, never make the host wait for the GPU (``torch.cuda.set_sync_debug_mode("error")`` raises
+    at any synchronising call). Before 2026-12-08 the points went over with a plain ``.to("cuda")``, which waits
+    for the GPU's queue to empty right before the step's most launch-bound part (issue 26)."""
+    from animate124.scene.grid import KernelOptions, TimeGridEncoding
+
+    enc = TimeGridEncoding(
+        paper_grid_config(), time_grid_size=64, backend="triton", kernel_options=KernelOptions()
+    ).cuda()
+    gen = torch.Generator().manual_seed(7)
+    enc.time_tv_loss("points", n_points=100_000, generator=gen).backward()  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = enc.time_tv_loss("points", n_points=100_000, generator=gen)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from animate124.errors import InputError
-from animate124.guidance.transfer import to_device
+from animate124.transfer import to_device
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler

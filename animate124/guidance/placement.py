@@ -11,7 +11,7 @@
 3. copies each loss term to ``home``, where the trainer adds the terms and calls backward.
 
 Nothing here waits for a GPU: every copy is asynchronous and the priors' own host-to-device copies go through
-pinned memory (:func:`~animate124.guidance.transfer.to_device`). So when a step calls a prior on ``cuda:1`` and
+pinned memory (:func:`~animate124.transfer.to_device`). So when a step calls a prior on ``cuda:1`` and
 then one on ``cuda:0``, both GPUs' queues hold work at once and run concurrently (each device has its own
 stream; no Python thread per call). Backward runs on autograd's per-device threads: the VAE encoder's
 backward of the prior on ``cuda:1`` overlaps with the renderer's on ``cuda:0``. Without CUDA (``cpu,cpu`` in
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from animate124.guidance.interface import GuidanceOutput, Views
-from animate124.guidance.transfer import to_device
+from animate124.transfer import to_device
 
 __all__ = ["PlacedPrior", "views_to"]
 

@@ -14,7 +14,7 @@ import math
 import torch
 
 from animate124.errors import ConfigError
-from animate124.guidance.transfer import to_device
+from animate124.transfer import to_device
 
 
 def sample_timesteps(

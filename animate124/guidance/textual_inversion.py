@@ -42,6 +42,7 @@ from animate124.fileio import atomic_write_bytes
 from animate124.guidance.base import native_half_precision
 from animate124.guidance.common import alphas_cumprod_of, freeze, latent_scaling, module_dtype
 from animate124.guidance.prompts import add_learned_token, input_embedding_matrix
+from animate124.transfer import to_device
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -483,19 +484,19 @@ class TextualInversionSystem:
         )
         with torch.no_grad():
             dist = c.vae.encode(pix.to(module_dtype(c.vae))).latent_dist
-            e_post = torch.randn(dist.mean.shape, generator=gen).to(dev, dist.mean.dtype)
+            e_post = to_device(torch.randn(dist.mean.shape, generator=gen), dev, dist.mean.dtype)
             latents = ((dist.mean + dist.std * e_post) * self.scale).float()
-        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        noise = to_device(torch.randn(latents.shape, generator=gen), dev)
         t = torch.randint(0, len(self.alphas), (cfg.batch_size,), generator=gen)
-        a = self.alphas[t].to(dev).view(-1, 1, 1, 1)
+        a = to_device(self.alphas[t], dev).view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         target = noise if self.pred_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
         with torch.autocast(dev.type, enabled=False):  # the text encoder runs in fp32, as upstream
-            ehs = c.text_encoder(ids.input_ids.to(dev))[0]
+            ehs = c.text_encoder(to_device(ids.input_ids, dev))[0]
         udtype = module_dtype(c.unet)
         native = native_half_precision(udtype, dev) if cfg.native_fp16 else contextlib.nullcontext()
         with native:  # run.native_fp16: the fp16 UNet's norms on fp16, not on autocast's fp32 copies
-            pred = self.unet(noisy.to(udtype), t.to(dev), encoder_hidden_states=ehs.to(udtype)).sample
+            pred = self.unet(noisy.to(udtype), to_device(t, dev), encoder_hidden_states=ehs.to(udtype)).sample
         return StepOutput({"mse": F.mse_loss(pred.float(), target.float())})
 
     def finish(self) -> torch.Tensor:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from animate124.errors import Animate124Error
+from animate124.transfer import to_device
 
 __all__ = [
     "Cameras",
@@ -115,12 +116,12 @@ class Cameras:
 
     def to(self, device: torch.device | str) -> Cameras:
         def mv(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x.to(device)
+            return None if x is None else to_device(x, device)
 
         return replace(
             self,
-            c2w=self.c2w.to(device),
-            fovy_deg=self.fovy_deg.to(device),
+            c2w=to_device(self.c2w, device),
+            fovy_deg=to_device(self.fovy_deg, device),
             polar=mv(self.polar),
             azimuth=mv(self.azimuth),
             radius=mv(self.radius),
@@ -171,8 +172,8 @@ class Cameras:
 
 
 def _as_tensor(x: float | Tensor, device: torch.device | str | None = None) -> Tensor:
-    t = torch.as_tensor(x, dtype=torch.float32, device=device)
-    return t.reshape(-1)
+    t = torch.as_tensor(x, dtype=torch.float32)
+    return (t if device is None else to_device(t, device)).reshape(-1)
 
 
 def spherical_to_position(polar: Tensor, azimuth: Tensor, radius: Tensor) -> Tensor:
@@ -312,8 +313,8 @@ def generate_rays(
     origins = cameras.c2w[:, None, :3, 3].to(torch.float32).expand(n, h * w, 3)
     if noise_scale > 0:
         gen_dev = generator.device if generator is not None else dev
-        o_noise = torch.randn(3, generator=generator, device=gen_dev).to(dev) * noise_scale
-        d_noise = torch.randn(3, generator=generator, device=gen_dev).to(dev) * noise_scale
+        o_noise = to_device(torch.randn(3, generator=generator, device=gen_dev), dev) * noise_scale
+        d_noise = to_device(torch.randn(3, generator=generator, device=gen_dev), dev) * noise_scale
         origins = origins + o_noise
         dirs = dirs + d_noise
     return origins.contiguous(), dirs.contiguous()

@@ -55,6 +55,7 @@ from torch import Tensor
 from animate124.errors import Animate124Error
 from animate124.render.rays import near_far_from_aabb
 from animate124.scene.occupancy import OccupancyGrid
+from animate124.transfer import to_device
 
 __all__ = [
     "PackedSamples",
@@ -153,7 +154,7 @@ def _plan_chunks(n: Tensor, max_candidates: int) -> list[tuple[int, int, int]]:
 def draw_offsets(r: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """The per-ray jitter of a perturbed march: ``r`` uniforms from ``generator`` (on its device)."""
     gdev = generator.device if generator is not None else device
-    return torch.rand(r, generator=generator, device=gdev).to(device)
+    return to_device(torch.rand(r, generator=generator, device=gdev), device)
 
 
 def march_rays(
@@ -196,7 +197,7 @@ def march_rays(
     if perturb and offsets is not None:
         if offsets.shape != (r,):
             raise MarchError(f"offsets must be [R] = [{r}], got {tuple(offsets.shape)}")
-        offset = offsets.to(dev, torch.float32)
+        offset = to_device(offsets, dev, torch.float32)
     elif perturb:
         offset = draw_offsets(r, generator, dev)
     else:

@@ -32,7 +32,8 @@ from animate124.errors import Animate124Error
 from animate124.render.cameras import Cameras, generate_rays
 from animate124.render.marcher import composite, draw_offsets, march_rays, segment_sum
 from animate124.scene.occupancy import OccupancyGrid
-from animate124.scene.timeruns import TimeRuns, host_to_device
+from animate124.scene.timeruns import TimeRuns
+from animate124.transfer import to_device
 
 __all__ = ["RenderOutput", "RayRenderOutput", "render", "render_rays", "SHADING_MODES", "RenderError"]
 
@@ -250,7 +251,7 @@ def render_rays(
     )
     m = pk.num_samples
     idx = pk.ray_indices
-    ts = None if times is None else times.to(dev, torch.float32)[idx].unsqueeze(1)
+    ts = None if times is None else to_device(times, dev, torch.float32)[idx].unsqueeze(1)
     runs = None
     if ray_runs is not None and ts is not None and m > 0 and getattr(field, "accepts_time_runs", False):
         runs = ray_runs.recount(idx)  # one device read: samples per run
@@ -290,7 +291,7 @@ def render_rays(
         if light_dir is None:
             light = torch.nn.functional.normalize(origins.float(), dim=-1)[idx]
         else:
-            light = light_dir.to(dev, torch.float32)
+            light = to_device(light_dir, dev, torch.float32)
             light = light[idx] if light.ndim == 2 else light
         color = shade(albedo, normals, light, ambient, shading).float()
 
@@ -301,7 +302,7 @@ def render_rays(
     if bg_color is None:
         bg = torch.ones(3, device=dev)
     else:
-        bg = bg_color.to(dev, torch.float32)
+        bg = to_device(bg_color, dev, torch.float32)
     rgb = rgb + (1.0 - opacity)[:, None] * bg
     normal_img = orientation = None
     if normals is not None:
@@ -408,9 +409,9 @@ def render(
     if times is not None:
         cam_times = times.detach().reshape(-1).to("cpu", torch.float32)  # no device wait for host times
         if times.device.type == "cpu":
-            tflat = host_to_device(cam_times, dev)
+            tflat = to_device(cam_times, dev)
         else:
-            tflat = times.reshape(-1).to(dev, torch.float32)
+            tflat = to_device(times.reshape(-1), dev, torch.float32)
         ray_times = tflat[cam_of_ray]
         if occupancy is not None:
             slots = occupancy.slot_for_time(tflat)[cam_of_ray]
@@ -419,7 +420,7 @@ def render(
         """[3] -> as is; [B, 3] -> one value per clip; [B, T, 3] or [B·T, 3] -> one per frame (if allowed)."""
         if v is None:
             return None
-        v = v.to(dev, torch.float32)
+        v = to_device(v, dev, torch.float32)
         if v.ndim == 1:
             return v
         if per_frame and v.shape in ((b, tt, 3), (n, 3)):
@@ -438,7 +439,9 @@ def render(
             raise RenderError(f"frames {keep} out of range for clips of {tt} frames")
         # the whole render's draws first (as march_rays makes them for all rays at once), then the subset
         offsets = draw_offsets(origins.shape[0], generator, dev) if perturb else None
-        cams = (torch.arange(b, device=dev)[:, None] * tt + torch.tensor(keep, device=dev)[None]).reshape(-1)
+        cams = (torch.arange(b, device=dev)[:, None] * tt + to_device(torch.tensor(keep), dev)[None]).reshape(
+            -1
+        )
         sel = (cams[:, None] * hw + torch.arange(hw, device=dev)[None]).reshape(-1)
         origins, dirs = origins[sel], dirs[sel]
         ray_times = None if ray_times is None else ray_times[sel]

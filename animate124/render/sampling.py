@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from animate124.render.cameras import Cameras, camera_from_spherical
+from animate124.transfer import to_device
 
 __all__ = [
     "CameraSample",
@@ -211,5 +212,5 @@ def sample_frame_times(
         start_from_zero = False
     times = (tau / precision).to(torch.float32)
     if device is not None:
-        times = times.to(device)
+        times = to_device(times, device)
     return times, start_from_zero

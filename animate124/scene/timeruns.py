@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from animate124.transfer import to_device
+
 
 @dataclass(frozen=True)
 class TimeRuns:
@@ -75,14 +77,6 @@ class TimeRuns:
         return self.with_counts(run_counts(sorted_index, [0, *itertools.accumulate(self.counts)]))
 
 
-def host_to_device(x: Tensor, device: torch.device) -> Tensor:
-    """Copy a small CPU tensor to ``device`` without making the host wait for the device's queue (pinned
-    memory, asynchronous copy); a plain ``.to`` elsewhere."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
 def expand_runs(values: Tensor, counts: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
     """``values [K]`` (a CPU tensor) repeated ``counts[k]`` times each, on ``device``: what
     ``torch.repeat_interleave(values, counts)`` gives, the same values. ``repeat_interleave``'s CUDA kernel gives
@@ -91,13 +85,13 @@ def expand_runs(values: Tensor, counts: list[int] | tuple[int, ...], device: tor
     point finds its run with a binary search over the ``K`` run ends (``searchsorted``), one thread a point."""
     ends = torch.tensor(list(itertools.accumulate(counts)), dtype=torch.long)
     n = int(ends[-1]) if ends.numel() else 0
-    run = torch.searchsorted(host_to_device(ends, device), torch.arange(n, device=device), right=True)
-    return host_to_device(values, device)[run]
+    run = torch.searchsorted(to_device(ends, device), torch.arange(n, device=device), right=True)
+    return to_device(values, device)[run]
 
 
 def run_counts(sorted_index: Tensor, bounds: list[int]) -> list[int]:
     """Points of an ascending ``sorted_index`` tensor falling in each ``[bounds[i], bounds[i+1])``: one
     device read (the caller's only wait)."""
-    b = host_to_device(torch.tensor(bounds, dtype=sorted_index.dtype), sorted_index.device)
+    b = to_device(torch.tensor(bounds, dtype=sorted_index.dtype), sorted_index.device)
     pos = torch.searchsorted(sorted_index, b)
     return (pos[1:] - pos[:-1]).tolist()

@@ -42,6 +42,7 @@ from animate124.stages.settings import (
     RaySettings,
     Schedules,
 )
+from animate124.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class NerfSystem:
     def light_for(self, cameras: Cameras, shared_noise: Tensor) -> Tensor:
         """Per-camera light ``l_f = normalize(origin_f + n)``, one noise vector n per clip (SPEC 3.1)."""
         return torch.nn.functional.normalize(
-            cameras.centers.float() + shared_noise.to(cameras.device), dim=-1
+            cameras.centers.float() + to_device(shared_noise, cameras.device), dim=-1
         )
 
     def draw_light_noise(self) -> Tensor:
@@ -268,7 +269,7 @@ class NerfSystem:
     def draw_background(self) -> Tensor:
         if not self.camera.random_background:
             return self.bg_white
-        return torch.rand(3, generator=self.generator).to(self.device)
+        return to_device(torch.rand(3, generator=self.generator), self.device)
 
     # ---------------------------------------------------------------- losses
     def regularizers(self, out: RenderOutput, gs: int) -> dict[str, Tensor]:

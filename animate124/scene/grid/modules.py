@@ -21,8 +21,9 @@ from animate124.scene.grid.layout import GridEncodingConfig, LevelBuffers, grid_
 from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
-from animate124.scene.grid.timetv import TV_GRIDS_PER_CALL, BatchedPointsTimeTV, PointsTimeTV
-from animate124.scene.timeruns import TimeRuns, expand_runs, host_to_device
+from animate124.scene.grid.timetv import BatchedPointsTimeTV, PointsTimeTV
+from animate124.scene.timeruns import TimeRuns, expand_runs
+from animate124.transfer import to_device
 
 Backend = Literal["auto", "torch", "triton", "tcnn"]
 TimeTVMode = Literal["points", "table"]
@@ -287,7 +288,7 @@ class TimeGridEncoding(_GridBase):
         hi = torch.ceil(g32).long()
         a = (g32 - torch.floor(g32)).float()
         if lo.device != tt.device:
-            lo, hi, a = (host_to_device(v, tt.device) for v in (lo, hi, a))
+            lo, hi, a = (to_device(v, tt.device) for v in (lo, hi, a))
         return slot, lo, hi, a
 
     def grid_features(self, x: Tensor, index: int, max_level: int | None = None) -> Tensor:
@@ -330,14 +331,14 @@ class TimeGridEncoding(_GridBase):
             return TableTimeTV.apply(self.embeddings, self.num_levels, chunk)
         dev = self.embeddings.device
         gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
-        x = ((torch.rand(n_points, 3, generator=generator, device=gdev).to(dev)) * 2 - 1) * self.bound
+        x = (to_device(torch.rand(n_points, 3, generator=generator, device=gdev), dev) * 2 - 1) * self.bound
         if fused and self._tv_batched():
             return BatchedPointsTimeTV.apply(
                 self.embeddings,
                 _unit_coords(x, self.bound),
                 self._encode_grids,
                 self.num_levels,
-                TV_GRIDS_PER_CALL,
+                self.kernel_options.tv_grids_per_call,
                 torch.is_grad_enabled(),
             )
         if fused:

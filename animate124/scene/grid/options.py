@@ -75,6 +75,10 @@ class KernelOptions:
             grid: about 24 launches of the forward and 40 of the backward instead of 64 and 192 at paper settings
             (issue 26). Same loss and gradient up to fp32 summation order (``tests/test_scene_timetv.py``, on the
             CPU and the GPU). On since measured on an H100 (BENCHMARKS.md §15.10: 10 ms off a dynamic step).
+        tv_grids_per_call: grids per encoder call of the batched time TV (8: 8 calls a step for 64 grids, each
+            with 9 slots, about 100 MB of features and as much of their gradient at 100,000 points; the TV was
+            measured launch-bound, BENCHMARKS.md §15.16, so 16 halves its launches for twice those buffers). Same
+            loss and gradient whatever the value.
         stencil_dot: the fused normals' backward computes the first layer's two gradients (``dfeat = dhid·W₁``,
             ``dW₁ = Σ dhidᵀ·feat``) as ``tl.dot`` products in IEEE fp32 on the FMA units (``"ieee"``), or with
             ``"tf32x3"``: three TF32 tensor-core products per product (the operands split into a TF32 head and a
@@ -88,7 +92,10 @@ class KernelOptions:
             ``dfeat``, ``dW₁`` and ``db₁`` (``stencil._first_layer_blas``). The same function up to fp32
             summation order (``tests/test_scene_stencil.py``). The Triton kernel ran at about a tenth of the FMA
             rate and was not made faster by tensor-core products (BENCHMARKS.md §15.11). ``"blas"`` is the
-            default since it took 12 ms off a dynamic step on an H100 at the same peak (§15.14).
+            default since it took 12 ms off a dynamic step on an H100 at the same peak (§15.14). ``"blas_ones"``:
+            ``"blas"`` with ``db₁`` as one more column of the ``dW₁`` product (a row of ones under the features)
+            instead of a reduction of its own over ``dhid`` (about 4.5 ms of a dynamic step on an H100, §15.16);
+            the same products, summed in another order. Built on 2026-12-08 without a GPU; off until measured.
         skip_zero_rows: the grid backward issues no table additions for a point whose gradient at a level is all
             zero (they would add exact zeros, so the table gradient is bit for bit the same). Behind early
             termination a sample's gradient is exactly 0 (``render.marcher.composite``), and at paper settings
@@ -117,14 +124,17 @@ class KernelOptions:
     fused_normals_chunk: int = 2**17
     z_merge: bool = True
     tv_batched: bool = True
+    tv_grids_per_call: int = 8
     stencil_dot: DotPrecision = "ieee"
-    stencil_linear: Literal["triton", "blas"] = "blas"
+    stencil_linear: Literal["triton", "blas", "blas_ones"] = "blas"
     skip_zero_rows: bool = True
     max_launch_blocks: int = MAX_LAUNCH_BLOCKS
 
     def __post_init__(self) -> None:
-        if self.stencil_linear not in ("triton", "blas"):
-            raise ConfigError(f"unknown stencil_linear {self.stencil_linear!r}", "use 'triton' or 'blas'")
+        if self.stencil_linear not in ("triton", "blas", "blas_ones"):
+            raise ConfigError(
+                f"unknown stencil_linear {self.stencil_linear!r}", "use 'triton', 'blas' or 'blas_ones'"
+            )
         if self.stencil_dot not in ("ieee", "tf32x3"):
             raise ConfigError(f"unknown stencil_dot {self.stencil_dot!r}", "use 'ieee' or 'tf32x3'")
         if self.atomics not in ("auto", "scalar", "vec2"):
@@ -140,6 +150,8 @@ class KernelOptions:
             raise ConfigError(
                 f"max_launch_blocks must be in [1, {MAX_LAUNCH_BLOCKS}], got {self.max_launch_blocks}"
             )
+        if self.tv_grids_per_call < 1:
+            raise ConfigError(f"tv_grids_per_call must be >= 1, got {self.tv_grids_per_call}")
         if not 1 <= self.fused_normals_chunk <= 2**20:
             raise ConfigError(f"fused_normals_chunk must be in [1, 2^20], got {self.fused_normals_chunk}")
         if self.bwd_pairs_max_rows < 0 or self.slot_max_times < 1 or self.slot_min_points_per_time < 1:

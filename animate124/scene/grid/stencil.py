@@ -104,13 +104,17 @@ def _backward_chunks(
     dev, f32 = x.device, torch.float32
     tot_a = torch.zeros(h + 1, device=dev, dtype=f32)  # (dW₂[0], db₂[0])
     tot_b = torch.zeros(hp * fp + hp, device=dev, dtype=f32)  # (dW₁ padded to [HP, FP], db₁ padded)
-    blas = meta["options"].stencil_linear == "blas"
+    blas = meta["options"].stencil_linear in ("blas", "blas_ones")
+    ones = (
+        meta["options"].stencil_linear == "blas_ones"
+    )  # db₁ as the product's last column (_first_layer_blas)
     if blas:
-        dw1_blas = torch.zeros(h, f, device=dev, dtype=f32)
+        dw1_blas = torch.zeros(h, fa + ones, device=dev, dtype=f32)
     if n:
         chunk = min(n, meta["options"].fused_normals_chunk)
         lanes = 6 * chunk  # the chunk's six neighbours per sample: row 6p + n of every per-lane buffer
-        feat_buf = torch.empty(max(fa, 1) * lanes, device=dev, dtype=f32)
+        rows = max(fa + ones, 1)  # the features' rows (and a row of ones with "blas_ones")
+        feat_buf = torch.empty(rows * lanes, device=dev, dtype=f32)
         dfeat_buf = torch.empty(max(fa, 1) * lanes, device=dev, dtype=f32)
         dh = torch.empty(lanes, device=dev, dtype=f32)
         # "blas": dhid [lanes, H] fp32 for the two matrix products; else the ReLU bits
@@ -133,7 +137,9 @@ def _backward_chunks(
             e = min(n, s + chunk)
             m = e - s
             ml = 6 * m  # the chunk's lanes: the row stride of feat and dfeat ([2·n_active, ml], contiguous)
-            feat = feat_buf[: max(fa, 1) * ml].view(max(fa, 1), ml)
+            feat = feat_buf[: rows * ml].view(rows, ml)
+            if ones:
+                feat[fa].fill_(1.0)  # the recompute kernel writes rows 0 … FA−1 (row stride ml)
             dfeat = dfeat_buf[: max(fa, 1) * ml].view(max(fa, 1), ml)
             nb = K.triton.cdiv(m, MLP_BLOCK)
             SK._stencil_mlp_bwd_kernel[(nb,)](
@@ -143,7 +149,12 @@ def _backward_chunks(
             )  # fmt: skip
             if blas:
                 _first_layer_blas(
-                    relu[:ml], feat[:fa], w1[:, :fa], dfeat[:fa], dw1_blas[:, :fa], tot_b[hp * fp :]
+                    relu[:ml],
+                    feat[: fa + ones],
+                    w1[:, :fa],
+                    dfeat[:fa],
+                    dw1_blas,
+                    None if ones else tot_b[hp * fp :],
                 )
             else:
                 ntiles = K.triton.cdiv(ml, TILE)
@@ -161,18 +172,26 @@ def _backward_chunks(
                     num_warps=SCATTER_WARPS,
                 )  # fmt: skip
             tot_a += part_a[:nb].sum(0)
-    dw1 = dw1_blas if blas else tot_b[: hp * fp].view(hp, fp)[:h, :f]
-    return dw1, tot_b[hp * fp : hp * fp + h], tot_a[:h], tot_a[h]
+    if not blas:
+        return tot_b[: hp * fp].view(hp, fp)[:h, :f], tot_b[hp * fp : hp * fp + h], tot_a[:h], tot_a[h]
+    dw1 = torch.zeros(h, f, device=dev, dtype=f32)  # columns past 2·n_active (levels not active): zero
+    dw1[:, :fa] = dw1_blas[:, :fa]
+    db1 = dw1_blas[:, fa] if ones else tot_b[hp * fp : hp * fp + h]
+    return dw1, db1, tot_a[:h], tot_a[h]
 
 
 def _first_layer_blas(
-    dhid: Tensor, feat: Tensor, w1: Tensor, dfeat: Tensor, dw1: Tensor, db1: Tensor
+    dhid: Tensor, feat: Tensor, w1: Tensor, dfeat: Tensor, dw1: Tensor, db1: Tensor | None
 ) -> None:
     """``KernelOptions.stencil_linear="blas"``: the first layer's gradients of a chunk as three library calls
     instead of ``_stencil_linear_bwd_kernel``: ``dfeat = (dhid·W₁)ᵀ`` (written into ``dfeat [FA, lanes]``),
-    ``dW₁ += dhidᵀ·featᵀ`` and ``db₁ += Σ dhid`` (``dhid [lanes, H]`` from the recompute kernel). IEEE fp32
-    products whatever torch's TF32 flags and autocast say, so the same function as the kernel's up to fp32
-    summation order; cuBLAS's split-K sums are fixed-order, so the same bits run to run on one GPU."""
+    ``dW₁ += dhidᵀ·featᵀ`` (``dw1 [H, FA]``) and ``db₁ += Σ dhid`` (``dhid [lanes, H]`` from the recompute
+    kernel). With ``db1=None`` (``"blas_ones"``), ``feat`` has one more row of ones and ``dw1 [H, FA + 1]`` one
+    more column, so the product adds ``Σ dhid·1`` there: ``db₁`` without a reduction of its own over the 201 MB
+    of a chunk's ``dhid`` (about 4.5 ms of a dynamic step on an H100, BENCHMARKS.md §15.16), the same exact
+    products summed in another order. IEEE fp32 products whatever torch's TF32 flags and autocast say, so the
+    same function as the kernel's up to fp32 summation order; cuBLAS's split-K sums are fixed-order, so the
+    same bits run to run on one GPU."""
     if not dhid.shape[0]:
         return
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -181,7 +200,8 @@ def _first_layer_blas(
         with torch.autocast(dhid.device.type, enabled=False):
             torch.mm(w1.t(), dhid.t(), out=dfeat)
             dw1.addmm_(dhid.t(), feat.t())
-            db1[: dhid.shape[1]] += dhid.sum(0)
+            if db1 is not None:
+                db1[: dhid.shape[1]] += dhid.sum(0)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 

@@ -101,10 +101,6 @@ def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float,
     g.mul_(c)
 
 
-#: grids per encoder call in :class:`BatchedPointsTimeTV` (8: 8 × 100,000 points, about 100 MB of features)
-TV_GRIDS_PER_CALL = 8
-
-
 class BatchedPointsTimeTV(torch.autograd.Function):
     """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, grad_enabled) -> scalar``
     (``grad_enabled``: the caller's ``torch.is_grad_enabled()``): the loss and gradient of :class:`PointsTimeTV`
@@ -113,7 +109,8 @@ class BatchedPointsTimeTV(torch.autograd.Function):
     grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes
     two encoder calls per grid and one autograd call per grid, 64 + 192 calls a step at paper settings, each a few
     tens of microseconds of GPU work behind its launch overhead; here each call covers ``grids_per_call`` grids
-    (the clip path's slot kernels, one slot per grid: ``TimeGridEncoding.time_tv_loss``).
+    (the clip path's slot kernels, one slot per grid: ``TimeGridEncoding.time_tv_loss``;
+    ``KernelOptions.tv_grids_per_call``, 8 by default).
 
     **One pass.** The loss is quadratic in the features and its gradient linear in the upstream scalar, so the
     forward encodes each call's grids once, with grad, and computes both the loss and the table gradient for an

@@ -1,5 +1,11 @@
-"""Copying a tensor to a device without making the host wait (the priors' small host-to-GPU copies and
-``run.devices``' GPU-to-GPU copies, ``guidance/placement.py``)."""
+"""Copying a tensor to a device without making the host wait: the small host-to-GPU copies of a training
+step (its random draws on the system's CPU generator, cameras, times) and ``run.devices``' GPU-to-GPU copies
+(``guidance/placement.py``).
+
+A plain ``.to("cuda")`` of a CPU tensor copies from pageable memory and then waits until the GPU's queue has
+run dry (PyTorch synchronises the stream after such a copy). Inside a step that wait empties the queue the
+host has built ahead of the GPU, so the launches that follow run with the GPU idle (issue 26: the time TV's
+random points, copied that way, sat right before the step's most launch-bound part, BENCHMARKS.md §15.17)."""
 
 from __future__ import annotations
 
