@@ -608,3 +608,59 @@ def test_grad_stats_out_of_memory_drop_the_record_not_the_run(tmp_path, caplog):
     assert not any(k.startswith("grad/") for r in _log(tmp_path / "2.jsonl") for k in r)  # step 4, 6: off too
     for k, v in runs[0].model.state_dict().items():
         assert torch.equal(v, runs[1].model.state_dict()[k]), k
+
+
+def test_timers_split_the_backward_where_the_images_gradient_arrives():
+    """``Timers.split`` / ``mark_on_grad``: a backward whose priors' half sleeps 60 ms and whose render half sleeps
+    30 ms gives ``before`` ≥ 60 ms and ``after`` ≥ 30 ms, adding up to the whole part (a split at the wrong end
+    leaves one of them near 0); a backward the images' gradient never reaches is all ``after``; off, nothing."""
+    import time
+
+    from animate124.engine.timing import Timers
+
+    def sleeper(seconds: float) -> type:
+        class Sleep(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                time.sleep(seconds)
+                return g
+
+        return Sleep
+
+    render, prior = sleeper(0.03), sleeper(0.06)
+    timers = Timers(True)
+    timers.split("backward", "backward_priors", "backward_nerf")
+    w = torch.ones(3, requires_grad=True)
+    images = render.apply(w)
+    timers.mark_on_grad(images, "backward")
+    loss = prior.apply(images).sum()
+    with timers("grad_stats"):  # another part reaching the images first: no split of its own
+        torch.autograd.grad(loss, w, retain_graph=True)
+    with timers("backward"):
+        loss.backward()
+    s = timers.seconds
+    assert s["backward_priors"] >= 0.06 and s["backward_nerf"] >= 0.03, dict(s)
+    assert s["backward_priors"] + s["backward_nerf"] == pytest.approx(s["backward"], rel=1e-9)
+    assert "grad_stats" in s and timers.calls["backward_priors"] == 1
+    ms = timers.summary(1)
+    assert ms["nerf_side"] == pytest.approx(ms["backward_nerf"])  # the only NeRF part that ran
+
+    before = dict(s)
+    with timers("backward"):
+        (w * 2).sum().backward()  # a step whose loss has no prior term: all of it the render's half
+    assert timers.calls["backward_priors"] == timers.calls["backward_nerf"] == timers.calls["backward"] == 2
+    assert s["backward_priors"] == before["backward_priors"]
+    took = s["backward"] - before["backward"]
+    assert took > 0 and s["backward_nerf"] - before["backward_nerf"] == pytest.approx(took, rel=1e-6)
+
+    off = Timers(False)
+    off.split("backward", "a", "b")
+    images = render.apply(w)
+    off.mark_on_grad(images, "backward")
+    with off("backward"):
+        prior.apply(images).sum().backward()
+    assert off.summary(1) == {}

@@ -217,3 +217,15 @@ def test_the_static_stage_profile_reports_each_priors_flops(store, tmp_path, mon
         work[n]["tflop_per_step"] / work[n]["tflop_per_call"] * f.backward for n, f in counted.items()
     )
     assert work["backward"]["tflop_per_step"] == pytest.approx(backward / 1e12, rel=1e-4)
+    for k in ("tflop_per_step", "tflop_per_call"):  # the same work, in the half that does it (a faster rate)
+        assert work["backward_priors"][k] == work["backward"][k]
+    assert work["backward_priors"]["tflop_s"] > work["backward"]["tflop_s"]
+    # the step's backward split where the rendered images' gradient arrives (issue 26: the NeRF side inside a
+    # stage): the priors' half, then the render's; ms_per_step rounds each to 0.01 ms
+    assert ms["backward_priors"] + ms["backward_nerf"] == pytest.approx(ms["backward"], abs=0.02)
+    assert ms["backward_priors"] > 0 and ms["backward_nerf"] > 0
+    from animate124.engine.timing import Timers
+
+    nerf = [p for p in Timers.NERF_PARTS if p in ms]
+    assert {"render", "backward_nerf", "optimizer"} <= set(nerf), ms
+    assert ms["nerf_side"] == pytest.approx(sum(ms[p] for p in nerf), abs=0.05)

@@ -36,7 +36,19 @@ class Timers:
 
     A part may also be told the work it does (:meth:`add_flops`: the priors' exactly counted matrix FLOPs,
     ``guidance/flops.py``), so that :meth:`flops_summary` gives its achieved rate against the card's.
+
+    A part may be split in two where a tensor's gradient arrives (:meth:`split`, :meth:`mark_on_grad`): the
+    step's ``backward`` becomes ``backward_priors`` (from the loss down to the rendered images: the VAE
+    encoders' backward) and ``backward_nerf`` (from the images to the field: the render's backward, the time
+    TV's), so
+    :meth:`summary`'s ``nerf_side`` (the sum of :data:`NERF_PARTS`) is the NeRF side of a step inside a stage,
+    what ``benchmarks/bench_field_step.py`` measures outside one (issue 26).
     """
+
+    #: the parts of a step that are the NeRF side (issue 26): renders, the time TV, the occupancy refresh (its
+    #: every-16-steps time spread over the steps, as :meth:`summary` divides every part by the steps), the
+    #: backward below the images, the optimizer step (the field's parameters only: the priors are frozen)
+    NERF_PARTS = ("render", "frozen_render", "time_tv", "occupancy", "backward_nerf", "optimizer")
 
     def __init__(self, enabled: bool = False, device: torch.device | None = None) -> None:
         self.enabled = bool(enabled)
@@ -48,6 +60,8 @@ class Timers:
         self.rise_bytes: dict[str, int] = defaultdict(int)
         self.flops: dict[str, float] = defaultdict(float)
         self._open: list[list[int]] = []  # [allocated at entry, running peak] of each part now open
+        self._parts: list[list[Any]] = []  # [name, last marked arrival or None] of each part now open
+        self._splits: dict[str, tuple[str, str]] = {}  # part -> (before, after): see split()
         self._overall = [0, 0]  # allocated, reserved peaks folded in before each reset
 
     def _fold(self) -> None:
@@ -70,6 +84,7 @@ class Timers:
                 now = torch.cuda.memory_allocated(self.device)
                 self._open.append([now, now])
             t0 = time.perf_counter()
+            self._parts.append([name, None])
             try:
                 yield
             finally:
@@ -79,14 +94,49 @@ class Timers:
                     entry, peak = self._open.pop()
                     self.peak_bytes[name] = max(self.peak_bytes[name], peak)
                     self.rise_bytes[name] = max(self.rise_bytes[name], peak - entry)
-                self.seconds[name] += time.perf_counter() - t0
+                end = time.perf_counter()
+                self.seconds[name] += end - t0
                 self.calls[name] += 1
+                mid, rule = self._parts.pop()[1], self._splits.get(name)
+                if rule is not None:
+                    before, after = rule
+                    mid = t0 if mid is None else mid  # no marked gradient arrived: no "before" half
+                    self.seconds[before] += mid - t0
+                    self.seconds[after] += end - mid
+                    self.calls[before] += 1
+                    self.calls[after] += 1
+
+    def split(self, part: str, before: str, after: str) -> None:
+        """From now on every run of part ``part`` also counts as two parts: ``before``, from its start to the
+        last arrival of a gradient marked by :meth:`mark_on_grad` while it was the innermost open part, and
+        ``after``, the rest (all of it when no marked gradient arrived)."""
+        self._splits[part] = (before, after)
+
+    def mark_on_grad(self, tensor: torch.Tensor, part: str) -> None:
+        """Mark the moment ``tensor``'s gradient arrives, if part ``part`` is then the innermost open one (a
+        gradient that arrives in another part, e.g. ``grad_stats``, marks nothing): :meth:`split`'s point.
+        Nothing without ``enabled``. On CUDA the hook synchronises the device first (it runs in autograd's
+        thread, while the caller waits in ``backward``), as every part boundary does."""
+        if not self.enabled or not tensor.requires_grad:
+            return
+
+        def hook(grad: torch.Tensor) -> None:
+            if self._parts and self._parts[-1][0] == part:
+                if self.sync:
+                    torch.cuda.synchronize()
+                self._parts[-1][1] = time.perf_counter()
+
+        tensor.register_hook(hook)
 
     def summary(self, steps: int) -> dict[str, float]:
-        """Milliseconds per training step for each part (0 parts when disabled)."""
+        """Milliseconds per training step for each part (0 parts when disabled), and ``nerf_side``, the sum of
+        the :data:`NERF_PARTS` that ran, where the backward was split (:meth:`split`)."""
         if not self.enabled or steps <= 0:
             return {}
-        return {name: 1000.0 * s / steps for name, s in sorted(self.seconds.items())}
+        out = {name: 1000.0 * s / steps for name, s in sorted(self.seconds.items())}
+        if "backward_nerf" in out:
+            out["nerf_side"] = sum(out[p] for p in self.NERF_PARTS if p in out)
+        return out
 
     def add_flops(self, name: str, flops: float) -> None:
         """Count ``flops`` as work done inside part ``name`` (nothing unless enabled)."""

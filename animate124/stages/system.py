@@ -139,6 +139,8 @@ class NerfSystem:
         self.device = device
         self.preview_dir = preview_dir
         self.timers = timers or Timers(False)
+        # run.profile: the step's backward in two, the priors' half and the render's (prior_part marks the point)
+        self.timers.split("backward", "backward_priors", "backward_nerf")
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         # The occupancy refresh draws 4 jitter numbers per cell and slot (128³ × 16 slots: 134M numbers in
         # the 4D stages); drawn on the CPU they cost 60-67 ms per step on average (BENCHMARKS.md §6). A
@@ -171,13 +173,17 @@ class NerfSystem:
         """``self.timers(name)`` around one call of ``prior`` on ``images``. With ``run.profile`` the call's
         exact FLOPs are counted too (``guidance/flops.py``, once per shape): its forward (UNet on the CFG batch,
         VAE encoder) as the work of part ``name``, the VAE encoder's backward and recompute as work of the
-        step's ``backward`` part (``metrics.flops_by_part``)."""
+        step's ``backward`` part and of its first half, ``backward_priors`` (``metrics.flops_by_part``): the
+        step's backward is split where the images' gradient arrives (``Timers.mark_on_grad``: the priors'
+        half, then ``backward_nerf``, the render's; ``__init__`` declares the split)."""
         count = getattr(prior, "call_flops", None)
         if self.timers.enabled and count is not None:
             flops = count(images.shape)
             if flops is not None:
                 self.timers.add_flops(name, flops.forward)
                 self.timers.add_flops("backward", flops.backward)
+                self.timers.add_flops("backward_priors", flops.backward)
+        self.timers.mark_on_grad(images, "backward")
         with self.timers(name):
             yield
 
