@@ -17,6 +17,8 @@ Reads a project that ``animate124 run-all`` trained (``manifest.json`` and ``log
 * ``projected_total_min``: Σ (paper steps / it_s + overhead_s) / 60.
 * peaks: the manifest's ``peak_allocated_gib`` / ``peak_reserved_gib`` (of the stage's last invocation; a
   resumed stage says so in ``invocations``).
+* with ``--set run.profile=true`` (``EXTRA_SETS`` of ``gpu_paper_schedule.sh``), each stage's ``ms_per_step`` by
+  part (``nerf_side`` among them: issue 26), ``flops_by_part`` and ``memory_by_part`` from the manifest.
 * ``low_vram_peak_gib``: the largest peak of a second project trained with ``--preset low-vram`` (``--low-vram``),
   with its stages in ``low_vram_stages``.
 
@@ -153,6 +155,9 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
     steps = int(metrics.get("steps", last))
     seconds = float(record.get("seconds") or 0.0)
     overhead = max(0.0, seconds - (steps - resumed) / it_s)
+    parts = {  # run.profile's per-part times (its syncs slow the step: a profiled run's rates are not the record's)
+        k: metrics[k] for k in ("ms_per_step", "flops_by_part", "memory_by_part") if k in metrics
+    }
     return {
         "steps_run": steps,
         "paper_steps": int(paper),
@@ -169,6 +174,7 @@ def stage_entry(project: Path, stage: str, record: dict[str, Any], paper: int) -
         "overhead_s": round(overhead, 2),
         "invocations": f"resumed from step {resumed}" if resumed else "one",
         "projected_min": round((paper / it_s + overhead) / 60.0, 2),
+        **parts,
     }
 
 

@@ -139,3 +139,17 @@ def test_capped_cli_records_seconds_exit_code_and_peaks(tmp_path, capsys) -> Non
     assert json.loads(out.read_text())["exit_code"] == bad.value.code == 2
     with pytest.raises(SystemExit, match="usage"):
         capped_cli.main(["--gib", "24", "--record"])
+
+
+def test_a_profiled_run_carries_its_per_part_times(tmp_path) -> None:
+    """``run.profile``'s ``ms_per_step`` (``nerf_side`` among them, issue 26) goes into the stage's entry; a run
+    without it has no such key."""
+    logs = {s: [(k, 100.0 + k) for k in range(10, 101, 10)] for s in ps.STAGES}
+    p = _project(tmp_path / "p", logs, dict.fromkeys(ps.STAGES, 100.0))
+    m = json.loads((p / "manifest.json").read_text())
+    parts = {"render": 30.0, "video": 140.0, "backward_nerf": 60.0, "nerf_side": 95.0}
+    m["stages"]["dynamic"]["metrics"]["ms_per_step"] = parts
+    (p / "manifest.json").write_text(json.dumps(m))
+    rec = ps.schedule(p, "test card")
+    assert rec["stages"]["dynamic"]["ms_per_step"] == parts
+    assert "ms_per_step" not in rec["stages"]["static"]
