@@ -11,8 +11,9 @@
 #       suffixed .2: 'graphs native graphs' shows whether the order matters; guidance_variants.py: eager graphs
 #       channels_last compile compile_ma compile_cl compile_ma_cl fp8 fp8_compile native native_compile unet_norms
 #       defaults = the stages' defaults, defaults_compile = them with run.compile_priors, defaults_cl = them
-#       channels-last; a name ending in +keep0
-#       runs with --vae-keep-pixels 0: SD and Zero123 recompute their encoder as before static.vae_keep_pixels)
+#       channels-last; a name ending in +keepN runs with --vae-keep-pixels N: +keep0, SD and Zero123 recompute
+#       their encoder as before static.vae_keep_pixels; +keep524288, the video prior keeps 8 of its 16 frames
+#       (dynamic.vae_keep_pixels, 2026-12-08: PRIORS=video VARIANTS="defaults defaults+keep524288"))
 # The next calls for issue 27 (2026-12-07, BENCHMARKS.md §15.13): PARTS=bench PRIORS=sd,zero123
 #   VARIANTS="defaults defaults+keep0 defaults" (about 2 min), then PARTS=bench PRIORS=video,controlnet
 #   VARIANTS="defaults defaults_compile" (about 8 min: compiling)
@@ -45,7 +46,8 @@ if [[ " $PARTS " == *" bench "* ]]; then
   for v in $VARIANTS; do
     L=$(left); [ "$L" -gt 40 ] || { el "no time left for variant $v"; continue; }
     SEEN[$v]=$(( ${SEEN[$v]:-0} + 1 )); tag=$v; [ "${SEEN[$v]}" -gt 1 ] && tag="$v.${SEEN[$v]}"
-    base=${v%+keep0}; keep=(); [ "$base" != "$v" ] && keep=(--vae-keep-pixels 0); tag=${tag//+/_}
+    # VARIANT+keepN: --vae-keep-pixels N (+keep0: recompute all; video+keep524288: 8 frames of 256² kept)
+    base=${v%%+keep*}; keep=(); [ "$base" != "$v" ] && keep=(--vae-keep-pixels "${v##*+keep}"); tag=${tag//+/_}
     [ -n "${PROFILE:-}" ] && keep+=(--profile "$OUT/profile_$tag")  # torch.profiler tables, one per prior
     el "guidance calls, variant $v, priors $PRIORS (up to $L s)"
     timeout "$L" python3 benchmarks/bench_guidance.py --configs $CFG --priors "$PRIORS" --stages --variant "$base" "${keep[@]}" \

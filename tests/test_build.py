@@ -328,6 +328,8 @@ def built(cfg: Config, monkeypatch) -> dict[str, Any]:
     b["zero123_static"] = build.build_zero123_guidance(cfg, CPU, "static", ref)
     b["zero123_dynamic"] = build.build_zero123_guidance(cfg, CPU, "dynamic", ref)
     b["video"] = build.build_video_guidance(cfg, CPU, "p")
+    b["video_refine"] = build.build_video_guidance(cfg, CPU, "p", "refine")
+    b["zero123_refine"] = build.build_zero123_guidance(cfg, CPU, "refine", ref)
     b["controlnet"] = build.build_controlnet_guidance(cfg, CPU, "p", ("<t>", torch.zeros(4)))
     b["preprocess"] = build.preprocess_options(cfg)
     b["ti"] = build.ti_config(cfg, CPU)
@@ -380,8 +382,11 @@ DESTINATIONS: dict[str, list] = {
     "run.preview_every": _each("trainer", "preview_every"),
     "run.vae_checkpoint": [_kw(p, "checkpoint_encoder") for p in _PRIORS],
     "run.vae_checkpoint_pixels": [_kw(p, "checkpoint_pixels") for p in _PRIORS],
-    # the static stage's priors only; the others keep 0 (test_only_the_static_priors_keep_encoder_activations)
+    # each stage's own priors only; refine's keep 0 (test_refine_priors_keep_no_encoder_activations)
     "static.vae_keep_pixels": [_kw("sd", "checkpoint_keep_pixels"), _kw("zero123_static", "checkpoint_keep_pixels")],
+    "dynamic.vae_keep_pixels": [
+        _kw("video", "checkpoint_keep_pixels"), _kw("zero123_dynamic", "checkpoint_keep_pixels")
+    ],
     "models.tiny": [lambda b: b["store"].cache_dir.name == "tiny-models"],
     "models.cache_dir": [lambda b: str(b["store"].cache_dir).removesuffix("/tiny-models")],
     "models.video_model": [lambda b: b["video"].args[0].kwargs["which"]],
@@ -559,13 +564,19 @@ def test_each_field_arrives_at_its_destination(fakes, base_dict, monkeypatch):
     assert not bad, bad
 
 
-def test_only_the_static_priors_keep_encoder_activations(fakes, base_dict, monkeypatch):
-    """``static.vae_keep_pixels`` reaches the static stage's SD and Zero123 only: the 4D stages' priors (Zero123
-    there, the video prior, ControlNet) recompute every batch, whatever it says (their memory is tighter)."""
-    cfg = from_dict(deep_merge(base_dict, {"static": {"vae_keep_pixels": 12345}}))
+def test_refine_priors_keep_no_encoder_activations(fakes, base_dict, monkeypatch):
+    """``static.vae_keep_pixels`` reaches the static stage's SD and Zero123 only, ``dynamic.vae_keep_pixels`` the
+    dynamic stage's video prior and Zero123 only: refine's priors (the same video prior and Zero123, ControlNet)
+    recompute every batch, whatever they say (its memory is the tightest)."""
+    cfg = from_dict(
+        deep_merge(base_dict, {"static": {"vae_keep_pixels": 12345}, "dynamic": {"vae_keep_pixels": 678}})
+    )
     b = built(cfg, monkeypatch)
-    got = {p: b[p].kwargs["checkpoint_keep_pixels"] for p in _PRIORS}
-    assert got == {"sd": 12345, "zero123_static": 12345, "zero123_dynamic": 0, "video": 0, "controlnet": 0}
+    got = {p: b[p].kwargs["checkpoint_keep_pixels"] for p in (*_PRIORS, "video_refine", "zero123_refine")}
+    assert got == {
+        "sd": 12345, "zero123_static": 12345, "zero123_dynamic": 678, "video": 678, "controlnet": 0,
+        "video_refine": 0, "zero123_refine": 0,
+    }  # fmt: skip
 
 
 #: translated fields without a single place to read back, each with the reason

@@ -199,6 +199,10 @@ PAPER: dict[str, tuple[object, str]] = {
     "dynamic.video_t_range": ([0.02, 0.98], "SPEC 5/12: t ∈ [0.02, 0.98]"),
     "dynamic.cfg_mode": ("upstream", "SPEC 11.3/12: the +1 CFG kept"),
     "dynamic.vae_grad_frames": (0, "SPEC 5.2: every frame VAE-encoded with gradient"),
+    "dynamic.vae_keep_pixels": (
+        0,
+        "impl (same gradients; opt-in until measured on a GPU, BENCHMARKS §15.17)",
+    ),
     "dynamic.zero123_weight": (40.0, "SPEC 5.2/12: λ 40·angle/180"),
     "dynamic.zero123_guidance_scale": (5.0, "SPEC 5.2: scale 5"),
     "dynamic.zero123_t_range": ([0.2, 0.6], "SPEC 5: --zero123_t_range 0.2 0.6"),

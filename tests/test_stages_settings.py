@@ -51,8 +51,9 @@ def test_the_system_gives_back_its_priors_cuda_graphs_before_any_ray_saver(monke
     keeper = SimpleNamespace(checkpoint_encoder=True, checkpoint_keep_pixels=512 * 512)
     plain = SimpleNamespace(checkpoint_encoder=False, checkpoint_keep_pixels=512 * 512)
     system = SimpleNamespace(
-        rays=_rays(), max_samples=4_000_000, guidance_priors=lambda: [prior, keeper, plain]
-    )
+        rays=_rays(), max_samples=4_000_000, guidance_priors=lambda: [prior, keeper, plain],
+        vae_keep_setting=NerfSystem.vae_keep_setting,
+    )  # fmt: skip
     monkeypatch.setattr(graphs, "_pool_bytes", lambda: 3 * 2**29)
     # first the kept activations: the recompute from then on (the same gradients)
     assert NerfSystem.save_memory(system) == "static.vae_keep_pixels=0"

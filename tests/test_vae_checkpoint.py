@@ -233,9 +233,57 @@ def test_a_call_within_keep_pixels_runs_the_encoder_once_with_the_same_gradient(
             hook.remove()
         res[keep] = (float(out.losses[prior.loss_key].detach()), images.grad.clone(), len(calls))
     (l0, g0, c0), (l1, g1, c1), (l2, g2, c2) = res["none"], res["below"], res["exact"]
-    # encoder calls: the plain path and the kept one run it once per call (video_grad2: one with grad, one
-    # without), the recompute once more for the images with grad (one chunk here)
-    assert c1 == c0 + 1 and c2 == c0, (c0, c1, c2)
-    assert l0 == l1 == l2
+    assert c2 == c0 and l0 == l2, (c0, c2)
     assert torch.equal(g2, g0), name  # kept = the plain path
+    if name.startswith("video"):
+        # the video prior keeps the frames that fit (3 of 4; 1 of 2) and recomputes the last one: one encoder
+        # call more in the forward (the chunk in two) and one in backward; another batch split, so rounding
+        assert c1 == c0 + 2, (c0, c1)
+        assert l1 == pytest.approx(l0, rel=1e-6)
+        assert_grad_close(g1, g0)
+        return
+    # encoder calls: the plain path and the kept one run it once per call, the recompute once more for the
+    # images with grad (one chunk here)
+    assert c1 == c0 + 1, (c0, c1, c2)
+    assert l0 == l1
     assert torch.equal(g1, g0), name  # one recompute chunk: the same operations in the same order (docstring)
+
+
+@pytest.mark.parametrize("encode_chunk", [8, 3])
+def test_the_video_prior_keeps_its_first_frames_and_recomputes_the_rest(store, encode_chunk: int) -> None:
+    """``dynamic.vae_keep_pixels`` below a clip's pixels: the video prior keeps the encoder activations of its
+    first frames up to the budget (2 of 4 here) and recomputes only the others in backward, in the encoder
+    calls counted by batch size, for the plain path's loss and image gradient (up to fp32 summation order: the
+    batches differ). With ``encode_chunk=3`` the budget cuts the first chunk (2 kept + 1 recomputed), the
+    second chunk (1 frame) is recomputed."""
+    from animate124.models.loaders import load_video
+
+    frames, gen, views, _ = _four_frame_call(7)
+    images0 = torch.rand(1, frames, 3, 16, 16, generator=gen)
+    res = {}
+    for keep in ("plain", "two"):
+        prior = make_video(load_video(store), checkpoint_encoder=keep == "two", encode_chunk=encode_chunk)
+        h, w = prior.image_size
+        prior.checkpoint_keep_pixels = 2 * h * w + (h * w - 1)  # 2 frames and a part of one: 2 kept
+        batches: list[tuple[int, bool]] = []
+
+        def seen(module, args, out, b=batches):
+            b.append((args[0].shape[0], torch.is_grad_enabled()))
+
+        hook = prior.vae.encoder.register_forward_hook(seen)
+        try:
+            images = images0.clone().requires_grad_(True)
+            out = prior(images, views, step=0, generator=torch.Generator().manual_seed(11))
+            n_forward = len(batches)
+            out.losses[prior.loss_key].backward()
+        finally:
+            hook.remove()
+        res[keep] = (float(out.losses[prior.loss_key].detach()), images.grad.clone(), batches, n_forward)
+    (l0, g0, _, _), (l1, g1, b1, nf) = res["plain"], res["two"]
+    # (frames, with grad) of each encoder call: forward, the kept frames with grad and the others in the
+    # recompute's no-grad pass; backward, the recompute of those others only, never of the kept ones
+    forward = {8: [(2, True), (2, False)], 3: [(2, True), (1, False), (1, False)]}[encode_chunk]
+    backward = {8: [(2, True)], 3: [(1, True), (1, True)]}[encode_chunk]
+    assert (b1[:nf], b1[nf:]) == (forward, backward), b1
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    assert_grad_close(g1, g0)

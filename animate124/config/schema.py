@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Literal
 
-from animate124.config.fields import opt
+from animate124.config.fields import ZERO123_C_CONCAT_HELP, ZERO123_CLIP_HELP, opt
 
 # the output commands' sections live in output_sections.py (re-exported here: one schema)
 from animate124.config.output_sections import EvaluateConfig as EvaluateConfig
@@ -25,17 +25,6 @@ from animate124.config.output_sections import ExportConfig as ExportConfig
 from animate124.config.output_sections import RenderConfig as RenderConfig
 
 SCHEMA_VERSION = 2
-
-
-ZERO123_C_CONCAT_HELP = (
-    "Zero123's image latent of the reference: mode = the VAE posterior's mean (original Zero123, SPEC 11.14); "
-    "sample = one posterior sample drawn with run.seed (upstream Animate124)."
-)
-ZERO123_CLIP_HELP = (
-    "Zero123's CLIP preprocessing of the reference: torch = bicubic antialiased resize and CLIP normalisation "
-    "in torch; processor = upstream's: the model's CLIPImageProcessor (PIL) fed (255 * image) truncated to "
-    "integers (SPEC 3.8, 11.14)."
-)
 
 
 @dataclass(frozen=True)
@@ -519,6 +508,11 @@ class DynamicConfig:
     vae_grad_frames: int = opt(
         0, "Back-propagate the VAE encoder through only k frames (0 = all).", min=0, max=256
     )
+    vae_keep_pixels: int = opt(
+        0, "With run.vae_checkpoint: the video prior keeps the VAE activations of a clip's first frames up to this "
+        "many pixels (~0.6 GiB a 256² frame), recomputing the rest; same gradients (refine: 0; 0 = recompute all).",
+        min=0, max=2**31 - 1, nohash=True,
+    )  # fmt: skip
     zero123_weight: float = opt(40.0, "Zero123 weight on frame 0 of start-from-zero clips.", min=0.0)
     zero123_guidance_scale: float = opt(5.0, "Zero123 CFG scale (standard form).", min=0.0)
     zero123_t_range: tuple[float, float] = opt((0.2, 0.6), "Zero123 timestep range.", min=0.0, max=1.0)

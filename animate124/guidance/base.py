@@ -92,7 +92,9 @@ class DiffusionPrior:
         use_xformers: xformers attention in the VAE, UNet (and ControlNet) if installed.
         checkpoint_encoder / checkpoint_pixels: recompute the VAE encoder in backward (``run.vae_checkpoint``).
         checkpoint_keep_pixels: a call whose images with grad have at most this many pixels in all keeps the
-            encoder's activations instead (``static.vae_keep_pixels``; 0 = always recompute). Recomputing a
+            encoder's activations instead (``static.vae_keep_pixels``, ``dynamic.vae_keep_pixels``; 0 = always
+            recompute; the video prior keeps its first frames up to this many pixels and recomputes the rest,
+            ``VideoSDS.encode_clip``). Recomputing a
             batch that fits one recompute chunk frees nothing at the backward's peak (the chunk's activations
             come back there) and costs one more encoder pass (BENCHMARKS.md §8.3: SD's 512² image, 2.5 GiB
             either way, 27 ms plain against 43 ms recomputed on an H200); keeping them holds them from the

@@ -392,12 +392,14 @@ def _finish_prior(cfg: Config, prior: Any, name: str) -> Any:
 
 
 def _encoder_options(cfg: Config, stage: str = "") -> dict[str, Any]:
-    """The VAE-encoder recompute settings every prior takes (``run.vae_checkpoint*``; in the static stage also
-    ``static.vae_keep_pixels``, which the others leave at 0: their memory is tighter)."""
+    """The VAE-encoder recompute settings every prior takes (``run.vae_checkpoint*``; in the static and dynamic
+    stages also ``static.vae_keep_pixels`` / ``dynamic.vae_keep_pixels``; refine, whose memory is tightest,
+    keeps nothing)."""
+    keep = {"static": cfg.static.vae_keep_pixels, "dynamic": cfg.dynamic.vae_keep_pixels}.get(stage, 0)
     return {
         "checkpoint_encoder": cfg.run.vae_checkpoint,
         "checkpoint_pixels": cfg.run.vae_checkpoint_pixels,
-        "checkpoint_keep_pixels": cfg.static.vae_keep_pixels if stage == "static" else 0,
+        "checkpoint_keep_pixels": keep,
     }
 
 
@@ -451,8 +453,9 @@ def build_zero123_guidance(cfg: Config, device: torch.device, stage: str, refere
     )
 
 
-def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
-    """Text-to-video SDS of the 4D stages (SPEC 3.7, 5.2)."""
+def build_video_guidance(cfg: Config, device: torch.device, prompt: str, stage: str = "dynamic") -> Any:
+    """Text-to-video SDS of the 4D stages (SPEC 3.7, 5.2); ``stage`` ("dynamic" or "refine") picks the VAE
+    activations it keeps (``dynamic.vae_keep_pixels`` in the dynamic stage, none in refine)."""
     from animate124.guidance.video import VideoGuidance
     from animate124.models.loaders import load_video
 
@@ -472,7 +475,7 @@ def build_video_guidance(cfg: Config, device: torch.device, prompt: str) -> Any:
             weight=d.video_weight,
             vae_grad_frames=d.vae_grad_frames,
             upstream_view_text=d.upstream_view_text,
-            **_encoder_options(cfg),
+            **_encoder_options(cfg, stage),
         ),
         "video",
     )

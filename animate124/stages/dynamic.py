@@ -118,19 +118,23 @@ def dynamic_prior_names(cfg: Config) -> list[str]:
 
 
 def video_and_zero123(
-    project: Project, cfg: Config, device: torch.device, place: PriorPlacement | None = None
+    project: Project,
+    cfg: Config,
+    device: torch.device,
+    place: PriorPlacement | None = None,
+    stage: str = "dynamic",
 ) -> tuple[Guidance, Guidance | None]:
-    """The priors of the dynamic stage (also used by refine, which passes its ``place``): video SDS, and
-    Zero123 unless its weight is 0, each on its device (``run.devices``: ``stages/placement.py``)."""
+    """The priors of the dynamic stage (also used by refine, which passes its ``place`` and ``stage="refine"``):
+    video SDS, and Zero123 unless its weight is 0, each on its device (``run.devices``: ``stages/placement.py``)."""
     if place is None:
         place = PriorPlacement.of(cfg, dynamic_prior_names(cfg), device)
         log_placement(place)
     prompt = stage_prompt(cfg, "dynamic")
-    video = place.build("video", lambda d: build_video_guidance(cfg, d, prompt))
+    video = place.build("video", lambda d: build_video_guidance(cfg, d, prompt, stage))
     zero123 = None
     if cfg.dynamic.zero123_weight:
         ref = zero123_reference(project)
-        zero123 = place.build("zero123", lambda d: build_zero123_guidance(cfg, d, "dynamic", ref))
+        zero123 = place.build("zero123", lambda d: build_zero123_guidance(cfg, d, stage, ref))
     return video, zero123
 
 

@@ -137,7 +137,7 @@ def run_refine(
         reference = load_reference_data(project, cfg.dynamic.ref_size)
         place = PriorPlacement.of(cfg, [*dynamic_prior_names(cfg), "controlnet"], device)
         log_placement(place)
-        video, zero123 = video_and_zero123(project, cfg, device, place)
+        video, zero123 = video_and_zero123(project, cfg, device, place, stage="refine")
         controlnet = place.build("controlnet", lambda d: build_controlnet_guidance(cfg, d, prompt, token))
         system = RefineSystem(
             controlnet=controlnet,

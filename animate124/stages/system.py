@@ -206,8 +206,8 @@ class NerfSystem:
     def save_memory(self) -> str | None:
         """After a step ran out of GPU memory: the next same-result saver, on for the rest of the stage (the
         trainer runs the step again); None when everything is saved already. First the VAE-encoder activations
-        the static stage's priors keep (``static.vae_keep_pixels``: up to 3.1 GiB, for one more encoder pass a
-        call), then the priors' CUDA graphs and their memory pool
+        the priors keep (``static.vae_keep_pixels``: up to 3.1 GiB, for one more encoder pass a call;
+        ``dynamic.vae_keep_pixels``: :attr:`vae_keep_setting`), then the priors' CUDA graphs and their memory pool
         (:func:`~animate124.guidance.graphs.release_graphs`: eager calls from then on), then
         :meth:`RaySettings.saving_memory`, sized by the largest training render so far."""
         keeping = [
@@ -217,7 +217,7 @@ class NerfSystem:
         if keeping:
             for p in keeping:
                 p.checkpoint_keep_pixels = 0
-            return "static.vae_keep_pixels=0"
+            return f"{self.vae_keep_setting}=0"
         freed = release_graphs(self.guidance_priors())
         if freed != 0:
             held = "" if freed is None else f" (their pool held {freed / 2**30:.2f} GiB)"
@@ -382,6 +382,8 @@ class NerfSystem:
         return out.rgb[:, 0]
 
     preview_video = False
+    #: the setting whose kept VAE activations :meth:`save_memory` drops first
+    vae_keep_setting = "static.vae_keep_pixels"
 
     def preview(self, step: int) -> None:
         """Write ``previews/step-NNNNNNN.png`` and ``previews/latest.png`` (plus ``latest.mp4`` in 4D)."""
@@ -473,6 +475,7 @@ class DynamicSystem(NerfSystem):
     reference steps at t=0, time TV on every step. ``refine`` extends it (``stages/refine.py``)."""
 
     preview_video = True
+    vae_keep_setting = "dynamic.vae_keep_pixels"
 
     def __init__(
         self,
