@@ -139,8 +139,7 @@ class NerfSystem:
         self.device = device
         self.preview_dir = preview_dir
         self.timers = timers or Timers(False)
-        # run.profile: the step's backward in two, the priors' half and the render's (prior_part marks the point)
-        self.timers.split("backward", "backward_priors", "backward_nerf")
+        self.timers.split("backward", "backward_priors", "backward_nerf")  # run.profile (prior_part marks it)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         # The occupancy refresh draws 4 jitter numbers per cell and slot (128³ × 16 slots: 134M numbers in
         # the 4D stages); drawn on the CPU they cost 60-67 ms per step on average (BENCHMARKS.md §6). A
@@ -173,9 +172,8 @@ class NerfSystem:
         """``self.timers(name)`` around one call of ``prior`` on ``images``. With ``run.profile`` the call's
         exact FLOPs are counted too (``guidance/flops.py``, once per shape): its forward (UNet on the CFG batch,
         VAE encoder) as the work of part ``name``, the VAE encoder's backward and recompute as work of the
-        step's ``backward`` part and of its first half, ``backward_priors`` (``metrics.flops_by_part``): the
-        step's backward is split where the images' gradient arrives (``Timers.mark_on_grad``: the priors'
-        half, then ``backward_nerf``, the render's; ``__init__`` declares the split)."""
+        step's ``backward`` part and of its first half, ``backward_priors`` (``metrics.flops_by_part``; the
+        split is where the images' gradient arrives: ``Timers.mark_on_grad``, ``__init__``)."""
         count = getattr(prior, "call_flops", None)
         if self.timers.enabled and count is not None:
             flops = count(images.shape)
@@ -237,20 +235,10 @@ class NerfSystem:
 
     # ---------------------------------------------------------------- rendering
     def render(
-        self,
-        field: RadianceField,
-        occupancy: OccupancyGrid,
-        cameras: Cameras,
-        times: Tensor | None,
-        *,
-        shading: str,
-        ambient: float,
-        light_dir: Tensor | None,
-        bg_color: Tensor,
-        generator: torch.Generator,
-        ray_noise: float = 0.0,
-        frames: Sequence[int] | None = None,
-    ) -> RenderOutput:
+        self, field: RadianceField, occupancy: OccupancyGrid, cameras: Cameras, times: Tensor | None, *,
+        shading: str, ambient: float, light_dir: Tensor | None, bg_color: Tensor, generator: torch.Generator,
+        ray_noise: float = 0.0, frames: Sequence[int] | None = None,
+    ) -> RenderOutput:  # fmt: skip
         r = self.rays
         out = render(
             field, cameras, times, shading=shading, ambient=ambient, light_dir=light_dir, bg_color=bg_color,
@@ -382,8 +370,7 @@ class NerfSystem:
         return out.rgb[:, 0]
 
     preview_video = False
-    #: the setting whose kept VAE activations :meth:`save_memory` drops first
-    vae_keep_setting = "static.vae_keep_pixels"
+    vae_keep_setting = "static.vae_keep_pixels"  # whose kept VAE activations save_memory drops first
 
     def preview(self, step: int) -> None:
         """Write ``previews/step-NNNNNNN.png`` and ``previews/latest.png`` (plus ``latest.mp4`` in 4D)."""
