@@ -29,7 +29,9 @@ not yet measured: ``blas_ones`` (``defaults`` with ``db₁`` inside the ``dW₁`
 ``KernelOptions.tv_grids_per_call``) and ``ones_tv16`` (both).
 
 On a GPU each measured variant also records ``host_waits``: how many times one more step makes the host wait
-for the GPU (``torch.cuda.set_sync_debug_mode("warn")``), by source line.
+for the GPU (``torch.cuda.set_sync_debug_mode("warn")``), by source line; and ``host_<part>_ms`` beside each part's
+device time (``<part>_ms``): how long the host took to launch it, its waits included (a step starts with the GPU
+idle); a part whose host time reaches its device time is launch-bound.
 
 Every variant sets ``fused_normals``, ``z_merge``, ``fused_march`` and ``tv_batched`` itself (off unless it names them), so ``fused_tv`` stays the
 path before issue 26 although ``z_merge`` is on by default now, and ``march_tv`` stays what it measured.
@@ -252,9 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
         f, opt, params = st["field"], st["opt"], st["params"]
         ev = [event() for _ in range(5)]
 
+        host: list[float] = []  # when the host had launched each part (its own waits on the GPU included)
+
         def mark(i: int) -> None:
             if cuda:
                 ev[i].record()
+            host.append(time.perf_counter())
 
         mark(0)
         opt.zero_grad(set_to_none=True)
@@ -284,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
             names = ("render", "time_tv", "backward", "optimizer")
             res.update({n: ev[i].elapsed_time(ev[i + 1]) for i, n in enumerate(names)})
             res["total"] = ev[0].elapsed_time(ev[4])
+            # host time per part: a part whose host time reaches its device time is launch-bound (issue 26)
+            res.update({f"host_{n}": 1e3 * (host[i + 1] - host[i]) for i, n in enumerate(names)})
+            res["host_total"] = 1e3 * (host[4] - host[0])
         return res
 
     def frozen_render(v: dict, gen: torch.Generator) -> float:
@@ -403,8 +411,9 @@ def main(argv: list[str] | None = None) -> dict:
             "live_share": runs[-1]["live"] / max(1, runs[-1]["samples"]),
         }
         for k in ("render", "time_tv", "backward", "optimizer", "total"):
-            if k in runs[0]:
-                summary[f"{k}_ms"] = statistics.median(x[k] for x in runs)
+            for key in (k, f"host_{k}"):
+                if key in runs[0]:
+                    summary[f"{key}_ms"] = statistics.median(x[key] for x in runs)
         if refine:
             summary["frozen_render_ms"] = statistics.median(frozen)
             if "total_ms" in summary:
