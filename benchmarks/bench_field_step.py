@@ -26,7 +26,8 @@ the samples behind early termination: ``KernelOptions.skip_zero_rows``) and ``bl
 ``defaults``: today's ``KernelOptions()`` (both on since 2026-12-07, BENCHMARKS.md §15.14). Built on 2026-12-08,
 not yet measured: ``blas_ones`` (``defaults`` with ``db₁`` inside the ``dW₁`` product,
 ``KernelOptions.stencil_linear="blas_ones"``), ``tv16`` (``defaults`` with the time TV 16 grids a call,
-``KernelOptions.tv_grids_per_call``) and ``ones_tv16`` (both).
+``KernelOptions.tv_grids_per_call``), ``ones_tv16`` (both) and ``tv_graph`` (``defaults`` with the time TV's one
+pass replayed from a CUDA graph, ``KernelOptions.tv_cuda_graph``).
 
 On a GPU each measured variant also records ``host_waits``: how many times one more step makes the host wait
 for the GPU (``torch.cuda.set_sync_debug_mode("warn")``), by source line; and ``host_<part>_ms`` beside each part's
@@ -107,6 +108,7 @@ VARIANTS["defaults"] = VARIANTS["blas_skip0"]
 VARIANTS["blas_ones"] = {**VARIANTS["defaults"], "stencil_linear": "blas_ones"}
 VARIANTS["tv16"] = {**VARIANTS["defaults"], "tv_grids_per_call": 16}
 VARIANTS["ones_tv16"] = {**VARIANTS["blas_ones"], "tv_grids_per_call": 16}
+VARIANTS["tv_graph"] = {**VARIANTS["defaults"], "tv_cuda_graph": True}
 # before (the path before issue 26), after (today's defaults: the fused normals, z-merge, the fused marcher, the
 # batched time TV, the first layer's gradients on cuBLAS and the grid backward's zero-row skip)
 ISSUE26 = ("fused_tv", "defaults")
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             base_opts, fused_normals=v.get("fused_normals", False), z_merge=v.get("z_merge", False),
             tv_batched=v.get("tv_batched", False), stencil_dot=v.get("stencil_dot", "ieee"),
             stencil_linear=v.get("stencil_linear", "triton"), skip_zero_rows=v.get("skip_zero_rows", False),
-            tv_grids_per_call=v.get("tv_grids_per_call", 8),
+            tv_grids_per_call=v.get("tv_grids_per_call", 8), tv_cuda_graph=v.get("tv_cuda_graph", False),
         )  # fmt: skip
         for f in (st["field"], st["frozen"]):
             if f is not None:

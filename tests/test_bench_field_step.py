@@ -44,5 +44,6 @@ def test_the_defaults_variant_is_todays_kernel_defaults():
     )
     assert v.get("skip_zero_rows", False) == d.skip_zero_rows
     assert v.get("tv_grids_per_call", 8) == d.tv_grids_per_call
+    assert v.get("tv_cuda_graph", False) == d.tv_cuda_graph
     # march_tv keeps measuring what it measured before the two became defaults
     assert bench_field_step.VARIANTS["march_tv"].get("skip_zero_rows", False) != d.skip_zero_rows

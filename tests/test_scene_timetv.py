@@ -24,11 +24,13 @@ from helpers_triton import needs_cuda, needs_triton, run_interpreted
 ULPS = 8 * 2.0**-23  # a few fp32 ulps, relative to the quantity's scale
 
 
-def _case(cfg, t_size: int, n_points: int, device: str, seed: int, per_call: int = 8) -> dict:
+def _case(
+    cfg, t_size: int, n_points: int, device: str, seed: int, per_call: int = 8, graph: bool = False
+) -> dict:
     from animate124.scene.grid import KernelOptions, TimeGridEncoding
 
     torch.manual_seed(seed)
-    opts = KernelOptions(tv_grids_per_call=per_call)
+    opts = KernelOptions(tv_grids_per_call=per_call, tv_cuda_graph=graph)
     enc = TimeGridEncoding(cfg, time_grid_size=t_size, backend="triton", kernel_options=opts).to(device)
     with (
         torch.no_grad()
@@ -93,6 +95,8 @@ def _interp_checks() -> dict:
         "T9": _case(small_grid_config(), 9, 200, "cpu", seed=9),
         # KernelOptions.tv_grids_per_call=4: calls of 4, 4 and 1, two boundaries
         "T9_per4": _case(small_grid_config(), 9, 200, "cpu", seed=9, per_call=4),
+        # KernelOptions.tv_cuda_graph off the GPU: the node with its replay argument runs the pass itself
+        "T9_graph_option": _case(small_grid_config(), 9, 200, "cpu", seed=9, graph=True),
     }
 
 
@@ -158,3 +162,42 @@ def test_batched_time_tv_makes_the_host_wait_nowhere():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_triton
+def test_batched_time_tv_replayed_from_a_cuda_graph():
+    """``KernelOptions.tv_cuda_graph`` at the paper grid: the replayed pass gives the eager pass's loss bit for bit
+    (the same kernels on the same inputs; the features are gathers, no atomics) and its table gradient up to the
+    order of the backward's float reductions (‖Δ‖ ≤ 1e-5·‖g‖, the grid backward's policy), step after step with
+    new points, one recording, and after an in-place update of the table (as Adam's) too."""
+    import dataclasses
+
+    from animate124.scene.grid import KernelOptions, TimeGridEncoding
+
+    enc = TimeGridEncoding(paper_grid_config(), time_grid_size=64, backend="triton").cuda()
+    with torch.no_grad():
+        enc.embeddings.copy_(
+            torch.randn(enc.embeddings.shape, generator=torch.Generator().manual_seed(1)) * 0.1
+        )
+    on, off = KernelOptions(tv_cuda_graph=True), KernelOptions(tv_cuda_graph=False)
+
+    def run(opts: KernelOptions, seed: int) -> tuple[float, torch.Tensor]:
+        enc.kernel_options = opts
+        enc.embeddings.grad = None
+        loss = enc.time_tv_loss("points", n_points=100_000, generator=torch.Generator().manual_seed(seed))
+        (loss * 3.0).backward()
+        return loss.item(), enc.embeddings.grad.detach().clone()
+
+    for seed in (1, 2, 3, 4):
+        if seed == 4:
+            with torch.no_grad():
+                enc.embeddings.mul_(1.5)  # in place, as the optimizer: the recording reads the new values
+        (lg, gg), (le, ge) = run(on, seed), run(off, seed)
+        assert lg == le, (seed, lg, le)
+        assert (gg - ge).norm() <= 1e-5 * ge.norm(), seed
+    assert enc._tv_graph is not None and enc._tv_graph.replays == 4
+    enc.kernel_options = dataclasses.replace(on, tv_grids_per_call=16)  # other options: recorded again
+    run(enc.kernel_options, 5)
+    assert enc._tv_graph.replays == 5 and enc._tv_graph.release()

@@ -21,7 +21,8 @@ from animate124.scene.grid.layout import GridEncodingConfig, LevelBuffers, grid_
 from animate124.scene.grid.options import KernelOptions
 from animate124.scene.grid.reference import TableTimeTV, encode_torch
 from animate124.scene.grid.tcnn import TcnnGridEncoding
-from animate124.scene.grid.timetv import BatchedPointsTimeTV, PointsTimeTV
+from animate124.scene.grid.timetv import BatchedPointsTimeTV, PointsTimeTV, batched_tv_pass
+from animate124.scene.grid.tvgraph import TVGraph
 from animate124.scene.timeruns import TimeRuns, expand_runs
 from animate124.transfer import to_device
 
@@ -193,6 +194,7 @@ class TimeGridEncoding(_GridBase):
         self.embeddings = nn.Parameter(
             torch.empty(self.time_grid_size, self.entries_per_grid, self.level_dim)
         )
+        self._tv_graph: TVGraph | None = None  # KernelOptions.tv_cuda_graph: made on the first time TV
         self.reset_parameters()
 
     @classmethod
@@ -333,6 +335,7 @@ class TimeGridEncoding(_GridBase):
         gdev = generator.device if generator is not None else dev  # a CPU generator is fine on any device
         x = (to_device(torch.rand(n_points, 3, generator=generator, device=gdev), dev) * 2 - 1) * self.bound
         if fused and self._tv_batched():
+            replay = self._tv_replay if self.kernel_options.tv_cuda_graph else None
             return BatchedPointsTimeTV.apply(
                 self.embeddings,
                 _unit_coords(x, self.bound),
@@ -340,6 +343,7 @@ class TimeGridEncoding(_GridBase):
                 self.num_levels,
                 self.kernel_options.tv_grids_per_call,
                 torch.is_grad_enabled(),
+                replay,
             )
         if fused:
             plain = dataclasses.replace(self.kernel_options, pair_layout=False)
@@ -356,6 +360,18 @@ class TimeGridEncoding(_GridBase):
             total = total + (prev - cur).square().sum(-1).mean()
             prev = cur
         return total / ((t_size - 1) * self.num_levels)
+
+    def _tv_replay(self, u: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The batched time TV's one pass on this encoder's table from its CUDA graph
+        (``KernelOptions.tv_cuda_graph``, :mod:`.tvgraph`), or None where the graph does not apply."""
+        if self._tv_graph is None:
+            self._tv_graph = TVGraph()
+        per_call, table = self.kernel_options.tv_grids_per_call, self.embeddings
+
+        def compute(points: Tensor) -> tuple[Tensor, Tensor | None]:
+            return batched_tv_pass(table, points, self._encode_grids, self.num_levels, per_call, True)
+
+        return self._tv_graph(u, table, (self.kernel_options,), compute)
 
     def _tv_batched(self) -> bool:
         """The points-form time TV encodes several grids per call (:class:`~.timetv.BatchedPointsTimeTV`): with the

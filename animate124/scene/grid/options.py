@@ -79,6 +79,10 @@ class KernelOptions:
             with 9 slots, about 100 MB of features and as much of their gradient at 100,000 points; the TV was
             measured launch-bound, BENCHMARKS.md §15.16, so 16 halves its launches for twice those buffers). Same
             loss and gradient whatever the value.
+        tv_cuda_graph: the batched time TV's one pass replayed from a CUDA graph (:mod:`.tvgraph`: one replay
+            instead of a few hundred launches a step; a private pool of about the table gradient, 462 MB at paper
+            settings). The same kernels on the same inputs. Built on 2026-12-08 without a GPU: off, not in any
+            preset, for ``benchmarks/bench_field_step.py``'s ``tv_graph`` variant and the GPU test.
         stencil_dot: the fused normals' backward computes the first layer's two gradients (``dfeat = dhid·W₁``,
             ``dW₁ = Σ dhidᵀ·feat``) as ``tl.dot`` products in IEEE fp32 on the FMA units (``"ieee"``), or with
             ``"tf32x3"``: three TF32 tensor-core products per product (the operands split into a TF32 head and a
@@ -125,6 +129,7 @@ class KernelOptions:
     z_merge: bool = True
     tv_batched: bool = True
     tv_grids_per_call: int = 8
+    tv_cuda_graph: bool = False
     stencil_dot: DotPrecision = "ieee"
     stencil_linear: Literal["triton", "blas", "blas_ones"] = "blas"
     skip_zero_rows: bool = True

@@ -102,8 +102,9 @@ def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float,
 
 
 class BatchedPointsTimeTV(torch.autograd.Function):
-    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, grad_enabled) -> scalar``
-    (``grad_enabled``: the caller's ``torch.is_grad_enabled()``): the loss and gradient of :class:`PointsTimeTV`
+    """``apply(table [T,E,C], u [N,3], encode_grids, num_levels, grids_per_call, grad_enabled[, replay]) -> scalar``
+    (``grad_enabled``: the caller's ``torch.is_grad_enabled()``; ``replay(u)``: the one pass from a CUDA graph,
+    :mod:`.tvgraph`, or None to run it): the loss and gradient of :class:`PointsTimeTV`
     (the same formulas) with the grids encoded ``grids_per_call`` at a time
     (issue 26): ``encode_grids(u [N,3], tables [K,E,C]) -> [K, N, L·C]`` gives the features of ``K`` consecutive
     grids at the same points in one encoder call, autograd-capable w.r.t. ``tables``. :class:`PointsTimeTV` makes
@@ -128,47 +129,63 @@ class BatchedPointsTimeTV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, *args: Any) -> Tensor:
-        table, u, encode_grids, num_levels, per_call, with_grad = args
-        t_size, n = table.shape[0], u.shape[0]
+        table, u, encode_grids, num_levels, per_call, with_grad, *rest = args
+        replay = rest[0] if rest else None
         # the caller's grad mode (a Function's forward runs without grad): no table gradient under no_grad
         want_grad = bool(with_grad) and bool(ctx.needs_input_grad[0])
-        # every slice of the table gradient is written below
-        grad_table = torch.empty(table.shape, device=table.device) if want_grad else None
-        c = 2.0 / ((t_size - 1) * num_levels * n)  # 2k/N, dL/df's factor for an upstream gradient of 1
-        total = table.new_zeros((), dtype=torch.float32)
-        prev: Tensor | None = None  # the features of the previous call's last grid
-        with torch.autocast(table.device.type, enabled=False):
-            for a in range(0, t_size, per_call):
-                b = min(a + per_call, t_size)
-                # with grad, the next call's first grid rides along as one more slot: its features are grid
-                # b−1's right neighbour; its feature gradient is zero (rows the backward skips)
-                e = min(b + 1, t_size) if want_grad else b
-                leaf = table[a:e].detach().requires_grad_(want_grad)
-                with torch.set_grad_enabled(want_grad):
-                    f = encode_grids(u, leaf)
-                fd = f.detach()
-                own = fd[: b - a]
-                with torch.no_grad():
-                    if prev is not None:
-                        total = total + (prev - own[0]).square().sum(-1).mean()
-                    if b - a > 1:
-                        total = total + (own[:-1] - own[1:]).square().sum(-1).mean(-1).sum()
-                    if want_grad:
-                        g = torch.empty_like(fd)
-                        if e > b:
-                            g[b - a :] = 0.0
-                        _feature_grad(own, prev, fd[b - a] if e > b else None, c, g[: b - a])
-                if want_grad:
-                    (gi,) = torch.autograd.grad(f, leaf, g)
-                    grad_table[a:b] = gi[: b - a].float()
-                prev = own[-1]
+        out = replay(u) if want_grad and replay is not None else None  # (loss, G) from a CUDA graph, or None
+        if out is None:
+            out = batched_tv_pass(table, u, encode_grids, num_levels, per_call, want_grad)
+        total, grad_table = out
         ctx.table_dtype = table.dtype
         if want_grad:
             ctx.save_for_backward(grad_table)
-        return total / ((t_size - 1) * num_levels)
+        return total
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         (grad,) = grads
         (grad_table,) = ctx.saved_tensors
-        return (grad_table * grad.float()).to(ctx.table_dtype), None, None, None, None, None
+        rest = (None,) * (len(ctx.needs_input_grad) - 1)  # six or seven inputs (with ``replay``)
+        return ((grad_table * grad.float()).to(ctx.table_dtype), *rest)
+
+
+def batched_tv_pass(
+    table: Tensor, u: Tensor, encode_grids: Callable[[Tensor, Tensor], Tensor], num_levels: int, per_call: int,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """:class:`BatchedPointsTimeTV`'s one pass: the loss ``[]`` and, with ``want_grad``, the table gradient ``G``
+    for an upstream gradient of 1 (fp32, the table's shape; else None). A pure function of the table and the
+    points, so it can be replayed from a CUDA graph (:mod:`.tvgraph`)."""
+    t_size, n = table.shape[0], u.shape[0]
+    # every slice of the table gradient is written below
+    grad_table = torch.empty(table.shape, device=table.device) if want_grad else None
+    c = 2.0 / ((t_size - 1) * num_levels * n)  # 2k/N, dL/df's factor for an upstream gradient of 1
+    total = table.new_zeros((), dtype=torch.float32)
+    prev: Tensor | None = None  # the features of the previous call's last grid
+    with torch.autocast(table.device.type, enabled=False):
+        for a in range(0, t_size, per_call):
+            b = min(a + per_call, t_size)
+            # with grad, the next call's first grid rides along as one more slot: its features are grid
+            # b−1's right neighbour; its feature gradient is zero (rows the backward skips)
+            e = min(b + 1, t_size) if want_grad else b
+            leaf = table[a:e].detach().requires_grad_(want_grad)
+            with torch.set_grad_enabled(want_grad):
+                f = encode_grids(u, leaf)
+            fd = f.detach()
+            own = fd[: b - a]
+            with torch.no_grad():
+                if prev is not None:
+                    total = total + (prev - own[0]).square().sum(-1).mean()
+                if b - a > 1:
+                    total = total + (own[:-1] - own[1:]).square().sum(-1).mean(-1).sum()
+                if want_grad:
+                    g = torch.empty_like(fd)
+                    if e > b:
+                        g[b - a :] = 0.0
+                    _feature_grad(own, prev, fd[b - a] if e > b else None, c, g[: b - a])
+            if want_grad:
+                (gi,) = torch.autograd.grad(f, leaf, g)
+                grad_table[a:b] = gi[: b - a].float()
+            prev = own[-1]
+    return total / ((t_size - 1) * num_levels), grad_table
