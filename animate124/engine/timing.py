@@ -40,9 +40,8 @@ class Timers:
     A part may be split in two where a tensor's gradient arrives (:meth:`split`, :meth:`mark_on_grad`): the
     step's ``backward`` becomes ``backward_priors`` (from the loss down to the rendered images: the VAE
     encoders' backward) and ``backward_nerf`` (from the images to the field: the render's backward, the time
-    TV's), so
-    :meth:`summary`'s ``nerf_side`` (the sum of :data:`NERF_PARTS`) is the NeRF side of a step inside a stage,
-    what ``benchmarks/bench_field_step.py`` measures outside one (issue 26).
+    TV's), so :meth:`summary`'s ``nerf_side`` (the sum of :data:`NERF_PARTS`) is the NeRF side of a step inside a
+    stage, what ``benchmarks/bench_field_step.py`` measures outside one (issue 26).
     """
 
     #: the parts of a step that are the NeRF side (issue 26): renders, the time TV, the occupancy refresh (its

@@ -105,9 +105,8 @@ def _backward_chunks(
     tot_a = torch.zeros(h + 1, device=dev, dtype=f32)  # (dW₂[0], db₂[0])
     tot_b = torch.zeros(hp * fp + hp, device=dev, dtype=f32)  # (dW₁ padded to [HP, FP], db₁ padded)
     blas = meta["options"].stencil_linear in ("blas", "blas_ones")
-    ones = (
-        meta["options"].stencil_linear == "blas_ones"
-    )  # db₁ as the product's last column (_first_layer_blas)
+    # "blas_ones": db₁ as the dW₁ product's last column (_first_layer_blas)
+    ones = meta["options"].stencil_linear == "blas_ones"
     if blas:
         dw1_blas = torch.zeros(h, fa + ones, device=dev, dtype=f32)
     if n:
