@@ -82,22 +82,22 @@ class PointsTimeTV(torch.autograd.Function):
         return out.to(table.dtype), None, None, None
 
 
-def _feature_grad(fd: Tensor, prev: Tensor | None, nxt: Tensor | None, c: float, g: Tensor) -> None:
-    """Writes ``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's grids
-    ``fd [K, N, F]`` into ``g`` (same shape), with ``prev`` / ``nxt`` the features of the grids just before and
-    after the call (None at the table's ends). Written with ``d_i = f_{i+1} − f_i`` as ``g_i = d_{i−1} − d_i``
-    (``f_i − f_{i+1} = −d_i`` exactly)."""
-    if fd.shape[0] > 1:
-        d = fd[1:] - fd[:-1]
+def _feature_grad(d: Tensor | None, first: Tensor | None, last: Tensor | None, c: float, g: Tensor) -> None:
+    """Writes ``dL/df_i = c·((f_i − f_{i−1})·[i > 0] + (f_i − f_{i+1})·[i < T−1])`` for one call's ``K`` grids
+    into ``g [K, N, F]``, from the differences the loss uses too: ``d [K−1, N, F]`` with ``d_i = f_{i+1} − f_i``
+    (None when ``K = 1``), ``first = f_0 − f_prev`` and ``last = f_{K−1} − f_next`` against the grids just before
+    and after the call (None at the table's ends). Written as ``g_i = d_{i−1} − d_i`` (``f_i − f_{i+1} = −d_i``
+    exactly)."""
+    if d is not None:
         g[0] = 0.0
         g[1:] = d
         g[:-1] -= d
     else:
         g.zero_()
-    if prev is not None:
-        g[0] += fd[0] - prev
-    if nxt is not None:
-        g[-1] += fd[-1] - nxt
+    if first is not None:
+        g[0] += first
+    if last is not None:
+        g[-1] += last
     g.mul_(c)
 
 
@@ -175,15 +175,19 @@ def batched_tv_pass(
             fd = f.detach()
             own = fd[: b - a]
             with torch.no_grad():
-                if prev is not None:
-                    total = total + (prev - own[0]).square().sum(-1).mean()
-                if b - a > 1:
-                    total = total + (own[:-1] - own[1:]).square().sum(-1).mean(-1).sum()
+                # each difference once, for the loss and the gradient ((x − y)² and (y − x)² are the same bits)
+                first = own[0] - prev if prev is not None else None
+                d = own[1:] - own[:-1] if b - a > 1 else None
+                if first is not None:
+                    total = total + first.square().sum(-1).mean()
+                if d is not None:
+                    total = total + d.square().sum(-1).mean(-1).sum()
                 if want_grad:
                     g = torch.empty_like(fd)
                     if e > b:
                         g[b - a :] = 0.0
-                    _feature_grad(own, prev, fd[b - a] if e > b else None, c, g[: b - a])
+                    last = own[-1] - fd[b - a] if e > b else None
+                    _feature_grad(d, first, last, c, g[: b - a])
             if want_grad:
                 (gi,) = torch.autograd.grad(f, leaf, g)
                 grad_table[a:b] = gi[: b - a].float()
