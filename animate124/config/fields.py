@@ -1,4 +1,5 @@
-"""`opt`: a configuration field with its one-line help text and bounds (read by the loader and `config show`)."""
+"""`opt`: a configuration field with its one-line help text and bounds (read by the loader and `config show`);
+and the help texts two sections share."""
 
 from __future__ import annotations
 
